@@ -1,0 +1,141 @@
+//! Typed, prefixed, sortable identifiers (`cus_…`, `evt_…`) built on ULIDs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+/// Why a string is not a valid id of the expected type.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`{input}` is not a valid {what} id: expected `{prefix}` followed by 26 base32 characters")]
+pub struct IdError {
+    input: String,
+    what: &'static str,
+    prefix: &'static str,
+}
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Ulid);
+
+        impl $name {
+            /// The textual prefix that marks this id type.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new id for the current instant.
+            pub fn new() -> Self {
+                Self(Ulid::new())
+            }
+
+            /// An id for a given instant (milliseconds since the epoch) and random part,
+            /// used by deterministic generators such as the demo.
+            pub fn from_parts(unix_ms: u64, random: u128) -> Self {
+                Self(Ulid::from_parts(unix_ms, random))
+            }
+
+            /// The milliseconds since the epoch encoded in the id.
+            pub fn unix_ms(&self) -> u64 {
+                self.0.timestamp_ms()
+            }
+
+            /// Parse the prefixed textual form.
+            pub fn parse(input: &str) -> Result<Self, IdError> {
+                input
+                    .strip_prefix($prefix)
+                    .and_then(|rest| Ulid::from_string(rest).ok())
+                    .map(Self)
+                    .ok_or_else(|| IdError { input: input.chars().take(64).collect(), what: $what, prefix: $prefix })
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}{}", $prefix, self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// One person's profile.
+    CustomerId, "cus_", "customer"
+);
+prefixed_id!(
+    /// One stored event of the log.
+    EventId, "evt_", "event"
+);
+prefixed_id!(
+    /// One recorded merge of two profiles.
+    MergeId, "mrg_", "merge"
+);
+prefixed_id!(
+    /// One API key (the id, never the secret).
+    KeyId, "key_", "API key"
+);
+prefixed_id!(
+    /// A group of customers: a household or a company (Segment `group`).
+    AccountId, "acc_", "account"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_their_text_form() {
+        let id = CustomerId::new();
+        let text = id.to_string();
+        assert!(text.starts_with("cus_"));
+        assert_eq!(CustomerId::parse(&text), Ok(id));
+    }
+
+    #[test]
+    fn an_id_of_another_type_is_refused() {
+        let event = EventId::new().to_string();
+        let err = CustomerId::parse(&event).unwrap_err();
+        assert!(err.to_string().contains("customer id"), "{err}");
+    }
+
+    #[test]
+    fn ids_sort_by_creation_time() {
+        let older = CustomerId::from_parts(1_000, 5);
+        let newer = CustomerId::from_parts(2_000, 1);
+        assert!(older < newer);
+        assert!(older.to_string() < newer.to_string());
+    }
+}

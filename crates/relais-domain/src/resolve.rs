@@ -1,0 +1,171 @@
+//! Identity resolution: which profile a message belongs to, which identifiers it
+//! adds, and which profiles it proves to be one person.
+//!
+//! The rules: the strongest known identifier decides; profiles linked by one
+//! message merge into the oldest; but a profile never takes a second value of an
+//! exclusive kind (`user_id`, `customer_number`), so two profiles holding different
+//! values of such a kind are never merged automatically: the conflict is recorded
+//! for review instead.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::id::CustomerId;
+use crate::identifier::{Identifier, IdentifierKind};
+
+/// Where a message's event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// An existing profile.
+    Existing(CustomerId),
+    /// A profile to create.
+    New,
+}
+
+/// Two profiles (or a profile and a message) that look like one person but hold
+/// different values of an exclusive identifier kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The profile the message went to (None when it went to a new profile).
+    pub kept: Option<CustomerId>,
+    /// The profile that was not merged.
+    pub other: CustomerId,
+    /// The identifier kind whose values differ.
+    pub kind: IdentifierKind,
+}
+
+/// The decision for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The profile the event belongs to.
+    pub target: Target,
+    /// The message's identifiers that no profile held yet, to link to the target.
+    pub attach: Vec<Identifier>,
+    /// Profiles to merge into the target (the target is the oldest of them all).
+    pub merge: Vec<CustomerId>,
+    /// Links refused because of exclusive identifiers.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// What storage knows about the message's identifiers.
+#[derive(Debug, Default, Clone)]
+pub struct KnownIdentities {
+    /// Owner of each known identifier.
+    pub owners: HashMap<Identifier, CustomerId>,
+    /// The exclusive-kind identifiers each owner holds.
+    pub exclusives: HashMap<CustomerId, Vec<Identifier>>,
+}
+
+/// Decide where a message with these identifiers (strongest first) belongs.
+pub fn resolve(identifiers: &[Identifier], known: &KnownIdentities) -> Resolution {
+    // Exclusive values the resulting profile will hold, kind by kind.
+    let mut held: BTreeMap<IdentifierKind, &str> =
+        identifiers.iter().filter(|i| i.kind().is_exclusive()).map(|i| (i.kind(), i.value())).collect();
+    let mut chosen: Vec<CustomerId> = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut refused: Vec<CustomerId> = Vec::new();
+
+    for identifier in identifiers {
+        let Some(&owner) = known.owners.get(identifier) else { continue };
+        if chosen.contains(&owner) || refused.contains(&owner) {
+            continue;
+        }
+        let owner_exclusives = known.exclusives.get(&owner).map(Vec::as_slice).unwrap_or(&[]);
+        let clash = owner_exclusives.iter().find(|e| held.get(&e.kind()).is_some_and(|value| *value != e.value()));
+        match clash {
+            Some(clash) => {
+                refused.push(owner);
+                conflicts.push(Conflict { kept: None, other: owner, kind: clash.kind() });
+            }
+            None => {
+                for e in owner_exclusives {
+                    held.entry(e.kind()).or_insert(e.value());
+                }
+                chosen.push(owner);
+            }
+        }
+    }
+
+    let target = chosen.iter().min().copied();
+    for conflict in &mut conflicts {
+        conflict.kept = target;
+    }
+    let merge = chosen.iter().copied().filter(|c| Some(*c) != target).collect();
+    let attach = identifiers.iter().filter(|i| !known.owners.contains_key(*i)).cloned().collect();
+    Resolution { target: target.map_or(Target::New, Target::Existing), attach, merge, conflicts }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> Identifier {
+        Identifier::parse(text).unwrap()
+    }
+
+    fn customer(n: u64) -> CustomerId {
+        CustomerId::from_parts(n, 0)
+    }
+
+    fn known(owners: &[(&str, u64)]) -> KnownIdentities {
+        let mut known = KnownIdentities::default();
+        for (text, n) in owners {
+            let identifier = id(text);
+            if identifier.kind().is_exclusive() {
+                known.exclusives.entry(customer(*n)).or_default().push(identifier.clone());
+            }
+            known.owners.insert(identifier, customer(*n));
+        }
+        known
+    }
+
+    #[test]
+    fn unknown_identifiers_make_a_new_profile() {
+        let resolution = resolve(&[id("user_id:u1"), id("email:a@b.fr")], &KnownIdentities::default());
+        assert_eq!(resolution.target, Target::New);
+        assert_eq!(resolution.attach.len(), 2);
+        assert!(resolution.merge.is_empty());
+    }
+
+    #[test]
+    fn a_new_identifier_joins_the_profile_of_a_known_one() {
+        let resolution = resolve(&[id("user_id:u1"), id("email:a@b.fr")], &known(&[("user_id:u1", 1)]));
+        assert_eq!(resolution.target, Target::Existing(customer(1)));
+        assert_eq!(resolution.attach, vec![id("email:a@b.fr")]);
+    }
+
+    #[test]
+    fn two_profiles_linked_by_a_message_merge_into_the_oldest() {
+        let resolution = resolve(
+            &[id("user_id:u1"), id("anonymous_id:device")],
+            &known(&[("user_id:u1", 5), ("anonymous_id:device", 2)]),
+        );
+        assert_eq!(resolution.target, Target::Existing(customer(2)));
+        assert_eq!(resolution.merge, vec![customer(5)]);
+    }
+
+    #[test]
+    fn profiles_with_different_customer_numbers_never_merge() {
+        let resolution = resolve(
+            &[id("customer_number:C1"), id("email:a@b.fr")],
+            &known(&[("customer_number:C1", 1), ("email:a@b.fr", 2), ("customer_number:C2", 2)]),
+        );
+        assert_eq!(resolution.target, Target::Existing(customer(1)));
+        assert!(resolution.merge.is_empty());
+        assert_eq!(
+            resolution.conflicts,
+            vec![Conflict { kept: Some(customer(1)), other: customer(2), kind: IdentifierKind::CustomerNumber }]
+        );
+    }
+
+    #[test]
+    fn a_shared_device_does_not_pull_a_new_user_into_another_persons_profile() {
+        // A kiosk's anonymous id already belongs to u1; u2 signs in on it.
+        let resolution = resolve(
+            &[id("user_id:u2"), id("anonymous_id:kiosk")],
+            &known(&[("user_id:u1", 1), ("anonymous_id:kiosk", 1)]),
+        );
+        assert_eq!(resolution.target, Target::New);
+        assert_eq!(resolution.attach, vec![id("user_id:u2")]);
+        assert_eq!(resolution.conflicts.len(), 1);
+    }
+}

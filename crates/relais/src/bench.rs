@@ -1,0 +1,252 @@
+//! `relais bench ingest`: the whole-system ingest benchmark. It starts the real
+//! server on a fresh database, sends Segment batches over HTTP from concurrent
+//! clients, then measures the engine's best case on the same rows (already
+//! parsed, same tables and indexes, one thread, large transactions) and prints
+//! one JSON object on its last line.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::Engine as _;
+use chrono::Utc;
+use clap::Subcommand;
+use relais_domain::message::Envelope;
+use relais_domain::TrackingMessage;
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::http::AppState;
+use crate::store::{Location, Store};
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Ingest throughput over HTTP against the engine's raw insert speed.
+    Ingest {
+        /// Events to send.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Distinct people the events belong to (default: events / 20).
+        #[arg(long)]
+        people: Option<usize>,
+        /// Messages per batch request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// PostgreSQL URL; the benchmark works in a throwaway schema and drops it.
+        /// Without it, a throwaway SQLite folder is used.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+}
+
+/// Deterministic Segment messages for batch `n`: tracks, pages and identifies of
+/// `people` users, with unique message ids.
+fn batch_messages(n: usize, size: usize, people: usize) -> Vec<serde_json::Value> {
+    let now = Utc::now();
+    (0..size)
+        .map(|i| {
+            let seq = n * size + i;
+            // A cheap, well-spread pseudo-random user per message.
+            let user = (seq.wrapping_mul(2_654_435_761) >> 7) % people.max(1);
+            let timestamp = (now - chrono::Duration::seconds((seq % 86_400) as i64)).to_rfc3339();
+            match seq % 10 {
+                0 => json!({"type": "identify", "messageId": format!("bench-{seq}"), "userId": format!("u{user}"),
+                    "timestamp": timestamp, "traits": {"email": format!("u{user}@example.fr"), "city": "Lyon"}}),
+                1 | 2 => json!({"type": "track", "event": "Order Completed", "messageId": format!("bench-{seq}"),
+                    "userId": format!("u{user}"), "timestamp": timestamp,
+                    "properties": {"order_id": format!("o{seq}"), "total": 42.5, "currency": "EUR", "store": "lyon-part-dieu"},
+                    "context": {"channel": "store"}}),
+                _ => json!({"type": "page", "name": "Accueil", "messageId": format!("bench-{seq}"),
+                    "userId": format!("u{user}"), "timestamp": timestamp,
+                    "context": {"page": {"path": "/"}, "ip": "203.0.113.9"}}),
+            }
+        })
+        .collect()
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A throwaway place for one measurement, removed on drop.
+struct Scratch {
+    location: Location,
+    cleanup: Option<Box<dyn FnOnce()>>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup();
+        }
+    }
+}
+
+fn scratch(database_url: Option<&str>, label: &str) -> anyhow::Result<Scratch> {
+    let unique = format!("relais_bench_{label}_{}", ulid::Ulid::new().to_string().to_lowercase());
+    match database_url {
+        None => {
+            let folder = std::env::temp_dir().join(unique);
+            let remove = folder.clone();
+            Ok(Scratch {
+                location: Location::Folder(folder),
+                cleanup: Some(Box::new(move || {
+                    let _ = std::fs::remove_dir_all(remove);
+                })),
+            })
+        }
+        Some(url) => {
+            let mut admin = postgres::Client::connect(url, postgres::NoTls).context("cannot connect to PostgreSQL")?;
+            admin.batch_execute(&format!("CREATE SCHEMA {unique}"))?;
+            let separator = if url.contains('?') { '&' } else { '?' };
+            let scoped = format!("{url}{separator}options=-csearch_path%3D{unique}");
+            let drop_url = url.to_string();
+            Ok(Scratch {
+                location: Location::Postgres(scoped),
+                cleanup: Some(Box::new(move || {
+                    if let Ok(mut admin) = postgres::Client::connect(&drop_url, postgres::NoTls) {
+                        let _ = admin.batch_execute(&format!("DROP SCHEMA {unique} CASCADE"));
+                    }
+                })),
+            })
+        }
+    }
+}
+
+/// Run a benchmark command.
+pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
+    let BenchCommand::Ingest { events, people, batch, clients, database_url } = command;
+    let people = people.unwrap_or((events / 20).max(1));
+    let batches = events.div_ceil(batch);
+    let events = batches * batch;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+
+    // 1. Through the server.
+    let served = scratch(database_url.as_deref(), "http")?;
+    let store = Store::open(&served.location, settings.ingest.clone())?;
+    let engine = store.engine_name();
+    let (secret, _) = crate::cli::create_key(&store, relais_domain::Role::Ingest, Some("bench".into()), None)?;
+    let rss_before = rss_mb();
+    let (elapsed, mut latencies, stored) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let state = AppState::new(store.clone(), settings.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::http::launch(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+        let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{secret}:")));
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let client = client.clone();
+            let auth = auth.clone();
+            let next = next.clone();
+            let url = format!("http://{address}/v1/batch");
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut stored = 0usize;
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= batches {
+                        break;
+                    }
+                    let body = serde_json::to_vec(&json!({"batch": batch_messages(n, batch, people)}))?;
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .header("authorization", &auth)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await?;
+                    let status = response.status();
+                    let answer: serde_json::Value = response.json().await?;
+                    latencies.push(sent.elapsed());
+                    anyhow::ensure!(status.is_success(), "batch {n} failed with {status}: {answer}");
+                    stored += answer["stored"].as_u64().unwrap_or(0) as usize;
+                }
+                anyhow::Ok((latencies, stored))
+            }));
+        }
+        let mut latencies: Vec<Duration> = Vec::new();
+        let mut stored = 0;
+        for task in tasks {
+            let (l, s) = task.await??;
+            latencies.extend(l);
+            stored += s;
+        }
+        let elapsed = started.elapsed();
+        let _ = stop.send(());
+        server.await??;
+        anyhow::Ok((elapsed, latencies, stored))
+    })?;
+    let rss_after = rss_mb();
+    anyhow::ensure!(stored == events, "the server stored {stored} of {events} events");
+    drop(store);
+    drop(served);
+    latencies.sort();
+    let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+    let events_per_sec = events as f64 / elapsed.as_secs_f64();
+
+    // 2. The engine's best case on the same rows.
+    let raw = scratch(database_url.as_deref(), "raw")?;
+    let envelope = Envelope {
+        received_at: Utc::now(),
+        implied_type: None,
+        batch_sent_at: None,
+        batch_context: None,
+        default_currency: &settings.ingest.currency,
+    };
+    let mut chunks: Vec<Vec<TrackingMessage>> = Vec::new();
+    let per_chunk = (50_000 / batch).max(1);
+    for first in (0..batches).step_by(per_chunk) {
+        let mut chunk = Vec::with_capacity(per_chunk * batch);
+        for n in first..(first + per_chunk).min(batches) {
+            for value in batch_messages(n, batch, people) {
+                chunk.push(TrackingMessage::parse_value(value, &envelope)?);
+            }
+        }
+        chunks.push(chunk);
+    }
+    let raw_elapsed = crate::store::raw_load(&raw.location, &chunks, people)?;
+    drop(raw);
+    let raw_per_sec = events as f64 / raw_elapsed.as_secs_f64();
+
+    eprintln!(
+        "{engine}: {events} events over HTTP in {:.2}s ({events_per_sec:.0}/s, p99 batch {:.1} ms); raw insert {:.2}s ({raw_per_sec:.0}/s)",
+        elapsed.as_secs_f64(),
+        p99.as_secs_f64() * 1000.0,
+        raw_elapsed.as_secs_f64()
+    );
+    println!(
+        "{}",
+        json!({
+            "engine": engine,
+            "events": events,
+            "people": people,
+            "batch": batch,
+            "clients": clients,
+            "seconds": elapsed.as_secs_f64(),
+            "events_per_sec": events_per_sec.round(),
+            "p99_batch_ms": (p99.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+            "raw_insert_events_per_sec": raw_per_sec.round(),
+            "ratio": (events_per_sec / raw_per_sec * 1000.0).round() / 1000.0,
+            "rss_mb_before": rss_before.round(),
+            "rss_mb_after": rss_after.round(),
+        })
+    );
+    Ok(())
+}

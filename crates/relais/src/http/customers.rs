@@ -1,0 +1,335 @@
+//! The customer 360: a profile with its identifiers, computed traits and timeline.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use relais_domain::{CustomerId, Identifier, IdentifierKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Authorized, ReadCustomers};
+use super::error::ApiError;
+use super::AppState;
+use crate::store::{CustomerLookup, CustomerRecord, EventPage, MergeRecord, StoredEvent, TimelineCursor};
+
+/// Events per timeline page by default, and at most.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+/// Computed traits as the API shows them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TraitsView {
+    /// Earliest event.
+    pub first_seen: Option<DateTime<Utc>>,
+    /// Latest event.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Channel of the latest event.
+    pub last_channel: Option<String>,
+    /// Channels used.
+    pub channels: Vec<String>,
+    /// Events.
+    pub event_count: i64,
+    /// Completed orders.
+    pub order_count: i64,
+    /// Refunds.
+    pub refund_count: i64,
+    /// Net revenue, minor units of `currency`.
+    pub revenue_minor: i64,
+    /// The organisation's currency.
+    pub currency: String,
+    /// Mean order value, minor units.
+    pub average_basket_minor: Option<i64>,
+    /// First completed order.
+    pub first_order_at: Option<DateTime<Utc>>,
+    /// Last completed order.
+    pub last_order_at: Option<DateTime<Utc>>,
+    /// Store with the most events.
+    pub favourite_store: Option<String>,
+    /// Orders in the last 30 days (the organisation's days, as of now).
+    pub orders_30d: i64,
+    /// Orders in the last 90 days.
+    pub orders_90d: i64,
+    /// Orders in the last 365 days.
+    pub orders_365d: i64,
+    /// Net revenue in the last 90 days, minor units.
+    pub revenue_90d_minor: i64,
+    /// Net revenue in the last 365 days, minor units.
+    pub revenue_365d_minor: i64,
+}
+
+/// A page of a timeline.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimelineView {
+    /// Events, newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<StoredEvent>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One customer, everything attached.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerView {
+    /// The customer's id.
+    pub id: String,
+    /// When the profile was created.
+    pub created_at: DateTime<Utc>,
+    /// Traits sent with identify calls.
+    #[schema(value_type = Object)]
+    pub profile: Map<String, Value>,
+    /// Every identifier, `kind:value`.
+    pub identifiers: Vec<String>,
+    /// Computed traits.
+    pub traits: TraitsView,
+    /// Profiles merged into this one.
+    pub merged_from: Vec<String>,
+    /// Accounts (households, companies) the customer belongs to.
+    pub accounts: Vec<String>,
+    /// The newest events across all channels.
+    pub timeline: TimelineView,
+}
+
+fn timeline_view(page: EventPage) -> TimelineView {
+    TimelineView { next_cursor: page.next.as_ref().map(TimelineCursor::encode), events: page.events }
+}
+
+fn customer_view(state: &AppState, record: CustomerRecord, page: EventPage) -> CustomerView {
+    let today = state.settings.ingest.day_of(Utc::now());
+    let windows = record.windows(today);
+    let traits = &record.traits;
+    CustomerView {
+        id: record.id.to_string(),
+        created_at: record.created_at,
+        identifiers: record.identifiers.iter().map(ToString::to_string).collect(),
+        traits: TraitsView {
+            first_seen: traits.first_seen,
+            last_seen: traits.last_seen,
+            last_channel: traits.last_channel.map(|c| c.as_str().to_string()),
+            channels: traits.channels().into_iter().map(|c| c.as_str().to_string()).collect(),
+            event_count: traits.event_count,
+            order_count: traits.order_count,
+            refund_count: traits.refund_count,
+            revenue_minor: traits.revenue_minor,
+            currency: state.settings.ingest.currency.clone(),
+            average_basket_minor: traits.average_basket_minor(),
+            first_order_at: traits.first_order_at,
+            last_order_at: traits.last_order_at,
+            favourite_store: traits.favourite_store().map(str::to_string),
+            orders_30d: windows.orders_30d,
+            orders_90d: windows.orders_90d,
+            orders_365d: windows.orders_365d,
+            revenue_90d_minor: windows.revenue_90d_minor,
+            revenue_365d_minor: windows.revenue_365d_minor,
+        },
+        merged_from: record.merged_from.iter().map(ToString::to_string).collect(),
+        accounts: record.accounts.clone(),
+        profile: record.profile,
+        timeline: timeline_view(page),
+    }
+}
+
+fn parse_customer_id(text: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(text).map_err(|e| ApiError::field("id", e.to_string()))
+}
+
+/// 308 to the surviving profile, keeping the rest of the path and the query.
+fn moved(survivor: CustomerId, suffix: &str) -> Response {
+    let location = format!("/api/v1/customers/{survivor}{suffix}");
+    let body = serde_json::json!({ "merged_into": survivor.to_string(), "location": location });
+    let mut response = (StatusCode::PERMANENT_REDIRECT, Json(body)).into_response();
+    if let Ok(value) = location.parse() {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+async fn load_view(state: &AppState, id: CustomerId) -> Result<Result<CustomerView, Response>, ApiError> {
+    match state.store.run(move |engine| engine.customer(id)).await? {
+        CustomerLookup::NotFound => Err(ApiError::NotFound(format!("no customer `{id}`"))),
+        CustomerLookup::MergedInto(survivor) => Ok(Err(moved(survivor, ""))),
+        CustomerLookup::Found(record) => {
+            let page = state.store.run(move |engine| engine.events(id, None, 20)).await?;
+            Ok(Ok(customer_view(state, *record, page)))
+        }
+    }
+}
+
+/// Get one customer: profile, identifiers, traits and the newest events.
+#[utoipa::path(get, path = "/api/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer id, `cus_…`")),
+    responses(
+        (status = 200, body = CustomerView),
+        (status = 308, description = "Merged into another profile: see Location"),
+        (status = 404, body = super::error::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_customer(
+    State(state): State<AppState>,
+    _caller: Authorized<ReadCustomers>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_customer_id(&id)?;
+    Ok(match load_view(&state, id).await? {
+        Ok(view) => Json(view).into_response(),
+        Err(redirect) => redirect,
+    })
+}
+
+/// Lookup and search parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CustomerQuery {
+    /// An identifier, `kind:value` (`email:ana@example.fr`, `user_id:42`): answers the one customer holding it.
+    pub identifier: Option<String>,
+    /// Search text: an e-mail, phone or card number, matched exactly after normalisation.
+    pub q: Option<String>,
+}
+
+/// A search hit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchHit {
+    /// The customer's id.
+    pub id: String,
+    /// The identifier that matched.
+    pub matched: String,
+}
+
+/// Search results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResults {
+    /// Matching customers.
+    pub customers: Vec<SearchHit>,
+}
+
+/// Find a customer by identifier (`?identifier=`) or search (`?q=`).
+#[utoipa::path(get, path = "/api/v1/customers", tag = "customers", params(CustomerQuery),
+    responses(
+        (status = 200, description = "With `identifier`: the customer (as GET /customers/{id}); with `q`: search results", body = CustomerView),
+        (status = 400, body = super::error::Problem),
+        (status = 404, body = super::error::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn find_customers(
+    State(state): State<AppState>,
+    _caller: Authorized<ReadCustomers>,
+    Query(query): Query<CustomerQuery>,
+) -> Result<Response, ApiError> {
+    if let Some(text) = query.identifier {
+        let identifier = Identifier::parse(&text).map_err(|e| ApiError::field("identifier", e.to_string()))?;
+        let lookup = identifier.clone();
+        let id = state
+            .store
+            .run(move |engine| engine.customer_id_by_identifier(&lookup))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no customer holds `{identifier}`")))?;
+        return Ok(match load_view(&state, id).await? {
+            Ok(view) => Json(view).into_response(),
+            Err(redirect) => redirect,
+        });
+    }
+    let Some(q) = query.q else {
+        return Err(ApiError::field(
+            "identifier",
+            "give `identifier=kind:value` or `q=` (e-mail, phone or card number)",
+        ));
+    };
+    // Personal fields are only searchable by exact normalised value (DESIGN.md
+    // decision 9): try the kinds a person would type into a search box.
+    let candidates: Vec<Identifier> = match Identifier::parse(&q) {
+        Ok(identifier) => vec![identifier],
+        Err(_) => [IdentifierKind::Email, IdentifierKind::Phone, IdentifierKind::Card, IdentifierKind::CustomerNumber]
+            .into_iter()
+            .filter_map(|kind| Identifier::new(kind, &q).ok())
+            .collect(),
+    };
+    let hits = state
+        .store
+        .run(move |engine| {
+            let mut hits = Vec::new();
+            for candidate in candidates {
+                if let Some(id) = engine.customer_id_by_identifier(&candidate)? {
+                    hits.push(SearchHit { id: id.to_string(), matched: candidate.to_string() });
+                }
+            }
+            Ok(hits)
+        })
+        .await?;
+    Ok(Json(SearchResults { customers: hits }).into_response())
+}
+
+/// Timeline paging parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TimelineQuery {
+    /// Events per page (1–500, default 50).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A customer's events across all channels, newest first.
+#[utoipa::path(get, path = "/api/v1/customers/{id}/events", tag = "customers",
+    params(("id" = String, Path, description = "Customer id"), TimelineQuery),
+    responses(
+        (status = 200, body = TimelineView),
+        (status = 308, description = "Merged into another profile: see Location"),
+        (status = 400, body = super::error::Problem),
+        (status = 404, body = super::error::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn customer_events(
+    State(state): State<AppState>,
+    _caller: Authorized<ReadCustomers>,
+    Path(id): Path<String>,
+    Query(query): Query<TimelineQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_customer_id(&id)?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::field("limit", format!("must be between 1 and {MAX_PAGE}")));
+    }
+    let cursor = match query.cursor.as_deref() {
+        Some(text) => Some(
+            TimelineCursor::decode(text)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor returned by this endpoint"))?,
+        ),
+        None => None,
+    };
+    match state.store.run(move |engine| engine.customer(id)).await? {
+        CustomerLookup::NotFound => return Err(ApiError::NotFound(format!("no customer `{id}`"))),
+        CustomerLookup::MergedInto(survivor) => {
+            let mut suffix = format!("/events?limit={limit}");
+            if let Some(c) = &query.cursor {
+                suffix.push_str(&format!("&cursor={c}"));
+            }
+            return Ok(moved(survivor, &suffix));
+        }
+        CustomerLookup::Found(_) => {}
+    }
+    let page = state.store.run(move |engine| engine.events(id, cursor.as_ref(), limit)).await?;
+    Ok(Json(timeline_view(page)).into_response())
+}
+
+/// Merges of other profiles into this one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MergesView {
+    /// Recorded merges, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub merges: Vec<MergeRecord>,
+}
+
+/// The merge history of a customer.
+#[utoipa::path(get, path = "/api/v1/customers/{id}/merges", tag = "customers",
+    params(("id" = String, Path, description = "Customer id")),
+    responses((status = 200, body = MergesView), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn customer_merges(
+    State(state): State<AppState>,
+    _caller: Authorized<ReadCustomers>,
+    Path(id): Path<String>,
+) -> Result<Json<MergesView>, ApiError> {
+    let id = parse_customer_id(&id)?;
+    let merges = state.store.run(move |engine| engine.merges(id)).await?;
+    Ok(Json(MergesView { merges }))
+}

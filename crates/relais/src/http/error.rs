@@ -1,0 +1,143 @@
+//! The one place where errors become HTTP responses: RFC 9457 problem details.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::StoreError;
+
+/// One field-level reason inside a problem.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Where: a JSON path or parameter name (`batch[3].userId`, `identifier`).
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong and what to do.
+    pub detail: String,
+    /// A stable machine-readable code (also read by tracking libraries).
+    pub code: String,
+    /// The same as `detail`, for clients that read `message`.
+    pub message: String,
+    /// Field-level reasons, when the input was at fault.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// Per-message outcomes of a tracking batch in which no message was stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub results: Option<serde_json::Value>,
+}
+
+/// An error answered to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Input was invalid.
+    #[error("{detail}")]
+    BadRequest {
+        /// Summary.
+        detail: String,
+        /// Field reasons.
+        errors: Vec<FieldError>,
+        /// Per-message results, for tracking batches.
+        results: Option<serde_json::Value>,
+    },
+    /// No or unknown credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Known credentials without the needed role.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Nothing there.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The content type or encoding is not supported.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Something failed inside; details are logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A bad request about one field.
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> ApiError {
+        let field = field.into();
+        let reason = reason.into();
+        ApiError::BadRequest {
+            detail: format!("`{field}`: {reason}"),
+            errors: vec![FieldError { field, reason }],
+            results: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ApiError::NotFound("not found".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = match &self {
+            ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request", "Invalid request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type")
+            }
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        };
+        // Return an opaque 500 while keeping the cause in the log.
+        let detail = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                "the server failed to handle the request; it has been logged, retry later".to_string()
+            }
+            other => other.to_string(),
+        };
+        let (errors, results) = match self {
+            ApiError::BadRequest { errors, results, .. } => (errors, results),
+            _ => (Vec::new(), None),
+        };
+        let problem = Problem {
+            kind: format!("https://relais.dev/problems/{code}"),
+            title: title.into(),
+            status: status.as_u16(),
+            message: detail.clone(),
+            detail,
+            code: code.into(),
+            errors,
+            results,
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"relais\", Bearer"));
+        }
+        response
+    }
+}

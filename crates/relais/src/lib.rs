@@ -1,0 +1,10 @@
+//! relais: one customer database fed by every touchpoint. This crate holds the
+//! storage engines, the HTTP API, the demo generator and the command line; the
+//! domain rules live in `relais-domain`.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod store;

@@ -1,0 +1,492 @@
+//! The ingest algorithm, written once for every engine: prefetch what a batch of
+//! messages needs, resolve identities and fold traits in memory, then write all
+//! changes in bulk inside the caller's transaction.
+//!
+//! Engines provide the primitives (`IngestTx`). Concurrency: engines with several
+//! writers (PostgreSQL) lock the touched customers one at a time in id order when
+//! loading them, and report `StoreError::Race` when a claimed message id or
+//! identifier was taken meanwhile; the caller then rolls back and runs the batch
+//! again, which finds the other writer's rows.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use relais_domain::message::MessageType;
+use relais_domain::resolve::{resolve, KnownIdentities, Target};
+use relais_domain::traits::{OrderEffect, TraitInput};
+use relais_domain::{ComputedTraits, CustomerId, EventId, Identifier, IdentifierKind, MergeId, TrackingMessage};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::StoreError;
+
+/// Organisation settings the ingest needs.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// The organisation's time zone: it sets the days of rolling windows.
+    pub time_zone: Tz,
+    /// The organisation's currency: revenue traits count orders in it.
+    pub currency: String,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings { time_zone: chrono_tz::Europe::Paris, currency: "EUR".into() }
+    }
+}
+
+impl IngestSettings {
+    /// The organisation's calendar day of an instant.
+    pub fn day_of(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.time_zone).date_naive()
+    }
+
+    /// The trait facts of an event, with amounts in other currencies left out of revenue.
+    pub fn trait_input<'a>(&self, event: &'a EventFacts<'a>) -> TraitInput<'a> {
+        let order = match (event.order_kind, event.amount_minor, event.currency) {
+            (Some(kind), Some(amount), Some(currency)) if currency == self.currency => Some(match kind {
+                OrderKind::Completed => OrderEffect::Completed(amount),
+                OrderKind::Refunded => OrderEffect::Refunded(amount),
+            }),
+            (Some(OrderKind::Completed), _, _) => Some(OrderEffect::Completed(0)),
+            _ => None,
+        };
+        TraitInput {
+            timestamp: event.timestamp,
+            message_id: event.message_id,
+            channel: event.channel,
+            store: event.store,
+            order,
+        }
+    }
+}
+
+/// Order-related kinds of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderKind {
+    /// `Order Completed`.
+    Completed,
+    /// `Order Refunded`.
+    Refunded,
+}
+
+/// The columns of a stored event that traits are computed from; shared by the
+/// incremental path and the rebuild so both read the same facts.
+#[derive(Debug, Clone)]
+pub struct EventFacts<'a> {
+    /// Event timestamp.
+    pub timestamp: DateTime<Utc>,
+    /// Sender's message id.
+    pub message_id: &'a str,
+    /// Touchpoint.
+    pub channel: relais_domain::Channel,
+    /// Store.
+    pub store: Option<&'a str>,
+    /// Whether it is an order or refund.
+    pub order_kind: Option<OrderKind>,
+    /// Amount in minor units.
+    pub amount_minor: Option<i64>,
+    /// Currency of the amount.
+    pub currency: Option<&'a str>,
+}
+
+impl EventFacts<'_> {
+    /// Order kind from a stored event's type and name.
+    pub fn order_kind_of(kind: &str, name: Option<&str>) -> Option<OrderKind> {
+        match (kind, name) {
+            ("track", Some(relais_domain::message::events::ORDER_COMPLETED)) => Some(OrderKind::Completed),
+            ("track", Some(relais_domain::message::events::ORDER_REFUNDED)) => Some(OrderKind::Refunded),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Stored now.
+    Stored {
+        /// The profile it went to.
+        customer_id: CustomerId,
+        /// The stored event.
+        event_id: EventId,
+    },
+    /// Already stored earlier under the same `messageId` and source.
+    Duplicate {
+        /// The profile it went to then.
+        customer_id: CustomerId,
+        /// The event stored then.
+        event_id: EventId,
+    },
+}
+
+/// A customer's mutable state as the batch sees it.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerState {
+    /// Identify traits.
+    pub profile: Map<String, Value>,
+    /// Computed traits.
+    pub traits: ComputedTraits,
+    /// Set when the row says this profile was merged away (a concurrent merge).
+    pub merged_into: Option<CustomerId>,
+}
+
+/// An event row to insert.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// Owner at storage time.
+    pub customer_id: CustomerId,
+    /// New id.
+    pub event_id: EventId,
+    /// Source of the key that sent it.
+    pub source: &'a str,
+    /// The message.
+    pub message: &'a TrackingMessage,
+}
+
+/// A merge to write.
+#[derive(Debug, Clone)]
+pub struct MergeWrite {
+    /// Its id.
+    pub merge_id: MergeId,
+    /// Surviving profile.
+    pub survivor: CustomerId,
+    /// Profile merged away.
+    pub merged: CustomerId,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why.
+    pub reason: String,
+}
+
+/// An identity conflict to record.
+#[derive(Debug, Clone)]
+pub struct ConflictWrite {
+    /// Profile the message went to (or created).
+    pub customer: CustomerId,
+    /// Profile not merged.
+    pub other: CustomerId,
+    /// Kind whose values differ.
+    pub kind: IdentifierKind,
+    /// The message that linked them.
+    pub message_id: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Everything a batch writes, in the order engines must apply it.
+#[derive(Debug, Default)]
+pub struct Changes<'a> {
+    /// Profiles to create.
+    pub new_customers: Vec<(CustomerId, DateTime<Utc>)>,
+    /// Identifiers to link (must not exist yet; else `Race`).
+    pub new_identifiers: Vec<(Identifier, CustomerId, DateTime<Utc>)>,
+    /// Events to append.
+    pub events: Vec<NewEvent<'a>>,
+    /// Message ids to remember (must not exist yet; else `Race`).
+    pub message_claims: Vec<(&'a str, &'a str, CustomerId, EventId, DateTime<Utc>)>,
+    /// Per-customer per-day order totals to add.
+    pub day_deltas: Vec<DayRow>,
+    /// Merges, in order; each moves identifiers, day totals and memberships.
+    pub merges: Vec<MergeWrite>,
+    /// Conflicts to record.
+    pub conflicts: Vec<ConflictWrite>,
+    /// Final state of every touched customer.
+    pub customers: Vec<(CustomerId, CustomerState)>,
+    /// Accounts (groups) to create or update: group id, traits, when.
+    pub accounts: Vec<(&'a str, &'a Map<String, Value>, DateTime<Utc>)>,
+    /// Account memberships to add: customer, group id, when.
+    pub memberships: Vec<(CustomerId, &'a str, DateTime<Utc>)>,
+}
+
+/// Where earlier messages went, by (source, messageId).
+pub type KnownMessages = HashMap<(String, String), (CustomerId, EventId)>;
+/// A day-totals row: customer, day, orders, net revenue in minor units.
+pub type DayRow = (CustomerId, NaiveDate, i64, i64);
+
+/// Engine primitives for one ingest transaction.
+pub trait IngestTx {
+    /// Message ids already stored, with where they went.
+    fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError>;
+    /// Owners of known identifiers.
+    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<HashMap<Identifier, CustomerId>, StoreError>;
+    /// Exclusive-kind identifiers held by each customer.
+    fn exclusive_identifiers(
+        &mut self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Vec<Identifier>>, StoreError>;
+    /// Load (and, with several writers, lock in the given sorted order) customers.
+    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError>;
+    /// Apply every change.
+    fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError>;
+}
+
+/// The identifiers a message links, including an alias's previous id.
+fn message_identifiers(message: &TrackingMessage, owners: &HashMap<Identifier, CustomerId>) -> Vec<Identifier> {
+    let mut identifiers = message.identifiers.clone();
+    if let (MessageType::Alias, Some(previous)) = (message.kind, message.previous_id.as_deref()) {
+        // `previousId` is an earlier userId or anonymousId: link whichever is known,
+        // and record it as an anonymous id when neither is.
+        let candidates: Vec<Identifier> = [IdentifierKind::UserId, IdentifierKind::AnonymousId]
+            .into_iter()
+            .filter_map(|kind| Identifier::new(kind, previous).ok())
+            .collect();
+        let known: Vec<Identifier> = candidates.iter().filter(|c| owners.contains_key(*c)).cloned().collect();
+        if known.is_empty() {
+            identifiers.extend(candidates.into_iter().filter(|c| c.kind() == IdentifierKind::AnonymousId));
+        } else {
+            identifiers.extend(known);
+        }
+        identifiers.sort();
+        identifiers.dedup();
+    }
+    identifiers
+}
+
+fn alias_candidates(message: &TrackingMessage) -> Vec<Identifier> {
+    match (message.kind, message.previous_id.as_deref()) {
+        (MessageType::Alias, Some(previous)) => [IdentifierKind::UserId, IdentifierKind::AnonymousId]
+            .into_iter()
+            .filter_map(|kind| Identifier::new(kind, previous).ok())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Traits sent with identify calls: top-level `traits`, or `context.traits` as some
+/// libraries send them.
+fn profile_traits(message: &TrackingMessage) -> Option<&Map<String, Value>> {
+    if message.kind != MessageType::Identify {
+        return None;
+    }
+    if !message.traits.is_empty() {
+        return Some(&message.traits);
+    }
+    message.context.get("traits").and_then(Value::as_object)
+}
+
+/// Ingest `batch` (source, message) through `tx`; one outcome per message, in order.
+pub fn ingest_batch<'a>(
+    tx: &mut impl IngestTx,
+    batch: &[(&'a str, &'a TrackingMessage)],
+    settings: &IngestSettings,
+) -> Result<Vec<Outcome>, StoreError> {
+    // 1. Prefetch: which messages are duplicates, who owns the identifiers.
+    let claims: Vec<(&str, &str)> =
+        batch.iter().filter(|(_, m)| m.message_id_given).map(|(source, m)| (*source, m.message_id.as_str())).collect();
+    let existing = tx.existing_message_ids(&claims)?;
+
+    let all_identifiers: BTreeSet<Identifier> =
+        batch.iter().flat_map(|(_, m)| m.identifiers.iter().cloned().chain(alias_candidates(m))).collect();
+    let all_identifiers: Vec<Identifier> = all_identifiers.into_iter().collect();
+    let mut owners = tx.identifier_owners(&all_identifiers)?;
+    let mut owner_ids: Vec<CustomerId> = owners.values().copied().collect();
+    owner_ids.sort();
+    owner_ids.dedup();
+    let mut exclusives = tx.exclusive_identifiers(&owner_ids)?;
+    let mut customers = tx.load_customers(&owner_ids)?;
+    if customers.values().any(|c| c.merged_into.is_some()) || customers.len() != owner_ids.len() {
+        // An identifier pointed at a profile that a concurrent writer merged away.
+        return Err(StoreError::Race);
+    }
+
+    // 2. Resolve and fold, message by message, in memory.
+    let mut changes = Changes::default();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut seen_in_batch: HashMap<(&str, &str), (CustomerId, EventId)> = HashMap::new();
+    let mut day_deltas: HashMap<(CustomerId, NaiveDate), (i64, i64)> = HashMap::new();
+    let mut touched: BTreeSet<CustomerId> = BTreeSet::new();
+
+    for (source, message) in batch {
+        let key = (*source, message.message_id.as_str());
+        if message.message_id_given {
+            if let Some((customer_id, event_id)) = existing.get(&(key.0.to_string(), key.1.to_string())) {
+                outcomes.push(Outcome::Duplicate { customer_id: *customer_id, event_id: *event_id });
+                continue;
+            }
+            if let Some((customer_id, event_id)) = seen_in_batch.get(&key) {
+                outcomes.push(Outcome::Duplicate { customer_id: *customer_id, event_id: *event_id });
+                continue;
+            }
+        }
+
+        let identifiers = message_identifiers(message, &owners);
+        let known = KnownIdentities {
+            owners: identifiers.iter().filter_map(|i| owners.get(i).map(|c| (i.clone(), *c))).collect(),
+            exclusives: identifiers
+                .iter()
+                .filter_map(|i| owners.get(i))
+                .filter_map(|c| exclusives.get(c).map(|e| (*c, e.clone())))
+                .collect(),
+        };
+        let resolution = resolve(&identifiers, &known);
+        let customer_id = match resolution.target {
+            Target::Existing(id) => id,
+            Target::New => {
+                let id = CustomerId::new();
+                changes.new_customers.push((id, message.received_at));
+                customers.insert(id, CustomerState::default());
+                id
+            }
+        };
+        for identifier in &resolution.attach {
+            owners.insert(identifier.clone(), customer_id);
+            changes.new_identifiers.push((identifier.clone(), customer_id, message.received_at));
+            if identifier.kind().is_exclusive() {
+                exclusives.entry(customer_id).or_default().push(identifier.clone());
+            }
+        }
+        for conflict in &resolution.conflicts {
+            changes.conflicts.push(ConflictWrite {
+                customer: customer_id,
+                other: conflict.other,
+                kind: conflict.kind,
+                message_id: message.message_id.clone(),
+                at: message.received_at,
+            });
+        }
+        for merged in &resolution.merge {
+            merge_in_memory(customer_id, *merged, &mut owners, &mut exclusives, &mut customers);
+            changes.merges.push(MergeWrite {
+                merge_id: MergeId::new(),
+                survivor: customer_id,
+                merged: *merged,
+                at: message.received_at,
+                reason: format!("message {} from source {} linked both profiles", message.message_id, source),
+            });
+            touched.insert(*merged);
+        }
+
+        let event_id = EventId::new();
+        let state = customers.get_mut(&customer_id).expect("target customer is loaded");
+        let facts = EventFacts {
+            timestamp: message.timestamp,
+            message_id: &message.message_id,
+            channel: message.channel,
+            store: message.store.as_deref(),
+            order_kind: EventFacts::order_kind_of(message.kind.as_str(), message.name.as_deref()),
+            amount_minor: message.order.as_ref().map(|o| o.amount_minor),
+            currency: message.order.as_ref().map(|o| o.currency.as_str()),
+        };
+        let input = settings.trait_input(&facts);
+        state.traits.apply(&input);
+        if let Some(effect) = input.order {
+            let (orders, revenue) = match effect {
+                OrderEffect::Completed(amount) => (1, amount),
+                OrderEffect::Refunded(amount) => (0, -amount),
+            };
+            let entry = day_deltas.entry((customer_id, settings.day_of(message.timestamp))).or_default();
+            entry.0 += orders;
+            entry.1 += revenue;
+        }
+        if let Some(traits) = profile_traits(message) {
+            for (k, v) in traits {
+                state.profile.insert(k.clone(), v.clone());
+            }
+        }
+        if let (MessageType::Group, Some(group_id)) = (message.kind, message.group_id.as_deref()) {
+            changes.accounts.push((group_id, &message.traits, message.received_at));
+            changes.memberships.push((customer_id, group_id, message.received_at));
+        }
+        touched.insert(customer_id);
+        changes.events.push(NewEvent { customer_id, event_id, source, message });
+        if message.message_id_given {
+            changes.message_claims.push((source, &message.message_id, customer_id, event_id, message.received_at));
+            seen_in_batch.insert(key, (customer_id, event_id));
+        }
+        outcomes.push(Outcome::Stored { customer_id, event_id });
+    }
+
+    // Day deltas are keyed by the customer at event time; merges written later move them.
+    let mut deltas: Vec<_> = day_deltas.into_iter().map(|((c, d), (o, r))| (c, d, o, r)).collect();
+    deltas.sort_by_key(|(c, d, _, _)| (*c, *d));
+    changes.day_deltas = deltas;
+    changes.customers = touched.into_iter().map(|id| (id, customers.get(&id).cloned().unwrap_or_default())).collect();
+
+    // 3. Write.
+    tx.write(&changes)?;
+    Ok(outcomes)
+}
+
+/// Merge `merged` into `survivor` in the batch's view: identifiers follow, traits
+/// and profile combine.
+fn merge_in_memory(
+    survivor: CustomerId,
+    merged: CustomerId,
+    owners: &mut HashMap<Identifier, CustomerId>,
+    exclusives: &mut HashMap<CustomerId, Vec<Identifier>>,
+    customers: &mut HashMap<CustomerId, CustomerState>,
+) {
+    for owner in owners.values_mut() {
+        if *owner == merged {
+            *owner = survivor;
+        }
+    }
+    if let Some(moved) = exclusives.remove(&merged) {
+        exclusives.entry(survivor).or_default().extend(moved);
+    }
+    let absorbed = customers.get(&merged).cloned().unwrap_or_default();
+    let state = customers.entry(survivor).or_default();
+    state.traits.absorb(&absorbed.traits);
+    for (k, v) in absorbed.profile {
+        state.profile.entry(k).or_insert(v);
+    }
+    if let Some(m) = customers.get_mut(&merged) {
+        m.merged_into = Some(survivor);
+    }
+}
+
+/// Recomputes traits and day totals from the event log: events are fed in any
+/// order, grouped by the profile they were stored under, then merged profiles are
+/// folded into their survivors, exactly as the incremental path does.
+#[derive(Debug, Default)]
+pub struct Rebuild {
+    traits: HashMap<CustomerId, ComputedTraits>,
+    days: HashMap<(CustomerId, NaiveDate), (i64, i64)>,
+}
+
+impl Rebuild {
+    /// Fold one stored event in.
+    pub fn add(&mut self, customer: CustomerId, facts: &EventFacts<'_>, settings: &IngestSettings) {
+        let input = settings.trait_input(facts);
+        self.traits.entry(customer).or_default().apply(&input);
+        if let Some(effect) = input.order {
+            let entry = self.days.entry((customer, settings.day_of(facts.timestamp))).or_default();
+            match effect {
+                OrderEffect::Completed(amount) => {
+                    entry.0 += 1;
+                    entry.1 += amount;
+                }
+                OrderEffect::Refunded(amount) => entry.1 -= amount,
+            }
+        }
+    }
+
+    /// Final traits per customer (merged profiles keep their own; survivors absorb
+    /// theirs) and day totals per surviving customer. `merged_into` maps every
+    /// merged-away profile to its survivor.
+    pub fn finish(
+        mut self,
+        merged_into: &HashMap<CustomerId, CustomerId>,
+    ) -> (HashMap<CustomerId, ComputedTraits>, Vec<DayRow>) {
+        let mut sorted: Vec<(&CustomerId, &CustomerId)> = merged_into.iter().collect();
+        sorted.sort();
+        for (merged, survivor) in sorted {
+            if let Some(own) = self.traits.get(merged).cloned() {
+                self.traits.entry(*survivor).or_default().absorb(&own);
+            }
+        }
+        let mut days: HashMap<(CustomerId, NaiveDate), (i64, i64)> = HashMap::new();
+        for ((customer, day), (orders, revenue)) in self.days {
+            let owner = merged_into.get(&customer).copied().unwrap_or(customer);
+            let entry = days.entry((owner, day)).or_default();
+            entry.0 += orders;
+            entry.1 += revenue;
+        }
+        let mut days: Vec<_> = days.into_iter().map(|((c, d), (o, r))| (c, d, o, r)).collect();
+        days.sort_by_key(|(c, d, _, _)| (*c, *d));
+        (self.traits, days)
+    }
+}

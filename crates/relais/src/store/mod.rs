@@ -1,0 +1,361 @@
+//! Storage: one `Engine` trait, one implementation per database engine (SQLite,
+//! PostgreSQL), chosen from the location's scheme. The ingest algorithm is written
+//! once (`ingest.rs`) over engine primitives; only SQL differs per engine.
+//!
+//! Architecture invariant: nothing outside this module writes SQL.
+
+pub mod ingest;
+mod pool;
+pub mod postgres;
+pub mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use relais_domain::traits::{DayTotals, WindowTraits};
+use relais_domain::{
+    AccountId, Channel, ComputedTraits, CustomerId, EventId, Identifier, KeyId, MergeId, Role, TrackingMessage,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub use ingest::{IngestSettings, Outcome};
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// A data folder holding `relais.db` (SQLite, WAL).
+    Folder(PathBuf),
+    /// A PostgreSQL URL (`postgres://…`).
+    Postgres(String),
+}
+
+impl Location {
+    /// Choose the engine from a URL's scheme, or a folder when no URL is given.
+    pub fn from_args(data: Option<PathBuf>, database_url: Option<String>) -> Result<Location, StoreError> {
+        match (data, database_url) {
+            (_, Some(url)) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Location::Postgres(url))
+            }
+            (_, Some(url)) if url.starts_with("sqlite://") => {
+                Ok(Location::Folder(PathBuf::from(url.trim_start_matches("sqlite://"))))
+            }
+            (_, Some(url)) => Err(StoreError::Config(format!(
+                "unsupported database URL `{}`; use postgres://… or sqlite://FOLDER, or --data FOLDER",
+                url.split('@').next_back().unwrap_or("")
+            ))),
+            (Some(folder), None) => Ok(Location::Folder(folder)),
+            (None, None) => Ok(Location::Folder(PathBuf::from("relais-data"))),
+        }
+    }
+}
+
+/// Errors of the storage layer, converted from each driver's errors in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A concurrent writer changed what this transaction read; the caller retries.
+    #[error("a concurrent change touched the same customers; retry")]
+    Race,
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// A stored API key, without its secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    /// The key's id.
+    pub key_id: KeyId,
+    /// What it may do.
+    pub role: Role,
+    /// The source its messages deduplicate under.
+    pub source: String,
+    /// A label.
+    pub name: Option<String>,
+}
+
+/// A customer profile as stored.
+#[derive(Debug, Clone)]
+pub struct CustomerRecord {
+    /// The id.
+    pub id: CustomerId,
+    /// When the profile was created.
+    pub created_at: DateTime<Utc>,
+    /// Traits sent with identify calls (names, e-mail…).
+    pub profile: Map<String, Value>,
+    /// Computed traits.
+    pub traits: ComputedTraits,
+    /// Every identifier linked to the profile.
+    pub identifiers: Vec<Identifier>,
+    /// Profiles merged into this one.
+    pub merged_from: Vec<CustomerId>,
+    /// Orders and revenue per day, for rolling windows.
+    pub days: Vec<DayTotals>,
+    /// Accounts (households, companies) the customer belongs to.
+    pub accounts: Vec<String>,
+}
+
+impl CustomerRecord {
+    /// Rolling-window traits as of a day.
+    pub fn windows(&self, today: NaiveDate) -> WindowTraits {
+        WindowTraits::as_of(today, &self.days)
+    }
+}
+
+/// The answer to "give me customer X".
+#[derive(Debug, Clone)]
+pub enum CustomerLookup {
+    /// Here it is.
+    Found(Box<CustomerRecord>),
+    /// It was merged into another profile.
+    MergedInto(CustomerId),
+    /// No such customer.
+    NotFound,
+}
+
+/// One event of a timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    /// relais's id.
+    pub event_id: EventId,
+    /// The profile the event was first stored under (a merged profile's events
+    /// show under the survivor).
+    pub customer_id: CustomerId,
+    /// The sender's id.
+    #[serde(rename = "messageId")]
+    pub message_id: String,
+    /// identify, track, page…
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Event, page or screen name.
+    pub name: Option<String>,
+    /// Touchpoint.
+    pub channel: Channel,
+    /// When it happened (UTC).
+    pub timestamp: DateTime<Utc>,
+    /// When relais received it.
+    #[serde(rename = "receivedAt")]
+    pub received_at: DateTime<Utc>,
+    /// When the client sent it.
+    #[serde(rename = "sentAt", skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    /// Store, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Segment userId.
+    #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Segment anonymousId.
+    #[serde(rename = "anonymousId", skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    /// Event properties.
+    pub properties: Value,
+    /// Segment context.
+    pub context: Value,
+    /// Identify/group traits.
+    #[serde(skip_serializing_if = "value_is_empty")]
+    pub traits: Value,
+    /// Whether relais computed this event itself.
+    pub computed: bool,
+}
+
+fn value_is_empty(value: &Value) -> bool {
+    value.as_object().is_some_and(Map::is_empty) || value.is_null()
+}
+
+/// A position in a timeline (newest first): events strictly older than it follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineCursor {
+    /// Timestamp of the last event seen.
+    pub timestamp: DateTime<Utc>,
+    /// Its id.
+    pub event_id: EventId,
+}
+
+impl TimelineCursor {
+    /// The opaque text form handed to API clients.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+            "{}|{}",
+            self.timestamp.timestamp_micros(),
+            self.event_id
+        ))
+    }
+
+    /// Parse the text form.
+    pub fn decode(text: &str) -> Option<TimelineCursor> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (micros, id) = text.split_once('|')?;
+        Some(TimelineCursor {
+            timestamp: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            event_id: EventId::parse(id).ok()?,
+        })
+    }
+}
+
+/// One page of a timeline.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// Events, newest first.
+    pub events: Vec<StoredEvent>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<TimelineCursor>,
+}
+
+/// A recorded merge.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeRecord {
+    /// Its id.
+    pub merge_id: MergeId,
+    /// The profile that remains.
+    pub survivor_id: CustomerId,
+    /// The profile merged away.
+    pub merged_id: CustomerId,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why (the message that linked them).
+    pub reason: String,
+    /// Identifiers that moved from the merged profile to the survivor.
+    pub identifiers: Vec<String>,
+}
+
+/// The operations every engine provides; blocking, called from `Store` through
+/// `spawn_blocking`.
+pub trait Engine: Send + Sync + 'static {
+    /// Which engine, for logs and `/healthz`.
+    fn name(&self) -> &'static str;
+    /// Store validated messages from one source; one outcome per message, in order.
+    fn ingest(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Vec<Outcome>, StoreError>;
+    /// Store a new API key (its hash only).
+    fn insert_api_key(&self, key_hash: &str, key: &ApiKey) -> Result<(), StoreError>;
+    /// Find a key by the hash of its secret.
+    fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// A customer with everything attached.
+    fn customer(&self, id: CustomerId) -> Result<CustomerLookup, StoreError>;
+    /// The customer that holds an identifier.
+    fn customer_id_by_identifier(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError>;
+    /// A page of a customer's timeline (including profiles merged into it).
+    fn events(&self, id: CustomerId, after: Option<&TimelineCursor>, limit: usize) -> Result<EventPage, StoreError>;
+    /// Merges whose survivor is this customer.
+    fn merges(&self, id: CustomerId) -> Result<Vec<MergeRecord>, StoreError>;
+    /// Recompute every customer's traits and day totals from the event log.
+    fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError>;
+    /// Number of (customers, events) stored.
+    fn counts(&self) -> Result<(u64, u64), StoreError>;
+    /// The durability settings in force, as (name, value) pairs, for tests and `/healthz`.
+    fn durability(&self) -> Result<Vec<(String, String)>, StoreError>;
+}
+
+/// The storage handle shared by the HTTP layer and the CLI.
+#[derive(Clone)]
+pub struct Store {
+    engine: Arc<dyn Engine>,
+}
+
+impl Store {
+    /// Open (creating and migrating as needed) the store at `location`.
+    pub fn open(location: &Location, settings: IngestSettings) -> Result<Store, StoreError> {
+        let engine: Arc<dyn Engine> = match location {
+            Location::Folder(folder) => Arc::new(sqlite::SqliteEngine::open(folder, settings)?),
+            Location::Postgres(url) => Arc::new(postgres::PgEngine::open(url, settings)?),
+        };
+        Ok(Store { engine })
+    }
+
+    /// The engine's name.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// Run a blocking engine call off the async executor.
+    pub async fn run<T, F>(&self, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Engine) -> Result<T, StoreError> + Send + 'static,
+    {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || call(engine.as_ref()))
+            .await
+            .map_err(|e| StoreError::Database(format!("storage task failed: {e}")))?
+    }
+
+    /// The engine, for blocking callers (CLI, benches).
+    pub fn blocking(&self) -> &dyn Engine {
+        self.engine.as_ref()
+    }
+}
+
+/// A new random API key secret and its stored hash.
+pub fn new_api_key_secret() -> (String, String) {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let secret = format!("rls_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let hash = hash_api_key(&secret);
+    (secret, hash)
+}
+
+/// The stored form of an API key: keys carry 256 random bits, so a plain SHA-256
+/// is enough (no password stretching needed) and lookups stay one index probe.
+pub fn hash_api_key(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A group account id for a Segment `groupId`.
+pub fn new_account_id() -> AccountId {
+    AccountId::new()
+}
+
+/// The engine's best case for the benchmark: insert already-parsed messages of
+/// `people` users (one profile each, assigned without resolution) into a fresh
+/// database at `location`, through the same write statements as ingest, one
+/// thread, one large transaction per chunk. Returns the time spent writing.
+pub fn raw_load(
+    location: &Location,
+    chunks: &[Vec<TrackingMessage>],
+    people: usize,
+) -> Result<std::time::Duration, StoreError> {
+    let _ = people; // users are derived from the messages themselves
+    match location {
+        Location::Folder(folder) => sqlite::raw_load(folder, chunks),
+        Location::Postgres(url) => postgres::raw_load(url, chunks),
+    }
+}
+
+/// Precomputed changes for the raw load: each distinct user id gets one profile.
+fn raw_changes<'a>(
+    chunk: &'a [TrackingMessage],
+    owners: &mut std::collections::HashMap<Identifier, CustomerId>,
+) -> ingest::Changes<'a> {
+    let mut changes = ingest::Changes::default();
+    for message in chunk {
+        let known = message.identifiers.iter().find_map(|i| owners.get(i).copied());
+        let customer = known.unwrap_or_else(|| {
+            let id = CustomerId::new();
+            changes.new_customers.push((id, message.received_at));
+            id
+        });
+        for identifier in &message.identifiers {
+            if !owners.contains_key(identifier) {
+                owners.insert(identifier.clone(), customer);
+                changes.new_identifiers.push((identifier.clone(), customer, message.received_at));
+            }
+        }
+        let event_id = EventId::new();
+        changes.events.push(ingest::NewEvent { customer_id: customer, event_id, source: "raw", message });
+        changes.message_claims.push(("raw", &message.message_id, customer, event_id, message.received_at));
+    }
+    changes
+}

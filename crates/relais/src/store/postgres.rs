@@ -1,0 +1,703 @@
+//! The server engine: PostgreSQL through a pool of blocking clients. Each ingest
+//! request is one transaction of a few set-based statements (`unnest` arrays);
+//! touched customers are locked in id order; a lost race is retried.
+//!
+//! Citus: customer-scoped tables are distributed by `customer_id`, `identifiers` by
+//! `identifier`, `message_ids` by `message_id`, `accounts` by `group_id`; `api_keys`
+//! is a reference table. See ARCHITECTURE.md for the steps that touch two customers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use postgres::{Client, NoTls};
+use relais_domain::traits::DayTotals;
+use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, Role, TrackingMessage};
+use serde_json::{Map, Value};
+
+use super::ingest::{
+    ingest_batch, Changes, CustomerState, EventFacts, IngestSettings, IngestTx, KnownMessages, Outcome, Rebuild,
+};
+use super::pool::Pool;
+use super::{
+    ApiKey, CustomerLookup, CustomerRecord, Engine, EventPage, MergeRecord, StoreError, StoredEvent, TimelineCursor,
+};
+
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "customer_database", include_str!("../../migrations/postgres/0001_customer_database.sql"))];
+
+/// Key of the advisory lock that serialises migrations across processes.
+const MIGRATION_LOCK: i64 = 0x7265_6c61_6973;
+/// How many times a batch that lost a race with another writer is retried.
+const MAX_ATTEMPTS: usize = 20;
+
+impl From<postgres::Error> for StoreError {
+    fn from(error: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        match error.code() {
+            // Match SQLSTATE, never constraint names (Citus suffixes them per shard).
+            Some(code)
+                if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::UNIQUE_VIOLATION =>
+            {
+                StoreError::Race
+            }
+            _ => StoreError::Database(error.to_string()),
+        }
+    }
+}
+
+fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
+    text.parse().map_err(|_| StoreError::Database(format!("corrupt id `{text}` in the database")))
+}
+
+fn json_text(map: &Map<String, Value>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
+
+/// The PostgreSQL engine.
+pub struct PgEngine {
+    pool: Pool<Client>,
+    settings: IngestSettings,
+}
+
+fn connect(url: &str) -> Result<Client, StoreError> {
+    let mut client = Client::connect(url, NoTls).map_err(|e| {
+        StoreError::Config(format!("cannot connect to PostgreSQL: {e}; check --database-url and that the server is up"))
+    })?;
+    // Decision 5: a commit returns only once it is flushed to disk.
+    client.batch_execute("SET synchronous_commit = on; SET application_name = 'relais'")?;
+    Ok(client)
+}
+
+fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    let result = (|| -> Result<(), StoreError> {
+        client.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )?;
+        for (version, name, sql) in MIGRATIONS {
+            let mut tx = client.transaction()?;
+            let applied = tx.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])?.is_some();
+            if !applied {
+                tx.batch_execute(sql)?;
+                tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[version, name])?;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
+    result
+}
+
+impl PgEngine {
+    /// Connect, migrate and build the pool.
+    pub fn open(url: &str, settings: IngestSettings) -> Result<PgEngine, StoreError> {
+        let mut first = connect(url)?;
+        migrate(&mut first)?;
+        drop(first);
+        let url = url.to_string();
+        let pool = Pool::new(16, move || connect(&url));
+        Ok(PgEngine { pool, settings })
+    }
+}
+
+struct PgTx<'c, 't> {
+    tx: &'c mut postgres::Transaction<'t>,
+}
+
+impl IngestTx for PgTx<'_, '_> {
+    fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sources: Vec<&str> = ids.iter().map(|(s, _)| *s).collect();
+        let message_ids: Vec<&str> = ids.iter().map(|(_, m)| *m).collect();
+        let rows = self.tx.query(
+            "SELECT m.source, m.message_id, m.customer_id, m.event_id FROM message_ids m \
+             JOIN unnest($1::text[], $2::text[]) AS u(message_id, source) \
+             ON m.message_id = u.message_id AND m.source = u.source",
+            &[&message_ids, &sources],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    (r.get::<_, String>(0), r.get::<_, String>(1)),
+                    (parse_id(r.get::<_, &str>(2))?, parse_id(r.get::<_, &str>(3))?),
+                ))
+            })
+            .collect()
+    }
+
+    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<HashMap<Identifier, CustomerId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows =
+            self.tx.query("SELECT identifier, customer_id FROM identifiers WHERE identifier = ANY($1)", &[&texts])?;
+        let mut found = HashMap::new();
+        for row in rows {
+            if let Ok(identifier) = Identifier::parse(row.get::<_, &str>(0)) {
+                found.insert(identifier, parse_id(row.get::<_, &str>(1))?);
+            }
+        }
+        Ok(found)
+    }
+
+    fn exclusive_identifiers(
+        &mut self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Vec<Identifier>>, StoreError> {
+        if customers.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = customers.iter().map(ToString::to_string).collect();
+        let rows = self.tx.query(
+            "SELECT customer_id, identifier FROM identifiers WHERE customer_id = ANY($1) AND kind IN ('user_id', 'customer_number')",
+            &[&ids],
+        )?;
+        let mut found: HashMap<CustomerId, Vec<Identifier>> = HashMap::new();
+        for row in rows {
+            if let Ok(identifier) = Identifier::parse(row.get::<_, &str>(1)) {
+                found.entry(parse_id(row.get::<_, &str>(0))?).or_default().push(identifier);
+            }
+        }
+        Ok(found)
+    }
+
+    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError> {
+        if customers.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<String> = customers.iter().map(ToString::to_string).collect();
+        // Rows are locked in id order (LockRows runs above the sort), so two
+        // batches touching the same customers cannot deadlock. On Citus this
+        // becomes one `FOR UPDATE` per customer, in the same order.
+        let rows = self.tx.query(
+            "SELECT customer_id, profile, traits, merged_into FROM customers WHERE customer_id = ANY($1) \
+             ORDER BY customer_id FOR UPDATE",
+            &[&ids],
+        )?;
+        let mut found = HashMap::new();
+        for row in rows {
+            let profile: Value = row.get(1);
+            let traits: Value = row.get(2);
+            let merged_into: Option<&str> = row.get(3);
+            found.insert(
+                parse_id(row.get::<_, &str>(0))?,
+                CustomerState {
+                    profile: match profile {
+                        Value::Object(map) => map,
+                        _ => Map::new(),
+                    },
+                    traits: serde_json::from_value(traits).unwrap_or_default(),
+                    merged_into: merged_into.map(parse_id).transpose()?,
+                },
+            );
+        }
+        Ok(found)
+    }
+
+    fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError> {
+        let tx = &mut *self.tx;
+        if !changes.new_customers.is_empty() {
+            let ids: Vec<String> = changes.new_customers.iter().map(|(id, _)| id.to_string()).collect();
+            let ats: Vec<DateTime<Utc>> = changes.new_customers.iter().map(|(_, at)| *at).collect();
+            tx.execute(
+                "INSERT INTO customers (customer_id, created_at, updated_at) SELECT id, at, at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)",
+                &[&ids, &ats],
+            )?;
+        }
+        if !changes.new_identifiers.is_empty() {
+            let mut sorted: Vec<_> = changes.new_identifiers.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            let identifiers: Vec<String> = sorted.iter().map(|(i, _, _)| i.to_string()).collect();
+            let kinds: Vec<&str> = sorted.iter().map(|(i, _, _)| i.kind().as_str()).collect();
+            let owners: Vec<String> = sorted.iter().map(|(_, c, _)| c.to_string()).collect();
+            let ats: Vec<DateTime<Utc>> = sorted.iter().map(|(_, _, at)| *at).collect();
+            let inserted = tx.execute(
+                "INSERT INTO identifiers (identifier, kind, customer_id, created_at) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
+                &[&identifiers, &kinds, &owners, &ats],
+            )?;
+            if inserted as usize != identifiers.len() {
+                return Err(StoreError::Race);
+            }
+        }
+        if !changes.message_claims.is_empty() {
+            let mut sorted: Vec<_> = changes.message_claims.iter().collect();
+            sorted.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+            let sources: Vec<&str> = sorted.iter().map(|c| c.0).collect();
+            let message_ids: Vec<&str> = sorted.iter().map(|c| c.1).collect();
+            let customers: Vec<String> = sorted.iter().map(|c| c.2.to_string()).collect();
+            let events: Vec<String> = sorted.iter().map(|c| c.3.to_string()).collect();
+            let ats: Vec<DateTime<Utc>> = sorted.iter().map(|c| c.4).collect();
+            let inserted = tx.execute(
+                "INSERT INTO message_ids (source, message_id, customer_id, event_id, received_at) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) ON CONFLICT DO NOTHING",
+                &[&sources, &message_ids, &customers, &events, &ats],
+            )?;
+            if inserted as usize != sources.len() {
+                return Err(StoreError::Race);
+            }
+        }
+        if !changes.events.is_empty() {
+            insert_events(tx, changes)?;
+        }
+        if !changes.day_deltas.is_empty() {
+            let customers: Vec<String> = changes.day_deltas.iter().map(|d| d.0.to_string()).collect();
+            let days: Vec<NaiveDate> = changes.day_deltas.iter().map(|d| d.1).collect();
+            let orders: Vec<i64> = changes.day_deltas.iter().map(|d| d.2).collect();
+            let revenue: Vec<i64> = changes.day_deltas.iter().map(|d| d.3).collect();
+            tx.execute(
+                "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) \
+                 SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[]) \
+                 ON CONFLICT (customer_id, day) DO UPDATE SET orders = customer_days.orders + excluded.orders, \
+                 revenue_minor = customer_days.revenue_minor + excluded.revenue_minor",
+                &[&customers, &days, &orders, &revenue],
+            )?;
+        }
+        for merge in &changes.merges {
+            let survivor = merge.survivor.to_string();
+            let merged = merge.merged.to_string();
+            let moved: Vec<String> = tx
+                .query(
+                    "UPDATE identifiers SET customer_id = $1 WHERE customer_id = $2 RETURNING identifier",
+                    &[&survivor, &merged],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            tx.execute(
+                "UPDATE customers SET merged_into = $1, merged_at = $3 WHERE customer_id = $2 OR merged_into = $2",
+                &[&survivor, &merged, &merge.at],
+            )?;
+            tx.execute(
+                "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) \
+                 SELECT $1, day, orders, revenue_minor FROM customer_days WHERE customer_id = $2 \
+                 ON CONFLICT (customer_id, day) DO UPDATE SET orders = customer_days.orders + excluded.orders, \
+                 revenue_minor = customer_days.revenue_minor + excluded.revenue_minor",
+                &[&survivor, &merged],
+            )?;
+            tx.execute("DELETE FROM customer_days WHERE customer_id = $1", &[&merged])?;
+            tx.execute(
+                "INSERT INTO account_members (customer_id, group_id, joined_at) \
+                 SELECT $1, group_id, joined_at FROM account_members WHERE customer_id = $2 ON CONFLICT DO NOTHING",
+                &[&survivor, &merged],
+            )?;
+            tx.execute("DELETE FROM account_members WHERE customer_id = $1", &[&merged])?;
+            tx.execute(
+                "INSERT INTO merges (survivor_id, merge_id, merged_id, at, reason, identifiers) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&survivor, &merge.merge_id.to_string(), &merged, &merge.at, &merge.reason, &serde_json::json!(moved)],
+            )?;
+        }
+        for c in &changes.conflicts {
+            tx.execute(
+                "INSERT INTO identity_conflicts (customer_id, other_customer_id, kind, message_id, at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&c.customer.to_string(), &c.other.to_string(), &c.kind.as_str(), &c.message_id, &c.at],
+            )?;
+        }
+        if !changes.accounts.is_empty() {
+            // One row per group, traits merged in message order, so the statement
+            // never updates a row twice.
+            let mut accounts: BTreeMap<&str, (Map<String, Value>, DateTime<Utc>)> = BTreeMap::new();
+            for (group, traits, at) in &changes.accounts {
+                let entry = accounts.entry(group).or_insert_with(|| (Map::new(), *at));
+                entry.0.extend(traits.iter().map(|(k, v)| (k.clone(), v.clone())));
+                entry.1 = entry.1.max(*at);
+            }
+            for (group, (traits, at)) in accounts {
+                tx.execute(
+                    "INSERT INTO accounts (group_id, account_id, traits, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+                     ON CONFLICT (group_id) DO UPDATE SET traits = accounts.traits || excluded.traits, updated_at = excluded.updated_at",
+                    &[&group, &super::new_account_id().to_string(), &Value::Object(traits), &at],
+                )?;
+            }
+            for (customer, group, at) in &changes.memberships {
+                tx.execute(
+                    "INSERT INTO account_members (customer_id, group_id, joined_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&customer.to_string(), group, at],
+                )?;
+            }
+        }
+        if !changes.customers.is_empty() {
+            let ids: Vec<String> = changes.customers.iter().map(|(id, _)| id.to_string()).collect();
+            let profiles: Vec<String> = changes.customers.iter().map(|(_, s)| json_text(&s.profile)).collect();
+            let traits: Vec<String> =
+                changes.customers.iter().map(|(_, s)| serde_json::to_string(&s.traits).unwrap_or_default()).collect();
+            tx.execute(
+                "UPDATE customers c SET profile = u.p::jsonb, traits = u.t::jsonb, updated_at = now() \
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, p, t) WHERE c.customer_id = u.id",
+                &[&ids, &profiles, &traits],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn insert_events(tx: &mut postgres::Transaction<'_>, changes: &Changes<'_>) -> Result<(), StoreError> {
+    let events = &changes.events;
+    let customer: Vec<String> = events.iter().map(|e| e.customer_id.to_string()).collect();
+    let event_id: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
+    let source: Vec<&str> = events.iter().map(|e| e.source).collect();
+    let message_id: Vec<&str> = events.iter().map(|e| e.message.message_id.as_str()).collect();
+    let kind: Vec<&str> = events.iter().map(|e| e.message.kind.as_str()).collect();
+    let name: Vec<Option<&str>> = events.iter().map(|e| e.message.name.as_deref()).collect();
+    let channel: Vec<&str> = events.iter().map(|e| e.message.channel.as_str()).collect();
+    let ts: Vec<DateTime<Utc>> = events.iter().map(|e| e.message.timestamp).collect();
+    let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.message.received_at).collect();
+    let sent: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.message.sent_at).collect();
+    let original: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.message.original_timestamp).collect();
+    let user_id: Vec<Option<&str>> = events.iter().map(|e| e.message.user_id.as_deref()).collect();
+    let anonymous_id: Vec<Option<&str>> = events.iter().map(|e| e.message.anonymous_id.as_deref()).collect();
+    let store: Vec<Option<&str>> = events.iter().map(|e| e.message.store.as_deref()).collect();
+    let order_id: Vec<Option<&str>> =
+        events.iter().map(|e| e.message.order.as_ref().and_then(|o| o.order_id.as_deref())).collect();
+    let amount: Vec<Option<i64>> = events.iter().map(|e| e.message.order.as_ref().map(|o| o.amount_minor)).collect();
+    let currency: Vec<Option<&str>> =
+        events.iter().map(|e| e.message.order.as_ref().map(|o| o.currency.as_str())).collect();
+    let properties: Vec<String> = events.iter().map(|e| json_text(&e.message.properties)).collect();
+    let context: Vec<String> = events.iter().map(|e| json_text(&e.message.context)).collect();
+    let traits: Vec<String> = events.iter().map(|e| json_text(&e.message.traits)).collect();
+    let extra: Vec<String> = events.iter().map(|e| json_text(&e.message.extra)).collect();
+    tx.execute(
+        "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, sent_at, \
+         original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, properties, context, traits, extra) \
+         SELECT c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p::jsonb, cx::jsonb, t::jsonb, x::jsonb \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[], \
+         $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[]) \
+         AS u(c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p, cx, t, x)",
+        &[
+            &customer,
+            &event_id,
+            &source,
+            &message_id,
+            &kind,
+            &name,
+            &channel,
+            &ts,
+            &received,
+            &sent,
+            &original,
+            &user_id,
+            &anonymous_id,
+            &store,
+            &order_id,
+            &amount,
+            &currency,
+            &properties,
+            &context,
+            &traits,
+            &extra,
+        ],
+    )?;
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str = "event_id, customer_id, message_id, type, name, channel, ts, received_at, sent_at, \
+     store, user_id, anonymous_id, properties, context, traits, computed";
+
+fn event_from_row(row: &postgres::Row) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        event_id: parse_id(row.get::<_, &str>(0))?,
+        customer_id: parse_id(row.get::<_, &str>(1))?,
+        message_id: row.get(2),
+        kind: row.get(3),
+        name: row.get(4),
+        channel: Channel::parse(row.get::<_, &str>(5)).unwrap_or(Channel::Other),
+        timestamp: row.get(6),
+        received_at: row.get(7),
+        sent_at: row.get(8),
+        store: row.get(9),
+        user_id: row.get(10),
+        anonymous_id: row.get(11),
+        properties: row.get(12),
+        context: row.get(13),
+        traits: row.get(14),
+        computed: row.get(15),
+    })
+}
+
+impl Engine for PgEngine {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn ingest(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Vec<Outcome>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch: Vec<(&str, &TrackingMessage)> = messages.iter().map(|m| (source, m)).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self.pool.with(|client| {
+                let mut tx = client.transaction()?;
+                let outcomes = ingest_batch(&mut PgTx { tx: &mut tx }, &batch, &self.settings)?;
+                tx.commit()?;
+                Ok(outcomes)
+            });
+            match result {
+                Err(StoreError::Race) if attempt < MAX_ATTEMPTS => {
+                    std::thread::sleep(std::time::Duration::from_millis(attempt as u64 * 2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn insert_api_key(&self, key_hash: &str, key: &ApiKey) -> Result<(), StoreError> {
+        self.pool.with(|client| {
+            client.execute(
+                "INSERT INTO api_keys (key_hash, key_id, role, source, name, created_at) VALUES ($1, $2, $3, $4, $5, now())",
+                &[&key_hash, &key.key_id.to_string(), &key.role.as_str(), &key.source, &key.name],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.pool.with(|client| {
+            let row = client.query_opt(
+                "SELECT key_id, role, source, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                &[&key_hash],
+            )?;
+            row.map(|r| {
+                let role: &str = r.get(1);
+                Ok(ApiKey {
+                    key_id: parse_id::<KeyId>(r.get::<_, &str>(0))?,
+                    role: Role::parse(role).ok_or_else(|| StoreError::Database(format!("unknown role `{role}`")))?,
+                    source: r.get(2),
+                    name: r.get(3),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn customer(&self, id: CustomerId) -> Result<CustomerLookup, StoreError> {
+        self.pool.with(|client| {
+            let key = id.to_string();
+            let Some(row) = client.query_opt(
+                "SELECT created_at, merged_into, profile, traits FROM customers WHERE customer_id = $1",
+                &[&key],
+            )?
+            else {
+                return Ok(CustomerLookup::NotFound);
+            };
+            if let Some(survivor) = row.get::<_, Option<&str>>(1) {
+                return Ok(CustomerLookup::MergedInto(parse_id(survivor)?));
+            }
+            let profile = match row.get::<_, Value>(2) {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            let traits: ComputedTraits = serde_json::from_value(row.get(3)).unwrap_or_default();
+            let mut identifiers: Vec<Identifier> = client
+                .query("SELECT identifier FROM identifiers WHERE customer_id = $1", &[&key])?
+                .iter()
+                .filter_map(|r| Identifier::parse(r.get::<_, &str>(0)).ok())
+                .collect();
+            identifiers.sort();
+            let merged_from = client
+                .query("SELECT customer_id FROM customers WHERE merged_into = $1 ORDER BY customer_id", &[&key])?
+                .iter()
+                .map(|r| parse_id(r.get::<_, &str>(0)))
+                .collect::<Result<Vec<CustomerId>, _>>()?;
+            let days = client
+                .query(
+                    "SELECT day, orders, revenue_minor FROM customer_days WHERE customer_id = $1 ORDER BY day",
+                    &[&key],
+                )?
+                .iter()
+                .map(|r| DayTotals { day: r.get(0), orders: r.get(1), revenue_minor: r.get(2) })
+                .collect();
+            let accounts = client
+                .query("SELECT group_id FROM account_members WHERE customer_id = $1 ORDER BY group_id", &[&key])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok(CustomerLookup::Found(Box::new(CustomerRecord {
+                id,
+                created_at: row.get(0),
+                profile,
+                traits,
+                identifiers,
+                merged_from,
+                days,
+                accounts,
+            })))
+        })
+    }
+
+    fn customer_id_by_identifier(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query_opt("SELECT customer_id FROM identifiers WHERE identifier = $1", &[&identifier.to_string()])?
+                .map(|r| parse_id(r.get::<_, &str>(0)))
+                .transpose()
+        })
+    }
+
+    fn events(&self, id: CustomerId, after: Option<&TimelineCursor>, limit: usize) -> Result<EventPage, StoreError> {
+        self.pool.with(|client| {
+            let key = id.to_string();
+            let mut owners: Vec<String> = client
+                .query("SELECT customer_id FROM customers WHERE merged_into = $1", &[&key])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            owners.push(key);
+            let fetch = (limit + 1) as i64;
+            let rows = match after {
+                Some(cursor) => client.query(
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE customer_id = ANY($1) AND (ts, event_id) < ($2, $3) \
+                         ORDER BY ts DESC, event_id DESC LIMIT $4"
+                    ),
+                    &[&owners, &cursor.timestamp, &cursor.event_id.to_string(), &fetch],
+                )?,
+                None => client.query(
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE customer_id = ANY($1) ORDER BY ts DESC, event_id DESC LIMIT $2"
+                    ),
+                    &[&owners, &fetch],
+                )?,
+            };
+            let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
+            let next = if events.len() > limit {
+                events.truncate(limit);
+                events.last().map(|e| TimelineCursor { timestamp: e.timestamp, event_id: e.event_id })
+            } else {
+                None
+            };
+            Ok(EventPage { events, next })
+        })
+    }
+
+    fn merges(&self, id: CustomerId) -> Result<Vec<MergeRecord>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query(
+                    "SELECT merge_id, survivor_id, merged_id, at, reason, identifiers FROM merges \
+                     WHERE survivor_id = $1 AND undone_at IS NULL ORDER BY merge_id",
+                    &[&id.to_string()],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(MergeRecord {
+                        merge_id: parse_id(r.get::<_, &str>(0))?,
+                        survivor_id: parse_id(r.get::<_, &str>(1))?,
+                        merged_id: parse_id(r.get::<_, &str>(2))?,
+                        at: r.get(3),
+                        reason: r.get(4),
+                        identifiers: serde_json::from_value(r.get(5)).unwrap_or_default(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {
+        self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            // Ingest waits while the rebuild runs, so no event slips between the
+            // scan and the write.
+            tx.batch_execute("LOCK TABLE customers, customer_days IN SHARE ROW EXCLUSIVE MODE")?;
+            let merged_into: HashMap<CustomerId, CustomerId> = tx
+                .query("SELECT customer_id, merged_into FROM customers WHERE merged_into IS NOT NULL", &[])?
+                .iter()
+                .map(|r| Ok((parse_id(r.get::<_, &str>(0))?, parse_id(r.get::<_, &str>(1))?)))
+                .collect::<Result<_, StoreError>>()?;
+            let mut rebuild = Rebuild::default();
+            {
+                use postgres::fallible_iterator::FallibleIterator;
+                let params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
+                let mut rows = tx.query_raw(
+                    "SELECT customer_id, ts, message_id, channel, store, type, name, amount_minor, currency \
+                     FROM events WHERE NOT computed",
+                    params,
+                )?;
+                while let Some(row) = rows.next()? {
+                    let facts = EventFacts {
+                        timestamp: row.get(1),
+                        message_id: row.get(2),
+                        channel: Channel::parse(row.get::<_, &str>(3)).unwrap_or(Channel::Other),
+                        store: row.get(4),
+                        order_kind: EventFacts::order_kind_of(row.get(5), row.get(6)),
+                        amount_minor: row.get(7),
+                        currency: row.get(8),
+                    };
+                    rebuild.add(parse_id(row.get::<_, &str>(0))?, &facts, settings);
+                }
+            }
+            let (traits, days) = rebuild.finish(&merged_into);
+            let all: Vec<String> =
+                tx.query("SELECT customer_id FROM customers", &[])?.iter().map(|r| r.get(0)).collect();
+            let texts: Vec<String> = all
+                .iter()
+                .map(|c| {
+                    let computed = parse_id::<CustomerId>(c)
+                        .ok()
+                        .and_then(|id| traits.get(&id).cloned())
+                        .unwrap_or_default();
+                    serde_json::to_string(&computed).unwrap_or_default()
+                })
+                .collect();
+            tx.execute(
+                "UPDATE customers c SET traits = u.t::jsonb FROM unnest($1::text[], $2::text[]) AS u(id, t) WHERE c.customer_id = u.id",
+                &[&all, &texts],
+            )?;
+            tx.execute("DELETE FROM customer_days", &[])?;
+            let customers: Vec<String> = days.iter().map(|d| d.0.to_string()).collect();
+            let day: Vec<NaiveDate> = days.iter().map(|d| d.1).collect();
+            let orders: Vec<i64> = days.iter().map(|d| d.2).collect();
+            let revenue: Vec<i64> = days.iter().map(|d| d.3).collect();
+            tx.execute(
+                "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[])",
+                &[&customers, &day, &orders, &revenue],
+            )?;
+            tx.commit()?;
+            Ok(all.len() as u64)
+        })
+    }
+
+    fn counts(&self) -> Result<(u64, u64), StoreError> {
+        self.pool.with(|client| {
+            let customers: i64 =
+                client.query_one("SELECT count(*) FROM customers WHERE merged_into IS NULL", &[])?.get(0);
+            let events: i64 = client.query_one("SELECT count(*) FROM events", &[])?.get(0);
+            Ok((customers as u64, events as u64))
+        })
+    }
+
+    fn durability(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.pool.with(|client| {
+            let mut settings = Vec::new();
+            for name in ["synchronous_commit", "fsync"] {
+                let value: String = client.query_one(&format!("SHOW {name}"), &[])?.get(0);
+                settings.push((name.to_string(), value));
+            }
+            Ok(settings)
+        })
+    }
+}
+
+/// The benchmark's best case on PostgreSQL: one connection, one transaction per chunk.
+pub fn raw_load(url: &str, chunks: &[Vec<TrackingMessage>]) -> Result<std::time::Duration, StoreError> {
+    let mut client = connect(url)?;
+    migrate(&mut client)?;
+    let mut owners = HashMap::new();
+    let started = std::time::Instant::now();
+    for chunk in chunks {
+        let changes = super::raw_changes(chunk, &mut owners);
+        let mut tx = client.transaction()?;
+        PgTx { tx: &mut tx }.write(&changes)?;
+        tx.commit()?;
+    }
+    Ok(started.elapsed())
+}

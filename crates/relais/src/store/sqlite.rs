@@ -1,0 +1,771 @@
+//! The embedded engine: one SQLite file in WAL mode with `synchronous=FULL`, one
+//! writer thread that commits the messages of concurrent requests together (group
+//! commit), and a pool of reader connections.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use relais_domain::traits::DayTotals;
+use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, Role, TrackingMessage};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::{Map, Value};
+
+use super::ingest::{
+    ingest_batch, Changes, CustomerState, EventFacts, IngestSettings, IngestTx, KnownMessages, Outcome, Rebuild,
+};
+use super::pool::Pool;
+use super::{
+    ApiKey, CustomerLookup, CustomerRecord, Engine, EventPage, MergeRecord, StoreError, StoredEvent, TimelineCursor,
+};
+
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "customer_database", include_str!("../../migrations/sqlite/0001_customer_database.sql"))];
+
+/// Messages committed together at most, across concurrent requests.
+const MAX_GROUP_MESSAGES: usize = 20_000;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error {
+            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(value: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(value).unwrap_or_default()
+}
+
+fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
+    text.parse().map_err(|_| StoreError::Database(format!("corrupt id `{text}` in the database")))
+}
+
+fn json_text(map: &Map<String, Value>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
+
+type Reply = mpsc::SyncSender<Result<Vec<Outcome>, StoreError>>;
+
+enum Job {
+    Ingest { source: String, messages: Vec<TrackingMessage>, reply: Reply },
+    Exec(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// The SQLite engine.
+pub struct SqliteEngine {
+    jobs: mpsc::Sender<Job>,
+    readers: Pool<Connection>,
+    settings: IngestSettings,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // Decision 5: an acknowledged write is on disk. WAL with synchronous=FULL
+    // fsyncs the log at every commit.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "busy_timeout", 10_000)?;
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )?;
+    for (version, name, sql) in MIGRATIONS {
+        // BEGIN IMMEDIATE takes the write lock, so two processes migrating at once
+        // apply each migration once.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let applied: bool =
+            tx.query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))?;
+        if !applied {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![version, name, micros(Utc::now())],
+            )?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteEngine {
+    /// Open or create the database in `folder`.
+    pub fn open(folder: &Path, settings: IngestSettings) -> Result<SqliteEngine, StoreError> {
+        std::fs::create_dir_all(folder)
+            .map_err(|e| StoreError::Config(format!("cannot create the data folder {}: {e}", folder.display())))?;
+        let path = folder.join("relais.db");
+        let mut writer = open_connection(&path)?;
+        migrate(&mut writer)?;
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        let writer_settings = settings.clone();
+        thread::Builder::new()
+            .name("relais-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, receiver, writer_settings))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        let reader_path = path.clone();
+        let readers = Pool::new(8, move || open_connection(&reader_path));
+        Ok(SqliteEngine { jobs, readers, settings })
+    }
+
+    /// Run `work` on the writer connection, serialised with ingestion.
+    fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Job::Exec(Box::new(move |conn| {
+                let _ = reply.send(work(conn));
+            })))
+            .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
+        answer.recv().map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: IngestSettings) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let job = match pending.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Exec(work) => work(&mut conn),
+            Job::Ingest { source, messages, reply } => {
+                let mut group = vec![(source, messages, reply)];
+                let mut total = group[0].1.len();
+                while total < MAX_GROUP_MESSAGES {
+                    match jobs.try_recv() {
+                        Ok(Job::Ingest { source, messages, reply }) => {
+                            total += messages.len();
+                            group.push((source, messages, reply));
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut conn, group, &settings);
+            }
+        }
+    }
+}
+
+/// Commit a group of requests in one transaction; when that fails, commit each
+/// request alone so one request's failure never takes the others down.
+fn commit_group(conn: &mut Connection, group: Vec<(String, Vec<TrackingMessage>, Reply)>, settings: &IngestSettings) {
+    let batch: Vec<(&str, &TrackingMessage)> =
+        group.iter().flat_map(|(source, messages, _)| messages.iter().map(move |m| (source.as_str(), m))).collect();
+    match ingest_in_transaction(conn, &batch, settings) {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            for (_, messages, reply) in &group {
+                let _ = reply.send(Ok(outcomes.by_ref().take(messages.len()).collect()));
+            }
+        }
+        Err(error) if group.len() == 1 => {
+            let _ = group[0].2.send(Err(error));
+        }
+        Err(_) => {
+            for (source, messages, reply) in &group {
+                let batch: Vec<(&str, &TrackingMessage)> = messages.iter().map(|m| (source.as_str(), m)).collect();
+                let _ = reply.send(ingest_in_transaction(conn, &batch, settings));
+            }
+        }
+    }
+}
+
+fn ingest_in_transaction(
+    conn: &mut Connection,
+    batch: &[(&str, &TrackingMessage)],
+    settings: &IngestSettings,
+) -> Result<Vec<Outcome>, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let outcomes = ingest_batch(&mut SqliteTx { tx: &tx }, batch, settings)?;
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+struct SqliteTx<'c> {
+    tx: &'c Transaction<'c>,
+}
+
+impl IngestTx for SqliteTx<'_> {
+    fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError> {
+        let mut found = HashMap::new();
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT customer_id, event_id FROM message_ids WHERE source = ?1 AND message_id = ?2")?;
+        for (source, message_id) in ids {
+            let row: Option<(String, String)> =
+                stmt.query_row(params![source, message_id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            if let Some((customer, event)) = row {
+                found.insert((source.to_string(), message_id.to_string()), (parse_id(&customer)?, parse_id(&event)?));
+            }
+        }
+        Ok(found)
+    }
+
+    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<HashMap<Identifier, CustomerId>, StoreError> {
+        let mut found = HashMap::new();
+        let mut stmt = self.tx.prepare_cached("SELECT customer_id FROM identifiers WHERE identifier = ?1")?;
+        for identifier in ids {
+            let owner: Option<String> = stmt.query_row([identifier.to_string()], |r| r.get(0)).optional()?;
+            if let Some(owner) = owner {
+                found.insert(identifier.clone(), parse_id(&owner)?);
+            }
+        }
+        Ok(found)
+    }
+
+    fn exclusive_identifiers(
+        &mut self,
+        customers: &[CustomerId],
+    ) -> Result<HashMap<CustomerId, Vec<Identifier>>, StoreError> {
+        let mut found: HashMap<CustomerId, Vec<Identifier>> = HashMap::new();
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT identifier FROM identifiers WHERE customer_id = ?1 AND kind IN ('user_id', 'customer_number')",
+        )?;
+        for customer in customers {
+            let rows = stmt.query_map([customer.to_string()], |r| r.get::<_, String>(0))?;
+            for row in rows {
+                if let Ok(identifier) = Identifier::parse(&row?) {
+                    found.entry(*customer).or_default().push(identifier);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError> {
+        let mut found = HashMap::new();
+        let mut stmt =
+            self.tx.prepare_cached("SELECT profile, traits, merged_into FROM customers WHERE customer_id = ?1")?;
+        for customer in customers {
+            let row: Option<(String, String, Option<String>)> =
+                stmt.query_row([customer.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+            if let Some((profile, traits, merged_into)) = row {
+                found.insert(*customer, customer_state(&profile, &traits, merged_into.as_deref())?);
+            }
+        }
+        Ok(found)
+    }
+
+    fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError> {
+        let tx = self.tx;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO customers (customer_id, created_at, updated_at) VALUES (?1, ?2, ?2)")?;
+            for (id, at) in &changes.new_customers {
+                stmt.execute(params![id.to_string(), micros(*at)])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO identifiers (identifier, kind, customer_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (identifier, customer, at) in &changes.new_identifiers {
+                stmt.execute(params![
+                    identifier.to_string(),
+                    identifier.kind().as_str(),
+                    customer.to_string(),
+                    micros(*at)
+                ])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, \
+                 sent_at, original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, \
+                 properties, context, traits, extra) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+            )?;
+            for event in &changes.events {
+                let m = event.message;
+                stmt.execute(params![
+                    event.customer_id.to_string(),
+                    event.event_id.to_string(),
+                    event.source,
+                    m.message_id,
+                    m.kind.as_str(),
+                    m.name,
+                    m.channel.as_str(),
+                    micros(m.timestamp),
+                    micros(m.received_at),
+                    m.sent_at.map(micros),
+                    m.original_timestamp.map(micros),
+                    m.user_id,
+                    m.anonymous_id,
+                    m.store,
+                    m.order.as_ref().and_then(|o| o.order_id.as_deref()),
+                    m.order.as_ref().map(|o| o.amount_minor),
+                    m.order.as_ref().map(|o| o.currency.as_str()),
+                    json_text(&m.properties),
+                    json_text(&m.context),
+                    json_text(&m.traits),
+                    json_text(&m.extra),
+                ])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO message_ids (source, message_id, customer_id, event_id, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (source, message_id, customer, event, at) in &changes.message_claims {
+                stmt.execute(params![source, message_id, customer.to_string(), event.to_string(), micros(*at)])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (customer_id, day) DO UPDATE SET orders = orders + excluded.orders, \
+                 revenue_minor = revenue_minor + excluded.revenue_minor",
+            )?;
+            for (customer, day, orders, revenue) in &changes.day_deltas {
+                stmt.execute(params![customer.to_string(), day.to_string(), orders, revenue])?;
+            }
+        }
+        for merge in &changes.merges {
+            let survivor = merge.survivor.to_string();
+            let merged = merge.merged.to_string();
+            let moved: Vec<String> = {
+                let mut stmt = tx.prepare_cached("SELECT identifier FROM identifiers WHERE customer_id = ?1")?;
+                let rows = stmt.query_map([&merged], |r| r.get::<_, String>(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            tx.execute("UPDATE identifiers SET customer_id = ?1 WHERE customer_id = ?2", [&survivor, &merged])?;
+            tx.execute(
+                "UPDATE customers SET merged_into = ?1, merged_at = ?3 WHERE customer_id = ?2 OR merged_into = ?2",
+                params![survivor, merged, micros(merge.at)],
+            )?;
+            tx.execute(
+                "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) \
+                 SELECT ?1, day, orders, revenue_minor FROM customer_days WHERE customer_id = ?2 AND true \
+                 ON CONFLICT (customer_id, day) DO UPDATE SET orders = orders + excluded.orders, \
+                 revenue_minor = revenue_minor + excluded.revenue_minor",
+                [&survivor, &merged],
+            )?;
+            tx.execute("DELETE FROM customer_days WHERE customer_id = ?1", [&merged])?;
+            tx.execute(
+                "INSERT OR IGNORE INTO account_members (customer_id, group_id, joined_at) \
+                 SELECT ?1, group_id, joined_at FROM account_members WHERE customer_id = ?2",
+                [&survivor, &merged],
+            )?;
+            tx.execute("DELETE FROM account_members WHERE customer_id = ?1", [&merged])?;
+            tx.execute(
+                "INSERT INTO merges (merge_id, survivor_id, merged_id, at, reason, identifiers) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    merge.merge_id.to_string(),
+                    survivor,
+                    merged,
+                    micros(merge.at),
+                    merge.reason,
+                    serde_json::to_string(&moved).unwrap_or_default()
+                ],
+            )?;
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO identity_conflicts (customer_id, other_customer_id, kind, message_id, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for c in &changes.conflicts {
+                stmt.execute(params![
+                    c.customer.to_string(),
+                    c.other.to_string(),
+                    c.kind.as_str(),
+                    c.message_id,
+                    micros(c.at)
+                ])?;
+            }
+        }
+        {
+            let mut account = tx.prepare_cached(
+                "INSERT INTO accounts (group_id, account_id, traits, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) \
+                 ON CONFLICT (group_id) DO UPDATE SET traits = json_patch(traits, excluded.traits), updated_at = excluded.updated_at",
+            )?;
+            for (group_id, traits, at) in &changes.accounts {
+                account.execute(params![
+                    group_id,
+                    super::new_account_id().to_string(),
+                    json_text(traits),
+                    micros(*at)
+                ])?;
+            }
+            let mut member = tx.prepare_cached(
+                "INSERT OR IGNORE INTO account_members (customer_id, group_id, joined_at) VALUES (?1, ?2, ?3)",
+            )?;
+            for (customer, group_id, at) in &changes.memberships {
+                member.execute(params![customer.to_string(), group_id, micros(*at)])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE customers SET profile = ?2, traits = ?3, updated_at = ?4 WHERE customer_id = ?1",
+            )?;
+            let now = micros(Utc::now());
+            for (id, state) in &changes.customers {
+                stmt.execute(params![
+                    id.to_string(),
+                    json_text(&state.profile),
+                    serde_json::to_string(&state.traits).unwrap_or_default(),
+                    now
+                ])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn customer_state(profile: &str, traits: &str, merged_into: Option<&str>) -> Result<CustomerState, StoreError> {
+    Ok(CustomerState {
+        profile: serde_json::from_str(profile).unwrap_or_default(),
+        traits: serde_json::from_str(traits).unwrap_or_default(),
+        merged_into: merged_into.map(parse_id).transpose()?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "event_id, customer_id, message_id, type, name, channel, ts, received_at, sent_at, \
+     store, user_id, anonymous_id, properties, context, traits, computed";
+
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredEvent, StoreError>> {
+    let event_id: String = row.get(0)?;
+    let customer_id: String = row.get(1)?;
+    let channel: String = row.get(5)?;
+    let properties: String = row.get(12)?;
+    let context: String = row.get(13)?;
+    let traits: String = row.get(14)?;
+    let build = || -> Result<StoredEvent, StoreError> {
+        Ok(StoredEvent {
+            event_id: parse_id(&event_id)?,
+            customer_id: parse_id(&customer_id)?,
+            message_id: row.get(2)?,
+            kind: row.get(3)?,
+            name: row.get(4)?,
+            channel: Channel::parse(&channel).unwrap_or(Channel::Other),
+            timestamp: from_micros(row.get(6)?),
+            received_at: from_micros(row.get(7)?),
+            sent_at: row.get::<_, Option<i64>>(8)?.map(from_micros),
+            store: row.get(9)?,
+            user_id: row.get(10)?,
+            anonymous_id: row.get(11)?,
+            properties: serde_json::from_str(&properties).unwrap_or(Value::Null),
+            context: serde_json::from_str(&context).unwrap_or(Value::Null),
+            traits: serde_json::from_str(&traits).unwrap_or(Value::Null),
+            computed: row.get(15)?,
+        })
+    };
+    Ok(build())
+}
+
+fn placeholders(n: usize, offset: usize) -> String {
+    (0..n).map(|i| format!("?{}", i + offset + 1)).collect::<Vec<_>>().join(", ")
+}
+
+impl Engine for SqliteEngine {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn ingest(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Vec<Outcome>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Job::Ingest { source: source.to_string(), messages, reply })
+            .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
+        answer.recv().map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?
+    }
+
+    fn insert_api_key(&self, key_hash: &str, key: &ApiKey) -> Result<(), StoreError> {
+        let key_hash = key_hash.to_string();
+        let key = key.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO api_keys (key_hash, key_id, role, source, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key_hash, key.key_id.to_string(), key.role.as_str(), key.source, key.name, micros(Utc::now())],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.readers.with(|conn| {
+            let row: Option<(String, String, String, Option<String>)> = conn
+                .prepare_cached(
+                    "SELECT key_id, role, source, name FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL",
+                )?
+                .query_row([key_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?;
+            row.map(|(key_id, role, source, name)| {
+                Ok(ApiKey {
+                    key_id: parse_id::<KeyId>(&key_id)?,
+                    role: Role::parse(&role).ok_or_else(|| StoreError::Database(format!("unknown role `{role}`")))?,
+                    source,
+                    name,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn customer(&self, id: CustomerId) -> Result<CustomerLookup, StoreError> {
+        self.readers.with(|conn| {
+            let key = id.to_string();
+            let row: Option<(i64, Option<String>, String, String)> = conn
+                .prepare_cached(
+                    "SELECT created_at, merged_into, profile, traits FROM customers WHERE customer_id = ?1",
+                )?
+                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?;
+            let Some((created_at, merged_into, profile, traits)) = row else {
+                return Ok(CustomerLookup::NotFound);
+            };
+            if let Some(survivor) = merged_into {
+                return Ok(CustomerLookup::MergedInto(parse_id(&survivor)?));
+            }
+            let state = customer_state(&profile, &traits, None)?;
+            let mut identifiers: Vec<Identifier> = conn
+                .prepare_cached("SELECT identifier FROM identifiers WHERE customer_id = ?1")?
+                .query_map([&key], |r| r.get::<_, String>(0))?
+                .filter_map(|r| r.ok().and_then(|text| Identifier::parse(&text).ok()))
+                .collect();
+            identifiers.sort();
+            let merged_from = conn
+                .prepare_cached("SELECT customer_id FROM customers WHERE merged_into = ?1 ORDER BY customer_id")?
+                .query_map([&key], |r| r.get::<_, String>(0))?
+                .map(|r| parse_id(&r?))
+                .collect::<Result<Vec<CustomerId>, StoreError>>()?;
+            let days = conn
+                .prepare_cached(
+                    "SELECT day, orders, revenue_minor FROM customer_days WHERE customer_id = ?1 ORDER BY day",
+                )?
+                .query_map([&key], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?
+                .map(|r| {
+                    let (day, orders, revenue_minor) = r?;
+                    Ok(DayTotals {
+                        day: day.parse::<NaiveDate>().map_err(|e| StoreError::Database(e.to_string()))?,
+                        orders,
+                        revenue_minor,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let accounts = conn
+                .prepare_cached("SELECT group_id FROM account_members WHERE customer_id = ?1 ORDER BY group_id")?
+                .query_map([&key], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(CustomerLookup::Found(Box::new(CustomerRecord {
+                id,
+                created_at: from_micros(created_at),
+                profile: state.profile,
+                traits: state.traits,
+                identifiers,
+                merged_from,
+                days,
+                accounts,
+            })))
+        })
+    }
+
+    fn customer_id_by_identifier(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError> {
+        self.readers.with(|conn| {
+            let owner: Option<String> = conn
+                .prepare_cached("SELECT customer_id FROM identifiers WHERE identifier = ?1")?
+                .query_row([identifier.to_string()], |r| r.get(0))
+                .optional()?;
+            owner.map(|o| parse_id(&o)).transpose()
+        })
+    }
+
+    fn events(&self, id: CustomerId, after: Option<&TimelineCursor>, limit: usize) -> Result<EventPage, StoreError> {
+        let after = after.cloned();
+        self.readers.with(move |conn| {
+            let key = id.to_string();
+            let mut owners: Vec<String> = conn
+                .prepare_cached("SELECT customer_id FROM customers WHERE merged_into = ?1")?
+                .query_map([&key], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            owners.push(key);
+            let mut values: Vec<rusqlite::types::Value> =
+                owners.iter().map(|o| rusqlite::types::Value::Text(o.clone())).collect();
+            let mut sql =
+                format!("SELECT {EVENT_COLUMNS} FROM events WHERE customer_id IN ({})", placeholders(owners.len(), 0));
+            if let Some(cursor) = &after {
+                let n = values.len();
+                sql.push_str(&format!(" AND (ts < ?{} OR (ts = ?{} AND event_id < ?{}))", n + 1, n + 1, n + 2));
+                values.push(rusqlite::types::Value::Integer(micros(cursor.timestamp)));
+                values.push(rusqlite::types::Value::Text(cursor.event_id.to_string()));
+            }
+            sql.push_str(&format!(" ORDER BY ts DESC, event_id DESC LIMIT {}", limit + 1));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut events = stmt
+                .query_map(rusqlite::params_from_iter(values), event_from_row)?
+                .map(|r| r.map_err(StoreError::from).and_then(|inner| inner))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let next = if events.len() > limit {
+                events.truncate(limit);
+                events.last().map(|e| TimelineCursor { timestamp: e.timestamp, event_id: e.event_id })
+            } else {
+                None
+            };
+            Ok(EventPage { events, next })
+        })
+    }
+
+    fn merges(&self, id: CustomerId) -> Result<Vec<MergeRecord>, StoreError> {
+        self.readers.with(|conn| {
+            conn.prepare_cached(
+                "SELECT merge_id, survivor_id, merged_id, at, reason, identifiers FROM merges \
+                 WHERE survivor_id = ?1 AND undone_at IS NULL ORDER BY merge_id",
+            )?
+            .query_map([id.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?
+            .map(|r| {
+                let (merge_id, survivor, merged, at, reason, identifiers) = r?;
+                Ok(MergeRecord {
+                    merge_id: parse_id(&merge_id)?,
+                    survivor_id: parse_id(&survivor)?,
+                    merged_id: parse_id(&merged)?,
+                    at: from_micros(at),
+                    reason,
+                    identifiers: serde_json::from_str(&identifiers).unwrap_or_default(),
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {
+        let settings = settings.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let merged_into: HashMap<CustomerId, CustomerId> = tx
+                .prepare("SELECT customer_id, merged_into FROM customers WHERE merged_into IS NOT NULL")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .map(|r| {
+                    let (a, b) = r?;
+                    Ok((parse_id(&a)?, parse_id(&b)?))
+                })
+                .collect::<Result<_, StoreError>>()?;
+            let mut rebuild = Rebuild::default();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT customer_id, ts, message_id, channel, store, type, name, amount_minor, currency \
+                     FROM events WHERE computed = 0",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let customer: String =
+                        row.get_ref(0)?.as_str().map_err(|e| StoreError::Database(e.to_string()))?.to_string();
+                    let message_id: String = row.get(2)?;
+                    let channel: String = row.get(3)?;
+                    let store: Option<String> = row.get(4)?;
+                    let kind: String = row.get(5)?;
+                    let name: Option<String> = row.get(6)?;
+                    let currency: Option<String> = row.get(8)?;
+                    let facts = EventFacts {
+                        timestamp: from_micros(row.get(1)?),
+                        message_id: &message_id,
+                        channel: Channel::parse(&channel).unwrap_or(Channel::Other),
+                        store: store.as_deref(),
+                        order_kind: EventFacts::order_kind_of(&kind, name.as_deref()),
+                        amount_minor: row.get(7)?,
+                        currency: currency.as_deref(),
+                    };
+                    rebuild.add(parse_id(&customer)?, &facts, &settings);
+                }
+            }
+            let (traits, days) = rebuild.finish(&merged_into);
+            let all: Vec<String> = tx
+                .prepare("SELECT customer_id FROM customers")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            {
+                let mut update = tx.prepare("UPDATE customers SET traits = ?2 WHERE customer_id = ?1")?;
+                for customer in &all {
+                    let id: CustomerId = parse_id(customer)?;
+                    let computed = traits.get(&id).cloned().unwrap_or_else(ComputedTraits::default);
+                    update.execute(params![customer, serde_json::to_string(&computed).unwrap_or_default()])?;
+                }
+            }
+            tx.execute("DELETE FROM customer_days", [])?;
+            {
+                let mut insert = tx.prepare(
+                    "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (customer, day, orders, revenue) in &days {
+                    insert.execute(params![customer.to_string(), day.to_string(), orders, revenue])?;
+                }
+            }
+            tx.commit()?;
+            Ok(all.len() as u64)
+        })
+    }
+
+    fn counts(&self) -> Result<(u64, u64), StoreError> {
+        self.readers.with(|conn| {
+            let customers: i64 =
+                conn.query_row("SELECT count(*) FROM customers WHERE merged_into IS NULL", [], |r| r.get(0))?;
+            let events: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+            Ok((customers as u64, events as u64))
+        })
+    }
+
+    fn durability(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let _ = &self.settings;
+        self.write(|conn| {
+            let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+            let synchronous = match synchronous {
+                0 => "off",
+                1 => "normal",
+                2 => "full",
+                3 => "extra",
+                _ => "unknown",
+            };
+            Ok(vec![("journal_mode".into(), journal), ("synchronous".into(), synchronous.into())])
+        })
+    }
+}
+
+/// The benchmark's best case on SQLite: one connection, one transaction per chunk.
+pub fn raw_load(folder: &Path, chunks: &[Vec<TrackingMessage>]) -> Result<std::time::Duration, StoreError> {
+    std::fs::create_dir_all(folder).map_err(|e| StoreError::Config(e.to_string()))?;
+    let mut conn = open_connection(&folder.join("relais.db"))?;
+    migrate(&mut conn)?;
+    let mut owners = HashMap::new();
+    let started = std::time::Instant::now();
+    for chunk in chunks {
+        let changes = super::raw_changes(chunk, &mut owners);
+        let tx = conn.transaction()?;
+        SqliteTx { tx: &tx }.write(&changes)?;
+        tx.commit()?;
+    }
+    Ok(started.elapsed())
+}
