@@ -6,6 +6,16 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+/// A monotonic ULID: within one millisecond the random part is incremented.
+fn next_ulid() -> Ulid {
+    static GENERATOR: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+    let mut guard = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let generator = guard.get_or_insert_with(ulid::Generator::new);
+    // Overflow of the random part within one millisecond is practically impossible;
+    // fall back to a fresh random ULID rather than failing.
+    generator.generate().unwrap_or_else(|_| Ulid::new())
+}
+
 /// Why a string is not a valid id of the expected type.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("`{input}` is not a valid {what} id: expected `{prefix}` followed by 26 base32 characters")]
@@ -25,9 +35,10 @@ macro_rules! prefixed_id {
             /// The textual prefix that marks this id type.
             pub const PREFIX: &'static str = $prefix;
 
-            /// A new id for the current instant.
+            /// A new id for the current instant; ids made by one process are strictly
+            /// increasing, so "older" is well defined even within a millisecond.
             pub fn new() -> Self {
-                Self(Ulid::new())
+                Self(next_ulid())
             }
 
             /// An id for a given instant (milliseconds since the epoch) and random part,
@@ -129,6 +140,12 @@ mod tests {
         let event = EventId::new().to_string();
         let err = CustomerId::parse(&event).unwrap_err();
         assert!(err.to_string().contains("customer id"), "{err}");
+    }
+
+    #[test]
+    fn ids_made_in_a_row_are_strictly_increasing() {
+        let ids: Vec<CustomerId> = (0..1000).map(|_| CustomerId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

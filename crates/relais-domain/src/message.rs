@@ -1,7 +1,7 @@
 //! Tracking messages in the Segment spec (identify, track, page, screen, group,
 //! alias), parsed and validated one by one so a bad message never takes others down.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -289,7 +289,11 @@ impl TrackingMessage {
         };
         // A client-side receivedAt is meaningless: relais sets its own.
         object.remove("receivedAt");
-        let received_at = envelope.received_at;
+        // Storage keeps microseconds (both engines); truncating here makes the
+        // incremental traits equal to what a rebuild reads back from the log.
+        let original_timestamp = original_timestamp.map(|t| t.trunc_subsecs(6));
+        let sent_at = sent_at.map(|t| t.trunc_subsecs(6));
+        let received_at = envelope.received_at.trunc_subsecs(6);
         let timestamp = match (original_timestamp, sent_at) {
             (Some(ts), Some(sent)) => received_at - (sent - ts),
             (Some(ts), None) => ts,

@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use base64::Engine as _;
 use chrono::Utc;
 use clap::Subcommand;
@@ -16,7 +15,8 @@ use serde_json::json;
 
 use crate::config::Settings;
 use crate::http::AppState;
-use crate::store::{Location, Store};
+use crate::store::scratch::Scratch;
+use crate::store::Store;
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -78,51 +78,6 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// A throwaway place for one measurement, removed on drop.
-struct Scratch {
-    location: Location,
-    cleanup: Option<Box<dyn FnOnce()>>,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(cleanup) = self.cleanup.take() {
-            cleanup();
-        }
-    }
-}
-
-fn scratch(database_url: Option<&str>, label: &str) -> anyhow::Result<Scratch> {
-    let unique = format!("relais_bench_{label}_{}", ulid::Ulid::new().to_string().to_lowercase());
-    match database_url {
-        None => {
-            let folder = std::env::temp_dir().join(unique);
-            let remove = folder.clone();
-            Ok(Scratch {
-                location: Location::Folder(folder),
-                cleanup: Some(Box::new(move || {
-                    let _ = std::fs::remove_dir_all(remove);
-                })),
-            })
-        }
-        Some(url) => {
-            let mut admin = postgres::Client::connect(url, postgres::NoTls).context("cannot connect to PostgreSQL")?;
-            admin.batch_execute(&format!("CREATE SCHEMA {unique}"))?;
-            let separator = if url.contains('?') { '&' } else { '?' };
-            let scoped = format!("{url}{separator}options=-csearch_path%3D{unique}");
-            let drop_url = url.to_string();
-            Ok(Scratch {
-                location: Location::Postgres(scoped),
-                cleanup: Some(Box::new(move || {
-                    if let Ok(mut admin) = postgres::Client::connect(&drop_url, postgres::NoTls) {
-                        let _ = admin.batch_execute(&format!("DROP SCHEMA {unique} CASCADE"));
-                    }
-                })),
-            })
-        }
-    }
-}
-
 /// Run a benchmark command.
 pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     let BenchCommand::Ingest { events, people, batch, clients, database_url } = command;
@@ -132,7 +87,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
     // 1. Through the server.
-    let served = scratch(database_url.as_deref(), "http")?;
+    let served = Scratch::new(database_url.as_deref(), "http")?;
     let store = Store::open(&served.location, settings.ingest.clone())?;
     let engine = store.engine_name();
     let (secret, _) = crate::cli::create_key(&store, relais_domain::Role::Ingest, Some("bench".into()), None)?;
@@ -202,7 +157,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     let events_per_sec = events as f64 / elapsed.as_secs_f64();
 
     // 2. The engine's best case on the same rows.
-    let raw = scratch(database_url.as_deref(), "raw")?;
+    let raw = Scratch::new(database_url.as_deref(), "raw")?;
     let envelope = Envelope {
         received_at: Utc::now(),
         implied_type: None,

@@ -7,6 +7,7 @@
 pub mod ingest;
 mod pool;
 pub mod postgres;
+pub mod scratch;
 pub mod sqlite;
 
 use std::path::PathBuf;

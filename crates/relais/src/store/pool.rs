@@ -5,14 +5,14 @@ use std::sync::{Condvar, Mutex};
 use super::StoreError;
 
 /// Connections created on demand up to a limit, handed out one caller at a time.
-pub struct Pool<C> {
+pub struct Pool<C: Send + 'static> {
     idle: Mutex<(Vec<C>, usize)>,
     returned: Condvar,
     max: usize,
     connect: Box<dyn Fn() -> Result<C, StoreError> + Send + Sync>,
 }
 
-impl<C> Pool<C> {
+impl<C: Send + 'static> Pool<C> {
     /// A pool of at most `max` connections made by `connect`.
     pub fn new(max: usize, connect: impl Fn() -> Result<C, StoreError> + Send + Sync + 'static) -> Pool<C> {
         Pool { idle: Mutex::new((Vec::new(), 0)), returned: Condvar::new(), max, connect: Box::new(connect) }
@@ -48,6 +48,21 @@ impl<C> Pool<C> {
                 });
             }
             guard = self.returned.wait(guard).expect("pool lock");
+        }
+    }
+}
+
+impl<C: Send + 'static> Drop for Pool<C> {
+    fn drop(&mut self) {
+        // Closing a blocking PostgreSQL client runs a small runtime of its own,
+        // which panics on a thread that drives async tasks: close on a plain thread.
+        let state = match self.idle.get_mut() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let idle = std::mem::take(&mut state.0);
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
         }
     }
 }

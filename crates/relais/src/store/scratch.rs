@@ -1,0 +1,63 @@
+//! Throwaway databases for tests and benchmarks: a temporary SQLite folder, or a
+//! fresh schema in a PostgreSQL database; removed when dropped.
+
+use super::{Location, StoreError};
+
+/// A throwaway place for data, removed on drop.
+pub struct Scratch {
+    /// Where to open the store.
+    pub location: Location,
+    cleanup: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            // On a plain thread: the blocking PostgreSQL client cannot run inside
+            // an async runtime, where tests drop their scratch databases.
+            let _ = std::thread::spawn(cleanup).join();
+        }
+    }
+}
+
+impl Scratch {
+    /// A temporary SQLite folder, or a new schema on the PostgreSQL server at `database_url`.
+    pub fn new(database_url: Option<&str>, label: &str) -> Result<Scratch, StoreError> {
+        let unique = format!("relais_{label}_{}", ulid::Ulid::new().to_string().to_lowercase());
+        match database_url {
+            None => {
+                let folder = std::env::temp_dir().join(unique);
+                let remove = folder.clone();
+                Ok(Scratch {
+                    location: Location::Folder(folder),
+                    cleanup: Some(Box::new(move || {
+                        let _ = std::fs::remove_dir_all(remove);
+                    })),
+                })
+            }
+            Some(url) => {
+                let mut admin = postgres::Client::connect(url, postgres::NoTls)
+                    .map_err(|e| StoreError::Config(format!("cannot connect to PostgreSQL: {e}")))?;
+                admin.batch_execute(&format!("CREATE SCHEMA {unique}"))?;
+                let separator = if url.contains('?') { '&' } else { '?' };
+                let scoped = format!("{url}{separator}options=-csearch_path%3D{unique}");
+                let drop_url = url.to_string();
+                Ok(Scratch {
+                    location: Location::Postgres(scoped),
+                    cleanup: Some(Box::new(move || {
+                        if let Ok(mut admin) = postgres::Client::connect(&drop_url, postgres::NoTls) {
+                            let _ = admin.batch_execute(&format!("DROP SCHEMA {unique} CASCADE"));
+                        }
+                    })),
+                })
+            }
+        }
+    }
+
+    /// Like `new`, using `RELAIS_TEST_DATABASE_URL` when it is set (tests run on
+    /// PostgreSQL then, and on SQLite otherwise).
+    pub fn for_tests(label: &str) -> Result<Scratch, StoreError> {
+        let url = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty());
+        Scratch::new(url.as_deref(), label)
+    }
+}

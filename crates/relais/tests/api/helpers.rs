@@ -1,0 +1,146 @@
+//! `TestApp`: a real server on port 0 with a fresh database and request helpers.
+
+use relais::config::Settings;
+use relais::http::AppState;
+use relais::store::scratch::Scratch;
+use relais::store::Store;
+use relais_domain::Role;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+pub struct TestApp {
+    pub address: String,
+    pub admin: String,
+    pub ingest: String,
+    pub store: Store,
+    pub client: reqwest::Client,
+    pub scratch: Scratch,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Serve `store` on a new port 0 listener; returns the address and a stop handle.
+pub async fn serve(store: Store) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = AppState::new(store, Settings::default());
+    tokio::spawn(relais::http::launch(listener, state, async {
+        let _ = stopped.await;
+    }));
+    (address, stop)
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        // Opening a store and creating keys are blocking calls: keep them off the runtime.
+        let (scratch, store, admin, ingest) = tokio::task::spawn_blocking(|| {
+            let scratch = Scratch::for_tests("test").expect("scratch database");
+            let store = Store::open(&scratch.location, Settings::default().ingest).expect("open store");
+            let (admin, _) = relais::cli::create_key(&store, Role::Admin, None, None).expect("admin key");
+            let (ingest, _) = relais::cli::create_key(&store, Role::Ingest, None, None).expect("ingest key");
+            (scratch, store, admin, ingest)
+        })
+        .await
+        .unwrap();
+        let (address, stop) = serve(store.clone()).await;
+        TestApp { address, admin, ingest, store, client: reqwest::Client::new(), scratch, stop: Some(stop) }
+    }
+
+    pub async fn key(&self, role: Role) -> String {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || relais::cli::create_key(&store, role, None, None).expect("key").0)
+            .await
+            .unwrap()
+    }
+
+    /// POST a tracking body with the ingest key (Segment's basic auth).
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, serde_json::to_vec(body).unwrap(), None, Some(&self.ingest)).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        encoding: Option<&str>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request =
+            self.client.post(format!("{}{path}", self.address)).header("content-type", "application/json").body(body);
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        if let Some(key) = key {
+            request = request.basic_auth(key, Some(""));
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn batch(&self, messages: Value) -> (StatusCode, Value) {
+        self.post("/v1/batch", &serde_json::json!({ "batch": messages })).await
+    }
+
+    /// GET with the admin key, without following redirects.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.get_as(path, &self.admin).await
+    }
+
+    pub async fn get_as(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let response = client.get(format!("{}{path}", self.address)).bearer_auth(key).send().await.expect("request");
+        let status = response.status();
+        let location = response.headers().get("location").map(|l| l.to_str().unwrap().to_string());
+        let text = response.text().await.expect("body");
+        let mut value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if let (Some(location), Value::Object(map)) = (location, &mut value) {
+            map.insert("__location".into(), Value::String(location));
+        }
+        (status, value)
+    }
+
+    /// The customer holding an identifier (200 expected).
+    pub async fn customer_by(&self, identifier: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/customers?identifier={}", urlencode(identifier))).await;
+        assert_eq!(status, StatusCode::OK, "{identifier}: {body}");
+        body
+    }
+
+    /// Every event of a customer's timeline, following cursors.
+    pub async fn all_events(&self, customer: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/customers/{customer}/events?limit=7");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, body) = self.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            events.extend(body["events"].as_array().unwrap().iter().cloned());
+            match body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return events,
+            }
+        }
+    }
+}
+
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

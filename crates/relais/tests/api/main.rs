@@ -1,0 +1,14 @@
+//! Integration tests: the real server on port 0 against a real database (SQLite
+//! by default, PostgreSQL when RELAIS_TEST_DATABASE_URL is set). One binary, so
+//! the workspace links once.
+
+mod helpers;
+
+// The Segment tracking API: validation, idempotency, limits, authentication.
+mod tracking;
+// Identity resolution: merges, conflicts, lookups, redirects.
+mod identity;
+// Computed traits: incremental values, rebuild, timeline paging.
+mod traits;
+// Durability, crash recovery, concurrent servers, OpenAPI and metrics.
+mod operations;
