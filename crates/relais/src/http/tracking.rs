@@ -142,7 +142,18 @@ async fn handle(
         parsed.push(TrackingMessage::parse_json(text, &envelope).map_err(|e| e.to_string()));
     }
 
-    let valid: Vec<TrackingMessage> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    // Move the valid messages to the store; keep only each message's verdict here.
+    let mut valid: Vec<TrackingMessage> = Vec::with_capacity(parsed.len());
+    let verdicts: Vec<Result<(), String>> = parsed
+        .into_iter()
+        .map(|p| match p {
+            Ok(message) => {
+                valid.push(message);
+                Ok(())
+            }
+            Err(reason) => Err(reason),
+        })
+        .collect();
     let outcomes = if valid.is_empty() {
         Vec::new()
     } else {
@@ -152,9 +163,9 @@ async fn handle(
 
     let mut outcomes = outcomes.into_iter();
     let mut response = TrackingResponse { success: true, stored: 0, duplicates: 0, rejected: 0, results: Vec::new() };
-    for (index, (result, message_id)) in parsed.into_iter().zip(message_ids).enumerate() {
-        let entry = match result {
-            Ok(_) => match outcomes.next() {
+    for (index, (verdict, message_id)) in verdicts.into_iter().zip(message_ids).enumerate() {
+        let entry = match verdict {
+            Ok(()) => match outcomes.next() {
                 Some(Outcome::Stored { customer_id, event_id }) => {
                     response.stored += 1;
                     MessageResult {

@@ -108,6 +108,14 @@ impl SqliteEngine {
         let path = folder.join("relais.db");
         let mut writer = open_connection(&path)?;
         migrate(&mut writer)?;
+        // Checkpoints copy the WAL back into the database on their own thread, so
+        // the writer's commits never wait for them.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open_connection(&path)?;
+        thread::Builder::new()
+            .name("relais-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer))
+            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
         let (jobs, receiver) = mpsc::channel::<Job>();
         let writer_settings = settings.clone();
         thread::Builder::new()
@@ -131,6 +139,18 @@ impl SqliteEngine {
             })))
             .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
         answer.recv().map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?
+    }
+}
+
+/// Copy committed WAL frames into the database file regularly; stops when the
+/// database is no longer used by this process (the connection is the last one).
+fn checkpoint_loop(conn: Connection) {
+    loop {
+        thread::sleep(std::time::Duration::from_millis(200));
+        // PASSIVE never blocks writers or readers; it copies what it can.
+        if conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).is_err() {
+            return;
+        }
     }
 }
 
