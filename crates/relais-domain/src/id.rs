@@ -119,6 +119,10 @@ prefixed_id!(
     KeyId, "key_", "API key"
 );
 prefixed_id!(
+    /// One side effect waiting in the outbox (an e-mail, later a webhook call).
+    OutboxId, "obx_", "outbox message"
+);
+prefixed_id!(
     /// A group of customers: a household or a company (Segment `group`).
     AccountId, "acc_", "account"
 );

@@ -13,7 +13,7 @@ pub mod role;
 pub mod traits;
 
 pub use channel::Channel;
-pub use id::{AccountId, CustomerId, EventId, KeyId, MergeId};
+pub use id::{AccountId, CustomerId, EventId, KeyId, MergeId, OutboxId};
 pub use identifier::{Identifier, IdentifierError, IdentifierKind};
 pub use message::{MessageError, MessageType, TrackingMessage};
 pub use money::MinorUnits;

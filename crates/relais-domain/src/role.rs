@@ -35,6 +35,8 @@ pub enum Permission {
     ReadMetrics,
     /// Create and revoke API keys.
     ManageKeys,
+    /// See and drive the outbox of side effects (e-mails hold personal data).
+    ManageOutbox,
 }
 
 impl Role {
@@ -69,7 +71,7 @@ impl Role {
             ReadCustomers => matches!(self, Admin | Dpo | Marketing | Analyst | Agent | Store),
             ManageIdentity => matches!(self, Admin | Dpo | Agent),
             ReadMetrics => matches!(self, Admin | Analyst),
-            ManageKeys => matches!(self, Admin),
+            ManageKeys | ManageOutbox => matches!(self, Admin),
         }
     }
 }

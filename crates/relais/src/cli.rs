@@ -1,20 +1,18 @@
 //! The command line: `relais serve`, `demo`, `keys create`, `import events`,
 //! `traits rebuild`, `bench ingest`. `anyhow` lives here, at the binary's edge.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
-use relais_domain::message::Envelope;
-use relais_domain::{KeyId, Role, TrackingMessage};
+use relais_domain::{KeyId, Role};
 
 use crate::config::Settings;
 use crate::http::AppState;
-use crate::store::{new_api_key_secret, ApiKey, Location, Outcome, Store};
+use crate::store::{new_api_key_secret, ApiKey, Location, Store};
 
 /// relais: one customer database fed by every touchpoint.
 #[derive(Debug, Parser)]
@@ -89,6 +87,16 @@ enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// The outbox of side effects (e-mail).
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Identity resolution.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Computed traits.
     Traits {
         #[command(subcommand)]
@@ -121,7 +129,8 @@ enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 enum ImportCommand {
-    /// Import Segment messages from a JSONL file (one message per line).
+    /// Import Segment messages: JSONL (one message per line) or CSV whose header
+    /// names Segment fields (`type,userId,event,properties.total,…`).
     Events {
         #[command(flatten)]
         store: StoreArgs,
@@ -133,6 +142,57 @@ enum ImportCommand {
         /// Where rejected lines go, with their reasons (default: FILE.rejected.jsonl).
         #[arg(long)]
         rejected: Option<PathBuf>,
+    },
+    /// Import customers from CSV: identifier columns (user_id, email, phone,
+    /// customer_number, card_number) and any other column as a profile trait.
+    Customers {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The CSV file.
+        file: PathBuf,
+        /// Where rejected rows go, with their reasons (default: FILE.rejected.jsonl).
+        #[arg(long)]
+        rejected: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Queue a test e-mail and deliver it now, to check the mail settings
+    /// (RELAIS_SMTP_URL, RELAIS_MAIL_FROM; without SMTP, files in DATA/outbox).
+    SendTest {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Recipient.
+        #[arg(long)]
+        to: String,
+    },
+    /// Deliver every due message once.
+    Deliver {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List messages, newest first, as JSON lines.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// pending, delivered or failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Undo a merge (ids from GET /api/v1/customers/{id}/merges); prints what went where as JSON.
+    Unmerge {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The merge id, `mrg_…`.
+        merge_id: String,
     },
 }
 
@@ -171,19 +231,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     match cli.command {
-        Command::Serve { store, listen } => {
-            let store = store.open(&settings)?;
-            runtime()?.block_on(serve(store, settings, listen, None))
+        Command::Serve { store: args, listen } => {
+            let store = args.open(&settings)?;
+            runtime()?.block_on(serve(store, settings, listen, None, &args.data))
         }
-        Command::Demo { store, listen, no_serve, people, events, seed } => {
-            let opened = store.open(&settings)?;
+        Command::Demo { store: args, listen, no_serve, people, events, seed } => {
+            let opened = args.open(&settings)?;
             crate::demo::load(&opened, &settings, crate::demo::DemoSize { people, events, seed })?;
             let (secret, _) = create_key(&opened, Role::Admin, Some("demo admin".into()), None)?;
             if no_serve {
                 println!("admin API key: {secret}");
                 return Ok(());
             }
-            runtime()?.block_on(serve(opened, settings, listen, Some(secret)))
+            runtime()?.block_on(serve(opened, settings, listen, Some(secret), &args.data))
         }
         Command::Keys { command: KeysCommand::Create { store, role, name, source } } => {
             let role = Role::parse(&role).with_context(|| {
@@ -196,7 +256,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { command: ImportCommand::Events { store, file, source, rejected } } => {
             let store = store.open(&settings)?;
-            import_events(&store, &settings, &file, &source, rejected)
+            let rejected = rejected.unwrap_or_else(|| crate::import::default_rejected_path(&file, "jsonl"));
+            let summary = crate::import::import_events(&store, &settings, &file, &source, rejected.clone())?;
+            report_import(&file, &rejected, summary)
+        }
+        Command::Import { command: ImportCommand::Customers { store, file, rejected } } => {
+            let store = store.open(&settings)?;
+            let rejected = rejected.unwrap_or_else(|| crate::import::default_rejected_path(&file, "jsonl"));
+            let summary = crate::import::import_customers(&store, &settings, &file, rejected.clone())?;
+            report_import(&file, &rejected, summary)
+        }
+        Command::Outbox { command } => outbox_command(command, &settings),
+        Command::Identity { command: IdentityCommand::Unmerge { store, merge_id } } => {
+            let merge_id = relais_domain::MergeId::parse(&merge_id)?;
+            let store = store.open(&settings)?;
+            let report = store.blocking().unmerge(merge_id, &settings.ingest)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
         Command::Traits { command: TraitsCommand::Rebuild { store } } => {
             let store = store.open(&settings)?;
@@ -222,7 +298,14 @@ pub fn create_key(
     Ok((secret, key))
 }
 
-async fn serve(store: Store, settings: Settings, listen: SocketAddr, admin_key: Option<String>) -> anyhow::Result<()> {
+async fn serve(
+    store: Store,
+    settings: Settings,
+    listen: SocketAddr,
+    admin_key: Option<String>,
+    data: &std::path::Path,
+) -> anyhow::Result<()> {
+    let worker = settings.delivery_worker(store.clone(), data).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen}; is another server using it? choose another with --listen")
     })?;
@@ -234,7 +317,11 @@ async fn serve(store: Store, settings: Settings, listen: SocketAddr, admin_key: 
     }
     let _ = std::io::stdout().flush();
     let state = AppState::new(store, settings);
+    let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+    let delivery = tokio::spawn(worker.run(std::time::Duration::from_secs(1), worker_stopped));
     crate::http::launch(listener, state, shutdown_signal()).await?;
+    let _ = stop_worker.send(true);
+    let _ = delivery.await;
     Ok(())
 }
 
@@ -256,86 +343,65 @@ async fn shutdown_signal() {
     }
 }
 
-fn import_events(
-    store: &Store,
-    settings: &Settings,
-    file: &PathBuf,
-    source: &str,
-    rejected: Option<PathBuf>,
+fn report_import(
+    file: &std::path::Path,
+    rejected: &std::path::Path,
+    summary: crate::import::ImportSummary,
 ) -> anyhow::Result<()> {
-    let input = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let size = input.metadata().map(|m| m.len()).unwrap_or(0);
-    let rejected_path = rejected.unwrap_or_else(|| {
-        let mut name = file.clone().into_os_string();
-        name.push(".rejected.jsonl");
-        PathBuf::from(name)
-    });
-    let mut rejected_file: Option<std::io::BufWriter<std::fs::File>> = None;
-    let progress = indicatif::ProgressBar::new(size);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let reader = std::io::BufReader::new(input);
-    let (mut stored, mut duplicates, mut rejected_count) = (0usize, 0usize, 0usize);
-    let mut chunk: Vec<TrackingMessage> = Vec::new();
-    let flush = |chunk: &mut Vec<TrackingMessage>, stored: &mut usize, duplicates: &mut usize| -> anyhow::Result<()> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        for outcome in store.blocking().ingest(source, std::mem::take(chunk))? {
-            match outcome {
-                Outcome::Stored { .. } => *stored += 1,
-                Outcome::Duplicate { .. } => *duplicates += 1,
-            }
-        }
-        Ok(())
-    };
-    for (number, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read line {} of {}", number + 1, file.display()))?;
-        progress.inc(line.len() as u64 + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let envelope = Envelope {
-            received_at: Utc::now(),
-            implied_type: None,
-            batch_sent_at: None,
-            batch_context: None,
-            default_currency: &settings.ingest.currency,
-        };
-        match TrackingMessage::parse_json(&line, &envelope) {
-            Ok(message) => {
-                chunk.push(message);
-                if chunk.len() >= 5_000 {
-                    flush(&mut chunk, &mut stored, &mut duplicates)?;
-                }
-            }
-            Err(reason) => {
-                rejected_count += 1;
-                let out = match &mut rejected_file {
-                    Some(out) => out,
-                    None => rejected_file.insert(std::io::BufWriter::new(
-                        std::fs::File::create(&rejected_path)
-                            .with_context(|| format!("cannot create {}", rejected_path.display()))?,
-                    )),
-                };
-                let record = serde_json::json!({"line": number + 1, "reason": reason.to_string(), "message": line});
-                writeln!(out, "{record}")?;
-            }
-        }
+    eprintln!("{} stored, {} duplicates, {} rejected", summary.stored, summary.duplicates, summary.rejected);
+    if summary.rejected > 0 {
+        eprintln!("rejected rows and their reasons: {}", rejected.display());
     }
-    flush(&mut chunk, &mut stored, &mut duplicates)?;
-    progress.finish_and_clear();
-    if let Some(mut out) = rejected_file {
-        out.flush()?;
-    }
-    eprintln!("{stored} stored, {duplicates} duplicates, {rejected_count} rejected");
-    if rejected_count > 0 {
-        eprintln!("rejected lines and their reasons: {}", rejected_path.display());
-    }
-    if stored + duplicates == 0 && rejected_count > 0 {
-        bail!("no line of {} could be imported", file.display());
+    if summary.stored + summary.duplicates == 0 && summary.rejected > 0 {
+        bail!("no row of {} could be imported", file.display());
     }
     Ok(())
+}
+
+fn outbox_command(command: OutboxCommand, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        OutboxCommand::SendTest { store: args, to } => {
+            let store = args.open(settings)?;
+            let worker = settings.delivery_worker(store.clone(), &args.data).map_err(anyhow::Error::msg)?;
+            let email = crate::outbox::Email {
+                to,
+                subject: "relais: test message".into(),
+                text: "This message checks that relais can send e-mail. / Ce message vérifie que relais peut envoyer des e-mails.".into(),
+            };
+            let id = crate::outbox::enqueue_email(&store, None, &email)?;
+            let report = worker.run_once()?;
+            let item = store.blocking().outbox(None, 500)?.into_iter().find(|i| i.outbox_id == id);
+            match item {
+                Some(item) if item.status == crate::store::OutboxStatus::Delivered => {
+                    eprintln!("delivered {id} ({} delivered in this pass)", report.delivered);
+                    Ok(())
+                }
+                Some(item) => bail!(
+                    "the test message {id} was not delivered: {}; it stays queued and will be retried",
+                    item.last_error.unwrap_or_else(|| "unknown error".into())
+                ),
+                None => bail!("the test message {id} vanished from the outbox"),
+            }
+        }
+        OutboxCommand::Deliver { store: args } => {
+            let store = args.open(settings)?;
+            let worker = settings.delivery_worker(store, &args.data).map_err(anyhow::Error::msg)?;
+            let report = worker.run_once()?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        OutboxCommand::List { store: args, status, limit } => {
+            let status = status
+                .map(|s| {
+                    crate::store::OutboxStatus::parse(&s)
+                        .with_context(|| format!("unknown status `{s}`; use pending, delivered or failed"))
+                })
+                .transpose()?;
+            let store = args.open(settings)?;
+            for item in store.blocking().outbox(status, limit)? {
+                println!("{}", serde_json::to_string(&item)?);
+            }
+            Ok(())
+        }
+    }
 }

@@ -3,11 +3,48 @@
 
 use crate::store::IngestSettings;
 
+/// A secret that never prints (a database or SMTP password inside a URL).
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The secret, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// Server and organisation settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// What ingestion needs (time zone, currency).
     pub ingest: IngestSettings,
+    /// SMTP server URL (`RELAIS_SMTP_URL`); without it, e-mail goes to files in
+    /// the data folder's `outbox` folder.
+    pub smtp_url: Option<Secret>,
+    /// Sender of e-mail (`RELAIS_MAIL_FROM`).
+    pub mail_from: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ingest: IngestSettings::default(),
+            smtp_url: None,
+            mail_from: "relais <no-reply@relais.localhost>".into(),
+        }
+    }
 }
 
 /// Why the configuration is unusable.
@@ -16,6 +53,9 @@ pub enum ConfigError {
     /// Unknown time zone.
     #[error("unknown time zone `{0}` in RELAIS_TIME_ZONE; use an IANA name such as Europe/Paris")]
     TimeZone(String),
+    /// Malformed sender.
+    #[error("`{0}` in RELAIS_MAIL_FROM is not a mailbox such as `Boutique <contact@example.fr>`")]
+    MailFrom(String),
     /// Malformed currency.
     #[error("`{0}` in RELAIS_CURRENCY is not an ISO 4217 code such as EUR")]
     Currency(String),
@@ -35,6 +75,29 @@ impl Settings {
             }
             settings.ingest.currency = upper;
         }
+        if let Ok(url) = std::env::var("RELAIS_SMTP_URL") {
+            settings.smtp_url = Some(Secret::new(url));
+        }
+        if let Ok(from) = std::env::var("RELAIS_MAIL_FROM") {
+            if from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(ConfigError::MailFrom(from));
+            }
+            settings.mail_from = from;
+        }
         Ok(settings)
+    }
+
+    /// The delivery worker these settings describe; e-mail files go under `data`.
+    pub fn delivery_worker(
+        &self,
+        store: crate::store::Store,
+        data: &std::path::Path,
+    ) -> Result<crate::outbox::DeliveryWorker, String> {
+        let from = self.mail_from.parse().map_err(|e| format!("invalid RELAIS_MAIL_FROM: {e}"))?;
+        let mailer: std::sync::Arc<dyn crate::outbox::Mailer> = match &self.smtp_url {
+            Some(url) => std::sync::Arc::new(crate::outbox::SmtpMailer::from_url(url.expose())?),
+            None => std::sync::Arc::new(crate::outbox::FileMailer::new(data.join("outbox"))),
+        };
+        Ok(crate::outbox::DeliveryWorker::new(store, mailer, from))
     }
 }

@@ -52,6 +52,7 @@ CREATE TABLE events (
     context            JSONB NOT NULL,
     traits             JSONB NOT NULL,
     extra              JSONB NOT NULL,
+    identifiers        JSONB NOT NULL DEFAULT '[]',
     PRIMARY KEY (customer_id, ts, event_id)
 );
 
@@ -107,3 +108,20 @@ CREATE TABLE api_keys (
     created_at    TIMESTAMPTZ NOT NULL,
     revoked_at    TIMESTAMPTZ
 );
+
+-- Side effects (e-mail, later webhooks and device messages) wait here until the
+-- delivery worker has sent them (transactional outbox). Citus: by outbox_id.
+CREATE TABLE outbox (
+    outbox_id       TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    customer_id     TEXT,
+    payload         JSONB NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TIMESTAMPTZ NOT NULL,
+    lease_until     TIMESTAMPTZ,
+    last_error      TEXT,
+    created_at      TIMESTAMPTZ NOT NULL,
+    delivered_at    TIMESTAMPTZ
+);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);

@@ -50,7 +50,8 @@ CREATE TABLE events (
     properties         TEXT NOT NULL,
     context            TEXT NOT NULL,
     traits             TEXT NOT NULL,
-    extra              TEXT NOT NULL
+    extra              TEXT NOT NULL,
+    identifiers        TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX events_by_customer ON events (customer_id, ts, event_id);
 
@@ -106,3 +107,20 @@ CREATE TABLE api_keys (
     created_at    INTEGER NOT NULL,
     revoked_at    INTEGER
 );
+
+-- Side effects (e-mail, later webhooks and device messages) wait here until the
+-- delivery worker has sent them (transactional outbox).
+CREATE TABLE outbox (
+    outbox_id       TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    customer_id     TEXT,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_until     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER
+) WITHOUT ROWID;
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);

@@ -45,6 +45,8 @@ macro_rules! permission_marker {
 permission_marker!(IngestEvents);
 permission_marker!(ReadCustomers);
 permission_marker!(ReadMetrics);
+permission_marker!(ManageIdentity);
+permission_marker!(ManageOutbox);
 
 /// A caller whose key holds permission `P`.
 pub struct Authorized<P: Required> {

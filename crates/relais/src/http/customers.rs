@@ -5,15 +5,17 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use relais_domain::{CustomerId, Identifier, IdentifierKind};
+use relais_domain::{CustomerId, Identifier, IdentifierKind, MergeId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Authorized, ReadCustomers};
+use super::auth::{Authorized, ManageIdentity, ReadCustomers};
 use super::error::ApiError;
 use super::AppState;
-use crate::store::{CustomerLookup, CustomerRecord, EventPage, MergeRecord, StoredEvent, TimelineCursor};
+use crate::store::{
+    CustomerLookup, CustomerRecord, EventPage, MergeRecord, StoredEvent, TimelineCursor, UnmergeReport,
+};
 
 /// Events per timeline page by default, and at most.
 const DEFAULT_PAGE: usize = 50;
@@ -332,4 +334,28 @@ pub async fn customer_merges(
     let id = parse_customer_id(&id)?;
     let merges = state.store.run(move |engine| engine.merges(id)).await?;
     Ok(Json(MergesView { merges }))
+}
+
+/// Undo a merge: the merged profile is restored with its identifiers, and events
+/// that arrived after the merge carrying only its identifiers go back to it.
+#[utoipa::path(post, path = "/api/v1/merges/{merge_id}/undo", tag = "customers",
+    params(("merge_id" = String, Path, description = "Merge id, `mrg_…`, from GET /api/v1/customers/{id}/merges")),
+    responses(
+        (status = 200, description = "What went where", body = Object),
+        (status = 404, body = super::error::Problem),
+        (status = 409, description = "Already undone", body = super::error::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn undo_merge(
+    State(state): State<AppState>,
+    _caller: Authorized<ManageIdentity>,
+    Path(merge_id): Path<String>,
+) -> Result<Json<UnmergeReport>, ApiError> {
+    let merge_id = MergeId::parse(&merge_id).map_err(|e| ApiError::field("merge_id", e.to_string()))?;
+    let settings = state.settings.ingest.clone();
+    let report = state.store.run(move |engine| engine.unmerge(merge_id, &settings)).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound(format!("no merge `{merge_id}`")),
+        other => other.into(),
+    })?;
+    Ok(Json(report))
 }

@@ -63,6 +63,9 @@ pub enum ApiError {
     /// Nothing there.
     #[error("{0}")]
     NotFound(String),
+    /// The request contradicts the current state.
+    #[error("{0}")]
+    Conflict(String),
     /// The body is too large.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -91,6 +94,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
+            StoreError::Conflict(detail) => ApiError::Conflict(detail),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -103,6 +107,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type")

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod customers;
 pub mod error;
 pub mod metrics;
+pub mod outbox;
 pub mod tracking;
 
 use std::future::Future;
@@ -103,12 +104,14 @@ impl Modify for SecuritySchemes {
         customers::get_customer,
         customers::customer_events,
         customers::customer_merges,
+        customers::undo_merge,
+        outbox::list_outbox,
     ),
     modifiers(&SecuritySchemes),
     tags(
         (name = "tracking", description = "Segment-compatible tracking API"),
         (name = "customers", description = "The customer 360"),
-        (name = "operations", description = "Health and metrics"),
+        (name = "operations", description = "Health, metrics and the outbox"),
     )
 )]
 pub struct ApiDoc;
@@ -139,6 +142,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/customers/{id}", get(customers::get_customer))
         .route("/api/v1/customers/{id}/events", get(customers::customer_events))
         .route("/api/v1/customers/{id}/merges", get(customers::customer_merges))
+        .route("/api/v1/merges/{merge_id}/undo", post(customers::undo_merge))
+        .route("/api/v1/outbox", get(outbox::list_outbox))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
         .with_state(state)

@@ -490,3 +490,22 @@ impl Rebuild {
         (self.traits, days)
     }
 }
+
+/// Traits and day totals of one surviving profile from its events and those of
+/// the profiles merged into it (`(stored customer, facts)` pairs).
+pub fn family_traits<'a>(
+    root: CustomerId,
+    events: impl IntoIterator<Item = (CustomerId, EventFacts<'a>)>,
+    settings: &IngestSettings,
+) -> (ComputedTraits, Vec<DayRow>) {
+    let mut rebuild = Rebuild::default();
+    let mut members = HashMap::new();
+    for (customer, facts) in events {
+        if customer != root {
+            members.insert(customer, root);
+        }
+        rebuild.add(customer, &facts, settings);
+    }
+    let (mut traits, days) = rebuild.finish(&members);
+    (traits.remove(&root).unwrap_or_default(), days.into_iter().filter(|d| d.0 == root).collect())
+}

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use relais_domain::traits::{DayTotals, WindowTraits};
 use relais_domain::{
-    AccountId, Channel, ComputedTraits, CustomerId, EventId, Identifier, KeyId, MergeId, Role, TrackingMessage,
+    AccountId, Channel, ComputedTraits, CustomerId, EventId, Identifier, KeyId, MergeId, OutboxId, Role,
+    TrackingMessage,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -64,9 +65,40 @@ pub enum StoreError {
     /// The configuration is unusable.
     #[error("{0}")]
     Config(String),
+    /// The request contradicts the current state (for example a merge already undone).
+    #[error("{0}")]
+    Conflict(String),
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+}
+
+/// What an unmerge did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnmergeReport {
+    /// The merge undone.
+    pub merge_id: MergeId,
+    /// The profile that had absorbed the other.
+    pub survivor_id: CustomerId,
+    /// The profile restored.
+    pub restored_id: CustomerId,
+    /// Identifiers given back to the restored profile.
+    pub identifiers: Vec<String>,
+    /// Events that arrived after the merge carrying only the restored profile's
+    /// identifiers, moved back to it.
+    pub events_moved: usize,
+}
+
+/// Whether an event stored under the survivor after a merge goes back to the
+/// restored profile: it carried one of the restored profile's identifiers and
+/// none of the survivor's.
+pub fn event_goes_back(
+    event_identifiers: &str,
+    restored: &std::collections::HashSet<String>,
+    survivor: &std::collections::HashSet<String>,
+) -> bool {
+    let identifiers: Vec<String> = serde_json::from_str(event_identifiers).unwrap_or_default();
+    identifiers.iter().any(|i| restored.contains(i)) && !identifiers.iter().any(|i| survivor.contains(i))
 }
 
 /// A stored API key, without its secret.
@@ -230,6 +262,78 @@ pub struct MergeRecord {
     pub identifiers: Vec<String>,
 }
 
+/// Where an outbox message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxStatus {
+    /// Waiting for its first or next attempt.
+    Pending,
+    /// Sent.
+    Delivered,
+    /// Given up after the last retry.
+    Failed,
+}
+
+impl OutboxStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Delivered => "delivered",
+            OutboxStatus::Failed => "failed",
+        }
+    }
+
+    /// Parse the stored name.
+    pub fn parse(text: &str) -> Option<OutboxStatus> {
+        [OutboxStatus::Pending, OutboxStatus::Delivered, OutboxStatus::Failed].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// A side effect in the outbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxItem {
+    /// Its id (also the e-mail's Message-ID, so receivers can drop a resend).
+    pub outbox_id: OutboxId,
+    /// `email` (later `webhook`, `device`).
+    pub kind: String,
+    /// The customer concerned, if any.
+    pub customer_id: Option<CustomerId>,
+    /// What to send.
+    pub payload: Value,
+    /// Where it stands.
+    pub status: OutboxStatus,
+    /// Attempts made.
+    pub attempts: i32,
+    /// When the next attempt is due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
+    /// When it was sent.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum DeliveryResult {
+    /// Sent.
+    Delivered,
+    /// Failed; try again at this time.
+    Retry {
+        /// When.
+        at: DateTime<Utc>,
+        /// Why it failed.
+        error: String,
+    },
+    /// Failed for good.
+    GiveUp {
+        /// Why.
+        error: String,
+    },
+}
+
 /// The operations every engine provides; blocking, called from `Store` through
 /// `spawn_blocking`.
 pub trait Engine: Send + Sync + 'static {
@@ -249,6 +353,19 @@ pub trait Engine: Send + Sync + 'static {
     fn events(&self, id: CustomerId, after: Option<&TimelineCursor>, limit: usize) -> Result<EventPage, StoreError>;
     /// Merges whose survivor is this customer.
     fn merges(&self, id: CustomerId) -> Result<Vec<MergeRecord>, StoreError>;
+    /// Undo a recorded merge: identifiers go back, later events carrying only the
+    /// restored profile's identifiers follow them, and both profiles' traits are
+    /// recomputed from their events.
+    fn unmerge(&self, merge_id: MergeId, settings: &IngestSettings) -> Result<UnmergeReport, StoreError>;
+    /// Queue a side effect.
+    fn enqueue(&self, kind: &str, customer: Option<CustomerId>, payload: &Value) -> Result<OutboxId, StoreError>;
+    /// Take up to `limit` due messages for delivery, leasing them for `lease` so
+    /// no other worker takes them meanwhile; each attempt is counted.
+    fn claim_outbox(&self, limit: usize, lease: chrono::Duration) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Record the result of an attempt.
+    fn finish_outbox(&self, id: OutboxId, result: &DeliveryResult) -> Result<(), StoreError>;
+    /// Outbox messages, newest first.
+    fn outbox(&self, status: Option<OutboxStatus>, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
     /// Recompute every customer's traits and day totals from the event log.
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError>;
     /// Number of (customers, events) stored.
@@ -294,6 +411,12 @@ impl Store {
     pub fn blocking(&self) -> &dyn Engine {
         self.engine.as_ref()
     }
+}
+
+/// The identifiers an event carried, as stored with it (for unmerges).
+fn identifiers_json(identifiers: &[Identifier]) -> String {
+    serde_json::to_string(&identifiers.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".into())
 }
 
 /// A new random API key secret and its stored hash.

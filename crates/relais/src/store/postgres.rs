@@ -11,15 +11,17 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::{Client, NoTls};
 use relais_domain::traits::DayTotals;
-use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, Role, TrackingMessage};
+use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage};
 use serde_json::{Map, Value};
 
 use super::ingest::{
-    ingest_batch, Changes, CustomerState, EventFacts, IngestSettings, IngestTx, KnownMessages, Outcome, Rebuild,
+    family_traits, ingest_batch, Changes, CustomerState, EventFacts, IngestSettings, IngestTx, KnownMessages, Outcome,
+    Rebuild,
 };
 use super::pool::Pool;
 use super::{
-    ApiKey, CustomerLookup, CustomerRecord, Engine, EventPage, MergeRecord, StoreError, StoredEvent, TimelineCursor,
+    event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, EventPage, MergeRecord,
+    OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] =
@@ -363,14 +365,16 @@ fn insert_events(tx: &mut postgres::Transaction<'_>, changes: &Changes<'_>) -> R
     let context: Vec<String> = events.iter().map(|e| json_text(&e.message.context)).collect();
     let traits: Vec<String> = events.iter().map(|e| json_text(&e.message.traits)).collect();
     let extra: Vec<String> = events.iter().map(|e| json_text(&e.message.extra)).collect();
+    let identifiers: Vec<String> = events.iter().map(|e| super::identifiers_json(&e.message.identifiers)).collect();
     tx.execute(
         "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, sent_at, \
-         original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, properties, context, traits, extra) \
-         SELECT c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p::jsonb, cx::jsonb, t::jsonb, x::jsonb \
+         original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, properties, context, traits, extra, \
+         identifiers) \
+         SELECT c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p::jsonb, cx::jsonb, t::jsonb, x::jsonb, i::jsonb \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
          $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[], \
-         $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[]) \
-         AS u(c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p, cx, t, x)",
+         $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], \
+         $22::text[]) AS u(c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p, cx, t, x, i)",
         &[
             &customer,
             &event_id,
@@ -393,9 +397,48 @@ fn insert_events(tx: &mut postgres::Transaction<'_>, changes: &Changes<'_>) -> R
             &context,
             &traits,
             &extra,
+            &identifiers,
         ],
     )?;
     Ok(())
+}
+
+/// The columns traits are computed from, as read from `events`.
+const FACT_COLUMNS: &str = "customer_id, ts, message_id, channel, store, type, name, amount_minor, currency";
+
+fn facts_from_row(row: &postgres::Row) -> Result<(CustomerId, EventFacts<'_>), StoreError> {
+    Ok((
+        parse_id(row.get::<_, &str>(0))?,
+        EventFacts {
+            timestamp: row.get(1),
+            message_id: row.get(2),
+            channel: Channel::parse(row.get::<_, &str>(3)).unwrap_or(Channel::Other),
+            store: row.get(4),
+            order_kind: EventFacts::order_kind_of(row.get(5), row.get(6)),
+            amount_minor: row.get(7),
+            currency: row.get(8),
+        },
+    ))
+}
+
+const OUTBOX_COLUMNS: &str =
+    "outbox_id, kind, customer_id, payload, status, attempts, next_attempt_at, last_error, created_at, delivered_at";
+
+fn outbox_from_row(row: &postgres::Row) -> Result<OutboxItem, StoreError> {
+    let status: &str = row.get(4);
+    Ok(OutboxItem {
+        outbox_id: parse_id(row.get::<_, &str>(0))?,
+        kind: row.get(1),
+        customer_id: row.get::<_, Option<&str>>(2).map(parse_id).transpose()?,
+        payload: row.get(3),
+        status: OutboxStatus::parse(status)
+            .ok_or_else(|| StoreError::Database(format!("unknown outbox status `{status}`")))?,
+        attempts: row.get(5),
+        next_attempt_at: row.get(6),
+        last_error: row.get(7),
+        created_at: row.get(8),
+        delivered_at: row.get(9),
+    })
 }
 
 const EVENT_COLUMNS: &str = "event_id, customer_id, message_id, type, name, channel, ts, received_at, sent_at, \
@@ -602,6 +645,176 @@ impl Engine for PgEngine {
         })
     }
 
+    fn enqueue(&self, kind: &str, customer: Option<CustomerId>, payload: &Value) -> Result<OutboxId, StoreError> {
+        self.pool.with(|client| {
+            let id = OutboxId::new();
+            client.execute(
+                "INSERT INTO outbox (outbox_id, kind, customer_id, payload, status, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', now(), now())",
+                &[&id.to_string(), &kind, &customer.map(|c| c.to_string()), payload],
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn claim_outbox(&self, limit: usize, lease: chrono::Duration) -> Result<Vec<OutboxItem>, StoreError> {
+        self.pool.with(|client| {
+            let now = Utc::now();
+            // SKIP LOCKED: several servers' workers share the queue without waiting
+            // on each other or taking the same message.
+            let rows = client.query(
+                &format!(
+                    "UPDATE outbox SET lease_until = $1, attempts = attempts + 1 WHERE outbox_id IN \
+                     (SELECT outbox_id FROM outbox WHERE status = 'pending' AND next_attempt_at <= $2 \
+                      AND (lease_until IS NULL OR lease_until <= $2) ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                     RETURNING {OUTBOX_COLUMNS}"
+                ),
+                &[&(now + lease), &now, &(limit as i64)],
+            )?;
+            rows.iter().map(outbox_from_row).collect()
+        })
+    }
+
+    fn finish_outbox(&self, id: OutboxId, result: &DeliveryResult) -> Result<(), StoreError> {
+        self.pool.with(|client| {
+            let key = id.to_string();
+            match result {
+                DeliveryResult::Delivered => client.execute(
+                    "UPDATE outbox SET status = 'delivered', delivered_at = now(), lease_until = NULL, last_error = NULL WHERE outbox_id = $1",
+                    &[&key],
+                )?,
+                DeliveryResult::Retry { at, error } => client.execute(
+                    "UPDATE outbox SET next_attempt_at = $2, lease_until = NULL, last_error = $3 WHERE outbox_id = $1",
+                    &[&key, at, error],
+                )?,
+                DeliveryResult::GiveUp { error } => client.execute(
+                    "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = $2 WHERE outbox_id = $1",
+                    &[&key, error],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    fn outbox(&self, status: Option<OutboxStatus>, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        self.pool.with(|client| {
+            let rows = client.query(
+                &format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE ($1::text IS NULL OR status = $1) ORDER BY outbox_id DESC LIMIT $2"
+                ),
+                &[&status.map(OutboxStatus::as_str), &(limit as i64)],
+            )?;
+            rows.iter().map(outbox_from_row).collect()
+        })
+    }
+
+    fn unmerge(&self, merge_id: MergeId, settings: &IngestSettings) -> Result<UnmergeReport, StoreError> {
+        self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            let key = merge_id.to_string();
+            let row = tx
+                .query_opt(
+                    "SELECT survivor_id, merged_id, at, identifiers, undone_at IS NOT NULL FROM merges WHERE merge_id = $1",
+                    &[&key],
+                )?
+                .ok_or(StoreError::NotFound)?;
+            let (merged, at, moved, undone): (String, DateTime<Utc>, Value, bool) =
+                (row.get(1), row.get(2), row.get(3), row.get(4));
+            if undone {
+                return Err(StoreError::Conflict(format!("merge {key} was already undone")));
+            }
+            let survivor: String = tx
+                .query_one("SELECT merged_into FROM customers WHERE customer_id = $1", &[&merged])?
+                .get::<_, Option<String>>(0)
+                .ok_or_else(|| StoreError::Conflict(format!("profile {merged} is not merged any more")))?;
+            // Lock both profiles one at a time, in id order (the Citus-compatible form).
+            let mut pair = [survivor.clone(), merged.clone()];
+            pair.sort();
+            for customer in &pair {
+                tx.query("SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE", &[customer])?;
+            }
+            let moved: Vec<String> = serde_json::from_value(moved).unwrap_or_default();
+            tx.execute(
+                "UPDATE identifiers SET customer_id = $1 WHERE identifier = ANY($2) AND customer_id = $3",
+                &[&merged, &moved, &survivor],
+            )?;
+            tx.execute("UPDATE customers SET merged_into = NULL, merged_at = NULL WHERE customer_id = $1", &[&merged])?;
+            tx.execute(
+                "UPDATE customers SET merged_into = $1 WHERE merged_into = $2 AND customer_id IN \
+                 (SELECT merged_id FROM merges WHERE survivor_id = $1 AND undone_at IS NULL)",
+                &[&merged, &survivor],
+            )?;
+            let owned = |tx: &mut postgres::Transaction<'_>, customer: &str| -> Result<std::collections::HashSet<String>, StoreError> {
+                Ok(tx
+                    .query("SELECT identifier FROM identifiers WHERE customer_id = $1", &[&customer])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect())
+            };
+            let restored_set = owned(&mut tx, &merged)?;
+            let survivor_set = owned(&mut tx, &survivor)?;
+            let later = tx.query(
+                "SELECT event_id, identifiers::text FROM events WHERE customer_id = $1 AND received_at >= $2",
+                &[&survivor, &at],
+            )?;
+            let going_back: Vec<String> = later
+                .iter()
+                .filter(|r| event_goes_back(r.get(1), &restored_set, &survivor_set))
+                .map(|r| r.get(0))
+                .collect();
+            // The distribution column is never updated in place: insert under the
+            // restored profile, then delete the survivor's copies.
+            if !going_back.is_empty() {
+                tx.execute(
+                    "UPDATE message_ids m SET customer_id = $1 FROM events e WHERE e.customer_id = $2 \
+                     AND e.event_id = ANY($3) AND m.message_id = e.message_id AND m.source = e.source",
+                    &[&merged, &survivor, &going_back],
+                )?;
+                tx.execute(
+                    "INSERT INTO events SELECT $1::text, event_id, source, message_id, type, name, channel, ts, received_at, \
+                     sent_at, original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, computed, \
+                     properties, context, traits, extra, identifiers FROM events WHERE customer_id = $2 AND event_id = ANY($3)",
+                    &[&merged, &survivor, &going_back],
+                )?;
+                tx.execute(
+                    "DELETE FROM events WHERE customer_id = $1 AND event_id = ANY($2)",
+                    &[&survivor, &going_back],
+                )?;
+            }
+            for root in [&survivor, &merged] {
+                let rows = tx.query(
+                    &format!(
+                        "SELECT {FACT_COLUMNS} FROM events WHERE NOT computed AND customer_id IN \
+                         (SELECT $1::text UNION ALL SELECT customer_id FROM customers WHERE merged_into = $1)"
+                    ),
+                    &[root],
+                )?;
+                let facts = rows.iter().map(facts_from_row).collect::<Result<Vec<_>, _>>()?;
+                let (traits, days) = family_traits(parse_id(root)?, facts, settings);
+                tx.execute(
+                    "UPDATE customers SET traits = $2::text::jsonb, updated_at = now() WHERE customer_id = $1",
+                    &[root, &serde_json::to_string(&traits).unwrap_or_default()],
+                )?;
+                tx.execute("DELETE FROM customer_days WHERE customer_id = $1", &[root])?;
+                for (_, day, orders, revenue) in days {
+                    tx.execute(
+                        "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) VALUES ($1, $2, $3, $4)",
+                        &[root, &day, &orders, &revenue],
+                    )?;
+                }
+            }
+            tx.execute("UPDATE merges SET undone_at = now() WHERE merge_id = $1", &[&key])?;
+            tx.commit()?;
+            Ok(UnmergeReport {
+                merge_id,
+                survivor_id: parse_id(&survivor)?,
+                restored_id: parse_id(&merged)?,
+                identifiers: moved,
+                events_moved: going_back.len(),
+            })
+        })
+    }
+
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {
         self.pool.with(|client| {
             let mut tx = client.transaction()?;
@@ -617,22 +830,11 @@ impl Engine for PgEngine {
             {
                 use postgres::fallible_iterator::FallibleIterator;
                 let params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
-                let mut rows = tx.query_raw(
-                    "SELECT customer_id, ts, message_id, channel, store, type, name, amount_minor, currency \
-                     FROM events WHERE NOT computed",
-                    params,
-                )?;
+                let mut rows =
+                    tx.query_raw(&format!("SELECT {FACT_COLUMNS} FROM events WHERE NOT computed"), params)?;
                 while let Some(row) = rows.next()? {
-                    let facts = EventFacts {
-                        timestamp: row.get(1),
-                        message_id: row.get(2),
-                        channel: Channel::parse(row.get::<_, &str>(3)).unwrap_or(Channel::Other),
-                        store: row.get(4),
-                        order_kind: EventFacts::order_kind_of(row.get(5), row.get(6)),
-                        amount_minor: row.get(7),
-                        currency: row.get(8),
-                    };
-                    rebuild.add(parse_id(row.get::<_, &str>(0))?, &facts, settings);
+                    let (customer, facts) = facts_from_row(&row)?;
+                    rebuild.add(customer, &facts, settings);
                 }
             }
             let (traits, days) = rebuild.finish(&merged_into);

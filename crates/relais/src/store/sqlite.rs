@@ -9,16 +9,18 @@ use std::thread;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use relais_domain::traits::DayTotals;
-use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, Role, TrackingMessage};
+use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
 
 use super::ingest::{
-    ingest_batch, Changes, CustomerState, EventFacts, IngestSettings, IngestTx, KnownMessages, Outcome, Rebuild,
+    family_traits, ingest_batch, Changes, CustomerState, EventFacts, IngestSettings, IngestTx, KnownMessages, Outcome,
+    Rebuild,
 };
 use super::pool::Pool;
 use super::{
-    ApiKey, CustomerLookup, CustomerRecord, Engine, EventPage, MergeRecord, StoreError, StoredEvent, TimelineCursor,
+    event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, EventPage, MergeRecord,
+    OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] =
@@ -314,8 +316,8 @@ impl IngestTx for SqliteTx<'_> {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, \
                  sent_at, original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, \
-                 properties, context, traits, extra) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                 properties, context, traits, extra, identifiers) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
             )?;
             for event in &changes.events {
                 let m = event.message;
@@ -341,6 +343,7 @@ impl IngestTx for SqliteTx<'_> {
                     json_text(&m.context),
                     json_text(&m.traits),
                     json_text(&m.extra),
+                    super::identifiers_json(&m.identifiers),
                 ])?;
             }
         }
@@ -460,6 +463,81 @@ fn customer_state(profile: &str, traits: &str, merged_into: Option<&str>) -> Res
         traits: serde_json::from_str(traits).unwrap_or_default(),
         merged_into: merged_into.map(parse_id).transpose()?,
     })
+}
+
+/// The columns traits are computed from, as read from `events` (owned, since a
+/// SQLite row borrows its statement).
+const FACT_COLUMNS: &str = "customer_id, ts, message_id, channel, store, type, name, amount_minor, currency";
+
+struct FactRow {
+    customer: String,
+    ts: i64,
+    message_id: String,
+    channel: String,
+    store: Option<String>,
+    kind: String,
+    name: Option<String>,
+    amount: Option<i64>,
+    currency: Option<String>,
+}
+
+impl FactRow {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<FactRow> {
+        Ok(FactRow {
+            customer: row.get(0)?,
+            ts: row.get(1)?,
+            message_id: row.get(2)?,
+            channel: row.get(3)?,
+            store: row.get(4)?,
+            kind: row.get(5)?,
+            name: row.get(6)?,
+            amount: row.get(7)?,
+            currency: row.get(8)?,
+        })
+    }
+
+    fn facts(&self) -> Result<(CustomerId, EventFacts<'_>), StoreError> {
+        Ok((
+            parse_id(&self.customer)?,
+            EventFacts {
+                timestamp: from_micros(self.ts),
+                message_id: &self.message_id,
+                channel: Channel::parse(&self.channel).unwrap_or(Channel::Other),
+                store: self.store.as_deref(),
+                order_kind: EventFacts::order_kind_of(&self.kind, self.name.as_deref()),
+                amount_minor: self.amount,
+                currency: self.currency.as_deref(),
+            },
+        ))
+    }
+}
+
+const OUTBOX_COLUMNS: &str =
+    "outbox_id, kind, customer_id, payload, status, attempts, next_attempt_at, last_error, created_at, delivered_at";
+
+fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxItem, StoreError>> {
+    let id: String = row.get(0)?;
+    let customer: Option<String> = row.get(2)?;
+    let payload: String = row.get(3)?;
+    let status: String = row.get(4)?;
+    let (attempts, next, error, created, delivered): (i32, i64, Option<String>, i64, Option<i64>) =
+        (row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?, row.get(9)?);
+    let kind: String = row.get(1)?;
+    Ok((|| {
+        Ok(OutboxItem {
+            outbox_id: parse_id(&id)?,
+            kind,
+            customer_id: customer.as_deref().map(parse_id).transpose()?,
+            payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+            status: OutboxStatus::parse(&status)
+                .ok_or_else(|| StoreError::Database(format!("unknown outbox status `{status}`")))?,
+            attempts,
+            next_attempt_at: from_micros(next),
+            last_error: error,
+            created_at: from_micros(created),
+            delivered_at: delivered.map(from_micros),
+        })
+    })())
 }
 
 const EVENT_COLUMNS: &str = "event_id, customer_id, message_id, type, name, channel, ts, received_at, sent_at, \
@@ -681,6 +759,168 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn enqueue(&self, kind: &str, customer: Option<CustomerId>, payload: &Value) -> Result<OutboxId, StoreError> {
+        let (kind, payload) = (kind.to_string(), payload.to_string());
+        self.write(move |conn| {
+            let id = OutboxId::new();
+            let now = micros(Utc::now());
+            conn.execute(
+                "INSERT INTO outbox (outbox_id, kind, customer_id, payload, status, next_attempt_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+                params![id.to_string(), kind, customer.map(|c| c.to_string()), payload, now],
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn claim_outbox(&self, limit: usize, lease: chrono::Duration) -> Result<Vec<OutboxItem>, StoreError> {
+        self.write(move |conn| {
+            let now = Utc::now();
+            let sql = format!(
+                "UPDATE outbox SET lease_until = ?1, attempts = attempts + 1 WHERE outbox_id IN \
+                 (SELECT outbox_id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?2 \
+                  AND (lease_until IS NULL OR lease_until <= ?2) ORDER BY next_attempt_at LIMIT ?3) \
+                 RETURNING {OUTBOX_COLUMNS}"
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let items = stmt
+                .query_map(params![micros(now + lease), micros(now), limit as i64], outbox_from_row)?
+                .map(|r| r.map_err(StoreError::from).and_then(|inner| inner))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(items)
+        })
+    }
+
+    fn finish_outbox(&self, id: OutboxId, result: &DeliveryResult) -> Result<(), StoreError> {
+        let result = result.clone();
+        self.write(move |conn| {
+            let key = id.to_string();
+            let now = micros(Utc::now());
+            match result {
+                DeliveryResult::Delivered => conn.execute(
+                    "UPDATE outbox SET status = 'delivered', delivered_at = ?2, lease_until = NULL, last_error = NULL WHERE outbox_id = ?1",
+                    params![key, now],
+                )?,
+                DeliveryResult::Retry { at, error } => conn.execute(
+                    "UPDATE outbox SET next_attempt_at = ?2, lease_until = NULL, last_error = ?3 WHERE outbox_id = ?1",
+                    params![key, micros(at), error],
+                )?,
+                DeliveryResult::GiveUp { error } => conn.execute(
+                    "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = ?2 WHERE outbox_id = ?1",
+                    params![key, error],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    fn outbox(&self, status: Option<OutboxStatus>, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        self.readers.with(|conn| {
+            let sql = format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE (?1 IS NULL OR status = ?1) ORDER BY outbox_id DESC LIMIT ?2"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let items = stmt
+                .query_map(params![status.map(OutboxStatus::as_str), limit as i64], outbox_from_row)?
+                .map(|r| r.map_err(StoreError::from).and_then(|inner| inner))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(items)
+        })
+    }
+
+    fn unmerge(&self, merge_id: MergeId, settings: &IngestSettings) -> Result<UnmergeReport, StoreError> {
+        let settings = settings.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let key = merge_id.to_string();
+            let (merged, at, moved, undone): (String, i64, String, Option<i64>) = tx
+                .query_row(
+                    "SELECT merged_id, at, identifiers, undone_at FROM merges WHERE merge_id = ?1",
+                    [&key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            if undone.is_some() {
+                return Err(StoreError::Conflict(format!("merge {key} was already undone")));
+            }
+            let survivor: String = tx
+                .query_row("SELECT merged_into FROM customers WHERE customer_id = ?1", [&merged], |r| {
+                    r.get::<_, Option<String>>(0)
+                })?
+                .ok_or_else(|| StoreError::Conflict(format!("profile {merged} is not merged any more")))?;
+            let moved: Vec<String> = serde_json::from_str(&moved).unwrap_or_default();
+            for identifier in &moved {
+                tx.execute(
+                    "UPDATE identifiers SET customer_id = ?1 WHERE identifier = ?2 AND customer_id = ?3",
+                    params![merged, identifier, survivor],
+                )?;
+            }
+            tx.execute("UPDATE customers SET merged_into = NULL, merged_at = NULL WHERE customer_id = ?1", [&merged])?;
+            tx.execute(
+                "UPDATE customers SET merged_into = ?1 WHERE merged_into = ?2 AND customer_id IN \
+                 (SELECT merged_id FROM merges WHERE survivor_id = ?1 AND undone_at IS NULL)",
+                [&merged, &survivor],
+            )?;
+            let owned = |customer: &str| -> Result<std::collections::HashSet<String>, StoreError> {
+                Ok(tx
+                    .prepare("SELECT identifier FROM identifiers WHERE customer_id = ?1")?
+                    .query_map([customer], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+            };
+            let (restored_set, survivor_set) = (owned(&merged)?, owned(&survivor)?);
+            let later: Vec<(i64, String)> = tx
+                .prepare("SELECT seq, identifiers FROM events WHERE customer_id = ?1 AND received_at >= ?2")?
+                .query_map(params![survivor, at], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut events_moved = 0;
+            for (seq, identifiers) in later {
+                if event_goes_back(&identifiers, &restored_set, &survivor_set) {
+                    tx.execute("UPDATE events SET customer_id = ?1 WHERE seq = ?2", params![merged, seq])?;
+                    tx.execute(
+                        "UPDATE message_ids SET customer_id = ?1 WHERE (source, message_id) = \
+                         (SELECT source, message_id FROM events WHERE seq = ?2)",
+                        params![merged, seq],
+                    )?;
+                    events_moved += 1;
+                }
+            }
+            for root in [&survivor, &merged] {
+                let (traits, days) = {
+                    let rows: Vec<FactRow> = tx
+                        .prepare(&format!(
+                            "SELECT {FACT_COLUMNS} FROM events WHERE NOT computed AND (customer_id = ?1 \
+                             OR customer_id IN (SELECT customer_id FROM customers WHERE merged_into = ?1))"
+                        ))?
+                        .query_map([root], FactRow::read)?
+                        .collect::<Result<_, _>>()?;
+                    let facts = rows.iter().map(FactRow::facts).collect::<Result<Vec<_>, _>>()?;
+                    family_traits(parse_id(root)?, facts, &settings)
+                };
+                tx.execute(
+                    "UPDATE customers SET traits = ?2, updated_at = ?3 WHERE customer_id = ?1",
+                    params![root, serde_json::to_string(&traits).unwrap_or_default(), micros(Utc::now())],
+                )?;
+                tx.execute("DELETE FROM customer_days WHERE customer_id = ?1", [root])?;
+                for (_, day, orders, revenue) in days {
+                    tx.execute(
+                        "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) VALUES (?1, ?2, ?3, ?4)",
+                        params![root, day.to_string(), orders, revenue],
+                    )?;
+                }
+            }
+            tx.execute("UPDATE merges SET undone_at = ?2 WHERE merge_id = ?1", params![key, micros(Utc::now())])?;
+            tx.commit()?;
+            Ok(UnmergeReport {
+                merge_id,
+                survivor_id: parse_id(&survivor)?,
+                restored_id: parse_id(&merged)?,
+                identifiers: moved,
+                events_moved,
+            })
+        })
+    }
+
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {
         let settings = settings.clone();
         self.write(move |conn| {
@@ -695,30 +935,12 @@ impl Engine for SqliteEngine {
                 .collect::<Result<_, StoreError>>()?;
             let mut rebuild = Rebuild::default();
             {
-                let mut stmt = tx.prepare(
-                    "SELECT customer_id, ts, message_id, channel, store, type, name, amount_minor, currency \
-                     FROM events WHERE computed = 0",
-                )?;
+                let mut stmt = tx.prepare(&format!("SELECT {FACT_COLUMNS} FROM events WHERE computed = 0"))?;
                 let mut rows = stmt.query([])?;
                 while let Some(row) = rows.next()? {
-                    let customer: String =
-                        row.get_ref(0)?.as_str().map_err(|e| StoreError::Database(e.to_string()))?.to_string();
-                    let message_id: String = row.get(2)?;
-                    let channel: String = row.get(3)?;
-                    let store: Option<String> = row.get(4)?;
-                    let kind: String = row.get(5)?;
-                    let name: Option<String> = row.get(6)?;
-                    let currency: Option<String> = row.get(8)?;
-                    let facts = EventFacts {
-                        timestamp: from_micros(row.get(1)?),
-                        message_id: &message_id,
-                        channel: Channel::parse(&channel).unwrap_or(Channel::Other),
-                        store: store.as_deref(),
-                        order_kind: EventFacts::order_kind_of(&kind, name.as_deref()),
-                        amount_minor: row.get(7)?,
-                        currency: currency.as_deref(),
-                    };
-                    rebuild.add(parse_id(&customer)?, &facts, &settings);
+                    let row = FactRow::read(row)?;
+                    let (customer, facts) = row.facts()?;
+                    rebuild.add(customer, &facts, &settings);
                 }
             }
             let (traits, days) = rebuild.finish(&merged_into);

@@ -106,3 +106,60 @@ async fn a_shared_device_does_not_merge_two_signed_in_people() {
     let second = app.customer_by("user_id:second").await;
     assert_ne!(first["id"], second["id"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_merge_can_be_undone_and_later_events_follow_their_identifiers() {
+    let app = TestApp::spawn().await;
+    app.batch(json!([
+        {"type": "track", "userId": "alice", "event": "Order Completed", "messageId": "a1",
+         "properties": {"total": 10, "currency": "EUR"}, "timestamp": "2026-02-01T10:00:00Z"},
+        {"type": "track", "anonymousId": "tablet", "event": "Order Completed", "messageId": "t1",
+         "properties": {"total": 7, "currency": "EUR"}, "timestamp": "2026-02-02T10:00:00Z"},
+    ]))
+    .await;
+    // A family tablet gets linked to Alice by mistake: the profiles merge.
+    app.post("/v1/identify", &json!({"userId": "alice", "anonymousId": "tablet", "messageId": "link"})).await;
+    let alice = app.customer_by("user_id:alice").await;
+    assert_eq!(app.customer_by("anonymous_id:tablet").await["id"], alice["id"]);
+    // After the merge, events arrive for the tablet alone and for Alice alone.
+    app.batch(json!([
+        {"type": "page", "anonymousId": "tablet", "name": "Jeux", "messageId": "t2"},
+        {"type": "page", "userId": "alice", "name": "Compte", "messageId": "a2"},
+    ]))
+    .await;
+    let survivor = alice["id"].as_str().unwrap();
+    let (_, history) = app.get(&format!("/api/v1/customers/{survivor}/merges")).await;
+    let merge_id = history["merges"][0]["merge_id"].as_str().unwrap().to_string();
+
+    let agent = app.key(relais_domain::Role::Agent).await;
+    let analyst = app.key(relais_domain::Role::Analyst).await;
+    let undo = |key: String| {
+        let client = app.client.clone();
+        let url = format!("{}/api/v1/merges/{merge_id}/undo", app.address);
+        async move { client.post(url).bearer_auth(key).send().await.unwrap() }
+    };
+    assert_eq!(undo(analyst).await.status(), StatusCode::FORBIDDEN);
+    let response = undo(agent.clone()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(report["events_moved"], 1, "{report}");
+
+    let tablet = app.customer_by("anonymous_id:tablet").await;
+    let alice = app.customer_by("user_id:alice").await;
+    assert_ne!(tablet["id"], alice["id"]);
+    assert_eq!(report["restored_id"], tablet["id"]);
+    let names = |events: Vec<serde_json::Value>| -> Vec<String> {
+        events.iter().map(|e| e["messageId"].as_str().unwrap().to_string()).collect()
+    };
+    let mut tablet_events = names(app.all_events(tablet["id"].as_str().unwrap()).await);
+    tablet_events.sort();
+    assert_eq!(tablet_events, ["t1", "t2"]);
+    let mut alice_events = names(app.all_events(alice["id"].as_str().unwrap()).await);
+    alice_events.sort();
+    assert_eq!(alice_events, ["a1", "a2", "link"]);
+    assert_eq!(tablet["traits"]["revenue_minor"], 700);
+    assert_eq!(alice["traits"]["revenue_minor"], 1000);
+    assert_eq!(alice["merged_from"], json!([]));
+    // Undoing twice is a conflict, not a silent success.
+    assert_eq!(undo(agent).await.status(), StatusCode::CONFLICT);
+}

@@ -10,5 +10,7 @@ mod tracking;
 mod identity;
 // Computed traits: incremental values, rebuild, timeline paging.
 mod traits;
+// The outbox and its delivery worker: file transport, SMTP, retries.
+mod outbox;
 // Durability, crash recovery, concurrent servers, OpenAPI and metrics.
 mod operations;

@@ -3,12 +3,11 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use relais::config::Settings;
-use relais::store::{Location, Store};
+use relais::store::Location;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{serve, TestApp};
+use crate::helpers::TestApp;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_database_runs_with_durable_commit_settings() {
@@ -77,16 +76,19 @@ async fn an_acknowledged_batch_survives_kill_9_of_the_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_servers_racing_on_new_identifiers_make_one_profile_per_person() {
     let app = TestApp::spawn().await;
-    // A second, independent server process-equivalent: its own store handle,
-    // pool and writer on the same database.
+    // Two more server processes on the same database, beside the in-process one.
     let location = app.scratch.location.clone();
-    let second_store =
-        tokio::task::spawn_blocking(move || Store::open(&location, Settings::default().ingest).unwrap()).await.unwrap();
-    let (second, _stop) = serve(second_store).await;
+    let (mut first_process, first) = tokio::task::spawn_blocking({
+        let l = location.clone();
+        move || start_binary(&l)
+    })
+    .await
+    .unwrap();
+    let (mut second_process, second) = tokio::task::spawn_blocking(move || start_binary(&location)).await.unwrap();
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
     for round in 0..12 {
-        for server in [app.address.clone(), second.clone()] {
+        for server in [first.clone(), second.clone(), app.address.clone()] {
             let client = client.clone();
             let key = app.ingest.clone();
             tasks.push(tokio::spawn(async move {
@@ -113,7 +115,11 @@ async fn two_servers_racing_on_new_identifiers_make_one_profile_per_person() {
     for task in tasks {
         stored += task.await.unwrap()["stored"].as_u64().unwrap();
     }
-    assert_eq!(stored, 12 * 40, "each messageId is stored exactly once across both servers");
+    assert_eq!(stored, 12 * 40, "each messageId is stored exactly once across the servers");
+    for process in [&mut first_process, &mut second_process] {
+        process.kill().unwrap();
+        process.wait().unwrap();
+    }
     // Every identifier resolves to a live profile, and the events add up.
     let mut customers = std::collections::BTreeSet::new();
     for n in 0..25 {
@@ -176,4 +182,97 @@ async fn metrics_count_ingested_and_rejected_events() {
     let (status, health) = app.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["status"], "ok");
+}
+
+/// Run the real binary with a store location; returns (success, stdout, stderr).
+fn run_binary(location: &Location, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
+    command.args(args);
+    match location {
+        Location::Folder(folder) => command.arg("--data").arg(folder),
+        Location::Postgres(url) => command.arg("--database-url").arg(url),
+    };
+    let output = command.output().expect("run relais");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn importing_files_stores_good_rows_reports_bad_ones_and_never_twice() {
+    let app = TestApp::spawn().await;
+    let location = app.scratch.location.clone();
+    let folder = tempfile::tempdir().unwrap();
+    let customers = folder.path().join("clients.csv");
+    std::fs::write(
+        &customers,
+        "customer_number,email,phone,first_name,city\n\
+         C-100,lea@example.fr,06 11 22 33 44,Léa,Lyon\n\
+         C-101,not-an-email,,Hugo,Nantes\n\
+         ,,,Personne,Paris\n",
+    )
+    .unwrap();
+    let events = folder.path().join("ventes.csv");
+    std::fs::write(
+        &events,
+        "type,anonymousId,event,messageId,properties.total,properties.currency,context.traits.customer_number,context.store\n\
+         track,till-1,Order Completed,v-1,42.5,EUR,C-100,lyon-part-dieu\n\
+         track,,Order Completed,v-2,10,EUR,,\n",
+    )
+    .unwrap();
+    let jsonl = folder.path().join("messages.jsonl");
+    std::fs::write(&jsonl, "{\"type\":\"page\",\"userId\":\"j1\",\"messageId\":\"j-1\"}\n{oops\n").unwrap();
+
+    let args = |kind: &str, file: &std::path::Path| {
+        let location = location.clone();
+        let (kind, file) = (kind.to_string(), file.to_path_buf());
+        tokio::task::spawn_blocking(move || run_binary(&location, &["import", &kind, file.to_str().unwrap()]))
+    };
+    let (ok, _, stderr) = args("customers", &customers).await.unwrap();
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("1 stored, 0 duplicates, 2 rejected"), "{stderr}");
+    let rejects = std::fs::read_to_string(folder.path().join("clients.csv.rejected.jsonl")).unwrap();
+    assert!(rejects.contains("traits.email") && rejects.contains("no identifier"), "{rejects}");
+    let (ok, _, stderr) = args("customers", &customers).await.unwrap();
+    assert!(ok && stderr.contains("0 stored, 1 duplicates"), "re-import: {stderr}");
+
+    let (ok, _, stderr) = args("events", &events).await.unwrap();
+    assert!(ok && stderr.contains("1 stored, 0 duplicates, 1 rejected"), "{stderr}");
+    let (ok, _, stderr) = args("events", &jsonl).await.unwrap();
+    assert!(ok && stderr.contains("1 stored, 0 duplicates, 1 rejected"), "{stderr}");
+
+    let lea = app.customer_by("customer_number:C-100").await;
+    assert_eq!(lea["id"], app.customer_by("phone:+33611223344").await["id"]);
+    assert_eq!(lea["profile"]["city"], "Lyon");
+    assert_eq!(lea["traits"]["revenue_minor"], 4250);
+    assert_eq!(lea["traits"]["favourite_store"], "lyon-part-dieu");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_starting_together_on_a_new_database_all_come_up() {
+    let scratch =
+        tokio::task::spawn_blocking(|| relais::store::scratch::Scratch::for_tests("migrate").unwrap()).await.unwrap();
+    let location = scratch.location.clone();
+    let children = tokio::task::spawn_blocking(move || {
+        let starts: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn({
+                    let l = location.clone();
+                    move || start_binary(&l)
+                })
+            })
+            .collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (mut child, address) in children {
+        let health: Value = reqwest::get(format!("{address}/healthz")).await.unwrap().json().await.unwrap();
+        assert_eq!(health["status"], "ok");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    drop(scratch);
 }
