@@ -165,31 +165,27 @@ async fn handle(
     let mut response = TrackingResponse { success: true, stored: 0, duplicates: 0, rejected: 0, results: Vec::new() };
     for (index, (verdict, message_id)) in verdicts.into_iter().zip(message_ids).enumerate() {
         let entry = match verdict {
-            Ok(()) => match outcomes.next() {
-                Some(Outcome::Stored { customer_id, event_id }) => {
-                    response.stored += 1;
-                    MessageResult {
-                        index,
-                        message_id,
-                        status: "stored".into(),
-                        customer_id: Some(customer_id.to_string()),
-                        event_id: Some(event_id.to_string()),
-                        reason: None,
+            Ok(()) => {
+                let (status, customer_id, event_id) = match outcomes.next() {
+                    Some(Outcome::Stored { customer_id, event_id }) => {
+                        response.stored += 1;
+                        ("stored", customer_id, event_id)
                     }
-                }
-                Some(Outcome::Duplicate { customer_id, event_id }) => {
-                    response.duplicates += 1;
-                    MessageResult {
-                        index,
-                        message_id,
-                        status: "duplicate".into(),
-                        customer_id: Some(customer_id.to_string()),
-                        event_id: Some(event_id.to_string()),
-                        reason: None,
+                    Some(Outcome::Duplicate { customer_id, event_id }) => {
+                        response.duplicates += 1;
+                        ("duplicate", customer_id, event_id)
                     }
+                    None => return Err(ApiError::Internal("storage returned fewer outcomes than messages".into())),
+                };
+                MessageResult {
+                    index,
+                    message_id,
+                    status: status.into(),
+                    customer_id: Some(customer_id.to_string()),
+                    event_id: Some(event_id.to_string()),
+                    reason: None,
                 }
-                None => return Err(ApiError::Internal("storage returned fewer outcomes than messages".into())),
-            },
+            }
             Err(reason) => {
                 response.rejected += 1;
                 response.success = false;

@@ -195,6 +195,8 @@ pub struct Changes<'a> {
     pub conflicts: Vec<ConflictWrite>,
     /// Final state of every touched customer.
     pub customers: Vec<(CustomerId, CustomerState)>,
+    /// Final exclusive identifiers of every touched customer (for engines that cache them).
+    pub exclusives: Vec<(CustomerId, Vec<Identifier>)>,
     /// Accounts (groups) to create or update: group id, traits, when.
     pub accounts: Vec<(&'a str, &'a Map<String, Value>, DateTime<Utc>)>,
     /// Account memberships to add: customer, group id, when.

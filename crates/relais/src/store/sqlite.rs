@@ -10,7 +10,7 @@ use std::thread;
 use chrono::{DateTime, NaiveDate, Utc};
 use relais_domain::traits::DayTotals;
 use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::ingest::{
@@ -55,6 +55,19 @@ fn json_text(map: &Map<String, Value>) -> String {
 }
 
 type Reply = mpsc::SyncSender<Result<Vec<Outcome>, StoreError>>;
+
+/// Customers cached by the writer between transactions, so a busy customer's
+/// traits are not parsed from JSON at every batch. Valid while no other
+/// connection wrote to the file (`PRAGMA data_version` unchanged) and cleared
+/// after any other write on the writer connection (unmerge, rebuild).
+#[derive(Default)]
+struct CustomerCache {
+    data_version: i64,
+    entries: HashMap<CustomerId, (CustomerState, Vec<Identifier>)>,
+}
+
+/// Customers kept at most; past it the cache starts over (memory stays bounded).
+const CACHE_CAPACITY: usize = 200_000;
 
 enum Job {
     Ingest { source: String, messages: Vec<TrackingMessage>, reply: Reply },
@@ -158,6 +171,7 @@ fn checkpoint_loop(conn: Connection) {
 
 fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: IngestSettings) {
     let mut pending: Option<Job> = None;
+    let mut cache = CustomerCache::default();
     loop {
         let job = match pending.take() {
             Some(job) => job,
@@ -167,7 +181,10 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
             },
         };
         match job {
-            Job::Exec(work) => work(&mut conn),
+            Job::Exec(work) => {
+                work(&mut conn);
+                cache.entries.clear();
+            }
             Job::Ingest { source, messages, reply } => {
                 let mut group = vec![(source, messages, reply)];
                 let mut total = group[0].1.len();
@@ -184,7 +201,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut conn, group, &settings);
+                commit_group(&mut conn, group, &settings, &mut cache);
             }
         }
     }
@@ -192,10 +209,15 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
 
 /// Commit a group of requests in one transaction; when that fails, commit each
 /// request alone so one request's failure never takes the others down.
-fn commit_group(conn: &mut Connection, group: Vec<(String, Vec<TrackingMessage>, Reply)>, settings: &IngestSettings) {
+fn commit_group(
+    conn: &mut Connection,
+    group: Vec<(String, Vec<TrackingMessage>, Reply)>,
+    settings: &IngestSettings,
+    cache: &mut CustomerCache,
+) {
     let batch: Vec<(&str, &TrackingMessage)> =
         group.iter().flat_map(|(source, messages, _)| messages.iter().map(move |m| (source.as_str(), m))).collect();
-    match ingest_in_transaction(conn, &batch, settings) {
+    match ingest_in_transaction(conn, &batch, settings, cache) {
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
             for (_, messages, reply) in &group {
@@ -208,7 +230,7 @@ fn commit_group(conn: &mut Connection, group: Vec<(String, Vec<TrackingMessage>,
         Err(_) => {
             for (source, messages, reply) in &group {
                 let batch: Vec<(&str, &TrackingMessage)> = messages.iter().map(|m| (source.as_str(), m)).collect();
-                let _ = reply.send(ingest_in_transaction(conn, &batch, settings));
+                let _ = reply.send(ingest_in_transaction(conn, &batch, settings, cache));
             }
         }
     }
@@ -218,18 +240,36 @@ fn ingest_in_transaction(
     conn: &mut Connection,
     batch: &[(&str, &TrackingMessage)],
     settings: &IngestSettings,
+    cache: &mut CustomerCache,
 ) -> Result<Vec<Outcome>, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let outcomes = ingest_batch(&mut SqliteTx { tx: &tx }, batch, settings)?;
+    let data_version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    if data_version != cache.data_version {
+        cache.entries.clear();
+        cache.data_version = data_version;
+    }
+    let mut sqlite_tx = SqliteTx { tx: &tx, cache: Some(cache), written: Vec::new() };
+    let outcomes = ingest_batch(&mut sqlite_tx, batch, settings)?;
+    let written = std::mem::take(&mut sqlite_tx.written);
+    let cache = sqlite_tx.cache.take().expect("cache");
     tx.commit()?;
+    if cache.entries.len() + written.len() > CACHE_CAPACITY {
+        cache.entries.clear();
+    }
+    cache.entries.extend(written);
     Ok(outcomes)
 }
 
-struct SqliteTx<'c> {
-    tx: &'c Transaction<'c>,
+struct SqliteTx<'t, 'c> {
+    /// The connection, inside the caller's transaction.
+    tx: &'t Connection,
+    /// The writer's cache: entries are taken out while a transaction uses them.
+    cache: Option<&'c mut CustomerCache>,
+    /// Customers as written, to cache once the transaction commits.
+    written: Vec<(CustomerId, (CustomerState, Vec<Identifier>))>,
 }
 
-impl IngestTx for SqliteTx<'_> {
+impl IngestTx for SqliteTx<'_, '_> {
     fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError> {
         let mut found = HashMap::new();
         let mut stmt = self
@@ -266,6 +306,12 @@ impl IngestTx for SqliteTx<'_> {
             "SELECT identifier FROM identifiers WHERE customer_id = ?1 AND kind IN ('user_id', 'customer_number')",
         )?;
         for customer in customers {
+            if let Some((_, exclusives)) = self.cache.as_ref().and_then(|c| c.entries.get(customer)) {
+                if !exclusives.is_empty() {
+                    found.insert(*customer, exclusives.clone());
+                }
+                continue;
+            }
             let rows = stmt.query_map([customer.to_string()], |r| r.get::<_, String>(0))?;
             for row in rows {
                 if let Ok(identifier) = Identifier::parse(&row?) {
@@ -281,6 +327,10 @@ impl IngestTx for SqliteTx<'_> {
         let mut stmt =
             self.tx.prepare_cached("SELECT profile, traits, merged_into FROM customers WHERE customer_id = ?1")?;
         for customer in customers {
+            if let Some((state, _)) = self.cache.as_mut().and_then(|c| c.entries.remove(customer)) {
+                found.insert(*customer, state);
+                continue;
+            }
             let row: Option<(String, String, Option<String>)> =
                 stmt.query_row([customer.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
             if let Some((profile, traits, merged_into)) = row {
@@ -451,6 +501,16 @@ impl IngestTx for SqliteTx<'_> {
                     serde_json::to_string(&state.traits).unwrap_or_default(),
                     now
                 ])?;
+            }
+        }
+        if self.cache.is_some() {
+            let exclusives: HashMap<&CustomerId, &Vec<Identifier>> =
+                changes.exclusives.iter().map(|(c, e)| (c, e)).collect();
+            for (id, state) in &changes.customers {
+                if state.merged_into.is_none() && !changes.merges.iter().any(|m| m.merged == *id) {
+                    let held = exclusives.get(id).map(|e| (*e).clone()).unwrap_or_default();
+                    self.written.push((*id, (state.clone(), held)));
+                }
             }
         }
         Ok(())
@@ -1006,7 +1066,7 @@ pub fn raw_load(folder: &Path, chunks: &[Vec<TrackingMessage>]) -> Result<std::t
     for chunk in chunks {
         let changes = super::raw_changes(chunk, &mut owners);
         let tx = conn.transaction()?;
-        SqliteTx { tx: &tx }.write(&changes)?;
+        SqliteTx { tx: &tx, cache: None, written: Vec::new() }.write(&changes)?;
         tx.commit()?;
     }
     Ok(started.elapsed())
