@@ -109,7 +109,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     let engine = store.engine_name();
     let (secret, _) = crate::cli::create_key(&store, relais_domain::Role::Ingest, Some("bench".into()), None)?;
     let rss_before = rss_mb();
-    let (elapsed, mut latencies, stored) = runtime.block_on(async {
+    let (elapsed, mut latencies, stored, quarters) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let state = AppState::new(store.clone(), settings.clone());
@@ -120,12 +120,16 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
         let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{secret}:")));
         let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Resident memory when a quarter, half, three quarters and all of the
+        // batches have been taken: flat memory shows as equal figures.
+        let quarters = std::sync::Arc::new(std::sync::Mutex::new([0.0f64; 4]));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let client = client.clone();
             let auth = auth.clone();
             let next = next.clone();
+            let quarters = quarters.clone();
             let url = format!("http://{address}/v1/batch");
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -134,6 +138,11 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if n >= batches {
                         break;
+                    }
+                    for q in 1..=4 {
+                        if n + 1 == (batches * q / 4).max(1) {
+                            quarters.lock().expect("quarters")[q - 1] = rss_mb();
+                        }
                     }
                     let body = batch_body(n, batch, people);
                     let sent = Instant::now();
@@ -163,7 +172,8 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         let elapsed = started.elapsed();
         let _ = stop.send(());
         server.await??;
-        anyhow::Ok((elapsed, latencies, stored))
+        let quarters = *quarters.lock().expect("quarters");
+        anyhow::Ok((elapsed, latencies, stored, quarters))
     })?;
     let rss_after = rss_mb();
     anyhow::ensure!(stored == events, "the server stored {stored} of {events} events");
@@ -182,18 +192,14 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         batch_context: None,
         default_currency: &settings.ingest.currency,
     };
-    let mut chunks: Vec<Vec<TrackingMessage>> = Vec::new();
     let per_chunk = (50_000 / batch).max(1);
-    for first in (0..batches).step_by(per_chunk) {
-        let mut chunk = Vec::with_capacity(per_chunk * batch);
-        for n in first..(first + per_chunk).min(batches) {
-            for value in batch_messages(n, batch, people) {
-                chunk.push(TrackingMessage::parse_value(value, &envelope)?);
-            }
-        }
-        chunks.push(chunk);
-    }
-    let raw_elapsed = crate::store::raw_load(&raw.location, &chunks, people)?;
+    let mut chunks = (0..batches).step_by(per_chunk).map(|first| {
+        (first..(first + per_chunk).min(batches))
+            .flat_map(|n| batch_messages(n, batch, people))
+            .map(|value| TrackingMessage::parse_value(value, &envelope).expect("bench messages are valid"))
+            .collect::<Vec<_>>()
+    });
+    let raw_elapsed = crate::store::raw_load(&raw.location, &mut chunks)?;
     drop(raw);
     let raw_per_sec = events as f64 / raw_elapsed.as_secs_f64();
 
@@ -218,6 +224,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
             "ratio": (events_per_sec / raw_per_sec * 1000.0).round() / 1000.0,
             "rss_mb_before": rss_before.round(),
             "rss_mb_after": rss_after.round(),
+            "rss_mb_by_quarter": quarters.iter().map(|m| m.round()).collect::<Vec<_>>(),
         })
     );
     Ok(())

@@ -53,6 +53,9 @@ pub enum ConfigError {
     /// Unknown time zone.
     #[error("unknown time zone `{0}` in RELAIS_TIME_ZONE; use an IANA name such as Europe/Paris")]
     TimeZone(String),
+    /// Malformed limit.
+    #[error("`{0}` in RELAIS_SHARED_IDENTIFIER_LIMIT is not a whole number of people, 1 or more")]
+    SharedLimit(String),
     /// Malformed sender.
     #[error("`{0}` in RELAIS_MAIL_FROM is not a mailbox such as `Boutique <contact@example.fr>`")]
     MailFrom(String),
@@ -74,6 +77,10 @@ impl Settings {
                 return Err(ConfigError::Currency(currency));
             }
             settings.ingest.currency = upper;
+        }
+        if let Ok(limit) = std::env::var("RELAIS_SHARED_IDENTIFIER_LIMIT") {
+            settings.ingest.shared_identifier_limit =
+                limit.trim().parse().ok().filter(|n| *n >= 1).ok_or(ConfigError::SharedLimit(limit))?;
         }
         if let Ok(url) = std::env::var("RELAIS_SMTP_URL") {
             settings.smtp_url = Some(Secret::new(url));

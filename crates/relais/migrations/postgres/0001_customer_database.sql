@@ -16,9 +16,20 @@ CREATE TABLE identifiers (
     identifier    TEXT PRIMARY KEY,
     kind          TEXT NOT NULL,
     customer_id   TEXT NOT NULL,
-    created_at    TIMESTAMPTZ NOT NULL
+    created_at    TIMESTAMPTZ NOT NULL,
+    people_seen   INTEGER NOT NULL DEFAULT 1,
+    shared        BOOLEAN NOT NULL DEFAULT FALSE
 );
 CREATE INDEX identifiers_by_customer ON identifiers (customer_id);
+
+-- People other than the owner seen with an identifier (a kiosk, a family tablet).
+-- Citus: by identifier, co-located with identifiers.
+CREATE TABLE identifier_sightings (
+    identifier    TEXT NOT NULL,
+    customer_id   TEXT NOT NULL,
+    at            TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (identifier, customer_id)
+);
 
 CREATE TABLE message_ids (
     source        TEXT NOT NULL,

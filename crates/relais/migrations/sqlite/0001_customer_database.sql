@@ -14,9 +14,19 @@ CREATE TABLE identifiers (
     identifier    TEXT PRIMARY KEY,
     kind          TEXT NOT NULL,
     customer_id   TEXT NOT NULL,
-    created_at    INTEGER NOT NULL
+    created_at    INTEGER NOT NULL,
+    people_seen   INTEGER NOT NULL DEFAULT 1,
+    shared        INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX identifiers_by_customer ON identifiers (customer_id);
+
+-- People other than the owner seen with an identifier (a kiosk, a family tablet).
+CREATE TABLE identifier_sightings (
+    identifier    TEXT NOT NULL,
+    customer_id   TEXT NOT NULL,
+    at            INTEGER NOT NULL,
+    PRIMARY KEY (identifier, customer_id)
+) WITHOUT ROWID;
 
 CREATE TABLE message_ids (
     source        TEXT NOT NULL,

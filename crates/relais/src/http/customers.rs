@@ -84,6 +84,8 @@ pub struct CustomerView {
     pub profile: Map<String, Value>,
     /// Every identifier, `kind:value`.
     pub identifiers: Vec<String>,
+    /// Identifiers flagged as shared by several people; they no longer link profiles.
+    pub shared_identifiers: Vec<String>,
     /// Computed traits.
     pub traits: TraitsView,
     /// Profiles merged into this one.
@@ -106,6 +108,7 @@ fn customer_view(state: &AppState, record: CustomerRecord, page: EventPage) -> C
         id: record.id.to_string(),
         created_at: record.created_at,
         identifiers: record.identifiers.iter().map(ToString::to_string).collect(),
+        shared_identifiers: record.shared_identifiers.iter().map(ToString::to_string).collect(),
         traits: TraitsView {
             first_seen: traits.first_seen,
             last_seen: traits.last_seen,

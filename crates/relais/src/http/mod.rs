@@ -137,7 +137,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/group", post(tracking::group))
         .route("/v1/alias", post(tracking::alias))
         .route("/v1/batch", post(tracking::batch))
-        .route("/v1/import", post(tracking::batch))
         .route("/api/v1/customers", get(customers::find_customers))
         .route("/api/v1/customers/{id}", get(customers::get_customer))
         .route("/api/v1/customers/{id}/events", get(customers::customer_events))

@@ -28,11 +28,14 @@ pub struct IngestSettings {
     pub time_zone: Tz,
     /// The organisation's currency: revenue traits count orders in it.
     pub currency: String,
+    /// How many people an identifier may be seen with before it is flagged as
+    /// shared (a shop's kiosk, a family tablet) and stops linking profiles.
+    pub shared_identifier_limit: i64,
 }
 
 impl Default for IngestSettings {
     fn default() -> Self {
-        IngestSettings { time_zone: chrono_tz::Europe::Paris, currency: "EUR".into() }
+        IngestSettings { time_zone: chrono_tz::Europe::Paris, currency: "EUR".into(), shared_identifier_limit: 5 }
     }
 }
 
@@ -144,6 +147,8 @@ pub struct NewEvent<'a> {
     pub source: &'a str,
     /// The message.
     pub message: &'a TrackingMessage,
+    /// Its position in the batch (engines keep per-message data aligned with it).
+    pub index: usize,
 }
 
 /// A merge to write.
@@ -197,6 +202,12 @@ pub struct Changes<'a> {
     pub customers: Vec<(CustomerId, CustomerState)>,
     /// Final exclusive identifiers of every touched customer (for engines that cache them).
     pub exclusives: Vec<(CustomerId, Vec<Identifier>)>,
+    /// Identifiers seen with another person than their owner: identifier, that
+    /// person, when. Engines count distinct people and flag the identifier as
+    /// shared past the limit.
+    pub sightings: Vec<(Identifier, CustomerId, DateTime<Utc>)>,
+    /// People an identifier may be seen with before it is shared.
+    pub shared_limit: i64,
     /// Accounts (groups) to create or update: group id, traits, when.
     pub accounts: Vec<(&'a str, &'a Map<String, Value>, DateTime<Utc>)>,
     /// Account memberships to add: customer, group id, when.
@@ -212,8 +223,8 @@ pub type DayRow = (CustomerId, NaiveDate, i64, i64);
 pub trait IngestTx {
     /// Message ids already stored, with where they went.
     fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError>;
-    /// Owners of known identifiers.
-    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<HashMap<Identifier, CustomerId>, StoreError>;
+    /// Owners of known identifiers, with whether each is flagged as shared.
+    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<HashMap<Identifier, (CustomerId, bool)>, StoreError>;
     /// Exclusive-kind identifiers held by each customer.
     fn exclusive_identifiers(
         &mut self,
@@ -283,7 +294,12 @@ pub fn ingest_batch<'a>(
     let all_identifiers: BTreeSet<Identifier> =
         batch.iter().flat_map(|(_, m)| m.identifiers.iter().cloned().chain(alias_candidates(m))).collect();
     let all_identifiers: Vec<Identifier> = all_identifiers.into_iter().collect();
-    let mut owners = tx.identifier_owners(&all_identifiers)?;
+    let known_owners = tx.identifier_owners(&all_identifiers)?;
+    // Shared identifiers neither decide nor link: they are left out of resolution.
+    let shared: std::collections::HashSet<Identifier> =
+        known_owners.iter().filter(|(_, (_, shared))| *shared).map(|(i, _)| i.clone()).collect();
+    let mut owners: HashMap<Identifier, CustomerId> =
+        known_owners.into_iter().filter(|(_, (_, shared))| !shared).map(|(i, (c, _))| (i, c)).collect();
     let mut owner_ids: Vec<CustomerId> = owners.values().copied().collect();
     owner_ids.sort();
     owner_ids.dedup();
@@ -295,13 +311,13 @@ pub fn ingest_batch<'a>(
     }
 
     // 2. Resolve and fold, message by message, in memory.
-    let mut changes = Changes::default();
+    let mut changes = Changes { shared_limit: settings.shared_identifier_limit, ..Changes::default() };
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut seen_in_batch: HashMap<(&str, &str), (CustomerId, EventId)> = HashMap::new();
     let mut day_deltas: HashMap<(CustomerId, NaiveDate), (i64, i64)> = HashMap::new();
     let mut touched: BTreeSet<CustomerId> = BTreeSet::new();
 
-    for (source, message) in batch {
+    for (index, (source, message)) in batch.iter().enumerate() {
         let key = (*source, message.message_id.as_str());
         if message.message_id_given {
             if let Some((customer_id, event_id)) = existing.get(&(key.0.to_string(), key.1.to_string())) {
@@ -314,7 +330,8 @@ pub fn ingest_batch<'a>(
             }
         }
 
-        let identifiers = message_identifiers(message, &owners);
+        let identifiers: Vec<Identifier> =
+            message_identifiers(message, &owners).into_iter().filter(|i| !shared.contains(i)).collect();
         let known = KnownIdentities {
             owners: identifiers.iter().filter_map(|i| owners.get(i).map(|c| (i.clone(), *c))).collect(),
             exclusives: identifiers
@@ -341,6 +358,13 @@ pub fn ingest_batch<'a>(
             }
         }
         for conflict in &resolution.conflicts {
+            // The identifiers that tied this person to the other profile were seen
+            // with one more person.
+            for identifier in identifiers.iter().filter(|i| !i.kind().is_exclusive()) {
+                if owners.get(identifier) == Some(&conflict.other) {
+                    changes.sightings.push((identifier.clone(), customer_id, message.received_at));
+                }
+            }
             changes.conflicts.push(ConflictWrite {
                 customer: customer_id,
                 other: conflict.other,
@@ -393,7 +417,7 @@ pub fn ingest_batch<'a>(
             changes.memberships.push((customer_id, group_id, message.received_at));
         }
         touched.insert(customer_id);
-        changes.events.push(NewEvent { customer_id, event_id, source, message });
+        changes.events.push(NewEvent { customer_id, event_id, source, message, index });
         if message.message_id_given {
             changes.message_claims.push((source, &message.message_id, customer_id, event_id, message.received_at));
             seen_in_batch.insert(key, (customer_id, event_id));
@@ -405,6 +429,7 @@ pub fn ingest_batch<'a>(
     let mut deltas: Vec<_> = day_deltas.into_iter().map(|((c, d), (o, r))| (c, d, o, r)).collect();
     deltas.sort_by_key(|(c, d, _, _)| (*c, *d));
     changes.day_deltas = deltas;
+    changes.exclusives = touched.iter().map(|id| (*id, exclusives.get(id).cloned().unwrap_or_default())).collect();
     changes.customers = touched.into_iter().map(|id| (id, customers.get(&id).cloned().unwrap_or_default())).collect();
 
     // 3. Write.

@@ -163,3 +163,23 @@ async fn a_wrong_merge_can_be_undone_and_later_events_follow_their_identifiers()
     // Undoing twice is a conflict, not a silent success.
     assert_eq!(undo(agent).await.status(), StatusCode::CONFLICT);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identifier_seen_with_too_many_people_is_flagged_and_stops_linking() {
+    let app = TestApp::spawn().await;
+    // A shop's kiosk: six different people sign in on it (the default limit is 5).
+    for n in 0..6 {
+        app.post("/v1/identify", &json!({"userId": format!("client-{n}"), "anonymousId": "kiosk-lyon"})).await;
+    }
+    let owner = app.customer_by("anonymous_id:kiosk-lyon").await;
+    assert_eq!(owner["shared_identifiers"], json!(["anonymous_id:kiosk-lyon"]));
+    // An anonymous event on the kiosk no longer lands in the first client's profile.
+    app.post("/v1/track", &json!({"anonymousId": "kiosk-lyon", "event": "Product Viewed", "messageId": "kiosk-view"}))
+        .await;
+    let first = app.customer_by("user_id:client-0").await;
+    let events = app.all_events(first["id"].as_str().unwrap()).await;
+    assert!(events.iter().all(|e| e["messageId"] != "kiosk-view"), "{events:?}");
+    for n in 1..6 {
+        assert_ne!(app.customer_by(&format!("user_id:client-{n}")).await["id"], first["id"]);
+    }
+}
