@@ -249,7 +249,8 @@ fn normalise_social(raw: &str) -> Result<String, IdentifierError> {
     let invalid = || IdentifierError::InvalidSocial(truncate(raw));
     let (network, handle) = raw.trim().split_once(':').ok_or_else(invalid)?;
     let network = network.trim().to_lowercase();
-    let handle = handle.trim().trim_start_matches('@').to_lowercase();
+    // Trim again after the `@`, so that normalising a normalised handle changes nothing.
+    let handle = handle.trim().trim_start_matches('@').trim().to_lowercase();
     if network.is_empty() || handle.is_empty() || !network.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(invalid());
     }
@@ -295,6 +296,14 @@ mod tests {
         let id = Identifier::parse("social:Instagram:@Ana.Lyon").unwrap();
         assert_eq!(id.value(), "instagram:ana.lyon");
         assert!(Identifier::parse("social:ana").is_err());
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing() {
+        for text in ["social:Instagram:@ Ana", "email: A@B.fr ", "phone:06 12 34 56 78", "card:9250 0000 0042"] {
+            let once = Identifier::parse(text).unwrap();
+            assert_eq!(Identifier::parse(&once.to_string()).unwrap(), once, "{text}");
+        }
     }
 
     #[test]

@@ -295,10 +295,18 @@ impl TrackingMessage {
         let sent_at = sent_at.map(|t| t.trunc_subsecs(6));
         let received_at = envelope.received_at.trunc_subsecs(6);
         let timestamp = match (original_timestamp, sent_at) {
-            (Some(ts), Some(sent)) => received_at - (sent - ts),
+            (Some(ts), Some(sent)) => received_at.checked_sub_signed(sent - ts).ok_or(MessageError::BadTimestamp {
+                field: "sentAt",
+                value: "too far from `timestamp` to correct the client clock".into(),
+            })?,
             (Some(ts), None) => ts,
             (None, _) => received_at,
         };
+        // Storage engines hold years 1 to 9999 at most; anything before the
+        // epoch is a broken client clock, not an event.
+        if timestamp < DateTime::UNIX_EPOCH {
+            return Err(MessageError::BadTimestamp { field: "timestamp", value: timestamp.to_rfc3339() });
+        }
         let ahead = timestamp - received_at;
         if ahead > Duration::hours(MAX_FUTURE_SKEW_HOURS) {
             return Err(MessageError::FutureTimestamp(ahead.num_hours()));
@@ -615,6 +623,13 @@ mod tests {
     fn timestamps_far_in_the_future_are_refused() {
         let err = parse(json!({"type": "page", "userId": "u", "timestamp": "2026-06-01T00:00:00Z"})).unwrap_err();
         assert!(matches!(err, MessageError::FutureTimestamp(_)));
+    }
+
+    #[test]
+    fn an_absurd_client_clock_is_refused_not_stored() {
+        let err = parse(json!({"type": "page", "userId": "u", "timestamp": "2026-05-01T11:00:00Z", "sentAt": "9999-01-01T00:00:00Z"}))
+            .unwrap_err();
+        assert!(matches!(err, MessageError::BadTimestamp { .. }), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! values of such a kind are never merged automatically: the conflict is recorded
 //! for review instead.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::id::CustomerId;
 use crate::identifier::{Identifier, IdentifierKind};
@@ -56,10 +56,17 @@ pub struct KnownIdentities {
 }
 
 /// Decide where a message with these identifiers (strongest first) belongs.
+///
+/// Exclusive kinds are compared as sets: a profile clashes with the message when,
+/// for some exclusive kind, both hold values and share none. So an `alias` that
+/// names an old and a new user id joins the profile holding either, and a later
+/// message with either id still finds it.
 pub fn resolve(identifiers: &[Identifier], known: &KnownIdentities) -> Resolution {
     // Exclusive values the resulting profile will hold, kind by kind.
-    let mut held: BTreeMap<IdentifierKind, &str> =
-        identifiers.iter().filter(|i| i.kind().is_exclusive()).map(|i| (i.kind(), i.value())).collect();
+    let mut held: BTreeMap<IdentifierKind, BTreeSet<&str>> = BTreeMap::new();
+    for identifier in identifiers.iter().filter(|i| i.kind().is_exclusive()) {
+        held.entry(identifier.kind()).or_default().insert(identifier.value());
+    }
     let mut chosen: Vec<CustomerId> = Vec::new();
     let mut conflicts = Vec::new();
     let mut refused: Vec<CustomerId> = Vec::new();
@@ -70,15 +77,21 @@ pub fn resolve(identifiers: &[Identifier], known: &KnownIdentities) -> Resolutio
             continue;
         }
         let owner_exclusives = known.exclusives.get(&owner).map(Vec::as_slice).unwrap_or(&[]);
-        let clash = owner_exclusives.iter().find(|e| held.get(&e.kind()).is_some_and(|value| *value != e.value()));
+        let mut owner_held: BTreeMap<IdentifierKind, BTreeSet<&str>> = BTreeMap::new();
+        for e in owner_exclusives {
+            owner_held.entry(e.kind()).or_default().insert(e.value());
+        }
+        let clash = owner_held
+            .iter()
+            .find(|(kind, values)| held.get(kind).is_some_and(|ours| !ours.is_empty() && ours.is_disjoint(values)));
         match clash {
-            Some(clash) => {
+            Some((kind, _)) => {
                 refused.push(owner);
-                conflicts.push(Conflict { kept: None, other: owner, kind: clash.kind() });
+                conflicts.push(Conflict { kept: None, other: owner, kind: *kind });
             }
             None => {
-                for e in owner_exclusives {
-                    held.entry(e.kind()).or_insert(e.value());
+                for (kind, values) in owner_held {
+                    held.entry(kind).or_default().extend(values);
                 }
                 chosen.push(owner);
             }
@@ -155,6 +168,24 @@ mod tests {
             resolution.conflicts,
             vec![Conflict { kept: Some(customer(1)), other: customer(2), kind: IdentifierKind::CustomerNumber }]
         );
+    }
+
+    #[test]
+    fn an_alias_from_an_old_user_id_to_a_new_one_joins_the_old_profile_whatever_their_order() {
+        for (old, new) in [("old-1", "new-9"), ("zed", "abc"), ("abc", "zed")] {
+            let resolution = resolve(
+                &[id(&format!("user_id:{new}")), id(&format!("user_id:{old}"))],
+                &known(&[(&format!("user_id:{old}"), 1)]),
+            );
+            assert_eq!(resolution.target, Target::Existing(customer(1)), "{old} -> {new}");
+            assert!(resolution.conflicts.is_empty());
+            // Afterwards the new id alone still finds the profile holding both.
+            let later = resolve(
+                &[id(&format!("user_id:{new}"))],
+                &known(&[(&format!("user_id:{old}"), 1), (&format!("user_id:{new}"), 1)]),
+            );
+            assert_eq!(later.target, Target::Existing(customer(1)));
+        }
     }
 
     #[test]

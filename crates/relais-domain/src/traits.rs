@@ -70,8 +70,12 @@ impl ComputedTraits {
     pub fn apply(&mut self, event: &TraitInput<'_>) {
         self.event_count += 1;
         self.first_seen = Some(self.first_seen.map_or(event.timestamp, |t| t.min(event.timestamp)));
-        let newer = match (self.last_seen, self.last_message_id.as_deref()) {
-            (Some(seen), Some(id)) => (event.timestamp, event.message_id) > (seen, id),
+        // Ties on (timestamp, messageId), such as one message sent through two
+        // sources, are broken by the channel so that arrival order never matters.
+        let newer = match (self.last_seen, self.last_message_id.as_deref(), self.last_channel) {
+            (Some(seen), Some(id), Some(channel)) => {
+                (event.timestamp, event.message_id, event.channel) > (seen, id, channel)
+            }
             _ => true,
         };
         if newer {
@@ -110,7 +114,9 @@ impl ComputedTraits {
         self.first_order_at = min_option(self.first_order_at, other.first_order_at);
         self.last_order_at = self.last_order_at.max(other.last_order_at);
         let other_newer = match (other.last_seen, &other.last_message_id, self.last_seen, &self.last_message_id) {
-            (Some(theirs), Some(their_id), Some(ours), Some(our_id)) => (theirs, their_id) > (ours, our_id),
+            (Some(theirs), Some(their_id), Some(ours), Some(our_id)) => {
+                (theirs, their_id, other.last_channel) > (ours, our_id, self.last_channel)
+            }
             (Some(_), _, None, _) => true,
             _ => false,
         };

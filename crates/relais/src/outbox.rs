@@ -32,8 +32,12 @@ pub const RETRY_SCHEDULE: [Duration; 9] = [
     Duration::from_secs(24 * 3600),
 ];
 
-/// How long a claimed message is reserved for the worker that claimed it.
-const LEASE: Duration = Duration::from_secs(120);
+/// How long a claimed message is reserved for the worker that claimed it, and
+/// how many are claimed at once: the lease must outlast sending the whole claim
+/// (10 messages at the SMTP timeout of 30 s each), or another worker would take
+/// and send them again.
+const LEASE: Duration = Duration::from_secs(600);
+const CLAIM: usize = 10;
 
 /// An e-mail in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,7 +150,7 @@ impl DeliveryWorker {
         let mut report = DeliveryReport::default();
         loop {
             let lease = chrono::Duration::from_std(LEASE).unwrap_or_else(|_| chrono::Duration::minutes(2));
-            let batch = self.store.blocking().claim_outbox(50, lease)?;
+            let batch = self.store.blocking().claim_outbox(CLAIM, lease)?;
             if batch.is_empty() {
                 return Ok(report);
             }

@@ -230,6 +230,12 @@ pub trait IngestTx {
         &mut self,
         customers: &[CustomerId],
     ) -> Result<HashMap<CustomerId, Vec<Identifier>>, StoreError>;
+    /// Whether other writers may change identifiers concurrently (several server
+    /// processes on one database): the batch then re-reads what it resolved
+    /// from after locking the customers, and retries if anything moved.
+    fn concurrent_writers(&self) -> bool {
+        false
+    }
     /// Load (and, with several writers, lock in the given sorted order) customers.
     fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError>;
     /// Apply every change.
@@ -295,6 +301,7 @@ pub fn ingest_batch<'a>(
         batch.iter().flat_map(|(_, m)| m.identifiers.iter().cloned().chain(alias_candidates(m))).collect();
     let all_identifiers: Vec<Identifier> = all_identifiers.into_iter().collect();
     let known_owners = tx.identifier_owners(&all_identifiers)?;
+    let first_read = tx.concurrent_writers().then(|| known_owners.clone());
     // Shared identifiers neither decide nor link: they are left out of resolution.
     let shared: std::collections::HashSet<Identifier> =
         known_owners.iter().filter(|(_, (_, shared))| *shared).map(|(i, _)| i.clone()).collect();
@@ -303,8 +310,22 @@ pub fn ingest_batch<'a>(
     let mut owner_ids: Vec<CustomerId> = owners.values().copied().collect();
     owner_ids.sort();
     owner_ids.dedup();
-    let mut exclusives = tx.exclusive_identifiers(&owner_ids)?;
-    let mut customers = tx.load_customers(&owner_ids)?;
+    let (mut exclusives, mut customers) = match first_read {
+        // Lock the owners first, then check that no concurrent merge, unmerge or
+        // attach moved an identifier since it was read, and read the exclusive
+        // identifiers under the lock.
+        Some(first_read) => {
+            let customers = tx.load_customers(&owner_ids)?;
+            if tx.identifier_owners(&all_identifiers)? != first_read {
+                return Err(StoreError::Race);
+            }
+            (tx.exclusive_identifiers(&owner_ids)?, customers)
+        }
+        None => {
+            let exclusives = tx.exclusive_identifiers(&owner_ids)?;
+            (exclusives, tx.load_customers(&owner_ids)?)
+        }
+    };
     if customers.values().any(|c| c.merged_into.is_some()) || customers.len() != owner_ids.len() {
         // An identifier pointed at a profile that a concurrent writer merged away.
         return Err(StoreError::Race);

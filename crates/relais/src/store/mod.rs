@@ -89,6 +89,23 @@ pub struct UnmergeReport {
     pub events_moved: usize,
 }
 
+/// Re-point every profile merged, directly or through others, into the restored
+/// profile (`?1`/`$1`) while it was merged into the survivor (`?2`/`$2`).
+const UNMERGE_DESCENDANTS: &str = "WITH RECURSIVE descendants(id) AS ( \
+       SELECT merged_id FROM merges WHERE survivor_id = {m} AND undone_at IS NULL \
+       UNION SELECT m.merged_id FROM merges m JOIN descendants d ON m.survivor_id = d.id WHERE m.undone_at IS NULL) \
+     UPDATE customers SET merged_into = {m} WHERE merged_into = {s} AND customer_id IN (SELECT id FROM descendants)";
+
+/// `UNMERGE_DESCENDANTS` for SQLite's placeholders.
+pub(crate) fn unmerge_descendants_sqlite() -> String {
+    UNMERGE_DESCENDANTS.replace("{m}", "?1").replace("{s}", "?2")
+}
+
+/// `UNMERGE_DESCENDANTS` for PostgreSQL's placeholders.
+pub(crate) fn unmerge_descendants_pg() -> String {
+    UNMERGE_DESCENDANTS.replace("{m}", "$1::text").replace("{s}", "$2::text")
+}
+
 /// Whether an event stored under the survivor after a merge goes back to the
 /// restored profile: it carried one of the restored profile's identifiers and
 /// none of the survivor's.
@@ -371,6 +388,8 @@ pub trait Engine: Send + Sync + 'static {
     fn outbox(&self, status: Option<OutboxStatus>, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
     /// Recompute every customer's traits and day totals from the event log.
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError>;
+    /// Whether the database answers (cheap: for `/healthz`).
+    fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.
     fn counts(&self) -> Result<(u64, u64), StoreError>;
     /// The durability settings in force, as (name, value) pairs, for tests and `/healthz`.

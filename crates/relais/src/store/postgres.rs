@@ -94,6 +94,21 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
 }
 
 impl PgEngine {
+    /// Run a transaction, running it again when it lost a race with another
+    /// writer (a claimed identifier, a deadlock, a merge that moved the ground).
+    fn retrying<T>(&self, work: impl Fn(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.pool.with(&work) {
+                Err(StoreError::Race) if attempt < MAX_ATTEMPTS => {
+                    std::thread::sleep(std::time::Duration::from_millis(attempt as u64 * 2));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Connect, migrate and build the pool.
     pub fn open(url: &str, settings: IngestSettings) -> Result<PgEngine, StoreError> {
         let mut first = connect(url)?;
@@ -110,6 +125,10 @@ struct PgTx<'c, 't> {
 }
 
 impl IngestTx for PgTx<'_, '_> {
+    fn concurrent_writers(&self) -> bool {
+        true
+    }
+
     fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
@@ -136,14 +155,16 @@ impl IngestTx for PgTx<'_, '_> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        // Results are keyed by the text queried, never by re-parsing stored text.
+        let by_text: HashMap<String, &Identifier> = ids.iter().map(|i| (i.to_string(), i)).collect();
+        let texts: Vec<&String> = by_text.keys().collect();
         let rows = self
             .tx
             .query("SELECT identifier, customer_id, shared FROM identifiers WHERE identifier = ANY($1)", &[&texts])?;
         let mut found = HashMap::new();
         for row in rows {
-            if let Ok(identifier) = Identifier::parse(row.get::<_, &str>(0)) {
-                found.insert(identifier, (parse_id(row.get::<_, &str>(1))?, row.get::<_, bool>(2)));
+            if let Some(identifier) = by_text.get(row.get::<_, &str>(0)) {
+                found.insert((*identifier).clone(), (parse_id(row.get::<_, &str>(1))?, row.get::<_, bool>(2)));
             }
         }
         Ok(found)
@@ -488,22 +509,12 @@ impl Engine for PgEngine {
             return Ok(Vec::new());
         }
         let batch: Vec<(&str, &TrackingMessage)> = messages.iter().map(|m| (source, m)).collect();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self.pool.with(|client| {
-                let mut tx = client.transaction()?;
-                let outcomes = ingest_batch(&mut PgTx { tx: &mut tx }, &batch, &self.settings)?;
-                tx.commit()?;
-                Ok(outcomes)
-            });
-            match result {
-                Err(StoreError::Race) if attempt < MAX_ATTEMPTS => {
-                    std::thread::sleep(std::time::Duration::from_millis(attempt as u64 * 2));
-                }
-                other => return other,
-            }
-        }
+        self.retrying(|client| {
+            let mut tx = client.transaction()?;
+            let outcomes = ingest_batch(&mut PgTx { tx: &mut tx }, &batch, &self.settings)?;
+            tx.commit()?;
+            Ok(outcomes)
+        })
     }
 
     fn insert_api_key(&self, key_hash: &str, key: &ApiKey) -> Result<(), StoreError> {
@@ -696,15 +707,15 @@ impl Engine for PgEngine {
             let key = id.to_string();
             match result {
                 DeliveryResult::Delivered => client.execute(
-                    "UPDATE outbox SET status = 'delivered', delivered_at = now(), lease_until = NULL, last_error = NULL WHERE outbox_id = $1",
+                    "UPDATE outbox SET status = 'delivered', delivered_at = now(), lease_until = NULL, last_error = NULL WHERE outbox_id = $1 AND status = 'pending'",
                     &[&key],
                 )?,
                 DeliveryResult::Retry { at, error } => client.execute(
-                    "UPDATE outbox SET next_attempt_at = $2, lease_until = NULL, last_error = $3 WHERE outbox_id = $1",
+                    "UPDATE outbox SET next_attempt_at = $2, lease_until = NULL, last_error = $3 WHERE outbox_id = $1 AND status = 'pending'",
                     &[&key, at, error],
                 )?,
                 DeliveryResult::GiveUp { error } => client.execute(
-                    "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = $2 WHERE outbox_id = $1",
+                    "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = $2 WHERE outbox_id = $1 AND status = 'pending'",
                     &[&key, error],
                 )?,
             };
@@ -725,12 +736,13 @@ impl Engine for PgEngine {
     }
 
     fn unmerge(&self, merge_id: MergeId, settings: &IngestSettings) -> Result<UnmergeReport, StoreError> {
-        self.pool.with(|client| {
+        self.retrying(|client| {
             let mut tx = client.transaction()?;
             let key = merge_id.to_string();
+            // Lock the merge row: two undo requests for one merge run one after the other.
             let row = tx
                 .query_opt(
-                    "SELECT survivor_id, merged_id, at, identifiers, undone_at IS NOT NULL FROM merges WHERE merge_id = $1",
+                    "SELECT survivor_id, merged_id, at, identifiers, undone_at IS NOT NULL FROM merges WHERE merge_id = $1 FOR UPDATE",
                     &[&key],
                 )?
                 .ok_or(StoreError::NotFound)?;
@@ -749,17 +761,20 @@ impl Engine for PgEngine {
             for customer in &pair {
                 tx.query("SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE", &[customer])?;
             }
+            // A merge of the survivor that committed while we waited for the locks
+            // changes who must give the identifiers back: start again.
+            let still: Option<String> =
+                tx.query_one("SELECT merged_into FROM customers WHERE customer_id = $1", &[&merged])?.get(0);
+            if still.as_deref() != Some(survivor.as_str()) {
+                return Err(StoreError::Race);
+            }
             let moved: Vec<String> = serde_json::from_value(moved).unwrap_or_default();
             tx.execute(
                 "UPDATE identifiers SET customer_id = $1 WHERE identifier = ANY($2) AND customer_id = $3",
                 &[&merged, &moved, &survivor],
             )?;
             tx.execute("UPDATE customers SET merged_into = NULL, merged_at = NULL WHERE customer_id = $1", &[&merged])?;
-            tx.execute(
-                "UPDATE customers SET merged_into = $1 WHERE merged_into = $2 AND customer_id IN \
-                 (SELECT merged_id FROM merges WHERE survivor_id = $1 AND undone_at IS NULL)",
-                &[&merged, &survivor],
-            )?;
+            tx.execute(&super::unmerge_descendants_pg(), &[&merged, &survivor])?;
             let owned = |tx: &mut postgres::Transaction<'_>, customer: &str| -> Result<std::collections::HashSet<String>, StoreError> {
                 Ok(tx
                     .query("SELECT identifier FROM identifiers WHERE customer_id = $1", &[&customer])?
@@ -819,7 +834,7 @@ impl Engine for PgEngine {
                     )?;
                 }
             }
-            tx.execute("UPDATE merges SET undone_at = now() WHERE merge_id = $1", &[&key])?;
+            tx.execute("UPDATE merges SET undone_at = now() WHERE merge_id = $1 AND undone_at IS NULL", &[&key])?;
             tx.commit()?;
             Ok(UnmergeReport {
                 merge_id,
@@ -882,6 +897,10 @@ impl Engine for PgEngine {
             tx.commit()?;
             Ok(all.len() as u64)
         })
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.pool.with(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(StoreError::from))
     }
 
     fn counts(&self) -> Result<(u64, u64), StoreError> {

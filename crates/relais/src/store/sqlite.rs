@@ -60,14 +60,23 @@ type Reply = mpsc::SyncSender<Result<Vec<Outcome>, StoreError>>;
 /// traits are not parsed from JSON at every batch. Valid while no other
 /// connection wrote to the file (`PRAGMA data_version` unchanged) and cleared
 /// after any other write on the writer connection (unmerge, rebuild).
-#[derive(Default)]
 struct CustomerCache {
     data_version: i64,
-    entries: HashMap<CustomerId, (CustomerState, Vec<Identifier>)>,
+    entries: lru::LruCache<CustomerId, (CustomerState, Vec<Identifier>)>,
 }
 
-/// Customers kept at most; past it the cache starts over (memory stays bounded).
-const CACHE_CAPACITY: usize = 20_000;
+/// Customers kept at most, least recently used evicted first, so memory stays
+/// bounded (about 1 KB each).
+const CACHE_CAPACITY: usize = 100_000;
+
+impl Default for CustomerCache {
+    fn default() -> Self {
+        CustomerCache {
+            data_version: 0,
+            entries: lru::LruCache::new(std::num::NonZeroUsize::new(CACHE_CAPACITY).expect("non-zero capacity")),
+        }
+    }
+}
 
 /// The JSON columns of an event, serialised on the request's own thread so the
 /// single writer does not spend its time on them.
@@ -95,8 +104,17 @@ impl EncodedJson {
 type Group = Vec<(String, Vec<TrackingMessage>, Vec<EncodedJson>, Reply)>;
 
 enum Job {
-    Ingest { source: String, messages: Vec<TrackingMessage>, encoded: Vec<EncodedJson>, reply: Reply },
-    Exec(Box<dyn FnOnce(&mut Connection) + Send>),
+    Ingest {
+        source: String,
+        messages: Vec<TrackingMessage>,
+        encoded: Vec<EncodedJson>,
+        reply: Reply,
+    },
+    /// Other writes; `touches_customers` drops the writer's customer cache after.
+    Exec {
+        work: Box<dyn FnOnce(&mut Connection) + Send>,
+        touches_customers: bool,
+    },
 }
 
 /// The SQLite engine.
@@ -167,16 +185,21 @@ impl SqliteEngine {
         Ok(SqliteEngine { jobs, readers, settings })
     }
 
-    /// Run `work` on the writer connection, serialised with ingestion.
+    /// Run `work` on the writer connection, serialised with ingestion; say whether
+    /// it changes customers (traits, identifiers), so the writer's cache is dropped.
     fn write<T: Send + 'static>(
         &self,
+        touches_customers: bool,
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.jobs
-            .send(Job::Exec(Box::new(move |conn| {
-                let _ = reply.send(work(conn));
-            })))
+            .send(Job::Exec {
+                work: Box::new(move |conn| {
+                    let _ = reply.send(work(conn));
+                }),
+                touches_customers,
+            })
             .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
         answer.recv().map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?
     }
@@ -206,9 +229,11 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
             },
         };
         match job {
-            Job::Exec(work) => {
+            Job::Exec { work, touches_customers } => {
                 work(&mut conn);
-                cache.entries.clear();
+                if touches_customers {
+                    cache.entries.clear();
+                }
             }
             Job::Ingest { source, messages, encoded, reply } => {
                 let mut group: Group = vec![(source, messages, encoded, reply)];
@@ -276,10 +301,9 @@ fn ingest_in_transaction(
     let written = std::mem::take(&mut sqlite_tx.written);
     let cache = sqlite_tx.cache.take().expect("cache");
     tx.commit()?;
-    if cache.entries.len() + written.len() > CACHE_CAPACITY {
-        cache.entries.clear();
+    for (customer, entry) in written {
+        cache.entries.put(customer, entry);
     }
-    cache.entries.extend(written);
     Ok(outcomes)
 }
 
@@ -332,7 +356,7 @@ impl IngestTx for SqliteTx<'_, '_> {
             "SELECT identifier FROM identifiers WHERE customer_id = ?1 AND kind IN ('user_id', 'customer_number')",
         )?;
         for customer in customers {
-            if let Some((_, exclusives)) = self.cache.as_ref().and_then(|c| c.entries.get(customer)) {
+            if let Some((_, exclusives)) = self.cache.as_ref().and_then(|c| c.entries.peek(customer)) {
                 if !exclusives.is_empty() {
                     found.insert(*customer, exclusives.clone());
                 }
@@ -353,7 +377,7 @@ impl IngestTx for SqliteTx<'_, '_> {
         let mut stmt =
             self.tx.prepare_cached("SELECT profile, traits, merged_into FROM customers WHERE customer_id = ?1")?;
         for customer in customers {
-            if let Some((state, _)) = self.cache.as_mut().and_then(|c| c.entries.remove(customer)) {
+            if let Some((state, _)) = self.cache.as_mut().and_then(|c| c.entries.pop(customer)) {
                 found.insert(*customer, state);
                 continue;
             }
@@ -516,15 +540,22 @@ impl IngestTx for SqliteTx<'_, '_> {
             }
         }
         {
+            // Shallow merge in Rust, as on PostgreSQL (`||`): newer keys replace
+            // older ones, nested objects are replaced whole, nulls are kept.
+            let mut current = tx.prepare_cached("SELECT traits FROM accounts WHERE group_id = ?1")?;
             let mut account = tx.prepare_cached(
                 "INSERT INTO accounts (group_id, account_id, traits, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) \
-                 ON CONFLICT (group_id) DO UPDATE SET traits = json_patch(traits, excluded.traits), updated_at = excluded.updated_at",
+                 ON CONFLICT (group_id) DO UPDATE SET traits = excluded.traits, updated_at = excluded.updated_at",
             )?;
             for (group_id, traits, at) in &changes.accounts {
+                let existing: Option<String> = current.query_row([group_id], |r| r.get(0)).optional()?;
+                let mut merged: Map<String, Value> =
+                    existing.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or_default();
+                merged.extend(traits.iter().map(|(k, v)| (k.clone(), v.clone())));
                 account.execute(params![
                     group_id,
                     super::new_account_id().to_string(),
-                    json_text(traits),
+                    json_text(&merged),
                     micros(*at)
                 ])?;
             }
@@ -703,7 +734,7 @@ impl Engine for SqliteEngine {
     fn insert_api_key(&self, key_hash: &str, key: &ApiKey) -> Result<(), StoreError> {
         let key_hash = key_hash.to_string();
         let key = key.clone();
-        self.write(move |conn| {
+        self.write(false, move |conn| {
             conn.execute(
                 "INSERT INTO api_keys (key_hash, key_id, role, source, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![key_hash, key.key_id.to_string(), key.role.as_str(), key.source, key.name, micros(Utc::now())],
@@ -871,7 +902,7 @@ impl Engine for SqliteEngine {
 
     fn enqueue(&self, kind: &str, customer: Option<CustomerId>, payload: &Value) -> Result<OutboxId, StoreError> {
         let (kind, payload) = (kind.to_string(), payload.to_string());
-        self.write(move |conn| {
+        self.write(false, move |conn| {
             let id = OutboxId::new();
             let now = micros(Utc::now());
             conn.execute(
@@ -884,7 +915,7 @@ impl Engine for SqliteEngine {
     }
 
     fn claim_outbox(&self, limit: usize, lease: chrono::Duration) -> Result<Vec<OutboxItem>, StoreError> {
-        self.write(move |conn| {
+        self.write(false, move |conn| {
             let now = Utc::now();
             let sql = format!(
                 "UPDATE outbox SET lease_until = ?1, attempts = attempts + 1 WHERE outbox_id IN \
@@ -903,20 +934,21 @@ impl Engine for SqliteEngine {
 
     fn finish_outbox(&self, id: OutboxId, result: &DeliveryResult) -> Result<(), StoreError> {
         let result = result.clone();
-        self.write(move |conn| {
+        self.write(false, move |conn| {
             let key = id.to_string();
             let now = micros(Utc::now());
             match result {
                 DeliveryResult::Delivered => conn.execute(
-                    "UPDATE outbox SET status = 'delivered', delivered_at = ?2, lease_until = NULL, last_error = NULL WHERE outbox_id = ?1",
+                    "UPDATE outbox SET status = 'delivered', delivered_at = ?2, lease_until = NULL, last_error = NULL \
+                     WHERE outbox_id = ?1 AND status = 'pending'",
                     params![key, now],
                 )?,
                 DeliveryResult::Retry { at, error } => conn.execute(
-                    "UPDATE outbox SET next_attempt_at = ?2, lease_until = NULL, last_error = ?3 WHERE outbox_id = ?1",
+                    "UPDATE outbox SET next_attempt_at = ?2, lease_until = NULL, last_error = ?3 WHERE outbox_id = ?1 AND status = 'pending'",
                     params![key, micros(at), error],
                 )?,
                 DeliveryResult::GiveUp { error } => conn.execute(
-                    "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = ?2 WHERE outbox_id = ?1",
+                    "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = ?2 WHERE outbox_id = ?1 AND status = 'pending'",
                     params![key, error],
                 )?,
             };
@@ -940,7 +972,7 @@ impl Engine for SqliteEngine {
 
     fn unmerge(&self, merge_id: MergeId, settings: &IngestSettings) -> Result<UnmergeReport, StoreError> {
         let settings = settings.clone();
-        self.write(move |conn| {
+        self.write(true, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let key = merge_id.to_string();
             let (merged, at, moved, undone): (String, i64, String, Option<i64>) = tx
@@ -967,11 +999,7 @@ impl Engine for SqliteEngine {
                 )?;
             }
             tx.execute("UPDATE customers SET merged_into = NULL, merged_at = NULL WHERE customer_id = ?1", [&merged])?;
-            tx.execute(
-                "UPDATE customers SET merged_into = ?1 WHERE merged_into = ?2 AND customer_id IN \
-                 (SELECT merged_id FROM merges WHERE survivor_id = ?1 AND undone_at IS NULL)",
-                [&merged, &survivor],
-            )?;
+            tx.execute(&super::unmerge_descendants_sqlite(), [&merged, &survivor])?;
             let owned = |customer: &str| -> Result<std::collections::HashSet<String>, StoreError> {
                 Ok(tx
                     .prepare("SELECT identifier FROM identifiers WHERE customer_id = ?1")?
@@ -1033,7 +1061,7 @@ impl Engine for SqliteEngine {
 
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {
         let settings = settings.clone();
-        self.write(move |conn| {
+        self.write(true, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let merged_into: HashMap<CustomerId, CustomerId> = tx
                 .prepare("SELECT customer_id, merged_into FROM customers WHERE merged_into IS NOT NULL")?
@@ -1080,6 +1108,10 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn ping(&self) -> Result<(), StoreError> {
+        self.readers.with(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
     fn counts(&self) -> Result<(u64, u64), StoreError> {
         self.readers.with(|conn| {
             let customers: i64 =
@@ -1091,7 +1123,7 @@ impl Engine for SqliteEngine {
 
     fn durability(&self) -> Result<Vec<(String, String)>, StoreError> {
         let _ = &self.settings;
-        self.write(|conn| {
+        self.write(false, |conn| {
             let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
             let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
             let synchronous = match synchronous {

@@ -183,3 +183,52 @@ async fn an_identifier_seen_with_too_many_people_is_flagged_and_stops_linking() 
         assert_ne!(app.customer_by(&format!("user_id:client-{n}")).await["id"], first["id"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undoing_a_merge_restores_the_profiles_merged_into_it_before() {
+    let app = TestApp::spawn().await;
+    // Four profiles, oldest first: S, M, Y, X.
+    app.post("/v1/identify", &json!({"userId": "s", "messageId": "s1"})).await;
+    app.post("/v1/page", &json!({"anonymousId": "m", "messageId": "m1"})).await;
+    app.post("/v1/page", &json!({"anonymousId": "y", "messageId": "y1"})).await;
+    app.post("/v1/track", &json!({"anonymousId": "x", "event": "Seen", "messageId": "x1", "context": {"traits": {"email": "x@example.fr"}}}))
+        .await;
+    // X merges into Y, Y into M (through the e-mail), then M into S.
+    app.post("/v1/track", &json!({"anonymousId": "y", "event": "Seen", "messageId": "y2", "context": {"traits": {"email": "x@example.fr"}}}))
+        .await;
+    app.post("/v1/track", &json!({"anonymousId": "m", "event": "Seen", "messageId": "m2", "context": {"traits": {"email": "x@example.fr"}}}))
+        .await;
+    app.post("/v1/identify", &json!({"userId": "s", "anonymousId": "m", "messageId": "s2"})).await;
+    let s = app.customer_by("user_id:s").await;
+    assert_eq!(app.customer_by("anonymous_id:x").await["id"], s["id"]);
+    assert_eq!(s["merged_from"].as_array().unwrap().len(), 3);
+
+    let (_, history) = app.get(&format!("/api/v1/customers/{}/merges", s["id"].as_str().unwrap())).await;
+    let merge_id = history["merges"].as_array().unwrap().last().unwrap()["merge_id"].as_str().unwrap().to_string();
+    let response = app
+        .client
+        .post(format!("{}/api/v1/merges/{merge_id}/undo", app.address))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let m = app.customer_by("anonymous_id:m").await;
+    assert_ne!(m["id"], s["id"]);
+    for identifier in ["anonymous_id:x", "anonymous_id:y", "email:x@example.fr"] {
+        assert_eq!(app.customer_by(identifier).await["id"], m["id"], "{identifier}");
+    }
+    let mut ids: Vec<String> = app
+        .all_events(m["id"].as_str().unwrap())
+        .await
+        .iter()
+        .map(|e| e["messageId"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["m1", "m2", "x1", "y1", "y2"]);
+    assert_eq!(m["merged_from"].as_array().unwrap().len(), 2);
+    assert_eq!(m["traits"]["event_count"], 5);
+    let s = app.customer_by("user_id:s").await;
+    assert_eq!(s["traits"]["event_count"], 2);
+}
