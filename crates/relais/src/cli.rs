@@ -316,12 +316,28 @@ async fn serve(
         println!("try: curl -H 'Authorization: Bearer {key}' 'http://{address}/api/v1/customers?q=camille.martin0@example.fr'");
     }
     let _ = std::io::stdout().flush();
+    let retention = chrono::Duration::days(settings.message_id_retention_days);
+    let purging = store.clone();
     let state = AppState::new(store, settings);
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     let delivery = tokio::spawn(worker.run(std::time::Duration::from_secs(1), worker_stopped));
+    // Forget expired message ids hourly (decision 8); events are kept.
+    let purge = tokio::spawn(async move {
+        loop {
+            let store = purging.clone();
+            let before = chrono::Utc::now() - retention;
+            match store.run(move |engine| engine.purge_message_ids(before)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(forgotten = n, "expired message ids purged"),
+                Err(error) => tracing::warn!(%error, "message id purge failed; will retry"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    });
     crate::http::launch(listener, state, shutdown_signal()).await?;
     let _ = stop_worker.send(true);
     let _ = delivery.await;
+    purge.abort();
     Ok(())
 }
 

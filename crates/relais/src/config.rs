@@ -35,6 +35,9 @@ pub struct Settings {
     pub smtp_url: Option<Secret>,
     /// Sender of e-mail (`RELAIS_MAIL_FROM`).
     pub mail_from: String,
+    /// Days a `messageId` is remembered for deduplication
+    /// (`RELAIS_MESSAGE_ID_RETENTION_DAYS`, at least 30).
+    pub message_id_retention_days: i64,
 }
 
 impl Default for Settings {
@@ -43,6 +46,7 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             smtp_url: None,
             mail_from: "relais <no-reply@relais.localhost>".into(),
+            message_id_retention_days: 30,
         }
     }
 }
@@ -53,6 +57,9 @@ pub enum ConfigError {
     /// Unknown time zone.
     #[error("unknown time zone `{0}` in RELAIS_TIME_ZONE; use an IANA name such as Europe/Paris")]
     TimeZone(String),
+    /// Retention too short or malformed.
+    #[error("`{0}` in RELAIS_MESSAGE_ID_RETENTION_DAYS is not a number of days, 30 or more")]
+    Retention(String),
     /// Malformed limit.
     #[error("`{0}` in RELAIS_SHARED_IDENTIFIER_LIMIT is not a whole number of people, 1 or more")]
     SharedLimit(String),
@@ -81,6 +88,10 @@ impl Settings {
         if let Ok(limit) = std::env::var("RELAIS_SHARED_IDENTIFIER_LIMIT") {
             settings.ingest.shared_identifier_limit =
                 limit.trim().parse().ok().filter(|n| *n >= 1).ok_or(ConfigError::SharedLimit(limit))?;
+        }
+        if let Ok(days) = std::env::var("RELAIS_MESSAGE_ID_RETENTION_DAYS") {
+            settings.message_id_retention_days =
+                days.trim().parse().ok().filter(|d| *d >= 30).ok_or(ConfigError::Retention(days))?;
         }
         if let Ok(url) = std::env::var("RELAIS_SMTP_URL") {
             settings.smtp_url = Some(Secret::new(url));

@@ -388,6 +388,10 @@ pub trait Engine: Send + Sync + 'static {
     fn outbox(&self, status: Option<OutboxStatus>, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
     /// Recompute every customer's traits and day totals from the event log.
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError>;
+    /// Forget the message ids received before an instant (decision 8: they are
+    /// remembered for the configured retention, 30 days by default); the events
+    /// stay. Returns how many were forgotten.
+    fn purge_message_ids(&self, received_before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Whether the database answers (cheap: for `/healthz`).
     fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.

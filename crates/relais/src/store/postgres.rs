@@ -899,6 +899,11 @@ impl Engine for PgEngine {
         })
     }
 
+    fn purge_message_ids(&self, received_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.pool
+            .with(|client| Ok(client.execute("DELETE FROM message_ids WHERE received_at < $1", &[&received_before])?))
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.pool.with(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(StoreError::from))
     }

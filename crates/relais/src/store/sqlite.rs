@@ -170,6 +170,7 @@ impl SqliteEngine {
         // the writer's commits never wait for them.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = open_connection(&path)?;
+        checkpointer.pragma_update(None, "cache_size", -1_024)?;
         thread::Builder::new()
             .name("relais-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer))
@@ -181,7 +182,13 @@ impl SqliteEngine {
             .spawn(move || writer_loop(writer, receiver, writer_settings))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         let reader_path = path.clone();
-        let readers = Pool::new(8, move || open_connection(&reader_path));
+        // Readers make point lookups and short scans: a small page cache each keeps
+        // the process's memory bounded (the writer keeps the large one).
+        let readers = Pool::new(8, move || {
+            let conn = open_connection(&reader_path)?;
+            conn.pragma_update(None, "cache_size", -8_192)?;
+            Ok(conn)
+        });
         Ok(SqliteEngine { jobs, readers, settings })
     }
 
@@ -1105,6 +1112,12 @@ impl Engine for SqliteEngine {
             }
             tx.commit()?;
             Ok(all.len() as u64)
+        })
+    }
+
+    fn purge_message_ids(&self, received_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(false, move |conn| {
+            Ok(conn.execute("DELETE FROM message_ids WHERE received_at < ?1", [micros(received_before)])? as u64)
         })
     }
 

@@ -187,3 +187,28 @@ async fn timestamps_and_context_are_kept_and_the_client_clock_corrected() {
     let timestamp = chrono::DateTime::parse_from_rfc3339(event["timestamp"].as_str().unwrap()).unwrap();
     assert_eq!((received - timestamp).num_seconds(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_id_is_forgotten_after_the_retention_and_then_stored_again() {
+    let app = TestApp::spawn().await;
+    let message = json!({"type": "track", "userId": "r", "event": "Product Viewed", "messageId": "old-id"});
+    assert_eq!(app.post("/v1/track", &message).await.1["stored"], 1);
+    // Nothing is older than a day: nothing forgotten, still a duplicate.
+    let store = app.store.clone();
+    let forgotten = tokio::task::spawn_blocking(move || {
+        store.blocking().purge_message_ids(chrono::Utc::now() - chrono::Duration::days(1)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(forgotten, 0);
+    assert_eq!(app.post("/v1/track", &message).await.1["duplicates"], 1);
+    // Once the retention has passed, the id is forgotten and the message is new again.
+    let store = app.store.clone();
+    let forgotten = tokio::task::spawn_blocking(move || {
+        store.blocking().purge_message_ids(chrono::Utc::now() + chrono::Duration::seconds(1)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(forgotten, 1);
+    assert_eq!(app.post("/v1/track", &message).await.1["stored"], 1);
+}
