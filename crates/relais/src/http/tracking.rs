@@ -127,8 +127,9 @@ async fn handle(
             default_currency: &currency,
         };
         for raw in batch {
-            message_ids.push(message_id_of(raw.get()));
-            parsed.push(TrackingMessage::parse_json(raw.get(), &envelope).map_err(|e| e.to_string()));
+            let result = TrackingMessage::parse_json(raw.get(), &envelope);
+            message_ids.push(reported_message_id(&result, raw.get()));
+            parsed.push(result.map_err(|e| e.to_string()));
         }
     } else {
         let envelope = Envelope {
@@ -138,8 +139,9 @@ async fn handle(
             batch_context: None,
             default_currency: &currency,
         };
-        message_ids.push(message_id_of(text));
-        parsed.push(TrackingMessage::parse_json(text, &envelope).map_err(|e| e.to_string()));
+        let result = TrackingMessage::parse_json(text, &envelope);
+        message_ids.push(reported_message_id(&result, text));
+        parsed.push(result.map_err(|e| e.to_string()));
     }
 
     // Move the valid messages to the store; keep only each message's verdict here.
@@ -225,6 +227,15 @@ async fn handle(
         });
     }
     Ok(Json(response))
+}
+
+/// The `messageId` to report for a message: the parsed one, or for a rejected
+/// message whatever can be read of it (the raw text is parsed again only then).
+fn reported_message_id(result: &Result<TrackingMessage, relais_domain::MessageError>, raw: &str) -> Option<String> {
+    match result {
+        Ok(message) => message.message_id_given.then(|| message.message_id.clone()),
+        Err(_) => message_id_of(raw),
+    }
 }
 
 /// The `messageId` of a raw message, for reporting even when it is rejected.
