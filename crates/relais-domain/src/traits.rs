@@ -36,12 +36,16 @@ pub enum OrderEffect {
     Refunded(MinorUnits),
 }
 
-/// Lifetime traits of one customer.
+/// Lifetime traits of one customer. Instants serialise as microseconds since
+/// the epoch, so every encoding (JSON on PostgreSQL, compact binary on SQLite)
+/// keeps them small and exact.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputedTraits {
     /// Earliest event.
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
     pub first_seen: Option<DateTime<Utc>>,
     /// Latest event.
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
     pub last_seen: Option<DateTime<Utc>>,
     /// Message id of the latest event (tie-break for `last_channel`).
     pub last_message_id: Option<String>,
@@ -58,8 +62,10 @@ pub struct ComputedTraits {
     /// Revenue net of refunds, in minor units of the organisation's currency.
     pub revenue_minor: MinorUnits,
     /// Earliest completed order.
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
     pub first_order_at: Option<DateTime<Utc>>,
     /// Latest completed order.
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
     pub last_order_at: Option<DateTime<Utc>>,
     /// Events per store, from which the favourite store is read.
     pub store_events: BTreeMap<String, i64>,
@@ -257,6 +263,17 @@ mod tests {
         let mut all = ComputedTraits::default();
         mine.iter().chain(theirs.iter()).for_each(|e| all.apply(e));
         assert_eq!(merged, all);
+    }
+
+    #[test]
+    fn traits_survive_their_stored_encodings() {
+        let mut traits = ComputedTraits::default();
+        traits.apply(&TraitInput {
+            store: Some("nantes"),
+            ..input("2026-03-01T10:00:00.123456Z", "a", Channel::Store, Some(OrderEffect::Completed(990)))
+        });
+        let json = serde_json::to_string(&traits).unwrap();
+        assert_eq!(serde_json::from_str::<ComputedTraits>(&json).unwrap(), traits);
     }
 
     #[test]

@@ -5,7 +5,9 @@ CREATE TABLE customers (
     merged_into   TEXT,
     merged_at     INTEGER,
     profile       TEXT NOT NULL DEFAULT '{}',
-    traits        TEXT NOT NULL DEFAULT '{}',
+    -- Computed traits in a compact binary form (postcard): rewritten at every
+    -- event, so its size decides how many pages each commit writes.
+    traits        BLOB,
     updated_at    INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX customers_by_merged_into ON customers (merged_into) WHERE merged_into IS NOT NULL;
@@ -28,11 +30,13 @@ CREATE TABLE identifier_sightings (
     PRIMARY KEY (identifier, customer_id)
 ) WITHOUT ROWID;
 
+-- Message ids seen per source, for deduplication. Rows are small on purpose
+-- (the key is random, so each commit dirties many pages): the event they
+-- stored is found through its row number in `events`.
 CREATE TABLE message_ids (
     source        TEXT NOT NULL,
     message_id    TEXT NOT NULL,
-    customer_id   TEXT NOT NULL,
-    event_id      TEXT NOT NULL,
+    event_seq     INTEGER NOT NULL,
     received_at   INTEGER NOT NULL,
     PRIMARY KEY (source, message_id)
 ) WITHOUT ROWID;

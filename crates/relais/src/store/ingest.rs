@@ -134,6 +134,8 @@ pub struct CustomerState {
     pub traits: ComputedTraits,
     /// Set when the row says this profile was merged away (a concurrent merge).
     pub merged_into: Option<CustomerId>,
+    /// Whether this batch changed the profile (so engines rewrite it only then).
+    pub profile_changed: bool,
 }
 
 /// An event row to insert.
@@ -432,6 +434,7 @@ pub fn ingest_batch<'a>(
             for (k, v) in traits {
                 state.profile.insert(k.clone(), v.clone());
             }
+            state.profile_changed |= !traits.is_empty();
         }
         if let (MessageType::Group, Some(group_id)) = (message.kind, message.group_id.as_deref()) {
             changes.accounts.push((group_id, &message.traits, message.received_at));
@@ -479,7 +482,10 @@ fn merge_in_memory(
     let state = customers.entry(survivor).or_default();
     state.traits.absorb(&absorbed.traits);
     for (k, v) in absorbed.profile {
-        state.profile.entry(k).or_insert(v);
+        if let serde_json::map::Entry::Vacant(slot) = state.profile.entry(k) {
+            slot.insert(v);
+            state.profile_changed = true;
+        }
     }
     if let Some(m) = customers.get_mut(&merged) {
         m.merged_into = Some(survivor);

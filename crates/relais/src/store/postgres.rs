@@ -218,6 +218,7 @@ impl IngestTx for PgTx<'_, '_> {
                     },
                     traits: serde_json::from_value(traits).unwrap_or_default(),
                     merged_into: merged_into.map(parse_id).transpose()?,
+                    profile_changed: false,
                 },
             );
         }
@@ -361,11 +362,13 @@ impl IngestTx for PgTx<'_, '_> {
         }
         if !changes.customers.is_empty() {
             let ids: Vec<String> = changes.customers.iter().map(|(id, _)| id.to_string()).collect();
-            let profiles: Vec<String> = changes.customers.iter().map(|(_, s)| json_text(&s.profile)).collect();
+            // An unchanged profile is sent as NULL and kept as stored.
+            let profiles: Vec<Option<String>> =
+                changes.customers.iter().map(|(_, s)| s.profile_changed.then(|| json_text(&s.profile))).collect();
             let traits: Vec<String> =
                 changes.customers.iter().map(|(_, s)| serde_json::to_string(&s.traits).unwrap_or_default()).collect();
             tx.execute(
-                "UPDATE customers c SET profile = u.p::jsonb, traits = u.t::jsonb, updated_at = now() \
+                "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, updated_at = now() \
                  FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, p, t) WHERE c.customer_id = u.id",
                 &[&ids, &profiles, &traits],
             )?;

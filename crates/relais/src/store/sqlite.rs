@@ -9,7 +9,9 @@ use std::thread;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use relais_domain::traits::DayTotals;
-use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage};
+use relais_domain::{
+    Channel, ComputedTraits, CustomerId, EventId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
@@ -328,9 +330,10 @@ struct SqliteTx<'t, 'c> {
 impl IngestTx for SqliteTx<'_, '_> {
     fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError> {
         let mut found = HashMap::new();
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT customer_id, event_id FROM message_ids WHERE source = ?1 AND message_id = ?2")?;
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT e.customer_id, e.event_id FROM message_ids m JOIN events e ON e.seq = m.event_seq \
+             WHERE m.source = ?1 AND m.message_id = ?2",
+        )?;
         for (source, message_id) in ids {
             let row: Option<(String, String)> =
                 stmt.query_row(params![source, message_id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
@@ -388,10 +391,10 @@ impl IngestTx for SqliteTx<'_, '_> {
                 found.insert(*customer, state);
                 continue;
             }
-            let row: Option<(String, String, Option<String>)> =
+            let row: Option<(String, Option<Vec<u8>>, Option<String>)> =
                 stmt.query_row([customer.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
             if let Some((profile, traits, merged_into)) = row {
-                found.insert(*customer, customer_state(&profile, &traits, merged_into.as_deref())?);
+                found.insert(*customer, customer_state(&profile, traits.as_deref(), merged_into.as_deref())?);
             }
         }
         Ok(found)
@@ -419,6 +422,7 @@ impl IngestTx for SqliteTx<'_, '_> {
                 ])?;
             }
         }
+        let mut event_seqs: HashMap<EventId, i64> = HashMap::with_capacity(changes.events.len());
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, \
@@ -460,14 +464,18 @@ impl IngestTx for SqliteTx<'_, '_> {
                     json.extra,
                     json.identifiers,
                 ])?;
+                event_seqs.insert(event.event_id, tx.last_insert_rowid());
             }
         }
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO message_ids (source, message_id, customer_id, event_id, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO message_ids (source, message_id, event_seq, received_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            for (source, message_id, customer, event, at) in &changes.message_claims {
-                stmt.execute(params![source, message_id, customer.to_string(), event.to_string(), micros(*at)])?;
+            for (source, message_id, _, event, at) in &changes.message_claims {
+                let seq = event_seqs
+                    .get(event)
+                    .ok_or_else(|| StoreError::Database(format!("message {message_id} claims an event not written")))?;
+                stmt.execute(params![source, message_id, seq, micros(*at)])?;
             }
         }
         {
@@ -574,17 +582,23 @@ impl IngestTx for SqliteTx<'_, '_> {
             }
         }
         {
-            let mut stmt = tx.prepare_cached(
+            let mut with_profile = tx.prepare_cached(
                 "UPDATE customers SET profile = ?2, traits = ?3, updated_at = ?4 WHERE customer_id = ?1",
             )?;
+            let mut traits_only =
+                tx.prepare_cached("UPDATE customers SET traits = ?2, updated_at = ?3 WHERE customer_id = ?1")?;
             let now = micros(Utc::now());
             for (id, state) in &changes.customers {
-                stmt.execute(params![
-                    id.to_string(),
-                    json_text(&state.profile),
-                    serde_json::to_string(&state.traits).unwrap_or_default(),
-                    now
-                ])?;
+                if state.profile_changed {
+                    with_profile.execute(params![
+                        id.to_string(),
+                        json_text(&state.profile),
+                        encode_traits(&state.traits),
+                        now
+                    ])?;
+                } else {
+                    traits_only.execute(params![id.to_string(), encode_traits(&state.traits), now])?;
+                }
             }
         }
         if self.cache.is_some() {
@@ -593,7 +607,8 @@ impl IngestTx for SqliteTx<'_, '_> {
             for (id, state) in &changes.customers {
                 if state.merged_into.is_none() && !changes.merges.iter().any(|m| m.merged == *id) {
                     let held = exclusives.get(id).map(|e| (*e).clone()).unwrap_or_default();
-                    self.written.push((*id, (state.clone(), held)));
+                    let cached = CustomerState { profile_changed: false, ..state.clone() };
+                    self.written.push((*id, (cached, held)));
                 }
             }
         }
@@ -601,11 +616,34 @@ impl IngestTx for SqliteTx<'_, '_> {
     }
 }
 
-fn customer_state(profile: &str, traits: &str, merged_into: Option<&str>) -> Result<CustomerState, StoreError> {
+/// A `customers` row: created_at, merged_into, profile, traits.
+type CustomerRow = (i64, Option<String>, String, Option<Vec<u8>>);
+
+/// Traits as SQLite stores them: postcard, a compact binary serde format.
+fn encode_traits(traits: &ComputedTraits) -> Vec<u8> {
+    postcard::to_allocvec(traits).unwrap_or_default()
+}
+
+/// Decode stored traits; a profile without traits yet has the defaults.
+fn decode_traits(bytes: Option<&[u8]>) -> Result<ComputedTraits, StoreError> {
+    match bytes {
+        None | Some([]) => Ok(ComputedTraits::default()),
+        Some(bytes) => postcard::from_bytes(bytes).map_err(|e| {
+            StoreError::Database(format!("stored traits do not decode: {e}; run `relais traits rebuild`"))
+        }),
+    }
+}
+
+fn customer_state(
+    profile: &str,
+    traits: Option<&[u8]>,
+    merged_into: Option<&str>,
+) -> Result<CustomerState, StoreError> {
     Ok(CustomerState {
         profile: serde_json::from_str(profile).unwrap_or_default(),
-        traits: serde_json::from_str(traits).unwrap_or_default(),
+        traits: decode_traits(traits)?,
         merged_into: merged_into.map(parse_id).transpose()?,
+        profile_changed: false,
     })
 }
 
@@ -773,7 +811,7 @@ impl Engine for SqliteEngine {
     fn customer(&self, id: CustomerId) -> Result<CustomerLookup, StoreError> {
         self.readers.with(|conn| {
             let key = id.to_string();
-            let row: Option<(i64, Option<String>, String, String)> = conn
+            let row: Option<CustomerRow> = conn
                 .prepare_cached(
                     "SELECT created_at, merged_into, profile, traits FROM customers WHERE customer_id = ?1",
                 )?
@@ -785,7 +823,7 @@ impl Engine for SqliteEngine {
             if let Some(survivor) = merged_into {
                 return Ok(CustomerLookup::MergedInto(parse_id(&survivor)?));
             }
-            let state = customer_state(&profile, &traits, None)?;
+            let state = customer_state(&profile, traits.as_deref(), None)?;
             let mut identifiers: Vec<(Identifier, bool)> = conn
                 .prepare_cached("SELECT identifier, shared FROM identifiers WHERE customer_id = ?1")?
                 .query_map([&key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?
@@ -1022,11 +1060,6 @@ impl Engine for SqliteEngine {
             for (seq, identifiers) in later {
                 if event_goes_back(&identifiers, &restored_set, &survivor_set) {
                     tx.execute("UPDATE events SET customer_id = ?1 WHERE seq = ?2", params![merged, seq])?;
-                    tx.execute(
-                        "UPDATE message_ids SET customer_id = ?1 WHERE (source, message_id) = \
-                         (SELECT source, message_id FROM events WHERE seq = ?2)",
-                        params![merged, seq],
-                    )?;
                     events_moved += 1;
                 }
             }
@@ -1044,7 +1077,7 @@ impl Engine for SqliteEngine {
                 };
                 tx.execute(
                     "UPDATE customers SET traits = ?2, updated_at = ?3 WHERE customer_id = ?1",
-                    params![root, serde_json::to_string(&traits).unwrap_or_default(), micros(Utc::now())],
+                    params![root, encode_traits(&traits), micros(Utc::now())],
                 )?;
                 tx.execute("DELETE FROM customer_days WHERE customer_id = ?1", [root])?;
                 for (_, day, orders, revenue) in days {
@@ -1098,7 +1131,7 @@ impl Engine for SqliteEngine {
                 for customer in &all {
                     let id: CustomerId = parse_id(customer)?;
                     let computed = traits.get(&id).cloned().unwrap_or_else(ComputedTraits::default);
-                    update.execute(params![customer, serde_json::to_string(&computed).unwrap_or_default()])?;
+                    update.execute(params![customer, encode_traits(&computed)])?;
                 }
             }
             tx.execute("DELETE FROM customer_days", [])?;
