@@ -454,7 +454,7 @@ pub fn ingest_batch<'a>(
     deltas.sort_by_key(|(c, d, _, _)| (*c, *d));
     changes.day_deltas = deltas;
     changes.exclusives = touched.iter().map(|id| (*id, exclusives.get(id).cloned().unwrap_or_default())).collect();
-    changes.customers = touched.into_iter().map(|id| (id, customers.get(&id).cloned().unwrap_or_default())).collect();
+    changes.customers = touched.into_iter().map(|id| (id, customers.remove(&id).unwrap_or_default())).collect();
 
     // 3. Write.
     tx.write(&changes)?;

@@ -228,6 +228,10 @@ fn checkpoint_loop(conn: Connection) {
 
 fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: IngestSettings) {
     let mut pending: Option<Job> = None;
+    // Freeing a committed group's messages takes the writer a few percent of its
+    // time: hand them to a thread of their own instead.
+    let (to_drop, dropped) = mpsc::channel::<Group>();
+    let _ = thread::Builder::new().name("relais-sqlite-free".into()).spawn(move || for _ in dropped {});
     let mut cache = CustomerCache::default();
     loop {
         let job = match pending.take() {
@@ -260,7 +264,10 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut conn, group, &settings, &mut cache);
+                let group = commit_group(&mut conn, group, &settings, &mut cache);
+                if let Err(mpsc::SendError(group)) = to_drop.send(group) {
+                    drop(group);
+                }
             }
         }
     }
@@ -268,7 +275,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
 
 /// Commit a group of requests in one transaction; when that fails, commit each
 /// request alone so one request's failure never takes the others down.
-fn commit_group(conn: &mut Connection, group: Group, settings: &IngestSettings, cache: &mut CustomerCache) {
+fn commit_group(conn: &mut Connection, group: Group, settings: &IngestSettings, cache: &mut CustomerCache) -> Group {
     let batch: Vec<(&str, &TrackingMessage)> =
         group.iter().flat_map(|(source, messages, _, _)| messages.iter().map(move |m| (source.as_str(), m))).collect();
     let encoded: Vec<&EncodedJson> = group.iter().flat_map(|(_, _, encoded, _)| encoded.iter()).collect();
@@ -290,6 +297,7 @@ fn commit_group(conn: &mut Connection, group: Group, settings: &IngestSettings, 
             }
         }
     }
+    group
 }
 
 fn ingest_in_transaction(
