@@ -26,8 +26,26 @@ async fn the_database_runs_with_durable_commit_settings() {
     }
 }
 
+/// A server process that is killed (SIGKILL) when dropped, so a failing test
+/// never leaves servers behind.
+struct Server(std::process::Child);
+
+impl Server {
+    /// SIGKILL now and reap the process.
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()?;
+        self.0.wait().map(|_| ())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
 /// Start the real binary on port 0 and return it with its address.
-fn start_binary(location: &Location) -> (std::process::Child, String) {
+fn start_binary(location: &Location) -> (Server, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
     command.arg("serve").arg("--listen").arg("127.0.0.1:0");
     match location {
@@ -38,7 +56,7 @@ fn start_binary(location: &Location) -> (std::process::Child, String) {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("banner");
     let address = line.split_whitespace().find(|w| w.starts_with("http://")).expect("address in banner").to_string();
-    (child, address)
+    (Server(child), address)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,7 +78,6 @@ async fn an_acknowledged_batch_survives_kill_9_of_the_server() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["stored"], 200);
     child.kill().expect("SIGKILL");
-    child.wait().unwrap();
 
     let (mut restarted, _) = start_binary(&location);
     let mut total = 0;
@@ -70,7 +87,6 @@ async fn an_acknowledged_batch_survives_kill_9_of_the_server() {
     }
     assert_eq!(total, 200);
     restarted.kill().unwrap();
-    restarted.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,7 +134,6 @@ async fn two_servers_racing_on_new_identifiers_make_one_profile_per_person() {
     assert_eq!(stored, 12 * 40, "each messageId is stored exactly once across the servers");
     for process in [&mut first_process, &mut second_process] {
         process.kill().unwrap();
-        process.wait().unwrap();
     }
     // Every identifier resolves to a live profile, and the events add up.
     let mut customers = std::collections::BTreeSet::new();
@@ -272,7 +287,6 @@ async fn servers_starting_together_on_a_new_database_all_come_up() {
         let health: Value = reqwest::get(format!("{address}/healthz")).await.unwrap().json().await.unwrap();
         assert_eq!(health["status"], "ok");
         child.kill().unwrap();
-        child.wait().unwrap();
     }
     drop(scratch);
 }
