@@ -19,7 +19,6 @@ use crate::store::{
 
 /// Events per timeline page by default, and at most.
 const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 500;
 
 /// Computed traits as the API shows them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -290,10 +289,7 @@ pub async fn customer_events(
     Query(query): Query<TimelineQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_customer_id(&id)?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::field("limit", format!("must be between 1 and {MAX_PAGE}")));
-    }
+    let limit = super::error::page_limit(query.limit, DEFAULT_PAGE)?;
     let cursor = match query.cursor.as_deref() {
         Some(text) => Some(
             TimelineCursor::decode(text)

@@ -90,6 +90,19 @@ impl ApiError {
     }
 }
 
+/// The most items a list endpoint returns at once.
+pub const MAX_PAGE: usize = 500;
+
+/// A `limit` query parameter: `default` when absent, else 1 to `MAX_PAGE`.
+pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::field("limit", format!("must be between 1 and {MAX_PAGE}")))
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

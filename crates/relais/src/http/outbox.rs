@@ -43,10 +43,7 @@ pub async fn list_outbox(
                 .ok_or_else(|| ApiError::field("status", "must be pending, delivered or failed"))?,
         ),
     };
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 500"));
-    }
+    let limit = super::error::page_limit(query.limit, 100)?;
     let messages = state.store.run(move |engine| engine.outbox(status, limit)).await?;
     Ok(Json(OutboxView { messages }))
 }
