@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         batch_sent_at: None,
         batch_context: None,
         default_currency: "EUR",
+        card_policy: relais_domain::cards::CardPolicy::Mask,
     };
     if let Ok(message) = TrackingMessage::parse_json(text, &envelope) {
         assert!(message.user_id.is_some() || message.anonymous_id.is_some());

@@ -47,6 +47,16 @@ macro_rules! prefixed_id {
                 Self(Ulid::from_parts(unix_ms, random))
             }
 
+            /// The id's 16 bytes (for compact binary headers).
+            pub fn to_bytes(&self) -> [u8; 16] {
+                self.0.to_bytes()
+            }
+
+            /// The id from its 16 bytes.
+            pub fn from_bytes(bytes: [u8; 16]) -> Self {
+                Self(Ulid::from_bytes(bytes))
+            }
+
             /// The milliseconds since the epoch encoded in the id.
             pub fn unix_ms(&self) -> u64 {
                 self.0.timestamp_ms()

@@ -136,6 +136,12 @@ impl Identifier {
         Ok(Identifier { kind, value })
     }
 
+    /// An identifier whose value is already normalised or is a lookup token that
+    /// stands for one (storage keys identifiers by a keyed hash of their value).
+    pub fn from_stored(kind: IdentifierKind, value: String) -> Identifier {
+        Identifier { kind, value }
+    }
+
     /// The kind.
     pub fn kind(&self) -> IdentifierKind {
         self.kind

@@ -3,11 +3,13 @@
 //! Values are parsed at the boundary into these types (`Identifier`, `CustomerId`,
 //! `TrackingMessage`, `Role`), so code further in never sees an invalid one.
 
+pub mod cards;
 pub mod channel;
 pub mod id;
 pub mod identifier;
 pub mod message;
 pub mod money;
+pub mod privacy;
 pub mod resolve;
 pub mod role;
 pub mod traits;

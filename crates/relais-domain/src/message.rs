@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::cards::CardPolicy;
 use crate::channel::Channel;
 use crate::identifier::{Identifier, IdentifierError, IdentifierKind};
 use crate::money::{MinorUnits, Money};
@@ -111,6 +112,11 @@ pub enum MessageError {
     /// A string is too long.
     #[error("`{0}` is longer than 256 characters")]
     TooLong(&'static str),
+    /// A payment card number, which relais never stores.
+    #[error(
+        "`{0}` holds a payment card number; relais never stores one: remove it, or send only its last four digits"
+    )]
+    PaymentCard(String),
     /// An order amount is unusable.
     #[error("`properties.{field}` must be a finite amount with a 3-letter ISO currency")]
     BadAmount {
@@ -132,6 +138,8 @@ pub struct Envelope<'a> {
     pub batch_context: Option<&'a Map<String, Value>>,
     /// The organisation's currency, for orders that do not state one.
     pub default_currency: &'a str,
+    /// What to do with payment card numbers found in the message.
+    pub card_policy: CardPolicy,
 }
 
 /// Money facts of an order event (`Order Completed`, `Order Refunded`).
@@ -230,7 +238,15 @@ impl TrackingMessage {
     }
 
     /// Parse one message already decoded as JSON.
-    pub fn parse_value(value: Value, envelope: &Envelope<'_>) -> Result<TrackingMessage, MessageError> {
+    pub fn parse_value(mut value: Value, envelope: &Envelope<'_>) -> Result<TrackingMessage, MessageError> {
+        if !value.is_object() {
+            return Err(MessageError::Malformed("expected an object".into()));
+        }
+        if let Some(field) = crate::cards::scrub(&mut value, "", envelope.card_policy) {
+            if envelope.card_policy == CardPolicy::Reject {
+                return Err(MessageError::PaymentCard(field));
+            }
+        }
         let Value::Object(mut object) = value else {
             return Err(MessageError::Malformed("expected an object".into()));
         };
@@ -536,6 +552,7 @@ mod tests {
             batch_sent_at: None,
             batch_context: None,
             default_currency: "EUR",
+            card_policy: CardPolicy::Reject,
         }
     }
 

@@ -191,6 +191,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         batch_sent_at: None,
         batch_context: None,
         default_currency: &settings.ingest.currency,
+        card_policy: settings.ingest.card_policy,
     };
     let per_chunk = (50_000 / batch).max(1);
     let mut chunks = (0..batches).step_by(per_chunk).map(|first| {

@@ -125,6 +125,17 @@ enum KeysCommand {
         #[arg(long)]
         source: Option<String>,
     },
+    /// Print a new random master key (base64) on stdout, for RELAIS_MASTER_KEY or a key file.
+    NewMaster,
+    /// Re-wrap the database's keys with a new master key; servers keep running and
+    /// must be started with the new key from then on. Prints the new key's fingerprint.
+    RotateMaster {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// File holding the new master key (from `relais keys new-master`).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +265,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{secret}");
             Ok(())
         }
+        Command::Keys { command: KeysCommand::NewMaster } => {
+            println!("{}", crate::privacy::MasterKey::generate().encode());
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::RotateMaster { store: args, new_key_file } } => {
+            rotate_master(&args, &settings, &new_key_file)
+        }
         Command::Import { command: ImportCommand::Events { store, file, source, rejected } } => {
             let store = store.open(&settings)?;
             let rejected = rejected.unwrap_or_else(|| crate::import::default_rejected_path(&file, "jsonl"));
@@ -282,6 +300,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { command } => crate::demo::bench(command, &settings),
     }
+}
+
+/// `relais keys rotate-master`: re-wrap the keyring; when the old key was the
+/// data folder's own `master.key`, the file is replaced by the new key.
+fn rotate_master(args: &StoreArgs, settings: &Settings, new_key_file: &std::path::Path) -> anyhow::Result<()> {
+    let new = crate::privacy::MasterKey::from_file(new_key_file, false)?;
+    let location = args.location()?;
+    let old = crate::store::master_key(&location)?;
+    if old.fingerprint() == new.fingerprint() {
+        bail!("the new master key is the one in use; make one with `relais keys new-master`");
+    }
+    let store = args.open(settings)?;
+    store.blocking().rotate_master(&old, &new)?;
+    let uses_folder_file = std::env::var_os("RELAIS_MASTER_KEY").is_none()
+        && std::env::var_os("RELAIS_MASTER_KEY_FILE").is_none()
+        && matches!(location, Location::Folder(_));
+    if let (true, Location::Folder(folder)) = (uses_folder_file, &location) {
+        let file = folder.join("master.key");
+        let aside = folder.join("master.key.new");
+        let _ = std::fs::remove_file(&aside);
+        crate::privacy::keyring::write_private(&aside, &new.encode())?;
+        std::fs::rename(&aside, &file)?;
+        eprintln!("{} now holds the new master key", file.display());
+    } else {
+        eprintln!("start relais with the new key from now on (RELAIS_MASTER_KEY or RELAIS_MASTER_KEY_FILE), then destroy the old one");
+    }
+    println!("master key rotated; new fingerprint {}", new.fingerprint());
+    Ok(())
 }
 
 /// Create an API key; returns the secret (shown once) and the stored key.

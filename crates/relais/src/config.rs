@@ -66,6 +66,9 @@ pub enum ConfigError {
     /// Malformed sender.
     #[error("`{0}` in RELAIS_MAIL_FROM is not a mailbox such as `Boutique <contact@example.fr>`")]
     MailFrom(String),
+    /// Unknown card-number policy.
+    #[error("`{0}` in RELAIS_CARD_NUMBERS is not `reject` or `mask`")]
+    CardNumbers(String),
     /// Malformed currency.
     #[error("`{0}` in RELAIS_CURRENCY is not an ISO 4217 code such as EUR")]
     Currency(String),
@@ -92,6 +95,13 @@ impl Settings {
         if let Ok(days) = std::env::var("RELAIS_MESSAGE_ID_RETENTION_DAYS") {
             settings.message_id_retention_days =
                 days.trim().parse().ok().filter(|d| *d >= 30).ok_or(ConfigError::Retention(days))?;
+        }
+        if let Ok(policy) = std::env::var("RELAIS_CARD_NUMBERS") {
+            settings.ingest.card_policy = match policy.trim() {
+                "reject" => relais_domain::cards::CardPolicy::Reject,
+                "mask" => relais_domain::cards::CardPolicy::Mask,
+                _ => return Err(ConfigError::CardNumbers(policy)),
+            };
         }
         if let Ok(url) = std::env::var("RELAIS_SMTP_URL") {
             settings.smtp_url = Some(Secret::new(url));

@@ -380,6 +380,7 @@ pub fn load(store: &Store, settings: &Settings, size: DemoSize) -> anyhow::Resul
                 batch_sent_at: None,
                 batch_context: None,
                 default_currency: &settings.ingest.currency,
+                card_policy: settings.ingest.card_policy,
             };
             let mut messages = Vec::with_capacity(values.len());
             for value in values {

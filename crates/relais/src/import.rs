@@ -97,6 +97,7 @@ impl Importer<'_> {
             batch_sent_at: None,
             batch_context: None,
             default_currency: &self.settings.ingest.currency,
+            card_policy: self.settings.ingest.card_policy,
         };
         match value.and_then(|v| TrackingMessage::parse_value(v, &envelope).map_err(|e| e.to_string())) {
             Ok(message) => {

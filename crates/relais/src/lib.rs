@@ -9,4 +9,5 @@ pub mod demo;
 pub mod http;
 pub mod import;
 pub mod outbox;
+pub mod privacy;
 pub mod store;

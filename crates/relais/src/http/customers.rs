@@ -5,13 +5,14 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use relais_domain::{CustomerId, Identifier, IdentifierKind, MergeId};
+use relais_domain::{CustomerId, Identifier, IdentifierKind, MergeId, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Authorized, ManageIdentity, ReadCustomers};
 use super::error::ApiError;
+use super::redact::Viewer;
 use super::AppState;
 use crate::store::{
     CustomerLookup, CustomerRecord, EventPage, MergeRecord, StoredEvent, TimelineCursor, UnmergeReport,
@@ -95,19 +96,23 @@ pub struct CustomerView {
     pub timeline: TimelineView,
 }
 
-fn timeline_view(page: EventPage) -> TimelineView {
-    TimelineView { next_cursor: page.next.as_ref().map(TimelineCursor::encode), events: page.events }
+fn timeline_view(viewer: &Viewer<'_>, page: EventPage) -> TimelineView {
+    TimelineView {
+        next_cursor: page.next.as_ref().map(TimelineCursor::encode),
+        events: page.events.into_iter().map(|e| viewer.event(e)).collect(),
+    }
 }
 
-fn customer_view(state: &AppState, record: CustomerRecord, page: EventPage) -> CustomerView {
+fn customer_view(state: &AppState, role: Role, record: CustomerRecord, page: EventPage) -> CustomerView {
+    let viewer = Viewer::new(&state.store, role);
     let today = state.settings.ingest.day_of(Utc::now());
     let windows = record.windows(today);
     let traits = &record.traits;
     CustomerView {
         id: record.id.to_string(),
         created_at: record.created_at,
-        identifiers: record.identifiers.iter().map(ToString::to_string).collect(),
-        shared_identifiers: record.shared_identifiers.iter().map(ToString::to_string).collect(),
+        identifiers: record.identifiers.iter().map(|i| viewer.identifier(i)).collect(),
+        shared_identifiers: record.shared_identifiers.iter().map(|i| viewer.identifier(i)).collect(),
         traits: TraitsView {
             first_seen: traits.first_seen,
             last_seen: traits.last_seen,
@@ -130,8 +135,8 @@ fn customer_view(state: &AppState, record: CustomerRecord, page: EventPage) -> C
         },
         merged_from: record.merged_from.iter().map(ToString::to_string).collect(),
         accounts: record.accounts.clone(),
-        profile: record.profile,
-        timeline: timeline_view(page),
+        profile: viewer.profile(&record.profile),
+        timeline: timeline_view(&viewer, page),
     }
 }
 
@@ -150,13 +155,13 @@ fn moved(survivor: CustomerId, suffix: &str) -> Response {
     response
 }
 
-async fn load_view(state: &AppState, id: CustomerId) -> Result<Result<CustomerView, Response>, ApiError> {
+async fn load_view(state: &AppState, role: Role, id: CustomerId) -> Result<Result<CustomerView, Response>, ApiError> {
     match state.store.run(move |engine| engine.customer(id)).await? {
         CustomerLookup::NotFound => Err(ApiError::NotFound(format!("no customer `{id}`"))),
         CustomerLookup::MergedInto(survivor) => Ok(Err(moved(survivor, ""))),
         CustomerLookup::Found(record) => {
             let page = state.store.run(move |engine| engine.events(id, None, 20)).await?;
-            Ok(Ok(customer_view(state, *record, page)))
+            Ok(Ok(customer_view(state, role, *record, page)))
         }
     }
 }
@@ -172,11 +177,11 @@ async fn load_view(state: &AppState, id: CustomerId) -> Result<Result<CustomerVi
     security(("bearer" = [])))]
 pub async fn get_customer(
     State(state): State<AppState>,
-    _caller: Authorized<ReadCustomers>,
+    caller: Authorized<ReadCustomers>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_customer_id(&id)?;
-    Ok(match load_view(&state, id).await? {
+    Ok(match load_view(&state, caller.key.role, id).await? {
         Ok(view) => Json(view).into_response(),
         Err(redirect) => redirect,
     })
@@ -217,7 +222,7 @@ pub struct SearchResults {
     security(("bearer" = [])))]
 pub async fn find_customers(
     State(state): State<AppState>,
-    _caller: Authorized<ReadCustomers>,
+    caller: Authorized<ReadCustomers>,
     Query(query): Query<CustomerQuery>,
 ) -> Result<Response, ApiError> {
     if let Some(text) = query.identifier {
@@ -228,7 +233,7 @@ pub async fn find_customers(
             .run(move |engine| engine.customer_id_by_identifier(&lookup))
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no customer holds `{identifier}`")))?;
-        return Ok(match load_view(&state, id).await? {
+        return Ok(match load_view(&state, caller.key.role, id).await? {
             Ok(view) => Json(view).into_response(),
             Err(redirect) => redirect,
         });
@@ -284,7 +289,7 @@ pub struct TimelineQuery {
     security(("bearer" = [])))]
 pub async fn customer_events(
     State(state): State<AppState>,
-    _caller: Authorized<ReadCustomers>,
+    caller: Authorized<ReadCustomers>,
     Path(id): Path<String>,
     Query(query): Query<TimelineQuery>,
 ) -> Result<Response, ApiError> {
@@ -309,7 +314,7 @@ pub async fn customer_events(
         CustomerLookup::Found(_) => {}
     }
     let page = state.store.run(move |engine| engine.events(id, cursor.as_ref(), limit)).await?;
-    Ok(Json(timeline_view(page)).into_response())
+    Ok(Json(timeline_view(&Viewer::new(&state.store, caller.key.role), page)).into_response())
 }
 
 /// Merges of other profiles into this one.
@@ -327,11 +332,15 @@ pub struct MergesView {
     security(("bearer" = [])))]
 pub async fn customer_merges(
     State(state): State<AppState>,
-    _caller: Authorized<ReadCustomers>,
+    caller: Authorized<ReadCustomers>,
     Path(id): Path<String>,
 ) -> Result<Json<MergesView>, ApiError> {
     let id = parse_customer_id(&id)?;
-    let merges = state.store.run(move |engine| engine.merges(id)).await?;
+    let mut merges = state.store.run(move |engine| engine.merges(id)).await?;
+    let viewer = Viewer::new(&state.store, caller.key.role);
+    for merge in &mut merges {
+        merge.identifiers = merge.identifiers.iter().map(|i| viewer.identifier_text(i)).collect();
+    }
     Ok(Json(MergesView { merges }))
 }
 
@@ -347,7 +356,7 @@ pub async fn customer_merges(
     security(("bearer" = [])))]
 pub async fn undo_merge(
     State(state): State<AppState>,
-    _caller: Authorized<ManageIdentity>,
+    caller: Authorized<ManageIdentity>,
     Path(merge_id): Path<String>,
 ) -> Result<Json<UnmergeReport>, ApiError> {
     let merge_id = MergeId::parse(&merge_id).map_err(|e| ApiError::field("merge_id", e.to_string()))?;
@@ -356,5 +365,8 @@ pub async fn undo_merge(
         crate::store::StoreError::NotFound => ApiError::NotFound(format!("no merge `{merge_id}`")),
         other => other.into(),
     })?;
+    let viewer = Viewer::new(&state.store, caller.key.role);
+    let mut report = report;
+    report.identifiers = report.identifiers.iter().map(|i| viewer.identifier_text(i)).collect();
     Ok(Json(report))
 }

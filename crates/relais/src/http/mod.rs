@@ -8,6 +8,7 @@ pub mod customers;
 pub mod error;
 pub mod metrics;
 pub mod outbox;
+pub mod redact;
 pub mod tracking;
 
 use std::future::Future;

@@ -125,6 +125,7 @@ async fn handle(
             batch_sent_at: body.sent_at.as_ref(),
             batch_context: body.context.as_ref(),
             default_currency: &currency,
+            card_policy: state.settings.ingest.card_policy,
         };
         for raw in batch {
             let result = TrackingMessage::parse_json(raw.get(), &envelope);
@@ -138,6 +139,7 @@ async fn handle(
             batch_sent_at: None,
             batch_context: None,
             default_currency: &currency,
+            card_policy: state.settings.ingest.card_policy,
         };
         let result = TrackingMessage::parse_json(text, &envelope);
         message_ids.push(reported_message_id(&result, text));

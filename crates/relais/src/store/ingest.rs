@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
+use relais_domain::cards::CardPolicy;
 use relais_domain::message::MessageType;
 use relais_domain::resolve::{resolve, KnownIdentities, Target};
 use relais_domain::traits::{OrderEffect, TraitInput};
@@ -19,6 +20,7 @@ use relais_domain::{ComputedTraits, CustomerId, EventId, Identifier, IdentifierK
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::seal::{EncodedEvent, Privacy, StoredValue};
 use super::StoreError;
 
 /// Organisation settings the ingest needs.
@@ -31,11 +33,18 @@ pub struct IngestSettings {
     /// How many people an identifier may be seen with before it is flagged as
     /// shared (a shop's kiosk, a family tablet) and stops linking profiles.
     pub shared_identifier_limit: i64,
+    /// What to do with payment card numbers found in messages (`RELAIS_CARD_NUMBERS`).
+    pub card_policy: CardPolicy,
 }
 
 impl Default for IngestSettings {
     fn default() -> Self {
-        IngestSettings { time_zone: chrono_tz::Europe::Paris, currency: "EUR".into(), shared_identifier_limit: 5 }
+        IngestSettings {
+            time_zone: chrono_tz::Europe::Paris,
+            currency: "EUR".into(),
+            shared_identifier_limit: 5,
+            card_policy: CardPolicy::Reject,
+        }
     }
 }
 
@@ -136,6 +145,9 @@ pub struct CustomerState {
     pub merged_into: Option<CustomerId>,
     /// Whether this batch changed the profile (so engines rewrite it only then).
     pub profile_changed: bool,
+    /// Sealed profile fields as loaded, not yet opened (the ingest opens them
+    /// with the customer's key).
+    pub sealed_profile: Option<Vec<u8>>,
 }
 
 /// An event row to insert.
@@ -149,8 +161,23 @@ pub struct NewEvent<'a> {
     pub source: &'a str,
     /// The message.
     pub message: &'a TrackingMessage,
-    /// Its position in the batch (engines keep per-message data aligned with it).
-    pub index: usize,
+    /// Its payload as stored: clear columns and tokens.
+    pub encoded: &'a EncodedEvent,
+    /// The sealed part of its payload, sealed with the customer's key.
+    pub sealed: Option<Vec<u8>>,
+}
+
+/// An identifier to link to a customer.
+#[derive(Debug, Clone)]
+pub struct NewIdentifier {
+    /// Its lookup token (the primary key).
+    pub token: Identifier,
+    /// Its value, clear or sealed by its class.
+    pub value: StoredValue,
+    /// Owner.
+    pub customer: CustomerId,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 /// A merge to write.
@@ -188,8 +215,10 @@ pub struct ConflictWrite {
 pub struct Changes<'a> {
     /// Profiles to create.
     pub new_customers: Vec<(CustomerId, DateTime<Utc>)>,
+    /// Data keys of new customers (and of older ones that had none), wrapped.
+    pub new_keys: Vec<(CustomerId, Vec<u8>)>,
     /// Identifiers to link (must not exist yet; else `Race`).
-    pub new_identifiers: Vec<(Identifier, CustomerId, DateTime<Utc>)>,
+    pub new_identifiers: Vec<NewIdentifier>,
     /// Events to append.
     pub events: Vec<NewEvent<'a>>,
     /// Message ids to remember (must not exist yet; else `Race`).
@@ -202,6 +231,8 @@ pub struct Changes<'a> {
     pub conflicts: Vec<ConflictWrite>,
     /// Final state of every touched customer.
     pub customers: Vec<(CustomerId, CustomerState)>,
+    /// Stored form (clear JSON, sealed fields) of every profile this batch changed.
+    pub profiles: HashMap<CustomerId, super::seal::StoredProfile>,
     /// Final exclusive identifiers of every touched customer (for engines that cache them).
     pub exclusives: Vec<(CustomerId, Vec<Identifier>)>,
     /// Identifiers seen with another person than their owner: identifier, that
@@ -240,23 +271,25 @@ pub trait IngestTx {
     }
     /// Load (and, with several writers, lock in the given sorted order) customers.
     fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError>;
+    /// Wrapped data keys of customers (those that have one).
+    fn data_keys(&mut self, customers: &[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>;
     /// Apply every change.
     fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError>;
 }
 
-/// The identifiers a message links, including an alias's previous id.
-fn message_identifiers(message: &TrackingMessage, owners: &HashMap<Identifier, CustomerId>) -> Vec<Identifier> {
-    let mut identifiers = message.identifiers.clone();
-    if let (MessageType::Alias, Some(previous)) = (message.kind, message.previous_id.as_deref()) {
+/// The tokens of the identifiers a message links, including an alias's previous id.
+fn message_identifiers(
+    encoded: &EncodedEvent,
+    candidates: &[Identifier],
+    owners: &HashMap<Identifier, CustomerId>,
+) -> Vec<Identifier> {
+    let mut identifiers = encoded.tokens.clone();
+    if !candidates.is_empty() {
         // `previousId` is an earlier userId or anonymousId: link whichever is known,
         // and record it as an anonymous id when neither is.
-        let candidates: Vec<Identifier> = [IdentifierKind::UserId, IdentifierKind::AnonymousId]
-            .into_iter()
-            .filter_map(|kind| Identifier::new(kind, previous).ok())
-            .collect();
         let known: Vec<Identifier> = candidates.iter().filter(|c| owners.contains_key(*c)).cloned().collect();
         if known.is_empty() {
-            identifiers.extend(candidates.into_iter().filter(|c| c.kind() == IdentifierKind::AnonymousId));
+            identifiers.extend(candidates.iter().filter(|c| c.kind() == IdentifierKind::AnonymousId).cloned());
         } else {
             identifiers.extend(known);
         }
@@ -288,19 +321,48 @@ fn profile_traits(message: &TrackingMessage) -> Option<&Map<String, Value>> {
     message.context.get("traits").and_then(Value::as_object)
 }
 
-/// Ingest `batch` (source, message) through `tx`; one outcome per message, in order.
+/// One message of a batch: its source, the message, and its stored payload.
+pub type BatchItem<'a> = (&'a str, &'a TrackingMessage, &'a EncodedEvent);
+
+/// Ingest `batch` through `tx`; one outcome per message, in order.
+///
+/// Identity resolution works on lookup tokens only (keyed hashes of the
+/// identifiers), so clear identifier values meet storage only as sealed values.
 pub fn ingest_batch<'a>(
     tx: &mut impl IngestTx,
-    batch: &[(&'a str, &'a TrackingMessage)],
+    batch: &[BatchItem<'a>],
     settings: &IngestSettings,
+    privacy: &Privacy,
 ) -> Result<Vec<Outcome>, StoreError> {
     // 1. Prefetch: which messages are duplicates, who owns the identifiers.
-    let claims: Vec<(&str, &str)> =
-        batch.iter().filter(|(_, m)| m.message_id_given).map(|(source, m)| (*source, m.message_id.as_str())).collect();
+    let claims: Vec<(&str, &str)> = batch
+        .iter()
+        .filter(|(_, m, _)| m.message_id_given)
+        .map(|(source, m, _)| (*source, m.message_id.as_str()))
+        .collect();
     let existing = tx.existing_message_ids(&claims)?;
 
-    let all_identifiers: BTreeSet<Identifier> =
-        batch.iter().flat_map(|(_, m)| m.identifiers.iter().cloned().chain(alias_candidates(m))).collect();
+    // Clear identifiers by token, for the values of identifiers linked now.
+    let mut clear_of: HashMap<Identifier, &Identifier> = HashMap::new();
+    let mut alias_tokens: Vec<Vec<Identifier>> = Vec::with_capacity(batch.len());
+    let mut alias_clear: Vec<(Identifier, Identifier)> = Vec::new();
+    for (_, message, encoded) in batch {
+        for (token, clear) in encoded.tokens.iter().zip(&message.identifiers) {
+            clear_of.insert(token.clone(), clear);
+        }
+        let candidates = alias_candidates(message);
+        let tokens: Vec<Identifier> = candidates.iter().map(|c| privacy.keyring.token(c)).collect();
+        alias_clear.extend(tokens.iter().cloned().zip(candidates));
+        alias_tokens.push(tokens);
+    }
+    for (token, clear) in &alias_clear {
+        clear_of.entry(token.clone()).or_insert(clear);
+    }
+    let all_identifiers: BTreeSet<Identifier> = batch
+        .iter()
+        .zip(&alias_tokens)
+        .flat_map(|((_, _, encoded), aliases)| encoded.tokens.iter().cloned().chain(aliases.iter().cloned()))
+        .collect();
     let all_identifiers: Vec<Identifier> = all_identifiers.into_iter().collect();
     let known_owners = tx.identifier_owners(&all_identifiers)?;
     let first_read = tx.concurrent_writers().then(|| known_owners.clone());
@@ -332,15 +394,29 @@ pub fn ingest_batch<'a>(
         // An identifier pointed at a profile that a concurrent writer merged away.
         return Err(StoreError::Race);
     }
+    let mut changes = Changes { shared_limit: settings.shared_identifier_limit, ..Changes::default() };
+    let mut keys = super::seal::data_keys(&privacy.keyring, &owner_ids, |missing| tx.data_keys(missing))?;
+    for id in &owner_ids {
+        if !keys.contains_key(id) {
+            // A profile stored before encryption at rest had no key yet.
+            let (key, wrapped) = privacy.keyring.new_data_key(*id);
+            keys.insert(*id, key);
+            changes.new_keys.push((*id, wrapped));
+        }
+    }
+    for (id, state) in customers.iter_mut() {
+        if let Some(sealed) = state.sealed_profile.take() {
+            super::seal::open_profile(&mut state.profile, Some(&sealed), keys.get(id))?;
+        }
+    }
 
     // 2. Resolve and fold, message by message, in memory.
-    let mut changes = Changes { shared_limit: settings.shared_identifier_limit, ..Changes::default() };
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut seen_in_batch: HashMap<(&str, &str), (CustomerId, EventId)> = HashMap::new();
     let mut day_deltas: HashMap<(CustomerId, NaiveDate), (i64, i64)> = HashMap::new();
     let mut touched: BTreeSet<CustomerId> = BTreeSet::new();
 
-    for (index, (source, message)) in batch.iter().enumerate() {
+    for ((source, message, encoded), aliases) in batch.iter().zip(&alias_tokens) {
         let key = (*source, message.message_id.as_str());
         if message.message_id_given {
             if let Some((customer_id, event_id)) = existing.get(&(key.0.to_string(), key.1.to_string())) {
@@ -354,7 +430,7 @@ pub fn ingest_batch<'a>(
         }
 
         let identifiers: Vec<Identifier> =
-            message_identifiers(message, &owners).into_iter().filter(|i| !shared.contains(i)).collect();
+            message_identifiers(encoded, aliases, &owners).into_iter().filter(|i| !shared.contains(i)).collect();
         let known = KnownIdentities {
             owners: identifiers.iter().filter_map(|i| owners.get(i).map(|c| (i.clone(), *c))).collect(),
             exclusives: identifiers
@@ -370,12 +446,24 @@ pub fn ingest_batch<'a>(
                 let id = CustomerId::new();
                 changes.new_customers.push((id, message.received_at));
                 customers.insert(id, CustomerState::default());
+                let (key, wrapped) = privacy.keyring.new_data_key(id);
+                keys.insert(id, key);
+                changes.new_keys.push((id, wrapped));
                 id
             }
         };
+        let data_key = keys.get(&customer_id).expect("every target customer has a data key").clone();
         for identifier in &resolution.attach {
             owners.insert(identifier.clone(), customer_id);
-            changes.new_identifiers.push((identifier.clone(), customer_id, message.received_at));
+            let clear = clear_of
+                .get(identifier)
+                .ok_or_else(|| StoreError::Database("an identifier to link has no value in the batch".into()))?;
+            changes.new_identifiers.push(NewIdentifier {
+                token: identifier.clone(),
+                value: StoredValue::of(&privacy.classes, clear, customer_id, &data_key),
+                customer: customer_id,
+                at: message.received_at,
+            });
             if identifier.kind().is_exclusive() {
                 exclusives.entry(customer_id).or_default().push(identifier.clone());
             }
@@ -441,7 +529,8 @@ pub fn ingest_batch<'a>(
             changes.memberships.push((customer_id, group_id, message.received_at));
         }
         touched.insert(customer_id);
-        changes.events.push(NewEvent { customer_id, event_id, source, message, index });
+        let sealed = encoded.personal.as_deref().map(|plain| data_key.seal(customer_id, plain));
+        changes.events.push(NewEvent { customer_id, event_id, source, message, encoded, sealed });
         if message.message_id_given {
             changes.message_claims.push((source, &message.message_id, customer_id, event_id, message.received_at));
             seen_in_batch.insert(key, (customer_id, event_id));
@@ -455,6 +544,12 @@ pub fn ingest_batch<'a>(
     changes.day_deltas = deltas;
     changes.exclusives = touched.iter().map(|id| (*id, exclusives.get(id).cloned().unwrap_or_default())).collect();
     changes.customers = touched.into_iter().map(|id| (id, customers.remove(&id).unwrap_or_default())).collect();
+    for (id, state) in &changes.customers {
+        if state.profile_changed {
+            let key = keys.get(id).expect("every touched customer has a data key");
+            changes.profiles.insert(*id, super::seal::seal_profile(&privacy.classes, *id, key, &state.profile));
+        }
+    }
 
     // 3. Write.
     tx.write(&changes)?;

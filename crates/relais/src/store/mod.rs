@@ -8,6 +8,7 @@ pub mod ingest;
 mod pool;
 pub mod postgres;
 pub mod scratch;
+pub mod seal;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -71,6 +72,40 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// Keys are wrong or missing (a master key that does not match, a value that does not decrypt).
+    #[error("{0}")]
+    Keys(String),
+}
+
+/// The system keys from `keyring` rows `(name, wrapped, master fingerprint)`.
+fn stored_keyring(rows: Vec<(String, Vec<u8>, String)>) -> Option<crate::privacy::StoredKeyring> {
+    let find = |name: &str| rows.iter().find(|r| r.0 == name);
+    let (kek, index) = (find("kek")?, find("index")?);
+    Some(crate::privacy::StoredKeyring {
+        kek: kek.1.clone(),
+        index: index.1.clone(),
+        master_fingerprint: kek.2.clone(),
+    })
+}
+
+/// Open the keyring stored in the database with `master`, creating it on a
+/// new database (`insert` must ignore rows another process inserted first).
+fn open_privacy(
+    master: &crate::privacy::MasterKey,
+    classes: relais_domain::privacy::Classification,
+    mut read: impl FnMut() -> Result<Option<crate::privacy::StoredKeyring>, StoreError>,
+    insert: impl FnOnce(&crate::privacy::StoredKeyring) -> Result<(), StoreError>,
+) -> Result<seal::Privacy, StoreError> {
+    let stored = match read()? {
+        Some(stored) => stored,
+        None => {
+            let (_, fresh) = crate::privacy::Keyring::create(master);
+            insert(&fresh)?;
+            read()?.ok_or_else(|| StoreError::Database("the keyring was not stored".into()))?
+        }
+    };
+    let keyring = crate::privacy::Keyring::open(master, &stored)?;
+    Ok(seal::Privacy { keyring, classes })
 }
 
 /// What an unmerge did.
@@ -359,6 +394,12 @@ pub enum DeliveryResult {
 pub trait Engine: Send + Sync + 'static {
     /// Which engine, for logs and `/healthz`.
     fn name(&self) -> &'static str;
+    /// The data classes and keys in force.
+    fn privacy(&self) -> &seal::Privacy;
+    /// Re-wrap the system keys from master key `old` to `new` (rotation); running
+    /// servers keep working, and start with `new` from then on.
+    fn rotate_master(&self, old: &crate::privacy::MasterKey, new: &crate::privacy::MasterKey)
+        -> Result<(), StoreError>;
     /// Store validated messages from one source; one outcome per message, in order.
     fn ingest(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Vec<Outcome>, StoreError>;
     /// Store a new API key (its hash only).
@@ -407,13 +448,32 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (creating and migrating as needed) the store at `location`.
+    /// Open (creating and migrating as needed) the store at `location`, with
+    /// the master key from the environment (see `master_key`) and the data
+    /// classes of `RELAIS_DATA_CLASSES`.
     pub fn open(location: &Location, settings: IngestSettings) -> Result<Store, StoreError> {
+        let master = master_key(location)?;
+        let classes = crate::privacy::classification_from_env().map_err(|e| StoreError::Config(e.to_string()))?;
+        Store::open_with(location, settings, &master, classes)
+    }
+
+    /// Open with an explicit master key and classification.
+    pub fn open_with(
+        location: &Location,
+        settings: IngestSettings,
+        master: &crate::privacy::MasterKey,
+        classes: relais_domain::privacy::Classification,
+    ) -> Result<Store, StoreError> {
         let engine: Arc<dyn Engine> = match location {
-            Location::Folder(folder) => Arc::new(sqlite::SqliteEngine::open(folder, settings)?),
-            Location::Postgres(url) => Arc::new(postgres::PgEngine::open(url, settings)?),
+            Location::Folder(folder) => Arc::new(sqlite::SqliteEngine::open(folder, settings, master, classes)?),
+            Location::Postgres(url) => Arc::new(postgres::PgEngine::open(url, settings, master, classes)?),
         };
         Ok(Store { engine })
+    }
+
+    /// The data classes and keys in force.
+    pub fn privacy(&self) -> &seal::Privacy {
+        self.engine.privacy()
     }
 
     /// The engine's name.
@@ -437,6 +497,27 @@ impl Store {
     pub fn blocking(&self) -> &dyn Engine {
         self.engine.as_ref()
     }
+}
+
+/// The master key for a store: `RELAIS_MASTER_KEY`, `RELAIS_MASTER_KEY_FILE`,
+/// or for a new SQLite data folder, a `master.key` file created in it.
+pub fn master_key(location: &Location) -> Result<crate::privacy::MasterKey, StoreError> {
+    let default_file = match location {
+        // An existing database never gets a new key silently: its key file must be there.
+        Location::Folder(folder) => {
+            let file = folder.join("master.key");
+            if file.exists() || !folder.join("relais.db").exists() {
+                std::fs::create_dir_all(folder).map_err(|e| {
+                    StoreError::Config(format!("cannot create the data folder {}: {e}", folder.display()))
+                })?;
+                Some(file)
+            } else {
+                None
+            }
+        }
+        Location::Postgres(_) => None,
+    };
+    crate::privacy::MasterKey::from_env(default_file.as_deref()).map_err(|e| StoreError::Keys(e.to_string()))
 }
 
 /// The identifiers an event carried, as stored with it (for unmerges).
@@ -483,27 +564,57 @@ pub fn raw_load(
     }
 }
 
-/// Precomputed changes for the raw load: each distinct user id gets one profile.
+/// Keys for a raw load into a throwaway database.
+fn raw_privacy() -> seal::Privacy {
+    let (keyring, _) = crate::privacy::Keyring::create(&crate::privacy::MasterKey::generate());
+    seal::Privacy { keyring, classes: relais_domain::privacy::Classification::default() }
+}
+
+/// Precomputed changes for the raw load: each distinct user id gets one profile,
+/// with its data key; payloads are sealed as ingest seals them.
 fn raw_changes<'a>(
     chunk: &'a [TrackingMessage],
+    encoded: &'a [seal::EncodedEvent],
     owners: &mut std::collections::HashMap<Identifier, CustomerId>,
+    privacy: &seal::Privacy,
 ) -> ingest::Changes<'a> {
     let mut changes = ingest::Changes::default();
-    for (index, message) in chunk.iter().enumerate() {
-        let known = message.identifiers.iter().find_map(|i| owners.get(i).copied());
+    let mut keys: std::collections::HashMap<CustomerId, crate::privacy::DataKey> = std::collections::HashMap::new();
+    for (message, encoded) in chunk.iter().zip(encoded) {
+        let known = encoded.tokens.iter().find_map(|i| owners.get(i).copied());
         let customer = known.unwrap_or_else(|| {
             let id = CustomerId::new();
             changes.new_customers.push((id, message.received_at));
+            let (key, wrapped) = privacy.keyring.new_data_key(id);
+            keys.insert(id, key);
+            changes.new_keys.push((id, wrapped));
             id
         });
-        for identifier in &message.identifiers {
-            if !owners.contains_key(identifier) {
-                owners.insert(identifier.clone(), customer);
-                changes.new_identifiers.push((identifier.clone(), customer, message.received_at));
+        let key = match keys.get(&customer) {
+            Some(key) => key.clone(),
+            None => privacy.keyring.cached(customer).expect("raw-load keys stay cached"),
+        };
+        for (token, identifier) in encoded.tokens.iter().zip(&message.identifiers) {
+            if !owners.contains_key(token) {
+                owners.insert(token.clone(), customer);
+                changes.new_identifiers.push(ingest::NewIdentifier {
+                    token: token.clone(),
+                    value: seal::StoredValue::of(&privacy.classes, identifier, customer, &key),
+                    customer,
+                    at: message.received_at,
+                });
             }
         }
         let event_id = EventId::new();
-        changes.events.push(ingest::NewEvent { customer_id: customer, event_id, source: "raw", message, index });
+        let sealed = encoded.personal.as_deref().map(|plain| key.seal(customer, plain));
+        changes.events.push(ingest::NewEvent {
+            customer_id: customer,
+            event_id,
+            source: "raw",
+            message,
+            encoded,
+            sealed,
+        });
         changes.message_claims.push(("raw", &message.message_id, customer, event_id, message.received_at));
     }
     changes

@@ -15,17 +15,22 @@ use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, Merg
 use serde_json::{Map, Value};
 
 use super::ingest::{
-    family_traits, ingest_batch, Changes, CustomerState, EventFacts, IngestSettings, IngestTx, KnownMessages, Outcome,
-    Rebuild,
+    family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
+    KnownMessages, Outcome, Rebuild,
 };
 use super::pool::Pool;
+use super::seal::{self, EncodedEvent, Privacy};
 use super::{
     event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, EventPage, MergeRecord,
     OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
 };
+use crate::privacy::{MasterKey, StoredKeyring};
+use relais_domain::privacy::Classification;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "customer_database", include_str!("../../migrations/postgres/0001_customer_database.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "customer_database", include_str!("../../migrations/postgres/0001_customer_database.sql")),
+    (2, "encryption_at_rest", include_str!("../../migrations/postgres/0002_encryption_at_rest.sql")),
+];
 
 /// Key of the advisory lock that serialises migrations across processes.
 const MIGRATION_LOCK: i64 = 0x7265_6c61_6973;
@@ -53,14 +58,11 @@ fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
     text.parse().map_err(|_| StoreError::Database(format!("corrupt id `{text}` in the database")))
 }
 
-fn json_text(map: &Map<String, Value>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
-}
-
 /// The PostgreSQL engine.
 pub struct PgEngine {
     pool: Pool<Client>,
     settings: IngestSettings,
+    privacy: Privacy,
 }
 
 fn connect(url: &str) -> Result<Client, StoreError> {
@@ -110,15 +112,86 @@ impl PgEngine {
     }
 
     /// Connect, migrate and build the pool.
-    pub fn open(url: &str, settings: IngestSettings) -> Result<PgEngine, StoreError> {
+    pub fn open(
+        url: &str,
+        settings: IngestSettings,
+        master: &MasterKey,
+        classes: Classification,
+    ) -> Result<PgEngine, StoreError> {
         let mut first = connect(url)?;
         migrate(&mut first)?;
+        let first = std::cell::RefCell::new(first);
+        let privacy = super::open_privacy(
+            master,
+            classes,
+            || read_keyring(&mut *first.borrow_mut()),
+            |stored| {
+                let mut client = first.borrow_mut();
+                let mut tx = client.transaction()?;
+                for (name, wrapped) in [("kek", &stored.kek), ("index", &stored.index)] {
+                    tx.execute(
+                        "INSERT INTO keyring (name, wrapped, master_fingerprint) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        &[&name, wrapped, &stored.master_fingerprint],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            },
+        )?;
         drop(first);
         let url = url.to_string();
         let pool = Pool::new(16, move || connect(&url));
-        Ok(PgEngine { pool, settings })
+        Ok(PgEngine { pool, settings, privacy })
     }
 }
+
+/// The system keys, if the database has them yet.
+fn read_keyring(client: &mut impl postgres::GenericClient) -> Result<Option<StoredKeyring>, StoreError> {
+    let rows = client.query("SELECT name, wrapped, master_fingerprint FROM keyring", &[])?;
+    Ok(super::stored_keyring(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()))
+}
+
+/// Wrapped data keys of customers that have one.
+fn read_data_keys(
+    client: &mut impl postgres::GenericClient,
+    customers: &[CustomerId],
+) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError> {
+    if customers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = customers.iter().map(ToString::to_string).collect();
+    client
+        .query("SELECT customer_id, wrapped FROM data_keys WHERE customer_id = ANY($1)", &[&ids])?
+        .iter()
+        .map(|r| Ok((parse_id(r.get::<_, &str>(0))?, r.get(1))))
+        .collect()
+}
+
+/// The clear `kind:value` of stored identifier tokens (a token whose identifier
+/// is gone, or whose key was destroyed, stays a token).
+fn reveal(
+    client: &mut impl postgres::GenericClient,
+    privacy: &Privacy,
+    tokens: Vec<String>,
+) -> Result<Vec<String>, StoreError> {
+    let rows = client
+        .query("SELECT identifier, value, sealed FROM identifiers WHERE identifier = ANY($1)", &[&tokens])?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get(1), r.get(2), r.get::<_, String>(0)))
+        .collect();
+    Ok(seal::reveal_tokens(tokens, open_identifiers(client, privacy, rows)?))
+}
+
+/// Identifiers (clear) of stored rows, dropping those whose key was destroyed.
+fn open_identifiers<T>(
+    client: &mut impl postgres::GenericClient,
+    privacy: &Privacy,
+    rows: Vec<seal::IdentifierRow<T>>,
+) -> Result<Vec<(Identifier, T)>, StoreError> {
+    seal::open_identifier_rows(&privacy.keyring, rows, |missing| read_data_keys(client, missing))
+}
+
+impl PgEngine {}
 
 struct PgTx<'c, 't> {
     tx: &'c mut postgres::Transaction<'t>,
@@ -184,9 +257,7 @@ impl IngestTx for PgTx<'_, '_> {
         )?;
         let mut found: HashMap<CustomerId, Vec<Identifier>> = HashMap::new();
         for row in rows {
-            if let Ok(identifier) = Identifier::parse(row.get::<_, &str>(1)) {
-                found.entry(parse_id(row.get::<_, &str>(0))?).or_default().push(identifier);
-            }
+            found.entry(parse_id(row.get::<_, &str>(0))?).or_default().push(seal::parse_token(row.get::<_, &str>(1))?);
         }
         Ok(found)
     }
@@ -200,7 +271,7 @@ impl IngestTx for PgTx<'_, '_> {
         // batches touching the same customers cannot deadlock. On Citus this
         // becomes one `FOR UPDATE` per customer, in the same order.
         let rows = self.tx.query(
-            "SELECT customer_id, profile, traits, merged_into FROM customers WHERE customer_id = ANY($1) \
+            "SELECT customer_id, profile, traits, merged_into, sealed FROM customers WHERE customer_id = ANY($1) \
              ORDER BY customer_id FOR UPDATE",
             &[&ids],
         )?;
@@ -219,10 +290,15 @@ impl IngestTx for PgTx<'_, '_> {
                     traits: serde_json::from_value(traits).unwrap_or_default(),
                     merged_into: merged_into.map(parse_id).transpose()?,
                     profile_changed: false,
+                    sealed_profile: row.get(4),
                 },
             );
         }
         Ok(found)
+    }
+
+    fn data_keys(&mut self, customers: &[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError> {
+        read_data_keys(self.tx, customers)
     }
 
     fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError> {
@@ -235,17 +311,28 @@ impl IngestTx for PgTx<'_, '_> {
                 &[&ids, &ats],
             )?;
         }
+        if !changes.new_keys.is_empty() {
+            let ids: Vec<String> = changes.new_keys.iter().map(|(id, _)| id.to_string()).collect();
+            let wrapped: Vec<&[u8]> = changes.new_keys.iter().map(|(_, w)| w.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO data_keys (customer_id, wrapped) SELECT * FROM unnest($1::text[], $2::bytea[])",
+                &[&ids, &wrapped],
+            )?;
+        }
         if !changes.new_identifiers.is_empty() {
             let mut sorted: Vec<_> = changes.new_identifiers.iter().collect();
-            sorted.sort_by(|a, b| a.0.cmp(&b.0));
-            let identifiers: Vec<String> = sorted.iter().map(|(i, _, _)| i.to_string()).collect();
-            let kinds: Vec<&str> = sorted.iter().map(|(i, _, _)| i.kind().as_str()).collect();
-            let owners: Vec<String> = sorted.iter().map(|(_, c, _)| c.to_string()).collect();
-            let ats: Vec<DateTime<Utc>> = sorted.iter().map(|(_, _, at)| *at).collect();
+            sorted.sort_by(|a, b| a.token.cmp(&b.token));
+            let identifiers: Vec<String> = sorted.iter().map(|n| n.token.to_string()).collect();
+            let kinds: Vec<&str> = sorted.iter().map(|n| n.token.kind().as_str()).collect();
+            let owners: Vec<String> = sorted.iter().map(|n| n.customer.to_string()).collect();
+            let ats: Vec<DateTime<Utc>> = sorted.iter().map(|n| n.at).collect();
+            let values: Vec<Option<&str>> = sorted.iter().map(|n| n.value.clear()).collect();
+            let sealed: Vec<Option<&[u8]>> = sorted.iter().map(|n| n.value.sealed()).collect();
             let inserted = tx.execute(
-                "INSERT INTO identifiers (identifier, kind, customer_id, created_at) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
-                &[&identifiers, &kinds, &owners, &ats],
+                "INSERT INTO identifiers (identifier, kind, customer_id, created_at, value, sealed) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::bytea[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&identifiers, &kinds, &owners, &ats, &values, &sealed],
             )?;
             if inserted as usize != identifiers.len() {
                 return Err(StoreError::Race);
@@ -363,14 +450,19 @@ impl IngestTx for PgTx<'_, '_> {
         if !changes.customers.is_empty() {
             let ids: Vec<String> = changes.customers.iter().map(|(id, _)| id.to_string()).collect();
             // An unchanged profile is sent as NULL and kept as stored.
-            let profiles: Vec<Option<String>> =
-                changes.customers.iter().map(|(_, s)| s.profile_changed.then(|| json_text(&s.profile))).collect();
+            let stored: Vec<Option<&seal::StoredProfile>> =
+                changes.customers.iter().map(|(id, _)| changes.profiles.get(id)).collect();
+            let profiles: Vec<Option<&str>> = stored.iter().map(|p| p.map(|(clear, _)| clear.as_str())).collect();
+            let changed: Vec<bool> = stored.iter().map(Option::is_some).collect();
+            let sealed: Vec<Option<&[u8]>> = stored.iter().map(|p| p.and_then(|(_, s)| s.as_deref())).collect();
             let traits: Vec<String> =
                 changes.customers.iter().map(|(_, s)| serde_json::to_string(&s.traits).unwrap_or_default()).collect();
             tx.execute(
-                "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, updated_at = now() \
-                 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, p, t) WHERE c.customer_id = u.id",
-                &[&ids, &profiles, &traits],
+                "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, updated_at = now(), \
+                 sealed = CASE WHEN u.changed THEN u.s ELSE c.sealed END \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bytea[]) AS u(id, p, t, changed, s) \
+                 WHERE c.customer_id = u.id",
+                &[&ids, &profiles, &traits, &changed, &sealed],
             )?;
         }
         Ok(())
@@ -390,28 +482,29 @@ fn insert_events(tx: &mut postgres::Transaction<'_>, changes: &Changes<'_>) -> R
     let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.message.received_at).collect();
     let sent: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.message.sent_at).collect();
     let original: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.message.original_timestamp).collect();
-    let user_id: Vec<Option<&str>> = events.iter().map(|e| e.message.user_id.as_deref()).collect();
-    let anonymous_id: Vec<Option<&str>> = events.iter().map(|e| e.message.anonymous_id.as_deref()).collect();
+    let user_id: Vec<Option<&str>> = events.iter().map(|e| e.encoded.user_id.as_deref()).collect();
+    let anonymous_id: Vec<Option<&str>> = events.iter().map(|e| e.encoded.anonymous_id.as_deref()).collect();
     let store: Vec<Option<&str>> = events.iter().map(|e| e.message.store.as_deref()).collect();
     let order_id: Vec<Option<&str>> =
         events.iter().map(|e| e.message.order.as_ref().and_then(|o| o.order_id.as_deref())).collect();
     let amount: Vec<Option<i64>> = events.iter().map(|e| e.message.order.as_ref().map(|o| o.amount_minor)).collect();
     let currency: Vec<Option<&str>> =
         events.iter().map(|e| e.message.order.as_ref().map(|o| o.currency.as_str())).collect();
-    let properties: Vec<String> = events.iter().map(|e| json_text(&e.message.properties)).collect();
-    let context: Vec<String> = events.iter().map(|e| json_text(&e.message.context)).collect();
-    let traits: Vec<String> = events.iter().map(|e| json_text(&e.message.traits)).collect();
-    let extra: Vec<String> = events.iter().map(|e| json_text(&e.message.extra)).collect();
-    let identifiers: Vec<String> = events.iter().map(|e| super::identifiers_json(&e.message.identifiers)).collect();
+    let properties: Vec<&str> = events.iter().map(|e| e.encoded.properties.as_str()).collect();
+    let context: Vec<&str> = events.iter().map(|e| e.encoded.context.as_str()).collect();
+    let traits: Vec<&str> = events.iter().map(|e| e.encoded.traits.as_str()).collect();
+    let extra: Vec<&str> = events.iter().map(|e| e.encoded.extra.as_str()).collect();
+    let identifiers: Vec<&str> = events.iter().map(|e| e.encoded.tokens_json.as_str()).collect();
+    let sealed: Vec<Option<&[u8]>> = events.iter().map(|e| e.sealed.as_deref()).collect();
     tx.execute(
         "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, sent_at, \
          original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, properties, context, traits, extra, \
-         identifiers) \
-         SELECT c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p::jsonb, cx::jsonb, t::jsonb, x::jsonb, i::jsonb \
+         identifiers, sealed) \
+         SELECT c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p::jsonb, cx::jsonb, t::jsonb, x::jsonb, i::jsonb, se \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
          $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[], \
          $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], \
-         $22::text[]) AS u(c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p, cx, t, x, i)",
+         $22::text[], $23::bytea[]) AS u(c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p, cx, t, x, i, se)",
         &[
             &customer,
             &event_id,
@@ -435,6 +528,7 @@ fn insert_events(tx: &mut postgres::Transaction<'_>, changes: &Changes<'_>) -> R
             &traits,
             &extra,
             &identifiers,
+            &sealed,
         ],
     )?;
     Ok(())
@@ -479,10 +573,10 @@ fn outbox_from_row(row: &postgres::Row) -> Result<OutboxItem, StoreError> {
 }
 
 const EVENT_COLUMNS: &str = "event_id, customer_id, message_id, type, name, channel, ts, received_at, sent_at, \
-     store, user_id, anonymous_id, properties, context, traits, computed";
+     store, user_id, anonymous_id, properties, context, traits, computed, sealed";
 
-fn event_from_row(row: &postgres::Row) -> Result<StoredEvent, StoreError> {
-    Ok(StoredEvent {
+fn event_from_row(row: &postgres::Row) -> Result<(StoredEvent, Option<Vec<u8>>), StoreError> {
+    let event = StoredEvent {
         event_id: parse_id(row.get::<_, &str>(0))?,
         customer_id: parse_id(row.get::<_, &str>(1))?,
         message_id: row.get(2),
@@ -499,7 +593,8 @@ fn event_from_row(row: &postgres::Row) -> Result<StoredEvent, StoreError> {
         context: row.get(13),
         traits: row.get(14),
         computed: row.get(15),
-    })
+    };
+    Ok((event, row.get(16)))
 }
 
 impl Engine for PgEngine {
@@ -507,14 +602,37 @@ impl Engine for PgEngine {
         "postgres"
     }
 
+    fn privacy(&self) -> &Privacy {
+        &self.privacy
+    }
+
+    fn rotate_master(&self, old: &MasterKey, new: &MasterKey) -> Result<(), StoreError> {
+        self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            tx.execute("LOCK TABLE keyring IN EXCLUSIVE MODE", &[])?;
+            let stored =
+                read_keyring(&mut tx)?.ok_or_else(|| StoreError::Keys("the database has no keyring".into()))?;
+            let rotated = crate::privacy::Keyring::rewrap(&stored, old, new)?;
+            for (name, wrapped) in [("kek", &rotated.kek), ("index", &rotated.index)] {
+                tx.execute(
+                    "UPDATE keyring SET wrapped = $2, master_fingerprint = $3, rotated_at = now() WHERE name = $1",
+                    &[&name, wrapped, &rotated.master_fingerprint],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn ingest(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Vec<Outcome>, StoreError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let batch: Vec<(&str, &TrackingMessage)> = messages.iter().map(|m| (source, m)).collect();
+        let encoded: Vec<EncodedEvent> = messages.iter().map(|m| EncodedEvent::of(m, &self.privacy)).collect();
+        let batch: Vec<BatchItem<'_>> = messages.iter().zip(&encoded).map(|(m, e)| (source, m, e)).collect();
         self.retrying(|client| {
             let mut tx = client.transaction()?;
-            let outcomes = ingest_batch(&mut PgTx { tx: &mut tx }, &batch, &self.settings)?;
+            let outcomes = ingest_batch(&mut PgTx { tx: &mut tx }, &batch, &self.settings, &self.privacy)?;
             tx.commit()?;
             Ok(outcomes)
         })
@@ -553,7 +671,7 @@ impl Engine for PgEngine {
         self.pool.with(|client| {
             let key = id.to_string();
             let Some(row) = client.query_opt(
-                "SELECT created_at, merged_into, profile, traits FROM customers WHERE customer_id = $1",
+                "SELECT created_at, merged_into, profile, traits, sealed FROM customers WHERE customer_id = $1",
                 &[&key],
             )?
             else {
@@ -562,16 +680,19 @@ impl Engine for PgEngine {
             if let Some(survivor) = row.get::<_, Option<&str>>(1) {
                 return Ok(CustomerLookup::MergedInto(parse_id(survivor)?));
             }
-            let profile = match row.get::<_, Value>(2) {
+            let mut profile = match row.get::<_, Value>(2) {
                 Value::Object(map) => map,
                 _ => Map::new(),
             };
+            let keys = seal::data_keys(&self.privacy.keyring, &[id], |missing| read_data_keys(client, missing))?;
+            seal::open_profile(&mut profile, row.get::<_, Option<&[u8]>>(4), keys.get(&id))?;
             let traits: ComputedTraits = serde_json::from_value(row.get(3)).unwrap_or_default();
-            let mut identifiers: Vec<(Identifier, bool)> = client
-                .query("SELECT identifier, shared FROM identifiers WHERE customer_id = $1", &[&key])?
+            let rows = client
+                .query("SELECT identifier, value, sealed, shared FROM identifiers WHERE customer_id = $1", &[&key])?
                 .iter()
-                .filter_map(|r| Identifier::parse(r.get::<_, &str>(0)).ok().map(|i| (i, r.get::<_, bool>(1))))
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<_, bool>(3)))
                 .collect();
+            let mut identifiers = open_identifiers(client, &self.privacy, rows)?;
             identifiers.sort();
             let shared_identifiers = identifiers.iter().filter(|(_, shared)| *shared).map(|(i, _)| i.clone()).collect();
             let identifiers = identifiers.into_iter().map(|(i, _)| i).collect();
@@ -610,7 +731,10 @@ impl Engine for PgEngine {
     fn customer_id_by_identifier(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError> {
         self.pool.with(|client| {
             client
-                .query_opt("SELECT customer_id FROM identifiers WHERE identifier = $1", &[&identifier.to_string()])?
+                .query_opt(
+                    "SELECT customer_id FROM identifiers WHERE identifier = $1",
+                    &[&self.privacy.keyring.token(identifier).to_string()],
+                )?
                 .map(|r| parse_id(r.get::<_, &str>(0)))
                 .transpose()
         })
@@ -641,7 +765,9 @@ impl Engine for PgEngine {
                     &[&owners, &fetch],
                 )?,
             };
-            let mut events = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
+            let sealed_events = rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>()?;
+            let mut events =
+                seal::open_events(&self.privacy.keyring, sealed_events, |missing| read_data_keys(client, missing))?;
             let next = if events.len() > limit {
                 events.truncate(limit);
                 events.last().map(|e| TimelineCursor { timestamp: e.timestamp, event_id: e.event_id })
@@ -654,13 +780,12 @@ impl Engine for PgEngine {
 
     fn merges(&self, id: CustomerId) -> Result<Vec<MergeRecord>, StoreError> {
         self.pool.with(|client| {
-            client
-                .query(
-                    "SELECT merge_id, survivor_id, merged_id, at, reason, identifiers FROM merges \
-                     WHERE survivor_id = $1 AND undone_at IS NULL ORDER BY merge_id",
-                    &[&id.to_string()],
-                )?
-                .iter()
+            let rows = client.query(
+                "SELECT merge_id, survivor_id, merged_id, at, reason, identifiers FROM merges \
+                 WHERE survivor_id = $1 AND undone_at IS NULL ORDER BY merge_id",
+                &[&id.to_string()],
+            )?;
+            rows.iter()
                 .map(|r| {
                     Ok(MergeRecord {
                         merge_id: parse_id(r.get::<_, &str>(0))?,
@@ -668,7 +793,11 @@ impl Engine for PgEngine {
                         merged_id: parse_id(r.get::<_, &str>(2))?,
                         at: r.get(3),
                         reason: r.get(4),
-                        identifiers: serde_json::from_value(r.get(5)).unwrap_or_default(),
+                        identifiers: reveal(
+                            client,
+                            &self.privacy,
+                            serde_json::from_value(r.get(5)).unwrap_or_default(),
+                        )?,
                     })
                 })
                 .collect()
@@ -805,9 +934,12 @@ impl Engine for PgEngine {
                     &[&merged, &survivor, &going_back],
                 )?;
                 tx.execute(
-                    "INSERT INTO events SELECT $1::text, event_id, source, message_id, type, name, channel, ts, received_at, \
+                    "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, \
                      sent_at, original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, computed, \
-                     properties, context, traits, extra, identifiers FROM events WHERE customer_id = $2 AND event_id = ANY($3)",
+                     properties, context, traits, extra, identifiers, sealed) \
+                     SELECT $1::text, event_id, source, message_id, type, name, channel, ts, received_at, \
+                     sent_at, original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, computed, \
+                     properties, context, traits, extra, identifiers, sealed FROM events WHERE customer_id = $2 AND event_id = ANY($3)",
                     &[&merged, &survivor, &going_back],
                 )?;
                 tx.execute(
@@ -843,7 +975,7 @@ impl Engine for PgEngine {
                 merge_id,
                 survivor_id: parse_id(&survivor)?,
                 restored_id: parse_id(&merged)?,
-                identifiers: moved,
+                identifiers: reveal(client, &self.privacy, moved)?,
                 events_moved: going_back.len(),
             })
         })
@@ -941,8 +1073,10 @@ pub fn raw_load(
     migrate(&mut client)?;
     let mut owners = HashMap::new();
     let mut spent = std::time::Duration::ZERO;
+    let privacy = super::raw_privacy();
     for chunk in chunks {
-        let changes = super::raw_changes(&chunk, &mut owners);
+        let encoded: Vec<EncodedEvent> = chunk.iter().map(|m| EncodedEvent::of(m, &privacy)).collect();
+        let changes = super::raw_changes(&chunk, &encoded, &mut owners, &privacy);
         let started = std::time::Instant::now();
         let mut tx = client.transaction()?;
         PgTx { tx: &mut tx }.write(&changes)?;

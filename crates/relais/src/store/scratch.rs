@@ -1,12 +1,15 @@
 //! Throwaway databases for tests and benchmarks: a temporary SQLite folder, or a
 //! fresh schema in a PostgreSQL database; removed when dropped.
 
-use super::{Location, StoreError};
+use super::{IngestSettings, Location, Store, StoreError};
+use crate::privacy::MasterKey;
 
 /// A throwaway place for data, removed on drop.
 pub struct Scratch {
     /// Where to open the store.
     pub location: Location,
+    /// The master key of its data.
+    pub master: MasterKey,
     cleanup: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -30,6 +33,7 @@ impl Scratch {
                 let remove = folder.clone();
                 Ok(Scratch {
                     location: Location::Folder(folder),
+                    master: MasterKey::generate(),
                     cleanup: Some(Box::new(move || {
                         let _ = std::fs::remove_dir_all(remove);
                     })),
@@ -44,6 +48,7 @@ impl Scratch {
                 let drop_url = url.to_string();
                 Ok(Scratch {
                     location: Location::Postgres(scoped),
+                    master: MasterKey::generate(),
                     cleanup: Some(Box::new(move || {
                         if let Ok(mut admin) = postgres::Client::connect(&drop_url, postgres::NoTls) {
                             let _ = admin.batch_execute(&format!("DROP SCHEMA {unique} CASCADE"));
@@ -52,6 +57,16 @@ impl Scratch {
                 })
             }
         }
+    }
+
+    /// Open the store here with this scratch's master key and the default data classes.
+    pub fn open(&self, settings: IngestSettings) -> Result<Store, StoreError> {
+        Store::open_with(&self.location, settings, &self.master, relais_domain::privacy::Classification::default())
+    }
+
+    /// The environment a `relais` process needs to open this scratch's data.
+    pub fn env(&self) -> [(&'static str, String); 1] {
+        [("RELAIS_MASTER_KEY", self.master.encode())]
     }
 
     /// Like `new`, using `RELAIS_TEST_DATABASE_URL` when it is set (tests run on

@@ -16,17 +16,23 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::ingest::{
-    family_traits, ingest_batch, Changes, CustomerState, EventFacts, IngestSettings, IngestTx, KnownMessages, Outcome,
-    Rebuild,
+    family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
+    KnownMessages, Outcome, Rebuild,
 };
 use super::pool::Pool;
+use super::seal::{self, EncodedEvent, Privacy};
 use super::{
     event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, EventPage, MergeRecord,
     OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
 };
+use crate::privacy::{MasterKey, StoredKeyring};
+use relais_domain::privacy::Classification;
+use std::sync::Arc;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "customer_database", include_str!("../../migrations/sqlite/0001_customer_database.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "customer_database", include_str!("../../migrations/sqlite/0001_customer_database.sql")),
+    (2, "encryption_at_rest", include_str!("../../migrations/sqlite/0002_encryption_at_rest.sql")),
+];
 
 /// Messages committed together at most, across concurrent requests.
 const MAX_GROUP_MESSAGES: usize = 20_000;
@@ -80,36 +86,16 @@ impl Default for CustomerCache {
     }
 }
 
-/// The JSON columns of an event, serialised on the request's own thread so the
-/// single writer does not spend its time on them.
-struct EncodedJson {
-    properties: String,
-    context: String,
-    traits: String,
-    extra: String,
-    identifiers: String,
-}
-
-impl EncodedJson {
-    fn of(message: &TrackingMessage) -> EncodedJson {
-        EncodedJson {
-            properties: json_text(&message.properties),
-            context: json_text(&message.context),
-            traits: json_text(&message.traits),
-            extra: json_text(&message.extra),
-            identifiers: super::identifiers_json(&message.identifiers),
-        }
-    }
-}
-
-/// Requests committed together: source, messages, their encoded JSON, where to answer.
-type Group = Vec<(String, Vec<TrackingMessage>, Vec<EncodedJson>, Reply)>;
+/// Requests committed together: source, messages, their stored payloads
+/// (encoded on the request's own thread, so the single writer does not spend
+/// its time on them), where to answer.
+type Group = Vec<(String, Vec<TrackingMessage>, Vec<EncodedEvent>, Reply)>;
 
 enum Job {
     Ingest {
         source: String,
         messages: Vec<TrackingMessage>,
-        encoded: Vec<EncodedJson>,
+        encoded: Vec<EncodedEvent>,
         reply: Reply,
     },
     /// Other writes; `touches_customers` drops the writer's customer cache after.
@@ -124,6 +110,7 @@ pub struct SqliteEngine {
     jobs: mpsc::Sender<Job>,
     readers: Pool<Connection>,
     settings: IngestSettings,
+    privacy: Arc<Privacy>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -162,12 +149,33 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 impl SqliteEngine {
     /// Open or create the database in `folder`.
-    pub fn open(folder: &Path, settings: IngestSettings) -> Result<SqliteEngine, StoreError> {
+    pub fn open(
+        folder: &Path,
+        settings: IngestSettings,
+        master: &MasterKey,
+        classes: Classification,
+    ) -> Result<SqliteEngine, StoreError> {
         std::fs::create_dir_all(folder)
             .map_err(|e| StoreError::Config(format!("cannot create the data folder {}: {e}", folder.display())))?;
         let path = folder.join("relais.db");
         let mut writer = open_connection(&path)?;
         migrate(&mut writer)?;
+        let privacy = Arc::new(super::open_privacy(
+            master,
+            classes,
+            || read_keyring(&writer),
+            |stored| {
+                let tx = writer.unchecked_transaction()?;
+                for (name, wrapped) in [("kek", &stored.kek), ("index", &stored.index)] {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO keyring (name, wrapped, master_fingerprint, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![name, wrapped, stored.master_fingerprint, micros(Utc::now())],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(())
+            },
+        )?);
         // Checkpoints copy the WAL back into the database on their own thread, so
         // the writer's commits never wait for them.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -179,9 +187,10 @@ impl SqliteEngine {
             .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
         let (jobs, receiver) = mpsc::channel::<Job>();
         let writer_settings = settings.clone();
+        let writer_privacy = privacy.clone();
         thread::Builder::new()
             .name("relais-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, receiver, writer_settings))
+            .spawn(move || writer_loop(writer, receiver, writer_settings, writer_privacy))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         let reader_path = path.clone();
         // Readers make point lookups and short scans: a small page cache each keeps
@@ -191,7 +200,7 @@ impl SqliteEngine {
             conn.pragma_update(None, "cache_size", -8_192)?;
             Ok(conn)
         });
-        Ok(SqliteEngine { jobs, readers, settings })
+        Ok(SqliteEngine { jobs, readers, settings, privacy })
     }
 
     /// Run `work` on the writer connection, serialised with ingestion; say whether
@@ -226,7 +235,7 @@ fn checkpoint_loop(conn: Connection) {
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: IngestSettings) {
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: IngestSettings, privacy: Arc<Privacy>) {
     let mut pending: Option<Job> = None;
     // Freeing a committed group's messages takes the writer a few percent of its
     // time: hand them to a thread of their own instead.
@@ -264,7 +273,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
                         Err(_) => break,
                     }
                 }
-                let group = commit_group(&mut conn, group, &settings, &mut cache);
+                let group = commit_group(&mut conn, group, &settings, &privacy, &mut cache);
                 if let Err(mpsc::SendError(group)) = to_drop.send(group) {
                     drop(group);
                 }
@@ -275,11 +284,20 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
 
 /// Commit a group of requests in one transaction; when that fails, commit each
 /// request alone so one request's failure never takes the others down.
-fn commit_group(conn: &mut Connection, group: Group, settings: &IngestSettings, cache: &mut CustomerCache) -> Group {
-    let batch: Vec<(&str, &TrackingMessage)> =
-        group.iter().flat_map(|(source, messages, _, _)| messages.iter().map(move |m| (source.as_str(), m))).collect();
-    let encoded: Vec<&EncodedJson> = group.iter().flat_map(|(_, _, encoded, _)| encoded.iter()).collect();
-    match ingest_in_transaction(conn, &batch, &encoded, settings, cache) {
+fn commit_group(
+    conn: &mut Connection,
+    group: Group,
+    settings: &IngestSettings,
+    privacy: &Privacy,
+    cache: &mut CustomerCache,
+) -> Group {
+    let batch: Vec<BatchItem<'_>> = group
+        .iter()
+        .flat_map(|(source, messages, encoded, _)| {
+            messages.iter().zip(encoded).map(move |(m, e)| (source.as_str(), m, e))
+        })
+        .collect();
+    match ingest_in_transaction(conn, &batch, settings, privacy, cache) {
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
             for (_, messages, _, reply) in &group {
@@ -291,9 +309,9 @@ fn commit_group(conn: &mut Connection, group: Group, settings: &IngestSettings, 
         }
         Err(_) => {
             for (source, messages, encoded, reply) in &group {
-                let batch: Vec<(&str, &TrackingMessage)> = messages.iter().map(|m| (source.as_str(), m)).collect();
-                let encoded: Vec<&EncodedJson> = encoded.iter().collect();
-                let _ = reply.send(ingest_in_transaction(conn, &batch, &encoded, settings, cache));
+                let batch: Vec<BatchItem<'_>> =
+                    messages.iter().zip(encoded).map(|(m, e)| (source.as_str(), m, e)).collect();
+                let _ = reply.send(ingest_in_transaction(conn, &batch, settings, privacy, cache));
             }
         }
     }
@@ -302,9 +320,9 @@ fn commit_group(conn: &mut Connection, group: Group, settings: &IngestSettings, 
 
 fn ingest_in_transaction(
     conn: &mut Connection,
-    batch: &[(&str, &TrackingMessage)],
-    encoded: &[&EncodedJson],
+    batch: &[BatchItem<'_>],
     settings: &IngestSettings,
+    privacy: &Privacy,
     cache: &mut CustomerCache,
 ) -> Result<Vec<Outcome>, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -313,8 +331,8 @@ fn ingest_in_transaction(
         cache.entries.clear();
         cache.data_version = data_version;
     }
-    let mut sqlite_tx = SqliteTx { tx: &tx, encoded, cache: Some(cache), written: Vec::new() };
-    let outcomes = ingest_batch(&mut sqlite_tx, batch, settings)?;
+    let mut sqlite_tx = SqliteTx { tx: &tx, cache: Some(cache), written: Vec::new() };
+    let outcomes = ingest_batch(&mut sqlite_tx, batch, settings, privacy)?;
     let written = std::mem::take(&mut sqlite_tx.written);
     let cache = sqlite_tx.cache.take().expect("cache");
     tx.commit()?;
@@ -327,8 +345,6 @@ fn ingest_in_transaction(
 struct SqliteTx<'t, 'c> {
     /// The connection, inside the caller's transaction.
     tx: &'t Connection,
-    /// Each batch message's JSON columns, by position in the batch.
-    encoded: &'t [&'t EncodedJson],
     /// The writer's cache: entries are taken out while a transaction uses them.
     cache: Option<&'c mut CustomerCache>,
     /// Customers as written, to cache once the transaction commits.
@@ -382,9 +398,7 @@ impl IngestTx for SqliteTx<'_, '_> {
             }
             let rows = stmt.query_map([customer.to_string()], |r| r.get::<_, String>(0))?;
             for row in rows {
-                if let Ok(identifier) = Identifier::parse(&row?) {
-                    found.entry(*customer).or_default().push(identifier);
-                }
+                found.entry(*customer).or_default().push(seal::parse_token(&row?)?);
             }
         }
         Ok(found)
@@ -392,20 +406,28 @@ impl IngestTx for SqliteTx<'_, '_> {
 
     fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError> {
         let mut found = HashMap::new();
-        let mut stmt =
-            self.tx.prepare_cached("SELECT profile, traits, merged_into FROM customers WHERE customer_id = ?1")?;
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT profile, traits, merged_into, sealed FROM customers WHERE customer_id = ?1")?;
         for customer in customers {
             if let Some((state, _)) = self.cache.as_mut().and_then(|c| c.entries.pop(customer)) {
                 found.insert(*customer, state);
                 continue;
             }
-            let row: Option<(String, Option<Vec<u8>>, Option<String>)> =
-                stmt.query_row([customer.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
-            if let Some((profile, traits, merged_into)) = row {
-                found.insert(*customer, customer_state(&profile, traits.as_deref(), merged_into.as_deref())?);
+            let row: Option<CustomerStateRow> = stmt
+                .query_row([customer.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?;
+            if let Some((profile, traits, merged_into, sealed)) = row {
+                let mut state = customer_state(&profile, traits.as_deref(), merged_into.as_deref())?;
+                state.sealed_profile = sealed;
+                found.insert(*customer, state);
             }
         }
         Ok(found)
+    }
+
+    fn data_keys(&mut self, customers: &[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError> {
+        read_data_keys(self.tx, customers)
     }
 
     fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError> {
@@ -416,17 +438,25 @@ impl IngestTx for SqliteTx<'_, '_> {
             for (id, at) in &changes.new_customers {
                 stmt.execute(params![id.to_string(), micros(*at)])?;
             }
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO data_keys (customer_id, wrapped, created_at) VALUES (?1, ?2, ?3)")?;
+            let now = micros(Utc::now());
+            for (id, wrapped) in &changes.new_keys {
+                stmt.execute(params![id.to_string(), wrapped, now])?;
+            }
         }
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO identifiers (identifier, kind, customer_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO identifiers (identifier, kind, customer_id, created_at, value, sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            for (identifier, customer, at) in &changes.new_identifiers {
+            for new in &changes.new_identifiers {
                 stmt.execute(params![
-                    identifier.to_string(),
-                    identifier.kind().as_str(),
-                    customer.to_string(),
-                    micros(*at)
+                    new.token.to_string(),
+                    new.token.kind().as_str(),
+                    new.customer.to_string(),
+                    micros(new.at),
+                    new.value.clear(),
+                    new.value.sealed(),
                 ])?;
             }
         }
@@ -435,19 +465,12 @@ impl IngestTx for SqliteTx<'_, '_> {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, \
                  sent_at, original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, \
-                 properties, context, traits, extra, identifiers) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                 properties, context, traits, extra, identifiers, sealed) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             )?;
             for event in &changes.events {
                 let m = event.message;
-                let computed;
-                let json = match self.encoded.get(event.index) {
-                    Some(json) => *json,
-                    None => {
-                        computed = EncodedJson::of(m);
-                        &computed
-                    }
-                };
+                let json = event.encoded;
                 stmt.execute(params![
                     event.customer_id.to_string(),
                     event.event_id.to_string(),
@@ -460,8 +483,8 @@ impl IngestTx for SqliteTx<'_, '_> {
                     micros(m.received_at),
                     m.sent_at.map(micros),
                     m.original_timestamp.map(micros),
-                    m.user_id,
-                    m.anonymous_id,
+                    json.user_id,
+                    json.anonymous_id,
                     m.store,
                     m.order.as_ref().and_then(|o| o.order_id.as_deref()),
                     m.order.as_ref().map(|o| o.amount_minor),
@@ -470,7 +493,8 @@ impl IngestTx for SqliteTx<'_, '_> {
                     json.context,
                     json.traits,
                     json.extra,
-                    json.identifiers,
+                    json.tokens_json,
+                    event.sealed,
                 ])?;
                 event_seqs.insert(event.event_id, tx.last_insert_rowid());
             }
@@ -591,19 +615,14 @@ impl IngestTx for SqliteTx<'_, '_> {
         }
         {
             let mut with_profile = tx.prepare_cached(
-                "UPDATE customers SET profile = ?2, traits = ?3, updated_at = ?4 WHERE customer_id = ?1",
+                "UPDATE customers SET profile = ?2, traits = ?3, updated_at = ?4, sealed = ?5 WHERE customer_id = ?1",
             )?;
             let mut traits_only =
                 tx.prepare_cached("UPDATE customers SET traits = ?2, updated_at = ?3 WHERE customer_id = ?1")?;
             let now = micros(Utc::now());
             for (id, state) in &changes.customers {
-                if state.profile_changed {
-                    with_profile.execute(params![
-                        id.to_string(),
-                        json_text(&state.profile),
-                        encode_traits(&state.traits),
-                        now
-                    ])?;
+                if let Some((clear, sealed)) = changes.profiles.get(id) {
+                    with_profile.execute(params![id.to_string(), clear, encode_traits(&state.traits), now, sealed])?;
                 } else {
                     traits_only.execute(params![id.to_string(), encode_traits(&state.traits), now])?;
                 }
@@ -624,8 +643,11 @@ impl IngestTx for SqliteTx<'_, '_> {
     }
 }
 
-/// A `customers` row: created_at, merged_into, profile, traits.
-type CustomerRow = (i64, Option<String>, String, Option<Vec<u8>>);
+/// What ingest reads of a `customers` row: profile, traits, merged_into, sealed profile fields.
+type CustomerStateRow = (String, Option<Vec<u8>>, Option<String>, Option<Vec<u8>>);
+
+/// A `customers` row: created_at, merged_into, profile, traits, sealed profile fields.
+type CustomerRow = (i64, Option<String>, String, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Traits as SQLite stores them: postcard, a compact binary serde format.
 fn encode_traits(traits: &ComputedTraits) -> Vec<u8> {
@@ -652,6 +674,7 @@ fn customer_state(
         traits: decode_traits(traits)?,
         merged_into: merged_into.map(parse_id).transpose()?,
         profile_changed: false,
+        sealed_profile: None,
     })
 }
 
@@ -731,9 +754,12 @@ fn outbox_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxIte
 }
 
 const EVENT_COLUMNS: &str = "event_id, customer_id, message_id, type, name, channel, ts, received_at, sent_at, \
-     store, user_id, anonymous_id, properties, context, traits, computed";
+     store, user_id, anonymous_id, properties, context, traits, computed, sealed";
 
-fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredEvent, StoreError>> {
+/// A stored event with its sealed part, not yet opened.
+type SealedEvent = (StoredEvent, Option<Vec<u8>>);
+
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SealedEvent, StoreError>> {
     let event_id: String = row.get(0)?;
     let customer_id: String = row.get(1)?;
     let channel: String = row.get(5)?;
@@ -760,7 +786,51 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredEven
             computed: row.get(15)?,
         })
     };
-    Ok(build())
+    let sealed: Option<Vec<u8>> = row.get(16)?;
+    Ok(build().map(|event| (event, sealed)))
+}
+
+/// The system keys, if the database has them yet.
+fn read_keyring(conn: &Connection) -> Result<Option<StoredKeyring>, StoreError> {
+    let rows: Vec<(String, Vec<u8>, String)> = conn
+        .prepare("SELECT name, wrapped, master_fingerprint FROM keyring")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(super::stored_keyring(rows))
+}
+
+/// Wrapped data keys of customers that have one.
+fn read_data_keys(conn: &Connection, customers: &[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT wrapped FROM data_keys WHERE customer_id = ?1")?;
+    let mut found = Vec::with_capacity(customers.len());
+    for customer in customers {
+        if let Some(wrapped) = stmt.query_row([customer.to_string()], |r| r.get(0)).optional()? {
+            found.push((*customer, wrapped));
+        }
+    }
+    Ok(found)
+}
+
+/// The clear `kind:value` of stored identifier tokens (a token whose identifier
+/// is gone, or whose key was destroyed, stays a token).
+fn reveal(conn: &Connection, privacy: &Privacy, tokens: Vec<String>) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT value, sealed FROM identifiers WHERE identifier = ?1")?;
+    let mut rows = Vec::with_capacity(tokens.len());
+    for token in &tokens {
+        if let Some((value, sealed)) = stmt.query_row([token], |r| Ok((r.get(0)?, r.get(1)?))).optional()? {
+            rows.push((token.clone(), value, sealed, token.clone()));
+        }
+    }
+    Ok(seal::reveal_tokens(tokens, open_identifiers(conn, privacy, rows)?))
+}
+
+/// Identifiers (clear) of stored rows, dropping those whose key was destroyed.
+fn open_identifiers<T>(
+    conn: &Connection,
+    privacy: &Privacy,
+    rows: Vec<seal::IdentifierRow<T>>,
+) -> Result<Vec<(Identifier, T)>, StoreError> {
+    seal::open_identifier_rows(&privacy.keyring, rows, |missing| read_data_keys(conn, missing))
 }
 
 fn placeholders(n: usize, offset: usize) -> String {
@@ -772,11 +842,32 @@ impl Engine for SqliteEngine {
         "sqlite"
     }
 
+    fn privacy(&self) -> &Privacy {
+        &self.privacy
+    }
+
+    fn rotate_master(&self, old: &MasterKey, new: &MasterKey) -> Result<(), StoreError> {
+        let (old, new) = (old.clone(), new.clone());
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let stored = read_keyring(&tx)?.ok_or_else(|| StoreError::Keys("the database has no keyring".into()))?;
+            let rotated = crate::privacy::Keyring::rewrap(&stored, &old, &new)?;
+            for (name, wrapped) in [("kek", &rotated.kek), ("index", &rotated.index)] {
+                tx.execute(
+                    "UPDATE keyring SET wrapped = ?2, master_fingerprint = ?3, rotated_at = ?4 WHERE name = ?1",
+                    params![name, wrapped, rotated.master_fingerprint, micros(Utc::now())],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn ingest(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Vec<Outcome>, StoreError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let encoded = messages.iter().map(EncodedJson::of).collect();
+        let encoded = messages.iter().map(|m| EncodedEvent::of(m, &self.privacy)).collect();
         let (reply, answer) = mpsc::sync_channel(1);
         self.jobs
             .send(Job::Ingest { source: source.to_string(), messages, encoded, reply })
@@ -821,22 +912,24 @@ impl Engine for SqliteEngine {
             let key = id.to_string();
             let row: Option<CustomerRow> = conn
                 .prepare_cached(
-                    "SELECT created_at, merged_into, profile, traits FROM customers WHERE customer_id = ?1",
+                    "SELECT created_at, merged_into, profile, traits, sealed FROM customers WHERE customer_id = ?1",
                 )?
-                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
                 .optional()?;
-            let Some((created_at, merged_into, profile, traits)) = row else {
+            let Some((created_at, merged_into, profile, traits, sealed)) = row else {
                 return Ok(CustomerLookup::NotFound);
             };
             if let Some(survivor) = merged_into {
                 return Ok(CustomerLookup::MergedInto(parse_id(&survivor)?));
             }
-            let state = customer_state(&profile, traits.as_deref(), None)?;
-            let mut identifiers: Vec<(Identifier, bool)> = conn
-                .prepare_cached("SELECT identifier, shared FROM identifiers WHERE customer_id = ?1")?
-                .query_map([&key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))?
-                .filter_map(|r| r.ok().and_then(|(text, shared)| Identifier::parse(&text).ok().map(|i| (i, shared))))
-                .collect();
+            let mut state = customer_state(&profile, traits.as_deref(), None)?;
+            let keys = seal::data_keys(&self.privacy.keyring, &[id], |missing| read_data_keys(conn, missing))?;
+            seal::open_profile(&mut state.profile, sealed.as_deref(), keys.get(&id))?;
+            let rows = conn
+                .prepare_cached("SELECT identifier, value, sealed, shared FROM identifiers WHERE customer_id = ?1")?
+                .query_map([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, bool>(3)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut identifiers = open_identifiers(conn, &self.privacy, rows)?;
             identifiers.sort();
             let shared_identifiers = identifiers.iter().filter(|(_, shared)| *shared).map(|(i, _)| i.clone()).collect();
             let identifiers = identifiers.into_iter().map(|(i, _)| i).collect();
@@ -881,7 +974,7 @@ impl Engine for SqliteEngine {
         self.readers.with(|conn| {
             let owner: Option<String> = conn
                 .prepare_cached("SELECT customer_id FROM identifiers WHERE identifier = ?1")?
-                .query_row([identifier.to_string()], |r| r.get(0))
+                .query_row([self.privacy.keyring.token(identifier).to_string()], |r| r.get(0))
                 .optional()?;
             owner.map(|o| parse_id(&o)).transpose()
         })
@@ -908,10 +1001,12 @@ impl Engine for SqliteEngine {
             }
             sql.push_str(&format!(" ORDER BY ts DESC, event_id DESC LIMIT {}", limit + 1));
             let mut stmt = conn.prepare_cached(&sql)?;
-            let mut events = stmt
+            let sealed_events = stmt
                 .query_map(rusqlite::params_from_iter(values), event_from_row)?
                 .map(|r| r.map_err(StoreError::from).and_then(|inner| inner))
                 .collect::<Result<Vec<_>, StoreError>>()?;
+            let mut events =
+                seal::open_events(&self.privacy.keyring, sealed_events, |missing| read_data_keys(conn, missing))?;
             let next = if events.len() > limit {
                 events.truncate(limit);
                 events.last().map(|e| TimelineCursor { timestamp: e.timestamp, event_id: e.event_id })
@@ -946,7 +1041,7 @@ impl Engine for SqliteEngine {
                     merged_id: parse_id(&merged)?,
                     at: from_micros(at),
                     reason,
-                    identifiers: serde_json::from_str(&identifiers).unwrap_or_default(),
+                    identifiers: reveal(conn, &self.privacy, serde_json::from_str(&identifiers).unwrap_or_default())?,
                 })
             })
             .collect()
@@ -1025,7 +1120,7 @@ impl Engine for SqliteEngine {
 
     fn unmerge(&self, merge_id: MergeId, settings: &IngestSettings) -> Result<UnmergeReport, StoreError> {
         let settings = settings.clone();
-        self.write(true, move |conn| {
+        let mut report = self.write(true, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let key = merge_id.to_string();
             let (merged, at, moved, undone): (String, i64, String, Option<i64>) = tx
@@ -1104,7 +1199,9 @@ impl Engine for SqliteEngine {
                 identifiers: moved,
                 events_moved,
             })
-        })
+        })?;
+        report.identifiers = self.readers.with(|conn| reveal(conn, &self.privacy, report.identifiers.clone()))?;
+        Ok(report)
     }
 
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {
@@ -1202,13 +1299,13 @@ pub fn raw_load(
     migrate(&mut conn)?;
     let mut owners = HashMap::new();
     let mut spent = std::time::Duration::ZERO;
+    let privacy = super::raw_privacy();
     for chunk in chunks {
-        let changes = super::raw_changes(&chunk, &mut owners);
-        let encoded: Vec<EncodedJson> = chunk.iter().map(EncodedJson::of).collect();
-        let encoded: Vec<&EncodedJson> = encoded.iter().collect();
+        let encoded: Vec<EncodedEvent> = chunk.iter().map(|m| EncodedEvent::of(m, &privacy)).collect();
+        let changes = super::raw_changes(&chunk, &encoded, &mut owners, &privacy);
         let started = std::time::Instant::now();
         let tx = conn.transaction()?;
-        SqliteTx { tx: &tx, encoded: &encoded, cache: None, written: Vec::new() }.write(&changes)?;
+        SqliteTx { tx: &tx, cache: None, written: Vec::new() }.write(&changes)?;
         tx.commit()?;
         spent += started.elapsed();
     }

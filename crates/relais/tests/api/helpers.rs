@@ -1,9 +1,12 @@
 //! `TestApp`: a real server on port 0 with a fresh database and request helpers.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
 use relais::config::Settings;
 use relais::http::AppState;
 use relais::store::scratch::Scratch;
-use relais::store::Store;
+use relais::store::{Location, Store};
 use relais_domain::Role;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -43,7 +46,7 @@ impl TestApp {
         // Opening a store and creating keys are blocking calls: keep them off the runtime.
         let (scratch, store, admin, ingest) = tokio::task::spawn_blocking(|| {
             let scratch = Scratch::for_tests("test").expect("scratch database");
-            let store = Store::open(&scratch.location, Settings::default().ingest).expect("open store");
+            let store = scratch.open(Settings::default().ingest).expect("open store");
             let (admin, _) = relais::cli::create_key(&store, Role::Admin, None, None).expect("admin key");
             let (ingest, _) = relais::cli::create_key(&store, Role::Ingest, None, None).expect("ingest key");
             (scratch, store, admin, ingest)
@@ -143,4 +146,73 @@ pub fn urlencode(text: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// A server process that is killed (SIGKILL) when dropped, so a failing test
+/// never leaves servers behind.
+pub struct Server(pub std::process::Child);
+
+impl Server {
+    /// SIGKILL now and reap the process.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()?;
+        self.0.wait().map(|_| ())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Start the real binary on port 0 and return it with its address.
+/// Where a process finds a scratch database: its location and the environment
+/// with its master key.
+#[derive(Clone)]
+pub struct Place {
+    pub location: Location,
+    pub env: [(&'static str, String); 1],
+}
+
+pub fn place(scratch: &Scratch) -> Place {
+    Place { location: scratch.location.clone(), env: scratch.env() }
+}
+
+pub fn start_binary(place: &Place) -> (Server, String) {
+    start_binary_with(place, Stdio::null(), &[])
+}
+
+/// `start_binary` with the server's log (stderr) sent to `log` and more environment.
+pub fn start_binary_with(place: &Place, log: Stdio, env: &[(&str, &str)]) -> (Server, String) {
+    let location = &place.location;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
+    command.arg("serve").arg("--listen").arg("127.0.0.1:0").envs(place.env.clone());
+    command.envs(env.iter().copied());
+    match location {
+        Location::Folder(folder) => command.arg("--data").arg(folder),
+        Location::Postgres(url) => command.arg("--database-url").arg(url),
+    };
+    let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("start relais");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("banner");
+    let address = line.split_whitespace().find(|w| w.starts_with("http://")).expect("address in banner").to_string();
+    (Server(child), address)
+}
+
+/// Run the real binary with a store location; returns (success, stdout, stderr).
+pub fn run_binary(place: &Place, args: &[&str]) -> (bool, String, String) {
+    let location = &place.location;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
+    command.args(args).envs(place.env.clone());
+    match location {
+        Location::Folder(folder) => command.arg("--data").arg(folder),
+        Location::Postgres(url) => command.arg("--database-url").arg(url),
+    };
+    let output = command.output().expect("run relais");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

@@ -14,3 +14,5 @@ mod traits;
 mod outbox;
 // Durability, crash recovery, concurrent servers, OpenAPI and metrics.
 mod operations;
+// Encryption at rest, masks by role, payment cards, master keys.
+mod privacy;

@@ -1,13 +1,9 @@
 //! Durability, crash recovery, concurrent servers, OpenAPI and metrics.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-use relais::store::Location;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use crate::helpers::{place, run_binary, start_binary, TestApp};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_database_runs_with_durable_commit_settings() {
@@ -26,43 +22,10 @@ async fn the_database_runs_with_durable_commit_settings() {
     }
 }
 
-/// A server process that is killed (SIGKILL) when dropped, so a failing test
-/// never leaves servers behind.
-struct Server(std::process::Child);
-
-impl Server {
-    /// SIGKILL now and reap the process.
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()?;
-        self.0.wait().map(|_| ())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.kill();
-    }
-}
-
-/// Start the real binary on port 0 and return it with its address.
-fn start_binary(location: &Location) -> (Server, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
-    command.arg("serve").arg("--listen").arg("127.0.0.1:0");
-    match location {
-        Location::Folder(folder) => command.arg("--data").arg(folder),
-        Location::Postgres(url) => command.arg("--database-url").arg(url),
-    };
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start relais");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("banner");
-    let address = line.split_whitespace().find(|w| w.starts_with("http://")).expect("address in banner").to_string();
-    (Server(child), address)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_acknowledged_batch_survives_kill_9_of_the_server() {
     let app = TestApp::spawn().await;
-    let location = app.scratch.location.clone();
+    let location = place(&app.scratch);
     let (mut child, address) = start_binary(&location);
     let messages: Vec<Value> = (0..200)
         .map(|i| json!({"type": "track", "userId": format!("k{}", i % 10), "event": "Product Viewed", "messageId": format!("kill-{i}")}))
@@ -93,7 +56,7 @@ async fn an_acknowledged_batch_survives_kill_9_of_the_server() {
 async fn two_servers_racing_on_new_identifiers_make_one_profile_per_person() {
     let app = TestApp::spawn().await;
     // Two more server processes on the same database, beside the in-process one.
-    let location = app.scratch.location.clone();
+    let location = place(&app.scratch);
     let (mut first_process, first) = tokio::task::spawn_blocking({
         let l = location.clone();
         move || start_binary(&l)
@@ -199,26 +162,10 @@ async fn metrics_count_ingested_and_rejected_events() {
     assert_eq!(health["status"], "ok");
 }
 
-/// Run the real binary with a store location; returns (success, stdout, stderr).
-fn run_binary(location: &Location, args: &[&str]) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
-    command.args(args);
-    match location {
-        Location::Folder(folder) => command.arg("--data").arg(folder),
-        Location::Postgres(url) => command.arg("--database-url").arg(url),
-    };
-    let output = command.output().expect("run relais");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn importing_files_stores_good_rows_reports_bad_ones_and_never_twice() {
     let app = TestApp::spawn().await;
-    let location = app.scratch.location.clone();
+    let location = place(&app.scratch);
     let folder = tempfile::tempdir().unwrap();
     let customers = folder.path().join("clients.csv");
     std::fs::write(
@@ -269,7 +216,7 @@ async fn importing_files_stores_good_rows_reports_bad_ones_and_never_twice() {
 async fn servers_starting_together_on_a_new_database_all_come_up() {
     let scratch =
         tokio::task::spawn_blocking(|| relais::store::scratch::Scratch::for_tests("migrate").unwrap()).await.unwrap();
-    let location = scratch.location.clone();
+    let location = place(&scratch);
     let children = tokio::task::spawn_blocking(move || {
         let starts: Vec<_> = (0..3)
             .map(|_| {

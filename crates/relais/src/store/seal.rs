@@ -1,0 +1,328 @@
+//! How customer data is laid out at rest, for every engine: values of classes
+//! that are encrypted go into one sealed blob per row (sealed with the owner's
+//! data key), the rest stays in clear columns that segments and totals read;
+//! identifiers are stored under their keyed-hash token.
+
+use std::collections::HashMap;
+
+use relais_domain::privacy::{merge_maps, Classification, DataClass};
+use relais_domain::{CustomerId, Identifier, IdentifierKind, TrackingMessage};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::StoreError;
+use crate::privacy::{DataKey, KeyError, Keyring};
+
+/// The data classes and the keys: what storage needs to lay data out.
+#[derive(Debug)]
+pub struct Privacy {
+    /// Keys.
+    pub keyring: Keyring,
+    /// Classes.
+    pub classes: Classification,
+}
+
+impl From<KeyError> for StoreError {
+    fn from(error: KeyError) -> Self {
+        StoreError::Keys(error.to_string())
+    }
+}
+
+/// The part of an event's payload that is sealed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SealedPayload {
+    #[serde(rename = "userId", default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    #[serde(rename = "anonymousId", default, skip_serializing_if = "Option::is_none")]
+    anonymous_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    properties: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    context: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    traits: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    extra: Map<String, Value>,
+}
+
+/// An event's payload as stored: clear JSON columns, and the rest as JSON
+/// waiting to be sealed once the event's customer is known.
+#[derive(Debug)]
+pub struct EncodedEvent {
+    /// Clear properties.
+    pub properties: String,
+    /// Clear context.
+    pub context: String,
+    /// Clear traits.
+    pub traits: String,
+    /// Clear other keys.
+    pub extra: String,
+    /// `userId`, when its class is stored in clear.
+    pub user_id: Option<String>,
+    /// `anonymousId`, when its class is stored in clear.
+    pub anonymous_id: Option<String>,
+    /// JSON of the fields to seal, if any.
+    pub personal: Option<Vec<u8>>,
+    /// Lookup tokens of the message's identifiers, aligned with `message.identifiers`.
+    pub tokens: Vec<Identifier>,
+    /// The tokens as a JSON list (stored with the event, for unmerges).
+    pub tokens_json: String,
+}
+
+fn json_text(map: &Map<String, Value>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+}
+
+impl EncodedEvent {
+    /// Split and encode a message (on the request's thread, off the writer's).
+    pub fn of(message: &TrackingMessage, privacy: &Privacy) -> EncodedEvent {
+        let classes = &privacy.classes;
+        let clear = |class: DataClass| !classes.encrypted(class);
+        let mut sealed = SealedPayload::default();
+        let split = |root: &str, map: &Map<String, Value>, into: &mut Map<String, Value>| {
+            let (kept, rest) = classes.split(root, map.clone(), &clear);
+            *into = rest;
+            json_text(&kept)
+        };
+        let properties = split("properties", &message.properties, &mut sealed.properties);
+        let context = split("context", &message.context, &mut sealed.context);
+        let traits = split("traits", &message.traits, &mut sealed.traits);
+        let extra = split("extra", &message.extra, &mut sealed.extra);
+        let user_id = clear_or_sealed(classes, IdentifierKind::UserId, &message.user_id, &mut sealed.user_id);
+        let anonymous_id =
+            clear_or_sealed(classes, IdentifierKind::AnonymousId, &message.anonymous_id, &mut sealed.anonymous_id);
+        let is_empty = sealed.user_id.is_none()
+            && sealed.anonymous_id.is_none()
+            && sealed.properties.is_empty()
+            && sealed.context.is_empty()
+            && sealed.traits.is_empty()
+            && sealed.extra.is_empty();
+        let personal = (!is_empty).then(|| serde_json::to_vec(&sealed).unwrap_or_default());
+        let tokens: Vec<Identifier> = message.identifiers.iter().map(|i| privacy.keyring.token(i)).collect();
+        let tokens_json = super::identifiers_json(&tokens);
+        EncodedEvent { properties, context, traits, extra, user_id, anonymous_id, personal, tokens, tokens_json }
+    }
+}
+
+fn clear_or_sealed(
+    classes: &Classification,
+    kind: IdentifierKind,
+    value: &Option<String>,
+    sealed: &mut Option<String>,
+) -> Option<String> {
+    if classes.encrypted(classes.identifier_class(kind)) {
+        sealed.clone_from(value);
+        None
+    } else {
+        value.clone()
+    }
+}
+
+/// Put a stored event's sealed fields back into its clear ones.
+pub fn open_event(
+    event: &mut super::StoredEvent,
+    sealed: Option<&[u8]>,
+    key: Option<&DataKey>,
+) -> Result<(), StoreError> {
+    let Some(sealed) = sealed else { return Ok(()) };
+    let Some(key) = key else {
+        // The key was destroyed (erasure): the sealed part is gone for good.
+        return Ok(());
+    };
+    let payload: SealedPayload = serde_json::from_slice(&key.open(sealed)?)
+        .map_err(|e| StoreError::Database(format!("a sealed event payload does not decode: {e}")))?;
+    let merge = |target: &mut Value, more: Map<String, Value>| {
+        if more.is_empty() {
+            return;
+        }
+        if !target.is_object() {
+            *target = Value::Object(Map::new());
+        }
+        if let Value::Object(map) = target {
+            merge_maps(map, more);
+        }
+    };
+    merge(&mut event.properties, payload.properties);
+    merge(&mut event.context, payload.context);
+    merge(&mut event.traits, payload.traits);
+    if payload.user_id.is_some() {
+        event.user_id = payload.user_id;
+    }
+    if payload.anonymous_id.is_some() {
+        event.anonymous_id = payload.anonymous_id;
+    }
+    Ok(())
+}
+
+/// A profile as stored: clear fields as JSON, and the sealed rest.
+pub fn seal_profile(
+    classes: &Classification,
+    owner: CustomerId,
+    key: &DataKey,
+    profile: &Map<String, Value>,
+) -> (String, Option<Vec<u8>>) {
+    let (clear, personal) = classes.split("traits", profile.clone(), &|class| !classes.encrypted(class));
+    let sealed = (!personal.is_empty()).then(|| key.seal(owner, &serde_json::to_vec(&personal).unwrap_or_default()));
+    (json_text(&clear), sealed)
+}
+
+/// Put a profile's sealed fields back.
+pub fn open_profile(
+    profile: &mut Map<String, Value>,
+    sealed: Option<&[u8]>,
+    key: Option<&DataKey>,
+) -> Result<(), StoreError> {
+    if let (Some(sealed), Some(key)) = (sealed, key) {
+        let personal: Map<String, Value> = serde_json::from_slice(&key.open(sealed)?)
+            .map_err(|e| StoreError::Database(format!("a sealed profile does not decode: {e}")))?;
+        merge_maps(profile, personal);
+    }
+    Ok(())
+}
+
+/// An identifier's value as stored.
+#[derive(Debug, Clone)]
+pub enum StoredValue {
+    /// In clear (its class is not encrypted).
+    Clear(String),
+    /// Sealed with the owner's data key.
+    Sealed(Vec<u8>),
+}
+
+impl StoredValue {
+    /// The value to store for `identifier`, owned by `owner`.
+    pub fn of(classes: &Classification, identifier: &Identifier, owner: CustomerId, key: &DataKey) -> StoredValue {
+        if classes.encrypted(classes.identifier_class(identifier.kind())) {
+            StoredValue::Sealed(key.seal(owner, identifier.value().as_bytes()))
+        } else {
+            StoredValue::Clear(identifier.value().to_string())
+        }
+    }
+
+    /// The clear column.
+    pub fn clear(&self) -> Option<&str> {
+        match self {
+            StoredValue::Clear(v) => Some(v),
+            StoredValue::Sealed(_) => None,
+        }
+    }
+
+    /// The sealed column.
+    pub fn sealed(&self) -> Option<&[u8]> {
+        match self {
+            StoredValue::Clear(_) => None,
+            StoredValue::Sealed(s) => Some(s),
+        }
+    }
+}
+
+/// Read an identifier back from its stored token, clear value and sealed value;
+/// `None` when its key was destroyed.
+pub fn open_identifier(
+    token: &str,
+    clear: Option<String>,
+    sealed: Option<&[u8]>,
+    keys: &HashMap<CustomerId, DataKey>,
+) -> Result<Option<Identifier>, StoreError> {
+    let kind = parse_token(token)?.kind();
+    if let Some(value) = clear {
+        return Ok(Some(Identifier::from_stored(kind, value)));
+    }
+    let Some(sealed) = sealed else { return Ok(None) };
+    let owner = crate::privacy::keyring::sealed_owner(sealed)?;
+    let Some(key) = keys.get(&owner) else { return Ok(None) };
+    let value = String::from_utf8(key.open(sealed)?)
+        .map_err(|_| StoreError::Database("a sealed identifier is not text".into()))?;
+    Ok(Some(Identifier::from_stored(kind, value)))
+}
+
+/// Parse a stored token (`email:#…`).
+pub fn parse_token(text: &str) -> Result<Identifier, StoreError> {
+    let (kind, value) =
+        text.split_once(':').ok_or_else(|| StoreError::Database(format!("stored identifier `{text}` has no kind")))?;
+    let kind = IdentifierKind::parse(kind)
+        .ok_or_else(|| StoreError::Database(format!("stored identifier `{text}` has an unknown kind")))?;
+    Ok(Identifier::from_stored(kind, value.to_string()))
+}
+
+/// The owners of sealed values, for fetching their keys.
+pub fn owners_of<'a>(sealed: impl IntoIterator<Item = &'a [u8]>) -> Vec<CustomerId> {
+    let mut owners: Vec<CustomerId> =
+        sealed.into_iter().filter_map(|s| crate::privacy::keyring::sealed_owner(s).ok()).collect();
+    owners.sort();
+    owners.dedup();
+    owners
+}
+
+/// Data keys of `customers`: from the keyring's cache, else fetched (wrapped)
+/// by `fetch` and unwrapped. Customers without a key (erased) are absent.
+pub fn data_keys(
+    keyring: &Keyring,
+    customers: &[CustomerId],
+    fetch: impl FnOnce(&[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>,
+) -> Result<HashMap<CustomerId, DataKey>, StoreError> {
+    let mut keys = HashMap::with_capacity(customers.len());
+    let mut missing = Vec::new();
+    for customer in customers {
+        match keyring.cached(*customer) {
+            Some(key) => {
+                keys.insert(*customer, key);
+            }
+            None => missing.push(*customer),
+        }
+    }
+    if !missing.is_empty() {
+        for (customer, wrapped) in fetch(&missing)? {
+            keys.insert(customer, keyring.unwrap_data_key(customer, &wrapped)?);
+        }
+    }
+    Ok(keys)
+}
+
+/// Open a page of stored events, fetching the keys their sealed parts name.
+pub fn open_events(
+    keyring: &Keyring,
+    sealed_events: Vec<(super::StoredEvent, Option<Vec<u8>>)>,
+    fetch: impl FnOnce(&[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>,
+) -> Result<Vec<super::StoredEvent>, StoreError> {
+    let owners = owners_of(sealed_events.iter().filter_map(|(_, s)| s.as_deref()));
+    let keys = data_keys(keyring, &owners, fetch)?;
+    let mut events = Vec::with_capacity(sealed_events.len());
+    for (mut event, sealed) in sealed_events {
+        let owner = sealed.as_deref().and_then(|s| crate::privacy::keyring::sealed_owner(s).ok());
+        open_event(&mut event, sealed.as_deref(), owner.and_then(|o| keys.get(&o)))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// A stored identifier row: token, clear value, sealed value, and what the caller attaches.
+pub type IdentifierRow<T> = (String, Option<String>, Option<Vec<u8>>, T);
+
+/// A profile as stored: clear JSON and sealed fields.
+pub type StoredProfile = (String, Option<Vec<u8>>);
+
+/// Identifiers (clear) of stored rows, fetching the keys their sealed values
+/// name; rows whose key was destroyed are dropped.
+pub fn open_identifier_rows<T>(
+    keyring: &Keyring,
+    rows: Vec<IdentifierRow<T>>,
+    fetch: impl FnOnce(&[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>,
+) -> Result<Vec<(Identifier, T)>, StoreError> {
+    let owners = owners_of(rows.iter().filter_map(|r| r.2.as_deref()));
+    let keys = data_keys(keyring, &owners, fetch)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (token, value, sealed, extra) in rows {
+        if let Some(identifier) = open_identifier(&token, value, sealed.as_deref(), &keys)? {
+            out.push((identifier, extra));
+        }
+    }
+    Ok(out)
+}
+
+/// `tokens` with each one whose identifier was opened replaced by its clear
+/// `kind:value` (the others stay tokens).
+pub fn reveal_tokens(tokens: Vec<String>, opened: Vec<(Identifier, String)>) -> Vec<String> {
+    let opened: HashMap<String, String> = opened.into_iter().map(|(i, token)| (token, i.to_string())).collect();
+    tokens.into_iter().map(|t| opened.get(&t).cloned().unwrap_or(t)).collect()
+}

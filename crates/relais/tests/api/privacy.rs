@@ -1,0 +1,330 @@
+//! Encryption at rest, lookup tokens, masks by role, payment cards, master keys.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use relais::privacy::keyring::sealed_owner;
+use relais::privacy::{Keyring, MasterKey, StoredKeyring};
+use relais::store::Location;
+use relais_domain::{CustomerId, Role};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{place, run_binary, start_binary, start_binary_with, urlencode, TestApp};
+
+/// Distinctive personal values for one test person.
+struct Person {
+    email: String,
+    phone_sent: String,
+    phone_e164: String,
+    name: String,
+    street: String,
+    ip: String,
+    note: String,
+}
+
+impl Person {
+    fn new() -> Person {
+        let n = ulid::Ulid::new().random() as u64;
+        let digits = format!("{:08}", n % 100_000_000);
+        Person {
+            email: format!("zoe.quintessa.{}@exemple.fr", n % 1_000_000_007),
+            phone_sent: format!("06 {} {} {} {}", &digits[0..2], &digits[2..4], &digits[4..6], &digits[6..8]),
+            phone_e164: format!("+336{digits}"),
+            name: format!("Quintessa{}", n % 999_983),
+            street: format!("{} rue Vauban-Zephyrine", n % 997),
+            ip: format!("198.51.{}.{}", n % 250, (n / 250) % 250),
+            note: format!("allergie-arachide-{}", n % 99_991),
+        }
+    }
+
+    fn needles(&self) -> Vec<&str> {
+        vec![&self.email, &self.phone_sent, &self.phone_e164, &self.name, &self.street, &self.ip, &self.note]
+    }
+
+    fn messages(&self) -> Value {
+        json!([
+            {"type": "identify", "userId": format!("u-{}", self.name), "messageId": format!("id-{}", ulid::Ulid::new()),
+             "traits": {"email": self.email, "phone": self.phone_sent, "firstName": self.name, "city": "Lyon",
+                        "address": {"street": self.street, "city": "Lyon"}}},
+            {"type": "track", "userId": format!("u-{}", self.name), "event": "Support Case Opened",
+             "messageId": format!("case-{}", ulid::Ulid::new()),
+             "context": {"ip": self.ip, "channel": "call_centre"},
+             "properties": {"case_text": self.note, "store": "Lyon Part-Dieu"}},
+        ])
+    }
+}
+
+/// Every file under `root` that holds one of `needles`, with the needle.
+fn files_holding(root: &Path, needles: &[&str]) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                for needle in needles {
+                    if memchr::memmem::find(&bytes, needle.as_bytes()).is_some() {
+                        found.push((path.clone(), needle.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Rows of one BLOB/BYTEA column, read straight from the database.
+fn raw_blobs(location: &Location, sql: &str) -> Vec<Vec<u8>> {
+    match location {
+        Location::Folder(folder) => {
+            let conn = rusqlite::Connection::open(folder.join("relais.db")).unwrap();
+            let mut stmt = conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, Option<Vec<u8>>>(0)).unwrap();
+            rows.filter_map(|r| r.unwrap()).collect()
+        }
+        Location::Postgres(url) => {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            client.query(sql, &[]).unwrap().iter().filter_map(|r| r.get::<_, Option<Vec<u8>>>(0)).collect()
+        }
+    }
+}
+
+fn raw_texts(location: &Location, sql: &str) -> Vec<String> {
+    match location {
+        Location::Folder(folder) => {
+            let conn = rusqlite::Connection::open(folder.join("relais.db")).unwrap();
+            let mut stmt = conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            rows.map(|r| r.unwrap()).collect()
+        }
+        Location::Postgres(url) => {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            client.query(sql, &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect()
+        }
+    }
+}
+
+/// The keyring as stored, read raw.
+fn stored_keyring(location: &Location) -> StoredKeyring {
+    let kek = raw_blobs(location, "SELECT wrapped FROM keyring WHERE name = 'kek'").remove(0);
+    let index = raw_blobs(location, "SELECT wrapped FROM keyring WHERE name = 'index'").remove(0);
+    let master_fingerprint = raw_texts(location, "SELECT master_fingerprint FROM keyring WHERE name = 'kek'").remove(0);
+    StoredKeyring { kek, index, master_fingerprint }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn personal_values_never_reach_the_disk_or_the_log_in_clear() {
+    let app = TestApp::spawn().await;
+    let person = Person::new();
+    let target = place(&app.scratch);
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("relais.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // The most verbose log level: personal data must stay out of every level.
+    let (mut server, address) =
+        tokio::task::spawn_blocking(move || start_binary_with(&target, Stdio::from(log), &[("RELAIS_LOG", "trace")]))
+            .await
+            .unwrap();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{address}/v1/batch"))
+        .basic_auth(&app.ingest, Some(""))
+        .json(&json!({ "batch": person.messages() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert!(answer["results"].as_array().unwrap().iter().all(|r| r["status"] == "stored"), "{answer}");
+
+    // The values are all there for a role that may read them.
+    let dpo = app.key(Role::Dpo).await;
+    let customer: Value = client
+        .get(format!("{address}/api/v1/customers?identifier={}", urlencode(&format!("email:{}", person.email))))
+        .bearer_auth(&dpo)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(customer["profile"]["email"], person.email.as_str());
+    assert_eq!(customer["profile"]["address"]["street"], person.street.as_str());
+    assert!(customer["identifiers"].as_array().unwrap().contains(&json!(format!("phone:{}", person.phone_e164))));
+    let id = customer["id"].as_str().unwrap().to_string();
+    let (_, timeline) = app.get_as(&format!("/api/v1/customers/{id}/events"), &dpo).await;
+    let case = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "Support Case Opened")
+        .expect("the case event")
+        .clone();
+    assert_eq!(case["properties"]["case_text"], person.note.as_str());
+    assert_eq!(case["context"]["ip"], person.ip.as_str());
+    assert_eq!(case["properties"]["store"], "Lyon Part-Dieu");
+    server.kill().unwrap();
+
+    let location = app.scratch.location.clone();
+    let master = app.scratch.master.clone();
+    // Blocking database clients run off the async runtime.
+    tokio::task::spawn_blocking(move || check_at_rest(&location, &master, &person, &id, logs.path(), &log_path))
+        .await
+        .unwrap();
+}
+
+/// Nothing of `person` in clear in the database files, the write-ahead log or
+/// the log; the stored values are ciphertext of exactly those values.
+fn check_at_rest(location: &Location, master: &MasterKey, person: &Person, id: &str, logs: &Path, log_path: &Path) {
+    let needles = person.needles();
+    let searched: PathBuf = match location {
+        Location::Folder(folder) => folder.clone(),
+        Location::Postgres(url) => {
+            let mut admin = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            admin.batch_execute("CHECKPOINT").unwrap();
+            PathBuf::from(std::env::var("RELAIS_PG_DIR").expect(
+                "on PostgreSQL this test searches the server's files: start it with .ci/pg.sh (it exports RELAIS_PG_DIR)",
+            ))
+        }
+    };
+    assert!(searched.exists());
+    assert_eq!(files_holding(&searched, &needles), vec![], "personal values found in clear on disk");
+    let log_text = std::fs::read_to_string(log_path).unwrap();
+    assert!(log_text.len() > 100, "the server logged at trace level");
+    assert_eq!(files_holding(logs, &needles), vec![], "personal values found in the log");
+
+    // The stored values are ciphertext of exactly those values, under the person's key.
+    let keyring = Keyring::open(master, &stored_keyring(location)).unwrap();
+    let owner: CustomerId = id.parse().unwrap();
+    let wrapped = raw_blobs(location, &format!("SELECT wrapped FROM data_keys WHERE customer_id = '{id}'")).remove(0);
+    let key = keyring.unwrap_data_key(owner, &wrapped).unwrap();
+    let mut opened = String::new();
+    for sql in [
+        format!("SELECT sealed FROM customers WHERE customer_id = '{id}'"),
+        format!("SELECT sealed FROM events WHERE customer_id = '{id}'"),
+        format!("SELECT sealed FROM identifiers WHERE customer_id = '{id}'"),
+    ] {
+        let blobs = raw_blobs(location, &sql);
+        assert!(!blobs.is_empty(), "{sql}");
+        for blob in blobs {
+            assert_eq!(sealed_owner(&blob).unwrap(), owner);
+            opened.push_str(&String::from_utf8(key.open(&blob).expect("opens with the person's key")).unwrap());
+            let (other, _) = keyring.new_data_key(CustomerId::new());
+            assert!(other.open(&blob).is_err(), "only the person's key opens it");
+        }
+    }
+    for needle in [&person.email, &person.phone_e164, &person.name, &person.street, &person.ip, &person.note] {
+        assert!(opened.contains(needle.as_str()), "{needle} is among the sealed values");
+    }
+    // Identifiers are found by token, never stored in clear.
+    let tokens = raw_texts(location, &format!("SELECT identifier FROM identifiers WHERE customer_id = '{id}'"));
+    assert!(tokens.iter().all(|t| t.contains(":#")), "{tokens:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_role_sees_personal_fields_as_its_classes_allow() {
+    let app = TestApp::spawn().await;
+    let person = Person::new();
+    let (status, _) = app.batch(person.messages()).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = app.customer_by(&format!("email:{}", person.email)).await["id"].as_str().unwrap().to_string();
+
+    let agent = app.key(Role::Agent).await;
+    let (_, seen) = app.get_as(&format!("/api/v1/customers/{id}"), &agent).await;
+    assert_eq!(seen["profile"]["email"], person.email.as_str());
+
+    let marketing = app.key(Role::Marketing).await;
+    let (status, seen) = app.get_as(&format!("/api/v1/customers/{id}"), &marketing).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(seen["profile"]["email"], "z***@e***.fr");
+    assert_eq!(seen["profile"]["city"], "Lyon", "internal fields stay readable");
+    assert_eq!(seen["traits"]["event_count"], 2);
+    let text = seen.to_string();
+    for needle in person.needles() {
+        assert!(!text.contains(needle), "marketing saw {needle}");
+    }
+
+    // Analysts see pseudonyms: stable tokens instead of identifiers, the same every time.
+    let analyst = app.key(Role::Analyst).await;
+    let (_, first) = app.get_as(&format!("/api/v1/customers/{id}"), &analyst).await;
+    let (_, again) = app.get_as(&format!("/api/v1/customers/{id}"), &analyst).await;
+    let identifiers = first["identifiers"].as_array().unwrap();
+    assert!(identifiers.iter().any(|i| i.as_str().unwrap().starts_with("email:#")), "{identifiers:?}");
+    assert_eq!(first["identifiers"], again["identifiers"]);
+    let (_, timeline) = app.get_as(&format!("/api/v1/customers/{id}/events"), &analyst).await;
+    let text = timeline.to_string();
+    for needle in person.needles() {
+        assert!(!text.contains(needle), "the analyst saw {needle}");
+    }
+    assert!(text.contains("[sensitive]"), "support-case text is redacted: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_card_number_is_refused_and_nothing_else_is_lost() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .batch(json!([
+            {"type": "track", "userId": "pan", "event": "Order Completed", "messageId": "pan-1",
+             "properties": {"total": 10, "note": "paid with 4111 1111 1111 1111"}},
+            {"type": "track", "userId": "pan", "event": "Product Viewed", "messageId": "pan-2"},
+        ]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "rejected");
+    let reason = results[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("properties.note") && reason.contains("payment card"), "{reason}");
+    assert!(!reason.contains("4111"), "the number is not echoed: {reason}");
+    assert_eq!(results[1]["status"], "stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_master_key_stops_the_server_and_rotation_switches_keys() {
+    let app = TestApp::spawn().await;
+    let mut target = place(&app.scratch);
+    let good = target.env[0].1.clone();
+    target.env[0].1 = MasterKey::generate().encode();
+    let wrong = target.clone();
+    let (ok, _, stderr) =
+        tokio::task::spawn_blocking(move || run_binary(&wrong, &["traits", "rebuild"])).await.unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("is not the one this database was sealed with"), "{stderr}");
+
+    // Rotate: the old key stops working, the new one opens the same data.
+    let new_key = MasterKey::generate();
+    let keys = tempfile::tempdir().unwrap();
+    let new_file = keys.path().join("new.key");
+    std::fs::write(&new_file, new_key.encode()).unwrap();
+    target.env[0].1 = good;
+    let rotating = target.clone();
+    let new_path = new_file.to_str().unwrap().to_string();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run_binary(&rotating, &["keys", "rotate-master", "--new-key-file", &new_path])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&new_key.fingerprint()), "{stdout}");
+    let old = target.clone();
+    let (ok, _, _) = tokio::task::spawn_blocking(move || run_binary(&old, &["traits", "rebuild"])).await.unwrap();
+    assert!(!ok, "the old master key no longer opens the database");
+    target.env[0].1 = new_key.encode();
+    let (status, _) =
+        app.batch(json!([{"type": "identify", "userId": "rot", "traits": {"email": "rot@exemple.fr"}}])).await;
+    assert_eq!(status, StatusCode::OK, "the running server keeps working");
+    let (mut server, address) = tokio::task::spawn_blocking(move || start_binary(&target)).await.unwrap();
+    let found = reqwest::Client::new()
+        .get(format!("{address}/api/v1/customers?identifier=email:rot@exemple.fr"))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status(), StatusCode::OK);
+    let body: Value = found.json().await.unwrap();
+    assert_eq!(body["profile"]["email"], "rot@exemple.fr");
+    server.kill().unwrap();
+}
