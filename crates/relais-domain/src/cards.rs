@@ -103,6 +103,31 @@ pub fn find_card_numbers(text: &str) -> Vec<std::ops::Range<usize>> {
     found
 }
 
+/// Whether `bytes` hold 15 digits or more in a row (single spaces or dashes
+/// between them allowed): the only texts worth a full search.
+fn has_long_digit_run(bytes: &[u8]) -> bool {
+    if bytes.len() < 15 {
+        return false;
+    }
+    let mut run = 0;
+    let mut previous_separator = false;
+    for &b in bytes {
+        if b.is_ascii_digit() {
+            run += 1;
+            previous_separator = false;
+            if run >= 15 {
+                return true;
+            }
+        } else if (b == b' ' || b == b'-') && run > 0 && !previous_separator {
+            previous_separator = true;
+        } else {
+            run = 0;
+            previous_separator = false;
+        }
+    }
+    false
+}
+
 /// The last four digits of a card number, masked (`****1111`).
 fn masked(number: &str) -> String {
     let digits: Vec<char> = number.chars().filter(char::is_ascii_digit).collect();
@@ -115,22 +140,48 @@ fn masked(number: &str) -> String {
 /// Returns the path of the first field that held one.
 pub fn scrub(value: &mut Value, path: &str, policy: CardPolicy) -> Option<String> {
     let mut first = None;
-    scrub_into(value, path, policy, &mut first);
-    first
+    let mut trail: Vec<Segment<'_>> = Vec::new();
+    scrub_into(value, &mut trail, policy, &mut first);
+    first.map(|found| if path.is_empty() { found } else { format!("{path}.{found}") })
 }
 
-fn scrub_into(value: &mut Value, path: &str, policy: CardPolicy, first: &mut Option<String>) {
+/// One step of the path to a value (built into text only when a number is found).
+#[derive(Clone, Copy)]
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_text(trail: &[Segment<'_>]) -> String {
+    let mut text = String::new();
+    for segment in trail {
+        match segment {
+            Segment::Key(key) => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Segment::Index(i) => text.push_str(&format!("[{i}]")),
+        }
+    }
+    text
+}
+
+fn scrub_into<'a>(value: &'a mut Value, trail: &mut Vec<Segment<'a>>, policy: CardPolicy, first: &mut Option<String>) {
     match value {
         Value::String(text) => {
-            // Cheap pre-check: most strings hold too few digits to matter.
-            if text.bytes().filter(u8::is_ascii_digit).count() < 15 {
+            // Cheap pre-check: most strings hold no run of 15 digits.
+            if !has_long_digit_run(text.as_bytes()) {
                 return;
             }
             let ranges = find_card_numbers(text);
             if ranges.is_empty() {
                 return;
             }
-            first.get_or_insert_with(|| path.to_string());
+            if first.is_none() {
+                *first = Some(path_text(trail));
+            }
             if policy == CardPolicy::Mask {
                 let mut out = String::with_capacity(text.len());
                 let mut last = 0;
@@ -144,9 +195,17 @@ fn scrub_into(value: &mut Value, path: &str, policy: CardPolicy, first: &mut Opt
             }
         }
         Value::Number(number) => {
+            // Only integers of 15 digits or more can be card numbers.
+            let large = number.as_u64().is_some_and(|n| n >= 100_000_000_000_000)
+                || number.as_f64().is_some_and(|f| f >= 1e14 && f.fract() == 0.0);
+            if !large {
+                return;
+            }
             let text = number.to_string();
-            if text.len() >= 15 && !find_card_numbers(&text).is_empty() {
-                first.get_or_insert_with(|| path.to_string());
+            if !find_card_numbers(&text).is_empty() {
+                if first.is_none() {
+                    *first = Some(path_text(trail));
+                }
                 if policy == CardPolicy::Mask {
                     *value = Value::String(masked(&text));
                 }
@@ -154,13 +213,16 @@ fn scrub_into(value: &mut Value, path: &str, policy: CardPolicy, first: &mut Opt
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                scrub_into(item, &format!("{path}[{i}]"), policy, first);
+                trail.push(Segment::Index(i));
+                scrub_into(item, trail, policy, first);
+                trail.pop();
             }
         }
         Value::Object(map) => {
             for (key, item) in map.iter_mut() {
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                scrub_into(item, &child, policy, first);
+                trail.push(Segment::Key(key));
+                scrub_into(item, trail, policy, first);
+                trail.pop();
             }
         }
         Value::Null | Value::Bool(_) => {}
@@ -186,6 +248,8 @@ mod tests {
             assert_eq!(find_card_numbers(number).len(), 1, "{number}");
         }
         assert_eq!(find_card_numbers("paid with 4111111111111111 today"), vec![10..26]);
+        assert!(has_long_digit_run(b"paid with 4111-1111-1111-1111"));
+        assert!(!has_long_digit_run(b"2026-11-23T10:00:00.000000Z and 06 12 34 56"));
     }
 
     #[test]

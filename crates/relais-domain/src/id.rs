@@ -136,6 +136,10 @@ prefixed_id!(
     /// A group of customers: a household or a company (Segment `group`).
     AccountId, "acc_", "account"
 );
+prefixed_id!(
+    /// One erasure of a person (a data-subject right carried out).
+    ErasureId, "era_", "erasure"
+);
 
 #[cfg(test)]
 mod tests {

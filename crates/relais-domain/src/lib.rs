@@ -15,7 +15,7 @@ pub mod role;
 pub mod traits;
 
 pub use channel::Channel;
-pub use id::{AccountId, CustomerId, EventId, KeyId, MergeId, OutboxId};
+pub use id::{AccountId, CustomerId, ErasureId, EventId, KeyId, MergeId, OutboxId};
 pub use identifier::{Identifier, IdentifierError, IdentifierKind};
 pub use message::{MessageError, MessageType, TrackingMessage};
 pub use money::MinorUnits;

@@ -442,6 +442,76 @@ impl Classification {
         }
     }
 
+    /// Like `split`, but writing both halves as JSON objects into `kept` and
+    /// `rest` without copying the values (ingest's hot path). Returns whether
+    /// each half has any field.
+    pub fn split_json(
+        &self,
+        root: &str,
+        map: &Map<String, Value>,
+        keep: &impl Fn(DataClass) -> bool,
+        kept: &mut Vec<u8>,
+        rest: &mut Vec<u8>,
+    ) -> (bool, bool) {
+        let mut path = String::with_capacity(64);
+        path.push_str(root);
+        self.split_json_into(map, keep, &mut path, kept, rest)
+    }
+
+    fn split_json_into(
+        &self,
+        map: &Map<String, Value>,
+        keep: &impl Fn(DataClass) -> bool,
+        path: &mut String,
+        kept: &mut Vec<u8>,
+        rest: &mut Vec<u8>,
+    ) -> (bool, bool) {
+        kept.push(b'{');
+        rest.push(b'{');
+        let (mut any_kept, mut any_rest) = (false, false);
+        let write_key = |out: &mut Vec<u8>, any: &mut bool, key: &str| {
+            if *any {
+                out.push(b',');
+            }
+            *any = true;
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.push(b':');
+        };
+        let parent_len = path.len();
+        for (key, value) in map {
+            path.truncate(parent_len);
+            path.push('.');
+            path.push_str(key);
+            match value {
+                Value::Object(inner) if self.inner.contains(path.as_str()) => {
+                    let (mut sub_kept, mut sub_rest) = (Vec::new(), Vec::new());
+                    let (has_kept, has_rest) = self.split_json_into(inner, keep, path, &mut sub_kept, &mut sub_rest);
+                    if has_kept {
+                        write_key(kept, &mut any_kept, key);
+                        kept.extend_from_slice(&sub_kept);
+                    }
+                    if has_rest {
+                        write_key(rest, &mut any_rest, key);
+                        rest.extend_from_slice(&sub_rest);
+                    }
+                }
+                value => {
+                    let (out, any) = if keep(self.class_of(path)) {
+                        (&mut *kept, &mut any_kept)
+                    } else {
+                        (&mut *rest, &mut any_rest)
+                    };
+                    write_key(out, any, key);
+                    let _ = serde_json::to_writer(&mut *out, value);
+                }
+            }
+        }
+        path.truncate(parent_len);
+        kept.push(b'}');
+        rest.push(b'}');
+        (any_kept, any_rest)
+    }
+
     /// The fields of `map` (under `root`) as `role` may see them: classes the
     /// role may not read are masked by their class's mask.
     pub fn view(&self, root: &str, map: &Map<String, Value>, role: Role) -> Map<String, Value> {
@@ -536,9 +606,14 @@ mod tests {
             Value::Object(sealed.clone()),
             json!({"ip": "192.0.2.1", "location": {"latitude": 45.76}, "device": {"id": "d-1"}, "mood": "happy"})
         );
-        let mut back = clear;
-        merge_maps(&mut back, sealed);
+        let mut back = clear.clone();
+        merge_maps(&mut back, sealed.clone());
         assert_eq!(back, context);
+
+        let (mut kept, mut rest) = (Vec::new(), Vec::new());
+        assert_eq!(c.split_json("context", &context, &|class| !c.encrypted(class), &mut kept, &mut rest), (true, true));
+        assert_eq!(serde_json::from_slice::<Map<String, Value>>(&kept).unwrap(), clear);
+        assert_eq!(serde_json::from_slice::<Map<String, Value>>(&rest).unwrap(), sealed);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum Permission {
     ManageKeys,
     /// See and drive the outbox of side effects (e-mails hold personal data).
     ManageOutbox,
+    /// Carry out data-subject rights (erasure).
+    ManagePrivacy,
 }
 
 impl Role {
@@ -72,6 +74,7 @@ impl Role {
             ManageIdentity => matches!(self, Admin | Dpo | Agent),
             ReadMetrics => matches!(self, Admin | Analyst),
             ManageKeys | ManageOutbox => matches!(self, Admin),
+            ManagePrivacy => matches!(self, Admin | Dpo),
         }
     }
 }

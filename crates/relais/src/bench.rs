@@ -39,7 +39,34 @@ pub enum BenchCommand {
         /// Without it, a throwaway SQLite folder is used.
         #[arg(long)]
         database_url: Option<String>,
+        /// Encryption at rest of personal fields: `on` (the default configuration)
+        /// or `off` (every data class stored in clear), to measure its cost.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        encryption: String,
     },
+    /// Erasure time of one person on a database of many profiles.
+    Erase {
+        /// Profiles in the database (each with an identify and an order).
+        #[arg(long, default_value_t = 1_000_000)]
+        profiles: usize,
+        /// People erased (timed one by one).
+        #[arg(long, default_value_t = 20)]
+        erasures: usize,
+        /// PostgreSQL URL (a throwaway schema); without it, a throwaway SQLite folder.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+}
+
+/// The data classes of a benchmark run: the defaults, or every class in clear.
+fn bench_classes(encryption: bool) -> relais_domain::privacy::Classification {
+    use relais_domain::privacy::{default_policy, ClassPolicy, Classification, DataClass};
+    if encryption {
+        return Classification::default();
+    }
+    let clear =
+        DataClass::ALL.into_iter().map(|c| (c, ClassPolicy { encrypted: false, ..default_policy(c) })).collect();
+    Classification::new(clear, Vec::new()).expect("the default mappings are valid")
 }
 
 /// One deterministic Segment message as JSON text: tracks, pages and identifies
@@ -95,9 +122,92 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The two messages of profile `k` in the erasure benchmark.
+fn profile_messages(k: usize, timestamp: &str) -> [String; 2] {
+    [
+        format!(
+            r#"{{"type":"identify","messageId":"p{k}","userId":"u{k}","timestamp":"{timestamp}","traits":{{"email":"u{k}@example.fr","firstName":"Camille","city":"Lyon"}}}}"#
+        ),
+        format!(
+            r#"{{"type":"track","event":"Order Completed","messageId":"o{k}","userId":"u{k}","timestamp":"{timestamp}","properties":{{"order_id":"o{k}","total":42.5,"currency":"EUR","store":"lyon-part-dieu"}}}}"#
+        ),
+    ]
+}
+
+/// `relais bench erase`: load `profiles` people with the raw path, then erase
+/// some of them one by one through the engine, timing each erasure.
+fn bench_erase(
+    profiles: usize,
+    erasures: usize,
+    database_url: Option<String>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let scratch = Scratch::new(database_url.as_deref(), "erase")?;
+    let store = scratch.open(settings.ingest.clone())?;
+    let envelope = Envelope {
+        received_at: Utc::now(),
+        implied_type: None,
+        batch_sent_at: None,
+        batch_context: None,
+        default_currency: &settings.ingest.currency,
+        card_policy: settings.ingest.card_policy,
+    };
+    let timestamp = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let per_chunk = 25_000;
+    let mut chunks = (0..profiles).step_by(per_chunk).map(|first| {
+        (first..(first + per_chunk).min(profiles))
+            .flat_map(|k| profile_messages(k, &timestamp))
+            .map(|text| TrackingMessage::parse_json(&text, &envelope).expect("bench messages are valid"))
+            .collect::<Vec<_>>()
+    });
+    let started = Instant::now();
+    crate::store::raw_load(&scratch.location, store.privacy(), &mut chunks)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(erasures);
+    for i in 0..erasures {
+        // Spread over the whole population.
+        let k = (i * 7_919 + 13) * profiles / (erasures * 7_919 + 13);
+        let identifier = relais_domain::Identifier::parse(&format!("email:u{k}@example.fr"))?;
+        let started = Instant::now();
+        let report = crate::http::privacy::erase_holder(store.blocking(), &identifier)?;
+        times.push(started.elapsed());
+        anyhow::ensure!(report.keys_destroyed == 1, "erasure {i} destroyed {} keys", report.keys_destroyed);
+    }
+    times.sort();
+    let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
+    let median = times[times.len() / 2];
+    eprintln!(
+        "{}: {profiles} profiles loaded in {load_seconds:.1}s; erasure median {} ms, max {} ms",
+        store.engine_name(),
+        ms(median),
+        ms(*times.last().expect("at least one erasure"))
+    );
+    println!(
+        "{}",
+        json!({
+            "engine": store.engine_name(),
+            "profiles": profiles,
+            "erasures": erasures,
+            "erase_ms_median": ms(median),
+            "erase_ms_max": ms(*times.last().expect("at least one erasure")),
+            "load_seconds": (load_seconds * 10.0).round() / 10.0,
+        })
+    );
+    Ok(())
+}
+
 /// Run a benchmark command.
 pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
-    let BenchCommand::Ingest { events, people, batch, clients, database_url } = command;
+    let (events, people, batch, clients, database_url, encryption) = match command {
+        BenchCommand::Ingest { events, people, batch, clients, database_url, encryption } => {
+            (events, people, batch, clients, database_url, encryption)
+        }
+        BenchCommand::Erase { profiles, erasures, database_url } => {
+            anyhow::ensure!(erasures >= 1 && profiles >= erasures, "erase at least one of at least as many profiles");
+            return bench_erase(profiles, erasures, database_url, settings);
+        }
+    };
+    let encryption = encryption == "on";
     let people = people.unwrap_or((events / 20).max(1));
     let batches = events.div_ceil(batch);
     let events = batches * batch;
@@ -105,7 +215,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
 
     // 1. Through the server.
     let served = Scratch::new(database_url.as_deref(), "http")?;
-    let store = Store::open(&served.location, settings.ingest.clone())?;
+    let store = Store::open_with(&served.location, settings.ingest.clone(), &served.master, bench_classes(encryption))?;
     let engine = store.engine_name();
     let (secret, _) = crate::cli::create_key(&store, relais_domain::Role::Ingest, Some("bench".into()), None)?;
     let rss_before = rss_mb();
@@ -200,7 +310,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
             .map(|value| TrackingMessage::parse_value(value, &envelope).expect("bench messages are valid"))
             .collect::<Vec<_>>()
     });
-    let raw_elapsed = crate::store::raw_load(&raw.location, &mut chunks)?;
+    let raw_elapsed = crate::store::raw_load(&raw.location, &crate::store::raw_privacy(), &mut chunks)?;
     drop(raw);
     let raw_per_sec = events as f64 / raw_elapsed.as_secs_f64();
 
@@ -214,6 +324,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         "{}",
         json!({
             "engine": engine,
+            "encryption": encryption,
             "events": events,
             "people": people,
             "batch": batch,

@@ -97,6 +97,11 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Data-subject rights.
+    Privacy {
+        #[command(subcommand)]
+        command: PrivacyCommand,
+    },
     /// Computed traits.
     Traits {
         #[command(subcommand)]
@@ -208,6 +213,19 @@ enum IdentityCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PrivacyCommand {
+    /// Erase a person (profile, identifiers, personal data; events kept
+    /// de-identified; data keys destroyed); prints what was erased as JSON.
+    Erase {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Any identifier of the person, `kind:value`.
+        #[arg(long)]
+        identifier: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TraitsCommand {
     /// Recompute every customer's traits from the event log.
     Rebuild {
@@ -289,6 +307,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let merge_id = relais_domain::MergeId::parse(&merge_id)?;
             let store = store.open(&settings)?;
             let report = store.blocking().unmerge(merge_id, &settings.ingest)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Privacy { command: PrivacyCommand::Erase { store, identifier } } => {
+            let identifier = relais_domain::Identifier::parse(&identifier)?;
+            let store = store.open(&settings)?;
+            let report = match crate::http::privacy::erase_holder(store.blocking(), &identifier) {
+                Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing was erased"),
+                other => other?,
+            };
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

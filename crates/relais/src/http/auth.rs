@@ -47,6 +47,7 @@ permission_marker!(ReadCustomers);
 permission_marker!(ReadMetrics);
 permission_marker!(ManageIdentity);
 permission_marker!(ManageOutbox);
+permission_marker!(ManagePrivacy);
 
 /// A caller whose key holds permission `P`.
 pub struct Authorized<P: Required> {

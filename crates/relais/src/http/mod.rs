@@ -8,6 +8,7 @@ pub mod customers;
 pub mod error;
 pub mod metrics;
 pub mod outbox;
+pub mod privacy;
 pub mod redact;
 pub mod tracking;
 
@@ -107,12 +108,14 @@ impl Modify for SecuritySchemes {
         customers::customer_merges,
         customers::undo_merge,
         outbox::list_outbox,
+        privacy::erase,
     ),
     modifiers(&SecuritySchemes),
     tags(
         (name = "tracking", description = "Segment-compatible tracking API"),
         (name = "customers", description = "The customer 360"),
         (name = "operations", description = "Health, metrics and the outbox"),
+        (name = "privacy", description = "Data-subject rights"),
     )
 )]
 pub struct ApiDoc;
@@ -144,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/customers/{id}/merges", get(customers::customer_merges))
         .route("/api/v1/merges/{merge_id}/undo", post(customers::undo_merge))
         .route("/api/v1/outbox", get(outbox::list_outbox))
+        .route("/api/v1/privacy/erasures", post(privacy::erase))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
         .with_state(state)

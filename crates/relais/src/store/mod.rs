@@ -17,7 +17,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use relais_domain::traits::{DayTotals, WindowTraits};
 use relais_domain::{
-    AccountId, Channel, ComputedTraits, CustomerId, EventId, Identifier, KeyId, MergeId, OutboxId, Role,
+    AccountId, Channel, ComputedTraits, CustomerId, ErasureId, EventId, Identifier, KeyId, MergeId, OutboxId, Role,
     TrackingMessage,
 };
 use serde::Serialize;
@@ -77,6 +77,10 @@ pub enum StoreError {
     Keys(String),
 }
 
+/// Why a database from before encryption at rest is refused (it holds
+/// identifiers and payloads in clear that lookups by token cannot reach).
+const LEGACY_PLAINTEXT: &str = "this database holds customer data written before encryption at rest (schema version 1), which this version does not convert in place; load the data again into a new data folder or database (re-send the events, or `relais import` your files)";
+
 /// The system keys from `keyring` rows `(name, wrapped, master fingerprint)`.
 fn stored_keyring(rows: Vec<(String, Vec<u8>, String)>) -> Option<crate::privacy::StoredKeyring> {
     let find = |name: &str| rows.iter().find(|r| r.0 == name);
@@ -106,6 +110,31 @@ fn open_privacy(
     };
     let keyring = crate::privacy::Keyring::open(master, &stored)?;
     Ok(seal::Privacy { keyring, classes })
+}
+
+/// The profile that de-identified events of erased people are filed under: it
+/// has no row, no identifiers and no key, so nothing links them to anyone.
+pub const ERASED_CUSTOMER: &str = "cus_00000000000000000000000000";
+
+/// Event properties that could lead back to a person through another system
+/// (an order number in the shop's own database), removed at erasure.
+pub const LINKING_PROPERTIES: [&str; 2] = ["order_id", "checkout_id"];
+
+/// What an erasure did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErasureReport {
+    /// The erasure's id.
+    pub erasure_id: ErasureId,
+    /// When.
+    pub erased_at: DateTime<Utc>,
+    /// Profiles removed (the person's profile and those merged into it).
+    pub profiles_erased: usize,
+    /// Identifiers removed.
+    pub identifiers_erased: usize,
+    /// Events kept de-identified for totals (amount, store, date, channel).
+    pub events_deidentified: usize,
+    /// Data keys destroyed (whatever they sealed is unreadable anywhere).
+    pub keys_destroyed: usize,
 }
 
 /// What an unmerge did.
@@ -427,6 +456,11 @@ pub trait Engine: Send + Sync + 'static {
     fn finish_outbox(&self, id: OutboxId, result: &DeliveryResult) -> Result<(), StoreError>;
     /// Outbox messages, newest first.
     fn outbox(&self, status: Option<OutboxStatus>, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Erase a person (the profile `customer` and every profile merged into it):
+    /// profiles, identifiers, identity records, memberships and queued messages
+    /// are deleted; events are kept de-identified (decision 10); the data keys
+    /// are destroyed.
+    fn erase(&self, customer: CustomerId) -> Result<ErasureReport, StoreError>;
     /// Recompute every customer's traits and day totals from the event log.
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError>;
     /// Forget the message ids received before an instant (decision 8: they are
@@ -553,19 +587,22 @@ pub fn new_account_id() -> AccountId {
 /// (one profile per person, assigned without resolution) into a fresh database
 /// at `location`, through the same write statements as ingest, one thread, one
 /// large transaction per chunk. Chunks are made lazily, so memory stays flat;
-/// only the time spent writing and committing is returned.
+/// only the time spent writing and committing is returned. Values are sealed
+/// and identifiers tokenised with `privacy` (a throwaway keyring, or the one of
+/// a store open on the same database, so that store can read the rows).
 pub fn raw_load(
     location: &Location,
+    privacy: &seal::Privacy,
     chunks: &mut dyn Iterator<Item = Vec<TrackingMessage>>,
 ) -> Result<std::time::Duration, StoreError> {
     match location {
-        Location::Folder(folder) => sqlite::raw_load(folder, chunks),
-        Location::Postgres(url) => postgres::raw_load(url, chunks),
+        Location::Folder(folder) => sqlite::raw_load(folder, privacy, chunks),
+        Location::Postgres(url) => postgres::raw_load(url, privacy, chunks),
     }
 }
 
 /// Keys for a raw load into a throwaway database.
-fn raw_privacy() -> seal::Privacy {
+pub fn raw_privacy() -> seal::Privacy {
     let (keyring, _) = crate::privacy::Keyring::create(&crate::privacy::MasterKey::generate());
     seal::Privacy { keyring, classes: relais_domain::privacy::Classification::default() }
 }

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::{Client, NoTls};
 use relais_domain::traits::DayTotals;
-use relais_domain::{Channel, ComputedTraits, CustomerId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage};
+use relais_domain::{
+    Channel, ComputedTraits, CustomerId, ErasureId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage,
+};
 use serde_json::{Map, Value};
 
 use super::ingest::{
@@ -21,15 +23,15 @@ use super::ingest::{
 use super::pool::Pool;
 use super::seal::{self, EncodedEvent, Privacy};
 use super::{
-    event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, EventPage, MergeRecord,
-    OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
+    event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, ErasureReport, EventPage,
+    MergeRecord, OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
 };
 use crate::privacy::{MasterKey, StoredKeyring};
 use relais_domain::privacy::Classification;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "customer_database", include_str!("../../migrations/postgres/0001_customer_database.sql")),
-    (2, "encryption_at_rest", include_str!("../../migrations/postgres/0002_encryption_at_rest.sql")),
+    (2, "privacy", include_str!("../../migrations/postgres/0002_privacy.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.
@@ -84,6 +86,9 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
             let mut tx = client.transaction()?;
             let applied = tx.query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])?.is_some();
             if !applied {
+                if *version == 2 && tx.query_one("SELECT EXISTS(SELECT 1 FROM identifiers)", &[])?.get::<_, bool>(0) {
+                    return Err(StoreError::Config(super::LEGACY_PLAINTEXT.into()));
+                }
                 tx.batch_execute(sql)?;
                 tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[version, name])?;
             }
@@ -981,6 +986,92 @@ impl Engine for PgEngine {
         })
     }
 
+    fn erase(&self, customer: CustomerId) -> Result<ErasureReport, StoreError> {
+        let (report, cluster) = self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            let key = customer.to_string();
+            let Some(row) = tx.query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&key])? else {
+                return Err(StoreError::NotFound);
+            };
+            let root = row.get::<_, Option<String>>(0).unwrap_or(key);
+            // Lock the person's profiles one at a time, in id order, like ingest.
+            let cluster: Vec<String> = tx
+                .query(
+                    "SELECT customer_id FROM customers WHERE customer_id = $1 OR merged_into = $1 \
+                     ORDER BY customer_id FOR UPDATE",
+                    &[&root],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let erased = super::ERASED_CUSTOMER;
+            let linking: Vec<&str> = super::LINKING_PROPERTIES.to_vec();
+            tx.execute(
+                "DELETE FROM identifier_sightings WHERE customer_id = ANY($1) \
+                 OR identifier IN (SELECT identifier FROM identifiers WHERE customer_id = ANY($1))",
+                &[&cluster],
+            )?;
+            let identifiers = tx.execute("DELETE FROM identifiers WHERE customer_id = ANY($1)", &[&cluster])? as usize;
+            // Citus cannot change a row's distribution value: there, this becomes
+            // an insert under the erased profile and a delete (as unmerge does).
+            let events = tx.execute(
+                "UPDATE events SET customer_id = $2, message_id = event_id, user_id = NULL, anonymous_id = NULL, \
+                 sealed = NULL, traits = '{}', extra = '{}', identifiers = '[]', order_id = NULL, \
+                 properties = properties - $3::text[] WHERE customer_id = ANY($1)",
+                &[&cluster, &erased, &linking],
+            )? as usize;
+            tx.execute("UPDATE message_ids SET customer_id = $2 WHERE customer_id = ANY($1)", &[&cluster, &erased])?;
+            tx.execute(
+                "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) \
+                 SELECT $2, day, sum(orders), sum(revenue_minor) FROM customer_days WHERE customer_id = ANY($1) GROUP BY day \
+                 ON CONFLICT (customer_id, day) DO UPDATE SET orders = customer_days.orders + excluded.orders, \
+                 revenue_minor = customer_days.revenue_minor + excluded.revenue_minor",
+                &[&cluster, &erased],
+            )?;
+            tx.execute("DELETE FROM customer_days WHERE customer_id = ANY($1)", &[&cluster])?;
+            tx.execute(
+                "DELETE FROM identity_conflicts WHERE customer_id = ANY($1) OR other_customer_id = ANY($1)",
+                &[&cluster],
+            )?;
+            tx.execute("DELETE FROM merges WHERE survivor_id = ANY($1) OR merged_id = ANY($1)", &[&cluster])?;
+            tx.execute("DELETE FROM account_members WHERE customer_id = ANY($1)", &[&cluster])?;
+            tx.execute("DELETE FROM outbox WHERE customer_id = ANY($1)", &[&cluster])?;
+            let profiles = tx.execute("DELETE FROM customers WHERE customer_id = ANY($1)", &[&cluster])? as usize;
+            let keys = tx.execute("DELETE FROM data_keys WHERE customer_id = ANY($1)", &[&cluster])? as usize;
+            let report = ErasureReport {
+                erasure_id: ErasureId::new(),
+                erased_at: Utc::now(),
+                profiles_erased: profiles,
+                identifiers_erased: identifiers,
+                events_deidentified: events,
+                keys_destroyed: keys,
+            };
+            tx.execute(
+                "INSERT INTO erasures (erasure_id, erased_at, customer_ids, profiles, identifiers, events, keys) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &report.erasure_id.to_string(),
+                    &report.erased_at,
+                    &serde_json::to_string(&cluster).unwrap_or_default(),
+                    &(profiles as i32),
+                    &(identifiers as i32),
+                    &(events as i32),
+                    &(keys as i32),
+                ],
+            )?;
+            tx.commit()?;
+            // Remove the dead key tuples from the table's pages now rather than
+            // at the next autovacuum.
+            client.batch_execute("VACUUM data_keys")?;
+            let cluster = cluster.iter().map(|c| parse_id(c)).collect::<Result<Vec<CustomerId>, _>>()?;
+            Ok((report, cluster))
+        })?;
+        for id in &cluster {
+            self.privacy.keyring.forget(*id);
+        }
+        Ok(report)
+    }
+
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {
         self.pool.with(|client| {
             let mut tx = client.transaction()?;
@@ -1067,16 +1158,16 @@ impl Engine for PgEngine {
 /// The benchmark's best case on PostgreSQL: one connection, one transaction per chunk.
 pub fn raw_load(
     url: &str,
+    privacy: &Privacy,
     chunks: &mut dyn Iterator<Item = Vec<TrackingMessage>>,
 ) -> Result<std::time::Duration, StoreError> {
     let mut client = connect(url)?;
     migrate(&mut client)?;
     let mut owners = HashMap::new();
     let mut spent = std::time::Duration::ZERO;
-    let privacy = super::raw_privacy();
     for chunk in chunks {
-        let encoded: Vec<EncodedEvent> = chunk.iter().map(|m| EncodedEvent::of(m, &privacy)).collect();
-        let changes = super::raw_changes(&chunk, &encoded, &mut owners, &privacy);
+        let encoded: Vec<EncodedEvent> = chunk.iter().map(|m| EncodedEvent::of(m, privacy)).collect();
+        let changes = super::raw_changes(&chunk, &encoded, &mut owners, privacy);
         let started = std::time::Instant::now();
         let mut tx = client.transaction()?;
         PgTx { tx: &mut tx }.write(&changes)?;

@@ -74,30 +74,48 @@ fn json_text(map: &Map<String, Value>) -> String {
 }
 
 impl EncodedEvent {
-    /// Split and encode a message (on the request's thread, off the writer's).
+    /// Split and encode a message (on the request's thread, off the writer's),
+    /// writing JSON text straight from the message without copying its values.
     pub fn of(message: &TrackingMessage, privacy: &Privacy) -> EncodedEvent {
         let classes = &privacy.classes;
         let clear = |class: DataClass| !classes.encrypted(class);
-        let mut sealed = SealedPayload::default();
-        let split = |root: &str, map: &Map<String, Value>, into: &mut Map<String, Value>| {
-            let (kept, rest) = classes.split(root, map.clone(), &clear);
-            *into = rest;
-            json_text(&kept)
+        // The sealed part: {"userId":…,"anonymousId":…,"properties":{…},…}, empty parts left out.
+        let mut sealed: Vec<u8> = Vec::with_capacity(256);
+        sealed.push(b'{');
+        let mut any_sealed = false;
+        let mut add_sealed = |sealed: &mut Vec<u8>, key: &str, json: &[u8]| {
+            if any_sealed {
+                sealed.push(b',');
+            }
+            any_sealed = true;
+            let _ = serde_json::to_writer(&mut *sealed, key);
+            sealed.push(b':');
+            sealed.extend_from_slice(json);
         };
-        let properties = split("properties", &message.properties, &mut sealed.properties);
-        let context = split("context", &message.context, &mut sealed.context);
-        let traits = split("traits", &message.traits, &mut sealed.traits);
-        let extra = split("extra", &message.extra, &mut sealed.extra);
-        let user_id = clear_or_sealed(classes, IdentifierKind::UserId, &message.user_id, &mut sealed.user_id);
-        let anonymous_id =
-            clear_or_sealed(classes, IdentifierKind::AnonymousId, &message.anonymous_id, &mut sealed.anonymous_id);
-        let is_empty = sealed.user_id.is_none()
-            && sealed.anonymous_id.is_none()
-            && sealed.properties.is_empty()
-            && sealed.context.is_empty()
-            && sealed.traits.is_empty()
-            && sealed.extra.is_empty();
-        let personal = (!is_empty).then(|| serde_json::to_vec(&sealed).unwrap_or_default());
+        let mut split = |sealed: &mut Vec<u8>, root: &str, map: &Map<String, Value>| -> String {
+            let (mut kept, mut rest) = (Vec::with_capacity(128), Vec::with_capacity(128));
+            let (_, has_rest) = classes.split_json(root, map, &clear, &mut kept, &mut rest);
+            if has_rest {
+                add_sealed(sealed, root, &rest);
+            }
+            String::from_utf8(kept).unwrap_or_else(|_| "{}".into())
+        };
+        let properties = split(&mut sealed, "properties", &message.properties);
+        let context = split(&mut sealed, "context", &message.context);
+        let traits = split(&mut sealed, "traits", &message.traits);
+        let extra = split(&mut sealed, "extra", &message.extra);
+        let user_id =
+            clear_or_sealed(classes, IdentifierKind::UserId, &message.user_id, "userId", &mut sealed, &mut add_sealed);
+        let anonymous_id = clear_or_sealed(
+            classes,
+            IdentifierKind::AnonymousId,
+            &message.anonymous_id,
+            "anonymousId",
+            &mut sealed,
+            &mut add_sealed,
+        );
+        sealed.push(b'}');
+        let personal = (sealed.len() > 2).then_some(sealed);
         let tokens: Vec<Identifier> = message.identifiers.iter().map(|i| privacy.keyring.token(i)).collect();
         let tokens_json = super::identifiers_json(&tokens);
         EncodedEvent { properties, context, traits, extra, user_id, anonymous_id, personal, tokens, tokens_json }
@@ -108,14 +126,18 @@ fn clear_or_sealed(
     classes: &Classification,
     kind: IdentifierKind,
     value: &Option<String>,
-    sealed: &mut Option<String>,
+    key: &str,
+    sealed: &mut Vec<u8>,
+    add_sealed: &mut impl FnMut(&mut Vec<u8>, &str, &[u8]),
 ) -> Option<String> {
-    if classes.encrypted(classes.identifier_class(kind)) {
-        sealed.clone_from(value);
-        None
-    } else {
-        value.clone()
+    if !classes.encrypted(classes.identifier_class(kind)) {
+        return value.clone();
     }
+    if let Some(value) = value {
+        let json = serde_json::to_vec(value).unwrap_or_default();
+        add_sealed(sealed, key, &json);
+    }
+    None
 }
 
 /// Put a stored event's sealed fields back into its clear ones.

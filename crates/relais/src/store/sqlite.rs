@@ -10,7 +10,8 @@ use std::thread;
 use chrono::{DateTime, NaiveDate, Utc};
 use relais_domain::traits::DayTotals;
 use relais_domain::{
-    Channel, ComputedTraits, CustomerId, EventId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage,
+    Channel, ComputedTraits, CustomerId, ErasureId, EventId, Identifier, KeyId, MergeId, OutboxId, Role,
+    TrackingMessage,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
@@ -22,8 +23,8 @@ use super::ingest::{
 use super::pool::Pool;
 use super::seal::{self, EncodedEvent, Privacy};
 use super::{
-    event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, EventPage, MergeRecord,
-    OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
+    event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, ErasureReport, EventPage,
+    MergeRecord, OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
 };
 use crate::privacy::{MasterKey, StoredKeyring};
 use relais_domain::privacy::Classification;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "customer_database", include_str!("../../migrations/sqlite/0001_customer_database.sql")),
-    (2, "encryption_at_rest", include_str!("../../migrations/sqlite/0002_encryption_at_rest.sql")),
+    (2, "privacy", include_str!("../../migrations/sqlite/0002_privacy.sql")),
 ];
 
 /// Messages committed together at most, across concurrent requests.
@@ -136,6 +137,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let applied: bool =
             tx.query_row("SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)", [version], |r| r.get(0))?;
         if !applied {
+            if *version == 2 && tx.query_row("SELECT EXISTS(SELECT 1 FROM identifiers)", [], |r| r.get::<_, bool>(0))? {
+                return Err(StoreError::Config(super::LEGACY_PLAINTEXT.into()));
+            }
             tx.execute_batch(sql)?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
@@ -790,6 +794,79 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SealedEven
     Ok(build().map(|event| (event, sealed)))
 }
 
+/// The erasure itself, in one transaction; returns the report and the profiles erased.
+fn erase_in_transaction(
+    conn: &mut Connection,
+    customer: CustomerId,
+) -> Result<(ErasureReport, Vec<CustomerId>), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let merged_into: Option<Option<String>> = tx
+        .query_row("SELECT merged_into FROM customers WHERE customer_id = ?1", [customer.to_string()], |r| r.get(0))
+        .optional()?;
+    let root = match merged_into {
+        None => return Err(StoreError::NotFound),
+        Some(Some(survivor)) => survivor,
+        Some(None) => customer.to_string(),
+    };
+    let cluster: Vec<String> = tx
+        .prepare("SELECT customer_id FROM customers WHERE customer_id = ?1 OR merged_into = ?1")?
+        .query_map([&root], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let ids = placeholders(cluster.len(), 0);
+    let values = || rusqlite::params_from_iter(cluster.iter());
+    let run = |sql: String| -> Result<usize, StoreError> { Ok(tx.execute(&sql, values())?) };
+    run(format!(
+        "DELETE FROM identifier_sightings WHERE customer_id IN ({ids}) \
+         OR identifier IN (SELECT identifier FROM identifiers WHERE customer_id IN ({ids}))"
+    ))?;
+    let identifiers = run(format!("DELETE FROM identifiers WHERE customer_id IN ({ids})"))?;
+    let linking: String = super::LINKING_PROPERTIES.iter().map(|p| format!(", '$.{p}'")).collect();
+    let events = run(format!(
+        "UPDATE events SET customer_id = '{erased}', message_id = event_id, user_id = NULL, anonymous_id = NULL, \
+         sealed = NULL, traits = '{{}}', extra = '{{}}', identifiers = '[]', order_id = NULL, \
+         properties = json_remove(properties{linking}) WHERE customer_id IN ({ids})",
+        erased = super::ERASED_CUSTOMER
+    ))?;
+    run(format!(
+        "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) \
+         SELECT '{erased}', day, orders, revenue_minor FROM customer_days WHERE customer_id IN ({ids}) AND true \
+         ON CONFLICT (customer_id, day) DO UPDATE SET orders = orders + excluded.orders, \
+         revenue_minor = revenue_minor + excluded.revenue_minor",
+        erased = super::ERASED_CUSTOMER
+    ))?;
+    run(format!("DELETE FROM customer_days WHERE customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM identity_conflicts WHERE customer_id IN ({ids}) OR other_customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM merges WHERE survivor_id IN ({ids}) OR merged_id IN ({ids})"))?;
+    run(format!("DELETE FROM account_members WHERE customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM outbox WHERE customer_id IN ({ids})"))?;
+    let profiles = run(format!("DELETE FROM customers WHERE customer_id IN ({ids})"))?;
+    let keys = run(format!("DELETE FROM data_keys WHERE customer_id IN ({ids})"))?;
+    let report = ErasureReport {
+        erasure_id: ErasureId::new(),
+        erased_at: Utc::now(),
+        profiles_erased: profiles,
+        identifiers_erased: identifiers,
+        events_deidentified: events,
+        keys_destroyed: keys,
+    };
+    tx.execute(
+        "INSERT INTO erasures (erasure_id, erased_at, customer_ids, profiles, identifiers, events, keys) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            report.erasure_id.to_string(),
+            micros(report.erased_at),
+            serde_json::to_string(&cluster).unwrap_or_default(),
+            profiles,
+            identifiers,
+            events,
+            keys
+        ],
+    )?;
+    tx.commit()?;
+    let cluster = cluster.iter().map(|c| parse_id(c)).collect::<Result<Vec<CustomerId>, _>>()?;
+    Ok((report, cluster))
+}
+
 /// The system keys, if the database has them yet.
 fn read_keyring(conn: &Connection) -> Result<Option<StoredKeyring>, StoreError> {
     let rows: Vec<(String, Vec<u8>, String)> = conn
@@ -1204,6 +1281,27 @@ impl Engine for SqliteEngine {
         Ok(report)
     }
 
+    fn erase(&self, customer: CustomerId) -> Result<ErasureReport, StoreError> {
+        let (report, cluster) = self.write(true, move |conn| {
+            // Deleted rows (the data keys above all) are overwritten with zeros,
+            // not left in free pages.
+            conn.pragma_update(None, "secure_delete", "ON")?;
+            let result = erase_in_transaction(conn, customer);
+            conn.pragma_update(None, "secure_delete", "OFF")?;
+            result
+        })?;
+        for id in &cluster {
+            self.privacy.keyring.forget(*id);
+        }
+        // Copy the zeroed pages into the database and empty the write-ahead log,
+        // so no older copy of a destroyed key stays in it.
+        self.write(false, |conn| {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {
         let settings = settings.clone();
         self.write(true, move |conn| {
@@ -1292,6 +1390,7 @@ impl Engine for SqliteEngine {
 /// The benchmark's best case on SQLite: one connection, one transaction per chunk.
 pub fn raw_load(
     folder: &Path,
+    privacy: &Privacy,
     chunks: &mut dyn Iterator<Item = Vec<TrackingMessage>>,
 ) -> Result<std::time::Duration, StoreError> {
     std::fs::create_dir_all(folder).map_err(|e| StoreError::Config(e.to_string()))?;
@@ -1299,10 +1398,9 @@ pub fn raw_load(
     migrate(&mut conn)?;
     let mut owners = HashMap::new();
     let mut spent = std::time::Duration::ZERO;
-    let privacy = super::raw_privacy();
     for chunk in chunks {
-        let encoded: Vec<EncodedEvent> = chunk.iter().map(|m| EncodedEvent::of(m, &privacy)).collect();
-        let changes = super::raw_changes(&chunk, &encoded, &mut owners, &privacy);
+        let encoded: Vec<EncodedEvent> = chunk.iter().map(|m| EncodedEvent::of(m, privacy)).collect();
+        let changes = super::raw_changes(&chunk, &encoded, &mut owners, privacy);
         let started = std::time::Instant::now();
         let tx = conn.transaction()?;
         SqliteTx { tx: &tx, cache: None, written: Vec::new() }.write(&changes)?;

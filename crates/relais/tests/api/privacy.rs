@@ -21,6 +21,7 @@ struct Person {
     street: String,
     ip: String,
     note: String,
+    message_ids: [String; 2],
 }
 
 impl Person {
@@ -35,6 +36,7 @@ impl Person {
             street: format!("{} rue Vauban-Zephyrine", n % 997),
             ip: format!("198.51.{}.{}", n % 250, (n / 250) % 250),
             note: format!("allergie-arachide-{}", n % 99_991),
+            message_ids: [format!("id-{}", ulid::Ulid::new()), format!("case-{}", ulid::Ulid::new())],
         }
     }
 
@@ -44,11 +46,11 @@ impl Person {
 
     fn messages(&self) -> Value {
         json!([
-            {"type": "identify", "userId": format!("u-{}", self.name), "messageId": format!("id-{}", ulid::Ulid::new()),
+            {"type": "identify", "userId": format!("u-{}", self.name), "messageId": self.message_ids[0],
              "traits": {"email": self.email, "phone": self.phone_sent, "firstName": self.name, "city": "Lyon",
                         "address": {"street": self.street, "city": "Lyon"}}},
             {"type": "track", "userId": format!("u-{}", self.name), "event": "Support Case Opened",
-             "messageId": format!("case-{}", ulid::Ulid::new()),
+             "messageId": self.message_ids[1],
              "context": {"ip": self.ip, "channel": "call_centre"},
              "properties": {"case_text": self.note, "store": "Lyon Part-Dieu"}},
         ])
@@ -327,4 +329,195 @@ async fn a_wrong_master_key_stops_the_server_and_rotation_switches_keys() {
     let body: Value = found.json().await.unwrap();
     assert_eq!(body["profile"]["email"], "rot@exemple.fr");
     server.kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_with_clear_data_from_before_encryption_is_refused_not_half_upgraded() {
+    tokio::task::spawn_blocking(|| {
+        let scratch = relais::store::scratch::Scratch::for_tests("legacy").unwrap();
+        let insert = "INSERT INTO identifiers (identifier, kind, customer_id, created_at) \
+                      VALUES ('email:ana@exemple.fr', 'email', 'cus_01JAAAAAAAAAAAAAAAAAAAAAAA', 0)";
+        match &scratch.location {
+            Location::Folder(folder) => {
+                std::fs::create_dir_all(folder).unwrap();
+                let conn = rusqlite::Connection::open(folder.join("relais.db")).unwrap();
+                conn.execute_batch(include_str!("../../migrations/sqlite/0001_customer_database.sql")).unwrap();
+                conn.execute_batch(
+                    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL); \
+                     INSERT INTO schema_migrations VALUES (1, 'customer_database', 0);",
+                )
+                .unwrap();
+                conn.execute_batch(insert).unwrap();
+            }
+            Location::Postgres(url) => {
+                let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+                client.batch_execute(include_str!("../../migrations/postgres/0001_customer_database.sql")).unwrap();
+                client
+                    .batch_execute(
+                        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
+                         INSERT INTO schema_migrations (version, name) VALUES (1, 'customer_database');",
+                    )
+                    .unwrap();
+                client.batch_execute(&insert.replace(", 0)", ", now())")).unwrap();
+            }
+        }
+        let error = scratch.open(relais::config::Settings::default().ingest).err().expect("refused");
+        assert!(error.to_string().contains("before encryption at rest"), "{error}");
+        let clear = raw_texts(&scratch.location, "SELECT identifier FROM identifiers");
+        assert_eq!(clear, vec!["email:ana@exemple.fr".to_string()], "nothing was changed");
+    })
+    .await
+    .unwrap();
+}
+
+/// Sum of one integer column over a table, read raw.
+fn raw_sum(location: &Location, sql: &str) -> i64 {
+    match location {
+        Location::Folder(folder) => {
+            let conn = rusqlite::Connection::open(folder.join("relais.db")).unwrap();
+            conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0)).unwrap().unwrap_or(0)
+        }
+        Location::Postgres(url) => {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            let row = client.query_one(&format!("SELECT ({sql})::bigint"), &[]).unwrap();
+            row.get::<_, Option<i64>>(0).unwrap_or(0)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erasure_removes_the_person_keeps_totals_and_destroys_their_keys() {
+    let app = TestApp::spawn().await;
+    let (ana, bob) = (Person::new(), Person::new());
+    let device = format!("device-{}", ulid::Ulid::new());
+    // Ana browses anonymously first, then identifies: two profiles, merged.
+    let (status, _) = app
+        .batch(json!([{"type": "page", "anonymousId": device, "name": "Accueil", "messageId": format!("p-{device}")}]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let identify = ana.messages()[0].clone();
+    for person in [&ana, &bob] {
+        let (status, _) = app.batch(person.messages()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let user = format!("u-{}", ana.name);
+    let (_, linked) = app
+        .batch(json!([
+            {"type": "track", "userId": user, "anonymousId": device, "event": "Order Completed",
+             "properties": {"order_id": "o-ana", "total": 25, "currency": "EUR", "store": "lyon-part-dieu"}},
+            {"type": "track", "userId": format!("u-{}", bob.name), "event": "Order Completed",
+             "properties": {"order_id": "o-bob", "total": 40, "currency": "EUR", "store": "nantes-graslin"}},
+        ]))
+        .await;
+    assert!(linked["results"].as_array().unwrap().iter().all(|r| r["status"] == "stored"), "{linked}");
+    let id = app.customer_by(&format!("email:{}", ana.email)).await["id"].as_str().unwrap().to_string();
+    assert_eq!(app.customer_by(&format!("anonymous_id:{device}")).await["id"], id.as_str(), "merged");
+
+    let location = app.scratch.location.clone();
+    let (events_before, revenue_before, days_before, ana_keys) = {
+        let location = location.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            (
+                raw_sum(&location, "SELECT count(*) FROM events"),
+                raw_sum(&location, "SELECT sum(amount_minor) FROM events"),
+                raw_sum(&location, "SELECT sum(revenue_minor) FROM customer_days"),
+                raw_blobs(
+                    &location,
+                    &format!(
+                        "SELECT wrapped FROM data_keys WHERE customer_id IN \
+                         (SELECT customer_id FROM customers WHERE customer_id = '{id}' OR merged_into = '{id}')"
+                    ),
+                ),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(ana_keys.len(), 2, "one key per profile");
+    assert_eq!(revenue_before, 6500);
+
+    // Only the DPO (or admin) may erase; unknown people are a 404 that changes nothing.
+    let marketing = app.key(Role::Marketing).await;
+    let dpo = app.key(Role::Dpo).await;
+    let client = reqwest::Client::new();
+    let erase = |key: String, identifier: String| {
+        let client = client.clone();
+        let url = format!("{}/api/v1/privacy/erasures", app.address);
+        async move {
+            let response =
+                client.post(url).bearer_auth(key).json(&json!({ "identifier": identifier })).send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(erase(marketing, format!("email:{}", ana.email)).await.0, StatusCode::FORBIDDEN);
+    let (status, problem) = erase(dpo.clone(), "email:personne@exemple.fr".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    let (status, problem) = erase(dpo.clone(), "email:not an address".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "identifier", "{problem}");
+
+    let (status, report) = erase(dpo.clone(), format!("phone:{}", ana.phone_e164)).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["profiles_erased"], 2);
+    assert_eq!(report["keys_destroyed"], 2);
+    assert_eq!(report["events_deidentified"], 4);
+    assert!(report["erasure_id"].as_str().unwrap().starts_with("era_"));
+
+    // Ana cannot be found by any identifier any more, nor by her old id.
+    for identifier in [
+        format!("email:{}", ana.email),
+        format!("phone:{}", ana.phone_e164),
+        format!("user_id:{user}"),
+        format!("anonymous_id:{device}"),
+    ] {
+        let (status, _) = app.get(&format!("/api/v1/customers?identifier={}", urlencode(&identifier))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{identifier}");
+    }
+    let (status, _) = app.get(&format!("/api/v1/customers/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A client retrying one of her old messages does not bring her back.
+    let (_, again) = app.batch(json!([identify])).await;
+    assert_eq!(again["results"][0]["status"], "duplicate", "{again}");
+    let (status, _) =
+        app.get(&format!("/api/v1/customers?identifier={}", urlencode(&format!("email:{}", ana.email)))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Bob is untouched.
+    assert_eq!(app.customer_by(&format!("email:{}", bob.email)).await["profile"]["email"], bob.email.as_str());
+
+    let scratch_master = app.scratch.master.clone();
+    tokio::task::spawn_blocking(move || {
+        // Totals stay right: the events are kept, de-identified.
+        assert_eq!(raw_sum(&location, "SELECT count(*) FROM events"), events_before);
+        assert_eq!(raw_sum(&location, "SELECT sum(amount_minor) FROM events"), revenue_before);
+        assert_eq!(raw_sum(&location, "SELECT sum(revenue_minor) FROM customer_days"), days_before);
+        let erased = relais::store::ERASED_CUSTOMER;
+        assert_eq!(
+            raw_sum(
+                &location,
+                &format!("SELECT count(*) FROM events WHERE customer_id = '{erased}' AND (sealed IS NOT NULL OR order_id IS NOT NULL OR user_id IS NOT NULL)")
+            ),
+            0,
+            "no personal or linking value is left on her events"
+        );
+        // Her keys are gone from the database: what they sealed is unreadable.
+        for wrapped in &ana_keys {
+            let remaining = raw_blobs(&location, "SELECT wrapped FROM data_keys");
+            assert!(!remaining.contains(wrapped));
+        }
+        let keyring = Keyring::open(&scratch_master, &stored_keyring(&location)).unwrap();
+        drop(keyring);
+        // On SQLite the destroyed keys leave no copy in the file or its log.
+        if let Location::Folder(folder) = &location {
+            for wrapped in &ana_keys {
+                for file in ["relais.db", "relais.db-wal"] {
+                    let bytes = std::fs::read(folder.join(file)).unwrap_or_default();
+                    assert!(memchr::memmem::find(&bytes, wrapped).is_none(), "a copy of a destroyed key in {file}");
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
 }

@@ -1,5 +1,5 @@
--- Encryption at rest (privacy issue): personal values are sealed with the
--- customer's data key; identifiers are found by a keyed-hash token.
+-- Privacy (issue 4): encryption at rest, lookup tokens, erasures.
+-- Personal values are sealed with the customer's data key; identifiers are found by a keyed-hash token.
 
 -- System keys (key-encryption key, index key), each wrapped by the master key,
 -- which never enters the database; its fingerprint tells a wrong key at start.
@@ -27,3 +27,16 @@ ALTER TABLE identifiers ADD COLUMN value TEXT;
 ALTER TABLE identifiers ADD COLUMN sealed BLOB;
 -- The payload fields of encrypted classes (and userId, anonymousId), sealed.
 ALTER TABLE events ADD COLUMN sealed BLOB;
+
+-- Erasures carried out (data-subject rights). No personal data: the profile ids
+-- erased (random, linked to nothing once erased) and counts; a restored backup
+-- re-applies them.
+CREATE TABLE erasures (
+    erasure_id    TEXT PRIMARY KEY,
+    erased_at     INTEGER NOT NULL,
+    customer_ids  TEXT NOT NULL,
+    profiles      INTEGER NOT NULL,
+    identifiers   INTEGER NOT NULL,
+    events        INTEGER NOT NULL,
+    keys          INTEGER NOT NULL
+);
