@@ -1,15 +1,17 @@
-//! API key authentication and role checks: a handler states the permission it
-//! needs in its signature (`Authorized<ReadCustomers>`), so an unchecked handler
-//! does not compile.
+//! API key authentication and role checks. Each route's permission is declared
+//! once, in the route table (`http::route_table`); `require` enforces it before
+//! the handler runs and hands the handler a `Caller`.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use relais_domain::Permission;
 
@@ -27,44 +29,24 @@ pub struct KeyCache {
     entries: Mutex<HashMap<String, (ApiKey, Instant)>>,
 }
 
-/// A permission named at the type level.
-pub trait Required {
-    /// The permission.
-    const PERMISSION: Permission;
-}
-
-macro_rules! permission_marker {
-    ($name:ident) => {
-        /// Type-level marker for the permission of the same name.
-        pub struct $name;
-        impl Required for $name {
-            const PERMISSION: Permission = Permission::$name;
-        }
-    };
-}
-permission_marker!(IngestEvents);
-permission_marker!(ReadCustomers);
-permission_marker!(ReadMetrics);
-permission_marker!(ManageIdentity);
-permission_marker!(ManageOutbox);
-permission_marker!(ManagePrivacy);
-
-/// A caller whose key holds permission `P`.
-pub struct Authorized<P: Required> {
+/// The authenticated caller of a route: the route table's permission check
+/// (`require`) puts it in the request, so a handler can only be reached through
+/// that check.
+#[derive(Debug, Clone)]
+pub struct Caller {
     /// The caller's key.
     pub key: ApiKey,
-    _permission: PhantomData<P>,
 }
 
 /// The secret from `Authorization: Basic base64(key:)` (Segment's way) or
 /// `Authorization: Bearer key`.
-fn secret_from(parts: &Parts) -> Result<String, ApiError> {
+fn secret_from(headers: &HeaderMap) -> Result<String, ApiError> {
     let missing = || {
         ApiError::Unauthorized(
             "missing API key: send `Authorization: Bearer KEY`, or HTTP basic auth with the key as user name".into(),
         )
     };
-    let header = parts.headers.get(AUTHORIZATION).ok_or_else(missing)?;
+    let header = headers.get(AUTHORIZATION).ok_or_else(missing)?;
     let header = header.to_str().map_err(|_| missing())?.trim();
     if let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) {
         return Ok(token.trim().to_string());
@@ -97,19 +79,38 @@ pub async fn authenticate(state: &AppState, secret: &str) -> Result<ApiKey, ApiE
     Ok(key)
 }
 
-impl<P: Required + Send + Sync> FromRequestParts<AppState> for Authorized<P> {
+/// Authenticate the request and check that the caller's role allows
+/// `permission` (the route table's declaration); 401 or 403 otherwise.
+pub async fn require(
+    State((state, permission)): State<(AppState, Permission)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let secret = match secret_from(request.headers()) {
+        Ok(secret) => secret,
+        Err(error) => return error.into_response(),
+    };
+    let key = match authenticate(&state, &secret).await {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
+    if !key.role.allows(permission) {
+        return ApiError::Forbidden(format!(
+            "the `{}` role may not do this ({permission:?}); use a key with a role that may",
+            key.role
+        ))
+        .into_response();
+    }
+    request.extensions_mut().insert(Caller { key });
+    next.run(request).await
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = secret_from(parts)?;
-        let key = authenticate(state, &secret).await?;
-        if !key.role.allows(P::PERMISSION) {
-            return Err(ApiError::Forbidden(format!(
-                "the `{}` role may not do this ({:?}); use a key with a role that may",
-                key.role,
-                P::PERMISSION
-            )));
-        }
-        Ok(Authorized { key, _permission: PhantomData })
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::Unauthorized("this route was reached without its permission check; send an API key".into())
+        })
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Authorized, ManageIdentity, ReadCustomers};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::redact::Viewer;
 use super::AppState;
@@ -177,7 +177,7 @@ async fn load_view(state: &AppState, role: Role, id: CustomerId) -> Result<Resul
     security(("bearer" = [])))]
 pub async fn get_customer(
     State(state): State<AppState>,
-    caller: Authorized<ReadCustomers>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_customer_id(&id)?;
@@ -222,7 +222,7 @@ pub struct SearchResults {
     security(("bearer" = [])))]
 pub async fn find_customers(
     State(state): State<AppState>,
-    caller: Authorized<ReadCustomers>,
+    caller: Caller,
     Query(query): Query<CustomerQuery>,
 ) -> Result<Response, ApiError> {
     if let Some(text) = query.identifier {
@@ -289,7 +289,7 @@ pub struct TimelineQuery {
     security(("bearer" = [])))]
 pub async fn customer_events(
     State(state): State<AppState>,
-    caller: Authorized<ReadCustomers>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<TimelineQuery>,
 ) -> Result<Response, ApiError> {
@@ -332,7 +332,7 @@ pub struct MergesView {
     security(("bearer" = [])))]
 pub async fn customer_merges(
     State(state): State<AppState>,
-    caller: Authorized<ReadCustomers>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<MergesView>, ApiError> {
     let id = parse_customer_id(&id)?;
@@ -356,7 +356,7 @@ pub async fn customer_merges(
     security(("bearer" = [])))]
 pub async fn undo_merge(
     State(state): State<AppState>,
-    caller: Authorized<ManageIdentity>,
+    caller: Caller,
     Path(merge_id): Path<String>,
 ) -> Result<Json<UnmergeReport>, ApiError> {
     let merge_id = MergeId::parse(&merge_id).map_err(|e| ApiError::field("merge_id", e.to_string()))?;

@@ -16,8 +16,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use relais_domain::Permission;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -128,26 +129,81 @@ async fn not_found() -> error::ApiError {
     error::ApiError::NotFound("no such endpoint; see /api/openapi.json".into())
 }
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a key.
+    Public,
+    /// A key whose role allows the permission.
+    Requires(Permission),
+}
+
+/// One route of the API: method, path and who may call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// The path, with `{name}` parameters.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+}
+
+/// The one table of routes and their permissions: the router is built from
+/// it, and each permission is checked before its handler runs.
+fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use Access::{Public, Requires};
+    use Permission::*;
+    let route = |method: &'static str, path: &'static str, access: Access, handler: MethodRouter<AppState>| {
+        (RouteSpec { method, path, access }, handler)
+    };
+    vec![
+        route("GET", "/healthz", Public, get(healthz)),
+        route("GET", "/api/openapi.json", Public, get(openapi_json)),
+        route("GET", "/metrics", Requires(ReadMetrics), get(metrics::metrics)),
+        route("POST", "/v1/identify", Requires(IngestEvents), post(tracking::identify)),
+        route("POST", "/v1/track", Requires(IngestEvents), post(tracking::track)),
+        route("POST", "/v1/page", Requires(IngestEvents), post(tracking::page)),
+        route("POST", "/v1/screen", Requires(IngestEvents), post(tracking::screen)),
+        route("POST", "/v1/group", Requires(IngestEvents), post(tracking::group)),
+        route("POST", "/v1/alias", Requires(IngestEvents), post(tracking::alias)),
+        route("POST", "/v1/batch", Requires(IngestEvents), post(tracking::batch)),
+        route("GET", "/api/v1/customers", Requires(ReadCustomers), get(customers::find_customers)),
+        route("GET", "/api/v1/customers/{id}", Requires(ReadCustomers), get(customers::get_customer)),
+        route("GET", "/api/v1/customers/{id}/events", Requires(ReadCustomers), get(customers::customer_events)),
+        route("GET", "/api/v1/customers/{id}/merges", Requires(ReadCustomers), get(customers::customer_merges)),
+        route("POST", "/api/v1/merges/{merge_id}/undo", Requires(ManageIdentity), post(customers::undo_merge)),
+        route("GET", "/api/v1/outbox", Requires(ManageOutbox), get(outbox::list_outbox)),
+        route("POST", "/api/v1/privacy/erasures", Requires(ManagePrivacy), post(privacy::erase)),
+    ]
+}
+
+/// Every route the API serves, with its permission.
+pub fn routes() -> Vec<RouteSpec> {
+    route_table().into_iter().map(|(spec, _)| spec).collect()
+}
+
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/api/openapi.json", get(openapi_json))
-        .route("/v1/identify", post(tracking::identify))
-        .route("/v1/track", post(tracking::track))
-        .route("/v1/page", post(tracking::page))
-        .route("/v1/screen", post(tracking::screen))
-        .route("/v1/group", post(tracking::group))
-        .route("/v1/alias", post(tracking::alias))
-        .route("/v1/batch", post(tracking::batch))
-        .route("/api/v1/customers", get(customers::find_customers))
-        .route("/api/v1/customers/{id}", get(customers::get_customer))
-        .route("/api/v1/customers/{id}/events", get(customers::customer_events))
-        .route("/api/v1/customers/{id}/merges", get(customers::customer_merges))
-        .route("/api/v1/merges/{merge_id}/undo", post(customers::undo_merge))
-        .route("/api/v1/outbox", get(outbox::list_outbox))
-        .route("/api/v1/privacy/erasures", post(privacy::erase))
+    let mut by_path: std::collections::BTreeMap<&'static str, MethodRouter<AppState>> = Default::default();
+    for (spec, handler) in route_table() {
+        let handler = match spec.access {
+            Access::Public => handler,
+            Access::Requires(permission) => {
+                handler.route_layer(axum::middleware::from_fn_with_state((state.clone(), permission), auth::require))
+            }
+        };
+        let merged = match by_path.remove(spec.path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(spec.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
         .with_state(state)

@@ -5,7 +5,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Authorized, ManageOutbox};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 use crate::store::{OutboxItem, OutboxStatus};
@@ -33,7 +33,7 @@ pub struct OutboxView {
     security(("bearer" = [])))]
 pub async fn list_outbox(
     State(state): State<AppState>,
-    _caller: Authorized<ManageOutbox>,
+    _caller: Caller,
     Query(query): Query<OutboxQuery>,
 ) -> Result<Json<OutboxView>, ApiError> {
     let status = match query.status.as_deref() {

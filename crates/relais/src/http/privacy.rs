@@ -6,7 +6,7 @@ use relais_domain::Identifier;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::auth::{Authorized, ManagePrivacy};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 use crate::store::ErasureReport;
@@ -32,7 +32,7 @@ pub struct ErasureRequest {
     security(("bearer" = [])))]
 pub async fn erase(
     State(state): State<AppState>,
-    _caller: Authorized<ManagePrivacy>,
+    _caller: Caller,
     Json(request): Json<ErasureRequest>,
 ) -> Result<Json<ErasureReport>, ApiError> {
     let identifier =

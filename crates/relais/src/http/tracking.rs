@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::auth::{Authorized, IngestEvents};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 use crate::store::Outcome;
@@ -268,7 +268,7 @@ macro_rules! tracking_endpoint {
             security(("basic" = []), ("bearer" = [])))]
         pub async fn $fn_name(
             State(state): State<AppState>,
-            caller: Authorized<IngestEvents>,
+            caller: Caller,
             headers: HeaderMap,
             body: Body,
         ) -> Result<Json<TrackingResponse>, ApiError> {

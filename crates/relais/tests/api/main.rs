@@ -16,3 +16,5 @@ mod outbox;
 mod operations;
 // Encryption at rest, masks by role, payment cards, master keys.
 mod privacy;
+// Every route × every role against the access matrix fixture.
+mod access;

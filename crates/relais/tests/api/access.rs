@@ -1,0 +1,122 @@
+//! Every route × every role answers as the access matrix fixture says: allowed
+//! (never 401, 403, 404 or 5xx) or 403; and without a key, 401.
+
+use std::collections::{BTreeSet, HashSet};
+
+use relais_domain::Role;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+/// One row of the fixture.
+struct Expected {
+    method: String,
+    path: String,
+    public: bool,
+    allowed: HashSet<Role>,
+}
+
+fn fixture() -> Vec<Expected> {
+    include_str!("fixtures/access_matrix.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let method = words.next().expect("method").to_string();
+            let path = words.next().expect("path").to_string();
+            let names: Vec<&str> = words.collect();
+            let public = names == ["public"];
+            let allowed = if public {
+                Role::ALL.into_iter().collect()
+            } else {
+                names
+                    .iter()
+                    .map(|n| Role::parse(n).unwrap_or_else(|| panic!("unknown role {n} in the fixture")))
+                    .collect()
+            };
+            Expected { method, path, public, allowed }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_answers_every_role_as_the_access_matrix_says() {
+    let app = TestApp::spawn().await;
+    let expected = fixture();
+
+    // No route forgotten, none invented: the fixture and what the router serves agree.
+    let served: BTreeSet<(String, String)> =
+        relais::http::routes().iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
+    let listed: BTreeSet<(String, String)> = expected.iter().map(|e| (e.method.clone(), e.path.clone())).collect();
+    assert_eq!(served, listed, "the fixture must list exactly the routes the router serves");
+
+    // Data the routes need: a customer with a merge; people to erase, one per allowed call.
+    let (_, answer) = app
+        .batch(json!([
+            {"type": "page", "anonymousId": "acc-device", "name": "Accueil"},
+            {"type": "identify", "userId": "acc-user", "traits": {"email": "acces@exemple.fr"}},
+            {"type": "track", "userId": "acc-user", "anonymousId": "acc-device", "event": "Product Viewed"},
+        ]))
+        .await;
+    assert!(answer["results"].as_array().unwrap().iter().all(|r| r["status"] == "stored"), "{answer}");
+    let customer = app.customer_by("email:acces@exemple.fr").await["id"].as_str().unwrap().to_string();
+    let (_, merges) = app.get(&format!("/api/v1/customers/{customer}/merges")).await;
+    let merge = merges["merges"][0]["merge_id"].as_str().expect("a merge").to_string();
+
+    let mut keys = Vec::new();
+    for role in Role::ALL {
+        keys.push((role, app.key(role).await));
+    }
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut to_erase = 0;
+    let mut failures = Vec::new();
+    for route in &expected {
+        let path = route.path.replace("{id}", &customer).replace("{merge_id}", &merge);
+        let url = format!("{}{path}", app.address);
+        for (role, key) in keys.iter().map(|(r, k)| (Some(*r), Some(k.as_str()))).chain([(None, None)]) {
+            let body = match route.path.as_str() {
+                "/api/v1/privacy/erasures" => {
+                    to_erase += 1;
+                    let email = format!("efface-{to_erase}@exemple.fr");
+                    app.batch(json!([{"type": "identify", "userId": format!("efface-{to_erase}"), "traits": {"email": email}}]))
+                        .await;
+                    json!({ "identifier": format!("email:{email}") })
+                }
+                "/v1/batch" => json!({"batch": [{"type": "track", "userId": "acc-user", "event": "Product Viewed"}]}),
+                "/v1/alias" => json!({"userId": "acc-user", "previousId": "acc-device"}),
+                "/v1/group" => json!({"userId": "acc-user", "groupId": "famille-acc"}),
+                "/v1/identify" => json!({"userId": "acc-user", "traits": {"city": "Lyon"}}),
+                "/v1/track" => json!({"userId": "acc-user", "event": "Product Viewed"}),
+                _ => json!({"userId": "acc-user", "name": "Accueil"}),
+            };
+            let mut request = match route.method.as_str() {
+                "GET" => client.get(&url),
+                "POST" => client.post(&url).json(&body),
+                other => panic!("unexpected method {other}"),
+            };
+            if route.path == "/api/v1/customers" {
+                request = request.query(&[("identifier", "email:acces@exemple.fr")]);
+            }
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let status = request.send().await.unwrap().status();
+            let who = role.map_or("no key".to_string(), |r| r.to_string());
+            let fine = match role {
+                None if route.public => status.is_success(),
+                None => status == StatusCode::UNAUTHORIZED,
+                Some(role) if route.allowed.contains(&role) => {
+                    !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND)
+                        && !status.is_server_error()
+                }
+                Some(_) => status == StatusCode::FORBIDDEN,
+            };
+            if !fine {
+                failures.push(format!("{} {} as {who}: {status}", route.method, route.path));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "answers that break the matrix:\n{}", failures.join("\n"));
+}
