@@ -37,7 +37,7 @@ pub enum Permission {
     ManageKeys,
     /// See and drive the outbox of side effects (e-mails hold personal data).
     ManageOutbox,
-    /// Carry out data-subject rights (erasure).
+    /// Carry out data-subject rights (access export, erasure).
     ManagePrivacy,
 }
 

@@ -44,6 +44,15 @@ pub enum BenchCommand {
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         encryption: String,
     },
+    /// Time to build the access export of one person with many events.
+    Export {
+        /// Events of the person.
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        /// PostgreSQL URL (a throwaway schema); without it, a throwaway SQLite folder.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Erasure time of one person on a database of many profiles.
     Erase {
         /// Profiles in the database (each with an identify and an order).
@@ -134,6 +143,18 @@ fn profile_messages(k: usize, timestamp: &str) -> [String; 2] {
     ]
 }
 
+/// The envelope of messages the benchmarks parse themselves.
+fn bench_envelope(settings: &Settings) -> Envelope<'_> {
+    Envelope {
+        received_at: Utc::now(),
+        implied_type: None,
+        batch_sent_at: None,
+        batch_context: None,
+        default_currency: &settings.ingest.currency,
+        card_policy: settings.ingest.card_policy,
+    }
+}
+
 /// `relais bench erase`: load `profiles` people with the raw path, then erase
 /// some of them one by one through the engine, timing each erasure.
 fn bench_erase(
@@ -144,14 +165,7 @@ fn bench_erase(
 ) -> anyhow::Result<()> {
     let scratch = Scratch::new(database_url.as_deref(), "erase")?;
     let store = scratch.open(settings.ingest.clone())?;
-    let envelope = Envelope {
-        received_at: Utc::now(),
-        implied_type: None,
-        batch_sent_at: None,
-        batch_context: None,
-        default_currency: &settings.ingest.currency,
-        card_policy: settings.ingest.card_policy,
-    };
+    let envelope = bench_envelope(settings);
     let timestamp = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
     let per_chunk = 25_000;
     let mut chunks = (0..profiles).step_by(per_chunk).map(|first| {
@@ -196,12 +210,54 @@ fn bench_erase(
     Ok(())
 }
 
+/// `relais bench export`: one person with `events` events (identify, orders and
+/// page views through the ingest path, personal fields sealed), exported five
+/// times; prints the median.
+fn bench_export(events: usize, database_url: Option<String>, settings: &Settings) -> anyhow::Result<()> {
+    let scratch = Scratch::new(database_url.as_deref(), "export")?;
+    let store = scratch.open(settings.ingest.clone())?;
+    let envelope = bench_envelope(settings);
+    let timestamp = (Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    for first in (0..events).step_by(500) {
+        let messages = (first..(first + 500).min(events))
+            .map(|seq| {
+                // One person: every message carries the same user id.
+                let text = message_text(seq, 1, &timestamp);
+                TrackingMessage::parse_json(&text, &envelope).expect("bench messages are valid")
+            })
+            .collect();
+        store.blocking().ingest("bench", messages)?;
+    }
+    let identifier = relais_domain::Identifier::parse("user_id:u0")?;
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let archive = crate::privacy::export::export_person(store.blocking(), &identifier)?;
+        times.push(started.elapsed());
+        anyhow::ensure!(archive.events == events, "exported {} of {events} events", archive.events);
+        size = archive.bytes.len();
+    }
+    times.sort();
+    let median_ms = (times[2].as_secs_f64() * 10_000.0).round() / 10.0;
+    eprintln!(
+        "{}: export of one person with {events} events: median {median_ms} ms, {size} bytes",
+        store.engine_name()
+    );
+    println!(
+        "{}",
+        json!({ "engine": store.engine_name(), "events": events, "export_ms_median": median_ms, "archive_bytes": size })
+    );
+    Ok(())
+}
+
 /// Run a benchmark command.
 pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     let (events, people, batch, clients, database_url, encryption) = match command {
         BenchCommand::Ingest { events, people, batch, clients, database_url, encryption } => {
             (events, people, batch, clients, database_url, encryption)
         }
+        BenchCommand::Export { events, database_url } => return bench_export(events, database_url, settings),
         BenchCommand::Erase { profiles, erasures, database_url } => {
             anyhow::ensure!(erasures >= 1 && profiles >= erasures, "erase at least one of at least as many profiles");
             return bench_erase(profiles, erasures, database_url, settings);
@@ -295,14 +351,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
 
     // 2. The engine's best case on the same rows.
     let raw = Scratch::new(database_url.as_deref(), "raw")?;
-    let envelope = Envelope {
-        received_at: Utc::now(),
-        implied_type: None,
-        batch_sent_at: None,
-        batch_context: None,
-        default_currency: &settings.ingest.currency,
-        card_policy: settings.ingest.card_policy,
-    };
+    let envelope = bench_envelope(settings);
     let per_chunk = (50_000 / batch).max(1);
     let mut chunks = (0..batches).step_by(per_chunk).map(|first| {
         (first..(first + per_chunk).min(batches))

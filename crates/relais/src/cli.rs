@@ -214,6 +214,18 @@ enum IdentityCommand {
 
 #[derive(Debug, Subcommand)]
 enum PrivacyCommand {
+    /// Write everything held about a person into a zip archive of JSON and CSV
+    /// files (access and portability); prints the file's path.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Any identifier of the person, `kind:value`.
+        #[arg(long)]
+        identifier: String,
+        /// The archive to write (default: relais-export-CUSTOMER.zip).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Erase a person (profile, identifiers, personal data; events kept
     /// de-identified; data keys destroyed); prints what was erased as JSON.
     Erase {
@@ -308,6 +320,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = store.open(&settings)?;
             let report = store.blocking().unmerge(merge_id, &settings.ingest)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Privacy { command: PrivacyCommand::Export { store, identifier, output } } => {
+            let identifier = relais_domain::Identifier::parse(&identifier)?;
+            let store = store.open(&settings)?;
+            let archive = match crate::privacy::export::export_person(store.blocking(), &identifier) {
+                Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing to export"),
+                other => other?,
+            };
+            let output = output.unwrap_or_else(|| PathBuf::from(format!("relais-export-{}.zip", archive.customer)));
+            std::fs::write(&output, &archive.bytes)
+                .with_context(|| format!("cannot write the archive {}", output.display()))?;
+            eprintln!("{} events exported", archive.events);
+            println!("{}", output.display());
             Ok(())
         }
         Command::Privacy { command: PrivacyCommand::Erase { store, identifier } } => {

@@ -38,6 +38,8 @@ pub struct Settings {
     /// Days a `messageId` is remembered for deduplication
     /// (`RELAIS_MESSAGE_ID_RETENTION_DAYS`, at least 30).
     pub message_id_retention_days: i64,
+    /// Requests each API key may make per second (`RELAIS_RATE_LIMIT`).
+    pub rate_limit_per_second: u32,
 }
 
 impl Default for Settings {
@@ -47,6 +49,7 @@ impl Default for Settings {
             smtp_url: None,
             mail_from: "relais <no-reply@relais.localhost>".into(),
             message_id_retention_days: 30,
+            rate_limit_per_second: 1_000,
         }
     }
 }
@@ -66,6 +69,9 @@ pub enum ConfigError {
     /// Malformed sender.
     #[error("`{0}` in RELAIS_MAIL_FROM is not a mailbox such as `Boutique <contact@example.fr>`")]
     MailFrom(String),
+    /// Malformed rate limit.
+    #[error("`{0}` in RELAIS_RATE_LIMIT is not a number of requests per second, 1 or more")]
+    RateLimit(String),
     /// Unknown card-number policy.
     #[error("`{0}` in RELAIS_CARD_NUMBERS is not `reject` or `mask`")]
     CardNumbers(String),
@@ -95,6 +101,10 @@ impl Settings {
         if let Ok(days) = std::env::var("RELAIS_MESSAGE_ID_RETENTION_DAYS") {
             settings.message_id_retention_days =
                 days.trim().parse().ok().filter(|d| *d >= 30).ok_or(ConfigError::Retention(days))?;
+        }
+        if let Ok(rate) = std::env::var("RELAIS_RATE_LIMIT") {
+            settings.rate_limit_per_second =
+                rate.trim().parse().ok().filter(|r| *r >= 1).ok_or(ConfigError::RateLimit(rate))?;
         }
         if let Ok(policy) = std::env::var("RELAIS_CARD_NUMBERS") {
             settings.ingest.card_policy = match policy.trim() {

@@ -29,6 +29,15 @@ pub struct KeyCache {
     entries: Mutex<HashMap<String, (ApiKey, Instant)>>,
 }
 
+/// Requests allowed per API key, counted in memory by each server process.
+pub type KeyRateLimiter = governor::DefaultKeyedRateLimiter<relais_domain::KeyId>;
+
+/// A limiter allowing `per_second` requests per key, in bursts of as many.
+pub fn rate_limiter(per_second: u32) -> KeyRateLimiter {
+    let rate = std::num::NonZeroU32::new(per_second.max(1)).expect("at least one");
+    governor::RateLimiter::keyed(governor::Quota::per_second(rate))
+}
+
 /// The authenticated caller of a route: the route table's permission check
 /// (`require`) puts it in the request, so a handler can only be reached through
 /// that check.
@@ -94,6 +103,16 @@ pub async fn require(
         Ok(key) => key,
         Err(error) => return error.into_response(),
     };
+    if state.limiter.check_key(&key.key_id).is_err() {
+        return ApiError::TooManyRequests(
+            format!(
+                "this key sent more than {} requests per second; slow down and retry",
+                state.settings.rate_limit_per_second
+            ),
+            1,
+        )
+        .into_response();
+    }
     if !key.role.allows(permission) {
         return ApiError::Forbidden(format!(
             "the `{}` role may not do this ({permission:?}); use a key with a role that may",

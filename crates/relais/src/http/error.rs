@@ -72,6 +72,9 @@ pub enum ApiError {
     /// The content type or encoding is not supported.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The key sent more requests than its rate allows; retry after the delay (seconds).
+    #[error("{0}")]
+    TooManyRequests(String, u64),
     /// Something failed inside; details are logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -125,7 +128,12 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type")
             }
+            ApiError::TooManyRequests(..) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        };
+        let retry_after = match &self {
+            ApiError::TooManyRequests(_, seconds) => Some(*seconds),
+            _ => None,
         };
         // Return an opaque 500 while keeping the cause in the log.
         let detail = match &self {
@@ -151,6 +159,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(problem)).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

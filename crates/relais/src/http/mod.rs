@@ -38,12 +38,16 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Verified API keys.
     pub keys: Arc<auth::KeyCache>,
+    /// Requests allowed per key and second.
+    pub limiter: Arc<auth::KeyRateLimiter>,
 }
 
 impl AppState {
     /// State over an opened store.
     pub fn new(store: Store, settings: Settings) -> AppState {
+        let limiter = Arc::new(auth::rate_limiter(settings.rate_limit_per_second));
         AppState {
+            limiter,
             store,
             settings: Arc::new(settings),
             metrics: Arc::new(metrics::Metrics::default()),
@@ -110,6 +114,7 @@ impl Modify for SecuritySchemes {
         customers::undo_merge,
         outbox::list_outbox,
         privacy::erase,
+        privacy::export,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -175,6 +180,7 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("POST", "/api/v1/merges/{merge_id}/undo", Requires(ManageIdentity), post(customers::undo_merge)),
         route("GET", "/api/v1/outbox", Requires(ManageOutbox), get(outbox::list_outbox)),
         route("POST", "/api/v1/privacy/erasures", Requires(ManagePrivacy), post(privacy::erase)),
+        route("POST", "/api/v1/privacy/exports", Requires(ManagePrivacy), post(privacy::export)),
     ]
 }
 
@@ -205,8 +211,26 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
         .with_state(state)
+}
+
+/// Headers that keep browsers from misusing API answers: no sniffing, no
+/// framing, no referrer, nothing loaded from them, and no caching of customer data.
+async fn security_headers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Serve on `listener` until `shutdown` completes.

@@ -84,6 +84,7 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                         .await;
                     json!({ "identifier": format!("email:{email}") })
                 }
+                "/api/v1/privacy/exports" => json!({ "identifier": "email:acces@exemple.fr" }),
                 "/v1/batch" => json!({"batch": [{"type": "track", "userId": "acc-user", "event": "Product Viewed"}]}),
                 "/v1/alias" => json!({"userId": "acc-user", "previousId": "acc-device"}),
                 "/v1/group" => json!({"userId": "acc-user", "groupId": "famille-acc"}),

@@ -31,10 +31,15 @@ impl Drop for TestApp {
 
 /// Serve `store` on a new port 0 listener; returns the address and a stop handle.
 pub async fn serve(store: Store) -> (String, tokio::sync::oneshot::Sender<()>) {
+    serve_with(store, Settings::default()).await
+}
+
+/// `serve` with other settings.
+pub async fn serve_with(store: Store, settings: Settings) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().expect("address"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState::new(store, Settings::default());
+    let state = AppState::new(store, settings);
     tokio::spawn(relais::http::launch(listener, state, async {
         let _ = stopped.await;
     }));

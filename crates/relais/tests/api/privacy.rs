@@ -521,3 +521,106 @@ async fn erasure_removes_the_person_keeps_totals_and_destroys_their_keys() {
     .await
     .unwrap();
 }
+
+/// The files of a zip archive, by name.
+fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, String> {
+    use std::io::Read;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip archive");
+    let mut files = std::collections::BTreeMap::new();
+    for i in 0..archive.len() {
+        let mut file = archive.by_index(i).unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        files.insert(file.name().to_string(), text);
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_access_export_holds_everything_about_the_person_and_nothing_after_erasure() {
+    let app = TestApp::spawn().await;
+    let (ana, bob) = (Person::new(), Person::new());
+    for person in [&ana, &bob] {
+        let (status, _) = app.batch(person.messages()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let dpo = app.key(Role::Dpo).await;
+    let client = reqwest::Client::new();
+    let export = |identifier: String| {
+        let client = client.clone();
+        let dpo = dpo.clone();
+        let url = format!("{}/api/v1/privacy/exports", app.address);
+        async move {
+            let response =
+                client.post(url).bearer_auth(dpo).json(&json!({ "identifier": identifier })).send().await.unwrap();
+            let status = response.status();
+            let kind = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+            (status, kind, response.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (status, kind, bytes) = export(format!("email:{}", ana.email)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kind.as_deref(), Some("application/zip"));
+    let files = unzip(&bytes);
+    assert_eq!(
+        files.keys().cloned().collect::<Vec<_>>(),
+        ["README.txt", "events.csv", "events.json", "identifiers.csv", "merges.json", "profile.json"]
+    );
+    let profile: Value = serde_json::from_str(&files["profile.json"]).unwrap();
+    assert_eq!(profile["profile"]["email"], ana.email.as_str());
+    assert_eq!(profile["computed"]["event_count"], 2);
+    assert!(files["identifiers.csv"].contains(&format!("phone,{}", ana.phone_e164)));
+    let events: Vec<Value> = serde_json::from_str(&files["events.json"]).unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(files["events.csv"].contains(&ana.note), "sealed fields are opened for the export");
+    let everything: String = files.values().cloned().collect();
+    for needle in bob.needles() {
+        assert!(!everything.contains(needle), "another person's data ({needle}) in the export");
+    }
+
+    let (status, _, body) = export("email:personne@exemple.fr".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = app
+        .post_raw(
+            "/api/v1/privacy/erasures",
+            serde_json::to_vec(&json!({"identifier": format!("email:{}", ana.email)})).unwrap(),
+            None,
+            Some(&dpo),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = export(format!("email:{}", ana.email)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an erased person's export finds nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_carry_security_headers_and_each_key_is_rate_limited() {
+    let app = TestApp::spawn().await;
+    let settings = relais::config::Settings { rate_limit_per_second: 3, ..relais::config::Settings::default() };
+    let (address, _stop) = crate::helpers::serve_with(app.store.clone(), settings).await;
+    let client = reqwest::Client::new();
+    let url = format!("{address}/api/v1/customers?identifier=email:personne@exemple.fr");
+    let first = client.get(&url).bearer_auth(&app.admin).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::NOT_FOUND);
+    let headers = first.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+
+    let mut limited = None;
+    for _ in 0..20 {
+        let response = client.get(&url).bearer_auth(&app.admin).send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("a key sending 20 requests at once is limited to 3 per second");
+    assert_eq!(limited.headers()["retry-after"], "1");
+    let problem: Value = limited.json().await.unwrap();
+    assert_eq!(problem["code"], "rate_limited");
+    // Another key is not slowed down by the first.
+    let other = client.get(&url).bearer_auth(app.key(Role::Agent).await).send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+}
