@@ -183,7 +183,16 @@ fn bench_erase(
         let k = (i * 7_919 + 13) * profiles / (erasures * 7_919 + 13);
         let identifier = relais_domain::Identifier::parse(&format!("email:u{k}@example.fr"))?;
         let started = Instant::now();
-        let report = crate::http::privacy::erase_holder(store.blocking(), &identifier)?;
+        let report = store.blocking_audited(|engine, audit| {
+            crate::http::privacy::carry_out(
+                engine,
+                audit,
+                "bench",
+                "privacy.erase",
+                &identifier,
+                crate::http::privacy::erase_person,
+            )
+        })?;
         times.push(started.elapsed());
         anyhow::ensure!(report.keys_destroyed == 1, "erasure {i} destroyed {} keys", report.keys_destroyed);
     }
@@ -233,7 +242,16 @@ fn bench_export(events: usize, database_url: Option<String>, settings: &Settings
     let mut size = 0;
     for _ in 0..5 {
         let started = Instant::now();
-        let archive = crate::privacy::export::export_person(store.blocking(), &identifier)?;
+        let archive = store.blocking_audited(|engine, audit| {
+            crate::http::privacy::carry_out(
+                engine,
+                audit,
+                "bench",
+                "privacy.export",
+                &identifier,
+                crate::privacy::export::export_person,
+            )
+        })?;
         times.push(started.elapsed());
         anyhow::ensure!(archive.events == events, "exported {} of {events} events", archive.events);
         size = archive.bytes.len();
@@ -271,7 +289,13 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
 
     // 1. Through the server.
     let served = Scratch::new(database_url.as_deref(), "http")?;
-    let store = Store::open_with(&served.location, settings.ingest.clone(), &served.master, bench_classes(encryption))?;
+    let store = Store::open_with(
+        &served.location,
+        settings.ingest.clone(),
+        &served.master,
+        bench_classes(encryption),
+        served.audit_dir.clone(),
+    )?;
     let engine = store.engine_name();
     let (secret, _) = crate::cli::create_key(&store, relais_domain::Role::Ingest, Some("bench".into()), None)?;
     let rss_before = rss_mb();

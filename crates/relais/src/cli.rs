@@ -102,6 +102,11 @@ enum Command {
         #[command(subcommand)]
         command: PrivacyCommand,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Computed traits.
     Traits {
         #[command(subcommand)]
@@ -238,6 +243,16 @@ enum PrivacyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of every segment against the heads kept outside the
+    /// database (RELAIS_AUDIT_DIR); prints the findings and fails if any.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TraitsCommand {
     /// Recompute every customer's traits from the event log.
     Rebuild {
@@ -292,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let store = store.open(&settings)?;
             let (secret, _) = create_key(&store, role, name, source)?;
+            store.close_audit()?;
             println!("{secret}");
             Ok(())
         }
@@ -318,20 +334,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity { command: IdentityCommand::Unmerge { store, merge_id } } => {
             let merge_id = relais_domain::MergeId::parse(&merge_id)?;
             let store = store.open(&settings)?;
+            store.audit(crate::privacy::audit::AuditEntry {
+                actor: cli_actor(),
+                action: "identity.unmerge".into(),
+                subject: None,
+                detail: serde_json::json!({ "merge_id": merge_id }),
+            })?;
             let report = store.blocking().unmerge(merge_id, &settings.ingest)?;
+            store.close_audit()?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Privacy { command: PrivacyCommand::Export { store, identifier, output } } => {
             let identifier = relais_domain::Identifier::parse(&identifier)?;
             let store = store.open(&settings)?;
-            let archive = match crate::privacy::export::export_person(store.blocking(), &identifier) {
+            let archive = match store.blocking_audited(|engine, audit| {
+                crate::http::privacy::carry_out(
+                    engine,
+                    audit,
+                    &cli_actor(),
+                    "privacy.export",
+                    &identifier,
+                    crate::privacy::export::export_person,
+                )
+            }) {
                 Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing to export"),
                 other => other?,
             };
             let output = output.unwrap_or_else(|| PathBuf::from(format!("relais-export-{}.zip", archive.customer)));
             std::fs::write(&output, &archive.bytes)
                 .with_context(|| format!("cannot write the archive {}", output.display()))?;
+            store.close_audit()?;
             eprintln!("{} events exported", archive.events);
             println!("{}", output.display());
             Ok(())
@@ -339,11 +372,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Privacy { command: PrivacyCommand::Erase { store, identifier } } => {
             let identifier = relais_domain::Identifier::parse(&identifier)?;
             let store = store.open(&settings)?;
-            let report = match crate::http::privacy::erase_holder(store.blocking(), &identifier) {
+            let report = match store.blocking_audited(|engine, audit| {
+                crate::http::privacy::carry_out(
+                    engine,
+                    audit,
+                    &cli_actor(),
+                    "privacy.erase",
+                    &identifier,
+                    crate::http::privacy::erase_person,
+                )
+            }) {
                 Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing was erased"),
                 other => other?,
             };
+            store.close_audit()?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Verify { store } } => {
+            let store = store.open(&settings)?;
+            let report = crate::privacy::audit::verify(store.blocking(), store.audit_dir())?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.findings.is_empty() {
+                bail!(
+                    "the audit log was tampered with: {} finding(s) above (segment, record, what)",
+                    report.findings.len()
+                );
+            }
+            eprintln!(
+                "audit log intact: {} records in {} segments ({} removed by retention)",
+                report.records, report.segments, report.purged_segments
+            );
             Ok(())
         }
         Command::Traits { command: TraitsCommand::Rebuild { store } } => {
@@ -366,7 +425,14 @@ fn rotate_master(args: &StoreArgs, settings: &Settings, new_key_file: &std::path
         bail!("the new master key is the one in use; make one with `relais keys new-master`");
     }
     let store = args.open(settings)?;
+    store.audit(crate::privacy::audit::AuditEntry {
+        actor: cli_actor(),
+        action: "keys.rotate_master".into(),
+        subject: None,
+        detail: serde_json::json!({ "old_fingerprint": old.fingerprint(), "new_fingerprint": new.fingerprint() }),
+    })?;
     store.blocking().rotate_master(&old, &new)?;
+    store.close_audit()?;
     let uses_folder_file = std::env::var_os("RELAIS_MASTER_KEY").is_none()
         && std::env::var_os("RELAIS_MASTER_KEY_FILE").is_none()
         && matches!(location, Location::Folder(_));
@@ -384,6 +450,11 @@ fn rotate_master(args: &StoreArgs, settings: &Settings, new_key_file: &std::path
     Ok(())
 }
 
+/// Who the command line is in the audit log: `cli:` and the OS user.
+fn cli_actor() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_default())
+}
+
 /// Create an API key; returns the secret (shown once) and the stored key.
 pub fn create_key(
     store: &Store,
@@ -394,6 +465,12 @@ pub fn create_key(
     let (secret, hash) = new_api_key_secret();
     let key_id = KeyId::new();
     let key = ApiKey { key_id, role, source: source.unwrap_or_else(|| key_id.to_string()), name };
+    store.audit(crate::privacy::audit::AuditEntry {
+        actor: cli_actor(),
+        action: "keys.create".into(),
+        subject: None,
+        detail: serde_json::json!({ "key_id": key_id, "role": role }),
+    })?;
     store.blocking().insert_api_key(&hash, &key)?;
     Ok((secret, key))
 }
@@ -418,7 +495,7 @@ async fn serve(
     let _ = std::io::stdout().flush();
     let retention = chrono::Duration::days(settings.message_id_retention_days);
     let purging = store.clone();
-    let state = AppState::new(store, settings);
+    let state = AppState::new(store.clone(), settings);
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     let delivery = tokio::spawn(worker.run(std::time::Duration::from_secs(1), worker_stopped));
     // Forget expired message ids hourly (decision 8); events are kept.
@@ -438,6 +515,8 @@ async fn serve(
     let _ = stop_worker.send(true);
     let _ = delivery.await;
     purge.abort();
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close_audit()).await??;
     Ok(())
 }
 

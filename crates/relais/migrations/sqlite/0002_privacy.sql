@@ -40,3 +40,32 @@ CREATE TABLE erasures (
     events        INTEGER NOT NULL,
     keys          INTEGER NOT NULL
 );
+
+-- The audit log: append-only and hash-chained (HMAC with the audit key, which
+-- only the master key unwraps), cut into segments — one per writing process
+-- and day — so several processes append without a global lock and retention
+-- removes whole closed segments. The latest head of each segment is also kept
+-- outside the database. No personal data: people are referred to by profile id.
+CREATE TABLE audit_segments (
+    segment_id   TEXT PRIMARY KEY,
+    process      TEXT NOT NULL,
+    day          TEXT NOT NULL,
+    opened_at    INTEGER NOT NULL,
+    closed_at    INTEGER,
+    records      BIGINT NOT NULL DEFAULT 0,
+    last_hash    BLOB,
+    purged_at    INTEGER
+);
+CREATE TABLE audit_log (
+    segment_id   TEXT NOT NULL,
+    seq          BIGINT NOT NULL,
+    at           INTEGER NOT NULL,
+    actor        TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    subject      TEXT,
+    detail       TEXT NOT NULL,
+    prev_hash    BLOB NOT NULL,
+    hash         BLOB NOT NULL,
+    PRIMARY KEY (segment_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX audit_by_subject ON audit_log (subject) WHERE subject IS NOT NULL;

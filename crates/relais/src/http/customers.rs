@@ -155,14 +155,34 @@ fn moved(survivor: CustomerId, suffix: &str) -> Response {
     response
 }
 
-async fn load_view(state: &AppState, role: Role, id: CustomerId) -> Result<Result<CustomerView, Response>, ApiError> {
-    match state.store.run(move |engine| engine.customer(id)).await? {
-        CustomerLookup::NotFound => Err(ApiError::NotFound(format!("no customer `{id}`"))),
-        CustomerLookup::MergedInto(survivor) => Ok(Err(moved(survivor, ""))),
-        CustomerLookup::Found(record) => {
-            let page = state.store.run(move |engine| engine.events(id, None, 20)).await?;
-            Ok(Ok(customer_view(state, role, *record, page)))
-        }
+/// Who a caller is in the audit log.
+pub fn actor(caller: &Caller) -> String {
+    format!("key:{}", caller.key.key_id)
+}
+
+async fn load_view(
+    state: &AppState,
+    caller: &Caller,
+    id: CustomerId,
+) -> Result<Result<CustomerView, Response>, ApiError> {
+    let actor = actor(caller);
+    let role = caller.key.role;
+    let found = state
+        .store
+        .run_audited(move |engine, audit| match engine.customer(id)? {
+            CustomerLookup::Found(record) => {
+                let page = engine.events(id, None, 20)?;
+                // Recorded before anything is shown: no audit, no answer.
+                audit.record(&actor, "customer.read", Some(id), serde_json::json!({ "role": role }))?;
+                Ok(Ok((record, page)))
+            }
+            other => Ok(Err(other)),
+        })
+        .await?;
+    match found {
+        Ok((record, page)) => Ok(Ok(customer_view(state, role, *record, page))),
+        Err(CustomerLookup::MergedInto(survivor)) => Ok(Err(moved(survivor, ""))),
+        Err(_) => Err(ApiError::NotFound(format!("no customer `{id}`"))),
     }
 }
 
@@ -181,7 +201,7 @@ pub async fn get_customer(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_customer_id(&id)?;
-    Ok(match load_view(&state, caller.key.role, id).await? {
+    Ok(match load_view(&state, &caller, id).await? {
         Ok(view) => Json(view).into_response(),
         Err(redirect) => redirect,
     })
@@ -233,7 +253,7 @@ pub async fn find_customers(
             .run(move |engine| engine.customer_id_by_identifier(&lookup))
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no customer holds `{identifier}`")))?;
-        return Ok(match load_view(&state, caller.key.role, id).await? {
+        return Ok(match load_view(&state, &caller, id).await? {
             Ok(view) => Json(view).into_response(),
             Err(redirect) => redirect,
         });
@@ -253,12 +273,19 @@ pub async fn find_customers(
             .filter_map(|kind| Identifier::new(kind, &q).ok())
             .collect(),
     };
+    let actor = actor(&caller);
     let hits = state
         .store
-        .run(move |engine| {
+        .run_audited(move |engine, audit| {
             let mut hits = Vec::new();
             for candidate in candidates {
                 if let Some(id) = engine.customer_id_by_identifier(&candidate)? {
+                    audit.record(
+                        &actor,
+                        "customer.search",
+                        Some(id),
+                        serde_json::json!({ "kind": candidate.kind() }),
+                    )?;
                     hits.push(SearchHit { id: id.to_string(), matched: candidate.to_string() });
                 }
             }
@@ -313,7 +340,15 @@ pub async fn customer_events(
         }
         CustomerLookup::Found(_) => {}
     }
-    let page = state.store.run(move |engine| engine.events(id, cursor.as_ref(), limit)).await?;
+    let actor = actor(&caller);
+    let page = state
+        .store
+        .run_audited(move |engine, audit| {
+            let page = engine.events(id, cursor.as_ref(), limit)?;
+            audit.record(&actor, "customer.events", Some(id), serde_json::json!({ "events": page.events.len() }))?;
+            Ok(page)
+        })
+        .await?;
     Ok(Json(timeline_view(&Viewer::new(&state.store, caller.key.role), page)).into_response())
 }
 
@@ -336,7 +371,15 @@ pub async fn customer_merges(
     Path(id): Path<String>,
 ) -> Result<Json<MergesView>, ApiError> {
     let id = parse_customer_id(&id)?;
-    let mut merges = state.store.run(move |engine| engine.merges(id)).await?;
+    let actor = actor(&caller);
+    let mut merges = state
+        .store
+        .run_audited(move |engine, audit| {
+            let merges = engine.merges(id)?;
+            audit.record(&actor, "customer.merges", Some(id), serde_json::json!({}))?;
+            Ok(merges)
+        })
+        .await?;
     let viewer = Viewer::new(&state.store, caller.key.role);
     for merge in &mut merges {
         merge.identifiers = merge.identifiers.iter().map(|i| viewer.identifier_text(i)).collect();
@@ -361,10 +404,18 @@ pub async fn undo_merge(
 ) -> Result<Json<UnmergeReport>, ApiError> {
     let merge_id = MergeId::parse(&merge_id).map_err(|e| ApiError::field("merge_id", e.to_string()))?;
     let settings = state.settings.ingest.clone();
-    let report = state.store.run(move |engine| engine.unmerge(merge_id, &settings)).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::NotFound(format!("no merge `{merge_id}`")),
-        other => other.into(),
-    })?;
+    let actor = actor(&caller);
+    let report = state
+        .store
+        .run_audited(move |engine, audit| {
+            audit.record(&actor, "identity.unmerge", None, serde_json::json!({ "merge_id": merge_id }))?;
+            engine.unmerge(merge_id, &settings)
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound(format!("no merge `{merge_id}`")),
+            other => other.into(),
+        })?;
     let viewer = Viewer::new(&state.store, caller.key.role);
     let mut report = report;
     report.identifiers = report.identifiers.iter().map(|i| viewer.identifier_text(i)).collect();

@@ -12,7 +12,9 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
-use crate::store::ErasureReport;
+use relais_domain::CustomerId;
+
+use crate::store::{Audit, Engine, ErasureReport, StoreError};
 
 /// Whom a right applies to.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -35,34 +37,52 @@ pub struct SubjectRequest {
     security(("bearer" = [])))]
 pub async fn erase(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Json(request): Json<SubjectRequest>,
 ) -> Result<Json<ErasureReport>, ApiError> {
-    Ok(Json(for_subject(&state, &request, erase_holder).await?))
+    Ok(Json(for_subject(&state, &caller, &request, "privacy.erase", erase_person).await?))
 }
 
-/// Run `right` for the person a request names, off the async executor; an
-/// invalid identifier is a 400 and nobody holding it a 404.
+/// Carry out a right for the person a request names, off the async executor;
+/// recorded in the audit log first. An invalid identifier is a 400 and nobody
+/// holding it a 404.
 async fn for_subject<T: Send + 'static>(
     state: &AppState,
+    caller: &Caller,
     request: &SubjectRequest,
-    right: fn(&dyn crate::store::Engine, &Identifier) -> Result<T, crate::store::StoreError>,
+    action: &'static str,
+    right: fn(&dyn Engine, CustomerId) -> Result<T, StoreError>,
 ) -> Result<T, ApiError> {
     let identifier =
         Identifier::parse(&request.identifier).map_err(|e| ApiError::field("identifier", e.to_string()))?;
     let lookup = identifier.clone();
-    state.store.run(move |engine| right(engine, &lookup)).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::NotFound(format!("nobody holds `{identifier}`")),
-        other => other.into(),
-    })
+    let actor = super::customers::actor(caller);
+    state
+        .store
+        .run_audited(move |engine, audit| carry_out(engine, audit, &actor, action, &lookup, right))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound(format!("nobody holds `{identifier}`")),
+            other => other.into(),
+        })
 }
 
-/// Erase whoever holds `identifier`; `NotFound` when nobody does.
-pub fn erase_holder(
-    engine: &dyn crate::store::Engine,
+/// Find whoever holds `identifier`, record `action` about them, then carry it out.
+pub fn carry_out<T>(
+    engine: &dyn Engine,
+    audit: &Audit<'_>,
+    actor: &str,
+    action: &str,
     identifier: &Identifier,
-) -> Result<ErasureReport, crate::store::StoreError> {
-    let customer = engine.customer_id_by_identifier(identifier)?.ok_or(crate::store::StoreError::NotFound)?;
+    right: fn(&dyn Engine, CustomerId) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let customer = engine.customer_id_by_identifier(identifier)?.ok_or(StoreError::NotFound)?;
+    audit.record(actor, action, Some(customer), serde_json::json!({ "identifier_kind": identifier.kind() }))?;
+    right(engine, customer)
+}
+
+/// Erase a person (see `Engine::erase`).
+pub fn erase_person(engine: &dyn Engine, customer: CustomerId) -> Result<ErasureReport, StoreError> {
     engine.erase(customer)
 }
 
@@ -77,10 +97,11 @@ pub fn erase_holder(
     security(("bearer" = [])))]
 pub async fn export(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Json(request): Json<SubjectRequest>,
 ) -> Result<Response, ApiError> {
-    let archive = for_subject(&state, &request, crate::privacy::export::export_person).await?;
+    let archive =
+        for_subject(&state, &caller, &request, "privacy.export", crate::privacy::export::export_person).await?;
     let disposition = format!("attachment; filename=\"relais-export-{}.zip\"", archive.customer);
     Ok((
         [(header::CONTENT_TYPE, "application/zip".to_string()), (header::CONTENT_DISPOSITION, disposition)],

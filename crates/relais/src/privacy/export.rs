@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use relais_domain::{CustomerId, Identifier};
+use relais_domain::CustomerId;
 use serde_json::{json, Value};
 use zip::write::SimpleFileOptions;
 
@@ -33,6 +33,8 @@ identifiers.csv   every identifier linked to you / chacun de vos identifiants
 events.json       every interaction, across all channels, newest first
 events.csv        the same as a table / la meme chose en tableau
 merges.json       profiles of yours that were joined / profils rattaches
+audit.json        who looked at or acted on your data, when
+                  qui a consulte vos donnees ou agi dessus, et quand
 
 Dates are UTC (ISO 8601). Amounts in events are as sent by the touchpoint.
 Les dates sont en UTC (ISO 8601).
@@ -42,9 +44,9 @@ fn io_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("cannot build the export archive: {error}"))
 }
 
-/// Export whoever holds `identifier`; `NotFound` when nobody does.
-pub fn export_person(engine: &dyn Engine, identifier: &Identifier) -> Result<ExportArchive, StoreError> {
-    let id = engine.customer_id_by_identifier(identifier)?.ok_or(StoreError::NotFound)?;
+/// Export a person: their profile (and those merged into it), events, merges
+/// and audit trail ("who looked at my data").
+pub fn export_person(engine: &dyn Engine, id: CustomerId) -> Result<ExportArchive, StoreError> {
     let record = match engine.customer(id)? {
         CustomerLookup::Found(record) => *record,
         CustomerLookup::MergedInto(_) | CustomerLookup::NotFound => return Err(StoreError::NotFound),
@@ -60,6 +62,9 @@ pub fn export_person(engine: &dyn Engine, identifier: &Identifier) -> Result<Exp
         }
     }
     let merges = engine.merges(id)?;
+    let mut subjects = record.merged_from.clone();
+    subjects.push(id);
+    let trail = engine.audit_trail(&subjects)?;
     let traits = &record.traits;
     let profile = json!({
         "id": record.id,
@@ -112,13 +117,14 @@ pub fn export_person(engine: &dyn Engine, identifier: &Identifier) -> Result<Exp
 
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    let files: [(&str, Vec<u8>); 6] = [
+    let files: [(&str, Vec<u8>); 7] = [
         ("README.txt", README.as_bytes().to_vec()),
         ("profile.json", serde_json::to_vec_pretty(&profile).map_err(io_error)?),
         ("identifiers.csv", identifiers_csv.into_inner().map_err(io_error)?),
         ("events.json", serde_json::to_vec_pretty(&events).map_err(io_error)?),
         ("events.csv", events_csv.into_inner().map_err(io_error)?),
         ("merges.json", serde_json::to_vec_pretty(&merges).map_err(io_error)?),
+        ("audit.json", serde_json::to_vec_pretty(&trail).map_err(io_error)?),
     ];
     for (name, bytes) in files {
         zip.start_file(name, options).map_err(io_error)?;

@@ -212,15 +212,32 @@ fn unwrap(cipher: &Aes256Gcm, label: &[u8], wrapped: &[u8], what: &'static str) 
     Ok(Zeroizing::new(bytes))
 }
 
+/// The system keys: the key-encryption key (wraps data keys), the index key
+/// (lookup tokens) and the audit key (the audit log's hash chain).
+pub const SYSTEM_KEYS: [&str; 3] = ["kek", "index", "audit"];
+
 /// The system keys as stored: each wrapped by the master key, with the master's fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredKeyring {
-    /// The key-encryption key, wrapped.
-    pub kek: Vec<u8>,
-    /// The index key, wrapped.
-    pub index: Vec<u8>,
+    /// Each system key by name, wrapped.
+    pub wrapped: Vec<(String, Vec<u8>)>,
     /// Fingerprint of the master key that wraps them.
     pub master_fingerprint: String,
+}
+
+impl StoredKeyring {
+    /// The wrapped key of a name.
+    fn get(&self, name: &str) -> Result<&[u8], KeyError> {
+        self.wrapped
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, w)| w.as_slice())
+            .ok_or(KeyError::Undecryptable("keyring (a system key is missing)"))
+    }
+}
+
+fn label(name: &str) -> Vec<u8> {
+    format!("relais {name}").into_bytes()
 }
 
 /// A customer's data key.
@@ -275,6 +292,7 @@ pub fn sealed_owner(sealed: &[u8]) -> Result<CustomerId, KeyError> {
 pub struct Keyring {
     kek: Aes256Gcm,
     index: Secret32,
+    audit: Secret32,
     cache: Mutex<lru::LruCache<CustomerId, DataKey>>,
 }
 
@@ -287,15 +305,23 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// Make new system keys, wrapped by `master`, for a new database.
     pub fn create(master: &MasterKey) -> (Keyring, StoredKeyring) {
-        let kek = random_secret();
-        let index = random_secret();
         let cipher = master.cipher();
+        let secrets: Vec<Secret32> = SYSTEM_KEYS.iter().map(|_| random_secret()).collect();
         let stored = StoredKeyring {
-            kek: wrap(&cipher, b"relais kek", &kek),
-            index: wrap(&cipher, b"relais index", &index),
+            wrapped: SYSTEM_KEYS
+                .iter()
+                .zip(&secrets)
+                .map(|(name, secret)| (name.to_string(), wrap(&cipher, &label(name), secret)))
+                .collect(),
             master_fingerprint: master.fingerprint(),
         };
-        (Keyring::from_parts(&kek, index), stored)
+        let [kek, index, audit]: [Secret32; 3] = secrets.try_into().expect("three system keys");
+        (Keyring::from_parts(&kek, index, audit), stored)
+    }
+
+    fn unwrap_all(master: &MasterKey, stored: &StoredKeyring) -> Result<Vec<Secret32>, KeyError> {
+        let cipher = master.cipher();
+        SYSTEM_KEYS.iter().map(|name| unwrap(&cipher, &label(name), stored.get(name)?, "system key")).collect()
     }
 
     /// Unwrap stored system keys with `master`; a different master key is refused.
@@ -306,31 +332,38 @@ impl Keyring {
                 stored: stored.master_fingerprint.clone(),
             });
         }
-        let cipher = master.cipher();
-        let kek = unwrap(&cipher, b"relais kek", &stored.kek, "key-encryption key")?;
-        let index = unwrap(&cipher, b"relais index", &stored.index, "index key")?;
-        Ok(Keyring::from_parts(&kek, index))
+        let [kek, index, audit]: [Secret32; 3] =
+            Keyring::unwrap_all(master, stored)?.try_into().map_err(|_| KeyError::Undecryptable("keyring"))?;
+        Ok(Keyring::from_parts(&kek, index, audit))
     }
 
     /// Re-wrap stored system keys from `old` to `new` (master key rotation).
     pub fn rewrap(stored: &StoredKeyring, old: &MasterKey, new: &MasterKey) -> Result<StoredKeyring, KeyError> {
         Keyring::open(old, stored)?;
-        let (old_cipher, new_cipher) = (old.cipher(), new.cipher());
-        let kek = unwrap(&old_cipher, b"relais kek", &stored.kek, "key-encryption key")?;
-        let index = unwrap(&old_cipher, b"relais index", &stored.index, "index key")?;
+        let secrets = Keyring::unwrap_all(old, stored)?;
+        let cipher = new.cipher();
         Ok(StoredKeyring {
-            kek: wrap(&new_cipher, b"relais kek", &kek),
-            index: wrap(&new_cipher, b"relais index", &index),
+            wrapped: SYSTEM_KEYS
+                .iter()
+                .zip(&secrets)
+                .map(|(name, secret)| (name.to_string(), wrap(&cipher, &label(name), secret)))
+                .collect(),
             master_fingerprint: new.fingerprint(),
         })
     }
 
-    fn from_parts(kek: &[u8; 32], index: Secret32) -> Keyring {
+    fn from_parts(kek: &[u8; 32], index: Secret32, audit: Secret32) -> Keyring {
         Keyring {
             kek: Aes256Gcm::new_from_slice(kek).expect("32-byte key"),
             index,
+            audit,
             cache: Mutex::new(lru::LruCache::new(NonZeroUsize::new(CACHE_CAPACITY).expect("non-zero"))),
         }
+    }
+
+    /// The keyed hash (HMAC-SHA256) of the audit log's chain.
+    pub fn audit_mac(&self, bytes: &[u8]) -> [u8; 32] {
+        keyed_hash(self.audit.as_ref(), bytes)
     }
 
     /// The lookup token that stands for an identifier in storage: its kind and a

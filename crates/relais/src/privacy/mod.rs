@@ -1,6 +1,7 @@
 //! Privacy: data classes from configuration and the keys that encrypt personal
 //! data at rest.
 
+pub mod audit;
 pub mod export;
 pub mod keyring;
 

@@ -81,14 +81,14 @@ pub enum StoreError {
 /// identifiers and payloads in clear that lookups by token cannot reach).
 const LEGACY_PLAINTEXT: &str = "this database holds customer data written before encryption at rest (schema version 1), which this version does not convert in place; load the data again into a new data folder or database (re-send the events, or `relais import` your files)";
 
-/// The system keys from `keyring` rows `(name, wrapped, master fingerprint)`.
+/// The system keys from `keyring` rows `(name, wrapped, master fingerprint)`,
+/// when the database has them all.
 fn stored_keyring(rows: Vec<(String, Vec<u8>, String)>) -> Option<crate::privacy::StoredKeyring> {
-    let find = |name: &str| rows.iter().find(|r| r.0 == name);
-    let (kek, index) = (find("kek")?, find("index")?);
-    Some(crate::privacy::StoredKeyring {
-        kek: kek.1.clone(),
-        index: index.1.clone(),
-        master_fingerprint: kek.2.clone(),
+    let fingerprint = rows.first()?.2.clone();
+    let complete = crate::privacy::keyring::SYSTEM_KEYS.iter().all(|name| rows.iter().any(|r| r.0 == *name));
+    complete.then(|| crate::privacy::StoredKeyring {
+        wrapped: rows.into_iter().map(|(name, wrapped, _)| (name, wrapped)).collect(),
+        master_fingerprint: fingerprint,
     })
 }
 
@@ -461,6 +461,18 @@ pub trait Engine: Send + Sync + 'static {
     /// are deleted; events are kept de-identified (decision 10); the data keys
     /// are destroyed.
     fn erase(&self, customer: CustomerId) -> Result<ErasureReport, StoreError>;
+    /// Write audit records and the state of their segment, in one transaction.
+    fn audit_write(
+        &self,
+        segment: &crate::privacy::audit::AuditSegment,
+        records: &[crate::privacy::audit::AuditRecord],
+    ) -> Result<(), StoreError>;
+    /// Every audit segment.
+    fn audit_segments(&self) -> Result<Vec<crate::privacy::audit::AuditSegment>, StoreError>;
+    /// The records of one segment, in order.
+    fn audit_records(&self, segment_id: &str) -> Result<Vec<crate::privacy::audit::AuditRecord>, StoreError>;
+    /// The records about some people (their audit trail), oldest first.
+    fn audit_trail(&self, subjects: &[CustomerId]) -> Result<Vec<crate::privacy::audit::AuditRecord>, StoreError>;
     /// Recompute every customer's traits and day totals from the event log.
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError>;
     /// Forget the message ids received before an instant (decision 8: they are
@@ -479,6 +491,7 @@ pub trait Engine: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
+    auditor: Arc<crate::privacy::audit::Auditor>,
 }
 
 impl Store {
@@ -488,7 +501,7 @@ impl Store {
     pub fn open(location: &Location, settings: IngestSettings) -> Result<Store, StoreError> {
         let master = master_key(location)?;
         let classes = crate::privacy::classification_from_env().map_err(|e| StoreError::Config(e.to_string()))?;
-        Store::open_with(location, settings, &master, classes)
+        Store::open_with(location, settings, &master, classes, audit_dir(location))
     }
 
     /// Open with an explicit master key and classification.
@@ -497,12 +510,54 @@ impl Store {
         settings: IngestSettings,
         master: &crate::privacy::MasterKey,
         classes: relais_domain::privacy::Classification,
+        audit_dir: PathBuf,
     ) -> Result<Store, StoreError> {
         let engine: Arc<dyn Engine> = match location {
             Location::Folder(folder) => Arc::new(sqlite::SqliteEngine::open(folder, settings, master, classes)?),
             Location::Postgres(url) => Arc::new(postgres::PgEngine::open(url, settings, master, classes)?),
         };
-        Ok(Store { engine })
+        Ok(Store { engine, auditor: Arc::new(crate::privacy::audit::Auditor::new(audit_dir)) })
+    }
+
+    /// Record an audit entry (blocking). An error means it was not recorded:
+    /// the caller must not go on with the action.
+    pub fn audit(&self, entry: crate::privacy::audit::AuditEntry) -> Result<(), StoreError> {
+        self.auditor.record(self.engine.as_ref(), entry)
+    }
+
+    /// Run a blocking engine call that may record audit entries through the
+    /// `Audit` handle it is given, off the async executor.
+    pub async fn run_audited<T, F>(&self, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Engine, &Audit<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (engine, auditor) = (self.engine.clone(), self.auditor.clone());
+        tokio::task::spawn_blocking(move || {
+            let audit = Audit { engine: engine.as_ref(), auditor: &auditor };
+            call(engine.as_ref(), &audit)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("storage task failed: {e}")))?
+    }
+
+    /// `run_audited` for blocking callers (the command line).
+    pub fn blocking_audited<T>(
+        &self,
+        call: impl FnOnce(&dyn Engine, &Audit<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let audit = Audit { engine: self.engine.as_ref(), auditor: &self.auditor };
+        call(self.engine.as_ref(), &audit)
+    }
+
+    /// Close this process's audit segment with a checkpoint (at shutdown).
+    pub fn close_audit(&self) -> Result<(), StoreError> {
+        self.auditor.close(self.engine.as_ref())
+    }
+
+    /// Where the heads of the audit chain are kept, outside the database.
+    pub fn audit_dir(&self) -> &std::path::Path {
+        self.auditor.head_dir()
     }
 
     /// The data classes and keys in force.
@@ -530,6 +585,38 @@ impl Store {
     /// The engine, for blocking callers (CLI, benches).
     pub fn blocking(&self) -> &dyn Engine {
         self.engine.as_ref()
+    }
+}
+
+/// Records audit entries during a blocking call (see `Store::run_audited`).
+pub struct Audit<'a> {
+    engine: &'a dyn Engine,
+    auditor: &'a crate::privacy::audit::Auditor,
+}
+
+impl Audit<'_> {
+    /// Record `action` by `actor` about `subject`; an error fails the action.
+    pub fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: Option<CustomerId>,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        self.auditor.record(
+            self.engine,
+            crate::privacy::audit::AuditEntry { actor: actor.into(), action: action.into(), subject, detail },
+        )
+    }
+}
+
+/// Where audit heads are kept: `RELAIS_AUDIT_DIR`, else the SQLite data
+/// folder's `audit` folder, else `relais-audit` in the working directory.
+pub fn audit_dir(location: &Location) -> PathBuf {
+    match (std::env::var_os("RELAIS_AUDIT_DIR"), location) {
+        (Some(dir), _) => PathBuf::from(dir),
+        (None, Location::Folder(folder)) => folder.join("audit"),
+        (None, Location::Postgres(_)) => PathBuf::from("relais-audit"),
     }
 }
 

@@ -26,6 +26,7 @@ use super::{
     event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, ErasureReport, EventPage,
     MergeRecord, OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
 };
+use crate::privacy::audit::{AuditRecord, AuditSegment};
 use crate::privacy::{MasterKey, StoredKeyring};
 use relais_domain::privacy::Classification;
 
@@ -133,7 +134,7 @@ impl PgEngine {
             |stored| {
                 let mut client = first.borrow_mut();
                 let mut tx = client.transaction()?;
-                for (name, wrapped) in [("kek", &stored.kek), ("index", &stored.index)] {
+                for (name, wrapped) in &stored.wrapped {
                     tx.execute(
                         "INSERT INTO keyring (name, wrapped, master_fingerprint) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                         &[&name, wrapped, &stored.master_fingerprint],
@@ -147,6 +148,22 @@ impl PgEngine {
         let url = url.to_string();
         let pool = Pool::new(16, move || connect(&url));
         Ok(PgEngine { pool, settings, privacy })
+    }
+}
+
+const AUDIT_COLUMNS: &str = "segment_id, seq, at, actor, action, subject, detail, prev_hash, hash";
+
+fn audit_from_row(r: &postgres::Row) -> AuditRecord {
+    AuditRecord {
+        segment_id: r.get(0),
+        seq: r.get(1),
+        at: r.get(2),
+        actor: r.get(3),
+        action: r.get(4),
+        subject: r.get(5),
+        detail: r.get(6),
+        prev_hash: r.get(7),
+        hash: r.get(8),
     }
 }
 
@@ -618,7 +635,7 @@ impl Engine for PgEngine {
             let stored =
                 read_keyring(&mut tx)?.ok_or_else(|| StoreError::Keys("the database has no keyring".into()))?;
             let rotated = crate::privacy::Keyring::rewrap(&stored, old, new)?;
-            for (name, wrapped) in [("kek", &rotated.kek), ("index", &rotated.index)] {
+            for (name, wrapped) in &rotated.wrapped {
                 tx.execute(
                     "UPDATE keyring SET wrapped = $2, master_fingerprint = $3, rotated_at = now() WHERE name = $1",
                     &[&name, wrapped, &rotated.master_fingerprint],
@@ -1070,6 +1087,87 @@ impl Engine for PgEngine {
             self.privacy.keyring.forget(*id);
         }
         Ok(report)
+    }
+
+    fn audit_write(&self, segment: &AuditSegment, records: &[AuditRecord]) -> Result<(), StoreError> {
+        self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            tx.execute(
+                "INSERT INTO audit_segments (segment_id, process, day, opened_at, closed_at, records, last_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (segment_id) DO UPDATE SET \
+                 closed_at = excluded.closed_at, records = excluded.records, last_hash = excluded.last_hash",
+                &[
+                    &segment.segment_id,
+                    &segment.process,
+                    &segment.day,
+                    &segment.opened_at,
+                    &segment.closed_at,
+                    &segment.records,
+                    &segment.last_hash,
+                ],
+            )?;
+            for r in records {
+                tx.execute(
+                    "INSERT INTO audit_log (segment_id, seq, at, actor, action, subject, detail, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[&r.segment_id, &r.seq, &r.at, &r.actor, &r.action, &r.subject, &r.detail, &r.prev_hash, &r.hash],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn audit_segments(&self) -> Result<Vec<AuditSegment>, StoreError> {
+        self.pool.with(|client| {
+            Ok(client
+                .query(
+                    "SELECT segment_id, process, day, opened_at, closed_at, records, last_hash, purged_at \
+                     FROM audit_segments ORDER BY segment_id",
+                    &[],
+                )?
+                .iter()
+                .map(|r| AuditSegment {
+                    segment_id: r.get(0),
+                    process: r.get(1),
+                    day: r.get(2),
+                    opened_at: r.get(3),
+                    closed_at: r.get(4),
+                    records: r.get(5),
+                    last_hash: r.get(6),
+                    purged_at: r.get(7),
+                })
+                .collect())
+        })
+    }
+
+    fn audit_records(&self, segment_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        self.pool.with(|client| {
+            Ok(client
+                .query(
+                    &format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE segment_id = $1 ORDER BY seq"),
+                    &[&segment_id],
+                )?
+                .iter()
+                .map(audit_from_row)
+                .collect())
+        })
+    }
+
+    fn audit_trail(&self, subjects: &[CustomerId]) -> Result<Vec<AuditRecord>, StoreError> {
+        let subjects: Vec<String> = subjects.iter().map(ToString::to_string).collect();
+        self.pool.with(|client| {
+            Ok(client
+                .query(
+                    &format!(
+                        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE subject = ANY($1) ORDER BY at, segment_id, seq"
+                    ),
+                    &[&subjects],
+                )?
+                .iter()
+                .map(audit_from_row)
+                .collect())
+        })
     }
 
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {

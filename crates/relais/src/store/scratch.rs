@@ -10,6 +10,8 @@ pub struct Scratch {
     pub location: Location,
     /// The master key of its data.
     pub master: MasterKey,
+    /// Where the audit heads go (outside the database).
+    pub audit_dir: std::path::PathBuf,
     cleanup: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -32,6 +34,7 @@ impl Scratch {
                 let folder = std::env::temp_dir().join(unique);
                 let remove = folder.clone();
                 Ok(Scratch {
+                    audit_dir: folder.join("audit"),
                     location: Location::Folder(folder),
                     master: MasterKey::generate(),
                     cleanup: Some(Box::new(move || {
@@ -46,13 +49,17 @@ impl Scratch {
                 let separator = if url.contains('?') { '&' } else { '?' };
                 let scoped = format!("{url}{separator}options=-csearch_path%3D{unique}");
                 let drop_url = url.to_string();
+                let audit_dir = std::env::temp_dir().join(format!("{unique}_audit"));
+                let remove_audit = audit_dir.clone();
                 Ok(Scratch {
+                    audit_dir,
                     location: Location::Postgres(scoped),
                     master: MasterKey::generate(),
                     cleanup: Some(Box::new(move || {
                         if let Ok(mut admin) = postgres::Client::connect(&drop_url, postgres::NoTls) {
                             let _ = admin.batch_execute(&format!("DROP SCHEMA {unique} CASCADE"));
                         }
+                        let _ = std::fs::remove_dir_all(remove_audit);
                     })),
                 })
             }
@@ -61,12 +68,18 @@ impl Scratch {
 
     /// Open the store here with this scratch's master key and the default data classes.
     pub fn open(&self, settings: IngestSettings) -> Result<Store, StoreError> {
-        Store::open_with(&self.location, settings, &self.master, relais_domain::privacy::Classification::default())
+        Store::open_with(
+            &self.location,
+            settings,
+            &self.master,
+            relais_domain::privacy::Classification::default(),
+            self.audit_dir.clone(),
+        )
     }
 
     /// The environment a `relais` process needs to open this scratch's data.
-    pub fn env(&self) -> [(&'static str, String); 1] {
-        [("RELAIS_MASTER_KEY", self.master.encode())]
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("RELAIS_MASTER_KEY", self.master.encode()), ("RELAIS_AUDIT_DIR", self.audit_dir.display().to_string())]
     }
 
     /// Like `new`, using `RELAIS_TEST_DATABASE_URL` when it is set (tests run on

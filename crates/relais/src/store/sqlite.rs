@@ -26,6 +26,7 @@ use super::{
     event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, ErasureReport, EventPage,
     MergeRecord, OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
 };
+use crate::privacy::audit::{AuditRecord, AuditSegment};
 use crate::privacy::{MasterKey, StoredKeyring};
 use relais_domain::privacy::Classification;
 use std::sync::Arc;
@@ -170,7 +171,7 @@ impl SqliteEngine {
             || read_keyring(&writer),
             |stored| {
                 let tx = writer.unchecked_transaction()?;
-                for (name, wrapped) in [("kek", &stored.kek), ("index", &stored.index)] {
+                for (name, wrapped) in &stored.wrapped {
                     tx.execute(
                         "INSERT OR IGNORE INTO keyring (name, wrapped, master_fingerprint, created_at) VALUES (?1, ?2, ?3, ?4)",
                         params![name, wrapped, stored.master_fingerprint, micros(Utc::now())],
@@ -867,6 +868,22 @@ fn erase_in_transaction(
     Ok((report, cluster))
 }
 
+const AUDIT_COLUMNS: &str = "segment_id, seq, at, actor, action, subject, detail, prev_hash, hash";
+
+fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        segment_id: r.get(0)?,
+        seq: r.get(1)?,
+        at: from_micros(r.get(2)?),
+        actor: r.get(3)?,
+        action: r.get(4)?,
+        subject: r.get(5)?,
+        detail: r.get(6)?,
+        prev_hash: r.get(7)?,
+        hash: r.get(8)?,
+    })
+}
+
 /// The system keys, if the database has them yet.
 fn read_keyring(conn: &Connection) -> Result<Option<StoredKeyring>, StoreError> {
     let rows: Vec<(String, Vec<u8>, String)> = conn
@@ -929,7 +946,7 @@ impl Engine for SqliteEngine {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let stored = read_keyring(&tx)?.ok_or_else(|| StoreError::Keys("the database has no keyring".into()))?;
             let rotated = crate::privacy::Keyring::rewrap(&stored, &old, &new)?;
-            for (name, wrapped) in [("kek", &rotated.kek), ("index", &rotated.index)] {
+            for (name, wrapped) in &rotated.wrapped {
                 tx.execute(
                     "UPDATE keyring SET wrapped = ?2, master_fingerprint = ?3, rotated_at = ?4 WHERE name = ?1",
                     params![name, wrapped, rotated.master_fingerprint, micros(Utc::now())],
@@ -1300,6 +1317,90 @@ impl Engine for SqliteEngine {
             Ok(())
         })?;
         Ok(report)
+    }
+
+    fn audit_write(&self, segment: &AuditSegment, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let (segment, records) = (segment.clone(), records.to_vec());
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO audit_segments (segment_id, process, day, opened_at, closed_at, records, last_hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (segment_id) DO UPDATE SET \
+                 closed_at = excluded.closed_at, records = excluded.records, last_hash = excluded.last_hash",
+                params![
+                    segment.segment_id,
+                    segment.process,
+                    segment.day,
+                    micros(segment.opened_at),
+                    segment.closed_at.map(micros),
+                    segment.records,
+                    segment.last_hash
+                ],
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit_log (segment_id, seq, at, actor, action, subject, detail, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for r in &records {
+                insert.execute(params![
+                    r.segment_id,
+                    r.seq,
+                    micros(r.at),
+                    r.actor,
+                    r.action,
+                    r.subject,
+                    r.detail,
+                    r.prev_hash,
+                    r.hash
+                ])?;
+            }
+            drop(insert);
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn audit_segments(&self) -> Result<Vec<AuditSegment>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT segment_id, process, day, opened_at, closed_at, records, last_hash, purged_at \
+                 FROM audit_segments ORDER BY segment_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(AuditSegment {
+                    segment_id: r.get(0)?,
+                    process: r.get(1)?,
+                    day: r.get(2)?,
+                    opened_at: from_micros(r.get(3)?),
+                    closed_at: r.get::<_, Option<i64>>(4)?.map(from_micros),
+                    records: r.get(5)?,
+                    last_hash: r.get(6)?,
+                    purged_at: r.get::<_, Option<i64>>(7)?.map(from_micros),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn audit_records(&self, segment_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt =
+                conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE segment_id = ?1 ORDER BY seq"))?;
+            let rows = stmt.query_map([segment_id], audit_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn audit_trail(&self, subjects: &[CustomerId]) -> Result<Vec<AuditRecord>, StoreError> {
+        let subjects: Vec<String> = subjects.iter().map(ToString::to_string).collect();
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE subject IN ({}) ORDER BY at, segment_id, seq",
+                placeholders(subjects.len(), 0)
+            ))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(subjects.iter()), audit_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     fn rebuild_traits(&self, settings: &IngestSettings) -> Result<u64, StoreError> {

@@ -177,7 +177,7 @@ impl Drop for Server {
 #[derive(Clone)]
 pub struct Place {
     pub location: Location,
-    pub env: [(&'static str, String); 1],
+    pub env: Vec<(&'static str, String)>,
 }
 
 pub fn place(scratch: &Scratch) -> Place {

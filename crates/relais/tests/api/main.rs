@@ -18,3 +18,5 @@ mod operations;
 mod privacy;
 // Every route × every role against the access matrix fixture.
 mod access;
+// The audit log: records, verification, failures.
+mod audit;

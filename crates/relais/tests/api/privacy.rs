@@ -112,10 +112,10 @@ fn raw_texts(location: &Location, sql: &str) -> Vec<String> {
 
 /// The keyring as stored, read raw.
 fn stored_keyring(location: &Location) -> StoredKeyring {
-    let kek = raw_blobs(location, "SELECT wrapped FROM keyring WHERE name = 'kek'").remove(0);
-    let index = raw_blobs(location, "SELECT wrapped FROM keyring WHERE name = 'index'").remove(0);
+    let names = raw_texts(location, "SELECT name FROM keyring ORDER BY name");
+    let wrapped = raw_blobs(location, "SELECT wrapped FROM keyring ORDER BY name");
     let master_fingerprint = raw_texts(location, "SELECT master_fingerprint FROM keyring WHERE name = 'kek'").remove(0);
-    StoredKeyring { kek, index, master_fingerprint }
+    StoredKeyring { wrapped: names.into_iter().zip(wrapped).collect(), master_fingerprint }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -289,6 +289,7 @@ async fn a_wrong_master_key_stops_the_server_and_rotation_switches_keys() {
     let app = TestApp::spawn().await;
     let mut target = place(&app.scratch);
     let good = target.env[0].1.clone();
+    assert_eq!(target.env[0].0, "RELAIS_MASTER_KEY");
     target.env[0].1 = MasterKey::generate().encode();
     let wrong = target.clone();
     let (ok, _, stderr) =
@@ -564,7 +565,13 @@ async fn an_access_export_holds_everything_about_the_person_and_nothing_after_er
     let files = unzip(&bytes);
     assert_eq!(
         files.keys().cloned().collect::<Vec<_>>(),
-        ["README.txt", "events.csv", "events.json", "identifiers.csv", "merges.json", "profile.json"]
+        ["README.txt", "audit.json", "events.csv", "events.json", "identifiers.csv", "merges.json", "profile.json"]
+    );
+    // "Who looked at my data": the export itself is in the person's audit trail.
+    let trail: Vec<Value> = serde_json::from_str(&files["audit.json"]).unwrap();
+    assert!(
+        trail.iter().any(|r| r["action"] == "privacy.export" && r["actor"].as_str().unwrap().starts_with("key:key_")),
+        "{trail:?}"
     );
     let profile: Value = serde_json::from_str(&files["profile.json"]).unwrap();
     assert_eq!(profile["profile"]["email"], ana.email.as_str());

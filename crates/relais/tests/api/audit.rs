@@ -1,0 +1,112 @@
+//! The audit log: reads and rights are recorded before they happen; the chain
+//! detects edited, removed and truncated records; a failed audit write fails
+//! the action.
+
+use relais::privacy::audit::verify;
+use relais::store::Location;
+use relais_domain::Role;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{place, run_binary, urlencode, TestApp};
+
+fn raw_execute(location: &Location, sql: &str) {
+    match location {
+        Location::Folder(folder) => {
+            let conn = rusqlite::Connection::open(folder.join("relais.db")).unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+        Location::Postgres(url) => {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            client.batch_execute(sql).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_are_audited_and_tampering_is_found_where_it_happened() {
+    let app = TestApp::spawn().await;
+    let (status, _) =
+        app.batch(json!([{"type": "identify", "userId": "audit-1", "traits": {"email": "audit@exemple.fr"}}])).await;
+    assert_eq!(status, StatusCode::OK);
+    let agent = app.key(Role::Agent).await;
+    let id = app.customer_by("email:audit@exemple.fr").await["id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let (status, _) = app.get_as(&format!("/api/v1/customers/{id}"), &agent).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = app.get_as(&format!("/api/v1/customers/{id}/events"), &agent).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let target = place(&app.scratch);
+    let (ok, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_binary(&target, &["audit", "verify"])).await.unwrap();
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stderr.contains("audit log intact"), "{stderr}");
+
+    let store = app.store.clone();
+    let location = app.scratch.location.clone();
+    let customer: relais_domain::CustomerId = id.parse().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let engine = store.blocking();
+        let trail = engine.audit_trail(&[customer]).unwrap();
+        let reads: Vec<_> = trail.iter().filter(|r| r.action == "customer.read").collect();
+        assert_eq!(reads.len(), 4, "the admin lookup and three reads by the agent: {trail:?}");
+        assert!(trail.iter().any(|r| r.action == "customer.events"));
+        assert!(trail.iter().all(|r| !r.detail.contains("audit@exemple.fr")), "no personal data in the chain");
+        let intact = verify(engine, store.audit_dir()).unwrap();
+        assert!(intact.findings.is_empty(), "{:?}", intact.findings);
+        assert!(intact.records >= 5);
+
+        let segment = trail[0].segment_id.clone();
+        let records = engine.audit_records(&segment).unwrap();
+        let last = records.last().unwrap().seq;
+        assert!(last >= 5);
+
+        // Edit a record: found at that record.
+        raw_execute(&location, &format!("UPDATE audit_log SET detail = '{{}}' WHERE segment_id = '{segment}' AND seq = 2"));
+        let found = verify(engine, store.audit_dir()).unwrap().findings;
+        assert!(found.iter().any(|f| f.seq == Some(2) && f.problem.contains("edited")), "{found:?}");
+
+        // Remove one in the middle: the gap and the broken link are found.
+        raw_execute(&location, &format!("DELETE FROM audit_log WHERE segment_id = '{segment}' AND seq = 3"));
+        let found = verify(engine, store.audit_dir()).unwrap().findings;
+        assert!(found.iter().any(|f| f.seq == Some(3) && f.problem.contains("missing")), "{found:?}");
+
+        // Cut the tail: only the head kept outside the database can tell.
+        raw_execute(&location, &format!("DELETE FROM audit_log WHERE segment_id = '{segment}' AND seq = {last}"));
+        let found = verify(engine, store.audit_dir()).unwrap().findings;
+        assert!(found.iter().any(|f| f.problem.contains("truncated tail")), "{found:?}");
+
+        // Remove the whole segment.
+        raw_execute(&location, &format!("DELETE FROM audit_log WHERE segment_id = '{segment}'; DELETE FROM audit_segments WHERE segment_id = '{segment}'"));
+        let found = verify(engine, store.audit_dir()).unwrap().findings;
+        assert!(found.iter().any(|f| f.segment_id == segment && f.problem.contains("removed from the database")), "{found:?}");
+    })
+    .await
+    .unwrap();
+    let target = place(&app.scratch);
+    let (ok, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_binary(&target, &["audit", "verify"])).await.unwrap();
+    assert!(!ok, "verify fails on a tampered log");
+    assert!(stdout.contains("truncated tail") || stdout.contains("removed from the database"), "{stdout}");
+    assert!(stderr.contains("tampered with"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_audit_write_that_fails_fails_the_read() {
+    let app = TestApp::spawn().await;
+    let (status, _) =
+        app.batch(json!([{"type": "identify", "userId": "audit-2", "traits": {"email": "secret@exemple.fr"}}])).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = app.customer_by("email:secret@exemple.fr").await["id"].as_str().unwrap().to_string();
+    // The heads' folder becomes unwritable: a file stands where it was.
+    let dir = app.store.audit_dir().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"not a folder").unwrap();
+    let (status, body) = app.get(&format!("/api/v1/customers/{id}")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(!body.to_string().contains("secret@exemple.fr"), "nothing is shown without its audit record");
+    let (status, _) = app.get(&format!("/api/v1/customers?identifier={}", urlencode("email:secret@exemple.fr"))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+}
