@@ -140,6 +140,10 @@ prefixed_id!(
     /// One erasure of a person (a data-subject right carried out).
     ErasureId, "era_", "erasure"
 );
+prefixed_id!(
+    /// One recorded consent fact.
+    ConsentId, "con_", "consent"
+);
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 
 pub mod cards;
 pub mod channel;
+pub mod consent;
 pub mod id;
 pub mod identifier;
 pub mod message;
@@ -15,7 +16,7 @@ pub mod role;
 pub mod traits;
 
 pub use channel::Channel;
-pub use id::{AccountId, CustomerId, ErasureId, EventId, KeyId, MergeId, OutboxId};
+pub use id::{AccountId, ConsentId, CustomerId, ErasureId, EventId, KeyId, MergeId, OutboxId};
 pub use identifier::{Identifier, IdentifierError, IdentifierKind};
 pub use message::{MessageError, MessageType, TrackingMessage};
 pub use money::MinorUnits;

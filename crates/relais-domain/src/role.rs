@@ -39,6 +39,8 @@ pub enum Permission {
     ManageOutbox,
     /// Carry out data-subject rights (access export, erasure).
     ManagePrivacy,
+    /// Record consents and send double opt-in requests.
+    ManageConsent,
 }
 
 impl Role {
@@ -75,6 +77,7 @@ impl Role {
             ReadMetrics => matches!(self, Admin | Analyst),
             ManageKeys | ManageOutbox => matches!(self, Admin),
             ManagePrivacy => matches!(self, Admin | Dpo),
+            ManageConsent => matches!(self, Admin | Dpo | Marketing | Agent | Store),
         }
     }
 }

@@ -102,6 +102,11 @@ enum Command {
         #[command(subcommand)]
         command: PrivacyCommand,
     },
+    /// Consents.
+    Consent {
+        #[command(subcommand)]
+        command: ConsentCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -239,6 +244,21 @@ enum PrivacyCommand {
         /// Any identifier of the person, `kind:value`.
         #[arg(long)]
         identifier: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsentCommand {
+    /// Print a person's consents as of a date (now by default) and their history, as JSON.
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Any identifier of the person, `kind:value`.
+        #[arg(long)]
+        identifier: String,
+        /// The date, ISO 8601 (default: now).
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -387,6 +407,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             store.close_audit()?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Consent { command: ConsentCommand::Show { store, identifier, at } } => {
+            let identifier = relais_domain::Identifier::parse(&identifier)?;
+            let store = store.open(&settings)?;
+            let at = at.unwrap_or_else(chrono::Utc::now);
+            let facts = match store.blocking_audited(|engine, audit| {
+                crate::http::privacy::carry_out(engine, audit, &cli_actor(), "consent.read", &identifier, |e, id| {
+                    e.consents(id)
+                })
+            }) {
+                Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`"),
+                other => other?,
+            };
+            store.close_audit()?;
+            let states = relais_domain::consent::state_at(&facts, at);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "at": at, "consents": states, "history": facts }))?
+            );
             Ok(())
         }
         Command::Audit { command: AuditCommand::Verify { store } } => {
@@ -562,6 +602,7 @@ fn outbox_command(command: OutboxCommand, settings: &Settings) -> anyhow::Result
                 to,
                 subject: "relais: test message".into(),
                 text: "This message checks that relais can send e-mail. / Ce message vérifie que relais peut envoyer des e-mails.".into(),
+                unsubscribe_url: None,
             };
             let id = crate::outbox::enqueue_email(&store, None, &email)?;
             let report = worker.run_once()?;

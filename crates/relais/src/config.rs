@@ -40,6 +40,8 @@ pub struct Settings {
     pub message_id_retention_days: i64,
     /// Requests each API key may make per second (`RELAIS_RATE_LIMIT`).
     pub rate_limit_per_second: u32,
+    /// The address people reach relais at, for links in e-mails (`RELAIS_PUBLIC_URL`).
+    pub public_url: String,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             mail_from: "relais <no-reply@relais.localhost>".into(),
             message_id_retention_days: 30,
             rate_limit_per_second: 1_000,
+            public_url: "http://127.0.0.1:8080".into(),
         }
     }
 }
@@ -69,6 +72,9 @@ pub enum ConfigError {
     /// Malformed sender.
     #[error("`{0}` in RELAIS_MAIL_FROM is not a mailbox such as `Boutique <contact@example.fr>`")]
     MailFrom(String),
+    /// Malformed public address.
+    #[error("`{0}` in RELAIS_PUBLIC_URL is not an http(s) address such as https://crm.example.fr")]
+    PublicUrl(String),
     /// Malformed rate limit.
     #[error("`{0}` in RELAIS_RATE_LIMIT is not a number of requests per second, 1 or more")]
     RateLimit(String),
@@ -105,6 +111,13 @@ impl Settings {
         if let Ok(rate) = std::env::var("RELAIS_RATE_LIMIT") {
             settings.rate_limit_per_second =
                 rate.trim().parse().ok().filter(|r| *r >= 1).ok_or(ConfigError::RateLimit(rate))?;
+        }
+        if let Ok(url) = std::env::var("RELAIS_PUBLIC_URL") {
+            let url = url.trim().trim_end_matches('/').to_string();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::PublicUrl(url));
+            }
+            settings.public_url = url;
         }
         if let Ok(policy) = std::env::var("RELAIS_CARD_NUMBERS") {
             settings.ingest.card_policy = match policy.trim() {

@@ -48,6 +48,45 @@ pub struct Email {
     pub subject: String,
     /// Plain-text body.
     pub text: String,
+    /// One-click unsubscribe link (RFC 8058), sent as `List-Unsubscribe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe_url: Option<String>,
+}
+
+/// `List-Unsubscribe` (RFC 2369): where to unsubscribe.
+#[derive(Debug, Clone)]
+struct ListUnsubscribe(String);
+
+impl lettre::message::header::Header for ListUnsubscribe {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribe(s.to_string()))
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), format!("<{}>", self.0))
+    }
+}
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+#[derive(Debug, Clone)]
+struct ListUnsubscribePost;
+
+impl lettre::message::header::Header for ListUnsubscribePost {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".into())
+    }
 }
 
 /// A way to send e-mail.
@@ -189,14 +228,17 @@ impl DeliveryWorker {
             .map_err(|e| DeliveryError::Permanent(format!("the outbox payload is not an e-mail: {e}")))?;
         let to: Mailbox =
             email.to.parse().map_err(|e| DeliveryError::Permanent(format!("invalid recipient `{}`: {e}", email.to)))?;
-        let message = Message::builder()
+        let mut builder = Message::builder()
             .message_id(Some(format!("<{}@relais>", item.outbox_id)))
             .from(self.from.clone())
             .to(to)
             .subject(email.subject)
-            .header(ContentType::TEXT_PLAIN)
-            .body(email.text)
-            .map_err(|e| DeliveryError::Permanent(format!("cannot build the e-mail: {e}")))?;
+            .header(ContentType::TEXT_PLAIN);
+        if let Some(url) = email.unsubscribe_url {
+            builder = builder.header(ListUnsubscribe(url)).header(ListUnsubscribePost);
+        }
+        let message =
+            builder.body(email.text).map_err(|e| DeliveryError::Permanent(format!("cannot build the e-mail: {e}")))?;
         self.mailer.send(&item.outbox_id.to_string(), &message)
     }
 

@@ -69,3 +69,27 @@ CREATE TABLE audit_log (
     PRIMARY KEY (segment_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX audit_by_subject ON audit_log (subject) WHERE subject IS NOT NULL;
+
+-- Consents: dated facts per purpose and channel, with their proof (sealed: the
+-- IP address and user agent are personal). Never updated: the state at a date
+-- is the latest fact then.
+CREATE TABLE consents (
+    customer_id     TEXT NOT NULL,
+    consent_id      TEXT NOT NULL,
+    purpose         TEXT NOT NULL,
+    channel         TEXT NOT NULL,
+    granted         INTEGER NOT NULL,
+    at              INTEGER NOT NULL,
+    source          TEXT NOT NULL,
+    wording_version TEXT NOT NULL,
+    proof           BLOB NOT NULL,
+    recorded_by     TEXT NOT NULL,
+    recorded_at     INTEGER NOT NULL,
+    PRIMARY KEY (customer_id, consent_id)
+) WITHOUT ROWID;
+
+-- Links from e-mails (double opt-in) already used: each works once.
+CREATE TABLE consent_tokens (
+    token_id      TEXT PRIMARY KEY,
+    used_at       INTEGER NOT NULL
+);

@@ -4,6 +4,7 @@
 //! Architecture invariant: no SQL here; only `store` talks to the database.
 
 pub mod auth;
+pub mod consents;
 pub mod customers;
 pub mod error;
 pub mod metrics;
@@ -115,6 +116,14 @@ impl Modify for SecuritySchemes {
         outbox::list_outbox,
         privacy::erase,
         privacy::export,
+        consents::record,
+        consents::list,
+        consents::opt_in,
+        consents::check,
+        consents::confirm_page,
+        consents::confirm,
+        consents::unsubscribe_page,
+        consents::unsubscribe,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -122,6 +131,7 @@ impl Modify for SecuritySchemes {
         (name = "customers", description = "The customer 360"),
         (name = "operations", description = "Health, metrics and the outbox"),
         (name = "privacy", description = "Data-subject rights"),
+        (name = "consents", description = "Consent per purpose and channel, with proof"),
     )
 )]
 pub struct ApiDoc;
@@ -181,6 +191,14 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("GET", "/api/v1/outbox", Requires(ManageOutbox), get(outbox::list_outbox)),
         route("POST", "/api/v1/privacy/erasures", Requires(ManagePrivacy), post(privacy::erase)),
         route("POST", "/api/v1/privacy/exports", Requires(ManagePrivacy), post(privacy::export)),
+        route("POST", "/api/v1/customers/{id}/consents", Requires(ManageConsent), post(consents::record)),
+        route("GET", "/api/v1/customers/{id}/consents", Requires(ReadCustomers), get(consents::list)),
+        route("POST", "/api/v1/customers/{id}/consents/opt-in", Requires(ManageConsent), post(consents::opt_in)),
+        route("GET", "/api/v1/consents/check", Requires(ReadCustomers), get(consents::check)),
+        route("GET", "/consent/confirm", Public, get(consents::confirm_page)),
+        route("POST", "/consent/confirm", Public, post(consents::confirm)),
+        route("GET", "/u/{token}", Public, get(consents::unsubscribe_page)),
+        route("POST", "/u/{token}", Public, post(consents::unsubscribe)),
     ]
 }
 

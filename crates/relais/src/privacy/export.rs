@@ -33,6 +33,8 @@ identifiers.csv   every identifier linked to you / chacun de vos identifiants
 events.json       every interaction, across all channels, newest first
 events.csv        the same as a table / la meme chose en tableau
 merges.json       profiles of yours that were joined / profils rattaches
+consents.json     every consent you gave or withdrew, with its proof
+                  chaque accord donne ou retire, avec sa preuve
 audit.json        who looked at or acted on your data, when
                   qui a consulte vos donnees ou agi dessus, et quand
 
@@ -65,6 +67,7 @@ pub fn export_person(engine: &dyn Engine, id: CustomerId) -> Result<ExportArchiv
     let mut subjects = record.merged_from.clone();
     subjects.push(id);
     let trail = engine.audit_trail(&subjects)?;
+    let consents = engine.consents(id)?;
     let traits = &record.traits;
     let profile = json!({
         "id": record.id,
@@ -117,7 +120,7 @@ pub fn export_person(engine: &dyn Engine, id: CustomerId) -> Result<ExportArchiv
 
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    let files: [(&str, Vec<u8>); 7] = [
+    let files: [(&str, Vec<u8>); 8] = [
         ("README.txt", README.as_bytes().to_vec()),
         ("profile.json", serde_json::to_vec_pretty(&profile).map_err(io_error)?),
         ("identifiers.csv", identifiers_csv.into_inner().map_err(io_error)?),
@@ -125,6 +128,7 @@ pub fn export_person(engine: &dyn Engine, id: CustomerId) -> Result<ExportArchiv
         ("events.csv", events_csv.into_inner().map_err(io_error)?),
         ("merges.json", serde_json::to_vec_pretty(&merges).map_err(io_error)?),
         ("audit.json", serde_json::to_vec_pretty(&trail).map_err(io_error)?),
+        ("consents.json", serde_json::to_vec_pretty(&consents).map_err(io_error)?),
     ];
     for (name, bytes) in files {
         zip.start_file(name, options).map_err(io_error)?;

@@ -213,8 +213,9 @@ fn unwrap(cipher: &Aes256Gcm, label: &[u8], wrapped: &[u8], what: &'static str) 
 }
 
 /// The system keys: the key-encryption key (wraps data keys), the index key
-/// (lookup tokens) and the audit key (the audit log's hash chain).
-pub const SYSTEM_KEYS: [&str; 3] = ["kek", "index", "audit"];
+/// (lookup tokens), the audit key (the audit log's hash chain) and the signing
+/// key (links sent to people: double opt-in, unsubscribe).
+pub const SYSTEM_KEYS: [&str; 4] = ["kek", "index", "audit", "signing"];
 
 /// The system keys as stored: each wrapped by the master key, with the master's fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +294,7 @@ pub struct Keyring {
     kek: Aes256Gcm,
     index: Secret32,
     audit: Secret32,
+    signing: Secret32,
     cache: Mutex<lru::LruCache<CustomerId, DataKey>>,
 }
 
@@ -315,8 +317,8 @@ impl Keyring {
                 .collect(),
             master_fingerprint: master.fingerprint(),
         };
-        let [kek, index, audit]: [Secret32; 3] = secrets.try_into().expect("three system keys");
-        (Keyring::from_parts(&kek, index, audit), stored)
+        let [kek, index, audit, signing]: [Secret32; 4] = secrets.try_into().expect("four system keys");
+        (Keyring::from_parts(&kek, index, audit, signing), stored)
     }
 
     fn unwrap_all(master: &MasterKey, stored: &StoredKeyring) -> Result<Vec<Secret32>, KeyError> {
@@ -332,9 +334,9 @@ impl Keyring {
                 stored: stored.master_fingerprint.clone(),
             });
         }
-        let [kek, index, audit]: [Secret32; 3] =
+        let [kek, index, audit, signing]: [Secret32; 4] =
             Keyring::unwrap_all(master, stored)?.try_into().map_err(|_| KeyError::Undecryptable("keyring"))?;
-        Ok(Keyring::from_parts(&kek, index, audit))
+        Ok(Keyring::from_parts(&kek, index, audit, signing))
     }
 
     /// Re-wrap stored system keys from `old` to `new` (master key rotation).
@@ -352,13 +354,26 @@ impl Keyring {
         })
     }
 
-    fn from_parts(kek: &[u8; 32], index: Secret32, audit: Secret32) -> Keyring {
+    fn from_parts(kek: &[u8; 32], index: Secret32, audit: Secret32, signing: Secret32) -> Keyring {
         Keyring {
             kek: Aes256Gcm::new_from_slice(kek).expect("32-byte key"),
             index,
             audit,
+            signing,
             cache: Mutex::new(lru::LruCache::new(NonZeroUsize::new(CACHE_CAPACITY).expect("non-zero"))),
         }
+    }
+
+    /// The signature (HMAC-SHA256) of a link sent to a person.
+    pub fn sign(&self, bytes: &[u8]) -> [u8; 32] {
+        keyed_hash(self.signing.as_ref(), bytes)
+    }
+
+    /// Whether `signature` is `bytes`' signature (compared in constant time).
+    pub fn verify_signature(&self, bytes: &[u8], signature: &[u8]) -> bool {
+        let mut mac = <Hmac<Sha256> as HmacKeyInit>::new_from_slice(self.signing.as_ref()).expect("any key length");
+        mac.update(bytes);
+        mac.verify_slice(signature).is_ok()
     }
 
     /// The keyed hash (HMAC-SHA256) of the audit log's chain.

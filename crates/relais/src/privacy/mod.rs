@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod export;
 pub mod keyring;
+pub mod links;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -461,6 +461,18 @@ pub trait Engine: Send + Sync + 'static {
     /// are deleted; events are kept de-identified (decision 10); the data keys
     /// are destroyed.
     fn erase(&self, customer: CustomerId) -> Result<ErasureReport, StoreError>;
+    /// Record a consent fact for a customer (or the profile it was merged
+    /// into), its proof sealed; with `token_id`, the e-mail link that carried it
+    /// is claimed in the same transaction (`Conflict` when already used).
+    fn record_consent(
+        &self,
+        customer: CustomerId,
+        fact: &relais_domain::consent::ConsentFact,
+        recorded_by: &str,
+        token_id: Option<&str>,
+    ) -> Result<(CustomerId, relais_domain::ConsentId), StoreError>;
+    /// Every consent fact of a customer and the profiles merged into it, oldest first.
+    fn consents(&self, customer: CustomerId) -> Result<Vec<relais_domain::consent::ConsentFact>, StoreError>;
     /// Write audit records and the state of their segment, in one transaction.
     fn audit_write(
         &self,
@@ -618,6 +630,55 @@ pub fn audit_dir(location: &Location) -> PathBuf {
         (None, Location::Folder(folder)) => folder.join("audit"),
         (None, Location::Postgres(_)) => PathBuf::from("relais-audit"),
     }
+}
+
+/// A consent fact as stored, read back (proof still sealed).
+pub(crate) struct ConsentRow {
+    purpose: String,
+    channel: String,
+    granted: bool,
+    at: DateTime<Utc>,
+    source: String,
+    wording_version: String,
+    proof: Vec<u8>,
+}
+
+impl ConsentRow {
+    /// The fact, its proof opened with `keys`.
+    fn open(
+        self,
+        keys: &std::collections::HashMap<CustomerId, crate::privacy::DataKey>,
+    ) -> Result<relais_domain::consent::ConsentFact, StoreError> {
+        use relais_domain::consent::{ConsentChannel, ConsentFact, ConsentSource, Proof, Purpose};
+        let bad =
+            |what: &str, value: &str| StoreError::Database(format!("stored consent has an unknown {what} `{value}`"));
+        let owner = crate::privacy::keyring::sealed_owner(&self.proof)?;
+        let proof: Proof = match keys.get(&owner) {
+            Some(key) => serde_json::from_slice(&key.open(&self.proof)?)
+                .map_err(|e| StoreError::Database(format!("a consent proof does not decode: {e}")))?,
+            None => Proof::default(),
+        };
+        Ok(ConsentFact {
+            purpose: Purpose::parse(&self.purpose).ok_or_else(|| bad("purpose", &self.purpose))?,
+            channel: ConsentChannel::parse(&self.channel).ok_or_else(|| bad("channel", &self.channel))?,
+            granted: self.granted,
+            at: self.at,
+            source: ConsentSource::parse(&self.source).ok_or_else(|| bad("source", &self.source))?,
+            wording_version: self.wording_version,
+            proof,
+        })
+    }
+}
+
+/// Open stored consent rows, fetching the keys their proofs name.
+fn open_consents(
+    keyring: &crate::privacy::Keyring,
+    rows: Vec<ConsentRow>,
+    fetch: impl FnOnce(&[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>,
+) -> Result<Vec<relais_domain::consent::ConsentFact>, StoreError> {
+    let owners = seal::owners_of(rows.iter().map(|r| r.proof.as_slice()));
+    let keys = seal::data_keys(keyring, &owners, fetch)?;
+    rows.into_iter().map(|r| r.open(&keys)).collect()
 }
 
 /// The master key for a store: `RELAIS_MASTER_KEY`, `RELAIS_MASTER_KEY_FILE`,

@@ -28,7 +28,9 @@ use super::{
 };
 use crate::privacy::audit::{AuditRecord, AuditSegment};
 use crate::privacy::{MasterKey, StoredKeyring};
+use relais_domain::consent::ConsentFact;
 use relais_domain::privacy::Classification;
+use relais_domain::ConsentId;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "customer_database", include_str!("../../migrations/postgres/0001_customer_database.sql")),
@@ -828,11 +830,18 @@ impl Engine for PgEngine {
 
     fn enqueue(&self, kind: &str, customer: Option<CustomerId>, payload: &Value) -> Result<OutboxId, StoreError> {
         self.pool.with(|client| {
+            let key = match customer {
+                Some(c) => {
+                    Some(seal::data_key_of(&self.privacy.keyring, c, |missing| read_data_keys(client, missing))?)
+                }
+                None => None,
+            };
+            let payload = seal::seal_payload(customer.zip(key.as_ref()), payload);
             let id = OutboxId::new();
             client.execute(
                 "INSERT INTO outbox (outbox_id, kind, customer_id, payload, status, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, $4, 'pending', now(), now())",
-                &[&id.to_string(), &kind, &customer.map(|c| c.to_string()), payload],
+                 VALUES ($1, $2, $3, $4::text::jsonb, 'pending', now(), now())",
+                &[&id.to_string(), &kind, &customer.map(|c| c.to_string()), &payload],
             )?;
             Ok(id)
         })
@@ -852,7 +861,8 @@ impl Engine for PgEngine {
                 ),
                 &[&(now + lease), &now, &(limit as i64)],
             )?;
-            rows.iter().map(outbox_from_row).collect()
+            let items = rows.iter().map(outbox_from_row).collect::<Result<Vec<_>, _>>()?;
+            seal::open_outbox(&self.privacy.keyring, items, |missing| read_data_keys(client, missing))
         })
     }
 
@@ -885,7 +895,8 @@ impl Engine for PgEngine {
                 ),
                 &[&status.map(OutboxStatus::as_str), &(limit as i64)],
             )?;
-            rows.iter().map(outbox_from_row).collect()
+            let items = rows.iter().map(outbox_from_row).collect::<Result<Vec<_>, _>>()?;
+            seal::open_outbox(&self.privacy.keyring, items, |missing| read_data_keys(client, missing))
         })
     }
 
@@ -1053,6 +1064,7 @@ impl Engine for PgEngine {
             tx.execute("DELETE FROM merges WHERE survivor_id = ANY($1) OR merged_id = ANY($1)", &[&cluster])?;
             tx.execute("DELETE FROM account_members WHERE customer_id = ANY($1)", &[&cluster])?;
             tx.execute("DELETE FROM outbox WHERE customer_id = ANY($1)", &[&cluster])?;
+            tx.execute("DELETE FROM consents WHERE customer_id = ANY($1)", &[&cluster])?;
             let profiles = tx.execute("DELETE FROM customers WHERE customer_id = ANY($1)", &[&cluster])? as usize;
             let keys = tx.execute("DELETE FROM data_keys WHERE customer_id = ANY($1)", &[&cluster])? as usize;
             let report = ErasureReport {
@@ -1087,6 +1099,83 @@ impl Engine for PgEngine {
             self.privacy.keyring.forget(*id);
         }
         Ok(report)
+    }
+
+    fn record_consent(
+        &self,
+        customer: CustomerId,
+        fact: &ConsentFact,
+        recorded_by: &str,
+        token_id: Option<&str>,
+    ) -> Result<(CustomerId, ConsentId), StoreError> {
+        self.retrying(|client| {
+            let mut tx = client.transaction()?;
+            let Some(row) = tx.query_opt(
+                "SELECT merged_into FROM customers WHERE customer_id = $1 FOR UPDATE",
+                &[&customer.to_string()],
+            )?
+            else {
+                return Err(StoreError::NotFound);
+            };
+            let owner = match row.get::<_, Option<&str>>(0) {
+                Some(survivor) => parse_id::<CustomerId>(survivor)?,
+                None => customer,
+            };
+            if let Some(token) = token_id {
+                let fresh = tx.execute(
+                    "INSERT INTO consent_tokens (token_id, used_at) VALUES ($1, now()) ON CONFLICT DO NOTHING",
+                    &[&token],
+                )?;
+                if fresh == 0 {
+                    return Err(StoreError::Conflict("this link was already used; a link works once".into()));
+                }
+            }
+            let key = seal::data_key_of(&self.privacy.keyring, owner, |missing| read_data_keys(&mut tx, missing))?;
+            let proof = key.seal(owner, &serde_json::to_vec(&fact.proof).unwrap_or_default());
+            let id = ConsentId::new();
+            tx.execute(
+                "INSERT INTO consents (customer_id, consent_id, purpose, channel, granted, at, source, wording_version, \
+                 proof, recorded_by, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())",
+                &[
+                    &owner.to_string(),
+                    &id.to_string(),
+                    &fact.purpose.as_str(),
+                    &fact.channel.as_str(),
+                    &fact.granted,
+                    &fact.at,
+                    &fact.source.as_str(),
+                    &fact.wording_version,
+                    &proof,
+                    &recorded_by,
+                ],
+            )?;
+            tx.commit()?;
+            Ok((owner, id))
+        })
+    }
+
+    fn consents(&self, customer: CustomerId) -> Result<Vec<ConsentFact>, StoreError> {
+        self.pool.with(|client| {
+            let rows = client
+                .query(
+                    "SELECT purpose, channel, granted, at, source, wording_version, proof FROM consents \
+                     WHERE customer_id = $1 OR customer_id IN (SELECT customer_id FROM customers WHERE merged_into = $1) \
+                     ORDER BY at, consent_id",
+                    &[&customer.to_string()],
+                )?
+                .iter()
+                .map(|r| super::ConsentRow {
+                    purpose: r.get(0),
+                    channel: r.get(1),
+                    granted: r.get(2),
+                    at: r.get(3),
+                    source: r.get(4),
+                    wording_version: r.get(5),
+                    proof: r.get(6),
+                })
+                .collect();
+            super::open_consents(&self.privacy.keyring, rows, |missing| read_data_keys(client, missing))
+        })
     }
 
     fn audit_write(&self, segment: &AuditSegment, records: &[AuditRecord]) -> Result<(), StoreError> {

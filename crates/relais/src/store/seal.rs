@@ -348,3 +348,67 @@ pub fn reveal_tokens(tokens: Vec<String>, opened: Vec<(Identifier, String)>) -> 
     let opened: HashMap<String, String> = opened.into_iter().map(|(i, token)| (token, i.to_string())).collect();
     tokens.into_iter().map(|t| opened.get(&t).cloned().unwrap_or(t)).collect()
 }
+
+/// The key under which a customer's values are sealed (fetched if not cached).
+pub fn data_key_of(
+    keyring: &Keyring,
+    customer: CustomerId,
+    fetch: impl FnOnce(&[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>,
+) -> Result<DataKey, StoreError> {
+    data_keys(keyring, &[customer], fetch)?
+        .remove(&customer)
+        .ok_or_else(|| StoreError::Keys(format!("{customer} has no data key (erased?)")))
+}
+
+/// An outbox payload as stored: a customer's message (recipient, text) is
+/// sealed with their key, as `{"sealed": base64}`.
+pub fn seal_payload(customer: Option<(CustomerId, &DataKey)>, payload: &Value) -> String {
+    use base64::Engine as _;
+    match customer {
+        Some((owner, key)) => {
+            let sealed = key.seal(owner, payload.to_string().as_bytes());
+            serde_json::json!({ "sealed": base64::engine::general_purpose::STANDARD.encode(sealed) }).to_string()
+        }
+        None => payload.to_string(),
+    }
+}
+
+/// The owner of a sealed outbox payload, if it is sealed.
+pub fn payload_owner(payload: &Value) -> Option<CustomerId> {
+    use base64::Engine as _;
+    let text = payload.get("sealed")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    crate::privacy::keyring::sealed_owner(&bytes).ok()
+}
+
+/// Open a stored outbox payload (unchanged when not sealed; `null` when its key is gone).
+pub fn open_payload(payload: Value, keys: &HashMap<CustomerId, DataKey>) -> Result<Value, StoreError> {
+    use base64::Engine as _;
+    let Some(text) = payload.get("sealed").and_then(Value::as_str) else { return Ok(payload) };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| StoreError::Database("a sealed outbox payload is not base64".into()))?;
+    let owner = crate::privacy::keyring::sealed_owner(&bytes)?;
+    let Some(key) = keys.get(&owner) else { return Ok(Value::Null) };
+    serde_json::from_slice(&key.open(&bytes)?)
+        .map_err(|e| StoreError::Database(format!("a sealed outbox payload does not decode: {e}")))
+}
+
+/// Open the payloads of outbox items, fetching the keys they name.
+pub fn open_outbox(
+    keyring: &Keyring,
+    items: Vec<super::OutboxItem>,
+    fetch: impl FnOnce(&[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>,
+) -> Result<Vec<super::OutboxItem>, StoreError> {
+    let mut owners: Vec<CustomerId> = items.iter().filter_map(|i| payload_owner(&i.payload)).collect();
+    owners.sort();
+    owners.dedup();
+    let keys = data_keys(keyring, &owners, fetch)?;
+    items
+        .into_iter()
+        .map(|mut item| {
+            item.payload = open_payload(std::mem::take(&mut item.payload), &keys)?;
+            Ok(item)
+        })
+        .collect()
+}

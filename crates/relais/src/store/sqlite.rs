@@ -28,7 +28,9 @@ use super::{
 };
 use crate::privacy::audit::{AuditRecord, AuditSegment};
 use crate::privacy::{MasterKey, StoredKeyring};
+use relais_domain::consent::ConsentFact;
 use relais_domain::privacy::Classification;
+use relais_domain::ConsentId;
 use std::sync::Arc;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -840,6 +842,7 @@ fn erase_in_transaction(
     run(format!("DELETE FROM merges WHERE survivor_id IN ({ids}) OR merged_id IN ({ids})"))?;
     run(format!("DELETE FROM account_members WHERE customer_id IN ({ids})"))?;
     run(format!("DELETE FROM outbox WHERE customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM consents WHERE customer_id IN ({ids})"))?;
     let profiles = run(format!("DELETE FROM customers WHERE customer_id IN ({ids})"))?;
     let keys = run(format!("DELETE FROM data_keys WHERE customer_id IN ({ids})"))?;
     let report = ErasureReport {
@@ -1143,8 +1146,14 @@ impl Engine for SqliteEngine {
     }
 
     fn enqueue(&self, kind: &str, customer: Option<CustomerId>, payload: &Value) -> Result<OutboxId, StoreError> {
-        let (kind, payload) = (kind.to_string(), payload.to_string());
+        let (kind, payload) = (kind.to_string(), payload.clone());
+        let privacy = self.privacy.clone();
         self.write(false, move |conn| {
+            let key = match customer {
+                Some(c) => Some(seal::data_key_of(&privacy.keyring, c, |missing| read_data_keys(conn, missing))?),
+                None => None,
+            };
+            let payload = seal::seal_payload(customer.zip(key.as_ref()), &payload);
             let id = OutboxId::new();
             let now = micros(Utc::now());
             conn.execute(
@@ -1157,6 +1166,7 @@ impl Engine for SqliteEngine {
     }
 
     fn claim_outbox(&self, limit: usize, lease: chrono::Duration) -> Result<Vec<OutboxItem>, StoreError> {
+        let privacy = self.privacy.clone();
         self.write(false, move |conn| {
             let now = Utc::now();
             let sql = format!(
@@ -1170,7 +1180,8 @@ impl Engine for SqliteEngine {
                 .query_map(params![micros(now + lease), micros(now), limit as i64], outbox_from_row)?
                 .map(|r| r.map_err(StoreError::from).and_then(|inner| inner))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(items)
+            drop(stmt);
+            seal::open_outbox(&privacy.keyring, items, |missing| read_data_keys(conn, missing))
         })
     }
 
@@ -1208,7 +1219,7 @@ impl Engine for SqliteEngine {
                 .query_map(params![status.map(OutboxStatus::as_str), limit as i64], outbox_from_row)?
                 .map(|r| r.map_err(StoreError::from).and_then(|inner| inner))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(items)
+            seal::open_outbox(&self.privacy.keyring, items, |missing| read_data_keys(conn, missing))
         })
     }
 
@@ -1317,6 +1328,86 @@ impl Engine for SqliteEngine {
             Ok(())
         })?;
         Ok(report)
+    }
+
+    fn record_consent(
+        &self,
+        customer: CustomerId,
+        fact: &ConsentFact,
+        recorded_by: &str,
+        token_id: Option<&str>,
+    ) -> Result<(CustomerId, ConsentId), StoreError> {
+        let (fact, recorded_by, token_id) = (fact.clone(), recorded_by.to_string(), token_id.map(str::to_string));
+        let privacy = self.privacy.clone();
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let merged_into: Option<Option<String>> = tx
+                .query_row("SELECT merged_into FROM customers WHERE customer_id = ?1", [customer.to_string()], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let owner = match merged_into {
+                None => return Err(StoreError::NotFound),
+                Some(Some(survivor)) => parse_id::<CustomerId>(&survivor)?,
+                Some(None) => customer,
+            };
+            if let Some(token) = &token_id {
+                let fresh = tx.execute(
+                    "INSERT OR IGNORE INTO consent_tokens (token_id, used_at) VALUES (?1, ?2)",
+                    params![token, micros(Utc::now())],
+                )?;
+                if fresh == 0 {
+                    return Err(StoreError::Conflict("this link was already used; a link works once".into()));
+                }
+            }
+            let key = seal::data_key_of(&privacy.keyring, owner, |missing| read_data_keys(&tx, missing))?;
+            let proof = key.seal(owner, &serde_json::to_vec(&fact.proof).unwrap_or_default());
+            let id = ConsentId::new();
+            tx.execute(
+                "INSERT INTO consents (customer_id, consent_id, purpose, channel, granted, at, source, wording_version, \
+                 proof, recorded_by, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    owner.to_string(),
+                    id.to_string(),
+                    fact.purpose.as_str(),
+                    fact.channel.as_str(),
+                    fact.granted,
+                    micros(fact.at),
+                    fact.source.as_str(),
+                    fact.wording_version,
+                    proof,
+                    recorded_by,
+                    micros(Utc::now())
+                ],
+            )?;
+            tx.commit()?;
+            Ok((owner, id))
+        })
+    }
+
+    fn consents(&self, customer: CustomerId) -> Result<Vec<ConsentFact>, StoreError> {
+        self.readers.with(|conn| {
+            let key = customer.to_string();
+            let rows = conn
+                .prepare_cached(
+                    "SELECT purpose, channel, granted, at, source, wording_version, proof FROM consents \
+                     WHERE customer_id = ?1 OR customer_id IN (SELECT customer_id FROM customers WHERE merged_into = ?1) \
+                     ORDER BY at, consent_id",
+                )?
+                .query_map([&key], |r| {
+                    Ok(super::ConsentRow {
+                        purpose: r.get(0)?,
+                        channel: r.get(1)?,
+                        granted: r.get(2)?,
+                        at: from_micros(r.get(3)?),
+                        source: r.get(4)?,
+                        wording_version: r.get(5)?,
+                        proof: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            super::open_consents(&self.privacy.keyring, rows, |missing| read_data_keys(conn, missing))
+        })
     }
 
     fn audit_write(&self, segment: &AuditSegment, records: &[AuditRecord]) -> Result<(), StoreError> {

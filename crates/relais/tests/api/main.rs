@@ -20,3 +20,5 @@ mod privacy;
 mod access;
 // The audit log: records, verification, failures.
 mod audit;
+// Consents: proof, dates, check API, double opt-in, unsubscribe.
+mod consents;

@@ -10,7 +10,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::helpers::TestApp;
 
 fn email(to: &str) -> Email {
-    Email { to: to.into(), subject: "Votre code de connexion".into(), text: "Code : 481 516".into() }
+    Email {
+        to: to.into(),
+        subject: "Votre code de connexion".into(),
+        text: "Code : 481 516".into(),
+        unsubscribe_url: None,
+    }
 }
 
 async fn enqueue(app: &TestApp, to: &str) -> relais_domain::OutboxId {

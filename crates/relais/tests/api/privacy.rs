@@ -565,7 +565,16 @@ async fn an_access_export_holds_everything_about_the_person_and_nothing_after_er
     let files = unzip(&bytes);
     assert_eq!(
         files.keys().cloned().collect::<Vec<_>>(),
-        ["README.txt", "audit.json", "events.csv", "events.json", "identifiers.csv", "merges.json", "profile.json"]
+        [
+            "README.txt",
+            "audit.json",
+            "consents.json",
+            "events.csv",
+            "events.json",
+            "identifiers.csv",
+            "merges.json",
+            "profile.json"
+        ]
     );
     // "Who looked at my data": the export itself is in the person's audit trail.
     let trail: Vec<Value> = serde_json::from_str(&files["audit.json"]).unwrap();
