@@ -144,6 +144,10 @@ prefixed_id!(
     /// One recorded consent fact.
     ConsentId, "con_", "consent"
 );
+prefixed_id!(
+    /// One data-subject rights request.
+    RequestId, "req_", "rights request"
+);
 
 #[cfg(test)]
 mod tests {

@@ -12,11 +12,13 @@ pub mod message;
 pub mod money;
 pub mod privacy;
 pub mod resolve;
+pub mod rights;
+pub mod risk;
 pub mod role;
 pub mod traits;
 
 pub use channel::Channel;
-pub use id::{AccountId, ConsentId, CustomerId, ErasureId, EventId, KeyId, MergeId, OutboxId};
+pub use id::{AccountId, ConsentId, CustomerId, ErasureId, EventId, KeyId, MergeId, OutboxId, RequestId};
 pub use identifier::{Identifier, IdentifierError, IdentifierKind};
 pub use message::{MessageError, MessageType, TrackingMessage};
 pub use money::MinorUnits;

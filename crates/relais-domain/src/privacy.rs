@@ -442,20 +442,35 @@ impl Classification {
         }
     }
 
-    /// Like `split`, but writing both halves as JSON objects into `kept` and
-    /// `rest` without copying the values (ingest's hot path). Returns whether
-    /// each half has any field.
+    /// Like `split`, but writing both halves as JSON objects into `out` (kept,
+    /// rest) without copying the values (ingest's hot path), and telling
+    /// `unmapped` every field path no mapping names (personal by default until
+    /// someone classifies it). Returns whether each half has any field.
     pub fn split_json(
         &self,
         root: &str,
         map: &Map<String, Value>,
         keep: &impl Fn(DataClass) -> bool,
-        kept: &mut Vec<u8>,
-        rest: &mut Vec<u8>,
+        out: (&mut Vec<u8>, &mut Vec<u8>),
+        unmapped: &mut dyn FnMut(&str),
     ) -> (bool, bool) {
         let mut path = String::with_capacity(64);
         path.push_str(root);
-        self.split_json_into(map, keep, &mut path, kept, rest)
+        self.split_json_into(map, keep, &mut path, out.0, out.1, unmapped)
+    }
+
+    /// The class of a path and whether a mapping names it (or a parent of it).
+    fn lookup(&self, path: &str) -> (DataClass, bool) {
+        let mut candidate = path;
+        loop {
+            if let Some(class) = self.mappings.get(candidate) {
+                return (*class, true);
+            }
+            match candidate.rfind('.') {
+                Some(dot) => candidate = &candidate[..dot],
+                None => return (DataClass::Personal, false),
+            }
+        }
     }
 
     fn split_json_into(
@@ -465,6 +480,7 @@ impl Classification {
         path: &mut String,
         kept: &mut Vec<u8>,
         rest: &mut Vec<u8>,
+        unmapped: &mut dyn FnMut(&str),
     ) -> (bool, bool) {
         kept.push(b'{');
         rest.push(b'{');
@@ -485,7 +501,8 @@ impl Classification {
             match value {
                 Value::Object(inner) if self.inner.contains(path.as_str()) => {
                     let (mut sub_kept, mut sub_rest) = (Vec::new(), Vec::new());
-                    let (has_kept, has_rest) = self.split_json_into(inner, keep, path, &mut sub_kept, &mut sub_rest);
+                    let (has_kept, has_rest) =
+                        self.split_json_into(inner, keep, path, &mut sub_kept, &mut sub_rest, unmapped);
                     if has_kept {
                         write_key(kept, &mut any_kept, key);
                         kept.extend_from_slice(&sub_kept);
@@ -496,11 +513,12 @@ impl Classification {
                     }
                 }
                 value => {
-                    let (out, any) = if keep(self.class_of(path)) {
-                        (&mut *kept, &mut any_kept)
-                    } else {
-                        (&mut *rest, &mut any_rest)
-                    };
+                    let (class, mapped) = self.lookup(path);
+                    if !mapped {
+                        unmapped(path);
+                    }
+                    let (out, any) =
+                        if keep(class) { (&mut *kept, &mut any_kept) } else { (&mut *rest, &mut any_rest) };
                     write_key(out, any, key);
                     let _ = serde_json::to_writer(&mut *out, value);
                 }
@@ -611,7 +629,12 @@ mod tests {
         assert_eq!(back, context);
 
         let (mut kept, mut rest) = (Vec::new(), Vec::new());
-        assert_eq!(c.split_json("context", &context, &|class| !c.encrypted(class), &mut kept, &mut rest), (true, true));
+        let mut unmapped = Vec::new();
+        let keep = |class| !c.encrypted(class);
+        let halves =
+            c.split_json("context", &context, &keep, (&mut kept, &mut rest), &mut |p| unmapped.push(p.to_string()));
+        assert_eq!(halves, (true, true));
+        assert_eq!(unmapped, vec!["context.mood".to_string()]);
         assert_eq!(serde_json::from_slice::<Map<String, Value>>(&kept).unwrap(), clear);
         assert_eq!(serde_json::from_slice::<Map<String, Value>>(&rest).unwrap(), sealed);
     }

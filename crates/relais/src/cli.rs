@@ -107,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         command: ConsentCommand,
     },
+    /// Security: the risk register.
+    Security {
+        #[command(subcommand)]
+        command: SecurityCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -224,6 +229,35 @@ enum IdentityCommand {
 
 #[derive(Debug, Subcommand)]
 enum PrivacyCommand {
+    /// Record a data-subject rights request (due one month later); prints it as JSON.
+    Request {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// access, portability, rectification, erasure, restriction or objection.
+        #[arg(long)]
+        kind: String,
+        /// Any identifier of the person, `kind:value`.
+        #[arg(long)]
+        identifier: String,
+    },
+    /// List rights requests, soonest deadline first, as JSON lines.
+    Requests {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// open, done or refused.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Carry out an open request (access and portability write the archive).
+    Complete {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The request id, `req_…`.
+        request_id: String,
+        /// Where to write the archive of an access or portability request.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Write everything held about a person into a zip archive of JSON and CSV
     /// files (access and portability); prints the file's path.
     Export {
@@ -259,6 +293,20 @@ enum ConsentCommand {
         /// The date, ISO 8601 (default: now).
         #[arg(long)]
         at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecurityCommand {
+    /// Print the risk register: data classes, their fields, readers,
+    /// encryption, masks, retention and risk; parts of the application; fields
+    /// seen in events that have no class yet.
+    Report {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -365,6 +413,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Command::Privacy { command: PrivacyCommand::Request { store, kind, identifier } } => {
+            let kind = relais_domain::rights::RightKind::parse(&kind).with_context(|| {
+                format!(
+                    "unknown right `{kind}`; use access, portability, rectification, erasure, restriction or objection"
+                )
+            })?;
+            let identifier = relais_domain::Identifier::parse(&identifier)?;
+            let store = store.open(&settings)?;
+            let zone = settings.ingest.time_zone;
+            let request = match store.blocking_audited(|engine, audit| {
+                crate::privacy::rights::receive(engine, audit, &cli_actor(), kind, &identifier, zone)
+            }) {
+                Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`"),
+                other => other?,
+            };
+            store.close_audit()?;
+            println!("{}", serde_json::to_string_pretty(&request)?);
+            Ok(())
+        }
+        Command::Privacy { command: PrivacyCommand::Requests { store, status } } => {
+            let status = status
+                .map(|s| {
+                    relais_domain::rights::RequestStatus::parse(&s)
+                        .with_context(|| format!("unknown status `{s}`; use open, done or refused"))
+                })
+                .transpose()?;
+            let store = store.open(&settings)?;
+            let now = chrono::Utc::now();
+            for request in store.blocking().requests(status)? {
+                let overdue = request.overdue(now);
+                let mut line = serde_json::to_value(&request)?;
+                line["overdue"] = serde_json::Value::Bool(overdue);
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Privacy { command: PrivacyCommand::Complete { store, request_id, output } } => {
+            let id = relais_domain::RequestId::parse(&request_id)?;
+            let store = store.open(&settings)?;
+            let completion = store
+                .blocking_audited(|engine, audit| crate::privacy::rights::complete(engine, audit, &cli_actor(), id))?;
+            store.close_audit()?;
+            match completion {
+                crate::privacy::rights::Completion::Archive(archive) => {
+                    let output =
+                        output.unwrap_or_else(|| PathBuf::from(format!("relais-export-{}.zip", archive.customer)));
+                    std::fs::write(&output, &archive.bytes)
+                        .with_context(|| format!("cannot write the archive {}", output.display()))?;
+                    println!("{}", output.display());
+                }
+                crate::privacy::rights::Completion::Done(outcome) => {
+                    println!("{}", serde_json::to_string_pretty(&outcome)?)
+                }
+            }
+            Ok(())
+        }
         Command::Privacy { command: PrivacyCommand::Export { store, identifier, output } } => {
             let identifier = relais_domain::Identifier::parse(&identifier)?;
             let store = store.open(&settings)?;
@@ -427,6 +531,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({ "at": at, "consents": states, "history": facts }))?
             );
+            Ok(())
+        }
+        Command::Security { command: SecurityCommand::Report { store, json } } => {
+            let store = store.open(&settings)?;
+            let report = crate::privacy::report::security_report(store.blocking())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::privacy::report::render(&report));
+            }
             Ok(())
         }
         Command::Audit { command: AuditCommand::Verify { store } } => {

@@ -93,3 +93,25 @@ CREATE TABLE consent_tokens (
     token_id      TEXT PRIMARY KEY,
     used_at       INTEGER NOT NULL
 );
+
+-- Field paths seen in events that no data-class mapping names (personal by
+-- default): the security report lists them for someone to classify.
+CREATE TABLE unclassified_fields (
+    path          TEXT PRIMARY KEY,
+    first_seen    INTEGER NOT NULL
+);
+
+-- Data-subject rights requests and their legal deadline. No personal data: the
+-- person is referred to by profile id, cleared when they are erased.
+CREATE TABLE rights_requests (
+    request_id    TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    customer_id   TEXT,
+    received_at   INTEGER NOT NULL,
+    due_at        INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    completed_at  INTEGER,
+    outcome       TEXT NOT NULL DEFAULT '{}',
+    recorded_by   TEXT NOT NULL
+);
+CREATE INDEX rights_requests_open ON rights_requests (status, due_at);

@@ -5,6 +5,8 @@ pub mod audit;
 pub mod export;
 pub mod keyring;
 pub mod links;
+pub mod report;
+pub mod rights;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -243,6 +243,8 @@ pub struct Changes<'a> {
     pub shared_limit: i64,
     /// Accounts (groups) to create or update: group id, traits, when.
     pub accounts: Vec<(&'a str, &'a Map<String, Value>, DateTime<Utc>)>,
+    /// Field paths no data-class mapping names, first seen in this batch.
+    pub unclassified: Vec<&'a str>,
     /// Account memberships to add: customer, group id, when.
     pub memberships: Vec<(CustomerId, &'a str, DateTime<Utc>)>,
 }
@@ -550,6 +552,8 @@ pub fn ingest_batch<'a>(
             changes.profiles.insert(*id, super::seal::seal_profile(&privacy.classes, *id, key, &state.profile));
         }
     }
+
+    changes.unclassified = batch.iter().flat_map(|(_, _, e)| e.unclassified.iter().map(String::as_str)).collect();
 
     // 3. Write.
     tx.write(&changes)?;

@@ -109,7 +109,7 @@ fn open_privacy(
         }
     };
     let keyring = crate::privacy::Keyring::open(master, &stored)?;
-    Ok(seal::Privacy { keyring, classes })
+    Ok(seal::Privacy::new(keyring, classes))
 }
 
 /// The profile that de-identified events of erased people are filed under: it
@@ -135,6 +135,36 @@ pub struct ErasureReport {
     pub events_deidentified: usize,
     /// Data keys destroyed (whatever they sealed is unreadable anywhere).
     pub keys_destroyed: usize,
+}
+
+/// A data-subject rights request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RightsRequest {
+    /// Its id.
+    pub request_id: relais_domain::RequestId,
+    /// The right.
+    pub kind: relais_domain::rights::RightKind,
+    /// The person (cleared once they are erased).
+    pub customer_id: Option<CustomerId>,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// The legal deadline.
+    pub due_at: DateTime<Utc>,
+    /// Where it stands.
+    pub status: relais_domain::rights::RequestStatus,
+    /// When it was answered.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// What was done (no personal data).
+    pub outcome: Value,
+    /// Who recorded it.
+    pub recorded_by: String,
+}
+
+impl RightsRequest {
+    /// Whether it is still open after its deadline.
+    pub fn overdue(&self, now: DateTime<Utc>) -> bool {
+        self.status == relais_domain::rights::RequestStatus::Open && now > self.due_at
+    }
 }
 
 /// What an unmerge did.
@@ -479,6 +509,23 @@ pub trait Engine: Send + Sync + 'static {
         segment: &crate::privacy::audit::AuditSegment,
         records: &[crate::privacy::audit::AuditRecord],
     ) -> Result<(), StoreError>;
+    /// Store a new rights request.
+    fn open_request(&self, request: &RightsRequest) -> Result<(), StoreError>;
+    /// Rights requests, soonest deadline first, optionally of one status.
+    fn requests(&self, status: Option<relais_domain::rights::RequestStatus>) -> Result<Vec<RightsRequest>, StoreError>;
+    /// One rights request.
+    fn request(&self, id: relais_domain::RequestId) -> Result<Option<RightsRequest>, StoreError>;
+    /// Answer an open request (`Conflict` when it is not open); with
+    /// `forget_person`, the link to the person is cleared (after an erasure).
+    fn close_request(
+        &self,
+        id: relais_domain::RequestId,
+        status: relais_domain::rights::RequestStatus,
+        outcome: &Value,
+        forget_person: bool,
+    ) -> Result<(), StoreError>;
+    /// Field paths seen in events that no data-class mapping named then.
+    fn unclassified_fields(&self) -> Result<Vec<String>, StoreError>;
     /// Every audit segment.
     fn audit_segments(&self) -> Result<Vec<crate::privacy::audit::AuditSegment>, StoreError>;
     /// The records of one segment, in order.
@@ -632,6 +679,31 @@ pub fn audit_dir(location: &Location) -> PathBuf {
     }
 }
 
+/// A rights request from its stored columns.
+pub(crate) fn rights_request(
+    request_id: &str,
+    kind: &str,
+    customer_id: Option<&str>,
+    times: (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>),
+    status: &str,
+    outcome: &str,
+    recorded_by: String,
+) -> Result<RightsRequest, StoreError> {
+    use relais_domain::rights::{RequestStatus, RightKind};
+    let bad = |what: &str, v: &str| StoreError::Database(format!("stored rights request has an unknown {what} `{v}`"));
+    Ok(RightsRequest {
+        request_id: relais_domain::RequestId::parse(request_id).map_err(|e| StoreError::Database(e.to_string()))?,
+        kind: RightKind::parse(kind).ok_or_else(|| bad("kind", kind))?,
+        customer_id: customer_id.map(CustomerId::parse).transpose().map_err(|e| StoreError::Database(e.to_string()))?,
+        received_at: times.0,
+        due_at: times.1,
+        status: RequestStatus::parse(status).ok_or_else(|| bad("status", status))?,
+        completed_at: times.2,
+        outcome: serde_json::from_str(outcome).unwrap_or(Value::Null),
+        recorded_by,
+    })
+}
+
 /// A consent fact as stored, read back (proof still sealed).
 pub(crate) struct ConsentRow {
     purpose: String,
@@ -752,7 +824,7 @@ pub fn raw_load(
 /// Keys for a raw load into a throwaway database.
 pub fn raw_privacy() -> seal::Privacy {
     let (keyring, _) = crate::privacy::Keyring::create(&crate::privacy::MasterKey::generate());
-    seal::Privacy { keyring, classes: relais_domain::privacy::Classification::default() }
+    seal::Privacy::new(keyring, relais_domain::privacy::Classification::default())
 }
 
 /// Precomputed changes for the raw load: each distinct user id gets one profile,

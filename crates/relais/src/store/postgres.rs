@@ -22,6 +22,7 @@ use super::ingest::{
 };
 use super::pool::Pool;
 use super::seal::{self, EncodedEvent, Privacy};
+use super::RightsRequest;
 use super::{
     event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, ErasureReport, EventPage,
     MergeRecord, OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
@@ -30,7 +31,8 @@ use crate::privacy::audit::{AuditRecord, AuditSegment};
 use crate::privacy::{MasterKey, StoredKeyring};
 use relais_domain::consent::ConsentFact;
 use relais_domain::privacy::Classification;
-use relais_domain::ConsentId;
+use relais_domain::rights::RequestStatus;
+use relais_domain::{ConsentId, RequestId};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "customer_database", include_str!("../../migrations/postgres/0001_customer_database.sql")),
@@ -151,6 +153,13 @@ impl PgEngine {
         let pool = Pool::new(16, move || connect(&url));
         Ok(PgEngine { pool, settings, privacy })
     }
+}
+
+const REQUEST_COLUMNS: &str =
+    "request_id, kind, customer_id, received_at, due_at, completed_at, status, outcome, recorded_by";
+
+fn request_from_row(r: &postgres::Row) -> Result<RightsRequest, StoreError> {
+    super::rights_request(r.get(0), r.get(1), r.get(2), (r.get(3), r.get(4), r.get(5)), r.get(6), r.get(7), r.get(8))
 }
 
 const AUDIT_COLUMNS: &str = "segment_id, seq, at, actor, action, subject, detail, prev_hash, hash";
@@ -439,6 +448,16 @@ impl IngestTx for PgTx<'_, '_> {
                 "UPDATE identifiers SET people_seen = (1 + s.n)::int, shared = (1 + s.n > $2::bigint) \
                  FROM (SELECT count(*) AS n FROM identifier_sightings WHERE identifier = $1) s WHERE identifier = $1",
                 &[&identifier, &changes.shared_limit],
+            )?;
+        }
+        if !changes.unclassified.is_empty() {
+            let mut paths: Vec<&str> = changes.unclassified.clone();
+            paths.sort_unstable();
+            paths.dedup();
+            tx.execute(
+                "INSERT INTO unclassified_fields (path, first_seen) SELECT p, now() FROM unnest($1::text[]) AS u(p) \
+                 ON CONFLICT DO NOTHING",
+                &[&paths],
             )?;
         }
         for c in &changes.conflicts {
@@ -1204,6 +1223,86 @@ impl Engine for PgEngine {
             }
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn open_request(&self, request: &RightsRequest) -> Result<(), StoreError> {
+        let r = request;
+        self.pool.with(|client| {
+            client.execute(
+                "INSERT INTO rights_requests (request_id, kind, customer_id, received_at, due_at, status, outcome, recorded_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &r.request_id.to_string(),
+                    &r.kind.as_str(),
+                    &r.customer_id.map(|c| c.to_string()),
+                    &r.received_at,
+                    &r.due_at,
+                    &r.status.as_str(),
+                    &r.outcome.to_string(),
+                    &r.recorded_by,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<RightsRequest>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query(
+                    &format!(
+                        "SELECT {REQUEST_COLUMNS} FROM rights_requests WHERE ($1::text IS NULL OR status = $1) \
+                         ORDER BY due_at, request_id"
+                    ),
+                    &[&status.map(RequestStatus::as_str)],
+                )?
+                .iter()
+                .map(request_from_row)
+                .collect()
+        })
+    }
+
+    fn request(&self, id: RequestId) -> Result<Option<RightsRequest>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query_opt(
+                    &format!("SELECT {REQUEST_COLUMNS} FROM rights_requests WHERE request_id = $1"),
+                    &[&id.to_string()],
+                )?
+                .as_ref()
+                .map(request_from_row)
+                .transpose()
+        })
+    }
+
+    fn close_request(
+        &self,
+        id: RequestId,
+        status: RequestStatus,
+        outcome: &Value,
+        forget_person: bool,
+    ) -> Result<(), StoreError> {
+        self.pool.with(|client| {
+            let changed = client.execute(
+                "UPDATE rights_requests SET status = $2, outcome = $3, completed_at = now(), \
+                 customer_id = CASE WHEN $4 THEN NULL ELSE customer_id END WHERE request_id = $1 AND status = 'open'",
+                &[&id.to_string(), &status.as_str(), &outcome.to_string(), &forget_person],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::Conflict(format!("request {id} is not open")));
+            }
+            Ok(())
+        })
+    }
+
+    fn unclassified_fields(&self) -> Result<Vec<String>, StoreError> {
+        self.pool.with(|client| {
+            Ok(client
+                .query("SELECT path FROM unclassified_fields ORDER BY path", &[])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
         })
     }
 

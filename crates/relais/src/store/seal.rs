@@ -20,6 +20,15 @@ pub struct Privacy {
     pub keyring: Keyring,
     /// Classes.
     pub classes: Classification,
+    /// Field paths seen in events that no mapping names, already recorded.
+    pub unclassified: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Privacy {
+    /// Keys and classes, with nothing seen yet.
+    pub fn new(keyring: Keyring, classes: Classification) -> Privacy {
+        Privacy { keyring, classes, unclassified: Default::default() }
+    }
 }
 
 impl From<KeyError> for StoreError {
@@ -67,6 +76,8 @@ pub struct EncodedEvent {
     pub tokens: Vec<Identifier>,
     /// The tokens as a JSON list (stored with the event, for unmerges).
     pub tokens_json: String,
+    /// Field paths no mapping names, seen here for the first time by this process.
+    pub unclassified: Vec<String>,
 }
 
 fn json_text(map: &Map<String, Value>) -> String {
@@ -92,9 +103,17 @@ impl EncodedEvent {
             sealed.push(b':');
             sealed.extend_from_slice(json);
         };
+        let mut unclassified = Vec::new();
+        let mut seen = privacy.unclassified.lock().unwrap_or_else(|p| p.into_inner());
+        let mut note = |path: &str| {
+            if !seen.contains(path) {
+                seen.insert(path.to_string());
+                unclassified.push(path.to_string());
+            }
+        };
         let mut split = |sealed: &mut Vec<u8>, root: &str, map: &Map<String, Value>| -> String {
             let (mut kept, mut rest) = (Vec::with_capacity(128), Vec::with_capacity(128));
-            let (_, has_rest) = classes.split_json(root, map, &clear, &mut kept, &mut rest);
+            let (_, has_rest) = classes.split_json(root, map, &clear, (&mut kept, &mut rest), &mut note);
             if has_rest {
                 add_sealed(sealed, root, &rest);
             }
@@ -104,6 +123,7 @@ impl EncodedEvent {
         let context = split(&mut sealed, "context", &message.context);
         let traits = split(&mut sealed, "traits", &message.traits);
         let extra = split(&mut sealed, "extra", &message.extra);
+        drop(seen);
         let user_id =
             clear_or_sealed(classes, IdentifierKind::UserId, &message.user_id, "userId", &mut sealed, &mut add_sealed);
         let anonymous_id = clear_or_sealed(
@@ -118,7 +138,18 @@ impl EncodedEvent {
         let personal = (sealed.len() > 2).then_some(sealed);
         let tokens: Vec<Identifier> = message.identifiers.iter().map(|i| privacy.keyring.token(i)).collect();
         let tokens_json = super::identifiers_json(&tokens);
-        EncodedEvent { properties, context, traits, extra, user_id, anonymous_id, personal, tokens, tokens_json }
+        EncodedEvent {
+            properties,
+            context,
+            traits,
+            extra,
+            user_id,
+            anonymous_id,
+            personal,
+            tokens,
+            tokens_json,
+            unclassified,
+        }
     }
 }
 

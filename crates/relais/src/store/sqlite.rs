@@ -22,6 +22,7 @@ use super::ingest::{
 };
 use super::pool::Pool;
 use super::seal::{self, EncodedEvent, Privacy};
+use super::RightsRequest;
 use super::{
     event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, ErasureReport, EventPage,
     MergeRecord, OutboxItem, OutboxStatus, StoreError, StoredEvent, TimelineCursor, UnmergeReport,
@@ -30,7 +31,8 @@ use crate::privacy::audit::{AuditRecord, AuditSegment};
 use crate::privacy::{MasterKey, StoredKeyring};
 use relais_domain::consent::ConsentFact;
 use relais_domain::privacy::Classification;
-use relais_domain::ConsentId;
+use relais_domain::rights::RequestStatus;
+use relais_domain::{ConsentId, RequestId};
 use std::sync::Arc;
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -578,6 +580,14 @@ impl IngestTx for SqliteTx<'_, '_> {
                 params![identifier, changes.shared_limit],
             )?;
         }
+        if !changes.unclassified.is_empty() {
+            let mut stmt =
+                tx.prepare_cached("INSERT OR IGNORE INTO unclassified_fields (path, first_seen) VALUES (?1, ?2)")?;
+            let now = micros(Utc::now());
+            for path in &changes.unclassified {
+                stmt.execute(params![path, now])?;
+            }
+        }
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR IGNORE INTO identity_conflicts (customer_id, other_customer_id, kind, message_id, at) \
@@ -869,6 +879,16 @@ fn erase_in_transaction(
     tx.commit()?;
     let cluster = cluster.iter().map(|c| parse_id(c)).collect::<Result<Vec<CustomerId>, _>>()?;
     Ok((report, cluster))
+}
+
+const REQUEST_COLUMNS: &str =
+    "request_id, kind, customer_id, received_at, due_at, completed_at, status, outcome, recorded_by";
+
+fn request_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RightsRequest, StoreError>> {
+    let (id, kind, customer): (String, String, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+    let times = (from_micros(r.get(3)?), from_micros(r.get(4)?), r.get::<_, Option<i64>>(5)?.map(from_micros));
+    let (status, outcome, by): (String, String, String) = (r.get(6)?, r.get(7)?, r.get(8)?);
+    Ok(super::rights_request(&id, &kind, customer.as_deref(), times, &status, &outcome, by))
 }
 
 const AUDIT_COLUMNS: &str = "segment_id, seq, at, actor, action, subject, detail, prev_hash, hash";
@@ -1448,6 +1468,74 @@ impl Engine for SqliteEngine {
             drop(insert);
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn open_request(&self, request: &RightsRequest) -> Result<(), StoreError> {
+        let r = request.clone();
+        self.write(false, move |conn| {
+            conn.execute(
+                "INSERT INTO rights_requests (request_id, kind, customer_id, received_at, due_at, status, outcome, recorded_by) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    r.request_id.to_string(),
+                    r.kind.as_str(),
+                    r.customer_id.map(|c| c.to_string()),
+                    micros(r.received_at),
+                    micros(r.due_at),
+                    r.status.as_str(),
+                    r.outcome.to_string(),
+                    r.recorded_by
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn requests(&self, status: Option<RequestStatus>) -> Result<Vec<RightsRequest>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM rights_requests WHERE (?1 IS NULL OR status = ?1) ORDER BY due_at, request_id"
+            ))?;
+            let rows = stmt.query_map([status.map(RequestStatus::as_str)], request_from_row)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(|inner| inner)).collect()
+        })
+    }
+
+    fn request(&self, id: RequestId) -> Result<Option<RightsRequest>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {REQUEST_COLUMNS} FROM rights_requests WHERE request_id = ?1"))?;
+            stmt.query_row([id.to_string()], request_from_row).optional()?.transpose()
+        })
+    }
+
+    fn close_request(
+        &self,
+        id: RequestId,
+        status: RequestStatus,
+        outcome: &Value,
+        forget_person: bool,
+    ) -> Result<(), StoreError> {
+        let outcome = outcome.to_string();
+        self.write(false, move |conn| {
+            let changed = conn.execute(
+                "UPDATE rights_requests SET status = ?2, outcome = ?3, completed_at = ?4, \
+                 customer_id = CASE WHEN ?5 THEN NULL ELSE customer_id END WHERE request_id = ?1 AND status = 'open'",
+                params![id.to_string(), status.as_str(), outcome, micros(Utc::now()), forget_person],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::Conflict(format!("request {id} is not open")));
+            }
+            Ok(())
+        })
+    }
+
+    fn unclassified_fields(&self) -> Result<Vec<String>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare("SELECT path FROM unclassified_fields ORDER BY path")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 

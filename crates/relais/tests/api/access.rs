@@ -65,6 +65,17 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
     let (_, merges) = app.get(&format!("/api/v1/customers/{customer}/merges")).await;
     let merge = merges["merges"][0]["merge_id"].as_str().expect("a merge").to_string();
 
+    // A rights request (rectification: completing it changes nothing else).
+    let (_, created) = app
+        .post_raw(
+            "/api/v1/privacy/requests",
+            serde_json::to_vec(&json!({"kind": "rectification", "identifier": "email:acces@exemple.fr"})).unwrap(),
+            None,
+            Some(&app.admin),
+        )
+        .await;
+    let request = created["request_id"].as_str().expect("a request").to_string();
+
     let mut keys = Vec::new();
     for role in Role::ALL {
         keys.push((role, app.key(role).await));
@@ -73,8 +84,8 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
     let mut to_erase = 0;
     let mut failures = Vec::new();
     for route in &expected {
-        let path =
-            route.path.replace("{id}", &customer).replace("{merge_id}", &merge).replace("{token}", "not-a-token");
+        let id = if route.path.starts_with("/api/v1/privacy/requests/") { &request } else { &customer };
+        let path = route.path.replace("{id}", id).replace("{merge_id}", &merge).replace("{token}", "not-a-token");
         let url = format!("{}{path}", app.address);
         for (role, key) in keys.iter().map(|(r, k)| (Some(*r), Some(k.as_str()))).chain([(None, None)]) {
             let body = match route.path.as_str() {
@@ -86,6 +97,8 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                     json!({ "identifier": format!("email:{email}") })
                 }
                 "/api/v1/privacy/exports" => json!({ "identifier": "email:acces@exemple.fr" }),
+                "/api/v1/privacy/requests" => json!({"kind": "access", "identifier": "email:acces@exemple.fr"}),
+                "/api/v1/privacy/requests/{id}/refuse" => json!({"reason": "identity_not_verified"}),
                 "/api/v1/customers/{id}/consents" => json!({
                     "purpose": "email_marketing", "channel": "email", "granted": true, "source": "web",
                     "wording_version": "cgu-1", "proof": {"ip": "192.0.2.7", "user_agent": "Firefox"}

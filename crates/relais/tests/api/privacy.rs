@@ -640,3 +640,113 @@ async fn answers_carry_security_headers_and_each_key_is_rate_limited() {
     let other = client.get(&url).bearer_auth(app.key(Role::Agent).await).send().await.unwrap();
     assert_eq!(other.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_security_report_lists_classes_risks_and_fields_nobody_classified() {
+    let app = TestApp::spawn().await;
+    let (status, _) = app
+        .batch(json!([{"type": "track", "userId": "r-1", "event": "Wish Listed",
+                       "properties": {"favourite_colour": "vert", "revenue": 12, "store": "lyon-part-dieu"}}]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, report) = app.get("/api/v1/security/report").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let unclassified: Vec<&str> =
+        report["unclassified_fields"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(unclassified.contains(&"properties.favourite_colour"), "{unclassified:?}");
+    assert!(!unclassified.contains(&"properties.revenue"), "mapped fields are classified");
+    let personal = report["classes"].as_array().unwrap().iter().find(|c| c["class"] == "personal").unwrap();
+    assert_eq!(personal["encrypted"], true);
+    assert!(personal["fields"].as_array().unwrap().contains(&json!("identifier.email")));
+    assert!(personal["risk"]["level"].is_string());
+    let ingest = report["parts"].as_array().unwrap().iter().find(|p| p["name"] == "tracking API").unwrap();
+    assert_eq!(ingest["risk"]["level"], "critical");
+
+    let target = crate::helpers::place(&app.scratch);
+    let (ok, text, stderr) =
+        tokio::task::spawn_blocking(move || run_binary(&target, &["security", "report"])).await.unwrap();
+    assert!(ok, "{stderr}");
+    assert!(text.contains("properties.favourite_colour") && text.contains("DATA CLASSES"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rights_requests_carry_their_deadline_and_are_carried_out() {
+    let app = TestApp::spawn().await;
+    let (ana, bob) = (Person::new(), Person::new());
+    for person in [&ana, &bob] {
+        let (status, _) = app.batch(person.messages()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let dpo = app.key(Role::Dpo).await;
+    let client = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let (client, dpo) = (client.clone(), dpo.clone());
+        let url = format!("{}{path}", app.address);
+        async move {
+            let response = client.post(url).bearer_auth(dpo).json(&body).send().await.unwrap();
+            let status = response.status();
+            let kind = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+            (status, kind, response.bytes().await.unwrap().to_vec())
+        }
+    };
+    let json_of = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap();
+
+    let (status, _, body) =
+        post("/api/v1/privacy/requests".into(), json!({"kind": "forget", "identifier": "email:x@exemple.fr"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&body));
+    let mut ids = Vec::new();
+    for kind in ["access", "objection", "erasure"] {
+        let (status, _, body) = post(
+            "/api/v1/privacy/requests".into(),
+            json!({"kind": kind, "identifier": format!("email:{}", ana.email)}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let request = json_of(&body);
+        assert_eq!(request["status"], "open");
+        assert_eq!(request["overdue"], false);
+        let received: chrono::DateTime<chrono::Utc> = request["received_at"].as_str().unwrap().parse().unwrap();
+        let due: chrono::DateTime<chrono::Utc> = request["due_at"].as_str().unwrap().parse().unwrap();
+        assert!((28..=31).contains(&(due - received).num_days()), "one month: {received} → {due}");
+        ids.push(request["request_id"].as_str().unwrap().to_string());
+    }
+    let (_, listed) = app.get_as("/api/v1/privacy/requests?status=open", &dpo).await;
+    assert_eq!(listed["requests"].as_array().unwrap().len(), 3);
+
+    // Access: the archive. Objection: profiling withdrawn. Erasure: gone.
+    let (status, kind, bytes) = post(format!("/api/v1/privacy/requests/{}/complete", ids[0]), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kind.as_deref(), Some("application/zip"));
+    assert!(unzip(&bytes)["profile.json"].contains(&ana.email));
+    let customer = app.customer_by(&format!("email:{}", ana.email)).await["id"].as_str().unwrap().to_string();
+    let (status, _, _) = post(format!("/api/v1/privacy/requests/{}/complete", ids[1]), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, check) =
+        app.get(&format!("/api/v1/consents/check?customer={customer}&purpose=profiling&channel=email")).await;
+    assert_eq!(check["allowed"], false);
+    let (status, _, again) = post(format!("/api/v1/privacy/requests/{}/complete", ids[1]), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&again));
+    let (status, _, body) = post(format!("/api/v1/privacy/requests/{}/complete", ids[2]), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json_of(&body)["outcome"]["profiles_erased"], 1);
+    let (status, _) = app.get(&format!("/api/v1/customers/{customer}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, done) = app.get_as("/api/v1/privacy/requests?status=done", &dpo).await;
+    let erased = done["requests"].as_array().unwrap().iter().find(|r| r["kind"] == "erasure").unwrap().clone();
+    assert!(erased["customer_id"].is_null(), "an erased person's request no longer points at them");
+
+    // Refusal, for a listed reason only.
+    let (_, _, body) = post(
+        "/api/v1/privacy/requests".into(),
+        json!({"kind": "rectification", "identifier": format!("email:{}", bob.email)}),
+    )
+    .await;
+    let bob_request = json_of(&body)["request_id"].as_str().unwrap().to_string();
+    let (status, _, _) =
+        post(format!("/api/v1/privacy/requests/{bob_request}/refuse"), json!({"reason": "because"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) =
+        post(format!("/api/v1/privacy/requests/{bob_request}/refuse"), json!({"reason": "identity_not_verified"}))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+}
