@@ -184,13 +184,13 @@ fn bench_erase(
         let identifier = relais_domain::Identifier::parse(&format!("email:u{k}@example.fr"))?;
         let started = Instant::now();
         let report = store.blocking_audited(|engine, audit| {
-            crate::http::privacy::carry_out(
+            crate::privacy::rights::carry_out(
                 engine,
                 audit,
                 "bench",
                 "privacy.erase",
                 &identifier,
-                crate::http::privacy::erase_person,
+                crate::privacy::rights::erase_person,
             )
         })?;
         times.push(started.elapsed());
@@ -243,13 +243,13 @@ fn bench_export(events: usize, database_url: Option<String>, settings: &Settings
     for _ in 0..5 {
         let started = Instant::now();
         let archive = store.blocking_audited(|engine, audit| {
-            crate::http::privacy::carry_out(
+            crate::privacy::rights::carry_out(
                 engine,
                 audit,
                 "bench",
                 "privacy.export",
                 &identifier,
-                crate::privacy::export::export_person,
+                crate::privacy::rights::export_person,
             )
         })?;
         times.push(started.elapsed());

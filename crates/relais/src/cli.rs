@@ -107,6 +107,11 @@ enum Command {
         #[command(subcommand)]
         command: ConsentCommand,
     },
+    /// Backups (with the erasure journal that a restore re-applies).
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Security: the risk register.
     Security {
         #[command(subcommand)]
@@ -297,6 +302,27 @@ enum ConsentCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Copy the database into a file (SQLite's online backup, or pg_dump), while it serves.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The backup file to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Replace the database by a backup, then erase again everyone the erasure
+    /// journal lists (stop the servers first).
+    Restore {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The backup file.
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SecurityCommand {
     /// Print the risk register: data classes, their fields, readers,
     /// encryption, masks, retention and risk; parts of the application; fields
@@ -473,13 +499,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let identifier = relais_domain::Identifier::parse(&identifier)?;
             let store = store.open(&settings)?;
             let archive = match store.blocking_audited(|engine, audit| {
-                crate::http::privacy::carry_out(
+                crate::privacy::rights::carry_out(
                     engine,
                     audit,
                     &cli_actor(),
                     "privacy.export",
                     &identifier,
-                    crate::privacy::export::export_person,
+                    crate::privacy::rights::export_person,
                 )
             }) {
                 Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing to export"),
@@ -497,13 +523,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let identifier = relais_domain::Identifier::parse(&identifier)?;
             let store = store.open(&settings)?;
             let report = match store.blocking_audited(|engine, audit| {
-                crate::http::privacy::carry_out(
+                crate::privacy::rights::carry_out(
                     engine,
                     audit,
                     &cli_actor(),
                     "privacy.erase",
                     &identifier,
-                    crate::http::privacy::erase_person,
+                    crate::privacy::rights::erase_person,
                 )
             }) {
                 Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing was erased"),
@@ -518,9 +544,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = store.open(&settings)?;
             let at = at.unwrap_or_else(chrono::Utc::now);
             let facts = match store.blocking_audited(|engine, audit| {
-                crate::http::privacy::carry_out(engine, audit, &cli_actor(), "consent.read", &identifier, |e, id| {
-                    e.consents(id)
-                })
+                crate::privacy::rights::carry_out(
+                    engine,
+                    audit,
+                    &cli_actor(),
+                    "consent.read",
+                    &identifier,
+                    |e, _, id| e.consents(id),
+                )
             }) {
                 Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`"),
                 other => other?,
@@ -531,6 +562,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({ "at": at, "consents": states, "history": facts }))?
             );
+            Ok(())
+        }
+        Command::Backup { command: BackupCommand::Create { store: args, output } } => {
+            let location = args.location()?;
+            let store = args.open(&settings)?;
+            store.audit(crate::privacy::audit::AuditEntry {
+                actor: cli_actor(),
+                action: "backup.create".into(),
+                subject: None,
+                detail: serde_json::json!({}),
+            })?;
+            let report = crate::privacy::backup::create(&store, &location, &output)?;
+            store.close_audit()?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Backup { command: BackupCommand::Restore { store: args, input } } => {
+            let location = args.location()?;
+            let journal = crate::store::audit_dir(&location);
+            let ingest = settings.ingest.clone();
+            let report = crate::privacy::backup::restore(&location, &input, &journal, || {
+                Store::open(&location, ingest.clone())
+            })?;
+            let store = args.open(&settings)?;
+            store.audit(crate::privacy::audit::AuditEntry {
+                actor: cli_actor(),
+                action: "backup.restore".into(),
+                subject: None,
+                detail: serde_json::json!({ "erasures_reapplied": report.erasures_reapplied }),
+            })?;
+            store.close_audit()?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Security { command: SecurityCommand::Report { store, json } } => {

@@ -43,7 +43,7 @@ pub async fn erase(
     caller: Caller,
     Json(request): Json<SubjectRequest>,
 ) -> Result<Json<ErasureReport>, ApiError> {
-    Ok(Json(for_subject(&state, &caller, &request, "privacy.erase", erase_person).await?))
+    Ok(Json(for_subject(&state, &caller, &request, "privacy.erase", crate::privacy::rights::erase_person).await?))
 }
 
 /// Carry out a right for the person a request names, off the async executor;
@@ -54,7 +54,7 @@ async fn for_subject<T: Send + 'static>(
     caller: &Caller,
     request: &SubjectRequest,
     action: &'static str,
-    right: fn(&dyn Engine, CustomerId) -> Result<T, StoreError>,
+    right: fn(&dyn Engine, &Audit<'_>, CustomerId) -> Result<T, StoreError>,
 ) -> Result<T, ApiError> {
     let identifier =
         Identifier::parse(&request.identifier).map_err(|e| ApiError::field("identifier", e.to_string()))?;
@@ -62,31 +62,14 @@ async fn for_subject<T: Send + 'static>(
     let actor = super::customers::actor(caller);
     state
         .store
-        .run_audited(move |engine, audit| carry_out(engine, audit, &actor, action, &lookup, right))
+        .run_audited(move |engine, audit| {
+            crate::privacy::rights::carry_out(engine, audit, &actor, action, &lookup, right)
+        })
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::NotFound(format!("nobody holds `{identifier}`")),
             other => other.into(),
         })
-}
-
-/// Find whoever holds `identifier`, record `action` about them, then carry it out.
-pub fn carry_out<T>(
-    engine: &dyn Engine,
-    audit: &Audit<'_>,
-    actor: &str,
-    action: &str,
-    identifier: &Identifier,
-    right: fn(&dyn Engine, CustomerId) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let customer = engine.customer_id_by_identifier(identifier)?.ok_or(StoreError::NotFound)?;
-    audit.record(actor, action, Some(customer), serde_json::json!({ "identifier_kind": identifier.kind() }))?;
-    right(engine, customer)
-}
-
-/// Erase a person (see `Engine::erase`).
-pub fn erase_person(engine: &dyn Engine, customer: CustomerId) -> Result<ErasureReport, StoreError> {
-    engine.erase(customer)
 }
 
 /// Access and portability: everything relais holds about a person, as one zip
@@ -104,7 +87,7 @@ pub async fn export(
     Json(request): Json<SubjectRequest>,
 ) -> Result<Response, ApiError> {
     let archive =
-        for_subject(&state, &caller, &request, "privacy.export", crate::privacy::export::export_person).await?;
+        for_subject(&state, &caller, &request, "privacy.export", crate::privacy::rights::export_person).await?;
     Ok(archive_response(archive))
 }
 

@@ -2,6 +2,7 @@
 //! data at rest.
 
 pub mod audit;
+pub mod backup;
 pub mod export;
 pub mod keyring;
 pub mod links;

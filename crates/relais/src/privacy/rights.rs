@@ -6,11 +6,11 @@ use chrono::Utc;
 use chrono_tz::Tz;
 use relais_domain::consent::{ConsentChannel, ConsentFact, ConsentSource, Proof, Purpose};
 use relais_domain::rights::{due_date, RequestStatus, RightKind};
-use relais_domain::{Identifier, RequestId};
+use relais_domain::{CustomerId, Identifier, RequestId};
 use serde_json::{json, Value};
 
-use super::export::{export_person, ExportArchive};
-use crate::store::{Audit, Engine, RightsRequest, StoreError};
+use super::export::ExportArchive;
+use crate::store::{Audit, Engine, ErasureReport, RightsRequest, StoreError};
 
 /// Reasons a request may be refused (no free text: it could hold personal data).
 pub const REFUSAL_REASONS: [&str; 4] =
@@ -23,6 +23,44 @@ pub enum Completion {
     Archive(ExportArchive),
     /// What was done.
     Done(Value),
+}
+
+/// Find whoever holds `identifier`, record `action` about them, then carry it out.
+pub fn carry_out<T>(
+    engine: &dyn Engine,
+    audit: &Audit<'_>,
+    actor: &str,
+    action: &str,
+    identifier: &Identifier,
+    right: fn(&dyn Engine, &Audit<'_>, CustomerId) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let customer = engine.customer_id_by_identifier(identifier)?.ok_or(StoreError::NotFound)?;
+    audit.record(actor, action, Some(customer), serde_json::json!({ "identifier_kind": identifier.kind() }))?;
+    right(engine, audit, customer)
+}
+
+/// Erase a person (see `Engine::erase`) and journal it outside the database,
+/// so that restoring an older backup erases them again.
+pub fn erase_person(engine: &dyn Engine, audit: &Audit<'_>, customer: CustomerId) -> Result<ErasureReport, StoreError> {
+    let report = engine.erase(customer)?;
+    let entry = super::backup::JournalEntry {
+        erasure_id: report.erasure_id,
+        erased_at: report.erased_at,
+        customers: report.customers.clone(),
+    };
+    // The erasure is done; a journal that cannot be written is caught up from
+    // the `erasures` table at the next backup or restore, but say so now.
+    super::backup::append(audit.outside_dir(), &[entry])?;
+    Ok(report)
+}
+
+/// Export a person (see `export::export_person`).
+pub fn export_person(
+    engine: &dyn Engine,
+    _audit: &Audit<'_>,
+    customer: CustomerId,
+) -> Result<super::export::ExportArchive, StoreError> {
+    super::export::export_person(engine, customer)
 }
 
 /// Record a request from whoever holds `identifier`, due one month later.
@@ -82,12 +120,12 @@ pub fn complete(engine: &dyn Engine, audit: &Audit<'_>, actor: &str, id: Request
     };
     let (completion, forget) = match request.kind {
         RightKind::Access | RightKind::Portability => {
-            let archive = export_person(engine, customer)?;
+            let archive = super::export::export_person(engine, customer)?;
             engine.close_request(id, RequestStatus::Done, &json!({ "events": archive.events }), false)?;
             return Ok(Completion::Archive(archive));
         }
         RightKind::Erasure => {
-            let report = engine.erase(customer)?;
+            let report = erase_person(engine, audit, customer)?;
             (serde_json::to_value(&report).unwrap_or(Value::Null), true)
         }
         RightKind::Objection => (withdraw(&[Purpose::Profiling, Purpose::PersonalisedOffers])?, false),

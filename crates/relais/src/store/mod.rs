@@ -135,6 +135,8 @@ pub struct ErasureReport {
     pub events_deidentified: usize,
     /// Data keys destroyed (whatever they sealed is unreadable anywhere).
     pub keys_destroyed: usize,
+    /// The profiles erased (ids that no longer lead to anything).
+    pub customers: Vec<CustomerId>,
 }
 
 /// A data-subject rights request.
@@ -524,6 +526,8 @@ pub trait Engine: Send + Sync + 'static {
         outcome: &Value,
         forget_person: bool,
     ) -> Result<(), StoreError>;
+    /// Every erasure carried out: id, when, the profiles erased.
+    fn erasures(&self) -> Result<Vec<crate::privacy::backup::JournalEntry>, StoreError>;
     /// Field paths seen in events that no data-class mapping named then.
     fn unclassified_fields(&self) -> Result<Vec<String>, StoreError>;
     /// Every audit segment.
@@ -654,6 +658,11 @@ pub struct Audit<'a> {
 }
 
 impl Audit<'_> {
+    /// The folder outside the database where audit heads and the erasure journal live.
+    pub fn outside_dir(&self) -> &std::path::Path {
+        self.auditor.head_dir()
+    }
+
     /// Record `action` by `actor` about `subject`; an error fails the action.
     pub fn record(
         &self,

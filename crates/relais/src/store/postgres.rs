@@ -1093,6 +1093,7 @@ impl Engine for PgEngine {
                 identifiers_erased: identifiers,
                 events_deidentified: events,
                 keys_destroyed: keys,
+                customers: Vec::new(),
             };
             tx.execute(
                 "INSERT INTO erasures (erasure_id, erased_at, customer_ids, profiles, identifiers, events, keys) \
@@ -1112,6 +1113,7 @@ impl Engine for PgEngine {
             // at the next autovacuum.
             client.batch_execute("VACUUM data_keys")?;
             let cluster = cluster.iter().map(|c| parse_id(c)).collect::<Result<Vec<CustomerId>, _>>()?;
+            let report = ErasureReport { customers: cluster.clone(), ..report };
             Ok((report, cluster))
         })?;
         for id in &cluster {
@@ -1293,6 +1295,23 @@ impl Engine for PgEngine {
                 return Err(StoreError::Conflict(format!("request {id} is not open")));
             }
             Ok(())
+        })
+    }
+
+    fn erasures(&self) -> Result<Vec<crate::privacy::backup::JournalEntry>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query("SELECT erasure_id, erased_at, customer_ids FROM erasures ORDER BY erasure_id", &[])?
+                .iter()
+                .map(|r| {
+                    let ids: Vec<String> = serde_json::from_str(r.get::<_, &str>(2)).unwrap_or_default();
+                    Ok(crate::privacy::backup::JournalEntry {
+                        erasure_id: parse_id(r.get::<_, &str>(0))?,
+                        erased_at: r.get(1),
+                        customers: ids.iter().map(|c| parse_id(c)).collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect()
         })
     }
 

@@ -117,6 +117,24 @@ pub struct SqliteEngine {
     readers: Pool<Connection>,
     settings: IngestSettings,
     privacy: Arc<Privacy>,
+    /// Tells the checkpoint thread to stop.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The writer and checkpoint threads, joined when the engine is dropped.
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Drop for SqliteEngine {
+    /// Close the database for good: the writer finishes its queued jobs and
+    /// stops, the checkpoint thread stops, so no connection of this engine
+    /// touches the files afterwards (a restore may replace them).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -190,14 +208,16 @@ impl SqliteEngine {
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = open_connection(&path)?;
         checkpointer.pragma_update(None, "cache_size", -1_024)?;
-        thread::Builder::new()
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpoint_stop = stop.clone();
+        let checkpoint = thread::Builder::new()
             .name("relais-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer))
+            .spawn(move || checkpoint_loop(checkpointer, checkpoint_stop))
             .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
         let (jobs, receiver) = mpsc::channel::<Job>();
         let writer_settings = settings.clone();
         let writer_privacy = privacy.clone();
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name("relais-sqlite-writer".into())
             .spawn(move || writer_loop(writer, receiver, writer_settings, writer_privacy))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
@@ -209,7 +229,7 @@ impl SqliteEngine {
             conn.pragma_update(None, "cache_size", -8_192)?;
             Ok(conn)
         });
-        Ok(SqliteEngine { jobs, readers, settings, privacy })
+        Ok(SqliteEngine { jobs, readers, settings, privacy, stop, threads: vec![writer, checkpoint] })
     }
 
     /// Run `work` on the writer connection, serialised with ingestion; say whether
@@ -234,9 +254,12 @@ impl SqliteEngine {
 
 /// Copy committed WAL frames into the database file regularly; stops when the
 /// database is no longer used by this process (the connection is the last one).
-fn checkpoint_loop(conn: Connection) {
+fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
     loop {
         thread::sleep(std::time::Duration::from_millis(200));
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         // PASSIVE never blocks writers or readers; it copies what it can.
         if conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).is_err() {
             return;
@@ -862,6 +885,7 @@ fn erase_in_transaction(
         identifiers_erased: identifiers,
         events_deidentified: events,
         keys_destroyed: keys,
+        customers: Vec::new(),
     };
     tx.execute(
         "INSERT INTO erasures (erasure_id, erased_at, customer_ids, profiles, identifiers, events, keys) \
@@ -878,6 +902,7 @@ fn erase_in_transaction(
     )?;
     tx.commit()?;
     let cluster = cluster.iter().map(|c| parse_id(c)).collect::<Result<Vec<CustomerId>, _>>()?;
+    let report = ErasureReport { customers: cluster.clone(), ..report };
     Ok((report, cluster))
 }
 
@@ -1528,6 +1553,25 @@ impl Engine for SqliteEngine {
                 return Err(StoreError::Conflict(format!("request {id} is not open")));
             }
             Ok(())
+        })
+    }
+
+    fn erasures(&self) -> Result<Vec<crate::privacy::backup::JournalEntry>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT erasure_id, erased_at, customer_ids FROM erasures ORDER BY erasure_id")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+            rows.map(|row| {
+                let (id, at, ids) = row?;
+                let ids: Vec<String> = serde_json::from_str(&ids).unwrap_or_default();
+                Ok(crate::privacy::backup::JournalEntry {
+                    erasure_id: parse_id(&id)?,
+                    erased_at: from_micros(at),
+                    customers: ids.iter().map(|c| parse_id(c)).collect::<Result<_, _>>()?,
+                })
+            })
+            .collect()
         })
     }
 

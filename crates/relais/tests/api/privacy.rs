@@ -750,3 +750,66 @@ async fn rights_requests_carry_their_deadline_and_are_carried_out() {
             .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restoring_a_backup_erases_again_whoever_was_erased_after_it() {
+    tokio::task::spawn_blocking(|| {
+        let scratch = relais::store::scratch::Scratch::for_tests("backup").unwrap();
+        let settings = relais::config::Settings::default();
+        let store = scratch.open(settings.ingest.clone()).unwrap();
+        let (ana, bob) = (Person::new(), Person::new());
+        let envelope = relais_domain::message::Envelope {
+            received_at: chrono::Utc::now(),
+            implied_type: None,
+            batch_sent_at: None,
+            batch_context: None,
+            default_currency: "EUR",
+            card_policy: relais_domain::cards::CardPolicy::Reject,
+        };
+        for person in [&ana, &bob] {
+            let messages = person
+                .messages()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| relais_domain::TrackingMessage::parse_value(m.clone(), &envelope).unwrap())
+                .collect();
+            store.blocking().ingest("test", messages).unwrap();
+        }
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("relais.backup");
+        let made = relais::privacy::backup::create(&store, &scratch.location, &file).unwrap();
+        assert!(made.bytes > 0);
+
+        // Ana is erased after the backup was taken.
+        let email: relais_domain::Identifier = format!("email:{}", ana.email).parse().unwrap();
+        store
+            .blocking_audited(|engine, audit| {
+                relais::privacy::rights::carry_out(
+                    engine,
+                    audit,
+                    "test",
+                    "privacy.erase",
+                    &email,
+                    relais::privacy::rights::erase_person,
+                )
+            })
+            .unwrap();
+        let journal = std::fs::read_to_string(scratch.audit_dir.join("erasures.jsonl")).unwrap();
+        assert!(!journal.contains(&ana.email), "the journal holds ids, not personal data");
+        drop(store);
+
+        let target = crate::helpers::place(&scratch);
+        let input = file.display().to_string();
+        let (ok, stdout, stderr) = run_binary(&target, &["backup", "restore", "--input", &input]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("\"erasures_reapplied\": 1"), "{stdout}");
+
+        let store = scratch.open(settings.ingest).unwrap();
+        assert_eq!(store.blocking().customer_id_by_identifier(&email).unwrap(), None, "ana stays erased");
+        let bob_email: relais_domain::Identifier = format!("email:{}", bob.email).parse().unwrap();
+        assert!(store.blocking().customer_id_by_identifier(&bob_email).unwrap().is_some(), "bob is back");
+    })
+    .await
+    .unwrap();
+}
