@@ -132,6 +132,7 @@ impl Drop for SqliteEngine {
         let (closed, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.jobs, closed));
         for handle in self.threads.drain(..) {
+            handle.thread().unpark();
             let _ = handle.join();
         }
     }
@@ -139,11 +140,13 @@ impl Drop for SqliteEngine {
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
+    // First, so that processes opening a new file together wait for each other
+    // (switching to WAL takes an exclusive lock) instead of failing.
+    conn.pragma_update(None, "busy_timeout", 10_000)?;
     // Decision 5: an acknowledged write is on disk. WAL with synchronous=FULL
     // fsyncs the log at every commit.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "busy_timeout", 10_000)?;
     conn.pragma_update(None, "cache_size", -65_536)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
@@ -256,7 +259,8 @@ impl SqliteEngine {
 /// database is no longer used by this process (the connection is the last one).
 fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
     loop {
-        thread::sleep(std::time::Duration::from_millis(200));
+        // Parked rather than asleep, so that dropping the engine wakes it at once.
+        thread::park_timeout(std::time::Duration::from_millis(200));
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
