@@ -234,6 +234,12 @@ enum IdentityCommand {
 
 #[derive(Debug, Subcommand)]
 enum PrivacyCommand {
+    /// Enforce each data class's retention now (serve does it every hour);
+    /// prints what was purged as JSON.
+    Retention {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Record a data-subject rights request (due one month later); prints it as JSON.
     Request {
         #[command(flatten)]
@@ -435,6 +441,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 detail: serde_json::json!({ "merge_id": merge_id }),
             })?;
             let report = store.blocking().unmerge(merge_id, &settings.ingest)?;
+            store.close_audit()?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Privacy { command: PrivacyCommand::Retention { store } } => {
+            let store = store.open(&settings)?;
+            let report = store
+                .blocking_audited(|engine, audit| crate::privacy::retention::run(engine, audit, chrono::Utc::now()))?;
             store.close_audit()?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
@@ -724,6 +738,13 @@ async fn serve(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(forgotten = n, "expired message ids purged"),
                 Err(error) => tracing::warn!(%error, "message id purge failed; will retry"),
+            }
+            // Each data class's retention (personal: inactive people erased).
+            let retained = purging.clone();
+            let now = chrono::Utc::now();
+            match retained.run_audited(move |engine, audit| crate::privacy::retention::run(engine, audit, now)).await {
+                Ok(report) => tracing::info!(?report, "retention enforced"),
+                Err(error) => tracing::warn!(%error, "retention purge failed; will retry"),
             }
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }

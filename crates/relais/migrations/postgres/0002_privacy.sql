@@ -108,3 +108,10 @@ CREATE TABLE rights_requests (
     recorded_by   TEXT NOT NULL
 );
 CREATE INDEX rights_requests_open ON rights_requests (status, due_at);
+
+-- How far each class's retention purge has gone: events before this instant
+-- no longer hold the class's values.
+CREATE TABLE retention_marks (
+    class          TEXT PRIMARY KEY,
+    purged_before  TIMESTAMPTZ NOT NULL
+);

@@ -7,6 +7,7 @@ pub mod export;
 pub mod keyring;
 pub mod links;
 pub mod report;
+pub mod retention;
 pub mod rights;
 
 use std::collections::BTreeMap;

@@ -526,6 +526,16 @@ pub trait Engine: Send + Sync + 'static {
         outcome: &Value,
         forget_person: bool,
     ) -> Result<(), StoreError>;
+    /// Profiles (not merged away) that received nothing since `before`, at most `limit`.
+    fn inactive_customers(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<CustomerId>, StoreError>;
+    /// Remove the values of `class` from the sealed part of every event older
+    /// than `before` not yet purged for it (the class's mark moves to
+    /// `before`); returns how many events changed.
+    fn purge_class_from_events(
+        &self,
+        class: relais_domain::privacy::DataClass,
+        before: DateTime<Utc>,
+    ) -> Result<usize, StoreError>;
     /// Every erasure carried out: id, when, the profiles erased.
     fn erasures(&self) -> Result<Vec<crate::privacy::backup::JournalEntry>, StoreError>;
     /// Field paths seen in events that no data-class mapping named then.

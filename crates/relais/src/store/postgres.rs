@@ -30,7 +30,7 @@ use super::{
 use crate::privacy::audit::{AuditRecord, AuditSegment};
 use crate::privacy::{MasterKey, StoredKeyring};
 use relais_domain::consent::ConsentFact;
-use relais_domain::privacy::Classification;
+use relais_domain::privacy::{Classification, DataClass};
 use relais_domain::rights::RequestStatus;
 use relais_domain::{ConsentId, RequestId};
 
@@ -1295,6 +1295,63 @@ impl Engine for PgEngine {
                 return Err(StoreError::Conflict(format!("request {id} is not open")));
             }
             Ok(())
+        })
+    }
+
+    fn inactive_customers(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<CustomerId>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query(
+                    "SELECT customer_id FROM customers WHERE merged_into IS NULL AND updated_at < $1 ORDER BY customer_id LIMIT $2",
+                    &[&before, &(limit as i64)],
+                )?
+                .iter()
+                .map(|r| parse_id(r.get::<_, &str>(0)))
+                .collect()
+        })
+    }
+
+    fn purge_class_from_events(&self, class: DataClass, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            // One purge per class at a time, across servers.
+            tx.execute("LOCK TABLE retention_marks IN EXCLUSIVE MODE", &[])?;
+            let from: Option<DateTime<Utc>> = tx
+                .query_opt("SELECT purged_before FROM retention_marks WHERE class = $1", &[&class.as_str()])?
+                .map(|r| r.get(0));
+            let rows: Vec<(String, DateTime<Utc>, String, Vec<u8>)> = tx
+                .query(
+                    "SELECT customer_id, ts, event_id, sealed FROM events \
+                     WHERE ($1::timestamptz IS NULL OR ts >= $1) AND ts < $2 AND sealed IS NOT NULL",
+                    &[&from, &before],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect();
+            let owners = seal::owners_of(rows.iter().map(|r| r.3.as_slice()));
+            let keys = seal::data_keys(&self.privacy.keyring, &owners, |missing| read_data_keys(&mut tx, missing))?;
+            let mut changed = 0;
+            for (customer, ts, event, sealed) in &rows {
+                let owner = crate::privacy::keyring::sealed_owner(sealed)?;
+                let Some(key) = keys.get(&owner) else { continue };
+                let stripped = match seal::strip_sealed(&self.privacy.classes, owner, key, sealed, &[class])? {
+                    seal::Stripped::Unchanged => continue,
+                    seal::Stripped::Sealed(rest) => Some(rest),
+                    seal::Stripped::Empty => None,
+                };
+                tx.execute(
+                    "UPDATE events SET sealed = $4 WHERE customer_id = $1 AND ts = $2 AND event_id = $3",
+                    &[customer, ts, event, &stripped],
+                )?;
+                changed += 1;
+            }
+            tx.execute(
+                "INSERT INTO retention_marks (class, purged_before) VALUES ($1, $2) \
+                 ON CONFLICT (class) DO UPDATE SET purged_before = excluded.purged_before",
+                &[&class.as_str(), &before],
+            )?;
+            tx.commit()?;
+            Ok(changed)
         })
     }
 

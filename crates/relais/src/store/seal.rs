@@ -443,3 +443,61 @@ pub fn open_outbox(
         })
         .collect()
 }
+
+/// What stripping classes from a sealed payload gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stripped {
+    /// It held none of them.
+    Unchanged,
+    /// The rest, sealed again.
+    Sealed(Vec<u8>),
+    /// Nothing is left.
+    Empty,
+}
+
+/// A sealed event payload without the fields of the classes in `drop`,
+/// sealed again under the same owner.
+pub fn strip_sealed(
+    classes: &Classification,
+    owner: CustomerId,
+    key: &DataKey,
+    sealed: &[u8],
+    drop: &[DataClass],
+) -> Result<Stripped, StoreError> {
+    let mut payload: SealedPayload = serde_json::from_slice(&key.open(sealed)?)
+        .map_err(|e| StoreError::Database(format!("a sealed event payload does not decode: {e}")))?;
+    let keep = |class: DataClass| !drop.contains(&class);
+    let mut removed = false;
+    for (root, map) in [
+        ("properties", &mut payload.properties),
+        ("context", &mut payload.context),
+        ("traits", &mut payload.traits),
+        ("extra", &mut payload.extra),
+    ] {
+        let (kept, gone) = classes.split(root, std::mem::take(map), &keep);
+        removed |= !gone.is_empty();
+        *map = kept;
+    }
+    for (kind, value) in
+        [(IdentifierKind::UserId, &mut payload.user_id), (IdentifierKind::AnonymousId, &mut payload.anonymous_id)]
+    {
+        if value.is_some() && drop.contains(&classes.identifier_class(kind)) {
+            *value = None;
+            removed = true;
+        }
+    }
+    if !removed {
+        return Ok(Stripped::Unchanged);
+    }
+    let empty = payload.user_id.is_none()
+        && payload.anonymous_id.is_none()
+        && payload.properties.is_empty()
+        && payload.context.is_empty()
+        && payload.traits.is_empty()
+        && payload.extra.is_empty();
+    Ok(if empty {
+        Stripped::Empty
+    } else {
+        Stripped::Sealed(key.seal(owner, &serde_json::to_vec(&payload).unwrap_or_default()))
+    })
+}

@@ -30,7 +30,7 @@ use super::{
 use crate::privacy::audit::{AuditRecord, AuditSegment};
 use crate::privacy::{MasterKey, StoredKeyring};
 use relais_domain::consent::ConsentFact;
-use relais_domain::privacy::Classification;
+use relais_domain::privacy::{Classification, DataClass};
 use relais_domain::rights::RequestStatus;
 use relais_domain::{ConsentId, RequestId};
 use std::sync::Arc;
@@ -1557,6 +1557,55 @@ impl Engine for SqliteEngine {
                 return Err(StoreError::Conflict(format!("request {id} is not open")));
             }
             Ok(())
+        })
+    }
+
+    fn inactive_customers(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<CustomerId>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT customer_id FROM customers WHERE merged_into IS NULL AND updated_at < ?1 ORDER BY customer_id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![micros(before), limit as i64], |r| r.get::<_, String>(0))?;
+            rows.map(|r| parse_id(&r?)).collect()
+        })
+    }
+
+    fn purge_class_from_events(&self, class: DataClass, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        let privacy = self.privacy.clone();
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let from: i64 = tx
+                .query_row("SELECT purged_before FROM retention_marks WHERE class = ?1", [class.as_str()], |r| r.get(0))
+                .optional()?
+                .unwrap_or(i64::MIN);
+            let rows: Vec<(i64, Vec<u8>)> = tx
+                .prepare("SELECT seq, sealed FROM events WHERE ts >= ?1 AND ts < ?2 AND sealed IS NOT NULL")?
+                .query_map(params![from, micros(before)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let owners = seal::owners_of(rows.iter().map(|(_, s)| s.as_slice()));
+            let keys = seal::data_keys(&privacy.keyring, &owners, |missing| read_data_keys(&tx, missing))?;
+            let mut changed = 0;
+            {
+                let mut update = tx.prepare_cached("UPDATE events SET sealed = ?2 WHERE seq = ?1")?;
+                for (seq, sealed) in &rows {
+                    let owner = crate::privacy::keyring::sealed_owner(sealed)?;
+                    let Some(key) = keys.get(&owner) else { continue };
+                    let stripped = match seal::strip_sealed(&privacy.classes, owner, key, sealed, &[class])? {
+                        seal::Stripped::Unchanged => continue,
+                        seal::Stripped::Sealed(rest) => Some(rest),
+                        seal::Stripped::Empty => None,
+                    };
+                    update.execute(params![seq, stripped])?;
+                    changed += 1;
+                }
+            }
+            tx.execute(
+                "INSERT INTO retention_marks (class, purged_before) VALUES (?1, ?2) \
+                 ON CONFLICT (class) DO UPDATE SET purged_before = excluded.purged_before",
+                params![class.as_str(), micros(before)],
+            )?;
+            tx.commit()?;
+            Ok(changed)
         })
     }
 
