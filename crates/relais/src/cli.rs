@@ -344,6 +344,15 @@ enum SecurityCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
+    /// Remove, for retention, the closed segments of days before `--before`
+    /// (verify tells them from tampering); prints the segments removed.
+    Purge {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The first day to keep, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        before: chrono::NaiveDate,
+    },
     /// Check the hash chain of every segment against the heads kept outside the
     /// database (RELAIS_AUDIT_DIR); prints the findings and fails if any.
     Verify {
@@ -617,6 +626,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", crate::privacy::report::render(&report));
+            }
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Purge { store, before } } => {
+            let store = store.open(&settings)?;
+            let removed = crate::privacy::audit::purge(store.blocking(), store.audit_dir(), &before.to_string())?;
+            store.audit(crate::privacy::audit::AuditEntry {
+                actor: cli_actor(),
+                action: "audit.purge".into(),
+                subject: None,
+                detail: serde_json::json!({ "before": before, "segments": removed.len() }),
+            })?;
+            store.close_audit()?;
+            for segment in removed {
+                println!("{segment}");
             }
             Ok(())
         }

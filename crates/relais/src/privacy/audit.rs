@@ -277,6 +277,28 @@ fn read_heads(dir: &Path) -> BTreeMap<String, Head> {
     heads
 }
 
+/// Remove, for retention, every closed segment of a day before `before_day`
+/// (YYYY-MM-DD, UTC): their records go, their rows and heads say so. Returns
+/// the segments removed.
+pub fn purge(engine: &dyn Engine, head_dir: &Path, before_day: &str) -> Result<Vec<String>, StoreError> {
+    let mut heads = read_heads(head_dir);
+    let mut removed = Vec::new();
+    for segment in engine.audit_segments()? {
+        if segment.closed_at.is_none() || segment.purged_at.is_some() || segment.day.as_str() >= before_day {
+            continue;
+        }
+        // The head says "purged" first: a crash in between leaves a head that
+        // verify reports (and a rerun completes), never a silent gap.
+        if let Some(head) = heads.get_mut(&segment.segment_id) {
+            head.purged = true;
+            write_head_file(head_dir, head)?;
+        }
+        engine.audit_purge_segment(&segment.segment_id)?;
+        removed.push(segment.segment_id);
+    }
+    Ok(removed)
+}
+
 /// Something `verify` found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {

@@ -544,6 +544,9 @@ pub trait Engine: Send + Sync + 'static {
     fn audit_segments(&self) -> Result<Vec<crate::privacy::audit::AuditSegment>, StoreError>;
     /// The records of one segment, in order.
     fn audit_records(&self, segment_id: &str) -> Result<Vec<crate::privacy::audit::AuditRecord>, StoreError>;
+    /// Remove the records of a closed segment and mark it as removed by
+    /// retention (its row stays, so verify tells this from tampering).
+    fn audit_purge_segment(&self, segment_id: &str) -> Result<(), StoreError>;
     /// The records about some people (their audit trail), oldest first.
     fn audit_trail(&self, subjects: &[CustomerId]) -> Result<Vec<crate::privacy::audit::AuditRecord>, StoreError>;
     /// Recompute every customer's traits and day totals from the event log.

@@ -1382,6 +1382,22 @@ impl Engine for PgEngine {
         })
     }
 
+    fn audit_purge_segment(&self, segment_id: &str) -> Result<(), StoreError> {
+        self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            let marked = tx.execute(
+                "UPDATE audit_segments SET purged_at = now() WHERE segment_id = $1 AND closed_at IS NOT NULL AND purged_at IS NULL",
+                &[&segment_id],
+            )?;
+            if marked == 0 {
+                return Err(StoreError::Conflict(format!("audit segment {segment_id} is not closed, or already removed")));
+            }
+            tx.execute("DELETE FROM audit_log WHERE segment_id = $1", &[&segment_id])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn audit_segments(&self) -> Result<Vec<AuditSegment>, StoreError> {
         self.pool.with(|client| {
             Ok(client

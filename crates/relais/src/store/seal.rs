@@ -20,8 +20,9 @@ pub struct Privacy {
     pub keyring: Keyring,
     /// Classes.
     pub classes: Classification,
-    /// Field paths seen in events that no mapping names, already recorded.
-    pub unclassified: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Field paths seen in events that no mapping names, already recorded
+    /// (read-mostly: request threads check it concurrently).
+    pub unclassified: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl Privacy {
@@ -103,12 +104,11 @@ impl EncodedEvent {
             sealed.push(b':');
             sealed.extend_from_slice(json);
         };
-        let mut unclassified = Vec::new();
-        let mut seen = privacy.unclassified.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unseen: Vec<String> = Vec::new();
+        let seen = privacy.unclassified.read().unwrap_or_else(|p| p.into_inner());
         let mut note = |path: &str| {
-            if !seen.contains(path) {
-                seen.insert(path.to_string());
-                unclassified.push(path.to_string());
+            if !seen.contains(path) && !unseen.iter().any(|p| p == path) {
+                unseen.push(path.to_string());
             }
         };
         let mut split = |sealed: &mut Vec<u8>, root: &str, map: &Map<String, Value>| -> String {
@@ -124,6 +124,12 @@ impl EncodedEvent {
         let traits = split(&mut sealed, "traits", &message.traits);
         let extra = split(&mut sealed, "extra", &message.extra);
         drop(seen);
+        // New unclassified paths are rare: only then is the set written.
+        let mut unclassified = Vec::new();
+        if !unseen.is_empty() {
+            let mut seen = privacy.unclassified.write().unwrap_or_else(|p| p.into_inner());
+            unclassified = unseen.into_iter().filter(|p| seen.insert(p.clone())).collect();
+        }
         let user_id =
             clear_or_sealed(classes, IdentifierKind::UserId, &message.user_id, "userId", &mut sealed, &mut add_sealed);
         let anonymous_id = clear_or_sealed(

@@ -1636,6 +1636,23 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn audit_purge_segment(&self, segment_id: &str) -> Result<(), StoreError> {
+        let segment_id = segment_id.to_string();
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let marked = tx.execute(
+                "UPDATE audit_segments SET purged_at = ?2 WHERE segment_id = ?1 AND closed_at IS NOT NULL AND purged_at IS NULL",
+                params![segment_id, micros(Utc::now())],
+            )?;
+            if marked == 0 {
+                return Err(StoreError::Conflict(format!("audit segment {segment_id} is not closed, or already removed")));
+            }
+            tx.execute("DELETE FROM audit_log WHERE segment_id = ?1", [&segment_id])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn audit_segments(&self) -> Result<Vec<AuditSegment>, StoreError> {
         self.readers.with(|conn| {
             let mut stmt = conn.prepare(

@@ -110,3 +110,56 @@ async fn an_audit_write_that_fails_fails_the_read() {
     let (status, _) = app.get(&format!("/api/v1/customers?identifier={}", urlencode("email:secret@exemple.fr"))).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_removes_closed_segments_which_verify_tells_from_tampering() {
+    let app = TestApp::spawn().await;
+    let (status, _) =
+        app.batch(json!([{"type": "identify", "userId": "audit-3", "traits": {"email": "purge@exemple.fr"}}])).await;
+    assert_eq!(status, StatusCode::OK);
+    app.customer_by("email:purge@exemple.fr").await;
+    let store = app.store.clone();
+    let location = app.scratch.location.clone();
+    tokio::task::spawn_blocking(move || {
+        // Close today's segment (as at shutdown), then a new one opens.
+        store.close_audit().unwrap();
+        store
+            .audit(relais::privacy::audit::AuditEntry {
+                actor: "test".into(),
+                action: "test.note".into(),
+                subject: None,
+                detail: json!({}),
+            })
+            .unwrap();
+        store.close_audit().unwrap();
+        let engine = store.blocking();
+        let segments = engine.audit_segments().unwrap();
+        assert_eq!(segments.len(), 2);
+        let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive().to_string();
+        let today = chrono::Utc::now().date_naive().to_string();
+        assert!(
+            relais::privacy::audit::purge(engine, store.audit_dir(), &today).unwrap().is_empty(),
+            "today's are kept"
+        );
+
+        // Tampering dressed up as retention: records removed, segment marked, head untouched.
+        let forged = &segments[1].segment_id;
+        raw_execute(
+            &location,
+            &format!(
+                "UPDATE audit_segments SET purged_at = closed_at WHERE segment_id = '{forged}'; \
+                 DELETE FROM audit_log WHERE segment_id = '{forged}'"
+            ),
+        );
+        let found = verify(engine, store.audit_dir()).unwrap().findings;
+        assert!(found.iter().any(|f| &f.segment_id == forged && f.problem.contains("does not say so")), "{found:?}");
+
+        let removed = relais::privacy::audit::purge(engine, store.audit_dir(), &tomorrow).unwrap();
+        assert_eq!(removed, vec![segments[0].segment_id.clone()]);
+        let report = verify(engine, store.audit_dir()).unwrap();
+        assert_eq!(report.purged_segments, 1, "{report:?}");
+        assert!(report.findings.iter().all(|f| &f.segment_id == forged), "{:?}", report.findings);
+    })
+    .await
+    .unwrap();
+}
