@@ -687,3 +687,40 @@ mod tests {
         assert_eq!(found.into_iter().collect::<Vec<_>>(), vec!["properties.favourite.colour".to_string()]);
     }
 }
+
+/// The profile traits whose words make a person findable by name.
+pub const NAME_TRAITS: [&str; 6] = ["firstName", "lastName", "name", "first_name", "last_name", "username"];
+
+/// The normalised words of a name (lower case, accents removed, split on
+/// spaces, hyphens and apostrophes): "Léa Martin-Dubois" gives lea, martin, dubois.
+pub fn name_words(text: &str) -> Vec<String> {
+    let folded = deunicode::deunicode(text).to_lowercase();
+    let mut words: Vec<String> =
+        folded.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
+/// The name words of a profile, from its name traits.
+pub fn profile_name_words(profile: &Map<String, Value>) -> Vec<String> {
+    let mut words: Vec<String> =
+        NAME_TRAITS.iter().filter_map(|k| profile.get(*k)?.as_str()).flat_map(name_words).collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_fold_to_plain_lower_case_words() {
+        assert_eq!(name_words("Léa Martin-Dubois"), vec!["dubois", "lea", "martin"]);
+        assert_eq!(name_words("  O'Brien  "), vec!["brien", "o"]);
+        let profile = json!({"firstName": "Zoé", "lastName": "Lefèvre", "email": "z@example.fr"});
+        assert_eq!(profile_name_words(profile.as_object().unwrap()), vec!["lefevre", "zoe"]);
+    }
+}

@@ -115,3 +115,12 @@ CREATE TABLE retention_marks (
     class          TEXT PRIMARY KEY,
     purged_before  TIMESTAMPTZ NOT NULL
 );
+
+-- Search by name without names in clear: each word of a person's name as a
+-- keyed hash (the index key), pointing at their profile. Exact words only.
+CREATE TABLE name_tokens (
+    token         TEXT NOT NULL,
+    customer_id   TEXT NOT NULL,
+    PRIMARY KEY (token, customer_id)
+);
+CREATE INDEX name_tokens_by_customer ON name_tokens (customer_id);

@@ -212,7 +212,8 @@ pub async fn get_customer(
 pub struct CustomerQuery {
     /// An identifier, `kind:value` (`email:ana@example.fr`, `user_id:42`): answers the one customer holding it.
     pub identifier: Option<String>,
-    /// Search text: an e-mail, phone or card number, matched exactly after normalisation.
+    /// Search text: an e-mail, phone or card number matched exactly after
+    /// normalisation, or words of a name matched whole (no substring search).
     pub q: Option<String>,
 }
 
@@ -274,10 +275,27 @@ pub async fn find_customers(
             .collect(),
     };
     let actor = actor(&caller);
+    // Names are found by whole words through keyed hashes: "martin" finds Léa
+    // Martin-Dubois, "mart" finds nobody (no substring search on personal data).
+    let words = relais_domain::privacy::name_words(&q);
     let hits = state
         .store
         .run_audited(move |engine, audit| {
-            let mut hits = Vec::new();
+            let mut hits: Vec<SearchHit> = Vec::new();
+            let keyring = &engine.privacy().keyring;
+            let tokens: Vec<String> = words.iter().map(|w| keyring.name_token(w)).collect();
+            for found in engine.customers_by_name(&tokens, 50)? {
+                let id = match engine.customer(found)? {
+                    CustomerLookup::Found(_) => found,
+                    CustomerLookup::MergedInto(survivor) => survivor,
+                    CustomerLookup::NotFound => continue,
+                };
+                if hits.iter().any(|h| h.id == id.to_string()) {
+                    continue;
+                }
+                audit.record(&actor, "customer.search", Some(id), serde_json::json!({ "kind": "name" }))?;
+                hits.push(SearchHit { id: id.to_string(), matched: "name".into() });
+            }
             for candidate in candidates {
                 if let Some(id) = engine.customer_id_by_identifier(&candidate)? {
                     audit.record(

@@ -390,6 +390,12 @@ impl Keyring {
         Identifier::from_stored(identifier.kind(), token)
     }
 
+    /// The lookup token of one word of a person's name (see `name_words`).
+    pub fn name_token(&self, word: &str) -> String {
+        let digest = keyed_hash(self.index.as_ref(), format!("name:{word}").as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+    }
+
     /// A new data key for a customer, and its wrapped form to store.
     pub fn new_data_key(&self, customer: CustomerId) -> (DataKey, Vec<u8>) {
         let key = random_secret();

@@ -233,6 +233,8 @@ pub struct Changes<'a> {
     pub customers: Vec<(CustomerId, CustomerState)>,
     /// Stored form (clear JSON, sealed fields) of every profile this batch changed.
     pub profiles: HashMap<CustomerId, super::seal::StoredProfile>,
+    /// Name tokens of every profile this batch changed (they replace the old ones).
+    pub name_tokens: Vec<(CustomerId, Vec<String>)>,
     /// Final exclusive identifiers of every touched customer (for engines that cache them).
     pub exclusives: Vec<(CustomerId, Vec<Identifier>)>,
     /// Identifiers seen with another person than their owner: identifier, that
@@ -550,6 +552,11 @@ pub fn ingest_batch<'a>(
         if state.profile_changed {
             let key = keys.get(id).expect("every touched customer has a data key");
             changes.profiles.insert(*id, super::seal::seal_profile(&privacy.classes, *id, key, &state.profile));
+            let tokens = relais_domain::privacy::profile_name_words(&state.profile)
+                .iter()
+                .map(|w| privacy.keyring.name_token(w))
+                .collect();
+            changes.name_tokens.push((*id, tokens));
         }
     }
 

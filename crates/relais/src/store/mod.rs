@@ -526,6 +526,8 @@ pub trait Engine: Send + Sync + 'static {
         outcome: &Value,
         forget_person: bool,
     ) -> Result<(), StoreError>;
+    /// Profiles whose name holds every one of these name tokens, at most `limit`.
+    fn customers_by_name(&self, tokens: &[String], limit: usize) -> Result<Vec<CustomerId>, StoreError>;
     /// Profiles (not merged away) that received nothing since `before`, at most `limit`.
     fn inactive_customers(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<CustomerId>, StoreError>;
     /// Remove the values of `class` from the sealed part of every event older

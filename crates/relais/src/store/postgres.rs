@@ -450,6 +450,23 @@ impl IngestTx for PgTx<'_, '_> {
                 &[&identifier, &changes.shared_limit],
             )?;
         }
+        if !changes.name_tokens.is_empty() {
+            let ids: Vec<String> = changes.name_tokens.iter().map(|(c, _)| c.to_string()).collect();
+            tx.execute("DELETE FROM name_tokens WHERE customer_id = ANY($1)", &[&ids])?;
+            let mut pairs: Vec<(&str, String)> = changes
+                .name_tokens
+                .iter()
+                .flat_map(|(c, tokens)| tokens.iter().map(move |t| (t.as_str(), c.to_string())))
+                .collect();
+            pairs.sort();
+            pairs.dedup();
+            let tokens: Vec<&str> = pairs.iter().map(|(t, _)| *t).collect();
+            let owners: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
+            tx.execute(
+                "INSERT INTO name_tokens (token, customer_id) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                &[&tokens, &owners],
+            )?;
+        }
         if !changes.unclassified.is_empty() {
             let mut paths: Vec<&str> = changes.unclassified.clone();
             paths.sort_unstable();
@@ -1084,6 +1101,7 @@ impl Engine for PgEngine {
             tx.execute("DELETE FROM account_members WHERE customer_id = ANY($1)", &[&cluster])?;
             tx.execute("DELETE FROM outbox WHERE customer_id = ANY($1)", &[&cluster])?;
             tx.execute("DELETE FROM consents WHERE customer_id = ANY($1)", &[&cluster])?;
+            tx.execute("DELETE FROM name_tokens WHERE customer_id = ANY($1)", &[&cluster])?;
             let profiles = tx.execute("DELETE FROM customers WHERE customer_id = ANY($1)", &[&cluster])? as usize;
             let keys = tx.execute("DELETE FROM data_keys WHERE customer_id = ANY($1)", &[&cluster])? as usize;
             let report = ErasureReport {
@@ -1295,6 +1313,23 @@ impl Engine for PgEngine {
                 return Err(StoreError::Conflict(format!("request {id} is not open")));
             }
             Ok(())
+        })
+    }
+
+    fn customers_by_name(&self, tokens: &[String], limit: usize) -> Result<Vec<CustomerId>, StoreError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.pool.with(|client| {
+            client
+                .query(
+                    "SELECT customer_id FROM name_tokens WHERE token = ANY($1) GROUP BY customer_id \
+                     HAVING count(DISTINCT token) = $2 ORDER BY customer_id LIMIT $3",
+                    &[&tokens, &(tokens.len() as i64), &(limit as i64)],
+                )?
+                .iter()
+                .map(|r| parse_id(r.get::<_, &str>(0)))
+                .collect()
         })
     }
 

@@ -607,6 +607,18 @@ impl IngestTx for SqliteTx<'_, '_> {
                 params![identifier, changes.shared_limit],
             )?;
         }
+        if !changes.name_tokens.is_empty() {
+            let mut clear = tx.prepare_cached("DELETE FROM name_tokens WHERE customer_id = ?1")?;
+            let mut insert =
+                tx.prepare_cached("INSERT OR IGNORE INTO name_tokens (token, customer_id) VALUES (?1, ?2)")?;
+            for (customer, tokens) in &changes.name_tokens {
+                let customer = customer.to_string();
+                clear.execute([&customer])?;
+                for token in tokens {
+                    insert.execute(params![token, customer])?;
+                }
+            }
+        }
         if !changes.unclassified.is_empty() {
             let mut stmt =
                 tx.prepare_cached("INSERT OR IGNORE INTO unclassified_fields (path, first_seen) VALUES (?1, ?2)")?;
@@ -880,6 +892,7 @@ fn erase_in_transaction(
     run(format!("DELETE FROM account_members WHERE customer_id IN ({ids})"))?;
     run(format!("DELETE FROM outbox WHERE customer_id IN ({ids})"))?;
     run(format!("DELETE FROM consents WHERE customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM name_tokens WHERE customer_id IN ({ids})"))?;
     let profiles = run(format!("DELETE FROM customers WHERE customer_id IN ({ids})"))?;
     let keys = run(format!("DELETE FROM data_keys WHERE customer_id IN ({ids})"))?;
     let report = ErasureReport {
@@ -1557,6 +1570,22 @@ impl Engine for SqliteEngine {
                 return Err(StoreError::Conflict(format!("request {id} is not open")));
             }
             Ok(())
+        })
+    }
+
+    fn customers_by_name(&self, tokens: &[String], limit: usize) -> Result<Vec<CustomerId>, StoreError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT customer_id FROM name_tokens WHERE token IN ({}) GROUP BY customer_id \
+                 HAVING count(DISTINCT token) = {} ORDER BY customer_id LIMIT {limit}",
+                placeholders(tokens.len(), 0),
+                tokens.len()
+            ))?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(tokens.iter()), |r| r.get::<_, String>(0))?;
+            rows.map(|r| parse_id(&r?)).collect()
         })
     }
 

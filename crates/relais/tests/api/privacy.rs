@@ -877,3 +877,38 @@ async fn retention_purges_old_sensitive_values_and_erases_inactive_people() {
     .unwrap();
     assert_eq!(counted, 3, "every purge is counted in the audit log");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn people_are_found_by_whole_name_words_without_names_in_clear() {
+    let app = TestApp::spawn().await;
+    let (status, _) = app
+        .batch(json!([
+            {"type": "identify", "userId": "n-1", "traits": {"firstName": "Léa", "lastName": "Martin-Dubois"}},
+            {"type": "identify", "userId": "n-2", "traits": {"firstName": "Hugo", "lastName": "Martin"}},
+        ]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let lea = app.customer_by("user_id:n-1").await["id"].as_str().unwrap().to_string();
+    let search = |q: &str| {
+        let path = format!("/api/v1/customers?q={}", urlencode(q));
+        let app = &app;
+        async move {
+            let (status, body) = app.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["customers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(search("lea martin").await, vec![lea.clone()]);
+    assert_eq!(search("DUBOIS").await, vec![lea.clone()]);
+    assert_eq!(search("martin").await.len(), 2);
+    assert!(search("mart").await.is_empty(), "no substring search on names");
+    let location = app.scratch.location.clone();
+    let tokens =
+        tokio::task::spawn_blocking(move || raw_texts(&location, "SELECT token FROM name_tokens")).await.unwrap();
+    assert!(!tokens.is_empty() && tokens.iter().all(|t| !t.contains("martin")), "{tokens:?}");
+}
