@@ -105,7 +105,7 @@ pub fn find_card_numbers(text: &str) -> Vec<std::ops::Range<usize>> {
 
 /// Whether `bytes` hold 15 digits or more in a row (single spaces or dashes
 /// between them allowed): the only texts worth a full search.
-fn has_long_digit_run(bytes: &[u8]) -> bool {
+pub fn has_long_digit_run(bytes: &[u8]) -> bool {
     if bytes.len() < 15 {
         return false;
     }

@@ -116,8 +116,25 @@ async fn handle(
     let mut parsed: Vec<Result<TrackingMessage, String>> = Vec::new();
     let mut message_ids: Vec<Option<String>> = Vec::new();
     if implied.is_none() {
-        let body: BatchBody<'_> = serde_json::from_str(text)
+        let mut body: BatchBody<'_> = serde_json::from_str(text)
             .map_err(|e| ApiError::field("body", format!("the body is not a JSON batch object: {e}")))?;
+        // The batch's context goes into every message: it is checked for
+        // payment card numbers once, like a message.
+        if let Some(context) = body.context.take() {
+            let mut value = Value::Object(context);
+            let policy = state.settings.ingest.card_policy;
+            if let Some(field) = relais_domain::cards::scrub(&mut value, "context", policy) {
+                if policy == relais_domain::cards::CardPolicy::Reject {
+                    return Err(ApiError::field(
+                        field,
+                        "holds a payment card number; relais never stores one: remove it, or send only its last four digits",
+                    ));
+                }
+            }
+            if let Value::Object(context) = value {
+                body.context = Some(context);
+            }
+        }
         let batch = body.batch.ok_or_else(|| ApiError::field("batch", "is required: an array of messages"))?;
         let envelope = Envelope {
             received_at,

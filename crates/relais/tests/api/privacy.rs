@@ -912,3 +912,22 @@ async fn people_are_found_by_whole_name_words_without_names_in_clear() {
         tokio::task::spawn_blocking(move || raw_texts(&location, "SELECT token FROM name_tokens")).await.unwrap();
     assert!(!tokens.is_empty() && tokens.iter().all(|t| !t.contains("martin")), "{tokens:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn card_numbers_are_found_in_a_batch_context_and_behind_json_escapes() {
+    let app = TestApp::spawn().await;
+    let (status, problem) = app
+        .post(
+            "/v1/batch",
+            &json!({"context": {"note": "4111 1111 1111 1111"}, "batch": [{"type": "track", "userId": "b", "event": "E"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "context.note");
+    // The same digits written as JSON escapes are still found.
+    let escaped =
+        r#"{"batch": [{"type": "track", "userId": "b", "event": "E", "properties": {"n": "\u0034111111111111111"}}]}"#;
+    let (status, body) = app.post_raw("/v1/batch", escaped.as_bytes().to_vec(), None, Some(&app.ingest)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["results"][0]["status"], "rejected", "{body}");
+}
