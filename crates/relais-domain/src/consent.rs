@@ -63,22 +63,6 @@ pub enum ConsentSource {
     Unsubscribe,
 }
 
-macro_rules! names {
-    ($t:ty { $($variant:ident => $name:literal),* $(,)? }) => {
-        impl $t {
-            /// The name used in the API and in storage.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $name),* }
-            }
-
-            /// Parse a name.
-            pub fn parse(name: &str) -> Option<Self> {
-                match name { $($name => Some(Self::$variant),)* _ => None }
-            }
-        }
-    };
-}
-
 names!(Purpose {
     EmailMarketing => "email_marketing",
     Sms => "sms",

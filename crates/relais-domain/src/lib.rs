@@ -3,6 +3,23 @@
 //! Values are parsed at the boundary into these types (`Identifier`, `CustomerId`,
 //! `TrackingMessage`, `Role`), so code further in never sees an invalid one.
 
+/// `as_str` and `parse` for an enum of named values (the API's and storage's names).
+macro_rules! names {
+    ($t:ty { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $t {
+            /// The name used in the API and in storage.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),* }
+            }
+
+            /// Parse a name.
+            pub fn parse(name: &str) -> Option<Self> {
+                match name { $($name => Some(Self::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
 pub mod cards;
 pub mod channel;
 pub mod consent;

@@ -34,23 +34,15 @@ impl DataClass {
     /// Every class, least critical first.
     pub const ALL: [DataClass; 5] =
         [DataClass::Public, DataClass::Internal, DataClass::Personal, DataClass::Sensitive, DataClass::Financial];
-
-    /// The class's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DataClass::Public => "public",
-            DataClass::Internal => "internal",
-            DataClass::Personal => "personal",
-            DataClass::Sensitive => "sensitive",
-            DataClass::Financial => "financial",
-        }
-    }
-
-    /// Parse a class name.
-    pub fn parse(name: &str) -> Option<DataClass> {
-        DataClass::ALL.into_iter().find(|c| c.as_str() == name)
-    }
 }
+
+names!(DataClass {
+    Public => "public",
+    Internal => "internal",
+    Personal => "personal",
+    Sensitive => "sensitive",
+    Financial => "financial",
+});
 
 /// How a value of a class is shown to someone who may not read it, and in lists,
 /// exports and logs.
@@ -348,31 +340,13 @@ impl Classification {
 
     /// The class of a path: that of its longest mapped prefix, else personal.
     pub fn class_of(&self, path: &str) -> DataClass {
-        let mut candidate = path;
-        loop {
-            if let Some(class) = self.mappings.get(candidate) {
-                return *class;
-            }
-            match candidate.rfind('.') {
-                Some(dot) => candidate = &candidate[..dot],
-                None => return DataClass::Personal,
-            }
-        }
+        self.lookup(path).0
     }
 
-    /// Whether a path has no mapping of its own nor any below it, so only the
-    /// default (personal) or a parent's mapping classifies it.
+    /// Whether a mapping names the path or one of its parents (an unmapped
+    /// path is personal by default until someone classifies it).
     pub fn is_mapped(&self, path: &str) -> bool {
-        let mut candidate = path;
-        loop {
-            if self.mappings.contains_key(candidate) {
-                return true;
-            }
-            match candidate.rfind('.') {
-                Some(dot) => candidate = &candidate[..dot],
-                None => return false,
-            }
-        }
+        self.lookup(path).1
     }
 
     /// The class of an identifier kind.

@@ -34,24 +34,16 @@ impl RightKind {
         RightKind::Restriction,
         RightKind::Objection,
     ];
-
-    /// The name used in the API and in storage.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RightKind::Access => "access",
-            RightKind::Portability => "portability",
-            RightKind::Rectification => "rectification",
-            RightKind::Erasure => "erasure",
-            RightKind::Restriction => "restriction",
-            RightKind::Objection => "objection",
-        }
-    }
-
-    /// Parse a name.
-    pub fn parse(name: &str) -> Option<RightKind> {
-        RightKind::ALL.into_iter().find(|k| k.as_str() == name)
-    }
 }
+
+names!(RightKind {
+    Access => "access",
+    Portability => "portability",
+    Rectification => "rectification",
+    Erasure => "erasure",
+    Restriction => "restriction",
+    Objection => "objection",
+});
 
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,21 +57,7 @@ pub enum RequestStatus {
     Refused,
 }
 
-impl RequestStatus {
-    /// The name used in the API and in storage.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestStatus::Open => "open",
-            RequestStatus::Done => "done",
-            RequestStatus::Refused => "refused",
-        }
-    }
-
-    /// Parse a name.
-    pub fn parse(name: &str) -> Option<RequestStatus> {
-        [RequestStatus::Open, RequestStatus::Done, RequestStatus::Refused].into_iter().find(|s| s.as_str() == name)
-    }
-}
+names!(RequestStatus { Open => "open", Done => "done", Refused => "refused" });
 
 /// The legal deadline of a request received at `received`: the same time one
 /// calendar month later in the organisation's time zone (the last day of the

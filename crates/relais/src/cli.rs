@@ -519,67 +519,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Privacy { command: PrivacyCommand::Export { store, identifier, output } } => {
-            let identifier = relais_domain::Identifier::parse(&identifier)?;
-            let store = store.open(&settings)?;
-            let archive = match store.blocking_audited(|engine, audit| {
-                crate::privacy::rights::carry_out(
-                    engine,
-                    audit,
-                    &cli_actor(),
-                    "privacy.export",
-                    &identifier,
-                    crate::privacy::rights::export_person,
-                )
-            }) {
-                Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing to export"),
-                other => other?,
-            };
+            let archive =
+                for_person(&store, &settings, &identifier, "privacy.export", crate::privacy::rights::export_person)?;
             let output = output.unwrap_or_else(|| PathBuf::from(format!("relais-export-{}.zip", archive.customer)));
             std::fs::write(&output, &archive.bytes)
                 .with_context(|| format!("cannot write the archive {}", output.display()))?;
-            store.close_audit()?;
             eprintln!("{} events exported", archive.events);
             println!("{}", output.display());
             Ok(())
         }
         Command::Privacy { command: PrivacyCommand::Erase { store, identifier } } => {
-            let identifier = relais_domain::Identifier::parse(&identifier)?;
-            let store = store.open(&settings)?;
-            let report = match store.blocking_audited(|engine, audit| {
-                crate::privacy::rights::carry_out(
-                    engine,
-                    audit,
-                    &cli_actor(),
-                    "privacy.erase",
-                    &identifier,
-                    crate::privacy::rights::erase_person,
-                )
-            }) {
-                Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing was erased"),
-                other => other?,
-            };
-            store.close_audit()?;
+            let report =
+                for_person(&store, &settings, &identifier, "privacy.erase", crate::privacy::rights::erase_person)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Consent { command: ConsentCommand::Show { store, identifier, at } } => {
-            let identifier = relais_domain::Identifier::parse(&identifier)?;
-            let store = store.open(&settings)?;
             let at = at.unwrap_or_else(chrono::Utc::now);
-            let facts = match store.blocking_audited(|engine, audit| {
-                crate::privacy::rights::carry_out(
-                    engine,
-                    audit,
-                    &cli_actor(),
-                    "consent.read",
-                    &identifier,
-                    |e, _, id| e.consents(id),
-                )
-            }) {
-                Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`"),
-                other => other?,
-            };
-            store.close_audit()?;
+            let facts =
+                for_person(&store, &settings, &identifier, "consent.read", |engine, _, id| engine.consents(id))?;
             let states = relais_domain::consent::state_at(&facts, at);
             println!(
                 "{}",
@@ -703,6 +661,31 @@ fn rotate_master(args: &StoreArgs, settings: &Settings, new_key_file: &std::path
     }
     println!("master key rotated; new fingerprint {}", new.fingerprint());
     Ok(())
+}
+
+/// Carry out `right` for whoever holds `identifier` (recorded in the audit log
+/// as `action` first), then close this run's audit segment.
+fn for_person<T>(
+    args: &StoreArgs,
+    settings: &Settings,
+    identifier: &str,
+    action: &str,
+    right: fn(
+        &dyn crate::store::Engine,
+        &crate::store::Audit<'_>,
+        relais_domain::CustomerId,
+    ) -> Result<T, crate::store::StoreError>,
+) -> anyhow::Result<T> {
+    let identifier = relais_domain::Identifier::parse(identifier)?;
+    let store = args.open(settings)?;
+    let result = match store.blocking_audited(|engine, audit| {
+        crate::privacy::rights::carry_out(engine, audit, &cli_actor(), action, &identifier, right)
+    }) {
+        Err(crate::store::StoreError::NotFound) => bail!("nobody holds `{identifier}`; nothing was done"),
+        other => other?,
+    };
+    store.close_audit()?;
+    Ok(result)
 }
 
 /// Who the command line is in the audit log: `cli:` and the OS user.

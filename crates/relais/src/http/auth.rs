@@ -124,6 +124,13 @@ pub async fn require(
     next.run(request).await
 }
 
+impl Caller {
+    /// Who the caller is in the audit log: `key:<key id>`.
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.key.key_id)
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 

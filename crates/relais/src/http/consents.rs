@@ -17,7 +17,6 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::customers::actor;
 use super::error::ApiError;
 use super::AppState;
 use crate::privacy::links::{LinkClaims, LinkError, LinkKind};
@@ -139,7 +138,7 @@ pub async fn record(
         ConsentError::MissingProof { field, .. } => ApiError::field(format!("proof.{field}"), e.to_string()),
         ConsentError::MissingWording => ApiError::field("wording_version", e.to_string()),
     })?;
-    let actor = actor(&caller);
+    let actor = caller.actor();
     let (owner, consent_id, facts) = state
         .store
         .run_audited(move |engine, audit| {
@@ -206,7 +205,7 @@ pub async fn list(
 ) -> Result<Json<ConsentsView>, ApiError> {
     let id = parse_customer(&id)?;
     let at = query.at.unwrap_or_else(Utc::now);
-    let actor = actor(&caller);
+    let actor = caller.actor();
     let (owner, mut facts) = state
         .store
         .run_audited(move |engine, audit| {
@@ -322,7 +321,7 @@ pub async fn opt_in(
     if body.wording_version.trim().is_empty() {
         return Err(ApiError::field("wording_version", "is required: the version of the text the person agrees to"));
     }
-    let actor = actor(&caller);
+    let actor = caller.actor();
     let base = state.settings.public_url.clone();
     let wording = body.wording_version.clone();
     let (outbox_id, expires) = state

@@ -155,17 +155,12 @@ fn moved(survivor: CustomerId, suffix: &str) -> Response {
     response
 }
 
-/// Who a caller is in the audit log.
-pub fn actor(caller: &Caller) -> String {
-    format!("key:{}", caller.key.key_id)
-}
-
 async fn load_view(
     state: &AppState,
     caller: &Caller,
     id: CustomerId,
 ) -> Result<Result<CustomerView, Response>, ApiError> {
-    let actor = actor(caller);
+    let actor = caller.actor();
     let role = caller.key.role;
     let found = state
         .store
@@ -274,7 +269,7 @@ pub async fn find_customers(
             .filter_map(|kind| Identifier::new(kind, &q).ok())
             .collect(),
     };
-    let actor = actor(&caller);
+    let actor = caller.actor();
     // Names are found by whole words through keyed hashes: "martin" finds Léa
     // Martin-Dubois, "mart" finds nobody (no substring search on personal data).
     let words = relais_domain::privacy::name_words(&q);
@@ -358,7 +353,7 @@ pub async fn customer_events(
         }
         CustomerLookup::Found(_) => {}
     }
-    let actor = actor(&caller);
+    let actor = caller.actor();
     let page = state
         .store
         .run_audited(move |engine, audit| {
@@ -389,7 +384,7 @@ pub async fn customer_merges(
     Path(id): Path<String>,
 ) -> Result<Json<MergesView>, ApiError> {
     let id = parse_customer_id(&id)?;
-    let actor = actor(&caller);
+    let actor = caller.actor();
     let mut merges = state
         .store
         .run_audited(move |engine, audit| {
@@ -422,7 +417,7 @@ pub async fn undo_merge(
 ) -> Result<Json<UnmergeReport>, ApiError> {
     let merge_id = MergeId::parse(&merge_id).map_err(|e| ApiError::field("merge_id", e.to_string()))?;
     let settings = state.settings.ingest.clone();
-    let actor = actor(&caller);
+    let actor = caller.actor();
     let report = state
         .store
         .run_audited(move |engine, audit| {

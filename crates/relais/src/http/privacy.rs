@@ -59,7 +59,7 @@ async fn for_subject<T: Send + 'static>(
     let identifier =
         Identifier::parse(&request.identifier).map_err(|e| ApiError::field("identifier", e.to_string()))?;
     let lookup = identifier.clone();
-    let actor = super::customers::actor(caller);
+    let actor = caller.actor();
     state
         .store
         .run_audited(move |engine, audit| {
@@ -156,7 +156,7 @@ pub async fn receive_request(
         ApiError::field("kind", "must be access, portability, rectification, erasure, restriction or objection")
     })?;
     let identifier = Identifier::parse(&body.identifier).map_err(|e| ApiError::field("identifier", e.to_string()))?;
-    let actor = super::customers::actor(&caller);
+    let actor = caller.actor();
     let zone = state.settings.ingest.time_zone;
     let lookup = identifier.clone();
     let request = state
@@ -217,7 +217,7 @@ pub async fn complete_request(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_request_id(&id)?;
-    let actor = super::customers::actor(&caller);
+    let actor = caller.actor();
     let completion = state
         .store
         .run_audited(move |engine, audit| crate::privacy::rights::complete(engine, audit, &actor, id))
@@ -254,7 +254,7 @@ pub async fn refuse_request(
     let reason = crate::privacy::rights::REFUSAL_REASONS.into_iter().find(|r| *r == body.reason).ok_or_else(|| {
         ApiError::field("reason", format!("must be one of {}", crate::privacy::rights::REFUSAL_REASONS.join(", ")))
     })?;
-    let actor = super::customers::actor(&caller);
+    let actor = caller.actor();
     state
         .store
         .run_audited(move |engine, audit| crate::privacy::rights::refuse(engine, audit, &actor, id, reason))

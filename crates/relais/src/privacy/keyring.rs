@@ -307,16 +307,8 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// Make new system keys, wrapped by `master`, for a new database.
     pub fn create(master: &MasterKey) -> (Keyring, StoredKeyring) {
-        let cipher = master.cipher();
         let secrets: Vec<Secret32> = SYSTEM_KEYS.iter().map(|_| random_secret()).collect();
-        let stored = StoredKeyring {
-            wrapped: SYSTEM_KEYS
-                .iter()
-                .zip(&secrets)
-                .map(|(name, secret)| (name.to_string(), wrap(&cipher, &label(name), secret)))
-                .collect(),
-            master_fingerprint: master.fingerprint(),
-        };
+        let stored = Keyring::wrap_all(master, &secrets);
         let [kek, index, audit, signing]: [Secret32; 4] = secrets.try_into().expect("four system keys");
         (Keyring::from_parts(&kek, index, audit, signing), stored)
     }
@@ -342,16 +334,20 @@ impl Keyring {
     /// Re-wrap stored system keys from `old` to `new` (master key rotation).
     pub fn rewrap(stored: &StoredKeyring, old: &MasterKey, new: &MasterKey) -> Result<StoredKeyring, KeyError> {
         Keyring::open(old, stored)?;
-        let secrets = Keyring::unwrap_all(old, stored)?;
-        let cipher = new.cipher();
-        Ok(StoredKeyring {
+        Ok(Keyring::wrap_all(new, &Keyring::unwrap_all(old, stored)?))
+    }
+
+    /// The system keys (in `SYSTEM_KEYS` order) wrapped by `master`.
+    fn wrap_all(master: &MasterKey, secrets: &[Secret32]) -> StoredKeyring {
+        let cipher = master.cipher();
+        StoredKeyring {
             wrapped: SYSTEM_KEYS
                 .iter()
-                .zip(&secrets)
+                .zip(secrets)
                 .map(|(name, secret)| (name.to_string(), wrap(&cipher, &label(name), secret)))
                 .collect(),
-            master_fingerprint: new.fingerprint(),
-        })
+            master_fingerprint: master.fingerprint(),
+        }
     }
 
     fn from_parts(kek: &[u8; 32], index: Secret32, audit: Secret32, signing: Secret32) -> Keyring {

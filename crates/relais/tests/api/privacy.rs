@@ -523,6 +523,16 @@ async fn erasure_removes_the_person_keeps_totals_and_destroys_their_keys() {
     .unwrap();
 }
 
+/// Two people sent in, and a key of the data-protection officer.
+async fn two_people_and_a_dpo(app: &TestApp) -> (Person, Person, String) {
+    let (ana, bob) = (Person::new(), Person::new());
+    for person in [&ana, &bob] {
+        let (status, _) = app.batch(person.messages()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    (ana, bob, app.key(Role::Dpo).await)
+}
+
 /// The files of a zip archive, by name.
 fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, String> {
     use std::io::Read;
@@ -540,12 +550,7 @@ fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_access_export_holds_everything_about_the_person_and_nothing_after_erasure() {
     let app = TestApp::spawn().await;
-    let (ana, bob) = (Person::new(), Person::new());
-    for person in [&ana, &bob] {
-        let (status, _) = app.batch(person.messages()).await;
-        assert_eq!(status, StatusCode::OK);
-    }
-    let dpo = app.key(Role::Dpo).await;
+    let (ana, bob, dpo) = two_people_and_a_dpo(&app).await;
     let client = reqwest::Client::new();
     let export = |identifier: String| {
         let client = client.clone();
@@ -672,12 +677,7 @@ async fn the_security_report_lists_classes_risks_and_fields_nobody_classified() 
 #[tokio::test(flavor = "multi_thread")]
 async fn rights_requests_carry_their_deadline_and_are_carried_out() {
     let app = TestApp::spawn().await;
-    let (ana, bob) = (Person::new(), Person::new());
-    for person in [&ana, &bob] {
-        let (status, _) = app.batch(person.messages()).await;
-        assert_eq!(status, StatusCode::OK);
-    }
-    let dpo = app.key(Role::Dpo).await;
+    let (ana, bob, dpo) = two_people_and_a_dpo(&app).await;
     let client = reqwest::Client::new();
     let post = |path: String, body: Value| {
         let (client, dpo) = (client.clone(), dpo.clone());
