@@ -413,6 +413,12 @@ pub fn ingest_batch<'a>(
             super::seal::open_profile(&mut state.profile, Some(&sealed), keys.get(id))?;
         }
     }
+    // Name words as loaded: name tokens are rewritten only when they change.
+    let names_before: HashMap<CustomerId, Vec<String>> = customers
+        .iter()
+        .map(|(id, state)| (*id, relais_domain::privacy::profile_name_words(&state.profile)))
+        .filter(|(_, words)| !words.is_empty())
+        .collect();
 
     // 2. Resolve and fold, message by message, in memory.
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -552,11 +558,11 @@ pub fn ingest_batch<'a>(
         if state.profile_changed {
             let key = keys.get(id).expect("every touched customer has a data key");
             changes.profiles.insert(*id, super::seal::seal_profile(&privacy.classes, *id, key, &state.profile));
-            let tokens = relais_domain::privacy::profile_name_words(&state.profile)
-                .iter()
-                .map(|w| privacy.keyring.name_token(w))
-                .collect();
-            changes.name_tokens.push((*id, tokens));
+            let words = relais_domain::privacy::profile_name_words(&state.profile);
+            if names_before.get(id).map_or(&[][..], Vec::as_slice) != words.as_slice() {
+                let tokens = words.iter().map(|w| privacy.keyring.name_token(w)).collect();
+                changes.name_tokens.push((*id, tokens));
+            }
         }
     }
 
