@@ -148,6 +148,14 @@ prefixed_id!(
     /// One data-subject rights request.
     RequestId, "req_", "rights request"
 );
+prefixed_id!(
+    /// One membership of a loyalty programme.
+    MemberId, "mem_", "member"
+);
+prefixed_id!(
+    /// One loyalty ledger transaction (its entries sum to zero).
+    LedgerTxId, "ltx_", "ledger transaction"
+);
 
 #[cfg(test)]
 mod tests {

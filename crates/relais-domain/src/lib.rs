@@ -25,6 +25,7 @@ pub mod channel;
 pub mod consent;
 pub mod id;
 pub mod identifier;
+pub mod loyalty;
 pub mod message;
 pub mod money;
 pub mod privacy;
@@ -35,7 +36,9 @@ pub mod role;
 pub mod traits;
 
 pub use channel::Channel;
-pub use id::{AccountId, ConsentId, CustomerId, ErasureId, EventId, KeyId, MergeId, OutboxId, RequestId};
+pub use id::{
+    AccountId, ConsentId, CustomerId, ErasureId, EventId, KeyId, LedgerTxId, MemberId, MergeId, OutboxId, RequestId,
+};
 pub use identifier::{Identifier, IdentifierError, IdentifierKind};
 pub use message::{MessageError, MessageType, TrackingMessage};
 pub use money::MinorUnits;

@@ -41,6 +41,12 @@ pub enum Permission {
     ManagePrivacy,
     /// Record consents and send double opt-in requests.
     ManageConsent,
+    /// Read loyalty memberships, statements and programmes.
+    ReadLoyalty,
+    /// Enrol members and debit points (tills, the call centre).
+    OperateLoyalty,
+    /// Define programmes, run expiry, check the ledger.
+    ManageLoyalty,
 }
 
 impl Role {
@@ -78,6 +84,9 @@ impl Role {
             ManageKeys | ManageOutbox => matches!(self, Admin),
             ManagePrivacy => matches!(self, Admin | Dpo),
             ManageConsent => matches!(self, Admin | Dpo | Marketing | Agent | Store),
+            ReadLoyalty => matches!(self, Admin | Dpo | Marketing | Analyst | Agent | Store),
+            OperateLoyalty => matches!(self, Admin | Agent | Store),
+            ManageLoyalty => matches!(self, Admin | Marketing),
         }
     }
 }

@@ -122,6 +122,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Loyalty programmes, members, statements, expiry and the ledger check.
+    Loyalty {
+        #[command(subcommand)]
+        command: LoyaltyCommand,
+    },
     /// Computed traits.
     Traits {
         #[command(subcommand)]
@@ -356,6 +361,49 @@ enum AuditCommand {
     /// Check the hash chain of every segment against the heads kept outside the
     /// database (RELAIS_AUDIT_DIR); prints the findings and fails if any.
     Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LoyaltyCommand {
+    /// Add a programme or change its rules from a TOML file (a bad file changes nothing).
+    Apply {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The programme file.
+        file: PathBuf,
+    },
+    /// Enrol a person and print the membership with its card number, as JSON.
+    Enrol {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Any identifier of the person, `kind:value`.
+        #[arg(long)]
+        identifier: String,
+        /// The programme's key (needed when there are several).
+        #[arg(long)]
+        programme: Option<String>,
+    },
+    /// Print a member's statement: every entry with its reason.
+    Statement {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The member id, `mem_…`.
+        #[arg(long)]
+        member: String,
+        /// `fr` or `en`.
+        #[arg(long, default_value = "fr")]
+        lang: String,
+    },
+    /// Expire the points whose expiry day has come (`serve` does it every hour).
+    Expire {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Check the ledger's invariants (zero sum, balanced transactions, balances).
+    Check {
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -618,6 +666,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Loyalty { command } => loyalty_command(command, &settings),
         Command::Traits { command: TraitsCommand::Rebuild { store } } => {
             let store = store.open(&settings)?;
             let count = store.blocking().rebuild_traits(&settings.ingest)?;
@@ -688,6 +737,138 @@ fn for_person<T>(
     Ok(result)
 }
 
+/// `relais loyalty …`.
+fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Result<()> {
+    use relais_domain::loyalty::Lang;
+    let today = settings.ingest.day_of(chrono::Utc::now());
+    match command {
+        LoyaltyCommand::Apply { store, file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let programme = crate::loyalty::parse_programme(&text, crate::loyalty::FileFormat::Toml)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was changed", file.display()))?;
+            let store = store.open(settings)?;
+            let key = programme.head.key.clone();
+            let applied = store.blocking_audited(|engine, audit| {
+                let result = engine.loyalty_apply(&programme, today)?;
+                if let Ok(revision) = &result {
+                    audit.record(
+                        &cli_actor(),
+                        "loyalty.programme.apply",
+                        None,
+                        serde_json::json!({ "programme": key, "revision": revision }),
+                    )?;
+                }
+                Ok(result)
+            })?;
+            store.close_audit()?;
+            match applied {
+                Ok(revision) => {
+                    println!("programme `{key}` applied ({} versions, revision {revision})", programme.versions.len());
+                    Ok(())
+                }
+                Err(refused) => bail!(
+                    "{}: {}; nothing was changed",
+                    file.display(),
+                    crate::loyalty::change_refused(&text, crate::loyalty::FileFormat::Toml, refused)
+                ),
+            }
+        }
+        LoyaltyCommand::Enrol { store, identifier, programme } => {
+            let identifier = relais_domain::Identifier::parse(&identifier)?;
+            let store = store.open(settings)?;
+            let engine = store.blocking();
+            let programmes = engine.loyalty_programmes()?;
+            let key = match (programme, programmes.as_slice()) {
+                (Some(key), _) => key,
+                (None, [one]) => one.head.key.clone(),
+                (None, []) => bail!("no loyalty programme yet: apply one with `relais loyalty apply FILE.toml`"),
+                (None, _) => bail!("several programmes exist: name one with --programme"),
+            };
+            let customer = engine
+                .customer_id_by_identifier(&identifier)?
+                .ok_or_else(|| anyhow::anyhow!("nobody holds `{identifier}`; nothing was done"))?;
+            let (view, created) = store.blocking_audited(|engine, audit| {
+                let (view, created) = engine.loyalty_enrol(customer, &key)?;
+                if created {
+                    audit.record(
+                        &cli_actor(),
+                        "loyalty.enrol",
+                        Some(view.customer),
+                        serde_json::json!({ "member": view.row.member.to_string(), "programme": key }),
+                    )?;
+                }
+                Ok((view, created))
+            })?;
+            store.close_audit()?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "id": view.row.member.to_string(), "customer": view.customer.to_string(),
+                    "programme": view.row.programme, "card_number": view.card_number,
+                    "balance": view.row.balance, "created": created,
+                }))?
+            );
+            Ok(())
+        }
+        LoyaltyCommand::Statement { store, member, lang } => {
+            let lang = Lang::parse(&lang).ok_or_else(|| anyhow::anyhow!("--lang must be fr or en"))?;
+            let member: relais_domain::MemberId = member.parse()?;
+            let store = store.open(settings)?;
+            let (view, entries) = store.blocking_audited(|engine, audit| {
+                let view = engine.loyalty_member(member)?.ok_or(crate::store::StoreError::NotFound)?;
+                audit.record(
+                    &cli_actor(),
+                    "loyalty.read",
+                    Some(view.customer),
+                    serde_json::json!({ "member": member }),
+                )?;
+                Ok((view, engine.loyalty_entries(member)?.0))
+            })?;
+            store.close_audit()?;
+            let unit = store
+                .blocking()
+                .loyalty_programmes()?
+                .into_iter()
+                .find(|p| p.head.key == view.row.programme)
+                .map(|p| p.head.unit)
+                .unwrap_or_else(|| "points".into());
+            for entry in entries {
+                println!(
+                    "{}  {}",
+                    entry.created_at.format("%Y-%m-%d %H:%M"),
+                    entry.reason.render(entry.points, &unit, lang)
+                );
+            }
+            println!("balance: {} {unit}", view.row.balance);
+            Ok(())
+        }
+        LoyaltyCommand::Expire { store } => {
+            let store = store.open(settings)?;
+            let (members, points) = store.blocking_audited(|engine, audit| {
+                let (members, points) = engine.loyalty_expire(today)?;
+                audit.record(
+                    &cli_actor(),
+                    "loyalty.expiry",
+                    None,
+                    serde_json::json!({ "members": members, "points": points }),
+                )?;
+                Ok((members, points))
+            })?;
+            store.close_audit()?;
+            println!("{points} points expired for {members} members");
+            Ok(())
+        }
+        LoyaltyCommand::Check { store } => {
+            let check = store.open(settings)?.blocking().loyalty_check()?;
+            println!("{}", serde_json::to_string_pretty(&check)?);
+            if !check.holds() {
+                bail!("the ledger's invariants do not hold (see above)");
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Who the command line is in the audit log: `cli:` and the OS user.
 fn cli_actor() -> String {
     format!("cli:{}", std::env::var("USER").unwrap_or_default())
@@ -733,6 +914,7 @@ async fn serve(
     let _ = std::io::stdout().flush();
     let retention = chrono::Duration::days(settings.message_id_retention_days);
     let purging = store.clone();
+    let calendar = settings.ingest.clone();
     let state = AppState::new(store.clone(), settings);
     let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
     let delivery = tokio::spawn(worker.run(std::time::Duration::from_secs(1), worker_stopped));
@@ -752,6 +934,30 @@ async fn serve(
             match retained.run_audited(move |engine, audit| crate::privacy::retention::run(engine, audit, now)).await {
                 Ok(report) => tracing::info!(?report, "retention enforced"),
                 Err(error) => tracing::warn!(%error, "retention purge failed; will retry"),
+            }
+            // Loyalty: points whose expiry day has come, and answers kept for
+            // idempotency keys past their 24 hours (kept 48).
+            let expiring = purging.clone();
+            let today = calendar.day_of(chrono::Utc::now());
+            match expiring
+                .run_audited(move |engine, audit| {
+                    let (members, points) = engine.loyalty_expire(today)?;
+                    if points > 0 {
+                        audit.record(
+                            "system",
+                            "loyalty.expiry",
+                            None,
+                            serde_json::json!({ "members": members, "points": points }),
+                        )?;
+                    }
+                    engine.loyalty_forget_answers(chrono::Utc::now() - chrono::Duration::hours(48))?;
+                    Ok(points)
+                })
+                .await
+            {
+                Ok(0) => {}
+                Ok(points) => tracing::info!(points, "loyalty points expired"),
+                Err(error) => tracing::warn!(%error, "loyalty expiry failed; will retry"),
             }
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod import;
+pub mod loyalty;
 pub mod outbox;
 pub mod privacy;
 pub mod store;

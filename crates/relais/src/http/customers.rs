@@ -1,7 +1,6 @@
 //! The customer 360: a profile with its identifiers, computed traits and timeline.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -146,13 +145,7 @@ fn parse_customer_id(text: &str) -> Result<CustomerId, ApiError> {
 
 /// 308 to the surviving profile, keeping the rest of the path and the query.
 fn moved(survivor: CustomerId, suffix: &str) -> Response {
-    let location = format!("/api/v1/customers/{survivor}{suffix}");
-    let body = serde_json::json!({ "merged_into": survivor.to_string(), "location": location });
-    let mut response = (StatusCode::PERMANENT_REDIRECT, Json(body)).into_response();
-    if let Ok(value) = location.parse() {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
+    super::moved_permanently(format!("/api/v1/customers/{survivor}{suffix}"), survivor.to_string())
 }
 
 async fn load_view(

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod consents;
 pub mod customers;
 pub mod error;
+pub mod loyalty;
 pub mod metrics;
 pub mod outbox;
 pub mod privacy;
@@ -129,6 +130,17 @@ impl Modify for SecuritySchemes {
         consents::confirm,
         consents::unsubscribe_page,
         consents::unsubscribe,
+        loyalty::apply_programme,
+        loyalty::list_programmes,
+        loyalty::rules_page,
+        loyalty::enrol,
+        loyalty::find_member,
+        loyalty::get_member,
+        loyalty::statement,
+        loyalty::card_svg,
+        loyalty::redeem,
+        loyalty::run_expiry,
+        loyalty::check,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -137,12 +149,25 @@ impl Modify for SecuritySchemes {
         (name = "operations", description = "Health, metrics and the outbox"),
         (name = "privacy", description = "Data-subject rights"),
         (name = "consents", description = "Consent per purpose and channel, with proof"),
+        (name = "loyalty", description = "Loyalty programmes, members, statements and redemptions"),
     )
 )]
 pub struct ApiDoc;
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+/// 308 to where a merged resource lives now (a customer, a membership),
+/// naming it in the body too.
+pub fn moved_permanently(location: String, merged_into: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({ "merged_into": merged_into, "location": location });
+    let mut response = (axum::http::StatusCode::PERMANENT_REDIRECT, Json(body)).into_response();
+    if let Ok(value) = location.parse() {
+        response.headers_mut().insert(axum::http::header::LOCATION, value);
+    }
+    response
 }
 
 async fn not_found() -> error::ApiError {
@@ -214,6 +239,17 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("POST", "/consent/confirm", Public, post(consents::confirm)),
         route("GET", "/u/{token}", Public, get(consents::unsubscribe_page)),
         route("POST", "/u/{token}", Public, post(consents::unsubscribe)),
+        route("POST", "/api/v1/loyalty/programmes", Requires(ManageLoyalty), post(loyalty::apply_programme)),
+        route("GET", "/api/v1/loyalty/programmes", Requires(ReadLoyalty), get(loyalty::list_programmes)),
+        route("GET", "/loyalty/{key}/rules", Public, get(loyalty::rules_page)),
+        route("POST", "/api/v1/loyalty/members", Requires(OperateLoyalty), post(loyalty::enrol)),
+        route("GET", "/api/v1/loyalty/members", Requires(ReadLoyalty), get(loyalty::find_member)),
+        route("GET", "/api/v1/loyalty/members/{id}", Requires(ReadLoyalty), get(loyalty::get_member)),
+        route("GET", "/api/v1/loyalty/members/{id}/statement", Requires(ReadLoyalty), get(loyalty::statement)),
+        route("GET", "/api/v1/loyalty/members/{id}/card.svg", Requires(ReadLoyalty), get(loyalty::card_svg)),
+        route("POST", "/api/v1/loyalty/members/{id}/redemptions", Requires(OperateLoyalty), post(loyalty::redeem)),
+        route("POST", "/api/v1/loyalty/expiry", Requires(ManageLoyalty), post(loyalty::run_expiry)),
+        route("GET", "/api/v1/loyalty/check", Requires(ManageLoyalty), get(loyalty::check)),
     ]
 }
 

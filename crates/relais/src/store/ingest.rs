@@ -35,6 +35,8 @@ pub struct IngestSettings {
     pub shared_identifier_limit: i64,
     /// What to do with payment card numbers found in messages (`RELAIS_CARD_NUMBERS`).
     pub card_policy: CardPolicy,
+    /// The loyalty programmes, cached by revision (earning runs in the ingest transaction).
+    pub programmes: std::sync::Arc<super::loyalty::ProgrammeCache>,
 }
 
 impl Default for IngestSettings {
@@ -44,6 +46,7 @@ impl Default for IngestSettings {
             currency: "EUR".into(),
             shared_identifier_limit: 5,
             card_policy: CardPolicy::Reject,
+            programmes: Default::default(),
         }
     }
 }
@@ -333,7 +336,7 @@ pub type BatchItem<'a> = (&'a str, &'a TrackingMessage, &'a EncodedEvent);
 /// Identity resolution works on lookup tokens only (keyed hashes of the
 /// identifiers), so clear identifier values meet storage only as sealed values.
 pub fn ingest_batch<'a>(
-    tx: &mut impl IngestTx,
+    tx: &mut (impl IngestTx + super::loyalty::LedgerTx),
     batch: &[BatchItem<'a>],
     settings: &IngestSettings,
     privacy: &Privacy,
@@ -570,6 +573,13 @@ pub fn ingest_batch<'a>(
 
     // 3. Write.
     tx.write(&changes)?;
+
+    // 4. Loyalty, in the same transaction: memberships follow the merges, and
+    // each stored event earns once, never without being stored.
+    let merges: Vec<(CustomerId, CustomerId)> = changes.merges.iter().map(|m| (m.survivor, m.merged)).collect();
+    let events: Vec<super::loyalty::EarnEvent<'_>> =
+        changes.events.iter().map(|e| (e.customer_id, e.event_id, e.message)).collect();
+    super::loyalty::earn_batch(tx, &events, &merges, settings)?;
     Ok(outcomes)
 }
 

@@ -5,6 +5,7 @@
 //! Architecture invariant: nothing outside this module writes SQL.
 
 pub mod ingest;
+pub mod loyalty;
 mod pool;
 pub mod postgres;
 pub mod scratch;
@@ -557,6 +558,35 @@ pub trait Engine: Send + Sync + 'static {
     /// remembered for the configured retention, 30 days by default); the events
     /// stay. Returns how many were forgotten.
     fn purge_message_ids(&self, received_before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Add a loyalty programme or change one: the change is checked against
+    /// the programme in force (`today` in the organisation's calendar) inside
+    /// the transaction. The new revision, or why the change is refused.
+    fn loyalty_apply(
+        &self,
+        programme: &relais_domain::loyalty::Programme,
+        today: NaiveDate,
+    ) -> Result<Result<i64, relais_domain::loyalty::ProgrammeError>, StoreError>;
+    /// Every loyalty programme.
+    fn loyalty_programmes(&self) -> Result<Vec<relais_domain::loyalty::Programme>, StoreError>;
+    /// Enrol a person in a programme (or find their membership).
+    fn loyalty_enrol(&self, customer: CustomerId, programme: &str) -> Result<(loyalty::MemberView, bool), StoreError>;
+    /// One membership, whatever its state.
+    fn loyalty_member(&self, id: relais_domain::MemberId) -> Result<Option<loyalty::MemberView>, StoreError>;
+    /// A person's active memberships.
+    fn loyalty_members_of(&self, customer: CustomerId) -> Result<Vec<loyalty::MemberView>, StoreError>;
+    /// A membership's own entries, oldest first, and its lots with points left.
+    fn loyalty_entries(
+        &self,
+        id: relais_domain::MemberId,
+    ) -> Result<(Vec<loyalty::StatementEntry>, Vec<relais_domain::loyalty::Lot>), StoreError>;
+    /// Debit a member once per idempotency key.
+    fn loyalty_debit(&self, request: &loyalty::DebitRequest) -> Result<loyalty::DebitAnswer, StoreError>;
+    /// Expire the lots whose expiry day has come: (members touched, points expired).
+    fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError>;
+    /// The ledger's invariants as stored.
+    fn loyalty_check(&self) -> Result<loyalty::LedgerCheck, StoreError>;
+    /// Forget answers stored under idempotency keys before an instant.
+    fn loyalty_forget_answers(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Whether the database answers (cheap: for `/healthz`).
     fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.

@@ -6,6 +6,8 @@
 //! `identifier`, `message_ids` by `message_id`, `accounts` by `group_id`; `api_keys`
 //! is a reference table. See ARCHITECTURE.md for the steps that touch two customers.
 
+mod loyalty;
+
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -37,6 +39,7 @@ use relais_domain::{ConsentId, RequestId};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "customer_database", include_str!("../../migrations/postgres/0001_customer_database.sql")),
     (2, "privacy", include_str!("../../migrations/postgres/0002_privacy.sql")),
+    (3, "loyalty", include_str!("../../migrations/postgres/0003_loyalty.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.
@@ -228,6 +231,8 @@ impl PgEngine {}
 
 struct PgTx<'c, 't> {
     tx: &'c mut postgres::Transaction<'t>,
+    /// Keys, for steps that seal values (a loyalty card's identifier).
+    privacy: Option<&'c Privacy>,
 }
 
 impl IngestTx for PgTx<'_, '_> {
@@ -692,7 +697,12 @@ impl Engine for PgEngine {
         let batch: Vec<BatchItem<'_>> = messages.iter().zip(&encoded).map(|(m, e)| (source, m, e)).collect();
         self.retrying(|client| {
             let mut tx = client.transaction()?;
-            let outcomes = ingest_batch(&mut PgTx { tx: &mut tx }, &batch, &self.settings, &self.privacy)?;
+            let outcomes = ingest_batch(
+                &mut PgTx { tx: &mut tx, privacy: Some(&self.privacy) },
+                &batch,
+                &self.settings,
+                &self.privacy,
+            )?;
             tx.commit()?;
             Ok(outcomes)
         })
@@ -1070,6 +1080,18 @@ impl Engine for PgEngine {
                 .collect();
             let erased = super::ERASED_CUSTOMER;
             let linking: Vec<&str> = super::LINKING_PROPERTIES.to_vec();
+            // Decision 10: the person's loyalty accounts close with a final entry,
+            // and their entries stay, de-identified, so the ledger sums to zero.
+            let today = self.settings.day_of(Utc::now());
+            super::loyalty::close_for_erasure(&mut PgTx { tx: &mut tx, privacy: None }, &[parse_id(&root)?], today)?;
+            tx.execute(
+                "UPDATE loyalty_entries SET customer_id = $2, event_id = NULL, message_id = NULL, order_id = NULL, \
+                 actor = NULL, reason = (reason::jsonb - 'order_id' - 'reason' - 'actor')::text WHERE customer_id = ANY($1)",
+                &[&cluster, &erased],
+            )?;
+            for table in ["loyalty_lots", "loyalty_idempotency", "loyalty_members"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE customer_id = ANY($1)"), &[&cluster])?;
+            }
             tx.execute(
                 "DELETE FROM identifier_sightings WHERE customer_id = ANY($1) \
                  OR identifier IN (SELECT identifier FROM identifiers WHERE customer_id = ANY($1))",
@@ -1543,6 +1565,131 @@ impl Engine for PgEngine {
             .with(|client| Ok(client.execute("DELETE FROM message_ids WHERE received_at < $1", &[&received_before])?))
     }
 
+    fn loyalty_apply(
+        &self,
+        programme: &relais_domain::loyalty::Programme,
+        today: NaiveDate,
+    ) -> Result<Result<i64, relais_domain::loyalty::ProgrammeError>, StoreError> {
+        self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            tx.batch_execute("LOCK TABLE loyalty_programmes IN SHARE ROW EXCLUSIVE MODE")?;
+            let current = loyalty::load_programmes(&mut tx)?;
+            if let Some(old) = current.iter().find(|p| p.head.key == programme.head.key) {
+                if old == programme {
+                    let revision: i64 =
+                        tx.query_one("SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes", &[])?.get(0);
+                    return Ok(Ok(revision));
+                }
+                if let Err(refused) = old.check_change(programme, today) {
+                    return Ok(Err(refused));
+                }
+            }
+            let revision = loyalty::save_programme(&mut tx, programme)?;
+            tx.commit()?;
+            Ok(Ok(revision))
+        })
+    }
+
+    fn loyalty_programmes(&self) -> Result<Vec<relais_domain::loyalty::Programme>, StoreError> {
+        self.pool.with(loyalty::load_programmes)
+    }
+
+    fn loyalty_enrol(
+        &self,
+        customer: CustomerId,
+        programme: &str,
+    ) -> Result<(super::loyalty::MemberView, bool), StoreError> {
+        let enrolment = self.retrying(|client| {
+            let mut tx = client.transaction()?;
+            let enrolment =
+                super::loyalty::enrol(&mut PgTx { tx: &mut tx, privacy: Some(&self.privacy) }, customer, programme)?;
+            tx.commit()?;
+            Ok(enrolment)
+        })?;
+        let view = self.loyalty_member(enrolment.member.member)?.ok_or(StoreError::NotFound)?;
+        Ok((view, enrolment.created))
+    }
+
+    fn loyalty_member(&self, id: relais_domain::MemberId) -> Result<Option<super::loyalty::MemberView>, StoreError> {
+        self.pool.with(|client| {
+            let Some(row) = loyalty::member(client, id)? else { return Ok(None) };
+            let survivor = client
+                .query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&row.customer.to_string()])?
+                .and_then(|r| r.get::<_, Option<String>>(0));
+            let customer = survivor.as_deref().map(parse_id).transpose()?.unwrap_or(row.customer);
+            let cards = loyalty::card_numbers(client, &self.privacy, vec![row.card_token.clone()])?;
+            Ok(Some(super::loyalty::MemberView { card_number: cards.get(&row.card_token).cloned(), customer, row }))
+        })
+    }
+
+    fn loyalty_members_of(&self, customer: CustomerId) -> Result<Vec<super::loyalty::MemberView>, StoreError> {
+        self.pool.with(|client| {
+            let Some(found) = client
+                .query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&customer.to_string()])?
+            else {
+                return Ok(Vec::new());
+            };
+            let root = found.get::<_, Option<&str>>(0).map(parse_id).transpose()?.unwrap_or(customer);
+            let rows = loyalty::members_of(client, root)?;
+            let cards =
+                loyalty::card_numbers(client, &self.privacy, rows.iter().map(|r| r.card_token.clone()).collect())?;
+            Ok(super::loyalty::MemberView::of_person(rows, root, &cards))
+        })
+    }
+
+    fn loyalty_entries(
+        &self,
+        id: relais_domain::MemberId,
+    ) -> Result<(Vec<super::loyalty::StatementEntry>, Vec<relais_domain::loyalty::Lot>), StoreError> {
+        self.pool.with(|client| {
+            let row = loyalty::member(client, id)?.ok_or(StoreError::NotFound)?;
+            let entries = loyalty::entries(client, &row)?;
+            Ok((entries, loyalty::open_lots(client, &row)?))
+        })
+    }
+
+    fn loyalty_debit(&self, request: &super::loyalty::DebitRequest) -> Result<super::loyalty::DebitAnswer, StoreError> {
+        self.retrying(|client| {
+            let mut tx = client.transaction()?;
+            let answer = super::loyalty::debit(&mut PgTx { tx: &mut tx, privacy: None }, request)?;
+            tx.commit()?;
+            Ok(answer)
+        })
+    }
+
+    fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError> {
+        let (mut members, mut points) = (0, 0);
+        loop {
+            let due = self.pool.with(|client| loyalty::members_with_due_lots(client, day, 500))?;
+            let mut progressed = false;
+            for member in due {
+                let expired = self.retrying(|client| {
+                    let mut tx = client.transaction()?;
+                    let expired = super::loyalty::expire_member(&mut PgTx { tx: &mut tx, privacy: None }, member, day)?;
+                    tx.commit()?;
+                    Ok(expired)
+                })?;
+                if expired > 0 {
+                    progressed = true;
+                    members += 1;
+                    points += expired;
+                }
+            }
+            if !progressed {
+                return Ok((members, points));
+            }
+        }
+    }
+
+    fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
+        self.pool.with(loyalty::check)
+    }
+
+    fn loyalty_forget_answers(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.pool
+            .with(|client| Ok(client.execute("DELETE FROM loyalty_idempotency WHERE created_at < $1", &[&before])?))
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.pool.with(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(StoreError::from))
     }
@@ -1583,7 +1730,7 @@ pub fn raw_load(
         let changes = super::raw_changes(&chunk, &encoded, &mut owners, privacy);
         let started = std::time::Instant::now();
         let mut tx = client.transaction()?;
-        PgTx { tx: &mut tx }.write(&changes)?;
+        PgTx { tx: &mut tx, privacy: None }.write(&changes)?;
         tx.commit()?;
         spent += started.elapsed();
     }

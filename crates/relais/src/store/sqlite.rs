@@ -2,6 +2,8 @@
 //! writer thread that commits the messages of concurrent requests together (group
 //! commit), and a pool of reader connections.
 
+mod loyalty;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
@@ -20,6 +22,7 @@ use super::ingest::{
     family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
     KnownMessages, Outcome, Rebuild,
 };
+use super::loyalty::LedgerTx as _;
 use super::pool::Pool;
 use super::seal::{self, EncodedEvent, Privacy};
 use super::RightsRequest;
@@ -38,6 +41,7 @@ use std::sync::Arc;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "customer_database", include_str!("../../migrations/sqlite/0001_customer_database.sql")),
     (2, "privacy", include_str!("../../migrations/sqlite/0002_privacy.sql")),
+    (3, "loyalty", include_str!("../../migrations/sqlite/0003_loyalty.sql")),
 ];
 
 /// Messages committed together at most, across concurrent requests.
@@ -367,7 +371,7 @@ fn ingest_in_transaction(
         cache.entries.clear();
         cache.data_version = data_version;
     }
-    let mut sqlite_tx = SqliteTx { tx: &tx, cache: Some(cache), written: Vec::new() };
+    let mut sqlite_tx = SqliteTx { tx: &tx, cache: Some(cache), written: Vec::new(), privacy: Some(privacy) };
     let outcomes = ingest_batch(&mut sqlite_tx, batch, settings, privacy)?;
     let written = std::mem::take(&mut sqlite_tx.written);
     let cache = sqlite_tx.cache.take().expect("cache");
@@ -385,6 +389,8 @@ struct SqliteTx<'t, 'c> {
     cache: Option<&'c mut CustomerCache>,
     /// Customers as written, to cache once the transaction commits.
     written: Vec<(CustomerId, (CustomerState, Vec<Identifier>))>,
+    /// Keys, for steps that seal values (a loyalty card's identifier).
+    privacy: Option<&'t Privacy>,
 }
 
 impl IngestTx for SqliteTx<'_, '_> {
@@ -850,6 +856,7 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SealedEven
 fn erase_in_transaction(
     conn: &mut Connection,
     customer: CustomerId,
+    today: NaiveDate,
 ) -> Result<(ErasureReport, Vec<CustomerId>), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let merged_into: Option<Option<String>> = tx
@@ -867,6 +874,18 @@ fn erase_in_transaction(
     let ids = placeholders(cluster.len(), 0);
     let values = || rusqlite::params_from_iter(cluster.iter());
     let run = |sql: String| -> Result<usize, StoreError> { Ok(tx.execute(&sql, values())?) };
+    // Decision 10: the person's loyalty accounts close with a final entry, and
+    // their entries stay, de-identified, so the ledger still sums to zero.
+    let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None };
+    super::loyalty::close_for_erasure(&mut ledger, &[parse_id(&root)?], today)?;
+    run(format!(
+        "UPDATE loyalty_entries SET customer_id = '{erased}', event_id = NULL, message_id = NULL, order_id = NULL, \
+         actor = NULL, reason = json_remove(reason, '$.order_id', '$.reason', '$.actor') WHERE customer_id IN ({ids})",
+        erased = super::ERASED_CUSTOMER
+    ))?;
+    run(format!("DELETE FROM loyalty_lots WHERE customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM loyalty_idempotency WHERE customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM loyalty_members WHERE customer_id IN ({ids})"))?;
     run(format!(
         "DELETE FROM identifier_sightings WHERE customer_id IN ({ids}) \
          OR identifier IN (SELECT identifier FROM identifiers WHERE customer_id IN ({ids}))"
@@ -1372,11 +1391,12 @@ impl Engine for SqliteEngine {
     }
 
     fn erase(&self, customer: CustomerId) -> Result<ErasureReport, StoreError> {
+        let today = self.settings.day_of(Utc::now());
         let (report, cluster) = self.write(true, move |conn| {
             // Deleted rows (the data keys above all) are overwritten with zeros,
             // not left in free pages.
             conn.pragma_update(None, "secure_delete", "ON")?;
-            let result = erase_in_transaction(conn, customer);
+            let result = erase_in_transaction(conn, customer, today);
             conn.pragma_update(None, "secure_delete", "OFF")?;
             result
         })?;
@@ -1780,6 +1800,134 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn loyalty_apply(
+        &self,
+        programme: &relais_domain::loyalty::Programme,
+        today: NaiveDate,
+    ) -> Result<Result<i64, relais_domain::loyalty::ProgrammeError>, StoreError> {
+        let programme = programme.clone();
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let current = loyalty::load_programmes(&tx)?;
+            if let Some(old) = current.iter().find(|p| p.head.key == programme.head.key) {
+                if *old == programme {
+                    let revision: i64 =
+                        tx.query_row("SELECT COALESCE(MAX(revision), 0) FROM loyalty_programmes", [], |r| r.get(0))?;
+                    return Ok(Ok(revision));
+                }
+                if let Err(refused) = old.check_change(&programme, today) {
+                    return Ok(Err(refused));
+                }
+            }
+            let revision = loyalty::save_programme(&tx, &programme)?;
+            tx.commit()?;
+            Ok(Ok(revision))
+        })
+    }
+
+    fn loyalty_programmes(&self) -> Result<Vec<relais_domain::loyalty::Programme>, StoreError> {
+        self.readers.with(|conn| loyalty::load_programmes(conn))
+    }
+
+    fn loyalty_enrol(
+        &self,
+        customer: CustomerId,
+        programme: &str,
+    ) -> Result<(super::loyalty::MemberView, bool), StoreError> {
+        let (programme, privacy) = (programme.to_string(), self.privacy.clone());
+        let enrolment = self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: Some(&privacy) };
+            let enrolment = super::loyalty::enrol(&mut ledger, customer, &programme)?;
+            tx.commit()?;
+            Ok(enrolment)
+        })?;
+        let view = self.loyalty_member(enrolment.member.member)?.ok_or(StoreError::NotFound)?;
+        Ok((view, enrolment.created))
+    }
+
+    fn loyalty_member(&self, id: relais_domain::MemberId) -> Result<Option<super::loyalty::MemberView>, StoreError> {
+        self.readers.with(|conn| {
+            let Some(row) = loyalty::member(conn, id)? else { return Ok(None) };
+            let mut ledger = SqliteTx { tx: conn, cache: None, written: Vec::new(), privacy: None };
+            let customer = super::loyalty::LedgerTx::root_of(&mut ledger, row.customer)?.unwrap_or(row.customer);
+            let cards = loyalty::card_numbers(conn, &self.privacy, vec![row.card_token.clone()])?;
+            Ok(Some(super::loyalty::MemberView { card_number: cards.get(&row.card_token).cloned(), customer, row }))
+        })
+    }
+
+    fn loyalty_members_of(&self, customer: CustomerId) -> Result<Vec<super::loyalty::MemberView>, StoreError> {
+        self.readers.with(|conn| {
+            let mut ledger = SqliteTx { tx: conn, cache: None, written: Vec::new(), privacy: None };
+            let Some(root) = super::loyalty::LedgerTx::root_of(&mut ledger, customer)? else { return Ok(Vec::new()) };
+            let rows = loyalty::members_of(conn, root)?;
+            let cards =
+                loyalty::card_numbers(conn, &self.privacy, rows.iter().map(|r| r.card_token.clone()).collect())?;
+            Ok(super::loyalty::MemberView::of_person(rows, root, &cards))
+        })
+    }
+
+    fn loyalty_entries(
+        &self,
+        id: relais_domain::MemberId,
+    ) -> Result<(Vec<super::loyalty::StatementEntry>, Vec<relais_domain::loyalty::Lot>), StoreError> {
+        self.readers.with(|conn| {
+            let row = loyalty::member(conn, id)?.ok_or(StoreError::NotFound)?;
+            let lots = SqliteTx { tx: conn, cache: None, written: Vec::new(), privacy: None }.open_lots(&row)?;
+            Ok((loyalty::entries(conn, &row)?, lots))
+        })
+    }
+
+    fn loyalty_debit(&self, request: &super::loyalty::DebitRequest) -> Result<super::loyalty::DebitAnswer, StoreError> {
+        let request = request.clone();
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let answer = super::loyalty::debit(
+                &mut SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None },
+                &request,
+            )?;
+            tx.commit()?;
+            Ok(answer)
+        })
+    }
+
+    fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError> {
+        let (mut members, mut points) = (0, 0);
+        loop {
+            let due = self.readers.with(|conn| loyalty::members_with_due_lots(conn, day, 500))?;
+            if due.is_empty() {
+                return Ok((members, points));
+            }
+            let (m, p) = self.write(false, move |conn| {
+                let (mut members, mut points) = (0, 0);
+                for member in due {
+                    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None };
+                    let expired = super::loyalty::expire_member(&mut ledger, member, day)?;
+                    tx.commit()?;
+                    members += usize::from(expired > 0);
+                    points += expired;
+                }
+                Ok((members, points))
+            })?;
+            if m == 0 {
+                return Ok((members, points));
+            }
+            members += m;
+            points += p;
+        }
+    }
+
+    fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
+        self.readers.with(|conn| loyalty::check(conn))
+    }
+
+    fn loyalty_forget_answers(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(false, move |conn| {
+            Ok(conn.execute("DELETE FROM loyalty_idempotency WHERE created_at < ?1", [micros(before)])? as u64)
+        })
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.readers.with(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
     }
@@ -1826,7 +1974,7 @@ pub fn raw_load(
         let changes = super::raw_changes(&chunk, &encoded, &mut owners, privacy);
         let started = std::time::Instant::now();
         let tx = conn.transaction()?;
-        SqliteTx { tx: &tx, cache: None, written: Vec::new() }.write(&changes)?;
+        SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None }.write(&changes)?;
         tx.commit()?;
         spent += started.elapsed();
     }

@@ -76,6 +76,14 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
         .await;
     let request = created["request_id"].as_str().expect("a request").to_string();
 
+    // A loyalty programme and a member.
+    let programme = crate::loyalty::PROGRAMME_JSON.as_bytes().to_vec();
+    let (status, _) = app.post_raw("/api/v1/loyalty/programmes", programme, None, Some(&app.admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    let enrol = serde_json::to_vec(&json!({"identifier": "email:acces@exemple.fr"})).unwrap();
+    let (_, enrolled) = app.post_raw("/api/v1/loyalty/members", enrol, None, Some(&app.admin)).await;
+    let member = enrolled["id"].as_str().expect("a member").to_string();
+
     let mut keys = Vec::new();
     for role in Role::ALL {
         keys.push((role, app.key(role).await));
@@ -84,8 +92,19 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
     let mut to_erase = 0;
     let mut failures = Vec::new();
     for route in &expected {
-        let id = if route.path.starts_with("/api/v1/privacy/requests/") { &request } else { &customer };
-        let path = route.path.replace("{id}", id).replace("{merge_id}", &merge).replace("{token}", "not-a-token");
+        let id = if route.path.starts_with("/api/v1/privacy/requests/") {
+            &request
+        } else if route.path.starts_with("/api/v1/loyalty/members/") {
+            &member
+        } else {
+            &customer
+        };
+        let path = route
+            .path
+            .replace("{id}", id)
+            .replace("{merge_id}", &merge)
+            .replace("{token}", "not-a-token")
+            .replace("{key}", "club");
         let url = format!("{}{path}", app.address);
         for (role, key) in keys.iter().map(|(r, k)| (Some(*r), Some(k.as_str()))).chain([(None, None)]) {
             let body = match route.path.as_str() {
@@ -106,6 +125,9 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                 "/api/v1/customers/{id}/consents/opt-in" => {
                     json!({"purpose": "email_marketing", "wording_version": "cgu-1"})
                 }
+                "/api/v1/loyalty/programmes" => serde_json::from_str(crate::loyalty::PROGRAMME_JSON).unwrap(),
+                "/api/v1/loyalty/members" => json!({"identifier": "email:acces@exemple.fr"}),
+                "/api/v1/loyalty/members/{id}/redemptions" => json!({"points": 1, "reason": "test"}),
                 "/v1/batch" => json!({"batch": [{"type": "track", "userId": "acc-user", "event": "Product Viewed"}]}),
                 "/v1/alias" => json!({"userId": "acc-user", "previousId": "acc-device"}),
                 "/v1/group" => json!({"userId": "acc-user", "groupId": "famille-acc"}),
@@ -124,6 +146,13 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                     request = request.query(&[("customer", customer.as_str()), ("purpose", "sms"), ("channel", "sms")])
                 }
                 "/consent/confirm" => request = request.query(&[("token", "not-a-token")]),
+                "/api/v1/loyalty/members" if route.method == "GET" => {
+                    request = request.query(&[("identifier", "email:acces@exemple.fr")])
+                }
+                "/api/v1/loyalty/members/{id}/redemptions" => {
+                    request =
+                        request.header("Idempotency-Key", format!("access-{}", role.map_or("none", |r| r.as_str())))
+                }
                 _ => {}
             }
             if let Some(key) = key {

@@ -22,3 +22,5 @@ mod access;
 mod audit;
 // Consents: proof, dates, check API, double opt-in, unsubscribe.
 mod consents;
+// Loyalty: programmes, earning, statements, debits, merges, erasure, expiry.
+mod loyalty;

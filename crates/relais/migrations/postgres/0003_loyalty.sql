@@ -1,0 +1,84 @@
+-- Loyalty (issue 5, PostgreSQL; Citus: customer-scoped tables by customer_id): programmes, memberships, the double-entry ledger, point lots.
+
+-- Programmes with every version of their rules (the checked definition as
+-- JSON). `revision` grows at every change, so writers know when to reload.
+-- Citus: reference table (few rows, rarely written).
+CREATE TABLE loyalty_programmes (
+    programme_key TEXT PRIMARY KEY,
+    definition    TEXT NOT NULL,
+    revision      BIGINT NOT NULL,
+    updated_at    TIMESTAMPTZ NOT NULL
+);
+
+-- Memberships. The balance is derived from the ledger (the sum of the member's
+-- entries) and kept here so a debit reads one row; a test checks they agree.
+-- The card number is an identifier of kind `card` (so a till's scan finds the
+-- person); `card_token` is its lookup token.
+CREATE TABLE loyalty_members (
+    customer_id   TEXT NOT NULL,
+    member_id     TEXT NOT NULL,
+    programme_key TEXT NOT NULL,
+    card_token    TEXT NOT NULL,
+    balance       BIGINT NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    status        TEXT NOT NULL,
+    merged_into   TEXT,
+    enrolled_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (customer_id, member_id)
+);
+CREATE UNIQUE INDEX loyalty_members_one_per_programme ON loyalty_members (customer_id, programme_key)
+    WHERE status = 'active';
+CREATE INDEX loyalty_members_by_id ON loyalty_members (member_id);
+
+-- The ledger: append-only, two entries per transaction (the member's and its
+-- counterpart on a programme account), summing to zero.
+CREATE TABLE loyalty_entries (
+    customer_id   TEXT NOT NULL,
+    tx_id         TEXT NOT NULL,
+    leg           INTEGER NOT NULL,
+    member_id     TEXT NOT NULL,
+    account       TEXT NOT NULL,
+    points        BIGINT NOT NULL,
+    kind          TEXT NOT NULL,
+    rule          TEXT,
+    event_id      TEXT,
+    message_id    TEXT,
+    order_id      TEXT,
+    basis_minor   BIGINT,
+    day           DATE NOT NULL,
+    reason        TEXT NOT NULL,
+    expires_on    DATE,
+    actor         TEXT,
+    created_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (customer_id, tx_id, leg)
+);
+CREATE INDEX loyalty_entries_by_member ON loyalty_entries (customer_id, member_id, rule, day) WHERE leg = 0;
+CREATE INDEX loyalty_entries_by_order ON loyalty_entries (customer_id, member_id, order_id)
+    WHERE order_id IS NOT NULL AND leg = 0;
+
+-- Points earned together and what is left of them; debits take the lots that
+-- expire first. Derived from the ledger like the balance.
+CREATE TABLE loyalty_lots (
+    customer_id   TEXT NOT NULL,
+    lot_id        TEXT NOT NULL,
+    member_id     TEXT NOT NULL,
+    points        BIGINT NOT NULL,
+    remaining     BIGINT NOT NULL CHECK (remaining >= 0),
+    expires_on    DATE,
+    PRIMARY KEY (customer_id, lot_id)
+);
+CREATE INDEX loyalty_lots_open ON loyalty_lots (customer_id, member_id) WHERE remaining > 0;
+CREATE INDEX loyalty_lots_expiring ON loyalty_lots (expires_on) WHERE remaining > 0;
+
+-- Answers to debit requests by Idempotency-Key, written in the debit's own
+-- transaction: a retry gets the first answer and debits nothing.
+CREATE TABLE loyalty_idempotency (
+    customer_id   TEXT NOT NULL,
+    scope         TEXT NOT NULL,
+    idem_key      TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    status        INTEGER NOT NULL,
+    response      TEXT NOT NULL,
+    created_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (customer_id, scope, idem_key)
+);
+CREATE INDEX loyalty_idempotency_by_age ON loyalty_idempotency (created_at);

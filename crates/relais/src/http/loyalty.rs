@@ -1,0 +1,631 @@
+//! Loyalty: programmes and their rules, memberships with a digital card,
+//! statements that explain every point, and debits that happen once per
+//! `Idempotency-Key` whatever the retries.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use chrono::{NaiveDate, Utc};
+use relais_domain::loyalty::{Lang, Points, PositivePoints, Programme};
+use relais_domain::{CustomerId, Identifier, MemberId};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::AppState;
+use crate::loyalty::{parse_programme, FileFormat};
+use crate::store::loyalty::{DebitAnswer, DebitRequest, MemberView, StatementEntry};
+
+/// The most characters of a redemption's reason.
+const MAX_REASON: usize = 200;
+
+/// A programme as stored: its head and every version of its rules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProgrammeView {
+    /// Its key.
+    pub key: String,
+    /// The whole checked definition.
+    #[schema(value_type = Object)]
+    pub definition: Programme,
+}
+
+/// Every programme.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProgrammeList {
+    /// Programmes by key.
+    pub programmes: Vec<ProgrammeView>,
+}
+
+/// The result of applying a programme file.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Applied {
+    /// The programme's key.
+    pub key: String,
+    /// Revision of the programmes after the change.
+    pub revision: i64,
+    /// Number of rule versions.
+    pub versions: usize,
+}
+
+fn today(state: &AppState) -> NaiveDate {
+    state.settings.ingest.day_of(Utc::now())
+}
+
+/// Add a programme or change its rules. The body is the programme file, TOML
+/// (`Content-Type: application/toml`) or JSON. Versions that already judged
+/// events never change; a change starts after today.
+#[utoipa::path(post, path = "/api/v1/loyalty/programmes", tag = "loyalty",
+    request_body(content = Object, description = "A programme file ([programme] and [[version]] with [[version.rule]]), JSON or TOML"),
+    responses((status = 200, body = Applied), (status = 400, body = super::error::Problem), (status = 409, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn apply_programme(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Applied>, ApiError> {
+    let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(t) if t.contains("toml") => FileFormat::Toml,
+        _ => FileFormat::Json,
+    };
+    let text = String::from_utf8(body.to_vec()).map_err(|_| ApiError::field("body", "must be UTF-8 text"))?;
+    let programme = parse_programme(&text, format).map_err(|e| {
+        ApiError::field(e.line.map(|l| format!("line {l}")).unwrap_or_else(|| "body".into()), e.to_string())
+    })?;
+    let today = today(&state);
+    let (key, versions) = (programme.head.key.clone(), programme.versions.len());
+    let actor = caller.actor();
+    let result = state
+        .store
+        .run_audited(move |engine, audit| {
+            let result = engine.loyalty_apply(&programme, today)?;
+            if let Ok(revision) = &result {
+                audit.record(
+                    &actor,
+                    "loyalty.programme.apply",
+                    None,
+                    serde_json::json!({ "programme": programme.head.key, "revision": revision }),
+                )?;
+            }
+            Ok(result)
+        })
+        .await?;
+    match result {
+        Ok(revision) => Ok(Json(Applied { key, revision, versions })),
+        Err(refused) => Err(ApiError::Conflict(crate::loyalty::change_refused(&text, format, refused).to_string())),
+    }
+}
+
+/// Every programme with its rule versions.
+#[utoipa::path(get, path = "/api/v1/loyalty/programmes", tag = "loyalty",
+    responses((status = 200, body = ProgrammeList)), security(("bearer" = [])))]
+pub async fn list_programmes(State(state): State<AppState>, _caller: Caller) -> Result<Json<ProgrammeList>, ApiError> {
+    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
+    Ok(Json(ProgrammeList {
+        programmes: programmes.into_iter().map(|p| ProgrammeView { key: p.head.key.clone(), definition: p }).collect(),
+    }))
+}
+
+/// Language of a page or statement.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LangQuery {
+    /// `fr` or `en` (default `en`; pages default to `fr`).
+    pub lang: Option<String>,
+}
+
+fn lang_of(query: &LangQuery, default: Lang) -> Result<Lang, ApiError> {
+    match query.lang.as_deref() {
+        None => Ok(default),
+        Some(text) => Lang::parse(text).ok_or_else(|| ApiError::field("lang", "must be fr or en")),
+    }
+}
+
+/// The programme's rules as a page anyone can read (members included).
+#[utoipa::path(get, path = "/loyalty/{key}/rules", tag = "loyalty",
+    params(("key" = String, Path, description = "Programme key"), LangQuery),
+    responses((status = 200, description = "HTML page", content_type = "text/html"), (status = 404, body = super::error::Problem)))]
+pub async fn rules_page(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    Query(query): Query<LangQuery>,
+) -> Result<Response, ApiError> {
+    let lang = lang_of(&query, Lang::Fr)?;
+    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
+    let programme = programmes
+        .into_iter()
+        .find(|p| p.head.key == key)
+        .ok_or_else(|| ApiError::NotFound(format!("no programme `{key}`")))?;
+    let html = crate::loyalty::rules_html(&programme, lang, today(&state));
+    Ok((StatusCode::OK, Html(html)).into_response())
+}
+
+/// Who to enrol.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolBody {
+    /// Any identifier of the person, `kind:value` (`email:ana@example.fr`).
+    pub identifier: Option<String>,
+    /// Or the customer id, `cus_…`.
+    pub customer: Option<String>,
+    /// The programme's key; needed only when there are several.
+    pub programme: Option<String>,
+}
+
+/// A membership.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberBody {
+    /// Its id, `mem_…`.
+    pub id: String,
+    /// The customer it belongs to.
+    pub customer: String,
+    /// The programme's key.
+    pub programme: String,
+    /// The card number (16 digits, check digit last).
+    pub card_number: Option<String>,
+    /// Balance.
+    pub balance: Points,
+    /// `active`, `merged` or `closed`.
+    pub status: String,
+    /// The membership it joined, when merged.
+    pub merged_into: Option<String>,
+    /// When the person enrolled.
+    pub enrolled_at: chrono::DateTime<Utc>,
+}
+
+fn member_body(view: MemberView) -> MemberBody {
+    MemberBody {
+        id: view.row.member.to_string(),
+        customer: view.customer.to_string(),
+        programme: view.row.programme,
+        card_number: view.card_number,
+        balance: view.row.balance,
+        status: view.row.status.as_str().into(),
+        merged_into: view.row.merged_into.map(|m| m.to_string()),
+        enrolled_at: view.row.enrolled_at,
+    }
+}
+
+async fn programme_key(state: &AppState, asked: Option<String>) -> Result<String, ApiError> {
+    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
+    match asked {
+        Some(key) if programmes.iter().any(|p| p.head.key == key) => Ok(key),
+        Some(key) => Err(ApiError::field("programme", format!("no programme `{key}`"))),
+        None => match programmes.as_slice() {
+            [one] => Ok(one.head.key.clone()),
+            [] => Err(ApiError::Conflict("no loyalty programme yet: apply one first (`relais loyalty apply`)".into())),
+            many => Err(ApiError::field(
+                "programme",
+                format!(
+                    "several programmes exist; name one of: {}",
+                    many.iter().map(|p| p.head.key.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        },
+    }
+}
+
+async fn customer_of(
+    state: &AppState,
+    identifier: Option<String>,
+    customer: Option<String>,
+) -> Result<CustomerId, ApiError> {
+    match (identifier, customer) {
+        (Some(text), None) => {
+            let identifier = Identifier::parse(&text).map_err(|e| ApiError::field("identifier", e.to_string()))?;
+            let lookup = identifier.clone();
+            state
+                .store
+                .run(move |engine| engine.customer_id_by_identifier(&lookup))
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no customer holds `{identifier}`")))
+        }
+        (None, Some(id)) => CustomerId::parse(&id).map_err(|e| ApiError::field("customer", e.to_string())),
+        _ => Err(ApiError::field("identifier", "give exactly one of `identifier` (kind:value) or `customer` (cus_…)")),
+    }
+}
+
+/// Enrol a person: 201 with the new membership and its card, or 200 with the
+/// membership they already have.
+#[utoipa::path(post, path = "/api/v1/loyalty/members", tag = "loyalty", request_body = EnrolBody,
+    responses((status = 201, body = MemberBody), (status = 200, body = MemberBody),
+        (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn enrol(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<EnrolBody>,
+) -> Result<Response, ApiError> {
+    let programme = programme_key(&state, body.programme).await?;
+    let customer = customer_of(&state, body.identifier, body.customer).await?;
+    let actor = caller.actor();
+    let (view, created) = state
+        .store
+        .run_audited(move |engine, audit| {
+            let (view, created) = engine.loyalty_enrol(customer, &programme)?;
+            if created {
+                audit.record(
+                    &actor,
+                    "loyalty.enrol",
+                    Some(view.customer),
+                    serde_json::json!({ "member": view.row.member.to_string(), "programme": programme }),
+                )?;
+            }
+            Ok((view, created))
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound(format!("no customer `{customer}`")),
+            other => other.into(),
+        })?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(member_body(view))).into_response())
+}
+
+/// Finding a member.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct MemberQuery {
+    /// Any identifier of the person, `kind:value` (a scanned card: `card:9251…`).
+    pub identifier: String,
+    /// The programme's key; needed only when there are several.
+    pub programme: Option<String>,
+}
+
+async fn read_member(state: &AppState, caller: &Caller, id: MemberId) -> Result<MemberView, ApiError> {
+    let actor = caller.actor();
+    state
+        .store
+        .run_audited(move |engine, audit| {
+            let view = engine.loyalty_member(id)?.ok_or(crate::store::StoreError::NotFound)?;
+            audit.record(
+                &actor,
+                "loyalty.read",
+                Some(view.customer),
+                serde_json::json!({ "member": id.to_string() }),
+            )?;
+            Ok(view)
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound(format!("no member `{id}`")),
+            other => other.into(),
+        })
+}
+
+/// Find a person's membership by any of their identifiers.
+#[utoipa::path(get, path = "/api/v1/loyalty/members", tag = "loyalty", params(MemberQuery),
+    responses((status = 200, body = MemberBody), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn find_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<MemberQuery>,
+) -> Result<Json<MemberBody>, ApiError> {
+    let programme = programme_key(&state, query.programme).await?;
+    let customer = customer_of(&state, Some(query.identifier.clone()), None).await?;
+    let members = state.store.run(move |engine| engine.loyalty_members_of(customer)).await?;
+    let member = members
+        .into_iter()
+        .find(|m| m.row.programme == programme)
+        .ok_or_else(|| ApiError::NotFound(format!("`{}` is not a member of `{programme}`", query.identifier)))?;
+    Ok(Json(member_body(read_member(&state, &caller, member.row.member).await?)))
+}
+
+fn parse_member_id(text: &str) -> Result<MemberId, ApiError> {
+    MemberId::parse(text).map_err(|e| ApiError::field("id", e.to_string()))
+}
+
+/// 308 to the membership this one joined.
+fn moved(into: MemberId, suffix: &str) -> Response {
+    super::moved_permanently(format!("/api/v1/loyalty/members/{into}{suffix}"), into.to_string())
+}
+
+/// One membership (308 to the one it joined when the person's profiles merged).
+#[utoipa::path(get, path = "/api/v1/loyalty/members/{id}", tag = "loyalty",
+    params(("id" = String, Path, description = "Member id, `mem_…`")),
+    responses((status = 200, body = MemberBody), (status = 308, description = "Joined another membership"),
+        (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn get_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = read_member(&state, &caller, parse_member_id(&id)?).await?;
+    if let Some(into) = view.row.merged_into {
+        return Ok(moved(into, ""));
+    }
+    Ok(Json(member_body(view)).into_response())
+}
+
+/// One line of a statement.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatementLine {
+    /// The ledger transaction.
+    pub id: String,
+    /// Signed points.
+    pub points: Points,
+    /// What happened, in the asked language.
+    pub reason: String,
+    /// The reason in French and English.
+    pub reasons: Reasons,
+    /// `spend`, `event`, `first_purchase`, `refund`, `redemption`, `expiry`, `adjustment`, `merge`, `closure`.
+    pub kind: String,
+    /// The rule that made it.
+    pub rule: Option<String>,
+    /// The source event's `messageId`.
+    pub event: Option<String>,
+    /// When the points it credited expire (start of that day, organisation's time zone).
+    pub expires_at: Option<chrono::DateTime<Utc>>,
+    /// Who made it, for manual operations.
+    pub actor: Option<String>,
+    /// When it was written.
+    pub created_at: chrono::DateTime<Utc>,
+}
+
+/// A reason in both languages.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reasons {
+    /// French.
+    pub fr: String,
+    /// English.
+    pub en: String,
+}
+
+/// Points that expire on a day.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Expiring {
+    /// The day they expire (organisation's calendar).
+    pub on: NaiveDate,
+    /// How many.
+    pub points: Points,
+}
+
+/// A member's statement: the balance and every entry that makes it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Statement {
+    /// Member id.
+    pub member: String,
+    /// Programme key.
+    pub programme: String,
+    /// What points are called.
+    pub unit: String,
+    /// Balance: the sum of `entries`.
+    pub balance: Points,
+    /// Every entry, oldest first.
+    pub entries: Vec<StatementLine>,
+    /// What expires when, soonest first.
+    pub expiring: Vec<Expiring>,
+}
+
+fn statement_line(entry: StatementEntry, unit: &str, lang: Lang, tz: chrono_tz::Tz) -> StatementLine {
+    let fr = entry.reason.render(entry.points, unit, Lang::Fr);
+    let en = entry.reason.render(entry.points, unit, Lang::En);
+    StatementLine {
+        id: entry.tx_id,
+        points: entry.points,
+        reason: if lang == Lang::Fr { fr.clone() } else { en.clone() },
+        reasons: Reasons { fr, en },
+        kind: entry.kind,
+        rule: entry.rule,
+        event: entry.message_id,
+        expires_at: entry.expires_on.and_then(|day| {
+            day.and_hms_opt(0, 0, 0).and_then(|t| t.and_local_timezone(tz).earliest()).map(|t| t.with_timezone(&Utc))
+        }),
+        actor: entry.actor,
+        created_at: entry.created_at,
+    }
+}
+
+/// A member's statement, every entry explained in plain French and English.
+#[utoipa::path(get, path = "/api/v1/loyalty/members/{id}/statement", tag = "loyalty",
+    params(("id" = String, Path, description = "Member id"), LangQuery),
+    responses((status = 200, body = Statement), (status = 308, description = "Joined another membership"),
+        (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn statement(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<LangQuery>,
+) -> Result<Response, ApiError> {
+    let lang = lang_of(&query, Lang::En)?;
+    let id = parse_member_id(&id)?;
+    let view = read_member(&state, &caller, id).await?;
+    if let Some(into) = view.row.merged_into {
+        return Ok(moved(into, "/statement"));
+    }
+    let (entries, lots) = state.store.run(move |engine| engine.loyalty_entries(id)).await?;
+    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
+    let unit = programmes
+        .iter()
+        .find(|p| p.head.key == view.row.programme)
+        .map(|p| p.head.unit.clone())
+        .unwrap_or_else(|| "points".into());
+    let tz = state.settings.ingest.time_zone;
+    let mut expiring: std::collections::BTreeMap<NaiveDate, Points> = Default::default();
+    for lot in lots {
+        if let Some(day) = lot.expires_on {
+            *expiring.entry(day).or_default() += lot.remaining;
+        }
+    }
+    Ok(Json(Statement {
+        member: id.to_string(),
+        programme: view.row.programme.clone(),
+        balance: view.row.balance,
+        entries: entries.into_iter().map(|e| statement_line(e, &unit, lang, tz)).collect(),
+        expiring: expiring.into_iter().map(|(on, points)| Expiring { on, points }).collect(),
+        unit,
+    })
+    .into_response())
+}
+
+/// The member's digital card: an SVG with the card number and a QR code a till can scan.
+#[utoipa::path(get, path = "/api/v1/loyalty/members/{id}/card.svg", tag = "loyalty",
+    params(("id" = String, Path, description = "Member id")),
+    responses((status = 200, description = "SVG image", content_type = "image/svg+xml"), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn card_svg(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = read_member(&state, &caller, parse_member_id(&id)?).await?;
+    let card =
+        view.card_number.clone().ok_or_else(|| ApiError::NotFound("this membership has no card number".into()))?;
+    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
+    let name = programmes
+        .iter()
+        .find(|p| p.head.key == view.row.programme)
+        .map(|p| p.head.name.clone())
+        .unwrap_or_else(|| view.row.programme.clone());
+    let svg = crate::loyalty::card_svg(&name, &card).map_err(ApiError::Internal)?;
+    let mut response = svg.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
+    Ok(response)
+}
+
+/// A debit: a number of points and what for.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedemptionBody {
+    /// Points to debit (a positive whole number).
+    pub points: i64,
+    /// What for (shown on the statement): "réduction en caisse", "bon d'achat 10 €".
+    pub reason: String,
+}
+
+/// Debit points, once per `Idempotency-Key` (required): a retry with the same
+/// key gets the first answer and debits nothing; the same key with another
+/// body is refused with 422; a debit the balance cannot cover gets 409 with
+/// the balance.
+#[utoipa::path(post, path = "/api/v1/loyalty/members/{id}/redemptions", tag = "loyalty",
+    params(("id" = String, Path, description = "Member id"),
+        ("Idempotency-Key" = String, Header, description = "A unique key per debit (a UUID); kept at least 24 hours")),
+    request_body = RedemptionBody,
+    responses((status = 201, description = "Debited: id, member, points, balance, reason"),
+        (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
+        (status = 409, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn redeem(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<RedemptionBody>,
+) -> Result<Response, ApiError> {
+    let member = parse_member_id(&id)?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::field(
+                "Idempotency-Key",
+                "this header is required (a unique value per debit, e.g. a UUID), at most 255 characters",
+            )
+        })?
+        .to_string();
+    let points = PositivePoints::new(body.points).map_err(|e| ApiError::field("points", e))?;
+    let reason = body.reason.trim().to_string();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(ApiError::field(
+            "reason",
+            format!("must say what the points pay for, 1 to {MAX_REASON} characters"),
+        ));
+    }
+    let request_hash = hex::encode(sha2::Sha256::digest(
+        serde_json::to_vec(&RedemptionBody { points: body.points, reason: reason.clone() }).unwrap_or_default(),
+    ));
+    let request = DebitRequest {
+        member,
+        points: points.get(),
+        reason,
+        actor: caller.actor(),
+        scope: format!("{} POST /api/v1/loyalty/members/{member}/redemptions", caller.key.key_id),
+        key,
+        request_hash,
+        day: today(&state),
+    };
+    let answer = state.store.run(move |engine| engine.loyalty_debit(&request)).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound(format!("no member `{member}`")),
+        other => other.into(),
+    })?;
+    match answer {
+        DebitAnswer::KeyReused => Ok(unprocessable(
+            "this Idempotency-Key was already used with another request body; use a new key for a new debit",
+        )),
+        DebitAnswer::Answer(stored) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = (status, stored.body).into_response();
+            let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            Ok(response)
+        }
+    }
+}
+
+fn unprocessable(detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "https://relais.dev/problems/idempotency_key_reused",
+        "title": "Idempotency key reused",
+        "status": 422,
+        "detail": detail,
+        "message": detail,
+        "code": "idempotency_key_reused",
+        "errors": [{ "field": "Idempotency-Key", "reason": detail }],
+    });
+    let mut response = (StatusCode::UNPROCESSABLE_ENTITY, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}
+
+/// What an expiry run did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExpiryRun {
+    /// Members whose points expired.
+    pub members: usize,
+    /// Points expired.
+    pub points: i64,
+    /// The day it ran for.
+    pub day: NaiveDate,
+}
+
+/// Expire the points whose expiry day has come (the server also does it every hour).
+#[utoipa::path(post, path = "/api/v1/loyalty/expiry", tag = "loyalty",
+    responses((status = 200, body = ExpiryRun)), security(("bearer" = [])))]
+pub async fn run_expiry(State(state): State<AppState>, caller: Caller) -> Result<Json<ExpiryRun>, ApiError> {
+    let day = today(&state);
+    let actor = caller.actor();
+    let (members, points) = state
+        .store
+        .run_audited(move |engine, audit| {
+            let (members, points) = engine.loyalty_expire(day)?;
+            audit.record(
+                &actor,
+                "loyalty.expiry",
+                None,
+                serde_json::json!({ "members": members, "points": points }),
+            )?;
+            Ok((members, points))
+        })
+        .await?;
+    Ok(Json(ExpiryRun { members, points, day }))
+}
+
+/// The ledger's invariants: the sum of all entries is zero, every
+/// transaction balances, every balance equals its entries and its lots and
+/// none is negative.
+#[utoipa::path(get, path = "/api/v1/loyalty/check", tag = "loyalty",
+    responses((status = 200, description = "The check; `holds` tells whether every invariant holds")),
+    security(("bearer" = [])))]
+pub async fn check(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
+    let check = state.store.run(|engine| engine.loyalty_check()).await?;
+    let mut body = serde_json::to_value(&check).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["holds"] = serde_json::Value::Bool(check.holds());
+    Ok(Json(body).into_response())
+}

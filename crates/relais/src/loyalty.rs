@@ -1,0 +1,268 @@
+//! Programme files as operators write them (TOML, or JSON through the API),
+//! read into checked programmes with errors that name the line and the reason;
+//! the programme's rules as a page anyone can read, and the digital card.
+
+use relais_domain::loyalty::rules::{ProgrammeFile, Rounding};
+use relais_domain::loyalty::{Lang, Programme, ProgrammeError};
+
+/// The format of a programme file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// TOML (`relais loyalty apply FILE.toml`, `Content-Type: application/toml`).
+    Toml,
+    /// JSON (the API's default).
+    Json,
+}
+
+/// Why a programme file is refused, with the line when known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct FileError {
+    /// 1-based line of the file.
+    pub line: Option<usize>,
+    /// Where and why.
+    pub reason: String,
+}
+
+/// Read and check a programme file.
+pub fn parse_programme(text: &str, format: FileFormat) -> Result<Programme, FileError> {
+    let file: ProgrammeFile = match format {
+        FileFormat::Toml => toml::from_str(text).map_err(|e| FileError {
+            line: e.span().map(|span| line_of(text, span.start)),
+            reason: e.message().to_string(),
+        })?,
+        FileFormat::Json => {
+            serde_json::from_str(text).map_err(|e| FileError { line: Some(e.line()), reason: e.to_string() })?
+        }
+    };
+    file.check().map_err(|e| locate(text, format, e))
+}
+
+/// A refused change of a programme in force, as a file error.
+pub fn change_refused(text: &str, format: FileFormat, error: ProgrammeError) -> FileError {
+    locate(text, format, error)
+}
+
+fn locate(text: &str, format: FileFormat, error: ProgrammeError) -> FileError {
+    let line = match format {
+        FileFormat::Toml => toml_line(text, error.version, error.rule),
+        FileFormat::Json => None,
+    };
+    FileError { line, reason: error.to_string() }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// The line of the n-th `[[version]]` (and its m-th `[[version.rule]]`) header.
+fn toml_line(text: &str, version: Option<usize>, rule: Option<usize>) -> Option<usize> {
+    let (mut versions, mut rules) = (0usize, 0usize);
+    for (n, line) in text.lines().enumerate() {
+        let header: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+        if header.starts_with("[[version]]") {
+            versions += 1;
+            rules = 0;
+            if version == Some(versions - 1) && rule.is_none() {
+                return Some(n + 1);
+            }
+        } else if header.starts_with("[[version.rule]]") {
+            rules += 1;
+            if version == Some(versions.saturating_sub(1)) && rule == Some(rules - 1) {
+                return Some(n + 1);
+            }
+        } else if version.is_none() && header.starts_with("[programme]") {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// One rule in plain words.
+fn rule_text(rule: &relais_domain::loyalty::rules::Rule, unit: &str, lang: Lang) -> String {
+    use relais_domain::loyalty::rules::{CapPeriod, Condition, RuleKind};
+    let fr = lang == Lang::Fr;
+    let mut text = match &rule.kind {
+        RuleKind::Spend { rate, rounding, multipliers } => {
+            let rounding = match (rounding, fr) {
+                (Rounding::Down, true) => "arrondi à l'inférieur",
+                (Rounding::Down, false) => "rounded down",
+                (Rounding::Nearest, true) => "arrondi au plus proche",
+                (Rounding::Nearest, false) => "rounded to the nearest point",
+                (Rounding::Up, true) => "arrondi au supérieur",
+                (Rounding::Up, false) => "rounded up",
+            };
+            let mut text = if fr {
+                format!("{} {unit} par euro dépensé ({rounding})", rate.text())
+            } else {
+                format!("{} {unit} per euro spent ({rounding})", rate.text())
+            };
+            for m in multipliers {
+                let on = match (&m.when, fr) {
+                    (Condition::Category(c), true) => format!("produits de la catégorie « {c} »"),
+                    (Condition::Category(c), false) => format!("products of the \"{c}\" category"),
+                    (Condition::Store(s), true) => format!("achats au magasin {s}"),
+                    (Condition::Store(s), false) => format!("purchases at the {s} store"),
+                    (Condition::Channel(c), true) => format!("achats sur le canal {c}"),
+                    (Condition::Channel(c), false) => format!("purchases on the {c} channel"),
+                };
+                text.push_str(&format!("; × {} {} {on}", m.factor.text(), if fr { "pour les" } else { "for" }));
+            }
+            text
+        }
+        RuleKind::Event { event, points } => {
+            if fr {
+                format!("{points} {unit} pour « {event} »")
+            } else {
+                format!("{points} {unit} for \"{event}\"")
+            }
+        }
+        RuleKind::FirstPurchase { points } => {
+            if fr {
+                format!("{points} {unit} offerts au premier achat")
+            } else {
+                format!("{points} {unit} on the first purchase")
+            }
+        }
+    };
+    if let Some(cap) = rule.cap {
+        let per = match (cap.per, fr) {
+            (CapPeriod::Day, true) => "par jour",
+            (CapPeriod::Day, false) => "per day",
+            (CapPeriod::Month, true) => "par mois",
+            (CapPeriod::Month, false) => "per month",
+        };
+        text.push_str(&if fr {
+            format!(", au plus {} {unit} {per}", cap.points)
+        } else {
+            format!(", at most {} {unit} {per}", cap.points)
+        });
+    }
+    text
+}
+
+/// The programme's rules as a readable page, in French or English.
+pub fn rules_html(programme: &Programme, lang: Lang, today: chrono::NaiveDate) -> String {
+    use relais_domain::loyalty::ledger::long_date;
+    use relais_domain::loyalty::rules::Expiry;
+    let fr = lang == Lang::Fr;
+    let head = &programme.head;
+    let unit = escape(&head.unit);
+    let mut body = String::new();
+    let value = format!("{:.2}", head.point_value_minor as f64 / 100.0);
+    body.push_str(&if fr {
+        format!("<p>1 {unit} vaut {} {}.</p>", value.replace('.', ","), escape(&head.currency))
+    } else {
+        format!("<p>1 {unit} is worth {value} {}.</p>", escape(&head.currency))
+    });
+    for version in programme.versions.iter().rev() {
+        let from = long_date(version.effective_from, lang);
+        let status = match (version.effective_from > today, fr) {
+            (true, true) => " (à venir)",
+            (true, false) => " (upcoming)",
+            (false, _) => "",
+        };
+        body.push_str(&if fr {
+            format!("<section><h2>Règles à partir du {from}{status}</h2><ul>")
+        } else {
+            format!("<section><h2>Rules from {from}{status}</h2><ul>")
+        });
+        for rule in &version.rules {
+            body.push_str(&format!("<li>{}</li>", escape(&rule_text(rule, &head.unit, lang))));
+        }
+        let expiry = match (version.expiry, fr) {
+            (Expiry::Never, true) => format!("Les {unit} n'expirent pas."),
+            (Expiry::Never, false) => format!("The {unit} never expire."),
+            (Expiry::Months(m), true) => format!("Les {unit} expirent {m} mois après le jour où ils sont gagnés."),
+            (Expiry::Months(m), false) => format!("The {unit} expire {m} months after the day they are earned."),
+            (Expiry::EndOfFollowingYear, true) => format!("Les {unit} expirent à la fin de l'année suivant leur gain."),
+            (Expiry::EndOfFollowingYear, false) => {
+                format!("The {unit} expire at the end of the year after the one they are earned in.")
+            }
+        };
+        body.push_str(&format!("</ul><p>{expiry}</p></section>"));
+    }
+    let other = if fr { ("en", "English") } else { ("fr", "Français") };
+    let spent = if fr {
+        "<p>Les points utilisés sont pris sur ceux qui expirent le plus tôt. Chaque opération figure sur votre relevé avec sa raison.</p>"
+    } else {
+        "<p>Points you spend are taken from those that expire first. Every operation appears on your statement with its reason.</p>"
+    };
+    format!(
+        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>{name}</title></head><body><main><h1>{name}</h1>{body}{spent}<p><a href=\"?lang={code}\">{label}</a></p></main></body></html>",
+        lang = lang.as_str(),
+        name = escape(&head.name),
+        code = other.0,
+        label = other.1,
+    )
+}
+
+/// The digital card: the programme's name, the number grouped by four, and a
+/// QR code of the number for tills.
+pub fn card_svg(programme_name: &str, card_number: &str) -> Result<String, String> {
+    let code = qrcode::QrCode::new(card_number.as_bytes()).map_err(|e| format!("cannot draw the QR code: {e}"))?;
+    let qr = code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(150, 150).quiet_zone(true).build();
+    let qr = qr.split_once("?>").map(|(_, svg)| svg.trim().to_string()).unwrap_or(qr);
+    let qr = qr.replacen("<svg ", "<svg x=\"300\" y=\"20\" width=\"160\" height=\"160\" ", 1);
+    let grouped =
+        card_number.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(" ");
+    Ok(format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"480\" height=\"200\" viewBox=\"0 0 480 200\" role=\"img\" \
+         aria-label=\"{name} {grouped}\"><rect width=\"480\" height=\"200\" rx=\"16\" fill=\"#1d3557\"/>\
+         <rect x=\"292\" y=\"12\" width=\"176\" height=\"176\" rx=\"8\" fill=\"#ffffff\"/>\
+         <text x=\"24\" y=\"56\" font-family=\"sans-serif\" font-size=\"24\" fill=\"#ffffff\">{name}</text>\
+         <text x=\"24\" y=\"150\" font-family=\"monospace\" font-size=\"20\" fill=\"#ffffff\">{grouped}</text>{qr}</svg>",
+        name = escape(programme_name),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[programme]
+key = "club"
+name = "Club Relais"
+point_value_minor = 1
+
+[[version]]
+effective_from = "2026-01-01"
+expiry = { months = 12 }
+
+[[version.rule]]
+id = "spend"
+kind = "spend"
+points_per_euro = "1"
+
+[[version.rule]]
+id = "review"
+kind = "event"
+event = "Review Submitted"
+points = -5
+"#;
+
+    #[test]
+    fn errors_name_the_line_of_the_rule_at_fault() {
+        let error = parse_programme(GOOD, FileFormat::Toml).unwrap_err();
+        assert_eq!(error.line, Some(16), "{error}");
+        assert!(error.reason.contains("points must be 1 to 1000000"), "{error}");
+        let fixed = GOOD.replace("points = -5", "points = 5");
+        assert_eq!(parse_programme(&fixed, FileFormat::Toml).unwrap().versions[0].rules.len(), 2);
+    }
+
+    #[test]
+    fn syntax_and_unknown_fields_name_their_line() {
+        let typo = GOOD.replace("points_per_euro = \"1\"", "points_per_eur = \"1\"");
+        let error = parse_programme(&typo, FileFormat::Toml).unwrap_err();
+        assert!(error.reason.contains("points_per_eur"), "{error}");
+        assert!(error.line.is_some(), "{error}");
+        let broken = GOOD.replace("[[version]]", "[[version]");
+        assert!(parse_programme(&broken, FileFormat::Toml).unwrap_err().line.is_some());
+    }
+}

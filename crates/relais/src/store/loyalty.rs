@@ -1,0 +1,1019 @@
+//! The loyalty ledger's algorithms, written once for every engine: earning on
+//! ingested events (inside the ingest transaction, so an event earns exactly
+//! once and never without being stored), merging memberships with their
+//! people, debits with idempotency keys, expiry and closing at erasure.
+//!
+//! Engines provide the primitives (`LedgerTx`). With several writers
+//! (PostgreSQL), every algorithm locks the membership rows it changes
+//! (`FOR UPDATE`, in id order) before reading balances or lots, so concurrent
+//! debits and earns on one member serialise and a balance never goes negative.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use relais_domain::loyalty::ledger::Account;
+use relais_domain::loyalty::rules::{order_lines, within_cap, EarnInput, OrderInput};
+use relais_domain::loyalty::{allocate, Lot, Points, Programme, Reason, ReasonKind};
+use relais_domain::message::events::{ORDER_COMPLETED, ORDER_REFUNDED};
+use relais_domain::{CustomerId, EventId, LedgerTxId, MemberId, MessageType, TrackingMessage};
+use serde::Serialize;
+
+use super::ingest::IngestSettings;
+use super::StoreError;
+
+/// Every programme, as of a revision of the `loyalty_programmes` table.
+#[derive(Debug, Default)]
+pub struct Programmes {
+    /// The table's highest revision when read.
+    pub revision: i64,
+    /// Programmes by key.
+    pub by_key: BTreeMap<String, Programme>,
+}
+
+/// A shared cache of the programmes, reloaded when their revision moves.
+#[derive(Debug, Default)]
+pub struct ProgrammeCache(std::sync::Mutex<Option<Arc<Programmes>>>);
+
+impl ProgrammeCache {
+    /// The programmes at `revision`, reading them with `load` when the cache is older.
+    pub fn get(
+        &self,
+        revision: i64,
+        load: impl FnOnce() -> Result<Vec<Programme>, StoreError>,
+    ) -> Result<Arc<Programmes>, StoreError> {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cached) = guard.as_ref().filter(|c| c.revision == revision) {
+            return Ok(cached.clone());
+        }
+        let by_key = load()?.into_iter().map(|p| (p.head.key.clone(), p)).collect();
+        let fresh = Arc::new(Programmes { revision, by_key });
+        *guard = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+/// A membership's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    /// Earning and spending.
+    Active,
+    /// Joined another membership of the same person (`merged_into`).
+    Merged,
+    /// Closed by an erasure.
+    Closed,
+}
+
+impl MemberStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Active => "active",
+            MemberStatus::Merged => "merged",
+            MemberStatus::Closed => "closed",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(text: &str) -> Result<MemberStatus, StoreError> {
+        match text {
+            "active" => Ok(MemberStatus::Active),
+            "merged" => Ok(MemberStatus::Merged),
+            "closed" => Ok(MemberStatus::Closed),
+            other => Err(StoreError::Database(format!("unknown membership status `{other}`"))),
+        }
+    }
+}
+
+/// A membership row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    /// The profile it was enrolled under (possibly merged into another since).
+    pub customer: CustomerId,
+    /// Its id.
+    pub member: MemberId,
+    /// Its programme.
+    pub programme: String,
+    /// The lookup token of its card (an identifier of kind `card`).
+    pub card_token: String,
+    /// Balance (the sum of its ledger entries).
+    pub balance: Points,
+    /// State.
+    pub status: MemberStatus,
+    /// The membership it joined, when merged.
+    pub merged_into: Option<MemberId>,
+    /// Enrolment.
+    pub enrolled_at: DateTime<Utc>,
+}
+
+/// One side of a ledger transaction.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    /// The customer row the entry is filed under (the member's).
+    pub customer: CustomerId,
+    /// The membership.
+    pub member: MemberId,
+    /// The account.
+    pub account: Account,
+    /// Signed points.
+    pub points: Points,
+    /// Why.
+    pub reason: Reason,
+    /// For credits that create a lot: when it expires.
+    pub expires_on: Option<NaiveDate>,
+}
+
+/// A ledger transaction (a posting): legs summing to zero, and what they came from.
+#[derive(Debug, Clone)]
+pub struct Posting {
+    /// Its id.
+    pub id: LedgerTxId,
+    /// `spend`, `event`, `first_purchase`, `refund`, `redemption`, `expiry`,
+    /// `adjustment`, `merge`, `closure`.
+    pub kind: &'static str,
+    /// The rule that made it.
+    pub rule: Option<String>,
+    /// The source event.
+    pub event_id: Option<EventId>,
+    /// The source event's `messageId`.
+    pub message_id: Option<String>,
+    /// The order it concerns.
+    pub order_id: Option<String>,
+    /// The order's total, on earn entries (so refunds take back their share).
+    pub basis_minor: Option<i64>,
+    /// The day it refers to (organisation's calendar; caps count by it).
+    pub day: NaiveDate,
+    /// Who made it, for manual operations (`key:…`, `cli:…`).
+    pub actor: Option<String>,
+    /// Its legs.
+    pub legs: Vec<Leg>,
+}
+
+/// A new lot.
+#[derive(Debug, Clone)]
+pub struct NewLot {
+    /// The member's customer row.
+    pub customer: CustomerId,
+    /// The membership.
+    pub member: MemberId,
+    /// Its id.
+    pub lot_id: String,
+    /// Points.
+    pub points: Points,
+    /// Points left at the end of the step that created it.
+    pub remaining: Points,
+    /// Expiry.
+    pub expires_on: Option<NaiveDate>,
+}
+
+/// A stored answer to a debit request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    /// Hash of the request body it answered.
+    pub request_hash: String,
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: String,
+}
+
+/// Everything one loyalty step writes.
+#[derive(Debug, Default)]
+pub struct LedgerWrite {
+    /// Transactions to append.
+    pub transactions: Vec<Posting>,
+    /// Lots to create.
+    pub new_lots: Vec<NewLot>,
+    /// Lots whose remaining points changed: customer, lot, remaining.
+    pub lot_updates: Vec<(CustomerId, String, Points)>,
+    /// Memberships to create.
+    pub new_members: Vec<MemberRow>,
+    /// Memberships whose balance or status changed (final state).
+    pub member_updates: Vec<MemberRow>,
+    /// The answer to remember under an idempotency key: customer, scope, key, answer.
+    pub answer: Option<(CustomerId, String, String, StoredAnswer)>,
+}
+
+impl LedgerWrite {
+    fn is_empty(&self) -> bool {
+        self.transactions.is_empty() && self.new_members.is_empty() && self.member_updates.is_empty()
+    }
+}
+
+/// What an order earned and what its refunds took back so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderHistory {
+    /// Points its earn entries granted.
+    pub earned: Points,
+    /// The order's total, as recorded when it earned.
+    pub basis_minor: i64,
+    /// Amount refunded so far.
+    pub refunded_minor: i64,
+}
+
+/// Engine primitives for the ledger, inside the caller's transaction.
+pub trait LedgerTx {
+    /// The highest revision of the programmes table (0 when empty).
+    fn programmes_revision(&mut self) -> Result<i64, StoreError>;
+    /// Every programme.
+    fn load_programmes(&mut self) -> Result<Vec<Programme>, StoreError>;
+    /// Active memberships of these profiles and of the profiles merged into
+    /// them, each with the root it belongs to; locked (in id order) where
+    /// several writers exist.
+    fn family_members(&mut self, roots: &[CustomerId]) -> Result<Vec<(CustomerId, MemberRow)>, StoreError>;
+    /// One membership, whatever its state; locked where several writers exist.
+    fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError>;
+    /// Points a rule granted a member between two days (inclusive).
+    fn cap_used(
+        &mut self,
+        member: &MemberRow,
+        rule: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Points, StoreError>;
+    /// Rules of a kind that already paid a member.
+    fn rules_paid(&mut self, member: &MemberRow, kind: &str) -> Result<Vec<String>, StoreError>;
+    /// What an order earned a member, and what refunds took back.
+    fn order_history(&mut self, member: &MemberRow, order_id: &str) -> Result<OrderHistory, StoreError>;
+    /// Lots with points left.
+    fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError>;
+    /// The answer stored under an idempotency key.
+    fn idempotent_answer(
+        &mut self,
+        customer: CustomerId,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredAnswer>, StoreError>;
+    /// Apply a step.
+    fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError>;
+    /// The surviving profile of a profile (itself unless merged); `None` if unknown.
+    fn root_of(&mut self, customer: CustomerId) -> Result<Option<CustomerId>, StoreError>;
+    /// Link a card number to a profile as an identifier of kind `card`; its
+    /// token, or `None` when the number is already taken.
+    fn attach_card(
+        &mut self,
+        customer: CustomerId,
+        card: &relais_domain::Identifier,
+    ) -> Result<Option<String>, StoreError>;
+}
+
+/// What enrolling found or made.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    /// The membership.
+    pub member: MemberRow,
+    /// Its card number, when made now (else read it with the member).
+    pub card_number: Option<String>,
+    /// Whether it was created now (else it existed).
+    pub created: bool,
+}
+
+/// Enrol a profile (its survivor, if merged) in a programme, issuing a card;
+/// an existing active membership of the person is returned instead.
+pub fn enrol(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) -> Result<Enrolment, StoreError> {
+    let root = tx.root_of(customer)?.ok_or(StoreError::NotFound)?;
+    if let Some((_, existing)) = tx.family_members(&[root])?.into_iter().find(|(_, m)| m.programme == programme) {
+        return Ok(Enrolment { member: existing, card_number: None, created: false });
+    }
+    let mut rng = rand::thread_rng();
+    for _ in 0..8 {
+        let card = relais_domain::loyalty::CardNumber::generate(&mut rng);
+        let identifier = relais_domain::Identifier::new(relais_domain::IdentifierKind::Card, card.as_str())
+            .map_err(|e| StoreError::Database(format!("a generated card number was refused: {e}")))?;
+        let Some(card_token) = tx.attach_card(root, &identifier)? else { continue };
+        let member = MemberRow {
+            customer: root,
+            member: MemberId::new(),
+            programme: programme.to_string(),
+            card_token,
+            balance: 0,
+            status: MemberStatus::Active,
+            merged_into: None,
+            enrolled_at: Utc::now(),
+        };
+        let write = LedgerWrite { new_members: vec![member.clone()], ..LedgerWrite::default() };
+        tx.write_ledger(&write)?;
+        return Ok(Enrolment { member, card_number: Some(card.as_str().to_string()), created: true });
+    }
+    Err(StoreError::Database("could not find a free card number after 8 tries".into()))
+}
+
+/// A membership as the API shows it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    /// The row.
+    pub row: MemberRow,
+    /// The profile it belongs to now.
+    pub customer: CustomerId,
+    /// The card number.
+    pub card_number: Option<String>,
+}
+
+impl MemberView {
+    /// Views of a person's membership rows, with the card numbers found for their tokens.
+    pub fn of_person(rows: Vec<MemberRow>, customer: CustomerId, cards: &HashMap<String, String>) -> Vec<MemberView> {
+        rows.into_iter()
+            .map(|row| MemberView { card_number: cards.get(&row.card_token).cloned(), customer, row })
+            .collect()
+    }
+}
+
+/// One ledger entry of a member, for the statement.
+#[derive(Debug, Clone)]
+pub struct StatementEntry {
+    /// Its transaction.
+    pub tx_id: String,
+    /// Kind of the transaction.
+    pub kind: String,
+    /// Signed points.
+    pub points: Points,
+    /// Rule.
+    pub rule: Option<String>,
+    /// The source event's `messageId`.
+    pub message_id: Option<String>,
+    /// Why.
+    pub reason: Reason,
+    /// Expiry of the points it credited.
+    pub expires_on: Option<NaiveDate>,
+    /// Who, for manual operations.
+    pub actor: Option<String>,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The ledger's invariants, as found in the database.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LedgerCheck {
+    /// Sum of every entry (must be 0).
+    pub total: i64,
+    /// Transactions whose legs do not sum to zero.
+    pub unbalanced_transactions: Vec<String>,
+    /// Memberships whose balance differs from their entries or their lots: member, balance, entries, lots.
+    pub mismatched_members: Vec<(String, i64, i64, i64)>,
+    /// Memberships with a negative balance.
+    pub negative_balances: Vec<String>,
+    /// Memberships checked.
+    pub members: u64,
+}
+
+impl LedgerCheck {
+    /// Whether every invariant holds.
+    pub fn holds(&self) -> bool {
+        self.total == 0
+            && self.unbalanced_transactions.is_empty()
+            && self.mismatched_members.is_empty()
+            && self.negative_balances.is_empty()
+    }
+}
+
+/// The programmes in force, through the cache.
+pub fn programmes(tx: &mut dyn LedgerTx, cache: &ProgrammeCache) -> Result<Arc<Programmes>, StoreError> {
+    let revision = tx.programmes_revision()?;
+    cache.get(revision, || tx.load_programmes())
+}
+
+/// An ingested event as earning sees it: the profile it finally belongs to
+/// (after the batch's merges), its id and message.
+pub type EarnEvent<'a> = (CustomerId, EventId, &'a TrackingMessage);
+
+/// The state of memberships while a step runs: rows, lots loaded on demand,
+/// cap usage as counted so far.
+#[derive(Default)]
+struct Book {
+    members: BTreeMap<MemberId, MemberRow>,
+    lots: HashMap<MemberId, Vec<Lot>>,
+    caps: HashMap<(MemberId, String, NaiveDate), Points>,
+    first_paid: HashMap<MemberId, Vec<String>>,
+    orders: HashMap<(MemberId, String), OrderHistory>,
+    changed: BTreeSet<MemberId>,
+    write: LedgerWrite,
+}
+
+impl Book {
+    fn lots<'a>(&'a mut self, tx: &mut dyn LedgerTx, member: MemberId) -> Result<&'a mut Vec<Lot>, StoreError> {
+        if !self.lots.contains_key(&member) {
+            let row = self.members.get(&member).ok_or(StoreError::NotFound)?.clone();
+            let lots = tx.open_lots(&row)?;
+            self.lots.insert(member, lots);
+        }
+        Ok(self.lots.get_mut(&member).expect("lots loaded"))
+    }
+
+    /// Credit a member from `counter`, creating a lot.
+    fn credit(
+        &mut self,
+        mut transaction: Posting,
+        member: MemberId,
+        points: Points,
+        counter: Account,
+        reason: Reason,
+        expires_on: Option<NaiveDate>,
+    ) {
+        let row = self.members.get_mut(&member).expect("member loaded");
+        row.balance += points;
+        let lot_id = transaction.id.to_string();
+        transaction.legs = vec![
+            Leg {
+                customer: row.customer,
+                member,
+                account: Account::Member,
+                points,
+                reason: reason.clone(),
+                expires_on,
+            },
+            Leg { customer: row.customer, member, account: counter, points: -points, reason, expires_on: None },
+        ];
+        let lot = Lot { id: lot_id.clone(), remaining: points, expires_on };
+        if let Some(lots) = self.lots.get_mut(&member) {
+            lots.push(lot);
+        }
+        self.write.new_lots.push(NewLot {
+            customer: row.customer,
+            member,
+            lot_id,
+            points,
+            remaining: points,
+            expires_on,
+        });
+        self.write.transactions.push(transaction);
+        self.changed.insert(member);
+    }
+
+    /// Debit points (oldest expiry first) into `counter`; the points taken.
+    /// Taking `Exactly` more than the balance is an error carrying the balance.
+    fn debit(
+        &mut self,
+        tx: &mut dyn LedgerTx,
+        mut transaction: Posting,
+        member: MemberId,
+        wanted: Take,
+        counter: Account,
+        reason: impl FnOnce(Points) -> Reason,
+    ) -> Result<Result<Points, Points>, StoreError> {
+        let customer = self.members.get(&member).ok_or(StoreError::NotFound)?.customer;
+        let lots = self.lots(tx, member)?;
+        let available: Points = lots.iter().map(|l| l.remaining).sum();
+        let take = match wanted {
+            Take::Exactly(points) => points,
+            Take::UpTo(points) => points.min(available),
+        };
+        let allocation = match allocate(lots, take) {
+            Ok(a) => a,
+            Err(balance) => return Ok(Err(balance)),
+        };
+        let mut updates = Vec::with_capacity(allocation.len());
+        for (lot_id, points) in &allocation {
+            let lot = lots.iter_mut().find(|l| &l.id == lot_id).expect("allocated lot exists");
+            lot.remaining -= points;
+            updates.push((customer, lot_id.clone(), lot.remaining));
+        }
+        self.write.lot_updates.extend(updates);
+        let reason = reason(take);
+        let row = self.members.get_mut(&member).expect("member loaded");
+        row.balance -= take;
+        transaction.legs = vec![
+            Leg { customer, member, account: Account::Member, points: -take, reason: reason.clone(), expires_on: None },
+            Leg { customer, member, account: counter, points: take, reason, expires_on: None },
+        ];
+        self.write.transactions.push(transaction);
+        self.changed.insert(member);
+        Ok(Ok(take))
+    }
+
+    fn finish(mut self) -> LedgerWrite {
+        let mut lots: BTreeMap<(CustomerId, String), Points> = BTreeMap::new();
+        for (customer, lot, remaining) in self.write.lot_updates.drain(..) {
+            lots.insert((customer, lot), remaining);
+        }
+        // A lot created in this step is written with its final remaining points.
+        for new in &mut self.write.new_lots {
+            if let Some(remaining) = lots.remove(&(new.customer, new.lot_id.clone())) {
+                new.remaining = remaining;
+            }
+        }
+        self.write.lot_updates.extend(lots.into_iter().map(|((c, l), r)| (c, l, r)));
+        let new_ids: BTreeSet<MemberId> = self.write.new_members.iter().map(|m| m.member).collect();
+        for member in &self.changed {
+            if let Some(row) = self.members.get(member) {
+                if new_ids.contains(member) {
+                    if let Some(new) = self.write.new_members.iter_mut().find(|m| m.member == *member) {
+                        *new = row.clone();
+                    }
+                } else {
+                    self.write.member_updates.push(row.clone());
+                }
+            }
+        }
+        self.write
+    }
+}
+
+/// How much a debit takes.
+#[derive(Debug, Clone, Copy)]
+enum Take {
+    /// This many, or nothing (a redemption).
+    Exactly(Points),
+    /// As many as the balance holds, up to this (a refund taking points back).
+    UpTo(Points),
+}
+
+fn transaction(kind: &'static str, day: NaiveDate) -> Posting {
+    Posting {
+        id: LedgerTxId::new(),
+        kind,
+        rule: None,
+        event_id: None,
+        message_id: None,
+        order_id: None,
+        basis_minor: None,
+        day,
+        actor: None,
+        legs: Vec::new(),
+    }
+}
+
+/// Earn on a batch's stored events and join the memberships of the profiles
+/// it merged, inside the ingest transaction. `merges` are (survivor, merged)
+/// in the order they happened.
+pub fn earn_batch(
+    tx: &mut dyn LedgerTx,
+    events: &[EarnEvent<'_>],
+    merges: &[(CustomerId, CustomerId)],
+    settings: &IngestSettings,
+) -> Result<(), StoreError> {
+    let programmes = programmes(tx, &settings.programmes)?;
+    if programmes.by_key.is_empty() {
+        return Ok(());
+    }
+    let relevant: Vec<&EarnEvent<'_>> =
+        events.iter().filter(|(_, _, m)| m.kind == MessageType::Track && m.name.is_some()).collect();
+    if relevant.is_empty() && merges.is_empty() {
+        return Ok(());
+    }
+    // Merges are already written: memberships are found under the final survivors.
+    let mut root_of: HashMap<CustomerId, CustomerId> = HashMap::new();
+    for (survivor, merged) in merges {
+        root_of.insert(*merged, *survivor);
+    }
+    let find = |mut c: CustomerId| {
+        while let Some(next) = root_of.get(&c) {
+            c = *next;
+        }
+        c
+    };
+    let mut roots: BTreeSet<CustomerId> = relevant.iter().map(|(c, _, _)| find(*c)).collect();
+    roots.extend(merges.iter().map(|(survivor, _)| find(*survivor)));
+    let roots: Vec<CustomerId> = roots.into_iter().collect();
+    let rows = tx.family_members(&roots)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut book = Book::default();
+    let mut by_programme: BTreeMap<(CustomerId, String), Vec<MemberId>> = BTreeMap::new();
+    for (root, row) in rows {
+        by_programme.entry((root, row.programme.clone())).or_default().push(row.member);
+        book.members.insert(row.member, row);
+    }
+    // Two memberships of one programme now belong to one person: they join
+    // into the older one.
+    let now_day = settings.day_of(Utc::now());
+    let mut member_of: HashMap<(CustomerId, String), MemberId> = HashMap::new();
+    for ((owner, programme), mut members) in by_programme {
+        members.sort();
+        let keep = members[0];
+        for other in &members[1..] {
+            join_members(tx, &mut book, keep, *other, now_day)?;
+        }
+        member_of.insert((owner, programme), keep);
+    }
+
+    for (customer, event_id, message) in relevant {
+        let owner = find(*customer);
+        let day = settings.day_of(message.timestamp);
+        let name = message.name.as_deref().unwrap_or_default();
+        for (key, programme) in &programmes.by_key {
+            let Some(member) = member_of.get(&(owner, key.clone())).copied() else { continue };
+            if name == ORDER_REFUNDED {
+                refund(tx, &mut book, member, programme, *event_id, message, day)?;
+                continue;
+            }
+            let Some(version) = programme.version_at(day) else { continue };
+            let order = (name == ORDER_COMPLETED).then_some(message.order.as_ref()).flatten().map(|o| OrderInput {
+                order_id: o.order_id.as_deref(),
+                amount_minor: o.amount_minor,
+                currency: o.currency.as_str(),
+                lines: order_lines(&message.properties, &o.currency),
+            });
+            let has_first = version
+                .rules
+                .iter()
+                .any(|r| matches!(r.kind, relais_domain::loyalty::rules::RuleKind::FirstPurchase { .. }));
+            if order.is_some() && has_first && !book.first_paid.contains_key(&member) {
+                let row = book.members[&member].clone();
+                let paid = tx.rules_paid(&row, "first_purchase")?;
+                book.first_paid.insert(member, paid);
+            }
+            let done = book.first_paid.get(&member).cloned().unwrap_or_default();
+            let input = EarnInput {
+                event: name,
+                day,
+                channel: message.channel.as_str(),
+                store: message.store.as_deref(),
+                order,
+                first_purchase_done: &done,
+            };
+            for earning in version.earn(&input, &programme.head.currency) {
+                let mut points = earning.points;
+                if let Some(cap) = earning.cap {
+                    let start = cap.per.start(day);
+                    let slot = (member, earning.rule.clone(), start);
+                    let used = match book.caps.get(&slot) {
+                        Some(used) => *used,
+                        None => {
+                            let row = book.members[&member].clone();
+                            tx.cap_used(&row, &earning.rule, start, cap.per.end(day))?
+                        }
+                    };
+                    points = within_cap(points, Some(cap), used);
+                    book.caps.insert(slot, used + points);
+                }
+                if points <= 0 {
+                    continue;
+                }
+                let mut reason = earning.reason;
+                if points < earning.points {
+                    match &mut reason {
+                        ReasonKind::Spend { capped, .. } | ReasonKind::Event { capped, .. } => *capped = true,
+                        _ => {}
+                    }
+                }
+                let kind = match reason {
+                    ReasonKind::Spend { .. } => "spend",
+                    ReasonKind::FirstPurchase { .. } => "first_purchase",
+                    _ => "event",
+                };
+                if kind == "first_purchase" {
+                    book.first_paid.entry(member).or_default().push(earning.rule.clone());
+                }
+                let mut t = transaction(kind, day);
+                t.rule = Some(earning.rule.clone());
+                t.event_id = Some(*event_id);
+                t.message_id = Some(message.message_id.clone());
+                t.order_id = message.order.as_ref().and_then(|o| o.order_id.clone());
+                t.basis_minor = (kind == "spend").then(|| message.order.as_ref().map(|o| o.amount_minor)).flatten();
+                if let (Some(order), "spend") = (t.order_id.clone(), kind) {
+                    let entry = book.orders.entry((member, order)).or_default();
+                    entry.earned += points;
+                    entry.basis_minor = t.basis_minor.unwrap_or_default();
+                }
+                let expires = version.expiry.expires_on(day);
+                book.credit(t, member, points, Account::Issued, Reason { kind: reason, day }, expires);
+            }
+        }
+    }
+    let write = book.finish();
+    if !write.is_empty() {
+        tx.write_ledger(&write)?;
+    }
+    Ok(())
+}
+
+/// Move `other`'s balance and lots into `keep` (two memberships of one person).
+fn join_members(
+    tx: &mut dyn LedgerTx,
+    book: &mut Book,
+    keep: MemberId,
+    other: MemberId,
+    day: NaiveDate,
+) -> Result<(), StoreError> {
+    let lots: Vec<Lot> = book.lots(tx, other)?.iter().filter(|l| l.remaining > 0).cloned().collect();
+    book.lots(tx, keep)?;
+    let from = book.members[&other].clone();
+    let into = book.members[&keep].clone();
+    let moved: Points = lots.iter().map(|l| l.remaining).sum();
+    let mut t = transaction("merge", day);
+    t.legs = vec![
+        Leg {
+            customer: from.customer,
+            member: other,
+            account: Account::Member,
+            points: -moved,
+            reason: Reason { kind: ReasonKind::MergedOut { into: keep.to_string() }, day },
+            expires_on: None,
+        },
+        Leg {
+            customer: into.customer,
+            member: keep,
+            account: Account::Member,
+            points: moved,
+            reason: Reason { kind: ReasonKind::MergedIn { from: other.to_string() }, day },
+            expires_on: None,
+        },
+    ];
+    for (n, lot) in lots.iter().enumerate() {
+        book.write.lot_updates.push((from.customer, lot.id.clone(), 0));
+        let lot_id = format!("{}-{n}", t.id);
+        book.write.new_lots.push(NewLot {
+            customer: into.customer,
+            member: keep,
+            lot_id: lot_id.clone(),
+            points: lot.remaining,
+            remaining: lot.remaining,
+            expires_on: lot.expires_on,
+        });
+        book.lots.get_mut(&keep).expect("loaded").push(Lot {
+            id: lot_id,
+            remaining: lot.remaining,
+            expires_on: lot.expires_on,
+        });
+    }
+    if let Some(l) = book.lots.get_mut(&other) {
+        l.iter_mut().for_each(|lot| lot.remaining = 0);
+    }
+    book.write.transactions.push(t);
+    let gone = book.members.get_mut(&other).expect("loaded");
+    gone.balance -= moved;
+    gone.status = MemberStatus::Merged;
+    gone.merged_into = Some(keep);
+    book.members.get_mut(&keep).expect("loaded").balance += moved;
+    book.changed.insert(other);
+    book.changed.insert(keep);
+    Ok(())
+}
+
+/// Take back the share of an order's points that a refund returns.
+fn refund(
+    tx: &mut dyn LedgerTx,
+    book: &mut Book,
+    member: MemberId,
+    programme: &Programme,
+    event_id: EventId,
+    message: &TrackingMessage,
+    day: NaiveDate,
+) -> Result<(), StoreError> {
+    let Some(order) = message.order.as_ref() else { return Ok(()) };
+    let Some(order_id) = order.order_id.clone() else { return Ok(()) };
+    if order.currency != programme.head.currency {
+        return Ok(());
+    }
+    let slot = (member, order_id.clone());
+    if !book.orders.contains_key(&slot) {
+        let row = book.members[&member].clone();
+        let history = tx.order_history(&row, &order_id)?;
+        book.orders.insert(slot.clone(), history);
+    }
+    let history = book.orders[&slot];
+    let reversal = relais_domain::loyalty::rules::refund_reversal(
+        history.earned,
+        history.basis_minor,
+        history.refunded_minor,
+        order.amount_minor,
+    );
+    book.orders.get_mut(&slot).expect("loaded").refunded_minor += order.amount_minor;
+    if history.earned <= 0 {
+        return Ok(());
+    }
+    // Recorded even when it takes nothing back (a small refund rounds to 0), so
+    // later refunds of the same order know how much was refunded before.
+    let mut t = transaction("refund", day);
+    t.event_id = Some(event_id);
+    t.message_id = Some(message.message_id.clone());
+    t.order_id = Some(order_id.clone());
+    t.basis_minor = Some(order.amount_minor);
+    let currency = order.currency.clone();
+    let refunded = order.amount_minor;
+    book.debit(tx, t, member, Take::UpTo(reversal), Account::Issued, |taken| Reason {
+        kind: ReasonKind::Refund {
+            order_id: Some(order_id),
+            refunded_minor: refunded,
+            currency,
+            unrecovered: reversal - taken,
+        },
+        day,
+    })?
+    .ok();
+    Ok(())
+}
+
+/// A debit asked for through the API.
+#[derive(Debug, Clone)]
+pub struct DebitRequest {
+    /// The membership.
+    pub member: MemberId,
+    /// Points.
+    pub points: Points,
+    /// What for.
+    pub reason: String,
+    /// Who asks (`key:…`).
+    pub actor: String,
+    /// The idempotency scope (API key and route) and key.
+    pub scope: String,
+    /// The `Idempotency-Key`.
+    pub key: String,
+    /// Hash of the request body.
+    pub request_hash: String,
+    /// Today in the organisation's calendar.
+    pub day: NaiveDate,
+}
+
+/// The answer to a debit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DebitAnswer {
+    /// The stored answer (first or replayed): status and JSON body.
+    Answer(StoredAnswer),
+    /// The key was used with another body.
+    KeyReused,
+}
+
+/// Debit a member (a redemption), once per idempotency key. The answer,
+/// refusals included, is stored in the same transaction as the debit.
+pub fn debit(tx: &mut dyn LedgerTx, request: &DebitRequest) -> Result<DebitAnswer, StoreError> {
+    let mut row = tx.member(request.member)?.ok_or(StoreError::NotFound)?;
+    let mut hops = 0;
+    while let (MemberStatus::Merged, Some(next)) = (row.status, row.merged_into) {
+        hops += 1;
+        if hops > 16 {
+            return Err(StoreError::Database("membership merge chain too long".into()));
+        }
+        row = tx.member(next)?.ok_or(StoreError::NotFound)?;
+    }
+    if let Some(previous) = tx.idempotent_answer(row.customer, &request.scope, &request.key)? {
+        return Ok(if previous.request_hash == request.request_hash {
+            DebitAnswer::Answer(previous)
+        } else {
+            DebitAnswer::KeyReused
+        });
+    }
+    let mut book = Book::default();
+    let member = row.member;
+    let customer = row.customer;
+    let status = row.status;
+    book.members.insert(member, row);
+    let answer = if status != MemberStatus::Active {
+        StoredAnswer {
+            request_hash: request.request_hash.clone(),
+            status: 409,
+            body: problem(
+                "membership_closed",
+                "Membership closed",
+                "the account was closed when the customer's data was erased; nothing can be debited".into(),
+                serde_json::json!({ "member": member.to_string() }),
+            ),
+        }
+    } else {
+        let mut t = transaction("redemption", request.day);
+        t.actor = Some(request.actor.clone());
+        let tx_id = t.id;
+        let reason = request.reason.clone();
+        let day = request.day;
+        match book.debit(tx, t, member, Take::Exactly(request.points), Account::Redeemed, |_| Reason {
+            kind: ReasonKind::Redemption { reason },
+            day,
+        })? {
+            Ok(taken) => StoredAnswer {
+                request_hash: request.request_hash.clone(),
+                status: 201,
+                body: serde_json::json!({
+                    "id": tx_id.to_string(),
+                    "member": member.to_string(),
+                    "points": taken,
+                    "balance": book.members[&member].balance,
+                    "reason": request.reason,
+                })
+                .to_string(),
+            },
+            Err(balance) => StoredAnswer {
+                request_hash: request.request_hash.clone(),
+                status: 409,
+                body: problem(
+                    "insufficient_balance",
+                    "Insufficient balance",
+                    format!("the balance is {balance} points and {} were asked; nothing was debited", request.points),
+                    serde_json::json!({ "balance": balance, "requested": request.points, "member": member.to_string() }),
+                ),
+            },
+        }
+    };
+    let mut write = book.finish();
+    write.answer = Some((customer, request.scope.clone(), request.key.clone(), answer.clone()));
+    tx.write_ledger(&write)?;
+    Ok(DebitAnswer::Answer(answer))
+}
+
+/// An RFC 9457 problem document (as the HTTP layer writes them) with extra
+/// members, stored as the answer to a refused debit.
+fn problem(code: &str, title: &str, detail: String, extra: serde_json::Value) -> String {
+    let mut body = serde_json::json!({
+        "type": format!("https://relais.dev/problems/{code}"),
+        "title": title,
+        "status": 409,
+        "detail": detail,
+        "message": detail,
+        "code": code,
+    });
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    body.to_string()
+}
+
+/// Expire what is due on `day` for one member: lots whose expiry day has come.
+pub fn expire_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) -> Result<Points, StoreError> {
+    let Some(row) = tx.member(member)? else { return Ok(0) };
+    if row.status != MemberStatus::Active {
+        return Ok(0);
+    }
+    let lots = tx.open_lots(&row)?;
+    let customer = row.customer;
+    let mut book = Book::default();
+    book.members.insert(member, row);
+    let mut expired = 0;
+    for lot in lots.iter().filter(|l| l.expires_on.is_some_and(|e| e <= day) && l.remaining > 0) {
+        expired += lot.remaining;
+        book.write.lot_updates.push((customer, lot.id.clone(), 0));
+    }
+    if expired == 0 {
+        return Ok(0);
+    }
+    let mut t = transaction("expiry", day);
+    let reason = Reason { kind: ReasonKind::Expiry, day };
+    t.legs = vec![
+        Leg { customer, member, account: Account::Member, points: -expired, reason: reason.clone(), expires_on: None },
+        Leg { customer, member, account: Account::Expired, points: expired, reason, expires_on: None },
+    ];
+    book.write.transactions.push(t);
+    book.members.get_mut(&member).expect("loaded").balance -= expired;
+    book.changed.insert(member);
+    tx.write_ledger(&book.finish())?;
+    Ok(expired)
+}
+
+/// Close the memberships of erased profiles with a final entry each, so the
+/// ledger's sum stays zero once the person is gone.
+pub fn close_for_erasure(tx: &mut dyn LedgerTx, family: &[CustomerId], day: NaiveDate) -> Result<usize, StoreError> {
+    let rows = tx.family_members(family)?;
+    let mut book = Book::default();
+    let mut closed = 0;
+    for (_, row) in rows {
+        let member = row.member;
+        book.members.insert(member, row);
+        let lots = book.lots(tx, member)?.clone();
+        let customer = book.members[&member].customer;
+        let balance: Points = lots.iter().map(|l| l.remaining).sum();
+        for lot in lots.iter().filter(|l| l.remaining > 0) {
+            book.write.lot_updates.push((customer, lot.id.clone(), 0));
+        }
+        let mut t = transaction("closure", day);
+        let reason = Reason { kind: ReasonKind::Closure, day };
+        t.legs = vec![
+            Leg {
+                customer,
+                member,
+                account: Account::Member,
+                points: -balance,
+                reason: reason.clone(),
+                expires_on: None,
+            },
+            Leg { customer, member, account: Account::Closed, points: balance, reason, expires_on: None },
+        ];
+        book.write.transactions.push(t);
+        let row = book.members.get_mut(&member).expect("loaded");
+        row.balance = 0;
+        row.status = MemberStatus::Closed;
+        book.changed.insert(member);
+        closed += 1;
+    }
+    if closed > 0 {
+        tx.write_ledger(&book.finish())?;
+    }
+    Ok(closed)
+}
+
+/// An order's history from its entries: (kind, points, basis) of the member's legs.
+pub fn order_history_of(rows: Vec<(String, Points, Option<i64>)>) -> OrderHistory {
+    let mut history = OrderHistory::default();
+    for (kind, points, basis) in rows {
+        match kind.as_str() {
+            "spend" => {
+                history.earned += points;
+                history.basis_minor = basis.unwrap_or(history.basis_minor);
+            }
+            "refund" => history.refunded_minor += basis.unwrap_or_default(),
+            _ => {}
+        }
+    }
+    history
+}
+
+/// The invariants from the ledger's sums: the total, unbalanced transactions,
+/// and per member (id, balance, sum of its entries, sum of its lots).
+pub fn ledger_check(total: i64, unbalanced: Vec<String>, members: Vec<(String, i64, i64, i64)>) -> LedgerCheck {
+    LedgerCheck {
+        total,
+        unbalanced_transactions: unbalanced,
+        negative_balances: members.iter().filter(|m| m.1 < 0).map(|m| m.0.clone()).collect(),
+        members: members.len() as u64,
+        mismatched_members: members.into_iter().filter(|m| m.1 != m.2 || m.1 != m.3).collect(),
+    }
+}

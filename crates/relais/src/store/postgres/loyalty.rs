@@ -1,0 +1,419 @@
+//! The loyalty ledger on PostgreSQL: the `LedgerTx` primitives and the reads.
+//! Several server processes write at once, so every step locks the
+//! membership rows it changes (`FOR UPDATE`, in member id order) before it
+//! reads balances or lots.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use postgres::GenericClient;
+use relais_domain::loyalty::{Lot, Points, Programme, Reason};
+use relais_domain::{CustomerId, Identifier, MemberId};
+
+use super::{parse_id, PgTx};
+use crate::store::loyalty::{
+    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, StatementEntry, StoredAnswer,
+};
+use crate::store::seal::{self, Privacy, StoredValue};
+use crate::store::StoreError;
+
+const MEMBER_COLUMNS: &str =
+    "m.customer_id, m.member_id, m.programme_key, m.card_token, m.balance, m.status, m.merged_into, m.enrolled_at";
+
+fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
+    Ok(MemberRow {
+        customer: parse_id(r.get::<_, &str>(0))?,
+        member: parse_id(r.get::<_, &str>(1))?,
+        programme: r.get(2),
+        card_token: r.get(3),
+        balance: r.get(4),
+        status: MemberStatus::parse(r.get::<_, &str>(5))?,
+        merged_into: r.get::<_, Option<&str>>(6).map(parse_id).transpose()?,
+        enrolled_at: r.get(7),
+    })
+}
+
+/// Programmes stored as JSON definitions.
+pub(super) fn load_programmes(client: &mut impl GenericClient) -> Result<Vec<Programme>, StoreError> {
+    client
+        .query("SELECT definition FROM loyalty_programmes ORDER BY programme_key", &[])?
+        .iter()
+        .map(|r| {
+            serde_json::from_str(r.get::<_, &str>(0))
+                .map_err(|e| StoreError::Database(format!("bad stored programme: {e}")))
+        })
+        .collect()
+}
+
+/// Store a checked programme (the caller holds the table's lock).
+pub(super) fn save_programme(client: &mut impl GenericClient, programme: &Programme) -> Result<i64, StoreError> {
+    let definition = serde_json::to_string(programme).map_err(|e| StoreError::Database(e.to_string()))?;
+    let revision: i64 = client.query_one("SELECT COALESCE(MAX(revision), 0) + 1 FROM loyalty_programmes", &[])?.get(0);
+    client.execute(
+        "INSERT INTO loyalty_programmes (programme_key, definition, revision, updated_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (programme_key) DO UPDATE SET definition = excluded.definition, revision = excluded.revision, \
+         updated_at = excluded.updated_at",
+        &[&programme.head.key, &definition, &revision],
+    )?;
+    Ok(revision)
+}
+
+impl LedgerTx for PgTx<'_, '_> {
+    fn programmes_revision(&mut self) -> Result<i64, StoreError> {
+        Ok(self.tx.query_one("SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes", &[])?.get(0))
+    }
+
+    fn load_programmes(&mut self) -> Result<Vec<Programme>, StoreError> {
+        load_programmes(self.tx)
+    }
+
+    fn family_members(&mut self, roots: &[CustomerId]) -> Result<Vec<(CustomerId, MemberRow)>, StoreError> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
+        // Locked in member id order, so two writers touching the same members
+        // cannot deadlock.
+        let rows = self.tx.query(
+            &format!(
+                "SELECT {MEMBER_COLUMNS}, COALESCE(c.merged_into, c.customer_id) FROM loyalty_members m \
+                 JOIN customers c ON c.customer_id = m.customer_id \
+                 WHERE m.status = 'active' AND (c.customer_id = ANY($1) OR c.merged_into = ANY($1)) \
+                 ORDER BY m.member_id FOR UPDATE OF m"
+            ),
+            &[&ids],
+        )?;
+        rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(8))?, to_member(r)?))).collect()
+    }
+
+    fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
+        self.tx
+            .query_opt(
+                &format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = $1 FOR UPDATE"),
+                &[&id.to_string()],
+            )?
+            .as_ref()
+            .map(to_member)
+            .transpose()
+    }
+
+    fn cap_used(
+        &mut self,
+        member: &MemberRow,
+        rule: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Points, StoreError> {
+        Ok(self
+            .tx
+            .query_one(
+                "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
+                 AND rule = $3 AND day BETWEEN $4 AND $5 AND leg = 0",
+                &[&member.customer.to_string(), &member.member.to_string(), &rule, &from, &to],
+            )?
+            .get(0))
+    }
+
+    fn rules_paid(&mut self, member: &MemberRow, kind: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT DISTINCT rule FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 AND kind = $3 \
+                 AND leg = 0 AND rule IS NOT NULL",
+                &[&member.customer.to_string(), &member.member.to_string(), &kind],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn order_history(&mut self, member: &MemberRow, order_id: &str) -> Result<OrderHistory, StoreError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT kind, points, basis_minor FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
+                 AND order_id = $3 AND leg = 0",
+                &[&member.customer.to_string(), &member.member.to_string(), &order_id],
+            )?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, Option<i64>>(2)))
+            .collect();
+        Ok(crate::store::loyalty::order_history_of(rows))
+    }
+
+    fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError> {
+        open_lots(self.tx, member)
+    }
+
+    fn idempotent_answer(
+        &mut self,
+        customer: CustomerId,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredAnswer>, StoreError> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT request_hash, status, response FROM loyalty_idempotency WHERE customer_id = $1 AND scope = $2 \
+                 AND idem_key = $3",
+                &[&customer.to_string(), &scope, &key],
+            )?
+            .map(|r| StoredAnswer { request_hash: r.get(0), status: r.get::<_, i32>(1) as u16, body: r.get(2) }))
+    }
+
+    fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError> {
+        for m in &write.new_members {
+            self.tx.execute(
+                "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, \
+                 merged_into, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &m.customer.to_string(),
+                    &m.member.to_string(),
+                    &m.programme,
+                    &m.card_token,
+                    &m.balance,
+                    &m.status.as_str(),
+                    &m.merged_into.map(|id| id.to_string()),
+                    &m.enrolled_at,
+                ],
+            )?;
+        }
+        if !write.transactions.is_empty() {
+            let mut columns: EntryColumns = EntryColumns::default();
+            for t in &write.transactions {
+                for (leg, l) in t.legs.iter().enumerate() {
+                    columns.customer.push(l.customer.to_string());
+                    columns.tx.push(t.id.to_string());
+                    columns.leg.push(leg as i32);
+                    columns.member.push(l.member.to_string());
+                    columns.account.push(l.account.as_str().to_string());
+                    columns.points.push(l.points);
+                    columns.kind.push(t.kind.to_string());
+                    columns.rule.push(t.rule.clone());
+                    columns.event.push(t.event_id.map(|e| e.to_string()));
+                    columns.message.push(t.message_id.clone());
+                    columns.order.push(t.order_id.clone());
+                    columns.basis.push(t.basis_minor);
+                    columns.day.push(t.day);
+                    columns
+                        .reason
+                        .push(serde_json::to_string(&l.reason).map_err(|e| StoreError::Database(e.to_string()))?);
+                    columns.expires.push(l.expires_on);
+                    columns.actor.push(t.actor.clone());
+                }
+            }
+            let c = &columns;
+            self.tx.execute(
+                "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
+                 message_id, order_id, basis_minor, day, reason, expires_on, actor, created_at) \
+                 SELECT *, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], \
+                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::date[], $14::text[], \
+                 $15::date[], $16::text[])",
+                &[
+                    &c.customer, &c.tx, &c.leg, &c.member, &c.account, &c.points, &c.kind, &c.rule, &c.event,
+                    &c.message, &c.order, &c.basis, &c.day, &c.reason, &c.expires, &c.actor,
+                ],
+            )?;
+        }
+        for lot in &write.new_lots {
+            self.tx.execute(
+                "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &lot.customer.to_string(),
+                    &lot.lot_id,
+                    &lot.member.to_string(),
+                    &lot.points,
+                    &lot.remaining,
+                    &lot.expires_on,
+                ],
+            )?;
+        }
+        for (customer, lot, remaining) in &write.lot_updates {
+            self.tx.execute(
+                "UPDATE loyalty_lots SET remaining = $3 WHERE customer_id = $1 AND lot_id = $2",
+                &[&customer.to_string(), lot, remaining],
+            )?;
+        }
+        for m in &write.member_updates {
+            self.tx.execute(
+                "UPDATE loyalty_members SET balance = $3, status = $4, merged_into = $5 \
+                 WHERE customer_id = $1 AND member_id = $2",
+                &[
+                    &m.customer.to_string(),
+                    &m.member.to_string(),
+                    &m.balance,
+                    &m.status.as_str(),
+                    &m.merged_into.map(|id| id.to_string()),
+                ],
+            )?;
+        }
+        if let Some((customer, scope, key, answer)) = &write.answer {
+            self.tx.execute(
+                "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, now())",
+                &[&customer.to_string(), scope, key, &answer.request_hash, &i32::from(answer.status), &answer.body],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn root_of(&mut self, customer: CustomerId) -> Result<Option<CustomerId>, StoreError> {
+        let row =
+            self.tx.query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&customer.to_string()])?;
+        Ok(match row {
+            None => None,
+            Some(r) => match r.get::<_, Option<&str>>(0) {
+                None => Some(customer),
+                Some(survivor) => Some(parse_id(survivor)?),
+            },
+        })
+    }
+
+    fn attach_card(&mut self, customer: CustomerId, card: &Identifier) -> Result<Option<String>, StoreError> {
+        let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
+        let token = privacy.keyring.token(card);
+        let key = seal::data_key_of(&privacy.keyring, customer, |missing| super::read_data_keys(self.tx, missing))?;
+        let value = StoredValue::of(&privacy.classes, card, customer, &key);
+        let inserted = self.tx.execute(
+            "INSERT INTO identifiers (identifier, kind, customer_id, created_at, value, sealed) \
+             VALUES ($1, $2, $3, now(), $4, $5) ON CONFLICT DO NOTHING",
+            &[&token.to_string(), &token.kind().as_str(), &customer.to_string(), &value.clear(), &value.sealed()],
+        )?;
+        Ok((inserted == 1).then(|| token.to_string()))
+    }
+}
+
+#[derive(Default)]
+struct EntryColumns {
+    customer: Vec<String>,
+    tx: Vec<String>,
+    leg: Vec<i32>,
+    member: Vec<String>,
+    account: Vec<String>,
+    points: Vec<i64>,
+    kind: Vec<String>,
+    rule: Vec<Option<String>>,
+    event: Vec<Option<String>>,
+    message: Vec<Option<String>>,
+    order: Vec<Option<String>>,
+    basis: Vec<Option<i64>>,
+    day: Vec<NaiveDate>,
+    reason: Vec<String>,
+    expires: Vec<Option<NaiveDate>>,
+    actor: Vec<Option<String>>,
+}
+
+/// A member's lots with points left.
+pub(super) fn open_lots(client: &mut impl GenericClient, member: &MemberRow) -> Result<Vec<Lot>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE customer_id = $1 AND member_id = $2 \
+             AND remaining > 0",
+            &[&member.customer.to_string(), &member.member.to_string()],
+        )?
+        .iter()
+        .map(|r| Lot { id: r.get(0), remaining: r.get(1), expires_on: r.get(2) })
+        .collect())
+}
+
+/// One membership by id (no lock).
+pub(super) fn member(client: &mut impl GenericClient, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
+    client
+        .query_opt(
+            &format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = $1"),
+            &[&id.to_string()],
+        )?
+        .as_ref()
+        .map(to_member)
+        .transpose()
+}
+
+/// Active memberships of a person (a profile and the profiles merged into it).
+pub(super) fn members_of(client: &mut impl GenericClient, root: CustomerId) -> Result<Vec<MemberRow>, StoreError> {
+    client
+        .query(
+            &format!(
+                "SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.status = 'active' AND (m.customer_id = $1 \
+                 OR m.customer_id IN (SELECT customer_id FROM customers WHERE merged_into = $1)) ORDER BY m.member_id"
+            ),
+            &[&root.to_string()],
+        )?
+        .iter()
+        .map(to_member)
+        .collect()
+}
+
+/// The card numbers behind card tokens.
+pub(super) fn card_numbers(
+    client: &mut impl GenericClient,
+    privacy: &Privacy,
+    tokens: Vec<String>,
+) -> Result<HashMap<String, String>, StoreError> {
+    let values = super::reveal(client, privacy, tokens.clone())?;
+    Ok(tokens.into_iter().zip(values).map(|(t, v)| (t, v.strip_prefix("card:").unwrap_or(&v).to_string())).collect())
+}
+
+/// A member's own entries (its side of every transaction), oldest first.
+pub(super) fn entries(client: &mut impl GenericClient, row: &MemberRow) -> Result<Vec<StatementEntry>, StoreError> {
+    client
+        .query(
+            "SELECT tx_id, kind, points, rule, message_id, reason, expires_on, actor, created_at FROM loyalty_entries \
+             WHERE customer_id = $1 AND member_id = $2 AND account = 'member' ORDER BY created_at, tx_id, leg",
+            &[&row.customer.to_string(), &row.member.to_string()],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(StatementEntry {
+                tx_id: r.get(0),
+                kind: r.get(1),
+                points: r.get(2),
+                rule: r.get(3),
+                message_id: r.get(4),
+                reason: serde_json::from_str::<Reason>(r.get::<_, &str>(5))
+                    .map_err(|e| StoreError::Database(format!("bad stored reason: {e}")))?,
+                expires_on: r.get(6),
+                actor: r.get(7),
+                created_at: r.get::<_, DateTime<Utc>>(8),
+            })
+        })
+        .collect()
+}
+
+/// Members holding lots whose expiry day has come.
+pub(super) fn members_with_due_lots(
+    client: &mut impl GenericClient,
+    day: NaiveDate,
+    limit: usize,
+) -> Result<Vec<MemberId>, StoreError> {
+    client
+        .query(
+            "SELECT DISTINCT member_id FROM loyalty_lots WHERE remaining > 0 AND expires_on <= $1 LIMIT $2",
+            &[&day, &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| parse_id(r.get::<_, &str>(0)))
+        .collect()
+}
+
+/// Check the ledger's invariants over the whole database.
+pub(super) fn check(client: &mut impl GenericClient) -> Result<LedgerCheck, StoreError> {
+    let total: i64 = client.query_one("SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries", &[])?.get(0);
+    let unbalanced = client
+        .query("SELECT tx_id FROM loyalty_entries GROUP BY tx_id HAVING SUM(points) <> 0", &[])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let rows = client
+        .query(
+            "SELECT m.member_id, m.balance, \
+             (SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries e WHERE e.member_id = m.member_id AND e.account = 'member'), \
+             (SELECT COALESCE(SUM(remaining), 0)::bigint FROM loyalty_lots l WHERE l.member_id = m.member_id) \
+             FROM loyalty_members m",
+            &[],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    Ok(crate::store::loyalty::ledger_check(total, unbalanced, rows))
+}

@@ -1,0 +1,415 @@
+//! The loyalty ledger on SQLite: the `LedgerTx` primitives and the reads.
+//! Every write runs on the writer thread, so steps never race; days are
+//! stored as `YYYY-MM-DD` text and instants as microseconds.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use relais_domain::loyalty::{Lot, Points, Programme, Reason};
+use relais_domain::{CustomerId, Identifier, MemberId};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{from_micros, micros, parse_id, SqliteTx};
+use crate::store::loyalty::{
+    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, StatementEntry, StoredAnswer,
+};
+use crate::store::seal::{self, Privacy, StoredValue};
+use crate::store::StoreError;
+
+fn day_text(day: NaiveDate) -> String {
+    day.format("%Y-%m-%d").to_string()
+}
+
+fn parse_day(text: &str) -> Result<NaiveDate, StoreError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| StoreError::Database(format!("bad stored day `{text}`")))
+}
+
+const MEMBER_COLUMNS: &str =
+    "m.customer_id, m.member_id, m.programme_key, m.card_token, m.balance, m.status, m.merged_into, m.enrolled_at";
+
+/// A membership row as read: customer, member, programme, card token, balance,
+/// status, merged into, enrolled at.
+type RawMember = (String, String, String, String, i64, String, Option<String>, i64);
+
+fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawMember> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+}
+
+fn to_member(raw: RawMember) -> Result<MemberRow, StoreError> {
+    let (customer, member, programme, card_token, balance, status, merged_into, enrolled_at) = raw;
+    Ok(MemberRow {
+        customer: parse_id(&customer)?,
+        member: parse_id(&member)?,
+        programme,
+        card_token,
+        balance,
+        status: MemberStatus::parse(&status)?,
+        merged_into: merged_into.as_deref().map(parse_id).transpose()?,
+        enrolled_at: from_micros(enrolled_at),
+    })
+}
+
+/// Programmes stored as JSON definitions.
+pub(super) fn load_programmes(conn: &Connection) -> Result<Vec<Programme>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT definition FROM loyalty_programmes ORDER BY programme_key")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    rows.iter()
+        .map(|text| serde_json::from_str(text).map_err(|e| StoreError::Database(format!("bad stored programme: {e}"))))
+        .collect()
+}
+
+/// Store a checked programme (new, or a change already checked against the old one).
+pub(super) fn save_programme(conn: &Connection, programme: &Programme) -> Result<i64, StoreError> {
+    let definition = serde_json::to_string(programme).map_err(|e| StoreError::Database(e.to_string()))?;
+    let revision: i64 =
+        conn.query_row("SELECT COALESCE(MAX(revision), 0) + 1 FROM loyalty_programmes", [], |r| r.get(0))?;
+    conn.execute(
+        "INSERT INTO loyalty_programmes (programme_key, definition, revision, updated_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (programme_key) DO UPDATE SET definition = excluded.definition, revision = excluded.revision, \
+         updated_at = excluded.updated_at",
+        params![programme.head.key, definition, revision, micros(chrono::Utc::now())],
+    )?;
+    Ok(revision)
+}
+
+impl LedgerTx for SqliteTx<'_, '_> {
+    fn programmes_revision(&mut self) -> Result<i64, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT COALESCE(MAX(revision), 0) FROM loyalty_programmes")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    fn load_programmes(&mut self) -> Result<Vec<Programme>, StoreError> {
+        load_programmes(self.tx)
+    }
+
+    fn family_members(&mut self, roots: &[CustomerId]) -> Result<Vec<(CustomerId, MemberRow)>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.status = 'active' AND (m.customer_id = ?1 \
+             OR m.customer_id IN (SELECT customer_id FROM customers WHERE merged_into = ?1)) ORDER BY m.member_id"
+        ))?;
+        let mut found = Vec::new();
+        for root in roots {
+            for raw in stmt.query_map([root.to_string()], member_row)? {
+                found.push((*root, to_member(raw?)?));
+            }
+        }
+        Ok(found)
+    }
+
+    fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
+        member(self.tx, id)
+    }
+
+    fn cap_used(
+        &mut self,
+        member: &MemberRow,
+        rule: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Points, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT COALESCE(SUM(points), 0) FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
+                 AND rule = ?3 AND day BETWEEN ?4 AND ?5 AND leg = 0",
+            )?
+            .query_row(
+                params![member.customer.to_string(), member.member.to_string(), rule, day_text(from), day_text(to)],
+                |r| r.get(0),
+            )?)
+    }
+
+    fn rules_paid(&mut self, member: &MemberRow, kind: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT DISTINCT rule FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 AND kind = ?3 \
+             AND leg = 0 AND rule IS NOT NULL",
+        )?;
+        let rules = stmt
+            .query_map(params![member.customer.to_string(), member.member.to_string(), kind], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(rules)
+    }
+
+    fn order_history(&mut self, member: &MemberRow, order_id: &str) -> Result<OrderHistory, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT kind, points, basis_minor FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
+             AND order_id = ?3 AND leg = 0",
+        )?;
+        let rows = stmt
+            .query_map(params![member.customer.to_string(), member.member.to_string(), order_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::store::loyalty::order_history_of(rows))
+    }
+
+    fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE customer_id = ?1 AND member_id = ?2 \
+             AND remaining > 0",
+        )?;
+        let rows = stmt
+            .query_map(params![member.customer.to_string(), member.member.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, remaining, expires)| {
+                Ok(Lot { id, remaining, expires_on: expires.as_deref().map(parse_day).transpose()? })
+            })
+            .collect()
+    }
+
+    fn idempotent_answer(
+        &mut self,
+        customer: CustomerId,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredAnswer>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT request_hash, status, response FROM loyalty_idempotency WHERE customer_id = ?1 AND scope = ?2 \
+                 AND idem_key = ?3",
+            )?
+            .query_row(params![customer.to_string(), scope, key], |r| {
+                Ok(StoredAnswer { request_hash: r.get(0)?, status: r.get(1)?, body: r.get(2)? })
+            })
+            .optional()?)
+    }
+
+    fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError> {
+        let now = micros(chrono::Utc::now());
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, \
+                 merged_into, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for m in &write.new_members {
+                stmt.execute(params![
+                    m.customer.to_string(),
+                    m.member.to_string(),
+                    m.programme,
+                    m.card_token,
+                    m.balance,
+                    m.status.as_str(),
+                    m.merged_into.map(|id| id.to_string()),
+                    micros(m.enrolled_at)
+                ])?;
+            }
+        }
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
+                 message_id, order_id, basis_minor, day, reason, expires_on, actor, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            )?;
+            for t in &write.transactions {
+                for (leg, l) in t.legs.iter().enumerate() {
+                    stmt.execute(params![
+                        l.customer.to_string(),
+                        t.id.to_string(),
+                        leg as i64,
+                        l.member.to_string(),
+                        l.account.as_str(),
+                        l.points,
+                        t.kind,
+                        t.rule,
+                        t.event_id.map(|e| e.to_string()),
+                        t.message_id,
+                        t.order_id,
+                        t.basis_minor,
+                        day_text(t.day),
+                        serde_json::to_string(&l.reason).map_err(|e| StoreError::Database(e.to_string()))?,
+                        l.expires_on.map(day_text),
+                        t.actor,
+                        now
+                    ])?;
+                }
+            }
+        }
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for lot in &write.new_lots {
+                stmt.execute(params![
+                    lot.customer.to_string(),
+                    lot.lot_id,
+                    lot.member.to_string(),
+                    lot.points,
+                    lot.remaining,
+                    lot.expires_on.map(day_text)
+                ])?;
+            }
+        }
+        {
+            let mut stmt = self
+                .tx
+                .prepare_cached("UPDATE loyalty_lots SET remaining = ?3 WHERE customer_id = ?1 AND lot_id = ?2")?;
+            for (customer, lot, remaining) in &write.lot_updates {
+                stmt.execute(params![customer.to_string(), lot, remaining])?;
+            }
+        }
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "UPDATE loyalty_members SET balance = ?3, status = ?4, merged_into = ?5 \
+                 WHERE customer_id = ?1 AND member_id = ?2",
+            )?;
+            for m in &write.member_updates {
+                stmt.execute(params![
+                    m.customer.to_string(),
+                    m.member.to_string(),
+                    m.balance,
+                    m.status.as_str(),
+                    m.merged_into.map(|id| id.to_string())
+                ])?;
+            }
+        }
+        if let Some((customer, scope, key, answer)) = &write.answer {
+            self.tx.execute(
+                "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![customer.to_string(), scope, key, answer.request_hash, answer.status, answer.body, now],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn root_of(&mut self, customer: CustomerId) -> Result<Option<CustomerId>, StoreError> {
+        let row: Option<Option<String>> = self
+            .tx
+            .query_row("SELECT merged_into FROM customers WHERE customer_id = ?1", [customer.to_string()], |r| r.get(0))
+            .optional()?;
+        Ok(match row {
+            None => None,
+            Some(None) => Some(customer),
+            Some(Some(survivor)) => Some(parse_id(&survivor)?),
+        })
+    }
+
+    fn attach_card(&mut self, customer: CustomerId, card: &Identifier) -> Result<Option<String>, StoreError> {
+        let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
+        let token = privacy.keyring.token(card);
+        let key = seal::data_key_of(&privacy.keyring, customer, |missing| super::read_data_keys(self.tx, missing))?;
+        let value = StoredValue::of(&privacy.classes, card, customer, &key);
+        let inserted = self.tx.execute(
+            "INSERT OR IGNORE INTO identifiers (identifier, kind, customer_id, created_at, value, sealed) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                token.to_string(),
+                token.kind().as_str(),
+                customer.to_string(),
+                micros(chrono::Utc::now()),
+                value.clear(),
+                value.sealed()
+            ],
+        )?;
+        Ok((inserted == 1).then(|| token.to_string()))
+    }
+}
+
+/// One membership by id.
+pub(super) fn member(conn: &Connection, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = ?1"))?
+        .query_row([id.to_string()], member_row)
+        .optional()?
+        .map(to_member)
+        .transpose()
+}
+
+/// Active memberships of a person (a profile, its survivor, and the profiles merged into it).
+pub(super) fn members_of(conn: &Connection, root: CustomerId) -> Result<Vec<MemberRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.status = 'active' AND (m.customer_id = ?1 \
+         OR m.customer_id IN (SELECT customer_id FROM customers WHERE merged_into = ?1)) ORDER BY m.member_id"
+    ))?;
+    let rows = stmt.query_map([root.to_string()], member_row)?.collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(to_member).collect()
+}
+
+/// The card numbers behind card tokens.
+pub(super) fn card_numbers(
+    conn: &Connection,
+    privacy: &Privacy,
+    tokens: Vec<String>,
+) -> Result<HashMap<String, String>, StoreError> {
+    let values = super::reveal(conn, privacy, tokens.clone())?;
+    Ok(tokens.into_iter().zip(values).map(|(t, v)| (t, v.strip_prefix("card:").unwrap_or(&v).to_string())).collect())
+}
+
+/// A member's own entries (its side of every transaction), oldest first.
+pub(super) fn entries(conn: &Connection, row: &MemberRow) -> Result<Vec<StatementEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT tx_id, kind, points, rule, message_id, reason, expires_on, actor, created_at FROM loyalty_entries \
+         WHERE customer_id = ?1 AND member_id = ?2 AND account = 'member' ORDER BY created_at, tx_id, leg",
+    )?;
+    let rows = stmt
+        .query_map(params![row.customer.to_string(), row.member.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, i64>(8)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(tx_id, kind, points, rule, message_id, reason, expires, actor, created)| {
+            Ok(StatementEntry {
+                tx_id,
+                kind,
+                points,
+                rule,
+                message_id,
+                reason: serde_json::from_str::<Reason>(&reason)
+                    .map_err(|e| StoreError::Database(format!("bad stored reason: {e}")))?,
+                expires_on: expires.as_deref().map(parse_day).transpose()?,
+                actor,
+                created_at: from_micros(created),
+            })
+        })
+        .collect()
+}
+
+/// Members holding lots whose expiry day has come.
+pub(super) fn members_with_due_lots(
+    conn: &Connection,
+    day: NaiveDate,
+    limit: usize,
+) -> Result<Vec<MemberId>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT member_id FROM loyalty_lots WHERE remaining > 0 AND expires_on <= ?1 LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![day_text(day), limit as i64], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.iter().map(|m| parse_id(m)).collect()
+}
+
+/// Check the ledger's invariants over the whole database.
+pub(super) fn check(conn: &Connection) -> Result<LedgerCheck, StoreError> {
+    let total: i64 = conn.query_row("SELECT COALESCE(SUM(points), 0) FROM loyalty_entries", [], |r| r.get(0))?;
+    let unbalanced = conn
+        .prepare("SELECT tx_id FROM loyalty_entries GROUP BY tx_id HAVING SUM(points) <> 0")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = conn
+        .prepare(
+            "SELECT m.member_id, m.balance, \
+             (SELECT COALESCE(SUM(points), 0) FROM loyalty_entries e WHERE e.member_id = m.member_id AND e.account = 'member'), \
+             (SELECT COALESCE(SUM(remaining), 0) FROM loyalty_lots l WHERE l.member_id = m.member_id) \
+             FROM loyalty_members m",
+        )?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::store::loyalty::ledger_check(total, unbalanced, rows))
+}

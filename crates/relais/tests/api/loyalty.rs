@@ -1,0 +1,416 @@
+//! Loyalty over HTTP against a real database: programmes, enrolment and
+//! cards, earning once per event, refunds, debits with idempotency keys under
+//! concurrency (two server processes on PostgreSQL), merges, erasure, expiry,
+//! and the ledger's invariants after each.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{place, start_binary, TestApp};
+
+/// The test programme (TOML, as `relais loyalty apply` reads it).
+pub const PROGRAMME: &str = r#"
+[programme]
+key = "club"
+name = "Club Relais"
+unit = "points"
+point_value_minor = 1
+
+[[version]]
+effective_from = "2020-01-01"
+expiry = { months = 12 }
+
+[[version.rule]]
+id = "spend"
+kind = "spend"
+points_per_euro = "1"
+multiplier = [ { category = "Beauté", factor = "2" }, { store = "lyon-part-dieu", factor = "1.5" } ]
+
+[[version.rule]]
+id = "review"
+kind = "event"
+event = "Review Submitted"
+points = 20
+cap = { per = "month", points = 40 }
+
+[[version.rule]]
+id = "welcome"
+kind = "first_purchase"
+points = 50
+"#;
+
+/// The same programme as JSON (the API's default body).
+pub const PROGRAMME_JSON: &str = r#"{"programme": {"key": "club", "name": "Club Relais", "unit": "points", "point_value_minor": 1},
+ "version": [{"effective_from": "2020-01-01", "expiry": {"months": 12}, "rule": [
+   {"id": "spend", "kind": "spend", "points_per_euro": "1",
+    "multiplier": [{"category": "Beauté", "factor": "2"}, {"store": "lyon-part-dieu", "factor": "1.5"}]},
+   {"id": "review", "kind": "event", "event": "Review Submitted", "points": 20, "cap": {"per": "month", "points": 40}},
+   {"id": "welcome", "kind": "first_purchase", "points": 50}]}]}"#;
+
+/// A request with the admin key (or `key`), a content type and extra headers.
+async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let url = format!("{}{path}", app.address);
+    let mut request = match method {
+        "GET" => client.get(url),
+        _ => client.post(url),
+    }
+    .bearer_auth(&app.admin);
+    if let Some((content_type, bytes)) = body {
+        request = request.header("content-type", content_type).body(bytes);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let location = response.headers().get("location").map(|l| l.to_str().unwrap().to_string());
+    let text = response.text().await.unwrap();
+    let mut value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if let (Some(location), Value::Object(map)) = (location, &mut value) {
+        map.insert("__location".into(), Value::String(location));
+    }
+    (status, value)
+}
+
+async fn post_json(app: &TestApp, path: &str, body: Value, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    call(app, "POST", path, Some(("application/json", serde_json::to_vec(&body).unwrap())), headers).await
+}
+
+async fn apply(app: &TestApp, toml: &str) -> (StatusCode, Value) {
+    call(app, "POST", "/api/v1/loyalty/programmes", Some(("application/toml", toml.as_bytes().to_vec())), &[]).await
+}
+
+async fn enrol(app: &TestApp, identifier: &str) -> Value {
+    let (status, body) = post_json(app, "/api/v1/loyalty/members", json!({ "identifier": identifier }), &[]).await;
+    assert!(status == StatusCode::CREATED || status == StatusCode::OK, "{status}: {body}");
+    body
+}
+
+async fn statement(app: &TestApp, member: &str) -> Value {
+    let (status, body) =
+        call(app, "GET", &format!("/api/v1/loyalty/members/{member}/statement?lang=fr"), None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn redeem(app: &TestApp, member: &str, points: i64, key: &str) -> (StatusCode, Value) {
+    post_json(
+        app,
+        &format!("/api/v1/loyalty/members/{member}/redemptions"),
+        json!({ "points": points, "reason": "bon d'achat" }),
+        &[("Idempotency-Key", key)],
+    )
+    .await
+}
+
+async fn assert_ledger_holds(app: &TestApp) {
+    let (status, check) = call(app, "GET", "/api/v1/loyalty/check", None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(check["holds"], true, "{check}");
+    assert_eq!(check["total"], 0, "{check}");
+}
+
+fn order(user: &str, message_id: &str, order_id: &str, total: f64, store: &str, products: Value) -> Value {
+    json!({"type": "track", "userId": user, "event": "Order Completed", "messageId": message_id,
+           "context": {"channel": "store"},
+           "properties": {"order_id": order_id, "total": total, "currency": "EUR", "store": store, "products": products}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_earn_once_by_the_rules_and_the_statement_explains_every_point() {
+    let app = TestApp::spawn().await;
+    let (status, applied) = apply(&app, PROGRAMME).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    app.batch(json!([{"type": "identify", "userId": "lea", "traits": {"email": "lea@exemple.fr"}}])).await;
+
+    let member = enrol(&app, "email:lea@exemple.fr").await;
+    let id = member["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("mem_"));
+    let card = member["card_number"].as_str().unwrap().to_string();
+    assert!(card.starts_with("9251") && card.len() == 16, "{card}");
+    assert!(relais_domain::loyalty::CardNumber::parse(&card).is_ok());
+    // Enrolling again finds the same membership; the card finds the person.
+    let (status, again) = post_json(&app, "/api/v1/loyalty/members", json!({"identifier": "user_id:lea"}), &[]).await;
+    assert_eq!((status, again["id"].as_str()), (StatusCode::OK, Some(id.as_str())));
+    let (status, found) =
+        call(&app, "GET", &format!("/api/v1/loyalty/members?identifier=card:{card}"), None, &[]).await;
+    assert_eq!((status, found["id"].as_str()), (StatusCode::OK, Some(id.as_str())), "{found}");
+
+    // 42.50 € at Lyon Part-Dieu, 10 € of it beauty: (42.50 + 10) × 1.5 = 78.75 → 78, plus the welcome bonus.
+    let products = json!([{"category": "Beauté", "price": 5.0, "quantity": 2}, {"category": "Maison", "price": 32.5}]);
+    let first = order("lea", "order-1", "1234", 42.5, "lyon-part-dieu", products);
+    let (_, answer) = app.batch(json!([first.clone(), first])).await;
+    assert_eq!(answer["results"][1]["status"], "duplicate", "{answer}");
+    // Three reviews in one month: the cap of 40 points pays two.
+    let reviews: Vec<Value> = (0..3)
+        .map(|n| json!({"type": "track", "userId": "lea", "event": "Review Submitted", "messageId": format!("review-{n}")}))
+        .collect();
+    app.batch(Value::Array(reviews)).await;
+    // A retried message earns nothing more.
+    app.batch(json!([{"type": "track", "userId": "lea", "event": "Review Submitted", "messageId": "review-0"}])).await;
+
+    let statement = statement(&app, &id).await;
+    assert_eq!(statement["balance"], 78 + 50 + 40, "{statement}");
+    let entries = statement["entries"].as_array().unwrap();
+    let sum: i64 = entries.iter().map(|e| e["points"].as_i64().unwrap()).sum();
+    assert_eq!(sum, 168);
+    let spend = entries.iter().find(|e| e["rule"] == "spend").unwrap();
+    assert_eq!(spend["points"], 78);
+    assert_eq!(spend["event"], "order-1");
+    assert!(spend["expires_at"].as_str().is_some(), "{spend}");
+    let fr = spend["reasons"]["fr"].as_str().unwrap();
+    assert!(fr.contains("+78 points") && fr.contains("commande 1234") && fr.contains("lyon-part-dieu"), "{fr}");
+    assert!(spend["reasons"]["en"].as_str().unwrap().contains("order 1234"), "{spend}");
+    assert_eq!(spend["reason"], spend["reasons"]["fr"]);
+    let reviews: Vec<&Value> = entries.iter().filter(|e| e["rule"] == "review").collect();
+    assert_eq!(reviews.iter().map(|e| e["points"].as_i64().unwrap()).sum::<i64>(), 40, "{statement}");
+    assert_eq!(entries.iter().filter(|e| e["rule"] == "welcome").count(), 1);
+    assert_eq!(statement["expiring"][0]["points"], 168);
+    assert_ledger_holds(&app).await;
+
+    // The digital card and the public rules page.
+    let response = app
+        .client
+        .get(format!("{}/api/v1/loyalty/members/{id}/card.svg", app.address))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "image/svg+xml");
+    let svg = response.text().await.unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains(&card[..4]) && svg.matches("<svg").count() == 2, "{svg}");
+    let page = reqwest::get(format!("{}/loyalty/club/rules", app.address)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("1 points par euro dépensé") && page.contains("au plus 40 points par mois"), "{page}");
+    let page = reqwest::get(format!("{}/loyalty/club/rules?lang=en", app.address)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("per euro spent") && page.contains("expire 12 months after"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refunds_take_back_their_share_and_a_debit_happens_once_per_key() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([order("hugo", "o-100", "100", 100.0, "nantes", json!([]))])).await;
+    let member = enrol(&app, "user_id:hugo").await;
+    let id = member["id"].as_str().unwrap().to_string();
+    // The order came before enrolment: it earns nothing.
+    assert_eq!(statement(&app, &id).await["balance"], 0);
+    app.batch(json!([order("hugo", "o-200", "200", 100.0, "nantes", json!([]))])).await;
+    assert_eq!(statement(&app, &id).await["balance"], 150);
+    // Refunds of 30 € then 70 € take back 30 and 70 of the order's 100 points.
+    let refund = |message: &str, amount: f64| {
+        json!({"type": "track", "userId": "hugo", "event": "Order Refunded", "messageId": message,
+               "properties": {"order_id": "200", "total": amount, "currency": "EUR"}})
+    };
+    app.batch(json!([refund("r-1", 30.0)])).await;
+    assert_eq!(statement(&app, &id).await["balance"], 120);
+
+    let (status, first) = redeem(&app, &id, 50, "till-7-0001").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["balance"], 70);
+    // The till retries: same answer, nothing more debited.
+    let (status, retry) = redeem(&app, &id, 50, "till-7-0001").await;
+    assert_eq!((status, &retry), (StatusCode::CREATED, &first));
+    // The same key for another debit is refused.
+    let (status, reused) = redeem(&app, &id, 10, "till-7-0001").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reused}");
+    // More than the balance: 409 with the balance, nothing debited.
+    let (status, refused) = redeem(&app, &id, 71, "till-7-0002").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!((refused["balance"].as_i64(), refused["code"].as_str()), (Some(70), Some("insufficient_balance")));
+    // Bad input: no key, a negative amount.
+    let (status, problem) =
+        post_json(&app, &format!("/api/v1/loyalty/members/{id}/redemptions"), json!({"points": 5, "reason": "x"}), &[])
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key", "{problem}");
+    let (status, problem) = redeem(&app, &id, -5, "till-7-0003").await;
+    assert_eq!((status, problem["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("points")));
+
+    let (status, _) = redeem(&app, &id, 20, "till-7-0004").await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // The rest of the order is refunded: 70 points should go back, the
+    // balance holds 50, and the 20 already spent are recorded as not recovered.
+    app.batch(json!([refund("r-2", 70.0)])).await;
+    let statement = statement(&app, &id).await;
+    assert_eq!(statement["balance"], 0, "{statement}");
+    let last = statement["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "refund");
+    assert_eq!(last["points"], -50);
+    assert!(last["reasons"]["en"].as_str().unwrap().contains("20 points already spent were not taken back"), "{last}");
+    assert_ledger_holds(&app).await;
+    let (status, _) = call(&app, "GET", "/api/v1/loyalty/members/mem_01ARZ3NDEKTSV4RRFFQ69G5FAV", None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_debits_never_overdraw_even_across_server_processes() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([{"type": "identify", "userId": "nina"}])).await;
+    let id = enrol(&app, "user_id:nina").await["id"].as_str().unwrap().to_string();
+    // 100 € → 100 points + 50 welcome.
+    app.batch(json!([order("nina", "n-1", "n1", 100.0, "paris", json!([]))])).await;
+    assert_eq!(statement(&app, &id).await["balance"], 150);
+
+    // A second server process on the same database (the real race on PostgreSQL).
+    let location = place(&app.scratch);
+    let (mut other, other_address) = tokio::task::spawn_blocking(move || start_binary(&location)).await.unwrap();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for n in 0..24 {
+        let server = if n % 2 == 0 { app.address.clone() } else { other_address.clone() };
+        let (client, key, id) = (client.clone(), app.admin.clone(), id.clone());
+        // Keys 0..19 are distinct; 20..23 repeat key 0, as a till retrying.
+        let idem = format!("k-{}", if n < 20 { n } else { 0 });
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(format!("{server}/api/v1/loyalty/members/{id}/redemptions"))
+                .bearer_auth(key)
+                .header("Idempotency-Key", idem.clone())
+                .json(&json!({"points": 10, "reason": "bon d'achat"}))
+                .send()
+                .await
+                .unwrap();
+            (idem, response.status(), response.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut created = std::collections::BTreeMap::new();
+    let mut refused = 0;
+    for task in tasks {
+        let (idem, status, body) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                let previous = created.insert(idem, body.clone());
+                assert!(previous.is_none_or(|p| p == body), "a retried key gets the first answer");
+            }
+            StatusCode::CONFLICT => refused += 1,
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    other.kill().unwrap();
+    // 150 points cover 15 debits of 10: exactly 15 keys debited, 5 refused.
+    assert_eq!(created.len(), 15, "{created:?}");
+    assert_eq!(refused, 5 + if created.contains_key("k-0") { 0 } else { 4 });
+    assert_eq!(statement(&app, &id).await["balance"], 0);
+    assert_ledger_holds(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merged_people_keep_one_account_with_both_balances_and_erasure_closes_it() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([
+        {"type": "identify", "userId": "ines", "traits": {"email": "ines@exemple.fr"}},
+        {"type": "identify", "anonymousId": "tablette-ines", "traits": {"phone": "06 12 34 56 78"}},
+    ]))
+    .await;
+    let first = enrol(&app, "user_id:ines").await["id"].as_str().unwrap().to_string();
+    let second = enrol(&app, "anonymous_id:tablette-ines").await["id"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    app.batch(json!([order("ines", "i-1", "i1", 20.0, "paris", json!([]))])).await;
+    app.batch(
+        json!([{"type": "track", "anonymousId": "tablette-ines", "event": "Review Submitted", "messageId": "i-r"}]),
+    )
+    .await;
+    // One message ties both profiles together: the two accounts become one.
+    app.batch(json!([{"type": "identify", "userId": "ines", "anonymousId": "tablette-ines", "messageId": "i-link"}]))
+        .await;
+    let (status, moved) = call(&app, "GET", &format!("/api/v1/loyalty/members/{second}"), None, &[]).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT, "{moved}");
+    assert_eq!(moved["merged_into"], first);
+    let joined = statement(&app, &first).await;
+    assert_eq!(joined["balance"], 20 + 50 + 20, "{joined}");
+    let merged_in = joined["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "merge").unwrap();
+    assert_eq!(merged_in["points"], 20);
+    assert!(merged_in["reasons"]["en"].as_str().unwrap().contains(&second), "{merged_in}");
+    assert_ledger_holds(&app).await;
+
+    // Erasure closes the account with a final entry; the ledger still sums to zero.
+    let (status, erased) =
+        post_json(&app, "/api/v1/privacy/erasures", json!({"identifier": "user_id:ines"}), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{erased}");
+    let (status, _) = call(&app, "GET", &format!("/api/v1/loyalty/members/{first}"), None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_ledger_holds(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rule_changes_never_rewrite_the_past_and_old_points_expire() {
+    let app = TestApp::spawn().await;
+    let (status, _) = apply(&app, PROGRAMME).await;
+    assert_eq!(status, StatusCode::OK);
+    // The same file again changes nothing.
+    assert_eq!(apply(&app, PROGRAMME).await.0, StatusCode::OK);
+    // Editing the version in force is refused, with the line.
+    let edited = PROGRAMME.replace("points_per_euro = \"1\"", "points_per_euro = \"2\"");
+    let (status, problem) = apply(&app, &edited).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("line 8"), "{problem}");
+    // A new version from tomorrow is accepted.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(2)).format("%Y-%m-%d");
+    let next = format!(
+        "{PROGRAMME}\n[[version]]\neffective_from = \"{tomorrow}\"\nexpiry = {{ months = 12 }}\n\n[[version.rule]]\nid = \"spend\"\nkind = \"spend\"\npoints_per_euro = \"2\"\n"
+    );
+    let (status, applied) = apply(&app, &next).await;
+    assert_eq!((status, applied["versions"].as_u64()), (StatusCode::OK, Some(2)), "{applied}");
+    // A file that does not parse changes nothing and names the line.
+    let (status, problem) = apply(&app, "[programme]\nkey = \"club\"\nname = 3\n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "line 3", "{problem}");
+    let (_, programmes) = call(&app, "GET", "/api/v1/loyalty/programmes", None, &[]).await;
+    assert_eq!(programmes["programmes"][0]["definition"]["versions"].as_array().unwrap().len(), 2);
+
+    // Points earned 13 months ago expired a month ago: the expiry run takes them.
+    app.batch(json!([{"type": "identify", "userId": "paul"}])).await;
+    let id = enrol(&app, "user_id:paul").await["id"].as_str().unwrap().to_string();
+    let old = (chrono::Utc::now() - chrono::Duration::days(400)).to_rfc3339();
+    let mut late = order("paul", "p-1", "p1", 30.0, "paris", json!([]));
+    late["timestamp"] = json!(old);
+    app.batch(json!([late, order("paul", "p-2", "p2", 10.0, "paris", json!([]))])).await;
+    assert_eq!(statement(&app, &id).await["balance"], 30 + 50 + 10);
+    let (status, run) = call(&app, "POST", "/api/v1/loyalty/expiry", None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    let after = statement(&app, &id).await;
+    assert_eq!(after["balance"], 10, "{after}");
+    let expiry = after["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "expiry").unwrap().clone();
+    assert_eq!(expiry["points"], -80);
+    // Running it again expires nothing more.
+    let (_, again) = call(&app, "POST", "/api/v1/loyalty/expiry", None, &[]).await;
+    assert_eq!(again["points"], 0);
+    assert_ledger_holds(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_line_applies_checks_and_refuses_bad_files_with_their_line() {
+    let app = TestApp::spawn().await;
+    let location = place(&app.scratch);
+    let folder = tempfile::tempdir().unwrap();
+    let good = folder.path().join("club.toml");
+    std::fs::write(&good, PROGRAMME).unwrap();
+    let bad = folder.path().join("bad.toml");
+    std::fs::write(&bad, PROGRAMME.replace("points = 50", "points = 0")).unwrap();
+    let (good, bad) = (good.to_str().unwrap().to_string(), bad.to_str().unwrap().to_string());
+    let outputs = tokio::task::spawn_blocking(move || {
+        let refused = crate::helpers::run_binary(&location, &["loyalty", "apply", &bad]);
+        let applied = crate::helpers::run_binary(&location, &["loyalty", "apply", &good]);
+        let checked = crate::helpers::run_binary(&location, &["loyalty", "check"]);
+        (refused, applied, checked)
+    })
+    .await
+    .unwrap();
+    let (refused, applied, checked) = outputs;
+    assert!(!refused.0, "a bad file is refused");
+    assert!(refused.2.contains("line 25") && refused.2.contains("nothing was changed"), "{}", refused.2);
+    assert!(applied.0 && applied.1.contains("programme `club` applied"), "{applied:?}");
+    assert!(checked.0, "{checked:?}");
+    let (_, programmes) = call(&app, "GET", "/api/v1/loyalty/programmes", None, &[]).await;
+    assert_eq!(programmes["programmes"][0]["key"], "club");
+}
