@@ -22,6 +22,7 @@ macro_rules! names {
 
 pub mod cards;
 pub mod channel;
+pub mod clv;
 pub mod consent;
 pub mod id;
 pub mod identifier;
