@@ -47,6 +47,8 @@ pub enum Permission {
     OperateLoyalty,
     /// Define programmes, run expiry, check the ledger.
     ManageLoyalty,
+    /// Run analytics over the whole customer base (lifetime value, RFM).
+    RunAnalytics,
 }
 
 impl Role {
@@ -87,6 +89,7 @@ impl Role {
             ReadLoyalty => matches!(self, Admin | Dpo | Marketing | Analyst | Agent | Store),
             OperateLoyalty => matches!(self, Admin | Agent | Store),
             ManageLoyalty => matches!(self, Admin | Marketing),
+            RunAnalytics => matches!(self, Admin | Marketing | Analyst),
         }
     }
 }

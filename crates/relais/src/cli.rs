@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 use relais_domain::{KeyId, Role};
 
@@ -121,6 +122,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Customer lifetime value: fit BG/NBD and Gamma-Gamma, forecast every customer.
+    Clv {
+        #[command(subcommand)]
+        command: ClvCommand,
     },
     /// Loyalty programmes, members, statements, expiry and the ledger check.
     Loyalty {
@@ -363,6 +369,32 @@ enum AuditCommand {
     Verify {
         #[command(flatten)]
         store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClvCommand {
+    /// Fit the models on a transaction file (customer id, date, amount) or on
+    /// the database's orders; print one JSON object with the parameters.
+    Fit {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A transaction file with a header naming customer_id, date and amount
+        /// (CSV, or columns separated by spaces); without it, the database's orders.
+        #[arg(long)]
+        transactions: Option<PathBuf>,
+        /// Last day of the calibration period (YYYY-MM-DD); later purchases are ignored.
+        #[arg(long)]
+        calibration_end: NaiveDate,
+        /// Horizon of the forecasts, in weeks.
+        #[arg(long, default_value_t = 52.0)]
+        horizon_weeks: f64,
+        /// Write each customer's forecast (probability alive, expected purchases, value) to this CSV file.
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+        /// Currency of the file's amounts (the organisation's by default).
+        #[arg(long)]
+        currency: Option<String>,
     },
 }
 
@@ -667,6 +699,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Loyalty { command } => loyalty_command(command, &settings),
+        Command::Clv { command } => clv_command(command, &settings),
         Command::Traits { command: TraitsCommand::Rebuild { store } } => {
             let store = store.open(&settings)?;
             let count = store.blocking().rebuild_traits(&settings.ingest)?;
@@ -735,6 +768,49 @@ fn for_person<T>(
     };
     store.close_audit()?;
     Ok(result)
+}
+
+/// `relais clv fit`.
+fn clv_command(command: ClvCommand, settings: &Settings) -> anyhow::Result<()> {
+    let ClvCommand::Fit { store, transactions, calibration_end, horizon_weeks, predictions, currency } = command;
+    anyhow::ensure!(
+        horizon_weeks.is_finite() && horizon_weeks > 0.0 && horizon_weeks <= 520.0,
+        "--horizon-weeks must be above 0 and at most 520 (ten years)"
+    );
+    let currency = currency.unwrap_or_else(|| settings.ingest.currency.clone()).to_ascii_uppercase();
+    let (rows, rejected) = match &transactions {
+        Some(file) => crate::clv::read_transactions(file, &currency)?,
+        None => {
+            let store = store.open(settings)?;
+            let purchases = store.blocking().purchases(&currency)?;
+            let rows = purchases
+                .into_iter()
+                .map(|(customer, at, amount)| relais_domain::clv::Transaction {
+                    customer: customer.to_string(),
+                    date: settings.ingest.day_of(at),
+                    amount_cents: amount,
+                })
+                .collect();
+            (rows, Vec::new())
+        }
+    };
+    for row in rejected.iter().take(20) {
+        eprintln!("line {}: {}", row.line, row.reason);
+    }
+    if rejected.len() > 20 {
+        eprintln!("… and {} more rejected rows", rejected.len() - 20);
+    }
+    let (report, forecasts) = crate::clv::fit(&rows, calibration_end, horizon_weeks, &currency)
+        .map_err(|e| anyhow::anyhow!("cannot fit the models: {e}"))?;
+    if let Some(path) = predictions {
+        crate::clv::write_forecasts(&path, &forecasts, &currency)?;
+        eprintln!("{} forecasts written to {}", forecasts.len(), path.display());
+    }
+    let mut json = serde_json::to_value(&report)?;
+    json["transactions"] = serde_json::json!(rows.len());
+    json["rejected_rows"] = serde_json::json!(rejected.len());
+    println!("{json}");
+    Ok(())
 }
 
 /// `relais loyalty …`.

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod clv;
 pub mod config;
 pub mod demo;
 pub mod http;

@@ -17,7 +17,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::privacy::links::{LinkClaims, LinkError, LinkKind};
 use crate::store::{CustomerLookup, Engine, StoreError};
@@ -109,7 +109,7 @@ pub async fn record(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Json(body): Json<ConsentBody>,
+    ApiJson(body): ApiJson<ConsentBody>,
 ) -> Result<Response, ApiError> {
     let id = parse_customer(&id)?;
     let source = match ConsentSource::parse(&body.source) {
@@ -313,7 +313,7 @@ pub async fn opt_in(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Json(body): Json<OptInBody>,
+    ApiJson(body): ApiJson<OptInBody>,
 ) -> Result<Response, ApiError> {
     let id = parse_customer(&id)?;
     let purpose = parse_purpose(&body.purpose)?;

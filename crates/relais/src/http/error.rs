@@ -170,3 +170,37 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A JSON request body whose refusal is a problem document naming the field
+/// (axum's own `Json` answers refusals in plain text).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection;
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+                "send the body as JSON with `Content-Type: application/json`".into(),
+            )),
+            Err(JsonRejection::JsonDataError(error)) => {
+                // "Failed to deserialize …: path.to.field: what is wrong at line L column C"
+                let text = error.body_text();
+                let detail = text.split_once("target type: ").map_or(text.as_str(), |(_, rest)| rest);
+                let (field, reason) = match detail.split_once(": ") {
+                    Some((path, reason)) if !path.contains(' ') => (path.to_string(), reason.to_string()),
+                    _ => ("body".to_string(), detail.to_string()),
+                };
+                Err(ApiError::field(field, reason))
+            }
+            Err(other) => Err(ApiError::field("body", format!("not valid JSON: {}", other.body_text()))),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use sha2::Digest;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::loyalty::{parse_programme, FileFormat};
 use crate::store::loyalty::{DebitAnswer, DebitRequest, MemberView, StatementEntry};
@@ -237,7 +237,7 @@ async fn customer_of(
 pub async fn enrol(
     State(state): State<AppState>,
     caller: Caller,
-    Json(body): Json<EnrolBody>,
+    ApiJson(body): ApiJson<EnrolBody>,
 ) -> Result<Response, ApiError> {
     let programme = programme_key(&state, body.programme).await?;
     let customer = customer_of(&state, body.identifier, body.customer).await?;
@@ -515,7 +515,7 @@ pub async fn redeem(
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<RedemptionBody>,
+    ApiJson(body): ApiJson<RedemptionBody>,
 ) -> Result<Response, ApiError> {
     let member = parse_member_id(&id)?;
     let key = headers

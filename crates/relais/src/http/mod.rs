@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: no SQL here; only `store` talks to the database.
 
+pub mod analytics;
 pub mod auth;
 pub mod consents;
 pub mod customers;
@@ -141,6 +142,7 @@ impl Modify for SecuritySchemes {
         loyalty::redeem,
         loyalty::run_expiry,
         loyalty::check,
+        analytics::clv_fit,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -150,6 +152,7 @@ impl Modify for SecuritySchemes {
         (name = "privacy", description = "Data-subject rights"),
         (name = "consents", description = "Consent per purpose and channel, with proof"),
         (name = "loyalty", description = "Loyalty programmes, members, statements and redemptions"),
+        (name = "analytics", description = "Customer lifetime value"),
     )
 )]
 pub struct ApiDoc;
@@ -250,6 +253,7 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("POST", "/api/v1/loyalty/members/{id}/redemptions", Requires(OperateLoyalty), post(loyalty::redeem)),
         route("POST", "/api/v1/loyalty/expiry", Requires(ManageLoyalty), post(loyalty::run_expiry)),
         route("GET", "/api/v1/loyalty/check", Requires(ManageLoyalty), get(loyalty::check)),
+        route("POST", "/api/v1/clv/fit", Requires(RunAnalytics), post(analytics::clv_fit)),
     ]
 }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 use super::AppState;
 use relais_domain::rights::{RequestStatus, RightKind};
 use relais_domain::{CustomerId, RequestId};
@@ -150,7 +150,7 @@ fn request_not_found(id: RequestId) -> impl Fn(StoreError) -> ApiError {
 pub async fn receive_request(
     State(state): State<AppState>,
     caller: Caller,
-    Json(body): Json<RightsBody>,
+    ApiJson(body): ApiJson<RightsBody>,
 ) -> Result<Response, ApiError> {
     let kind = RightKind::parse(&body.kind).ok_or_else(|| {
         ApiError::field("kind", "must be access, portability, rectification, erasure, restriction or objection")
@@ -248,7 +248,7 @@ pub async fn refuse_request(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Json(body): Json<RefusalBody>,
+    ApiJson(body): ApiJson<RefusalBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_request_id(&id)?;
     let reason = crate::privacy::rights::REFUSAL_REASONS.into_iter().find(|r| *r == body.reason).ok_or_else(|| {

@@ -587,6 +587,9 @@ pub trait Engine: Send + Sync + 'static {
     fn loyalty_check(&self) -> Result<loyalty::LedgerCheck, StoreError>;
     /// Forget answers stored under idempotency keys before an instant.
     fn loyalty_forget_answers(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Every completed order in `currency`: the surviving profile, when, the
+    /// amount (erased people's orders are left out: they belong to nobody).
+    fn purchases(&self, currency: &str) -> Result<Vec<(CustomerId, DateTime<Utc>, i64)>, StoreError>;
     /// Whether the database answers (cheap: for `/healthz`).
     fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.

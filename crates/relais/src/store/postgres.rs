@@ -1690,6 +1690,21 @@ impl Engine for PgEngine {
             .with(|client| Ok(client.execute("DELETE FROM loyalty_idempotency WHERE created_at < $1", &[&before])?))
     }
 
+    fn purchases(&self, currency: &str) -> Result<Vec<(CustomerId, DateTime<Utc>, i64)>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query(
+                    "SELECT COALESCE(c.merged_into, c.customer_id), e.ts, e.amount_minor FROM events e \
+                     JOIN customers c ON c.customer_id = e.customer_id \
+                     WHERE e.type = 'track' AND e.name = $1 AND e.currency = $2 AND e.amount_minor IS NOT NULL",
+                    &[&relais_domain::message::events::ORDER_COMPLETED, &currency],
+                )?
+                .iter()
+                .map(|r| Ok((parse_id(r.get::<_, &str>(0))?, r.get(1), r.get(2))))
+                .collect()
+        })
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.pool.with(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(StoreError::from))
     }

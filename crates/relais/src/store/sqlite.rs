@@ -1928,6 +1928,22 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn purchases(&self, currency: &str) -> Result<Vec<(CustomerId, DateTime<Utc>, i64)>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT COALESCE(c.merged_into, c.customer_id), e.ts, e.amount_minor FROM events e \
+                 JOIN customers c ON c.customer_id = e.customer_id \
+                 WHERE e.type = 'track' AND e.name = ?1 AND e.currency = ?2 AND e.amount_minor IS NOT NULL",
+            )?;
+            let rows = stmt
+                .query_map(params![relais_domain::message::events::ORDER_COMPLETED, currency], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(|(c, ts, amount)| Ok((parse_id(&c)?, from_micros(ts), amount))).collect()
+        })
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.readers.with(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
     }

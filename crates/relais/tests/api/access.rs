@@ -127,6 +127,7 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                 }
                 "/api/v1/loyalty/programmes" => serde_json::from_str(crate::loyalty::PROGRAMME_JSON).unwrap(),
                 "/api/v1/loyalty/members" => json!({"identifier": "email:acces@exemple.fr"}),
+                "/api/v1/clv/fit" => json!({"horizon_weeks": 39}),
                 "/api/v1/loyalty/members/{id}/redemptions" => json!({"points": 1, "reason": "test"}),
                 "/v1/batch" => json!({"batch": [{"type": "track", "userId": "acc-user", "event": "Product Viewed"}]}),
                 "/v1/alias" => json!({"userId": "acc-user", "previousId": "acc-device"}),

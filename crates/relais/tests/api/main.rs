@@ -24,3 +24,5 @@ mod audit;
 mod consents;
 // Loyalty: programmes, earning, statements, debits, merges, erasure, expiry.
 mod loyalty;
+// Customer lifetime value: the CDNOW figures from the command line, the API on live orders.
+mod analytics;
