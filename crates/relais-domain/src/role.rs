@@ -47,6 +47,8 @@ pub enum Permission {
     OperateLoyalty,
     /// Define programmes, run expiry, check the ledger.
     ManageLoyalty,
+    /// Credit or debit points by hand, with a reason (the team, the call centre).
+    AdjustPoints,
     /// Run analytics over the whole customer base (lifetime value, RFM).
     RunAnalytics,
 }
@@ -89,6 +91,7 @@ impl Role {
             ReadLoyalty => matches!(self, Admin | Dpo | Marketing | Analyst | Agent | Store),
             OperateLoyalty => matches!(self, Admin | Agent | Store),
             ManageLoyalty => matches!(self, Admin | Marketing),
+            AdjustPoints => matches!(self, Admin | Marketing | Agent),
             RunAnalytics => matches!(self, Admin | Marketing | Analyst),
         }
     }

@@ -434,6 +434,17 @@ enum LoyaltyCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Print the programme's liability, earn and burn by rule and store, and breakage, as JSON.
+    Report {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The programme's key (needed when there are several).
+        #[arg(long)]
+        programme: Option<String>,
+        /// First day counted in the flows (YYYY-MM-DD); default: since the start.
+        #[arg(long)]
+        since: Option<NaiveDate>,
+    },
     /// Check the ledger's invariants (zero sum, balanced transactions, balances).
     Check {
         #[command(flatten)]
@@ -932,6 +943,24 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
             })?;
             store.close_audit()?;
             println!("{points} points expired for {members} members");
+            Ok(())
+        }
+        LoyaltyCommand::Report { store, programme, since } => {
+            let store = store.open(settings)?;
+            let engine = store.blocking();
+            let programmes = engine.loyalty_programmes()?;
+            let programme = match (programme, programmes.as_slice()) {
+                (Some(key), _) => programmes
+                    .iter()
+                    .find(|p| p.head.key == key)
+                    .ok_or_else(|| anyhow::anyhow!("no programme `{key}`"))?,
+                (None, [one]) => one,
+                (None, []) => bail!("no loyalty programme yet: apply one with `relais loyalty apply FILE.toml`"),
+                (None, _) => bail!("several programmes exist: name one with --programme"),
+            };
+            let rows = engine.loyalty_report(&programme.head.key, since)?;
+            let report = crate::store::loyalty::LoyaltyReport::from_rows(programme, since, rows);
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         LoyaltyCommand::Check { store } => {

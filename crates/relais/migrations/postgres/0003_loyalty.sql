@@ -36,6 +36,7 @@ CREATE TABLE loyalty_entries (
     tx_id         TEXT NOT NULL,
     leg           INTEGER NOT NULL,
     member_id     TEXT NOT NULL,
+    programme_key TEXT NOT NULL,
     account       TEXT NOT NULL,
     points        BIGINT NOT NULL,
     kind          TEXT NOT NULL,
@@ -43,6 +44,7 @@ CREATE TABLE loyalty_entries (
     event_id      TEXT,
     message_id    TEXT,
     order_id      TEXT,
+    store         TEXT,
     basis_minor   BIGINT,
     day           DATE NOT NULL,
     reason        TEXT NOT NULL,
@@ -52,6 +54,7 @@ CREATE TABLE loyalty_entries (
     PRIMARY KEY (customer_id, tx_id, leg)
 );
 CREATE INDEX loyalty_entries_by_member ON loyalty_entries (customer_id, member_id, rule, day) WHERE leg = 0;
+CREATE INDEX loyalty_entries_by_programme ON loyalty_entries (programme_key, kind);
 CREATE INDEX loyalty_entries_by_order ON loyalty_entries (customer_id, member_id, order_id)
     WHERE order_id IS NOT NULL AND leg = 0;
 

@@ -18,7 +18,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::loyalty::{parse_programme, FileFormat};
-use crate::store::loyalty::{DebitAnswer, DebitRequest, MemberView, StatementEntry};
+use crate::store::loyalty::{Manual, ManualOperation, MemberView, OperationAnswer, StatementEntry};
 
 /// The most characters of a redemption's reason.
 const MAX_REASON: usize = 200;
@@ -506,7 +506,7 @@ pub struct RedemptionBody {
     params(("id" = String, Path, description = "Member id"),
         ("Idempotency-Key" = String, Header, description = "A unique key per debit (a UUID); kept at least 24 hours")),
     request_body = RedemptionBody,
-    responses((status = 201, description = "Debited: id, member, points, balance, reason"),
+    responses((status = 201, description = "Debited: id, member, points (negative), balance, reason"),
         (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
         (status = 409, body = super::error::Problem), (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
@@ -517,7 +517,56 @@ pub async fn redeem(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RedemptionBody>,
 ) -> Result<Response, ApiError> {
-    let member = parse_member_id(&id)?;
+    let points = PositivePoints::new(body.points).map_err(|e| ApiError::field("points", e))?;
+    manual(&state, &caller, &id, &headers, Manual::Redemption, -points.get(), body.reason, "redemptions").await
+}
+
+/// Credit or debit points by hand, with the reason shown on the statement
+/// and the key that made it (`Idempotency-Key` required, as for redemptions).
+#[utoipa::path(post, path = "/api/v1/loyalty/members/{id}/adjustments", tag = "loyalty",
+    params(("id" = String, Path, description = "Member id"),
+        ("Idempotency-Key" = String, Header, description = "A unique key per adjustment")),
+    request_body = RedemptionBody,
+    responses((status = 201, description = "Adjusted: id, member, points, balance, reason"),
+        (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
+        (status = 409, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn adjust(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RedemptionBody>,
+) -> Result<Response, ApiError> {
+    let size = PositivePoints::new(body.points.saturating_abs()).map_err(|_| {
+        ApiError::field("points", "must be a whole number of points, not 0, credit (positive) or debit (negative)")
+    })?;
+    manual(
+        &state,
+        &caller,
+        &id,
+        &headers,
+        Manual::Adjustment,
+        body.points.signum() * size.get(),
+        body.reason,
+        "adjustments",
+    )
+    .await
+}
+
+/// A redemption or an adjustment, once per idempotency key.
+#[allow(clippy::too_many_arguments)]
+async fn manual(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    headers: &HeaderMap,
+    kind: Manual,
+    points: Points,
+    reason: String,
+    route: &str,
+) -> Result<Response, ApiError> {
+    let member = parse_member_id(id)?;
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -526,40 +575,40 @@ pub async fn redeem(
         .ok_or_else(|| {
             ApiError::field(
                 "Idempotency-Key",
-                "this header is required (a unique value per debit, e.g. a UUID), at most 255 characters",
+                "this header is required (a unique value per operation, e.g. a UUID), at most 255 characters",
             )
         })?
         .to_string();
-    let points = PositivePoints::new(body.points).map_err(|e| ApiError::field("points", e))?;
-    let reason = body.reason.trim().to_string();
+    let reason = reason.trim().to_string();
     if reason.is_empty() || reason.chars().count() > MAX_REASON {
         return Err(ApiError::field(
             "reason",
-            format!("must say what the points pay for, 1 to {MAX_REASON} characters"),
+            format!("must say what the points are for, 1 to {MAX_REASON} characters"),
         ));
     }
     let request_hash = hex::encode(sha2::Sha256::digest(
-        serde_json::to_vec(&RedemptionBody { points: body.points, reason: reason.clone() }).unwrap_or_default(),
+        serde_json::to_vec(&RedemptionBody { points, reason: reason.clone() }).unwrap_or_default(),
     ));
-    let request = DebitRequest {
+    let request = ManualOperation {
+        kind,
         member,
-        points: points.get(),
+        points,
         reason,
         actor: caller.actor(),
-        scope: format!("{} POST /api/v1/loyalty/members/{member}/redemptions", caller.key.key_id),
+        scope: format!("{} POST /api/v1/loyalty/members/{member}/{route}", caller.key.key_id),
         key,
         request_hash,
-        day: today(&state),
+        day: today(state),
     };
-    let answer = state.store.run(move |engine| engine.loyalty_debit(&request)).await.map_err(|e| match e {
+    let answer = state.store.run(move |engine| engine.loyalty_operate(&request)).await.map_err(|e| match e {
         crate::store::StoreError::NotFound => ApiError::NotFound(format!("no member `{member}`")),
         other => other.into(),
     })?;
     match answer {
-        DebitAnswer::KeyReused => Ok(unprocessable(
-            "this Idempotency-Key was already used with another request body; use a new key for a new debit",
+        OperationAnswer::KeyReused => Ok(unprocessable(
+            "this Idempotency-Key was already used with another request body; use a new key for a new operation",
         )),
-        DebitAnswer::Answer(stored) => {
+        OperationAnswer::Answer(stored) => {
             let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let mut response = (status, stored.body).into_response();
             let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
@@ -628,4 +677,34 @@ pub async fn check(State(state): State<AppState>, _caller: Caller) -> Result<Res
     let mut body = serde_json::to_value(&check).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["holds"] = serde_json::Value::Bool(check.holds());
     Ok(Json(body).into_response())
+}
+
+/// The period of a report.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ReportQuery {
+    /// First day counted in the flows (`YYYY-MM-DD`); default: since the start.
+    pub since: Option<NaiveDate>,
+}
+
+/// The programme's liability (outstanding points × point value, by expiry
+/// month), earn and burn by rule and by store, and its breakage rate.
+#[utoipa::path(get, path = "/api/v1/loyalty/programmes/{key}/report", tag = "loyalty",
+    params(("key" = String, Path, description = "Programme key"), ReportQuery),
+    responses((status = 200, description = "The report"), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn report(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(key): Path<String>,
+    Query(query): Query<ReportQuery>,
+) -> Result<Json<crate::store::loyalty::LoyaltyReport>, ApiError> {
+    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
+    let programme = programmes
+        .into_iter()
+        .find(|p| p.head.key == key)
+        .ok_or_else(|| ApiError::NotFound(format!("no programme `{key}`")))?;
+    let since = query.since;
+    let lookup = key.clone();
+    let rows = state.store.run(move |engine| engine.loyalty_report(&lookup, since)).await?;
+    Ok(Json(crate::store::loyalty::LoyaltyReport::from_rows(&programme, since, rows)))
 }

@@ -140,8 +140,10 @@ impl Modify for SecuritySchemes {
         loyalty::statement,
         loyalty::card_svg,
         loyalty::redeem,
+        loyalty::adjust,
         loyalty::run_expiry,
         loyalty::check,
+        loyalty::report,
         analytics::clv_fit,
     ),
     modifiers(&SecuritySchemes),
@@ -251,8 +253,10 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("GET", "/api/v1/loyalty/members/{id}/statement", Requires(ReadLoyalty), get(loyalty::statement)),
         route("GET", "/api/v1/loyalty/members/{id}/card.svg", Requires(ReadLoyalty), get(loyalty::card_svg)),
         route("POST", "/api/v1/loyalty/members/{id}/redemptions", Requires(OperateLoyalty), post(loyalty::redeem)),
+        route("POST", "/api/v1/loyalty/members/{id}/adjustments", Requires(AdjustPoints), post(loyalty::adjust)),
         route("POST", "/api/v1/loyalty/expiry", Requires(ManageLoyalty), post(loyalty::run_expiry)),
         route("GET", "/api/v1/loyalty/check", Requires(ManageLoyalty), get(loyalty::check)),
+        route("GET", "/api/v1/loyalty/programmes/{key}/report", Requires(RunAnalytics), get(loyalty::report)),
         route("POST", "/api/v1/clv/fit", Requires(RunAnalytics), post(analytics::clv_fit)),
     ]
 }

@@ -144,6 +144,10 @@ pub struct Posting {
     pub basis_minor: Option<i64>,
     /// The day it refers to (organisation's calendar; caps count by it).
     pub day: NaiveDate,
+    /// The programme's key.
+    pub programme: String,
+    /// The store of the source event, when given (earn and burn by store).
+    pub store: Option<String>,
     /// Who made it, for manual operations (`key:…`, `cli:…`).
     pub actor: Option<String>,
     /// Its legs.
@@ -518,10 +522,12 @@ enum Take {
     UpTo(Points),
 }
 
-fn transaction(kind: &'static str, day: NaiveDate) -> Posting {
+fn transaction(kind: &'static str, day: NaiveDate, programme: &str) -> Posting {
     Posting {
         id: LedgerTxId::new(),
         kind,
+        programme: programme.to_string(),
+        store: None,
         rule: None,
         event_id: None,
         message_id: None,
@@ -656,7 +662,8 @@ pub fn earn_batch(
                 if kind == "first_purchase" {
                     book.first_paid.entry(member).or_default().push(earning.rule.clone());
                 }
-                let mut t = transaction(kind, day);
+                let mut t = transaction(kind, day, key);
+                t.store = message.store.clone();
                 t.rule = Some(earning.rule.clone());
                 t.event_id = Some(*event_id);
                 t.message_id = Some(message.message_id.clone());
@@ -692,7 +699,7 @@ fn join_members(
     let from = book.members[&other].clone();
     let into = book.members[&keep].clone();
     let moved: Points = lots.iter().map(|l| l.remaining).sum();
-    let mut t = transaction("merge", day);
+    let mut t = transaction("merge", day, &from.programme);
     t.legs = vec![
         Leg {
             customer: from.customer,
@@ -776,7 +783,8 @@ fn refund(
     }
     // Recorded even when it takes nothing back (a small refund rounds to 0), so
     // later refunds of the same order know how much was refunded before.
-    let mut t = transaction("refund", day);
+    let mut t = transaction("refund", day, &programme.head.key);
+    t.store = message.store.clone();
     t.event_id = Some(event_id);
     t.message_id = Some(message.message_id.clone());
     t.order_id = Some(order_id.clone());
@@ -796,16 +804,27 @@ fn refund(
     Ok(())
 }
 
-/// A debit asked for through the API.
+/// What a manual operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manual {
+    /// Spend points (a till, the app, the call centre).
+    Redemption,
+    /// A correction by the team, credit or debit, with its reason.
+    Adjustment,
+}
+
+/// A manual operation asked for through the API or the command line.
 #[derive(Debug, Clone)]
-pub struct DebitRequest {
+pub struct ManualOperation {
+    /// Redemption or adjustment.
+    pub kind: Manual,
     /// The membership.
     pub member: MemberId,
-    /// Points.
+    /// Signed points: negative debits, positive credits (adjustments only).
     pub points: Points,
-    /// What for.
+    /// What for (redemption) or why (adjustment).
     pub reason: String,
-    /// Who asks (`key:…`).
+    /// Who asks (`key:…`, `cli:…`).
     pub actor: String,
     /// The idempotency scope (API key and route) and key.
     pub scope: String,
@@ -817,18 +836,18 @@ pub struct DebitRequest {
     pub day: NaiveDate,
 }
 
-/// The answer to a debit.
+/// The answer to a manual operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DebitAnswer {
+pub enum OperationAnswer {
     /// The stored answer (first or replayed): status and JSON body.
     Answer(StoredAnswer),
     /// The key was used with another body.
     KeyReused,
 }
 
-/// Debit a member (a redemption), once per idempotency key. The answer,
-/// refusals included, is stored in the same transaction as the debit.
-pub fn debit(tx: &mut dyn LedgerTx, request: &DebitRequest) -> Result<DebitAnswer, StoreError> {
+/// Apply a manual operation once per idempotency key. The answer, refusals
+/// included, is stored in the same transaction as the entries.
+pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<OperationAnswer, StoreError> {
     let mut row = tx.member(request.member)?.ok_or(StoreError::NotFound)?;
     let mut hops = 0;
     while let (MemberStatus::Merged, Some(next)) = (row.status, row.merged_into) {
@@ -840,65 +859,83 @@ pub fn debit(tx: &mut dyn LedgerTx, request: &DebitRequest) -> Result<DebitAnswe
     }
     if let Some(previous) = tx.idempotent_answer(row.customer, &request.scope, &request.key)? {
         return Ok(if previous.request_hash == request.request_hash {
-            DebitAnswer::Answer(previous)
+            OperationAnswer::Answer(previous)
         } else {
-            DebitAnswer::KeyReused
+            OperationAnswer::KeyReused
         });
     }
     let mut book = Book::default();
-    let member = row.member;
-    let customer = row.customer;
-    let status = row.status;
+    let (member, customer, status, programme) = (row.member, row.customer, row.status, row.programme.clone());
     book.members.insert(member, row);
+    let stored = |status: u16, body: String| StoredAnswer { request_hash: request.request_hash.clone(), status, body };
+    let day = request.day;
+    let (kind, counter, reason) = match request.kind {
+        Manual::Redemption => (
+            "redemption",
+            Account::Redeemed,
+            Reason { kind: ReasonKind::Redemption { reason: request.reason.clone() }, day },
+        ),
+        Manual::Adjustment => (
+            "adjustment",
+            Account::Adjusted,
+            Reason {
+                kind: ReasonKind::Adjustment { reason: request.reason.clone(), actor: request.actor.clone() },
+                day,
+            },
+        ),
+    };
+    let mut t = transaction(kind, day, &programme);
+    t.actor = Some(request.actor.clone());
+    let tx_id = t.id;
+    let done = |points: Points, balance: Points| {
+        serde_json::json!({
+            "id": tx_id.to_string(),
+            "member": member.to_string(),
+            "points": points,
+            "balance": balance,
+            "reason": request.reason,
+        })
+        .to_string()
+    };
     let answer = if status != MemberStatus::Active {
-        StoredAnswer {
-            request_hash: request.request_hash.clone(),
-            status: 409,
-            body: problem(
+        stored(
+            409,
+            problem(
                 "membership_closed",
                 "Membership closed",
-                "the account was closed when the customer's data was erased; nothing can be debited".into(),
+                "the account was closed when the customer's data was erased; nothing can change on it".into(),
                 serde_json::json!({ "member": member.to_string() }),
             ),
-        }
+        )
+    } else if request.points > 0 {
+        // A credit earns a lot that expires like points earned today.
+        let expires = tx
+            .load_programmes()?
+            .into_iter()
+            .find(|p| p.head.key == programme)
+            .and_then(|p| p.version_at(day).map(|v| v.expiry.expires_on(day)))
+            .flatten();
+        book.credit(t, member, request.points, counter, reason, expires);
+        stored(201, done(request.points, book.members[&member].balance))
     } else {
-        let mut t = transaction("redemption", request.day);
-        t.actor = Some(request.actor.clone());
-        let tx_id = t.id;
-        let reason = request.reason.clone();
-        let day = request.day;
-        match book.debit(tx, t, member, Take::Exactly(request.points), Account::Redeemed, |_| Reason {
-            kind: ReasonKind::Redemption { reason },
-            day,
-        })? {
-            Ok(taken) => StoredAnswer {
-                request_hash: request.request_hash.clone(),
-                status: 201,
-                body: serde_json::json!({
-                    "id": tx_id.to_string(),
-                    "member": member.to_string(),
-                    "points": taken,
-                    "balance": book.members[&member].balance,
-                    "reason": request.reason,
-                })
-                .to_string(),
-            },
-            Err(balance) => StoredAnswer {
-                request_hash: request.request_hash.clone(),
-                status: 409,
-                body: problem(
+        let wanted = -request.points;
+        match book.debit(tx, t, member, Take::Exactly(wanted), counter, |_| reason)? {
+            Ok(taken) => stored(201, done(-taken, book.members[&member].balance)),
+            Err(balance) => stored(
+                409,
+                problem(
                     "insufficient_balance",
                     "Insufficient balance",
-                    format!("the balance is {balance} points and {} were asked; nothing was debited", request.points),
-                    serde_json::json!({ "balance": balance, "requested": request.points, "member": member.to_string() }),
+                    format!("the balance is {balance} points and {wanted} were asked; nothing was debited"),
+                    serde_json::json!({ "balance": balance, "requested": wanted, "member": member.to_string() }),
                 ),
-            },
+            ),
         }
     };
     let mut write = book.finish();
     write.answer = Some((customer, request.scope.clone(), request.key.clone(), answer.clone()));
     tx.write_ledger(&write)?;
-    Ok(DebitAnswer::Answer(answer))
+    Ok(OperationAnswer::Answer(answer))
 }
 
 /// An RFC 9457 problem document (as the HTTP layer writes them) with extra
@@ -936,7 +973,7 @@ pub fn expire_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) ->
     if expired == 0 {
         return Ok(0);
     }
-    let mut t = transaction("expiry", day);
+    let mut t = transaction("expiry", day, &book.members[&member].programme);
     let reason = Reason { kind: ReasonKind::Expiry, day };
     t.legs = vec![
         Leg { customer, member, account: Account::Member, points: -expired, reason: reason.clone(), expires_on: None },
@@ -964,7 +1001,7 @@ pub fn close_for_erasure(tx: &mut dyn LedgerTx, family: &[CustomerId], day: Naiv
         for lot in lots.iter().filter(|l| l.remaining > 0) {
             book.write.lot_updates.push((customer, lot.id.clone(), 0));
         }
-        let mut t = transaction("closure", day);
+        let mut t = transaction("closure", day, &book.members[&member].programme);
         let reason = Reason { kind: ReasonKind::Closure, day };
         t.legs = vec![
             Leg {
@@ -1015,5 +1052,112 @@ pub fn ledger_check(total: i64, unbalanced: Vec<String>, members: Vec<(String, i
         negative_balances: members.iter().filter(|m| m.1 < 0).map(|m| m.0.clone()).collect(),
         members: members.len() as u64,
         mismatched_members: members.into_iter().filter(|m| m.1 != m.2 || m.1 != m.3).collect(),
+    }
+}
+
+/// Points by kind and rule over a period, on the members' side.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleTotal {
+    /// `spend`, `event`, `redemption`, `expiry`…
+    pub kind: String,
+    /// The rule, for earn entries.
+    pub rule: Option<String>,
+    /// Points credited to members.
+    pub credited: Points,
+    /// Points debited from members.
+    pub debited: Points,
+}
+
+/// Earn and burn at one store over a period.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreTotal {
+    /// The store (`null`: online or not given).
+    pub store: Option<String>,
+    /// Points earned there.
+    pub earned: Points,
+    /// Points spent or taken back there.
+    pub burned: Points,
+}
+
+/// The programme's figures for the team: what it owes and how points move.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoyaltyReport {
+    /// The programme.
+    pub programme: String,
+    /// First day counted in the flows (`null`: since the start).
+    pub since: Option<NaiveDate>,
+    /// Active members.
+    pub members: u64,
+    /// Points the members hold.
+    pub outstanding_points: Points,
+    /// Their value in minor units of the currency (points × point value).
+    pub liability_minor: i64,
+    /// Currency of the liability.
+    pub currency: String,
+    /// Outstanding points by the month they expire (`YYYY-MM`, or `never`).
+    pub expiring_by_month: Vec<(String, Points)>,
+    /// Points by kind and rule.
+    pub by_rule: Vec<RuleTotal>,
+    /// Earn and burn by store.
+    pub by_store: Vec<StoreTotal>,
+    /// Points issued by earn rules and credits in the period.
+    pub issued: Points,
+    /// Points redeemed in the period.
+    pub redeemed: Points,
+    /// Points expired in the period.
+    pub expired: Points,
+    /// Expired ÷ issued in the period (`null` when nothing was issued).
+    pub breakage_rate: Option<f64>,
+}
+
+/// Raw figures an engine reads for a report.
+#[derive(Debug, Default)]
+pub struct ReportRows {
+    /// Active members and their balances' sum.
+    pub members: (u64, Points),
+    /// (month or `never`, points) of open lots.
+    pub expiring: Vec<(String, Points)>,
+    /// (kind, rule, credited, debited) of member entries in the period.
+    pub by_rule: Vec<(String, Option<String>, Points, Points)>,
+    /// (store, earned, burned) of member entries in the period.
+    pub by_store: Vec<(Option<String>, Points, Points)>,
+}
+
+impl LoyaltyReport {
+    /// The report from an engine's rows.
+    pub fn from_rows(programme: &Programme, since: Option<NaiveDate>, rows: ReportRows) -> LoyaltyReport {
+        let sum = |kinds: &[&str], credits: bool| -> Points {
+            rows.by_rule
+                .iter()
+                .filter(|(k, _, _, _)| kinds.contains(&k.as_str()))
+                .map(|(_, _, c, d)| if credits { *c } else { *d })
+                .sum()
+        };
+        let issued = sum(&["spend", "event", "first_purchase", "adjustment"], true);
+        let redeemed = sum(&["redemption"], false);
+        let expired = sum(&["expiry"], false);
+        LoyaltyReport {
+            programme: programme.head.key.clone(),
+            since,
+            members: rows.members.0,
+            outstanding_points: rows.members.1,
+            liability_minor: rows.members.1.saturating_mul(programme.head.point_value_minor),
+            currency: programme.head.currency.clone(),
+            expiring_by_month: rows.expiring,
+            by_rule: rows
+                .by_rule
+                .into_iter()
+                .map(|(kind, rule, credited, debited)| RuleTotal { kind, rule, credited, debited })
+                .collect(),
+            by_store: rows
+                .by_store
+                .into_iter()
+                .map(|(store, earned, burned)| StoreTotal { store, earned, burned })
+                .collect(),
+            issued,
+            redeemed,
+            expired,
+            breakage_rate: (issued > 0).then(|| expired as f64 / issued as f64),
+        }
     }
 }

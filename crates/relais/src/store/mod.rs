@@ -579,10 +579,12 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         id: relais_domain::MemberId,
     ) -> Result<(Vec<loyalty::StatementEntry>, Vec<relais_domain::loyalty::Lot>), StoreError>;
-    /// Debit a member once per idempotency key.
-    fn loyalty_debit(&self, request: &loyalty::DebitRequest) -> Result<loyalty::DebitAnswer, StoreError>;
+    /// Apply a redemption or an adjustment once per idempotency key.
+    fn loyalty_operate(&self, request: &loyalty::ManualOperation) -> Result<loyalty::OperationAnswer, StoreError>;
     /// Expire the lots whose expiry day has come: (members touched, points expired).
     fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError>;
+    /// The programme's liability and flows since a day (or since the start).
+    fn loyalty_report(&self, programme: &str, since: Option<NaiveDate>) -> Result<loyalty::ReportRows, StoreError>;
     /// The ledger's invariants as stored.
     fn loyalty_check(&self) -> Result<loyalty::LedgerCheck, StoreError>;
     /// Forget answers stored under idempotency keys before an instant.

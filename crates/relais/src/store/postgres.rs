@@ -1648,10 +1648,13 @@ impl Engine for PgEngine {
         })
     }
 
-    fn loyalty_debit(&self, request: &super::loyalty::DebitRequest) -> Result<super::loyalty::DebitAnswer, StoreError> {
+    fn loyalty_operate(
+        &self,
+        request: &super::loyalty::ManualOperation,
+    ) -> Result<super::loyalty::OperationAnswer, StoreError> {
         self.retrying(|client| {
             let mut tx = client.transaction()?;
-            let answer = super::loyalty::debit(&mut PgTx { tx: &mut tx, privacy: None }, request)?;
+            let answer = super::loyalty::operate(&mut PgTx { tx: &mut tx, privacy: None }, request)?;
             tx.commit()?;
             Ok(answer)
         })
@@ -1679,6 +1682,14 @@ impl Engine for PgEngine {
                 return Ok((members, points));
             }
         }
+    }
+
+    fn loyalty_report(
+        &self,
+        programme: &str,
+        since: Option<NaiveDate>,
+    ) -> Result<super::loyalty::ReportRows, StoreError> {
+        self.pool.with(|client| loyalty::report(client, programme, since))
     }
 
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {

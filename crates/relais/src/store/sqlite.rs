@@ -1878,11 +1878,14 @@ impl Engine for SqliteEngine {
         })
     }
 
-    fn loyalty_debit(&self, request: &super::loyalty::DebitRequest) -> Result<super::loyalty::DebitAnswer, StoreError> {
+    fn loyalty_operate(
+        &self,
+        request: &super::loyalty::ManualOperation,
+    ) -> Result<super::loyalty::OperationAnswer, StoreError> {
         let request = request.clone();
         self.write(false, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let answer = super::loyalty::debit(
+            let answer = super::loyalty::operate(
                 &mut SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None },
                 &request,
             )?;
@@ -1916,6 +1919,14 @@ impl Engine for SqliteEngine {
             members += m;
             points += p;
         }
+    }
+
+    fn loyalty_report(
+        &self,
+        programme: &str,
+        since: Option<NaiveDate>,
+    ) -> Result<super::loyalty::ReportRows, StoreError> {
+        self.readers.with(|conn| loyalty::report(conn, programme, since))
     }
 
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {

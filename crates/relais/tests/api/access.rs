@@ -129,6 +129,7 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                 "/api/v1/loyalty/members" => json!({"identifier": "email:acces@exemple.fr"}),
                 "/api/v1/clv/fit" => json!({"horizon_weeks": 39}),
                 "/api/v1/loyalty/members/{id}/redemptions" => json!({"points": 1, "reason": "test"}),
+                "/api/v1/loyalty/members/{id}/adjustments" => json!({"points": 5, "reason": "geste commercial"}),
                 "/v1/batch" => json!({"batch": [{"type": "track", "userId": "acc-user", "event": "Product Viewed"}]}),
                 "/v1/alias" => json!({"userId": "acc-user", "previousId": "acc-device"}),
                 "/v1/group" => json!({"userId": "acc-user", "groupId": "famille-acc"}),
@@ -150,7 +151,7 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                 "/api/v1/loyalty/members" if route.method == "GET" => {
                     request = request.query(&[("identifier", "email:acces@exemple.fr")])
                 }
-                "/api/v1/loyalty/members/{id}/redemptions" => {
+                "/api/v1/loyalty/members/{id}/redemptions" | "/api/v1/loyalty/members/{id}/adjustments" => {
                     request =
                         request.header("Idempotency-Key", format!("access-{}", role.map_or("none", |r| r.as_str())))
                 }

@@ -235,6 +235,25 @@ async fn refunds_take_back_their_share_and_a_debit_happens_once_per_key() {
 
     let (status, _) = redeem(&app, &id, 20, "till-7-0004").await;
     assert_eq!(status, StatusCode::CREATED);
+    // A manual credit and its reverse, with their mandatory reason and author.
+    let adjust = |points: i64, reason: &str, key: &str| {
+        let body = json!({ "points": points, "reason": reason });
+        let (path, key) = (format!("/api/v1/loyalty/members/{id}/adjustments"), key.to_string());
+        let app = &app;
+        async move { post_json(app, &path, body, &[("Idempotency-Key", key.as_str())]).await }
+    };
+    let (status, credited) = adjust(15, "geste commercial après réclamation", "adj-1").await;
+    assert_eq!((status, credited["balance"].as_i64()), (StatusCode::CREATED, Some(65)), "{credited}");
+    let (status, debited) = adjust(-15, "erreur de saisie", "adj-2").await;
+    assert_eq!(
+        (status, debited["points"].as_i64(), debited["balance"].as_i64()),
+        (StatusCode::CREATED, Some(-15), Some(50))
+    );
+    assert_eq!(adjust(-500, "trop", "adj-3").await.0, StatusCode::CONFLICT);
+    let (status, problem) = adjust(0, "rien", "adj-4").await;
+    assert_eq!((status, problem["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("points")));
+    let (status, problem) = adjust(5, "  ", "adj-5").await;
+    assert_eq!((status, problem["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("reason")));
 
     // The rest of the order is refunded: 70 points should go back, the
     // balance holds 50, and the 20 already spent are recorded as not recovered.
@@ -245,6 +264,19 @@ async fn refunds_take_back_their_share_and_a_debit_happens_once_per_key() {
     assert_eq!(last["kind"], "refund");
     assert_eq!(last["points"], -50);
     assert!(last["reasons"]["en"].as_str().unwrap().contains("20 points already spent were not taken back"), "{last}");
+    let manual = statement["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "adjustment").unwrap().clone();
+    // The team's view: nothing outstanding, what was issued, spent and taken back.
+    let (status, report) = call(&app, "GET", "/api/v1/loyalty/programmes/club/report", None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!((report["members"].as_u64(), report["outstanding_points"].as_i64()), (Some(1), Some(0)), "{report}");
+    assert_eq!(report["issued"], 150 + 15, "{report}");
+    assert_eq!(report["redeemed"], 70, "{report}");
+    let nantes = report["by_store"].as_array().unwrap().iter().find(|s| s["store"] == "nantes").unwrap().clone();
+    assert_eq!((nantes["earned"].as_i64(), nantes["burned"].as_i64()), (Some(150), Some(0)), "{report}");
+    let elsewhere = report["by_store"].as_array().unwrap().iter().find(|s| s["store"].is_null()).unwrap().clone();
+    assert_eq!(elsewhere["burned"], 70 + 80, "redemptions and refunds without a store: {report}");
+    assert!(manual["actor"].as_str().unwrap().starts_with("key:"), "{manual}");
+    assert!(manual["reasons"]["fr"].as_str().unwrap().contains("geste commercial après réclamation"), "{manual}");
     assert_ledger_holds(&app).await;
     let (status, _) = call(&app, "GET", "/api/v1/loyalty/members/mem_01ARZ3NDEKTSV4RRFFQ69G5FAV", None, &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -413,4 +445,65 @@ async fn the_command_line_applies_checks_and_refuses_bad_files_with_their_line()
     assert!(checked.0, "{checked:?}");
     let (_, programmes) = call(&app, "GET", "/api/v1/loyalty/programmes", None, &[]).await;
     assert_eq!(programmes["programmes"][0]["key"], "club");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_mid_request_loses_nothing_and_a_retry_applies_nothing_twice() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([{"type": "identify", "userId": "zoe"}])).await;
+    let id = enrol(&app, "user_id:zoe").await["id"].as_str().unwrap().to_string();
+    app.batch(json!([order("zoe", "z-1", "z1", 1000.0, "paris", json!([]))])).await;
+    assert_eq!(statement(&app, &id).await["balance"], 1050);
+
+    let location = place(&app.scratch);
+    let started = location.clone();
+    let (mut server, address) = tokio::task::spawn_blocking(move || start_binary(&started)).await.unwrap();
+    let client = reqwest::Client::new();
+    let send = |address: String, n: usize| {
+        let (client, key, id) = (client.clone(), app.admin.clone(), id.clone());
+        async move {
+            let redemption = client
+                .post(format!("{address}/api/v1/loyalty/members/{id}/redemptions"))
+                .bearer_auth(&key)
+                .header("Idempotency-Key", format!("crash-{n}"))
+                .json(&json!({"points": 10, "reason": "bon d'achat"}))
+                .send()
+                .await;
+            let order = client
+                .post(format!("{address}/v1/track"))
+                .basic_auth(&key, Some(""))
+                .json(&json!({"userId": "zoe", "event": "Order Completed", "messageId": format!("crash-order-{n}"),
+                              "properties": {"order_id": format!("c{n}"), "total": 10.0, "currency": "EUR"}}))
+                .send()
+                .await;
+            (redemption.ok().map(|r| r.status()), order.ok().map(|r| r.status()))
+        }
+    };
+    // Requests in flight when the server is killed: some answered, some cut.
+    let mut tasks = Vec::new();
+    for n in 0..40 {
+        tasks.push(tokio::spawn(send(address.clone(), n)));
+        if n == 20 {
+            server.kill().unwrap();
+        }
+    }
+    for task in tasks {
+        let _ = task.await.unwrap();
+    }
+    // The clients retry everything against a restarted server.
+    let (mut restarted, address) = tokio::task::spawn_blocking(move || start_binary(&location)).await.unwrap();
+    for n in 0..40 {
+        let (redemption, order) = send(address.clone(), n).await;
+        assert_eq!(redemption, Some(StatusCode::CREATED), "retry {n}");
+        assert_eq!(order, Some(StatusCode::OK), "retry {n}");
+    }
+    restarted.kill().unwrap();
+    // Each debit once, each order earning once: 1050 − 40 × 10 + 40 × 10.
+    let statement = statement(&app, &id).await;
+    assert_eq!(statement["balance"], 1050, "{statement}");
+    let entries = statement["entries"].as_array().unwrap();
+    assert_eq!(entries.iter().filter(|e| e["kind"] == "redemption").count(), 40);
+    assert_eq!(entries.iter().filter(|e| e["kind"] == "spend").count(), 41);
+    assert_ledger_holds(&app).await;
 }

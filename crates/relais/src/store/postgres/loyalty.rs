@@ -12,7 +12,7 @@ use relais_domain::{CustomerId, Identifier, MemberId};
 
 use super::{parse_id, PgTx};
 use crate::store::loyalty::{
-    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, StatementEntry, StoredAnswer,
+    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
@@ -200,18 +200,20 @@ impl LedgerTx for PgTx<'_, '_> {
                         .push(serde_json::to_string(&l.reason).map_err(|e| StoreError::Database(e.to_string()))?);
                     columns.expires.push(l.expires_on);
                     columns.actor.push(t.actor.clone());
+                    columns.programme.push(t.programme.clone());
+                    columns.store.push(t.store.clone());
                 }
             }
             let c = &columns;
             self.tx.execute(
                 "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
-                 message_id, order_id, basis_minor, day, reason, expires_on, actor, created_at) \
+                 message_id, order_id, basis_minor, day, reason, expires_on, actor, programme_key, store, created_at) \
                  SELECT *, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], \
                  $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::date[], $14::text[], \
-                 $15::date[], $16::text[])",
+                 $15::date[], $16::text[], $17::text[], $18::text[])",
                 &[
                     &c.customer, &c.tx, &c.leg, &c.member, &c.account, &c.points, &c.kind, &c.rule, &c.event,
-                    &c.message, &c.order, &c.basis, &c.day, &c.reason, &c.expires, &c.actor,
+                    &c.message, &c.order, &c.basis, &c.day, &c.reason, &c.expires, &c.actor, &c.programme, &c.store,
                 ],
             )?;
         }
@@ -302,6 +304,8 @@ struct EntryColumns {
     reason: Vec<String>,
     expires: Vec<Option<NaiveDate>>,
     actor: Vec<Option<String>>,
+    programme: Vec<String>,
+    store: Vec<Option<String>>,
 }
 
 /// A member's lots with points left.
@@ -416,4 +420,50 @@ pub(super) fn check(client: &mut impl GenericClient) -> Result<LedgerCheck, Stor
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
     Ok(crate::store::loyalty::ledger_check(total, unbalanced, rows))
+}
+
+/// The raw figures of a programme's report.
+pub(super) fn report(
+    client: &mut impl GenericClient,
+    programme: &str,
+    since: Option<NaiveDate>,
+) -> Result<ReportRows, StoreError> {
+    let row = client.query_one(
+        "SELECT COUNT(*), COALESCE(SUM(balance), 0)::bigint FROM loyalty_members \
+         WHERE programme_key = $1 AND status = 'active'",
+        &[&programme],
+    )?;
+    let members = (row.get::<_, i64>(0) as u64, row.get(1));
+    let expiring = client
+        .query(
+            "SELECT COALESCE(to_char(l.expires_on, 'YYYY-MM'), 'never') AS month, SUM(l.remaining)::bigint \
+             FROM loyalty_lots l JOIN loyalty_members m ON m.customer_id = l.customer_id AND m.member_id = l.member_id \
+             WHERE m.programme_key = $1 AND l.remaining > 0 GROUP BY month ORDER BY month",
+            &[&programme],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let by_rule = client
+        .query(
+            "SELECT kind, rule, SUM(CASE WHEN points > 0 THEN points ELSE 0 END)::bigint, \
+             SUM(CASE WHEN points < 0 THEN -points ELSE 0 END)::bigint FROM loyalty_entries WHERE programme_key = $1 \
+             AND account = 'member' AND ($2::date IS NULL OR day >= $2) GROUP BY kind, rule ORDER BY kind, rule",
+            &[&programme, &since],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let by_store = client
+        .query(
+            "SELECT store, SUM(CASE WHEN points > 0 AND kind <> 'merge' THEN points ELSE 0 END)::bigint, \
+             SUM(CASE WHEN points < 0 AND kind IN ('redemption', 'refund') THEN -points ELSE 0 END)::bigint \
+             FROM loyalty_entries WHERE programme_key = $1 AND account = 'member' AND ($2::date IS NULL OR day >= $2) \
+             GROUP BY store ORDER BY store",
+            &[&programme, &since],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    Ok(ReportRows { members, expiring, by_rule, by_store })
 }

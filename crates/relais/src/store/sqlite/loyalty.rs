@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_micros, micros, parse_id, SqliteTx};
 use crate::store::loyalty::{
-    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, StatementEntry, StoredAnswer,
+    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
@@ -203,8 +203,8 @@ impl LedgerTx for SqliteTx<'_, '_> {
         {
             let mut stmt = self.tx.prepare_cached(
                 "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
-                 message_id, order_id, basis_minor, day, reason, expires_on, actor, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 message_id, order_id, basis_minor, day, reason, expires_on, actor, created_at, programme_key, store) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             )?;
             for t in &write.transactions {
                 for (leg, l) in t.legs.iter().enumerate() {
@@ -225,7 +225,9 @@ impl LedgerTx for SqliteTx<'_, '_> {
                         serde_json::to_string(&l.reason).map_err(|e| StoreError::Database(e.to_string()))?,
                         l.expires_on.map(day_text),
                         t.actor,
-                        now
+                        now,
+                        t.programme,
+                        t.store
                     ])?;
                 }
             }
@@ -412,4 +414,40 @@ pub(super) fn check(conn: &Connection) -> Result<LedgerCheck, StoreError> {
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(crate::store::loyalty::ledger_check(total, unbalanced, rows))
+}
+
+/// The raw figures of a programme's report.
+pub(super) fn report(conn: &Connection, programme: &str, since: Option<NaiveDate>) -> Result<ReportRows, StoreError> {
+    let since = since.map(day_text).unwrap_or_default();
+    let members = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(balance), 0) FROM loyalty_members WHERE programme_key = ?1 AND status = 'active'",
+        [programme],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
+    )?;
+    let expiring = conn
+        .prepare(
+            "SELECT COALESCE(substr(l.expires_on, 1, 7), 'never') AS month, SUM(l.remaining) FROM loyalty_lots l \
+             JOIN loyalty_members m ON m.customer_id = l.customer_id AND m.member_id = l.member_id \
+             WHERE m.programme_key = ?1 AND l.remaining > 0 GROUP BY month ORDER BY month",
+        )?
+        .query_map([programme], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let by_rule = conn
+        .prepare(
+            "SELECT kind, rule, SUM(CASE WHEN points > 0 THEN points ELSE 0 END), \
+             SUM(CASE WHEN points < 0 THEN -points ELSE 0 END) FROM loyalty_entries WHERE programme_key = ?1 AND account = 'member' \
+             AND day >= ?2 GROUP BY kind, rule ORDER BY kind, rule",
+        )?
+        .query_map(params![programme, since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let by_store = conn
+        .prepare(
+            "SELECT store, SUM(CASE WHEN points > 0 AND kind <> 'merge' THEN points ELSE 0 END), \
+             SUM(CASE WHEN points < 0 AND kind IN ('redemption', 'refund') THEN -points ELSE 0 END) \
+             FROM loyalty_entries WHERE programme_key = ?1 AND account = 'member' AND day >= ?2 \
+             GROUP BY store ORDER BY store",
+        )?
+        .query_map(params![programme, since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ReportRows { members, expiring, by_rule, by_store })
 }
