@@ -429,7 +429,7 @@ enum LoyaltyCommand {
         #[arg(long, default_value = "fr")]
         lang: String,
     },
-    /// Expire the points whose expiry day has come (`serve` does it every hour).
+    /// Expire the points whose expiry day has come and review tiers (`serve` does both every hour).
     Expire {
         #[command(flatten)]
         store: StoreArgs,
@@ -931,18 +931,19 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
         }
         LoyaltyCommand::Expire { store } => {
             let store = store.open(settings)?;
-            let (members, points) = store.blocking_audited(|engine, audit| {
+            let (members, points, tier_changes) = store.blocking_audited(|engine, audit| {
                 let (members, points) = engine.loyalty_expire(today)?;
+                let tier_changes = engine.loyalty_review(today)?;
                 audit.record(
                     &cli_actor(),
                     "loyalty.expiry",
                     None,
-                    serde_json::json!({ "members": members, "points": points }),
+                    serde_json::json!({ "members": members, "points": points, "tier_changes": tier_changes }),
                 )?;
-                Ok((members, points))
+                Ok((members, points, tier_changes))
             })?;
             store.close_audit()?;
-            println!("{points} points expired for {members} members");
+            println!("{points} points expired for {members} members; {tier_changes} tier changes");
             Ok(())
         }
         LoyaltyCommand::Report { store, programme, since } => {
@@ -1047,12 +1048,13 @@ async fn serve(
             match expiring
                 .run_audited(move |engine, audit| {
                     let (members, points) = engine.loyalty_expire(today)?;
-                    if points > 0 {
+                    let tier_changes = engine.loyalty_review(today)?;
+                    if points > 0 || tier_changes > 0 {
                         audit.record(
                             "system",
                             "loyalty.expiry",
                             None,
-                            serde_json::json!({ "members": members, "points": points }),
+                            serde_json::json!({ "members": members, "points": points, "tier_changes": tier_changes }),
                         )?;
                     }
                     engine.loyalty_forget_answers(chrono::Utc::now() - chrono::Duration::hours(48))?;

@@ -109,6 +109,8 @@ fn rule_text(rule: &relais_domain::loyalty::rules::Rule, unit: &str, lang: Lang)
                     (Condition::Store(s), false) => format!("purchases at the {s} store"),
                     (Condition::Channel(c), true) => format!("achats sur le canal {c}"),
                     (Condition::Channel(c), false) => format!("purchases on the {c} channel"),
+                    (Condition::Tier(t), true) => format!("membres du niveau {t}"),
+                    (Condition::Tier(t), false) => format!("members of the {t} tier"),
                 };
                 text.push_str(&format!("; × {} {} {on}", m.factor.text(), if fr { "pour les" } else { "for" }));
             }
@@ -154,10 +156,11 @@ pub fn rules_html(programme: &Programme, lang: Lang, today: chrono::NaiveDate) -
     let unit = escape(&head.unit);
     let mut body = String::new();
     let value = format!("{:.2}", head.point_value_minor as f64 / 100.0);
+    let one = escape(head.unit.strip_suffix('s').unwrap_or(&head.unit));
     body.push_str(&if fr {
-        format!("<p>1 {unit} vaut {} {}.</p>", value.replace('.', ","), escape(&head.currency))
+        format!("<p>1 {one} vaut {} {}.</p>", value.replace('.', ","), escape(&head.currency))
     } else {
-        format!("<p>1 {unit} is worth {value} {}.</p>", escape(&head.currency))
+        format!("<p>1 {one} is worth {value} {}.</p>", escape(&head.currency))
     });
     for version in programme.versions.iter().rev() {
         let from = long_date(version.effective_from, lang);
@@ -184,7 +187,11 @@ pub fn rules_html(programme: &Programme, lang: Lang, today: chrono::NaiveDate) -
                 format!("The {unit} expire at the end of the year after the one they are earned in.")
             }
         };
-        body.push_str(&format!("</ul><p>{expiry}</p></section>"));
+        body.push_str(&format!("</ul><p>{expiry}</p>"));
+        if let Some(tiers) = &version.tiers {
+            body.push_str(&tiers_html(tiers, lang));
+        }
+        body.push_str("</section>");
     }
     let other = if fr { ("en", "English") } else { ("fr", "Français") };
     let spent = if fr {
@@ -200,6 +207,49 @@ pub fn rules_html(programme: &Programme, lang: Lang, today: chrono::NaiveDate) -
         code = other.0,
         label = other.1,
     )
+}
+
+/// The tiers of a version in plain words.
+fn tiers_html(tiers: &relais_domain::loyalty::tiers::Tiers, lang: Lang) -> String {
+    use relais_domain::loyalty::tiers::{Measure, Review};
+    let fr = lang == Lang::Fr;
+    let amount = |value: i64| match (tiers.measure, fr) {
+        (Measure::Spend, true) => format!("{} € d'achats", value / 100),
+        (Measure::Spend, false) => format!("€{} of purchases", value / 100),
+        (Measure::Points, true) => format!("{value} points gagnés"),
+        (Measure::Points, false) => format!("{value} points earned"),
+        (Measure::Engagement, true) => format!("{value} actions récompensées"),
+        (Measure::Engagement, false) => format!("{value} rewarded actions"),
+    };
+    let mut html = String::from(if fr { "<h3>Niveaux</h3><ul>" } else { "<h3>Tiers</h3><ul>" });
+    for level in &tiers.levels {
+        html.push_str(&format!(
+            "<li>{} : {}{}</li>",
+            escape(&level.name),
+            if fr { "à partir de " } else { "from " },
+            escape(&amount(level.threshold)),
+        ));
+    }
+    let review = match (tiers.review, fr) {
+        (Review::Monthly, true) => "le 1er de chaque mois",
+        (Review::Monthly, false) => "on the 1st of each month",
+        (Review::Yearly, true) => "le 1er janvier",
+        (Review::Yearly, false) => "on 1 January",
+    };
+    html.push_str(&if fr {
+        format!(
+            "</ul><p>Le niveau se calcule sur les {} derniers mois. On monte dès que le seuil est atteint ; \
+             on ne descend qu'après la révision ({review}), un avis, puis {} jours de grâce.</p>",
+            tiers.window_months, tiers.grace_days
+        )
+    } else {
+        format!(
+            "</ul><p>Tiers count the last {} months. You move up as soon as you reach a threshold; you move \
+             down only after a review ({review}), a notice, then {} days of grace.</p>",
+            tiers.window_months, tiers.grace_days
+        )
+    });
+    html
 }
 
 /// The digital card: the programme's name, the number grouped by four, and a

@@ -9,6 +9,7 @@
 pub mod card;
 pub mod ledger;
 pub mod rules;
+pub mod tiers;
 
 pub use card::CardNumber;
 pub use ledger::{allocate, Allocation, Lot, Reason, ReasonKind};

@@ -64,6 +64,8 @@ pub struct VersionFile {
     /// The earn rules.
     #[serde(default)]
     pub rule: Vec<RuleFile>,
+    /// Tiers, when the programme has them.
+    pub tiers: Option<super::tiers::TiersFile>,
 }
 
 /// Expiry as written: `{ months = 12 }`, `{ end_of_following_year = true }` or nothing (never).
@@ -109,6 +111,8 @@ pub struct MultiplierFile {
     pub store: Option<String>,
     /// Applies to orders on this channel.
     pub channel: Option<String>,
+    /// Applies to orders of members of this tier.
+    pub tier: Option<String>,
     /// The factor, an exact decimal ("2", "1.5").
     pub factor: String,
 }
@@ -204,6 +208,8 @@ pub enum Condition {
     Store(String),
     /// Orders on this channel.
     Channel(String),
+    /// Orders of members of this tier.
+    Tier(String),
 }
 
 /// A multiplier of a spend rule.
@@ -331,6 +337,9 @@ pub struct RuleVersion {
     pub expiry: Expiry,
     /// Its rules, in file order.
     pub rules: Vec<Rule>,
+    /// Its tiers.
+    #[serde(default)]
+    pub tiers: Option<super::tiers::Tiers>,
 }
 
 /// A checked programme with all its versions, oldest first.
@@ -453,7 +462,27 @@ impl VersionFile {
                 "a version has at most one spend rule (two would pay the same euro twice); use multipliers instead",
             ));
         }
-        Ok(RuleVersion { effective_from, expiry, rules })
+        let tiers = match &self.tiers {
+            None => None,
+            Some(file) => Some(file.check().map_err(|reason| error(format!("{place}, tiers"), Some(v), None, reason))?),
+        };
+        for (r, rule) in rules.iter().enumerate() {
+            if let RuleKind::Spend { multipliers, .. } = &rule.kind {
+                for m in multipliers {
+                    if let Condition::Tier(id) = &m.when {
+                        if tiers.as_ref().and_then(|t| t.level(id)).is_none() {
+                            return Err(error(
+                                format!("{place}, rule \"{}\"", rule.id),
+                                Some(v),
+                                Some(r),
+                                format!("the multiplier names tier `{id}`, which this version does not define"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(RuleVersion { effective_from, expiry, rules, tiers })
     }
 }
 
@@ -496,11 +525,16 @@ impl RuleFile {
                 };
                 let mut multipliers = Vec::with_capacity(self.multiplier.len());
                 for m in &self.multiplier {
-                    let when = match (&m.category, &m.store, &m.channel) {
-                        (Some(c), None, None) => Condition::Category(c.clone()),
-                        (None, Some(s), None) => Condition::Store(s.clone()),
-                        (None, None, Some(c)) => Condition::Channel(c.clone()),
-                        _ => return Err(fail("a multiplier names exactly one of category, store or channel".into())),
+                    let when = match (&m.category, &m.store, &m.channel, &m.tier) {
+                        (Some(c), None, None, None) => Condition::Category(c.clone()),
+                        (None, Some(s), None, None) => Condition::Store(s.clone()),
+                        (None, None, Some(c), None) => Condition::Channel(c.clone()),
+                        (None, None, None, Some(t)) => Condition::Tier(t.clone()),
+                        _ => {
+                            return Err(fail(
+                                "a multiplier names exactly one of category, store, channel or tier".into(),
+                            ))
+                        }
                     };
                     let factor = Decimal::parse(&m.factor)
                         .filter(|d| d.units > 0 && d.scaled() <= MAX_FACTOR_UNITS)
@@ -659,6 +693,8 @@ pub struct EarnInput<'a> {
     pub order: Option<OrderInput<'a>>,
     /// First-purchase rules (by id) that already paid this member.
     pub first_purchase_done: &'a [String],
+    /// The member's tier when the event happened.
+    pub tier: Option<&'a str>,
 }
 
 /// What one rule grants for one event, before its cap.
@@ -744,6 +780,7 @@ fn spend_points(
         let applies = match &m.when {
             Condition::Store(s) => input.store == Some(s.as_str()),
             Condition::Channel(c) => input.channel == c,
+            Condition::Tier(t) => input.tier == Some(t.as_str()),
             Condition::Category(_) => false,
         };
         if applies {
@@ -809,8 +846,15 @@ mod tests {
     }
 
     fn earn(programme: &Programme, event: &str, store: Option<&str>, order: Option<OrderInput<'_>>) -> Vec<Earning> {
-        let input =
-            EarnInput { event, day: day("2026-03-03"), channel: "store", store, order, first_purchase_done: &[] };
+        let input = EarnInput {
+            event,
+            day: day("2026-03-03"),
+            channel: "store",
+            store,
+            order,
+            first_purchase_done: &[],
+            tier: None,
+        };
         programme.version_at(input.day).unwrap().earn(&input, "EUR")
     }
 
@@ -863,6 +907,7 @@ mod tests {
             store: None,
             order: Some(order(1_000, vec![])),
             first_purchase_done: &done,
+            tier: None,
         };
         assert!(programme.versions[0].earn(&input, "EUR").is_empty());
         assert!(earn(&programme, "Page Viewed", None, None).is_empty());

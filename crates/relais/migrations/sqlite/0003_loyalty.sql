@@ -23,6 +23,9 @@ CREATE TABLE loyalty_members (
     status        TEXT NOT NULL,
     merged_into   TEXT,
     enrolled_at   INTEGER NOT NULL,
+    tier          TEXT,
+    tier_since    INTEGER,
+    downgrade_on  TEXT,
     PRIMARY KEY (customer_id, member_id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX loyalty_members_one_per_programme ON loyalty_members (customer_id, programme_key)
@@ -71,6 +74,26 @@ CREATE TABLE loyalty_lots (
 ) WITHOUT ROWID;
 CREATE INDEX loyalty_lots_open ON loyalty_lots (customer_id, member_id) WHERE remaining > 0;
 CREATE INDEX loyalty_lots_expiring ON loyalty_lots (expires_on) WHERE remaining > 0;
+
+-- Tier changes: upgrades, downgrade notices (with the day the downgrade
+-- takes effect), notices lifted, downgrades; the member's current tier is on
+-- its row.
+CREATE TABLE loyalty_tier_changes (
+    customer_id   TEXT NOT NULL,
+    change_id     TEXT NOT NULL,
+    member_id     TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    from_tier     TEXT,
+    to_tier       TEXT,
+    effective_on  TEXT,
+    measured      BIGINT NOT NULL,
+    day           TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (customer_id, change_id)
+) WITHOUT ROWID;
+CREATE INDEX loyalty_tier_changes_by_member ON loyalty_tier_changes (customer_id, member_id);
+CREATE INDEX loyalty_members_downgrades ON loyalty_members (downgrade_on) WHERE downgrade_on IS NOT NULL;
+CREATE INDEX loyalty_members_tiered ON loyalty_members (programme_key, member_id) WHERE tier IS NOT NULL;
 
 -- Answers to debit requests by Idempotency-Key, written in the debit's own
 -- transaction: a retry gets the first answer and debits nothing.

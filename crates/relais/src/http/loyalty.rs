@@ -174,6 +174,10 @@ pub struct MemberBody {
     pub merged_into: Option<String>,
     /// When the person enrolled.
     pub enrolled_at: chrono::DateTime<Utc>,
+    /// Current tier.
+    pub tier: Option<String>,
+    /// A downgrade announced for this day, unless the member qualifies again.
+    pub downgrade_on: Option<NaiveDate>,
 }
 
 fn member_body(view: MemberView) -> MemberBody {
@@ -186,6 +190,8 @@ fn member_body(view: MemberView) -> MemberBody {
         status: view.row.status.as_str().into(),
         merged_into: view.row.merged_into.map(|m| m.to_string()),
         enrolled_at: view.row.enrolled_at,
+        tier: view.row.tier,
+        downgrade_on: view.row.downgrade_on,
     }
 }
 
@@ -640,30 +646,34 @@ pub struct ExpiryRun {
     pub members: usize,
     /// Points expired.
     pub points: i64,
+    /// Tier changes made by the review (downgrades after grace, notices on review dates).
+    pub tier_changes: usize,
     /// The day it ran for.
     pub day: NaiveDate,
 }
 
-/// Expire the points whose expiry day has come (the server also does it every hour).
+/// Expire the points whose expiry day has come and review tiers (the server
+/// also does both every hour).
 #[utoipa::path(post, path = "/api/v1/loyalty/expiry", tag = "loyalty",
     responses((status = 200, body = ExpiryRun)), security(("bearer" = [])))]
 pub async fn run_expiry(State(state): State<AppState>, caller: Caller) -> Result<Json<ExpiryRun>, ApiError> {
     let day = today(&state);
     let actor = caller.actor();
-    let (members, points) = state
+    let (members, points, tier_changes) = state
         .store
         .run_audited(move |engine, audit| {
             let (members, points) = engine.loyalty_expire(day)?;
+            let tier_changes = engine.loyalty_review(day)?;
             audit.record(
                 &actor,
                 "loyalty.expiry",
                 None,
-                serde_json::json!({ "members": members, "points": points }),
+                serde_json::json!({ "members": members, "points": points, "tier_changes": tier_changes }),
             )?;
-            Ok((members, points))
+            Ok((members, points, tier_changes))
         })
         .await?;
-    Ok(Json(ExpiryRun { members, points, day }))
+    Ok(Json(ExpiryRun { members, points, tier_changes, day }))
 }
 
 /// The ledger's invariants: the sum of all entries is zero, every
@@ -707,4 +717,104 @@ pub async fn report(
     let lookup = key.clone();
     let rows = state.store.run(move |engine| engine.loyalty_report(&lookup, since)).await?;
     Ok(Json(crate::store::loyalty::LoyaltyReport::from_rows(&programme, since, rows)))
+}
+
+/// What the member needs for a tier.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TierGoal {
+    /// The tier.
+    pub tier: String,
+    /// Its name.
+    pub name: String,
+    /// Its threshold.
+    pub threshold: i64,
+    /// By when (the next review date, to keep a tier; now, to reach one).
+    pub by: NaiveDate,
+    /// The measure that counts for it, from what is already recorded.
+    pub counted: i64,
+    /// What is still missing (0: reached or kept).
+    pub missing: i64,
+}
+
+/// A member's tier and what it takes to keep it or move up.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TierStatus {
+    /// Current tier.
+    pub tier: Option<String>,
+    /// `spend` (minor units), `points` or `engagement` (events).
+    pub measure: String,
+    /// The rolling window, months.
+    pub window_months: u32,
+    /// The measure over the window ending today.
+    pub value: i64,
+    /// A downgrade announced for this day, unless the member qualifies again.
+    pub downgrade_on: Option<NaiveDate>,
+    /// To keep the current tier at the next review: the window then, counting
+    /// what is already recorded (older activity will have left it).
+    pub keep: Option<TierGoal>,
+    /// To reach the next tier now.
+    pub next: Option<TierGoal>,
+}
+
+/// "What do I need to keep Gold": the member's tier, its measure, and the
+/// exact amount missing to keep it at the next review or to reach the next one.
+#[utoipa::path(get, path = "/api/v1/loyalty/members/{id}/tier", tag = "loyalty",
+    params(("id" = String, Path, description = "Member id")),
+    responses((status = 200, body = TierStatus), (status = 404, body = super::error::Problem),
+        (status = 409, body = super::error::Problem, description = "The programme has no tiers")),
+    security(("bearer" = [])))]
+pub async fn tier(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TierStatus>, ApiError> {
+    let id = parse_member_id(&id)?;
+    let view = read_member(&state, &caller, id).await?;
+    let today = today(&state);
+    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
+    let tiers = programmes
+        .iter()
+        .find(|p| p.head.key == view.row.programme)
+        .and_then(|p| p.version_at(today))
+        .and_then(|v| v.tiers.clone())
+        .ok_or_else(|| ApiError::Conflict(format!("programme `{}` has no tiers", view.row.programme)))?;
+    let measure = tiers.measure;
+    let value_between = |from: NaiveDate, to: NaiveDate| {
+        let store = state.store.clone();
+        async move { store.run(move |engine| engine.loyalty_tier_value(id, measure, from, to)).await }
+    };
+    let value = value_between(tiers.window_start(today), today).await?;
+    let keep = match view.row.tier.as_deref().and_then(|t| tiers.level(t)) {
+        None => None,
+        Some(level) => {
+            let review_on = tiers.next_review(today);
+            let counted = value_between(tiers.window_start(review_on), today).await?;
+            Some(TierGoal {
+                tier: level.id.clone(),
+                name: level.name.clone(),
+                threshold: level.threshold,
+                by: review_on,
+                counted,
+                missing: (level.threshold - counted).max(0),
+            })
+        }
+    };
+    let rank = tiers.rank(view.row.tier.as_deref());
+    let next = tiers.levels.iter().enumerate().find(|(i, _)| rank.is_none_or(|r| *i > r)).map(|(_, level)| TierGoal {
+        tier: level.id.clone(),
+        name: level.name.clone(),
+        threshold: level.threshold,
+        by: today,
+        counted: value,
+        missing: (level.threshold - value).max(0),
+    });
+    Ok(Json(TierStatus {
+        tier: view.row.tier.clone(),
+        measure: measure.as_str().into(),
+        window_months: tiers.window_months,
+        value,
+        downgrade_on: view.row.downgrade_on,
+        keep,
+        next,
+    }))
 }

@@ -105,6 +105,33 @@ pub struct MemberRow {
     pub merged_into: Option<MemberId>,
     /// Enrolment.
     pub enrolled_at: DateTime<Utc>,
+    /// Current tier.
+    pub tier: Option<String>,
+    /// Since when.
+    pub tier_since: Option<DateTime<Utc>>,
+    /// A downgrade announced for this day (a notice was given).
+    pub downgrade_on: Option<NaiveDate>,
+}
+
+/// A change of tier to record.
+#[derive(Debug, Clone)]
+pub struct TierChange {
+    /// The member's customer row.
+    pub customer: CustomerId,
+    /// The membership.
+    pub member: MemberId,
+    /// `upgrade`, `notice`, `notice_lifted` or `downgrade`.
+    pub kind: &'static str,
+    /// Tier before.
+    pub from: Option<String>,
+    /// Tier after (for a notice: the tier the member would move to).
+    pub to: Option<String>,
+    /// For a notice: the day the downgrade takes effect.
+    pub effective_on: Option<NaiveDate>,
+    /// The measure over the window that decided it.
+    pub measured: i64,
+    /// The day it was decided.
+    pub day: NaiveDate,
 }
 
 /// One side of a ledger transaction.
@@ -197,11 +224,16 @@ pub struct LedgerWrite {
     pub member_updates: Vec<MemberRow>,
     /// The answer to remember under an idempotency key: customer, scope, key, answer.
     pub answer: Option<(CustomerId, String, String, StoredAnswer)>,
+    /// Tier changes to record.
+    pub tier_changes: Vec<TierChange>,
 }
 
 impl LedgerWrite {
     fn is_empty(&self) -> bool {
-        self.transactions.is_empty() && self.new_members.is_empty() && self.member_updates.is_empty()
+        self.transactions.is_empty()
+            && self.new_members.is_empty()
+            && self.member_updates.is_empty()
+            && self.tier_changes.is_empty()
     }
 }
 
@@ -242,6 +274,14 @@ pub trait LedgerTx {
     fn order_history(&mut self, member: &MemberRow, order_id: &str) -> Result<OrderHistory, StoreError>;
     /// Lots with points left.
     fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError>;
+    /// A member's tier measure between two days (inclusive).
+    fn tier_value(
+        &mut self,
+        member: &MemberRow,
+        measure: relais_domain::loyalty::tiers::Measure,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<i64, StoreError>;
     /// The answer stored under an idempotency key.
     fn idempotent_answer(
         &mut self,
@@ -295,6 +335,9 @@ pub fn enrol(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) -> Re
             status: MemberStatus::Active,
             merged_into: None,
             enrolled_at: Utc::now(),
+            tier: None,
+            tier_since: None,
+            downgrade_on: None,
         };
         let write = LedgerWrite { new_members: vec![member.clone()], ..LedgerWrite::default() };
         tx.write_ledger(&write)?;
@@ -621,6 +664,7 @@ pub fn earn_batch(
                 book.first_paid.insert(member, paid);
             }
             let done = book.first_paid.get(&member).cloned().unwrap_or_default();
+            let tier = book.members[&member].tier.clone();
             let input = EarnInput {
                 event: name,
                 day,
@@ -628,6 +672,7 @@ pub fn earn_batch(
                 store: message.store.as_deref(),
                 order,
                 first_purchase_done: &done,
+                tier: tier.as_deref(),
             };
             for earning in version.earn(&input, &programme.head.currency) {
                 let mut points = earning.points;
@@ -679,11 +724,108 @@ pub fn earn_batch(
             }
         }
     }
+    let touched: Vec<MemberId> = book.changed.iter().copied().collect();
     let write = book.finish();
     if !write.is_empty() {
         tx.write_ledger(&write)?;
     }
+    // Tiers move up as soon as the member qualifies (and a pending downgrade
+    // is lifted), judged on the entries just written.
+    let mut rows: Vec<MemberRow> = write.member_updates.iter().chain(&write.new_members).cloned().collect();
+    rows.retain(|r| touched.contains(&r.member) && r.status == MemberStatus::Active);
+    let mut tiers_write = LedgerWrite::default();
+    for mut row in rows {
+        let Some(tiers) = programmes.by_key.get(&row.programme).and_then(|p| p.version_at(now_day)?.tiers.clone())
+        else {
+            continue;
+        };
+        if let Some(change) = review_row(tx, &mut row, &tiers, now_day)? {
+            tiers_write.tier_changes.push(change);
+            tiers_write.member_updates.push(row);
+        }
+    }
+    if !tiers_write.is_empty() {
+        tx.write_ledger(&tiers_write)?;
+    }
     Ok(())
+}
+
+/// Review one member's tier on `day` (its measure over the window ending that
+/// day); the row is updated in place and the change to record returned.
+fn review_row(
+    tx: &mut dyn LedgerTx,
+    row: &mut MemberRow,
+    tiers: &relais_domain::loyalty::tiers::Tiers,
+    day: NaiveDate,
+) -> Result<Option<TierChange>, StoreError> {
+    use relais_domain::loyalty::tiers::{review, ReviewOutcome};
+    let value = tx.tier_value(row, tiers.measure, tiers.window_start(day), day)?;
+    let outcome = review(tiers, day, value, row.tier.as_deref(), row.downgrade_on);
+    let change =
+        |kind: &'static str, to: Option<String>, effective_on: Option<NaiveDate>, row: &MemberRow| TierChange {
+            customer: row.customer,
+            member: row.member,
+            kind,
+            from: row.tier.clone(),
+            to,
+            effective_on,
+            measured: value,
+            day,
+        };
+    let kind = if matches!(outcome, ReviewOutcome::Upgrade(_)) { "upgrade" } else { "downgrade" };
+    let recorded = match outcome {
+        ReviewOutcome::Keep => return Ok(None),
+        ReviewOutcome::Upgrade(to) | ReviewOutcome::Downgrade(Some(to)) => {
+            let recorded = change(kind, Some(to.clone()), None, row);
+            row.tier = Some(to);
+            row.tier_since = Some(Utc::now());
+            row.downgrade_on = None;
+            recorded
+        }
+        ReviewOutcome::Downgrade(None) => {
+            let recorded = change("downgrade", None, None, row);
+            row.tier = None;
+            row.tier_since = Some(Utc::now());
+            row.downgrade_on = None;
+            recorded
+        }
+        ReviewOutcome::Notice(on) => {
+            let recorded = change("notice", tiers.qualifying(value).map(|l| l.id.clone()), Some(on), row);
+            row.downgrade_on = Some(on);
+            recorded
+        }
+        ReviewOutcome::LiftNotice => {
+            let recorded = change("notice_lifted", row.tier.clone(), None, row);
+            row.downgrade_on = None;
+            recorded
+        }
+    };
+    Ok(Some(recorded))
+}
+
+/// The scheduled tier review of one member on `day`: downgrades after their
+/// grace period, notices at review dates.
+pub fn review_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) -> Result<bool, StoreError> {
+    let Some(mut row) = tx.member(member)? else { return Ok(false) };
+    if row.status != MemberStatus::Active {
+        return Ok(false);
+    }
+    let Some(tiers) = tx
+        .load_programmes()?
+        .into_iter()
+        .find(|p| p.head.key == row.programme)
+        .and_then(|p| p.version_at(day).and_then(|v| v.tiers.clone()))
+    else {
+        return Ok(false);
+    };
+    match review_row(tx, &mut row, &tiers, day)? {
+        None => Ok(false),
+        Some(change) => {
+            let write = LedgerWrite { member_updates: vec![row], tier_changes: vec![change], ..LedgerWrite::default() };
+            tx.write_ledger(&write)?;
+            Ok(true)
+        }
+    }
 }
 
 /// Move `other`'s balance and lots into `keep` (two memberships of one person).
@@ -1160,4 +1302,26 @@ impl LoyaltyReport {
             breakage_rate: (issued > 0).then(|| expired as f64 / issued as f64),
         }
     }
+}
+
+/// The SQL aggregate of a tier measure over a member's entries (their own
+/// side): net order amounts, points earned by the rules, or engagement events.
+pub fn tier_measure_sql(measure: relais_domain::loyalty::tiers::Measure) -> &'static str {
+    use relais_domain::loyalty::tiers::Measure;
+    match measure {
+        Measure::Spend => {
+            "SUM(CASE WHEN kind = 'spend' THEN basis_minor WHEN kind = 'refund' THEN -basis_minor ELSE 0 END)"
+        }
+        Measure::Points => "SUM(CASE WHEN kind IN ('spend', 'event', 'first_purchase') THEN points ELSE 0 END)",
+        Measure::Engagement => "SUM(CASE WHEN kind = 'event' THEN 1 ELSE 0 END)",
+    }
+}
+
+/// Programmes for which `day` is a tier review date.
+pub fn reviewing(programmes: &[Programme], day: NaiveDate) -> Vec<String> {
+    programmes
+        .iter()
+        .filter(|p| p.version_at(day).and_then(|v| v.tiers.as_ref()).is_some_and(|t| t.is_review_day(day)))
+        .map(|p| p.head.key.clone())
+        .collect()
 }

@@ -583,6 +583,17 @@ pub trait Engine: Send + Sync + 'static {
     fn loyalty_operate(&self, request: &loyalty::ManualOperation) -> Result<loyalty::OperationAnswer, StoreError>;
     /// Expire the lots whose expiry day has come: (members touched, points expired).
     fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError>;
+    /// Review tiers on `day`: downgrades whose grace period is over, notices
+    /// on review dates. The number of changes made.
+    fn loyalty_review(&self, day: NaiveDate) -> Result<usize, StoreError>;
+    /// A member's tier measure between two days (inclusive).
+    fn loyalty_tier_value(
+        &self,
+        id: relais_domain::MemberId,
+        measure: relais_domain::loyalty::tiers::Measure,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<i64, StoreError>;
     /// The programme's liability and flows since a day (or since the start).
     fn loyalty_report(&self, programme: &str, since: Option<NaiveDate>) -> Result<loyalty::ReportRows, StoreError>;
     /// The ledger's invariants as stored.

@@ -1692,6 +1692,44 @@ impl Engine for PgEngine {
         self.pool.with(|client| loyalty::report(client, programme, since))
     }
 
+    fn loyalty_review(&self, day: NaiveDate) -> Result<usize, StoreError> {
+        let programmes = self.loyalty_programmes()?;
+        let reviewing = super::loyalty::reviewing(&programmes, day);
+        let due = self.pool.with(|client| loyalty::members_to_review(client, day, &reviewing))?;
+        let mut changes = 0;
+        for member in due {
+            changes += usize::from(self.retrying(|client| {
+                let mut tx = client.transaction()?;
+                let changed = super::loyalty::review_member(&mut PgTx { tx: &mut tx, privacy: None }, member, day)?;
+                tx.commit()?;
+                Ok(changed)
+            })?);
+        }
+        Ok(changes)
+    }
+
+    fn loyalty_tier_value(
+        &self,
+        id: relais_domain::MemberId,
+        measure: relais_domain::loyalty::tiers::Measure,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<i64, StoreError> {
+        self.pool.with(|client| {
+            let row = loyalty::member(client, id)?.ok_or(StoreError::NotFound)?;
+            let mut tx = client.transaction()?;
+            let value = super::loyalty::LedgerTx::tier_value(
+                &mut PgTx { tx: &mut tx, privacy: None },
+                &row,
+                measure,
+                from,
+                to,
+            )?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
         self.pool.with(loyalty::check)
     }

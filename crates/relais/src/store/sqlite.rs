@@ -1929,6 +1929,38 @@ impl Engine for SqliteEngine {
         self.readers.with(|conn| loyalty::report(conn, programme, since))
     }
 
+    fn loyalty_review(&self, day: NaiveDate) -> Result<usize, StoreError> {
+        let programmes = self.loyalty_programmes()?;
+        let reviewing = super::loyalty::reviewing(&programmes, day);
+        let due = self.readers.with(|conn| loyalty::members_to_review(conn, day, &reviewing))?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.write(false, move |conn| {
+            let mut changes = 0;
+            for member in due {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None };
+                changes += usize::from(super::loyalty::review_member(&mut ledger, member, day)?);
+                tx.commit()?;
+            }
+            Ok(changes)
+        })
+    }
+
+    fn loyalty_tier_value(
+        &self,
+        id: relais_domain::MemberId,
+        measure: relais_domain::loyalty::tiers::Measure,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<i64, StoreError> {
+        self.readers.with(|conn| {
+            let row = loyalty::member(conn, id)?.ok_or(StoreError::NotFound)?;
+            SqliteTx { tx: conn, cache: None, written: Vec::new(), privacy: None }.tier_value(&row, measure, from, to)
+        })
+    }
+
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
         self.readers.with(|conn| loyalty::check(conn))
     }

@@ -507,3 +507,98 @@ async fn a_crash_mid_request_loses_nothing_and_a_retry_applies_nothing_twice() {
     assert_eq!(entries.iter().filter(|e| e["kind"] == "spend").count(), 41);
     assert_ledger_holds(&app).await;
 }
+
+const TIERED: &str = r#"
+[programme]
+key = "club"
+name = "Club Relais"
+point_value_minor = 1
+
+[[version]]
+effective_from = "2020-01-01"
+
+[[version.rule]]
+id = "spend"
+kind = "spend"
+points_per_euro = "1"
+multiplier = [ { tier = "gold", factor = "2" } ]
+
+[version.tiers]
+measure = "spend"
+window_months = 12
+grace_days = 30
+review = "monthly"
+
+[[version.tiers.level]]
+id = "silver"
+name = "Argent"
+threshold = 10000
+
+[[version.tiers.level]]
+id = "gold"
+name = "Or"
+threshold = 30000
+"#;
+
+async fn member(app: &TestApp, id: &str) -> Value {
+    call(app, "GET", &format!("/api/v1/loyalty/members/{id}"), None, &[]).await.1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tiers_go_up_at_once_down_after_notice_and_say_what_keeping_them_takes() {
+    use chrono::{Datelike, Months, NaiveDate};
+    let app = TestApp::spawn().await;
+    let (status, applied) = apply(&app, TIERED).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    app.batch(json!([{"type": "identify", "userId": "lou"}])).await;
+    let id = enrol(&app, "user_id:lou").await["id"].as_str().unwrap().to_string();
+    assert!(member(&app, &id).await["tier"].is_null());
+
+    // The next review is the 1st of next month; its window starts 12 months before, plus a day.
+    let today = chrono::Utc::now().date_naive();
+    let review_on = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap() + Months::new(1);
+    let window_at_review = review_on - Months::new(12) + chrono::Duration::days(1);
+    let at = |day: NaiveDate| format!("{day}T12:00:00Z");
+    let mut leaving = order("lou", "l-1", "l1", 200.0, "paris", json!([]));
+    leaving["timestamp"] = json!(at(window_at_review - chrono::Duration::days(1)));
+    let mut staying = order("lou", "l-2", "l2", 150.0, "paris", json!([]));
+    staying["timestamp"] = json!(at(window_at_review));
+    app.batch(json!([staying])).await;
+    assert_eq!(member(&app, &id).await["tier"], "silver", "150 € in the window: silver at once");
+    app.batch(json!([leaving])).await;
+    assert_eq!(member(&app, &id).await["tier"], "gold", "350 € in the window: gold at once");
+    // Gold members earn double.
+    app.batch(json!([order("lou", "l-3", "l3", 10.0, "paris", json!([]))])).await;
+    let statement = statement(&app, &id).await;
+    assert_eq!(statement["entries"].as_array().unwrap().last().unwrap()["points"], 20, "{statement}");
+
+    // What keeping Gold takes: the 200 € order leaves the window before the review.
+    let (status, tier) = call(&app, "GET", &format!("/api/v1/loyalty/members/{id}/tier"), None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{tier}");
+    assert_eq!(tier["value"], 36000, "{tier}");
+    assert_eq!(tier["keep"]["tier"], "gold");
+    assert_eq!(tier["keep"]["by"], review_on.to_string());
+    assert_eq!(tier["keep"]["counted"], 16000, "{tier}");
+    assert_eq!(tier["keep"]["missing"], 14000, "{tier}");
+    assert!(tier["next"].is_null(), "gold is the top tier: {tier}");
+    let page = reqwest::get(format!("{}/loyalty/club/rules", app.address)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Or : à partir de 300 €") && page.contains("30 jours de grâce"), "{page}");
+
+    // The scheduled review, a year later: a notice on the review date, the
+    // downgrade after the grace period (nothing was bought since).
+    let store = app.store.clone();
+    let later = review_on + Months::new(12);
+    let (notice, before, downgrade) = tokio::task::spawn_blocking(move || {
+        let engine = store.blocking();
+        let notice = engine.loyalty_review(later).unwrap();
+        let before = engine.loyalty_review(later + chrono::Duration::days(29)).unwrap();
+        let downgrade = engine.loyalty_review(later + chrono::Duration::days(30)).unwrap();
+        (notice, before, downgrade)
+    })
+    .await
+    .unwrap();
+    assert_eq!((notice, before, downgrade), (1, 0, 1));
+    let after = member(&app, &id).await;
+    assert!(after["tier"].is_null() && after["downgrade_on"].is_null(), "{after}");
+    assert_ledger_holds(&app).await;
+}

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::GenericClient;
+use relais_domain::loyalty::tiers::Measure;
 use relais_domain::loyalty::{Lot, Points, Programme, Reason};
 use relais_domain::{CustomerId, Identifier, MemberId};
 
@@ -17,8 +18,8 @@ use crate::store::loyalty::{
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
 
-const MEMBER_COLUMNS: &str =
-    "m.customer_id, m.member_id, m.programme_key, m.card_token, m.balance, m.status, m.merged_into, m.enrolled_at";
+const MEMBER_COLUMNS: &str = "m.customer_id, m.member_id, m.programme_key, m.card_token, m.balance, m.status, \
+     m.merged_into, m.enrolled_at, m.tier, m.tier_since, m.downgrade_on";
 
 fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
@@ -30,6 +31,9 @@ fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
         status: MemberStatus::parse(r.get::<_, &str>(5))?,
         merged_into: r.get::<_, Option<&str>>(6).map(parse_id).transpose()?,
         enrolled_at: r.get(7),
+        tier: r.get(8),
+        tier_since: r.get(9),
+        downgrade_on: r.get(10),
     })
 }
 
@@ -83,7 +87,7 @@ impl LedgerTx for PgTx<'_, '_> {
             ),
             &[&ids],
         )?;
-        rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(8))?, to_member(r)?))).collect()
+        rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?))).collect()
     }
 
     fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
@@ -145,6 +149,26 @@ impl LedgerTx for PgTx<'_, '_> {
         open_lots(self.tx, member)
     }
 
+    fn tier_value(
+        &mut self,
+        member: &MemberRow,
+        measure: Measure,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<i64, StoreError> {
+        Ok(self
+            .tx
+            .query_one(
+                &format!(
+                    "SELECT COALESCE({}, 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
+                     AND account = 'member' AND day BETWEEN $3 AND $4",
+                    crate::store::loyalty::tier_measure_sql(measure)
+                ),
+                &[&member.customer.to_string(), &member.member.to_string(), &from, &to],
+            )?
+            .get(0))
+    }
+
     fn idempotent_answer(
         &mut self,
         customer: CustomerId,
@@ -165,7 +189,8 @@ impl LedgerTx for PgTx<'_, '_> {
         for m in &write.new_members {
             self.tx.execute(
                 "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, \
-                 merged_into, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 merged_into, enrolled_at, tier, tier_since, downgrade_on) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 &[
                     &m.customer.to_string(),
                     &m.member.to_string(),
@@ -175,6 +200,9 @@ impl LedgerTx for PgTx<'_, '_> {
                     &m.status.as_str(),
                     &m.merged_into.map(|id| id.to_string()),
                     &m.enrolled_at,
+                    &m.tier,
+                    &m.tier_since,
+                    &m.downgrade_on,
                 ],
             )?;
         }
@@ -239,14 +267,34 @@ impl LedgerTx for PgTx<'_, '_> {
         }
         for m in &write.member_updates {
             self.tx.execute(
-                "UPDATE loyalty_members SET balance = $3, status = $4, merged_into = $5 \
-                 WHERE customer_id = $1 AND member_id = $2",
+                "UPDATE loyalty_members SET balance = $3, status = $4, merged_into = $5, tier = $6, tier_since = $7, \
+                 downgrade_on = $8 WHERE customer_id = $1 AND member_id = $2",
                 &[
                     &m.customer.to_string(),
                     &m.member.to_string(),
                     &m.balance,
                     &m.status.as_str(),
                     &m.merged_into.map(|id| id.to_string()),
+                    &m.tier,
+                    &m.tier_since,
+                    &m.downgrade_on,
+                ],
+            )?;
+        }
+        for c in &write.tier_changes {
+            self.tx.execute(
+                "INSERT INTO loyalty_tier_changes (customer_id, change_id, member_id, kind, from_tier, to_tier, \
+                 effective_on, measured, day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+                &[
+                    &c.customer.to_string(),
+                    &relais_domain::LedgerTxId::new().to_string(),
+                    &c.member.to_string(),
+                    &c.kind,
+                    &c.from,
+                    &c.to,
+                    &c.effective_on,
+                    &c.measured,
+                    &c.day,
                 ],
             )?;
         }
@@ -466,4 +514,23 @@ pub(super) fn report(
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     Ok(ReportRows { members, expiring, by_rule, by_store })
+}
+
+/// Members whose tier must be reviewed on `day`: a downgrade due, or a tier
+/// in a programme whose review date it is.
+pub(super) fn members_to_review(
+    client: &mut impl GenericClient,
+    day: NaiveDate,
+    reviewing: &[String],
+) -> Result<Vec<MemberId>, StoreError> {
+    client
+        .query(
+            "SELECT member_id FROM loyalty_members WHERE status = 'active' AND \
+             ((downgrade_on IS NOT NULL AND downgrade_on <= $1) OR (tier IS NOT NULL AND programme_key = ANY($2))) \
+             ORDER BY member_id",
+            &[&day, &reviewing],
+        )?
+        .iter()
+        .map(|r| parse_id(r.get::<_, &str>(0)))
+        .collect()
 }

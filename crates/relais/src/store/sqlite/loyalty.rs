@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
+use relais_domain::loyalty::tiers::Measure;
 use relais_domain::loyalty::{Lot, Points, Programme, Reason};
 use relais_domain::{CustomerId, Identifier, MemberId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -24,28 +25,53 @@ fn parse_day(text: &str) -> Result<NaiveDate, StoreError> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| StoreError::Database(format!("bad stored day `{text}`")))
 }
 
-const MEMBER_COLUMNS: &str =
-    "m.customer_id, m.member_id, m.programme_key, m.card_token, m.balance, m.status, m.merged_into, m.enrolled_at";
+const MEMBER_COLUMNS: &str = "m.customer_id, m.member_id, m.programme_key, m.card_token, m.balance, m.status, \
+     m.merged_into, m.enrolled_at, m.tier, m.tier_since, m.downgrade_on";
 
-/// A membership row as read: customer, member, programme, card token, balance,
-/// status, merged into, enrolled at.
-type RawMember = (String, String, String, String, i64, String, Option<String>, i64);
+/// A membership row as read; ids and states are parsed after the row is read.
+struct RawMember {
+    customer: String,
+    member: String,
+    programme: String,
+    card_token: String,
+    balance: i64,
+    status: String,
+    merged_into: Option<String>,
+    enrolled_at: i64,
+    tier: Option<String>,
+    tier_since: Option<i64>,
+    downgrade_on: Option<String>,
+}
 
 fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawMember> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    Ok(RawMember {
+        customer: r.get(0)?,
+        member: r.get(1)?,
+        programme: r.get(2)?,
+        card_token: r.get(3)?,
+        balance: r.get(4)?,
+        status: r.get(5)?,
+        merged_into: r.get(6)?,
+        enrolled_at: r.get(7)?,
+        tier: r.get(8)?,
+        tier_since: r.get(9)?,
+        downgrade_on: r.get(10)?,
+    })
 }
 
 fn to_member(raw: RawMember) -> Result<MemberRow, StoreError> {
-    let (customer, member, programme, card_token, balance, status, merged_into, enrolled_at) = raw;
     Ok(MemberRow {
-        customer: parse_id(&customer)?,
-        member: parse_id(&member)?,
-        programme,
-        card_token,
-        balance,
-        status: MemberStatus::parse(&status)?,
-        merged_into: merged_into.as_deref().map(parse_id).transpose()?,
-        enrolled_at: from_micros(enrolled_at),
+        customer: parse_id(&raw.customer)?,
+        member: parse_id(&raw.member)?,
+        programme: raw.programme,
+        card_token: raw.card_token,
+        balance: raw.balance,
+        status: MemberStatus::parse(&raw.status)?,
+        merged_into: raw.merged_into.as_deref().map(parse_id).transpose()?,
+        enrolled_at: from_micros(raw.enrolled_at),
+        tier: raw.tier,
+        tier_since: raw.tier_since.map(from_micros),
+        downgrade_on: raw.downgrade_on.as_deref().map(parse_day).transpose()?,
     })
 }
 
@@ -162,6 +188,26 @@ impl LedgerTx for SqliteTx<'_, '_> {
             .collect()
     }
 
+    fn tier_value(
+        &mut self,
+        member: &MemberRow,
+        measure: Measure,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<i64, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT COALESCE({}, 0) FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
+                 AND account = 'member' AND day BETWEEN ?3 AND ?4",
+                crate::store::loyalty::tier_measure_sql(measure)
+            ))?
+            .query_row(
+                params![member.customer.to_string(), member.member.to_string(), day_text(from), day_text(to)],
+                |r| r.get(0),
+            )?)
+    }
+
     fn idempotent_answer(
         &mut self,
         customer: CustomerId,
@@ -185,7 +231,8 @@ impl LedgerTx for SqliteTx<'_, '_> {
         {
             let mut stmt = self.tx.prepare_cached(
                 "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, \
-                 merged_into, enrolled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 merged_into, enrolled_at, tier, tier_since, downgrade_on) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for m in &write.new_members {
                 stmt.execute(params![
@@ -196,7 +243,10 @@ impl LedgerTx for SqliteTx<'_, '_> {
                     m.balance,
                     m.status.as_str(),
                     m.merged_into.map(|id| id.to_string()),
-                    micros(m.enrolled_at)
+                    micros(m.enrolled_at),
+                    m.tier,
+                    m.tier_since.map(micros),
+                    m.downgrade_on.map(day_text)
                 ])?;
             }
         }
@@ -258,8 +308,8 @@ impl LedgerTx for SqliteTx<'_, '_> {
         }
         {
             let mut stmt = self.tx.prepare_cached(
-                "UPDATE loyalty_members SET balance = ?3, status = ?4, merged_into = ?5 \
-                 WHERE customer_id = ?1 AND member_id = ?2",
+                "UPDATE loyalty_members SET balance = ?3, status = ?4, merged_into = ?5, tier = ?6, tier_since = ?7, \
+                 downgrade_on = ?8 WHERE customer_id = ?1 AND member_id = ?2",
             )?;
             for m in &write.member_updates {
                 stmt.execute(params![
@@ -267,7 +317,30 @@ impl LedgerTx for SqliteTx<'_, '_> {
                     m.member.to_string(),
                     m.balance,
                     m.status.as_str(),
-                    m.merged_into.map(|id| id.to_string())
+                    m.merged_into.map(|id| id.to_string()),
+                    m.tier,
+                    m.tier_since.map(micros),
+                    m.downgrade_on.map(day_text)
+                ])?;
+            }
+        }
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT INTO loyalty_tier_changes (customer_id, change_id, member_id, kind, from_tier, to_tier, \
+                 effective_on, measured, day, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for c in &write.tier_changes {
+                stmt.execute(params![
+                    c.customer.to_string(),
+                    relais_domain::LedgerTxId::new().to_string(),
+                    c.member.to_string(),
+                    c.kind,
+                    c.from,
+                    c.to,
+                    c.effective_on.map(day_text),
+                    c.measured,
+                    day_text(c.day),
+                    now
                 ])?;
             }
         }
@@ -450,4 +523,33 @@ pub(super) fn report(conn: &Connection, programme: &str, since: Option<NaiveDate
         .query_map(params![programme, since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ReportRows { members, expiring, by_rule, by_store })
+}
+
+/// Members whose tier must be reviewed on `day`: a downgrade due, or a tier
+/// in a programme whose review date it is.
+pub(super) fn members_to_review(
+    conn: &Connection,
+    day: NaiveDate,
+    reviewing: &[String],
+) -> Result<Vec<MemberId>, StoreError> {
+    let mut ids: Vec<String> = conn
+        .prepare_cached(
+            "SELECT member_id FROM loyalty_members WHERE status = 'active' AND downgrade_on IS NOT NULL \
+             AND downgrade_on <= ?1",
+        )?
+        .query_map([day_text(day)], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    for programme in reviewing {
+        let tiered = conn
+            .prepare_cached(
+                "SELECT member_id FROM loyalty_members WHERE status = 'active' AND tier IS NOT NULL \
+                 AND programme_key = ?1",
+            )?
+            .query_map([programme], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        ids.extend(tiered);
+    }
+    ids.sort();
+    ids.dedup();
+    ids.iter().map(|m| parse_id(m)).collect()
 }
