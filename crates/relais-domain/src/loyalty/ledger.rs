@@ -128,6 +128,11 @@ pub enum ReasonKind {
         /// What for, as the till or the app said.
         reason: String,
     },
+    /// A reward redemption called off: its points given back.
+    Cancellation {
+        /// The reward.
+        reward: String,
+    },
     /// Points that reached their expiry date.
     Expiry,
     /// A manual correction.
@@ -286,6 +291,13 @@ impl Reason {
                     format!("utilisation : {reason}, le {date}")
                 } else {
                     format!("redeemed: {reason}, on {date}")
+                }
+            }
+            ReasonKind::Cancellation { reward } => {
+                if fr {
+                    format!("annulation de la récompense « {reward} », points rendus le {date}")
+                } else {
+                    format!("redemption of \"{reward}\" cancelled, points given back on {date}")
                 }
             }
             ReasonKind::Expiry => {

@@ -8,6 +8,7 @@
 
 pub mod card;
 pub mod ledger;
+pub mod rewards;
 pub mod rules;
 pub mod tiers;
 

@@ -95,6 +95,36 @@ CREATE INDEX loyalty_tier_changes_by_member ON loyalty_tier_changes (customer_id
 CREATE INDEX loyalty_members_downgrades ON loyalty_members (downgrade_on) WHERE downgrade_on IS NOT NULL;
 CREATE INDEX loyalty_members_tiered ON loyalty_members (programme_key, member_id) WHERE tier IS NOT NULL;
 
+-- The rewards catalogue. `stock_left` is a counter shared by every member:
+-- redeeming a reward with stock is the documented exception to "one customer
+-- per transaction" (on Citus a reference table, updated with two-phase commit).
+CREATE TABLE loyalty_rewards (
+    programme_key TEXT NOT NULL,
+    reward_id     TEXT NOT NULL,
+    definition    TEXT NOT NULL,
+    stock_left    BIGINT CHECK (stock_left >= 0),
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (programme_key, reward_id)
+) WITHOUT ROWID;
+
+-- Redemptions of rewards: reserved (points and stock held), confirmed, or
+-- cancelled (points and stock given back). `allocation` lists the lots the
+-- points came from, so a cancellation restores them with their expiry.
+CREATE TABLE loyalty_redemptions (
+    customer_id   TEXT NOT NULL,
+    redemption_id TEXT NOT NULL,
+    member_id     TEXT NOT NULL,
+    programme_key TEXT NOT NULL,
+    reward_id     TEXT NOT NULL,
+    points        BIGINT NOT NULL,
+    status        TEXT NOT NULL,
+    allocation    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (customer_id, redemption_id)
+) WITHOUT ROWID;
+CREATE INDEX loyalty_redemptions_by_id ON loyalty_redemptions (redemption_id);
+
 -- Answers to debit requests by Idempotency-Key, written in the debit's own
 -- transaction: a retry gets the first answer and debits nothing.
 CREATE TABLE loyalty_idempotency (

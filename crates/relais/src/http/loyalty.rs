@@ -494,25 +494,40 @@ pub async fn card_svg(
     Ok(response)
 }
 
-/// A debit: a number of points and what for.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
+/// A redemption: a number of points and what for, or a reward of the catalogue.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedemptionBody {
-    /// Points to debit (a positive whole number).
+    /// Points to debit (a positive whole number), with `reason`.
+    pub points: Option<i64>,
+    /// Or a reward's id: its cost is debited and the reward reserved until
+    /// confirmed (`POST /api/v1/loyalty/redemptions/{id}/confirm`) or cancelled.
+    pub reward: Option<String>,
+    /// What for (shown on the statement): "réduction en caisse". Required with
+    /// `points`; for a reward, its name by default.
+    pub reason: Option<String>,
+}
+
+/// An adjustment: signed points and why.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustmentBody {
+    /// Points to credit (positive) or debit (negative).
     pub points: i64,
-    /// What for (shown on the statement): "réduction en caisse", "bon d'achat 10 €".
+    /// Why (mandatory; shown on the statement with who made it).
     pub reason: String,
 }
 
-/// Debit points, once per `Idempotency-Key` (required): a retry with the same
-/// key gets the first answer and debits nothing; the same key with another
-/// body is refused with 422; a debit the balance cannot cover gets 409 with
-/// the balance.
+/// Debit points or redeem a reward, once per `Idempotency-Key` (required): a
+/// retry with the same key gets the first answer and debits nothing; the same
+/// key with another body is refused with 422; a debit the balance cannot cover
+/// gets 409 with the balance; a reward out of stock, out of its dates or not
+/// for the member's tier gets 409 with the reason.
 #[utoipa::path(post, path = "/api/v1/loyalty/members/{id}/redemptions", tag = "loyalty",
     params(("id" = String, Path, description = "Member id"),
         ("Idempotency-Key" = String, Header, description = "A unique key per debit (a UUID); kept at least 24 hours")),
     request_body = RedemptionBody,
-    responses((status = 201, description = "Debited: id, member, points (negative), balance, reason"),
+    responses((status = 201, description = "Debited: id, member, points (negative), balance, reason; with a reward, its status `reserved`"),
         (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
         (status = 409, body = super::error::Problem), (status = 422, body = super::error::Problem)),
     security(("bearer" = [])))]
@@ -523,8 +538,19 @@ pub async fn redeem(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RedemptionBody>,
 ) -> Result<Response, ApiError> {
-    let points = PositivePoints::new(body.points).map_err(|e| ApiError::field("points", e))?;
-    manual(&state, &caller, &id, &headers, Manual::Redemption, -points.get(), body.reason, "redemptions").await
+    let operation = match (body.points, body.reward) {
+        (Some(points), None) => {
+            let points = PositivePoints::new(points).map_err(|e| ApiError::field("points", e))?;
+            let reason = body.reason.ok_or_else(|| ApiError::field("reason", "say what the points pay for"))?;
+            Asked { kind: Manual::Redemption, points: -points.get(), reward: None, reason }
+        }
+        (None, Some(reward)) => {
+            let reason = body.reason.unwrap_or_else(|| reward.clone());
+            Asked { kind: Manual::Redemption, points: 0, reward: Some(reward), reason }
+        }
+        _ => return Err(ApiError::field("points", "give either `points` (with `reason`) or a `reward`")),
+    };
+    manual(&state, &caller, &id, &headers, operation, "redemptions").await
 }
 
 /// Credit or debit points by hand, with the reason shown on the statement
@@ -532,7 +558,7 @@ pub async fn redeem(
 #[utoipa::path(post, path = "/api/v1/loyalty/members/{id}/adjustments", tag = "loyalty",
     params(("id" = String, Path, description = "Member id"),
         ("Idempotency-Key" = String, Header, description = "A unique key per adjustment")),
-    request_body = RedemptionBody,
+    request_body = AdjustmentBody,
     responses((status = 201, description = "Adjusted: id, member, points, balance, reason"),
         (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem),
         (status = 409, body = super::error::Problem), (status = 422, body = super::error::Problem)),
@@ -542,34 +568,37 @@ pub async fn adjust(
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<RedemptionBody>,
+    ApiJson(body): ApiJson<AdjustmentBody>,
 ) -> Result<Response, ApiError> {
     let size = PositivePoints::new(body.points.saturating_abs()).map_err(|_| {
         ApiError::field("points", "must be a whole number of points, not 0, credit (positive) or debit (negative)")
     })?;
-    manual(
-        &state,
-        &caller,
-        &id,
-        &headers,
-        Manual::Adjustment,
-        body.points.signum() * size.get(),
-        body.reason,
-        "adjustments",
-    )
-    .await
+    let operation = Asked {
+        kind: Manual::Adjustment,
+        points: body.points.signum() * size.get(),
+        reward: None,
+        reason: body.reason,
+    };
+    manual(&state, &caller, &id, &headers, operation, "adjustments").await
+}
+
+/// A manual operation as asked; its canonical JSON is what idempotency keys compare.
+#[derive(Debug, Serialize)]
+struct Asked {
+    #[serde(skip)]
+    kind: Manual,
+    points: Points,
+    reward: Option<String>,
+    reason: String,
 }
 
 /// A redemption or an adjustment, once per idempotency key.
-#[allow(clippy::too_many_arguments)]
 async fn manual(
     state: &AppState,
     caller: &Caller,
     id: &str,
     headers: &HeaderMap,
-    kind: Manual,
-    points: Points,
-    reason: String,
+    asked: Asked,
     route: &str,
 ) -> Result<Response, ApiError> {
     let member = parse_member_id(id)?;
@@ -585,21 +614,21 @@ async fn manual(
             )
         })?
         .to_string();
-    let reason = reason.trim().to_string();
+    let reason = asked.reason.trim().to_string();
     if reason.is_empty() || reason.chars().count() > MAX_REASON {
         return Err(ApiError::field(
             "reason",
             format!("must say what the points are for, 1 to {MAX_REASON} characters"),
         ));
     }
-    let request_hash = hex::encode(sha2::Sha256::digest(
-        serde_json::to_vec(&RedemptionBody { points, reason: reason.clone() }).unwrap_or_default(),
-    ));
+    let asked = Asked { reason, ..asked };
+    let request_hash = hex::encode(sha2::Sha256::digest(serde_json::to_vec(&asked).unwrap_or_default()));
     let request = ManualOperation {
-        kind,
+        kind: asked.kind,
         member,
-        points,
-        reason,
+        points: asked.points,
+        reward: asked.reward,
+        reason: asked.reason,
         actor: caller.actor(),
         scope: format!("{} POST /api/v1/loyalty/members/{member}/{route}", caller.key.key_id),
         key,
@@ -816,5 +845,206 @@ pub async fn tier(
         downgrade_on: view.row.downgrade_on,
         keep,
         next,
+    }))
+}
+
+/// A reward with its stock left.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RewardView {
+    /// The definition.
+    #[schema(value_type = Object)]
+    pub reward: relais_domain::loyalty::rewards::Reward,
+    /// Stock left (`null`: unlimited).
+    pub stock_left: Option<i64>,
+}
+
+/// A programme's catalogue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Catalogue {
+    /// Rewards by id.
+    pub rewards: Vec<RewardView>,
+}
+
+async fn known_programme(state: &AppState, key: &str) -> Result<Programme, ApiError> {
+    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
+    programmes
+        .into_iter()
+        .find(|p| p.head.key == key)
+        .ok_or_else(|| ApiError::NotFound(format!("no programme `{key}`")))
+}
+
+/// Add a reward to the catalogue, or change one (its stock counts what was
+/// already redeemed: raising the stock from 10 to 15 after 4 were taken leaves 11).
+#[utoipa::path(post, path = "/api/v1/loyalty/programmes/{key}/rewards", tag = "loyalty",
+    params(("key" = String, Path, description = "Programme key")),
+    request_body(content = Object, description = "id, name, cost, stock (absent: unlimited), valid_from, valid_until, tiers"),
+    responses((status = 200, body = RewardView), (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn put_reward(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    ApiJson(reward): ApiJson<relais_domain::loyalty::rewards::Reward>,
+) -> Result<Json<RewardView>, ApiError> {
+    known_programme(&state, &key).await?;
+    reward.check().map_err(|(field, reason)| ApiError::field(field, reason))?;
+    let (stored, actor) = (reward.clone(), caller.actor());
+    let stock_left = state
+        .store
+        .run_audited(move |engine, audit| {
+            let left = engine.loyalty_put_reward(&key, &stored)?;
+            audit.record(
+                &actor,
+                "loyalty.reward.put",
+                None,
+                serde_json::json!({ "programme": key, "reward": stored.id }),
+            )?;
+            Ok(left)
+        })
+        .await?;
+    Ok(Json(RewardView { reward, stock_left }))
+}
+
+/// A programme's rewards catalogue with the stock left.
+#[utoipa::path(get, path = "/api/v1/loyalty/programmes/{key}/rewards", tag = "loyalty",
+    params(("key" = String, Path, description = "Programme key")),
+    responses((status = 200, body = Catalogue), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn list_rewards(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Json<Catalogue>, ApiError> {
+    known_programme(&state, &key).await?;
+    let rewards = state.store.run(move |engine| engine.loyalty_rewards(&key)).await?;
+    Ok(Json(Catalogue {
+        rewards: rewards.into_iter().map(|(reward, stock_left)| RewardView { reward, stock_left }).collect(),
+    }))
+}
+
+/// A reward redemption as it stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RedemptionView {
+    /// Its id.
+    pub id: String,
+    /// The member.
+    pub member: String,
+    /// The reward.
+    pub reward: String,
+    /// Points it cost.
+    pub points: Points,
+    /// `reserved`, `confirmed` or `cancelled`.
+    pub status: String,
+}
+
+async fn settle(
+    state: &AppState,
+    caller: &Caller,
+    id: String,
+    confirm: bool,
+) -> Result<Json<RedemptionView>, ApiError> {
+    let (day, actor) = (today(state), caller.actor());
+    let action = if confirm { "loyalty.redemption.confirm" } else { "loyalty.redemption.cancel" };
+    let row = state
+        .store
+        .run_audited(move |engine, audit| {
+            let row = engine.loyalty_settle(&id, confirm, &actor, day)?;
+            audit.record(
+                &actor,
+                action,
+                None,
+                serde_json::json!({ "redemption": row.id, "member": row.member.to_string() }),
+            )?;
+            Ok(row)
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound("no such reward redemption".into()),
+            other => other.into(),
+        })?;
+    Ok(Json(RedemptionView {
+        id: row.id,
+        member: row.member.to_string(),
+        reward: row.reward,
+        points: row.points,
+        status: row.status.as_str().into(),
+    }))
+}
+
+/// Confirm a reserved reward (handed over). Confirming twice is harmless.
+#[utoipa::path(post, path = "/api/v1/loyalty/redemptions/{id}/confirm", tag = "loyalty",
+    params(("id" = String, Path, description = "Redemption id (the `id` of the redemption's answer)")),
+    responses((status = 200, body = RedemptionView), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn confirm_redemption(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RedemptionView>, ApiError> {
+    settle(&state, &caller, id, true).await
+}
+
+/// Cancel a reserved reward: its points go back into the lots they came
+/// from, its stock back to the catalogue. A confirmed reward cannot be cancelled.
+#[utoipa::path(post, path = "/api/v1/loyalty/redemptions/{id}/cancel", tag = "loyalty",
+    params(("id" = String, Path, description = "Redemption id")),
+    responses((status = 200, body = RedemptionView), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn cancel_redemption(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RedemptionView>, ApiError> {
+    settle(&state, &caller, id, false).await
+}
+
+/// A basket to pay partly with points.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteBody {
+    /// The basket's total, minor units of the programme's currency.
+    pub basket_minor: i64,
+}
+
+/// What points can pay of a basket.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Quote {
+    /// The member's balance.
+    pub balance: Points,
+    /// What one point is worth, minor units.
+    pub point_value_minor: i64,
+    /// The most points usable on this basket.
+    pub max_points: Points,
+    /// What they pay, minor units.
+    pub max_discount_minor: i64,
+    /// Currency.
+    pub currency: String,
+}
+
+/// Quote paying part of a basket with points (read only: then redeem the
+/// chosen number of points with an `Idempotency-Key`).
+#[utoipa::path(post, path = "/api/v1/loyalty/members/{id}/quote", tag = "loyalty",
+    params(("id" = String, Path, description = "Member id")), request_body = QuoteBody,
+    responses((status = 200, body = Quote), (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn quote(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<QuoteBody>,
+) -> Result<Json<Quote>, ApiError> {
+    if !(1..=1_000_000_000_000).contains(&body.basket_minor) {
+        return Err(ApiError::field("basket_minor", "must be a positive amount in minor units (cents)"));
+    }
+    let view = read_member(&state, &caller, parse_member_id(&id)?).await?;
+    let programme = known_programme(&state, &view.row.programme).await?;
+    let value = programme.head.point_value_minor;
+    let max_points = if value <= 0 { 0 } else { view.row.balance.min(body.basket_minor / value) };
+    Ok(Json(Quote {
+        balance: view.row.balance,
+        point_value_minor: value,
+        max_points,
+        max_discount_minor: max_points * value,
+        currency: programme.head.currency,
     }))
 }

@@ -226,6 +226,70 @@ pub struct LedgerWrite {
     pub answer: Option<(CustomerId, String, String, StoredAnswer)>,
     /// Tier changes to record.
     pub tier_changes: Vec<TierChange>,
+    /// Points given back to lots (a cancelled redemption): customer, lot, points.
+    pub lot_restores: Vec<(CustomerId, String, Points)>,
+    /// Stock taken (negative) or given back (positive): programme, reward, change.
+    pub stock_changes: Vec<(String, String, i64)>,
+    /// Reward redemptions to record.
+    pub new_redemptions: Vec<RedemptionRow>,
+    /// Redemptions whose status changed: customer, id, new status.
+    pub redemption_updates: Vec<(CustomerId, String, RedemptionStatus)>,
+}
+
+/// Where a reward redemption stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedemptionStatus {
+    /// Points and stock held, waiting for the till or the shop to confirm.
+    Reserved,
+    /// Handed over.
+    Confirmed,
+    /// Called off: points and stock given back.
+    Cancelled,
+}
+
+impl RedemptionStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedemptionStatus::Reserved => "reserved",
+            RedemptionStatus::Confirmed => "confirmed",
+            RedemptionStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(text: &str) -> Result<RedemptionStatus, StoreError> {
+        match text {
+            "reserved" => Ok(RedemptionStatus::Reserved),
+            "confirmed" => Ok(RedemptionStatus::Confirmed),
+            "cancelled" => Ok(RedemptionStatus::Cancelled),
+            other => Err(StoreError::Database(format!("unknown redemption status `{other}`"))),
+        }
+    }
+}
+
+/// A reward redemption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedemptionRow {
+    /// The member's customer row.
+    pub customer: CustomerId,
+    /// Its id (the id of the posting that debited the points).
+    pub id: String,
+    /// The membership.
+    pub member: MemberId,
+    /// The programme.
+    pub programme: String,
+    /// The reward.
+    pub reward: String,
+    /// Points debited.
+    pub points: Points,
+    /// Where it stands.
+    pub status: RedemptionStatus,
+    /// Lots the points came from, and how many from each.
+    pub allocation: Vec<(String, Points)>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
 }
 
 impl LedgerWrite {
@@ -234,6 +298,8 @@ impl LedgerWrite {
             && self.new_members.is_empty()
             && self.member_updates.is_empty()
             && self.tier_changes.is_empty()
+            && self.new_redemptions.is_empty()
+            && self.redemption_updates.is_empty()
     }
 }
 
@@ -291,6 +357,15 @@ pub trait LedgerTx {
     ) -> Result<Option<StoredAnswer>, StoreError>;
     /// Apply a step.
     fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError>;
+    /// A reward of a programme and its stock left (`None`: unlimited); locked
+    /// where several writers exist, since its stock is shared.
+    fn reward(
+        &mut self,
+        programme: &str,
+        reward: &str,
+    ) -> Result<Option<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError>;
+    /// A reward redemption by id; locked where several writers exist.
+    fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError>;
     /// The surviving profile of a profile (itself unless merged); `None` if unknown.
     fn root_of(&mut self, customer: CustomerId) -> Result<Option<CustomerId>, StoreError>;
     /// Link a card number to a profile as an identifier of kind `card`; its
@@ -435,6 +510,8 @@ struct Book {
     orders: HashMap<(MemberId, String), OrderHistory>,
     changed: BTreeSet<MemberId>,
     write: LedgerWrite,
+    /// The lots the last debit took from.
+    last_allocation: Vec<(String, Points)>,
 }
 
 impl Book {
@@ -516,6 +593,7 @@ impl Book {
             updates.push((customer, lot_id.clone(), lot.remaining));
         }
         self.write.lot_updates.extend(updates);
+        self.last_allocation = allocation;
         let reason = reason(take);
         let row = self.members.get_mut(&member).expect("member loaded");
         row.balance -= take;
@@ -963,7 +1041,10 @@ pub struct ManualOperation {
     /// The membership.
     pub member: MemberId,
     /// Signed points: negative debits, positive credits (adjustments only).
+    /// For a reward, its cost is debited instead.
     pub points: Points,
+    /// A reward of the catalogue to redeem (reserved until confirmed).
+    pub reward: Option<String>,
     /// What for (redemption) or why (adjustment).
     pub reason: String,
     /// Who asks (`key:…`, `cli:…`).
@@ -1008,6 +1089,7 @@ pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<Opera
     }
     let mut book = Book::default();
     let (member, customer, status, programme) = (row.member, row.customer, row.status, row.programme.clone());
+    let tier = row.tier.clone();
     book.members.insert(member, row);
     let stored = |status: u16, body: String| StoredAnswer { request_hash: request.request_hash.clone(), status, body };
     let day = request.day;
@@ -1049,6 +1131,78 @@ pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<Opera
                 serde_json::json!({ "member": member.to_string() }),
             ),
         )
+    } else if let Some(reward_id) = &request.reward {
+        match tx.reward(&programme, reward_id)? {
+            None => stored(
+                404,
+                problem_with(
+                    404,
+                    "unknown_reward",
+                    "Unknown reward",
+                    format!("programme `{programme}` has no reward `{reward_id}`"),
+                    serde_json::json!({ "reward": reward_id }),
+                ),
+            ),
+            Some((reward, left)) => {
+                if let Some(why) = reward.refusal(day, tier.as_deref()) {
+                    stored(
+                        409,
+                        problem(
+                            "reward_unavailable",
+                            "Reward unavailable",
+                            why,
+                            serde_json::json!({ "reward": reward_id }),
+                        ),
+                    )
+                } else if left == Some(0) {
+                    stored(
+                        409,
+                        problem(
+                            "out_of_stock",
+                            "Out of stock",
+                            format!("`{reward_id}` has no stock left; nothing was debited"),
+                            serde_json::json!({ "reward": reward_id }),
+                        ),
+                    )
+                } else {
+                    match book.debit(tx, t, member, Take::Exactly(reward.cost), counter, |_| reason)? {
+                        Err(balance) => stored(
+                            409,
+                            problem(
+                                "insufficient_balance",
+                                "Insufficient balance",
+                                format!(
+                                    "the balance is {balance} points and `{reward_id}` costs {}; nothing was debited",
+                                    reward.cost
+                                ),
+                                serde_json::json!({ "balance": balance, "requested": reward.cost, "member": member.to_string() }),
+                            ),
+                        ),
+                        Ok(taken) => {
+                            if left.is_some() {
+                                book.write.stock_changes.push((programme.clone(), reward_id.clone(), -1));
+                            }
+                            book.write.new_redemptions.push(RedemptionRow {
+                                customer,
+                                id: tx_id.to_string(),
+                                member,
+                                programme: programme.clone(),
+                                reward: reward_id.clone(),
+                                points: taken,
+                                status: RedemptionStatus::Reserved,
+                                allocation: std::mem::take(&mut book.last_allocation),
+                                created_at: Utc::now(),
+                            });
+                            let mut body: serde_json::Value =
+                                serde_json::from_str(&done(-taken, book.members[&member].balance)).unwrap_or_default();
+                            body["reward"] = serde_json::json!(reward_id);
+                            body["status"] = serde_json::json!("reserved");
+                            stored(201, body.to_string())
+                        }
+                    }
+                }
+            }
+        }
     } else if request.points > 0 {
         // A credit earns a lot that expires like points earned today.
         let expires = tx
@@ -1081,12 +1235,16 @@ pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<Opera
 }
 
 /// An RFC 9457 problem document (as the HTTP layer writes them) with extra
-/// members, stored as the answer to a refused debit.
+/// members, stored as the answer to a refused operation (409 unless `status`).
 fn problem(code: &str, title: &str, detail: String, extra: serde_json::Value) -> String {
+    problem_with(409, code, title, detail, extra)
+}
+
+fn problem_with(status: u16, code: &str, title: &str, detail: String, extra: serde_json::Value) -> String {
     let mut body = serde_json::json!({
         "type": format!("https://relais.dev/problems/{code}"),
         "title": title,
-        "status": 409,
+        "status": status,
         "detail": detail,
         "message": detail,
         "code": code,
@@ -1324,4 +1482,83 @@ pub fn reviewing(programmes: &[Programme], day: NaiveDate) -> Vec<String> {
         .filter(|p| p.version_at(day).and_then(|v| v.tiers.as_ref()).is_some_and(|t| t.is_review_day(day)))
         .map(|p| p.head.key.clone())
         .collect()
+}
+
+/// Confirm or cancel a reward redemption. Confirming a reserved one hands it
+/// over (twice is harmless); cancelling a reserved one gives back the points,
+/// into the lots they came from, and the stock. A confirmed redemption cannot
+/// be cancelled (an adjustment can give points back), a cancelled one cannot
+/// be confirmed.
+pub fn settle_redemption(
+    tx: &mut dyn LedgerTx,
+    id: &str,
+    confirm: bool,
+    actor: &str,
+    day: NaiveDate,
+) -> Result<RedemptionRow, StoreError> {
+    let mut redemption = tx.redemption(id)?.ok_or(StoreError::NotFound)?;
+    let wanted = if confirm { RedemptionStatus::Confirmed } else { RedemptionStatus::Cancelled };
+    match (redemption.status, wanted) {
+        (now, wanted) if now == wanted => return Ok(redemption),
+        (RedemptionStatus::Confirmed, _) => {
+            return Err(StoreError::Conflict(format!(
+                "redemption {id} was confirmed (handed over); give points back with an adjustment instead"
+            )))
+        }
+        (RedemptionStatus::Cancelled, _) => {
+            return Err(StoreError::Conflict(format!("redemption {id} was cancelled; it cannot be confirmed")))
+        }
+        _ => {}
+    }
+    let mut write = LedgerWrite::default();
+    if !confirm {
+        let mut row = tx.member(redemption.member)?.ok_or(StoreError::NotFound)?;
+        let points = redemption.points;
+        let mut t = transaction("cancellation", day, &redemption.programme);
+        t.actor = Some(actor.to_string());
+        let reason = Reason { kind: ReasonKind::Cancellation { reward: redemption.reward.clone() }, day };
+        t.legs = vec![
+            Leg {
+                customer: row.customer,
+                member: row.member,
+                account: Account::Member,
+                points,
+                reason: reason.clone(),
+                expires_on: None,
+            },
+            Leg {
+                customer: row.customer,
+                member: row.member,
+                account: Account::Redeemed,
+                points: -points,
+                reason,
+                expires_on: None,
+            },
+        ];
+        write.transactions.push(t);
+        write.lot_restores = redemption.allocation.iter().map(|(lot, p)| (row.customer, lot.clone(), *p)).collect();
+        row.balance += points;
+        write.member_updates.push(row);
+        if tx.reward(&redemption.programme, &redemption.reward)?.is_some_and(|(_, left)| left.is_some()) {
+            write.stock_changes.push((redemption.programme.clone(), redemption.reward.clone(), 1));
+        }
+    }
+    redemption.status = wanted;
+    write.redemption_updates.push((redemption.customer, redemption.id.clone(), wanted));
+    tx.write_ledger(&write)?;
+    Ok(redemption)
+}
+
+/// A stored reward definition.
+pub fn reward_from_json(text: &str) -> Result<relais_domain::loyalty::rewards::Reward, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Database(format!("bad stored reward: {e}")))
+}
+
+/// The stock left after a definition changes: what was already taken stays taken.
+pub fn stock_after_change(old: Option<(Option<i64>, Option<i64>)>, new_stock: Option<i64>) -> Option<i64> {
+    match (old, new_stock) {
+        (_, None) => None,
+        (Some((Some(old_stock), Some(left))), Some(stock)) => Some((stock - (old_stock - left)).max(0)),
+        (_, Some(stock)) => Some(stock),
+    }
 }

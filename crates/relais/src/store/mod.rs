@@ -579,6 +579,25 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         id: relais_domain::MemberId,
     ) -> Result<(Vec<loyalty::StatementEntry>, Vec<relais_domain::loyalty::Lot>), StoreError>;
+    /// Add a reward to a programme's catalogue or change it; its stock left.
+    fn loyalty_put_reward(
+        &self,
+        programme: &str,
+        reward: &relais_domain::loyalty::rewards::Reward,
+    ) -> Result<Option<i64>, StoreError>;
+    /// A programme's rewards with their stock left (`None`: unlimited).
+    fn loyalty_rewards(
+        &self,
+        programme: &str,
+    ) -> Result<Vec<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError>;
+    /// Confirm or cancel a reward redemption.
+    fn loyalty_settle(
+        &self,
+        id: &str,
+        confirm: bool,
+        actor: &str,
+        day: NaiveDate,
+    ) -> Result<loyalty::RedemptionRow, StoreError>;
     /// Apply a redemption or an adjustment once per idempotency key.
     fn loyalty_operate(&self, request: &loyalty::ManualOperation) -> Result<loyalty::OperationAnswer, StoreError>;
     /// Expire the lots whose expiry day has come: (members touched, points expired).

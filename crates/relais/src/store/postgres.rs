@@ -1730,6 +1730,71 @@ impl Engine for PgEngine {
         })
     }
 
+    fn loyalty_put_reward(
+        &self,
+        programme: &str,
+        reward: &relais_domain::loyalty::rewards::Reward,
+    ) -> Result<Option<i64>, StoreError> {
+        self.retrying(|client| {
+            let mut tx = client.transaction()?;
+            let old = tx
+                .query_opt(
+                    "SELECT definition, stock_left FROM loyalty_rewards WHERE programme_key = $1 AND reward_id = $2 \
+                     FOR UPDATE",
+                    &[&programme, &reward.id],
+                )?
+                .map(|r| {
+                    Ok::<_, StoreError>((
+                        super::loyalty::reward_from_json(r.get::<_, &str>(0))?.stock,
+                        r.get::<_, Option<i64>>(1),
+                    ))
+                })
+                .transpose()?;
+            let left = super::loyalty::stock_after_change(old, reward.stock);
+            let definition = serde_json::to_string(reward).map_err(|e| StoreError::Database(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO loyalty_rewards (programme_key, reward_id, definition, stock_left, updated_at) \
+                 VALUES ($1, $2, $3, $4, now()) ON CONFLICT (programme_key, reward_id) DO UPDATE SET \
+                 definition = excluded.definition, stock_left = excluded.stock_left, updated_at = excluded.updated_at",
+                &[&programme, &reward.id, &definition, &left],
+            )?;
+            tx.commit()?;
+            Ok(left)
+        })
+    }
+
+    fn loyalty_rewards(
+        &self,
+        programme: &str,
+    ) -> Result<Vec<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query(
+                    "SELECT definition, stock_left FROM loyalty_rewards WHERE programme_key = $1 ORDER BY reward_id",
+                    &[&programme],
+                )?
+                .iter()
+                .map(|r| Ok((super::loyalty::reward_from_json(r.get::<_, &str>(0))?, r.get(1))))
+                .collect()
+        })
+    }
+
+    fn loyalty_settle(
+        &self,
+        id: &str,
+        confirm: bool,
+        actor: &str,
+        day: NaiveDate,
+    ) -> Result<super::loyalty::RedemptionRow, StoreError> {
+        self.retrying(|client| {
+            let mut tx = client.transaction()?;
+            let row =
+                super::loyalty::settle_redemption(&mut PgTx { tx: &mut tx, privacy: None }, id, confirm, actor, day)?;
+            tx.commit()?;
+            Ok(row)
+        })
+    }
+
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
         self.pool.with(loyalty::check)
     }

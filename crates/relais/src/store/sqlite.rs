@@ -1961,6 +1961,69 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn loyalty_put_reward(
+        &self,
+        programme: &str,
+        reward: &relais_domain::loyalty::rewards::Reward,
+    ) -> Result<Option<i64>, StoreError> {
+        let (programme, reward) = (programme.to_string(), reward.clone());
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let old: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT definition, stock_left FROM loyalty_rewards WHERE programme_key = ?1 AND reward_id = ?2",
+                    params![programme, reward.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let old = old
+                .map(|(d, left)| Ok::<_, StoreError>((super::loyalty::reward_from_json(&d)?.stock, left)))
+                .transpose()?;
+            let left = super::loyalty::stock_after_change(old, reward.stock);
+            let definition = serde_json::to_string(&reward).map_err(|e| StoreError::Database(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO loyalty_rewards (programme_key, reward_id, definition, stock_left, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (programme_key, reward_id) DO UPDATE SET \
+                 definition = excluded.definition, stock_left = excluded.stock_left, updated_at = excluded.updated_at",
+                params![programme, reward.id, definition, left, micros(Utc::now())],
+            )?;
+            tx.commit()?;
+            Ok(left)
+        })
+    }
+
+    fn loyalty_rewards(
+        &self,
+        programme: &str,
+    ) -> Result<Vec<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError> {
+        self.readers.with(|conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT definition, stock_left FROM loyalty_rewards WHERE programme_key = ?1 ORDER BY reward_id",
+                )?
+                .query_map([programme], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(|(d, left)| Ok((super::loyalty::reward_from_json(&d)?, left))).collect()
+        })
+    }
+
+    fn loyalty_settle(
+        &self,
+        id: &str,
+        confirm: bool,
+        actor: &str,
+        day: NaiveDate,
+    ) -> Result<super::loyalty::RedemptionRow, StoreError> {
+        let (id, actor) = (id.to_string(), actor.to_string());
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None };
+            let row = super::loyalty::settle_redemption(&mut ledger, &id, confirm, &actor, day)?;
+            tx.commit()?;
+            Ok(row)
+        })
+    }
+
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
         self.readers.with(|conn| loyalty::check(conn))
     }

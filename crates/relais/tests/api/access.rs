@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use relais_domain::Role;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::TestApp;
 
@@ -83,6 +83,27 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
     let enrol = serde_json::to_vec(&json!({"identifier": "email:acces@exemple.fr"})).unwrap();
     let (_, enrolled) = app.post_raw("/api/v1/loyalty/members", enrol, None, Some(&app.admin)).await;
     let member = enrolled["id"].as_str().expect("a member").to_string();
+    // A reward reserved by the member (the confirm and cancel routes need one).
+    let admin = reqwest::Client::new();
+    let reward = json!({"id": "bon-10", "name": "Bon de 10 €", "cost": 5, "stock": 100});
+    let put = admin.post(format!("{}/api/v1/loyalty/programmes/club/rewards", app.address)).bearer_auth(&app.admin);
+    assert_eq!(put.json(&reward).send().await.unwrap().status(), StatusCode::OK);
+    let credit =
+        admin.post(format!("{}/api/v1/loyalty/members/{member}/adjustments", app.address)).bearer_auth(&app.admin);
+    let credit = credit.header("Idempotency-Key", "access-credit").json(&json!({"points": 100, "reason": "test"}));
+    assert_eq!(credit.send().await.unwrap().status(), StatusCode::CREATED);
+    let reserve =
+        admin.post(format!("{}/api/v1/loyalty/members/{member}/redemptions", app.address)).bearer_auth(&app.admin);
+    let reserved: Value = reserve
+        .header("Idempotency-Key", "access-reward")
+        .json(&json!({"reward": "bon-10"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let redemption = reserved["id"].as_str().expect("a reserved reward").to_string();
 
     let mut keys = Vec::new();
     for role in Role::ALL {
@@ -96,6 +117,8 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
             &request
         } else if route.path.starts_with("/api/v1/loyalty/members/") {
             &member
+        } else if route.path.starts_with("/api/v1/loyalty/redemptions/") {
+            &redemption
         } else {
             &customer
         };
@@ -128,6 +151,8 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                 "/api/v1/loyalty/programmes" => serde_json::from_str(crate::loyalty::PROGRAMME_JSON).unwrap(),
                 "/api/v1/loyalty/members" => json!({"identifier": "email:acces@exemple.fr"}),
                 "/api/v1/clv/fit" => json!({"horizon_weeks": 39}),
+                "/api/v1/loyalty/members/{id}/quote" => json!({"basket_minor": 1000}),
+                "/api/v1/loyalty/programmes/{key}/rewards" => json!({"id": "bon-5", "name": "Bon de 5 €", "cost": 3}),
                 "/api/v1/loyalty/members/{id}/redemptions" => json!({"points": 1, "reason": "test"}),
                 "/api/v1/loyalty/members/{id}/adjustments" => json!({"points": 5, "reason": "geste commercial"}),
                 "/v1/batch" => json!({"batch": [{"type": "track", "userId": "acc-user", "event": "Product Viewed"}]}),

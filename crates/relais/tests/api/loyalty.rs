@@ -602,3 +602,116 @@ async fn tiers_go_up_at_once_down_after_notice_and_say_what_keeping_them_takes()
     assert!(after["tier"].is_null() && after["downgrade_on"].is_null(), "{after}");
     assert_ledger_holds(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rewards_are_reserved_confirmed_or_cancelled_and_stock_never_oversells() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    let put = |reward: Value| {
+        let app = &app;
+        async move { post_json(app, "/api/v1/loyalty/programmes/club/rewards", reward, &[]).await }
+    };
+    let (status, created) = put(json!({"id": "week-end", "name": "Week-end à Lyon", "cost": 100, "stock": 3})).await;
+    assert_eq!((status, created["stock_left"].as_i64()), (StatusCode::OK, Some(3)), "{created}");
+    let (status, _) = put(json!({"id": "salon-or", "name": "Salon Or", "cost": 10, "tiers": ["gold"]})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, problem) = put(json!({"id": "Bad Id", "name": "x", "cost": 10})).await;
+    assert_eq!((status, problem["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("id")));
+
+    // Six members with 150 points each (100 € + the welcome bonus).
+    let mut members = Vec::new();
+    for n in 0..6 {
+        let user = format!("fan-{n}");
+        app.batch(json!([{"type": "identify", "userId": user}])).await;
+        members.push(enrol(&app, &format!("user_id:{user}")).await["id"].as_str().unwrap().to_string());
+        app.batch(json!([order(&user, &format!("f-{n}"), &format!("f{n}"), 100.0, "lyon", json!([]))])).await;
+    }
+    let before = statement(&app, &members[0]).await;
+    // All six race for three week-ends, through two server processes.
+    let location = place(&app.scratch);
+    let (mut other, other_address) = tokio::task::spawn_blocking(move || start_binary(&location)).await.unwrap();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for (n, member) in members.iter().enumerate() {
+        let server = if n % 2 == 0 { app.address.clone() } else { other_address.clone() };
+        let (client, key, member) = (client.clone(), app.admin.clone(), member.clone());
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(format!("{server}/api/v1/loyalty/members/{member}/redemptions"))
+                .bearer_auth(key)
+                .header("Idempotency-Key", format!("we-{n}"))
+                .json(&json!({"reward": "week-end"}))
+                .send()
+                .await
+                .unwrap();
+            (member, response.status(), response.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut reserved = Vec::new();
+    for task in tasks {
+        let (member, status, body) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                assert_eq!((body["status"].as_str(), body["balance"].as_i64()), (Some("reserved"), Some(50)), "{body}");
+                reserved.push((member, body["id"].as_str().unwrap().to_string()));
+            }
+            StatusCode::CONFLICT => assert_eq!(body["code"], "out_of_stock", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    other.kill().unwrap();
+    assert_eq!(reserved.len(), 3, "exactly the stock");
+    let (_, catalogue) = call(&app, "GET", "/api/v1/loyalty/programmes/club/rewards", None, &[]).await;
+    let week_end =
+        catalogue["rewards"].as_array().unwrap().iter().find(|r| r["reward"]["id"] == "week-end").unwrap().clone();
+    assert_eq!(week_end["stock_left"], 0);
+
+    // Cancel one: points back into their lots (same expiry), stock back.
+    let (member, id) = reserved[0].clone();
+    let (status, cancelled) = call(&app, "POST", &format!("/api/v1/loyalty/redemptions/{id}/cancel"), None, &[]).await;
+    assert_eq!((status, cancelled["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{cancelled}");
+    let restored = statement(&app, &member).await;
+    assert_eq!(restored["balance"], 150);
+    assert_eq!(restored["expiring"], before["expiring"], "{restored}");
+    assert!(restored["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "cancellation"));
+    // Confirm another; a confirmed reward cannot be cancelled.
+    let (_, id) = reserved[1].clone();
+    let (status, confirmed) = call(&app, "POST", &format!("/api/v1/loyalty/redemptions/{id}/confirm"), None, &[]).await;
+    assert_eq!((status, confirmed["status"].as_str()), (StatusCode::OK, Some("confirmed")));
+    assert_eq!(
+        call(&app, "POST", &format!("/api/v1/loyalty/redemptions/{id}/confirm"), None, &[]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, "POST", &format!("/api/v1/loyalty/redemptions/{id}/cancel"), None, &[]).await.0,
+        StatusCode::CONFLICT
+    );
+    let (_, catalogue) = call(&app, "GET", "/api/v1/loyalty/programmes/club/rewards", None, &[]).await;
+    let week_end =
+        catalogue["rewards"].as_array().unwrap().iter().find(|r| r["reward"]["id"] == "week-end").unwrap().clone();
+    assert_eq!(week_end["stock_left"], 1);
+
+    // Tier-only rewards and unknown rewards say why.
+    let (status, refused) = redeem_reward(&app, &members[5], "salon-or", "s-1").await;
+    assert_eq!((status, refused["code"].as_str()), (StatusCode::CONFLICT, Some("reward_unavailable")), "{refused}");
+    let (status, _) = redeem_reward(&app, &members[5], "yacht", "s-2").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Paying part of a 12.34 € basket with points.
+    let (status, quote) =
+        post_json(&app, &format!("/api/v1/loyalty/members/{}/quote", members[5]), json!({"basket_minor": 1234}), &[])
+            .await;
+    assert_eq!(status, StatusCode::OK, "{quote}");
+    let balance = quote["balance"].as_i64().unwrap();
+    assert_eq!(quote["max_points"].as_i64(), Some(balance.min(1234)), "{quote}");
+    assert_ledger_holds(&app).await;
+}
+
+async fn redeem_reward(app: &TestApp, member: &str, reward: &str, key: &str) -> (StatusCode, Value) {
+    post_json(
+        app,
+        &format!("/api/v1/loyalty/members/{member}/redemptions"),
+        json!({ "reward": reward }),
+        &[("Idempotency-Key", key)],
+    )
+    .await
+}

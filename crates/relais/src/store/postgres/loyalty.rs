@@ -13,7 +13,8 @@ use relais_domain::{CustomerId, Identifier, MemberId};
 
 use super::{parse_id, PgTx};
 use crate::store::loyalty::{
-    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, ReportRows, StatementEntry, StoredAnswer,
+    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, RedemptionRow, RedemptionStatus,
+    ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
@@ -298,6 +299,42 @@ impl LedgerTx for PgTx<'_, '_> {
                 ],
             )?;
         }
+        for (customer, lot, points) in &write.lot_restores {
+            self.tx.execute(
+                "UPDATE loyalty_lots SET remaining = remaining + $3 WHERE customer_id = $1 AND lot_id = $2",
+                &[&customer.to_string(), lot, points],
+            )?;
+        }
+        for (programme, reward, change) in &write.stock_changes {
+            self.tx.execute(
+                "UPDATE loyalty_rewards SET stock_left = stock_left + $3 WHERE programme_key = $1 AND reward_id = $2 \
+                 AND stock_left IS NOT NULL",
+                &[programme, reward, change],
+            )?;
+        }
+        for r in &write.new_redemptions {
+            self.tx.execute(
+                "INSERT INTO loyalty_redemptions (customer_id, redemption_id, member_id, programme_key, reward_id, points, \
+                 status, allocation, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                &[
+                    &r.customer.to_string(),
+                    &r.id,
+                    &r.member.to_string(),
+                    &r.programme,
+                    &r.reward,
+                    &r.points,
+                    &r.status.as_str(),
+                    &serde_json::to_string(&r.allocation).map_err(|e| StoreError::Database(e.to_string()))?,
+                    &r.created_at,
+                ],
+            )?;
+        }
+        for (customer, id, status) in &write.redemption_updates {
+            self.tx.execute(
+                "UPDATE loyalty_redemptions SET status = $3, updated_at = now() WHERE customer_id = $1 AND redemption_id = $2",
+                &[&customer.to_string(), id, &status.as_str()],
+            )?;
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
@@ -306,6 +343,46 @@ impl LedgerTx for PgTx<'_, '_> {
             )?;
         }
         Ok(())
+    }
+
+    fn reward(
+        &mut self,
+        programme: &str,
+        reward: &str,
+    ) -> Result<Option<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError> {
+        // Locked: the stock is shared by every member redeeming it.
+        self.tx
+            .query_opt(
+                "SELECT definition, stock_left FROM loyalty_rewards WHERE programme_key = $1 AND reward_id = $2 \
+                 FOR UPDATE",
+                &[&programme, &reward],
+            )?
+            .map(|r| Ok((crate::store::loyalty::reward_from_json(r.get::<_, &str>(0))?, r.get(1))))
+            .transpose()
+    }
+
+    fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError> {
+        self.tx
+            .query_opt(
+                "SELECT customer_id, redemption_id, member_id, programme_key, reward_id, points, status, allocation, \
+                 created_at FROM loyalty_redemptions WHERE redemption_id = $1 FOR UPDATE",
+                &[&id],
+            )?
+            .map(|r| {
+                Ok(RedemptionRow {
+                    customer: parse_id(r.get::<_, &str>(0))?,
+                    id: r.get(1),
+                    member: parse_id(r.get::<_, &str>(2))?,
+                    programme: r.get(3),
+                    reward: r.get(4),
+                    points: r.get(5),
+                    status: RedemptionStatus::parse(r.get::<_, &str>(6))?,
+                    allocation: serde_json::from_str(r.get::<_, &str>(7))
+                        .map_err(|e| StoreError::Database(e.to_string()))?,
+                    created_at: r.get(8),
+                })
+            })
+            .transpose()
     }
 
     fn root_of(&mut self, customer: CustomerId) -> Result<Option<CustomerId>, StoreError> {

@@ -12,7 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_micros, micros, parse_id, SqliteTx};
 use crate::store::loyalty::{
-    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, ReportRows, StatementEntry, StoredAnswer,
+    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, RedemptionRow, RedemptionStatus,
+    ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
@@ -344,6 +345,44 @@ impl LedgerTx for SqliteTx<'_, '_> {
                 ])?;
             }
         }
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "UPDATE loyalty_lots SET remaining = remaining + ?3 WHERE customer_id = ?1 AND lot_id = ?2",
+            )?;
+            for (customer, lot, points) in &write.lot_restores {
+                stmt.execute(params![customer.to_string(), lot, points])?;
+            }
+        }
+        for (programme, reward, change) in &write.stock_changes {
+            self.tx.execute(
+                "UPDATE loyalty_rewards SET stock_left = stock_left + ?3 WHERE programme_key = ?1 AND reward_id = ?2 \
+                 AND stock_left IS NOT NULL",
+                params![programme, reward, change],
+            )?;
+        }
+        for r in &write.new_redemptions {
+            self.tx.execute(
+                "INSERT INTO loyalty_redemptions (customer_id, redemption_id, member_id, programme_key, reward_id, points, \
+                 status, allocation, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![
+                    r.customer.to_string(),
+                    r.id,
+                    r.member.to_string(),
+                    r.programme,
+                    r.reward,
+                    r.points,
+                    r.status.as_str(),
+                    serde_json::to_string(&r.allocation).map_err(|e| StoreError::Database(e.to_string()))?,
+                    micros(r.created_at)
+                ],
+            )?;
+        }
+        for (customer, id, status) in &write.redemption_updates {
+            self.tx.execute(
+                "UPDATE loyalty_redemptions SET status = ?3, updated_at = ?4 WHERE customer_id = ?1 AND redemption_id = ?2",
+                params![customer.to_string(), id, status.as_str(), now],
+            )?;
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
@@ -352,6 +391,58 @@ impl LedgerTx for SqliteTx<'_, '_> {
             )?;
         }
         Ok(())
+    }
+
+    fn reward(
+        &mut self,
+        programme: &str,
+        reward: &str,
+    ) -> Result<Option<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError> {
+        let row: Option<(String, Option<i64>)> = self
+            .tx
+            .prepare_cached(
+                "SELECT definition, stock_left FROM loyalty_rewards WHERE programme_key = ?1 AND reward_id = ?2",
+            )?
+            .query_row(params![programme, reward], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        row.map(|(definition, left)| Ok((crate::store::loyalty::reward_from_json(&definition)?, left))).transpose()
+    }
+
+    fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError> {
+        let row = self
+            .tx
+            .prepare_cached(
+                "SELECT customer_id, redemption_id, member_id, programme_key, reward_id, points, status, allocation, \
+                 created_at FROM loyalty_redemptions WHERE redemption_id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            })
+            .optional()?;
+        row.map(|(customer, id, member, programme, reward, points, status, allocation, created)| {
+            Ok(RedemptionRow {
+                customer: parse_id(&customer)?,
+                id,
+                member: parse_id(&member)?,
+                programme,
+                reward,
+                points,
+                status: RedemptionStatus::parse(&status)?,
+                allocation: serde_json::from_str(&allocation).map_err(|e| StoreError::Database(e.to_string()))?,
+                created_at: from_micros(created),
+            })
+        })
+        .transpose()
     }
 
     fn root_of(&mut self, customer: CustomerId) -> Result<Option<CustomerId>, StoreError> {
