@@ -133,6 +133,13 @@ pub enum ReasonKind {
         /// The reward.
         reward: String,
     },
+    /// The bonus of a coupon.
+    Coupon {
+        /// The campaign.
+        campaign: String,
+        /// The order it was used for.
+        order_id: Option<String>,
+    },
     /// Points that reached their expiry date.
     Expiry,
     /// A manual correction.
@@ -298,6 +305,14 @@ impl Reason {
                     format!("annulation de la récompense « {reward} », points rendus le {date}")
                 } else {
                     format!("redemption of \"{reward}\" cancelled, points given back on {date}")
+                }
+            }
+            ReasonKind::Coupon { campaign, order_id } => {
+                let order = order_id.as_deref().map(|o| format!(" {o}")).unwrap_or_default();
+                if fr {
+                    format!("bonus du coupon « {campaign} », commande{order} le {date}")
+                } else {
+                    format!("bonus of the \"{campaign}\" coupon, order{order} on {date}")
                 }
             }
             ReasonKind::Expiry => {

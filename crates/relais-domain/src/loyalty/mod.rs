@@ -7,6 +7,7 @@
 //! rounding, so the same event always earns the same points.
 
 pub mod card;
+pub mod coupons;
 pub mod ledger;
 pub mod rewards;
 pub mod rules;

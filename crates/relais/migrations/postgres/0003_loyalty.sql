@@ -125,6 +125,44 @@ CREATE TABLE loyalty_redemptions (
 );
 CREATE INDEX loyalty_redemptions_by_id ON loyalty_redemptions (redemption_id);
 
+-- Coupon campaigns, with how many codes were issued and used (a counter
+-- shared by every member, like reward stock: reference table on Citus).
+CREATE TABLE loyalty_coupon_campaigns (
+    programme_key TEXT NOT NULL,
+    campaign_id   TEXT NOT NULL,
+    definition    TEXT NOT NULL,
+    codes         BIGINT NOT NULL DEFAULT 0,
+    used          BIGINT NOT NULL DEFAULT 0,
+    updated_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (programme_key, campaign_id)
+);
+
+-- Issued codes, by keyed hash only (a code is a bearer secret); who used
+-- each one and for which order. Citus: distributed by code_hash.
+CREATE TABLE loyalty_coupon_codes (
+    code_hash     TEXT PRIMARY KEY,
+    programme_key TEXT NOT NULL,
+    campaign_id   TEXT NOT NULL,
+    customer_id   TEXT,
+    member_id     TEXT,
+    order_id      TEXT,
+    used_at       TIMESTAMPTZ
+);
+
+-- Each member's uses (the per-member limit counts them).
+CREATE TABLE loyalty_coupon_uses (
+    customer_id   TEXT NOT NULL,
+    code_hash     TEXT NOT NULL,
+    member_id     TEXT NOT NULL,
+    programme_key TEXT NOT NULL,
+    campaign_id   TEXT NOT NULL,
+    order_id      TEXT,
+    day           DATE NOT NULL,
+    created_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (customer_id, code_hash)
+);
+CREATE INDEX loyalty_coupon_uses_by_member ON loyalty_coupon_uses (customer_id, member_id, campaign_id);
+
 -- Answers to debit requests by Idempotency-Key, written in the debit's own
 -- transaction: a retry gets the first answer and debits nothing.
 CREATE TABLE loyalty_idempotency (

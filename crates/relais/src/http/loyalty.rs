@@ -1048,3 +1048,159 @@ pub async fn quote(
         currency: programme.head.currency,
     }))
 }
+
+/// A campaign and how many codes to issue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    /// The campaign: id, benefit, bonus_points, valid_from, valid_until,
+    /// per_member, total, tiers, early_access.
+    #[schema(value_type = Object)]
+    pub campaign: relais_domain::loyalty::coupons::Campaign,
+    /// Codes to issue now (1 to 100,000).
+    pub count: usize,
+}
+
+/// Codes issued: shown once, stored only as keyed hashes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Issued {
+    /// The campaign.
+    pub campaign: String,
+    /// The new codes, grouped by four.
+    pub codes: Vec<String>,
+    /// Codes issued in all.
+    pub issued: i64,
+    /// Codes used so far.
+    pub used: i64,
+}
+
+/// Create a coupon campaign (or change it) and issue unique codes: the codes
+/// are in this answer only; relais keeps their keyed hash.
+#[utoipa::path(post, path = "/api/v1/loyalty/programmes/{key}/coupons", tag = "loyalty",
+    params(("key" = String, Path, description = "Programme key")), request_body = IssueBody,
+    responses((status = 201, body = Issued), (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn issue_coupons(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    ApiJson(body): ApiJson<IssueBody>,
+) -> Result<Response, ApiError> {
+    known_programme(&state, &key).await?;
+    body.campaign.check().map_err(|(field, reason)| ApiError::field(format!("campaign.{field}"), reason))?;
+    if !(1..=100_000).contains(&body.count) {
+        return Err(ApiError::field("count", "issue 1 to 100000 codes at a time"));
+    }
+    let codes: Vec<relais_domain::loyalty::coupons::CouponCode> = {
+        let mut rng = rand::thread_rng();
+        (0..body.count).map(|_| relais_domain::loyalty::coupons::CouponCode::generate(&mut rng)).collect()
+    };
+    let keyring = &state.store.privacy().keyring;
+    let hashes: Vec<String> = codes.iter().map(|c| keyring.lookup_token("coupon", c.as_str())).collect();
+    let (campaign, actor, count) = (body.campaign.clone(), caller.actor(), body.count);
+    let (issued, used) = state
+        .store
+        .run_audited(move |engine, audit| {
+            let counts = engine.loyalty_issue_coupons(&key, &campaign, &hashes)?;
+            audit.record(
+                &actor,
+                "loyalty.coupons.issue",
+                None,
+                serde_json::json!({ "programme": key, "campaign": campaign.id, "codes": count }),
+            )?;
+            Ok(counts)
+        })
+        .await?;
+    let body = Issued { campaign: body.campaign.id, codes: codes.iter().map(|c| c.printed()).collect(), issued, used };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A campaign with its counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignView {
+    /// The definition.
+    #[schema(value_type = Object)]
+    pub campaign: relais_domain::loyalty::coupons::Campaign,
+    /// Codes issued.
+    pub issued: i64,
+    /// Codes used.
+    pub used: i64,
+}
+
+/// A programme's coupon campaigns with their codes issued and used.
+#[utoipa::path(get, path = "/api/v1/loyalty/programmes/{key}/coupons", tag = "loyalty",
+    params(("key" = String, Path, description = "Programme key")),
+    responses((status = 200, description = "`campaigns`: each with its definition, issued and used"), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn list_campaigns(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    known_programme(&state, &key).await?;
+    let campaigns = state.store.run(move |engine| engine.loyalty_campaigns(&key)).await?;
+    let campaigns: Vec<CampaignView> =
+        campaigns.into_iter().map(|(campaign, issued, used)| CampaignView { campaign, issued, used }).collect();
+    Ok(Json(serde_json::json!({ "campaigns": campaigns })).into_response())
+}
+
+/// A coupon presented at a till or online.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CouponBody {
+    /// The code as printed (case and dashes do not matter).
+    pub code: String,
+    /// The member, `mem_…`.
+    pub member: String,
+    /// The order it is used for.
+    pub order_id: Option<String>,
+}
+
+/// Use a coupon: checked (check character, dates, tier, limits), recorded
+/// against the order, with its bonus points. The same code again for the same
+/// member and order answers the first use; for anyone else, 409.
+#[utoipa::path(post, path = "/api/v1/loyalty/coupons/redeem", tag = "loyalty", request_body = CouponBody,
+    responses((status = 201, description = "Accepted: campaign, benefit, member, order_id, bonus_points, balance"),
+        (status = 200, description = "The same use again"),
+        (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn use_coupon(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CouponBody>,
+) -> Result<Response, ApiError> {
+    let code =
+        relais_domain::loyalty::coupons::CouponCode::parse(&body.code).map_err(|e| ApiError::field("code", e))?;
+    let member = MemberId::parse(&body.member).map_err(|e| ApiError::field("member", e.to_string()))?;
+    if body.order_id.as_ref().is_some_and(|o| o.is_empty() || o.len() > 100) {
+        return Err(ApiError::field("order_id", "must be 1 to 100 characters"));
+    }
+    let request = crate::store::loyalty::CouponRequest {
+        member,
+        code_hash: state.store.privacy().keyring.lookup_token("coupon", code.as_str()),
+        order_id: body.order_id,
+        day: today(&state),
+    };
+    let actor = caller.actor();
+    let accepted = state
+        .store
+        .run_audited(move |engine, audit| {
+            let accepted = engine.loyalty_use_coupon(&request)?;
+            if accepted.new {
+                audit.record(
+                    &actor,
+                    "loyalty.coupon.use",
+                    None,
+                    serde_json::json!({ "campaign": accepted.campaign, "member": accepted.member }),
+                )?;
+            }
+            Ok(accepted)
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound(format!("no member `{member}`")),
+            other => other.into(),
+        })?;
+    let status = if accepted.new { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(accepted)).into_response())
+}

@@ -388,7 +388,13 @@ impl Keyring {
 
     /// The lookup token of one word of a person's name (see `name_words`).
     pub fn name_token(&self, word: &str) -> String {
-        let digest = keyed_hash(self.index.as_ref(), format!("name:{word}").as_bytes());
+        self.lookup_token("name", word)
+    }
+
+    /// The lookup token of a secret found by exact value (a coupon code): a
+    /// keyed hash, so the value itself is never stored.
+    pub fn lookup_token(&self, domain: &str, value: &str) -> String {
+        let digest = keyed_hash(self.index.as_ref(), format!("{domain}:{value}").as_bytes());
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
     }
 

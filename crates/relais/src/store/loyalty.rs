@@ -234,6 +234,38 @@ pub struct LedgerWrite {
     pub new_redemptions: Vec<RedemptionRow>,
     /// Redemptions whose status changed: customer, id, new status.
     pub redemption_updates: Vec<(CustomerId, String, RedemptionStatus)>,
+    /// A coupon used now.
+    pub coupon_use: Option<CouponUseRow>,
+}
+
+/// An issued coupon code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouponRow {
+    /// Its programme.
+    pub programme: String,
+    /// Its campaign.
+    pub campaign: String,
+    /// Who used it: customer, member, order.
+    pub used_by: Option<(CustomerId, MemberId, Option<String>)>,
+}
+
+/// A coupon's use to record.
+#[derive(Debug, Clone)]
+pub struct CouponUseRow {
+    /// The member's customer row.
+    pub customer: CustomerId,
+    /// The membership.
+    pub member: MemberId,
+    /// The code's hash.
+    pub code_hash: String,
+    /// Its programme.
+    pub programme: String,
+    /// Its campaign.
+    pub campaign: String,
+    /// The order it was used for.
+    pub order_id: Option<String>,
+    /// The day.
+    pub day: NaiveDate,
 }
 
 /// Where a reward redemption stands.
@@ -300,6 +332,7 @@ impl LedgerWrite {
             && self.tier_changes.is_empty()
             && self.new_redemptions.is_empty()
             && self.redemption_updates.is_empty()
+            && self.coupon_use.is_none()
     }
 }
 
@@ -364,6 +397,17 @@ pub trait LedgerTx {
         programme: &str,
         reward: &str,
     ) -> Result<Option<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError>;
+    /// An issued coupon code by its hash: programme, campaign, and who used it
+    /// (customer, member, order) if anyone did; locked where several writers exist.
+    fn coupon(&mut self, code_hash: &str) -> Result<Option<CouponRow>, StoreError>;
+    /// A coupon campaign and its uses so far; locked (its count is shared).
+    fn campaign(
+        &mut self,
+        programme: &str,
+        campaign: &str,
+    ) -> Result<Option<(relais_domain::loyalty::coupons::Campaign, i64)>, StoreError>;
+    /// How many codes of a campaign a member used.
+    fn coupon_uses(&mut self, member: &MemberRow, campaign: &str) -> Result<i64, StoreError>;
     /// A reward redemption by id; locked where several writers exist.
     fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError>;
     /// The surviving profile of a profile (itself unless merged); `None` if unknown.
@@ -1433,7 +1477,7 @@ impl LoyaltyReport {
                 .map(|(_, _, c, d)| if credits { *c } else { *d })
                 .sum()
         };
-        let issued = sum(&["spend", "event", "first_purchase", "adjustment"], true);
+        let issued = sum(&["spend", "event", "first_purchase", "coupon", "adjustment"], true);
         let redeemed = sum(&["redemption"], false);
         let expired = sum(&["expiry"], false);
         LoyaltyReport {
@@ -1561,4 +1605,127 @@ pub fn stock_after_change(old: Option<(Option<i64>, Option<i64>)>, new_stock: Op
         (Some((Some(old_stock), Some(left))), Some(stock)) => Some((stock - (old_stock - left)).max(0)),
         (_, Some(stock)) => Some(stock),
     }
+}
+
+/// A coupon presented for a member.
+#[derive(Debug, Clone)]
+pub struct CouponRequest {
+    /// The membership.
+    pub member: MemberId,
+    /// The code's keyed hash.
+    pub code_hash: String,
+    /// The order it is used for.
+    pub order_id: Option<String>,
+    /// Today, organisation's calendar.
+    pub day: NaiveDate,
+}
+
+/// A coupon accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct CouponAccepted {
+    /// The campaign.
+    pub campaign: String,
+    /// What it gives.
+    pub benefit: String,
+    /// The membership (the survivor, if merged).
+    pub member: String,
+    /// The order it was used for.
+    pub order_id: Option<String>,
+    /// Points credited by it.
+    pub bonus_points: Points,
+    /// Balance after.
+    pub balance: Points,
+    /// `false` when this repeats an earlier use of the same code for the same member and order.
+    pub new: bool,
+}
+
+/// Use a coupon: each code once, within the campaign's dates and targeting,
+/// per-member limit and total; recorded against the order, with its bonus
+/// points if any. Presenting the same code again for the same member and
+/// order answers the first use (a retry); anyone else gets a 409.
+pub fn use_coupon(tx: &mut dyn LedgerTx, request: &CouponRequest) -> Result<CouponAccepted, StoreError> {
+    let mut row = tx.member(request.member)?.ok_or(StoreError::NotFound)?;
+    let mut hops = 0;
+    while let (MemberStatus::Merged, Some(next)) = (row.status, row.merged_into) {
+        hops += 1;
+        if hops > 16 {
+            return Err(StoreError::Database("membership merge chain too long".into()));
+        }
+        row = tx.member(next)?.ok_or(StoreError::NotFound)?;
+    }
+    if row.status != MemberStatus::Active {
+        return Err(StoreError::Conflict("this membership is closed".into()));
+    }
+    let code =
+        tx.coupon(&request.code_hash)?.ok_or_else(|| StoreError::Conflict("this code was never issued".into()))?;
+    let (campaign, used) = tx
+        .campaign(&code.programme, &code.campaign)?
+        .ok_or_else(|| StoreError::Database(format!("coupon campaign `{}` is missing", code.campaign)))?;
+    let accepted = |balance: Points, new: bool, bonus: Points, order_id: Option<String>| CouponAccepted {
+        campaign: campaign.id.clone(),
+        benefit: campaign.benefit.clone(),
+        member: row.member.to_string(),
+        order_id,
+        bonus_points: bonus,
+        balance,
+        new,
+    };
+    if let Some((_, member, order)) = &code.used_by {
+        if *member == row.member && *order == request.order_id {
+            return Ok(accepted(row.balance, false, campaign.bonus_points, order.clone()));
+        }
+        return Err(StoreError::Conflict("this code was already used; each code works once".into()));
+    }
+    if code.programme != row.programme {
+        return Err(StoreError::Conflict(format!("this code belongs to programme `{}`", code.programme)));
+    }
+    if let Some(why) = campaign.refusal(request.day, row.tier.as_deref()) {
+        return Err(StoreError::Conflict(why));
+    }
+    if campaign.total.is_some_and(|total| used >= total) {
+        return Err(StoreError::Conflict(format!("campaign `{}` has reached its {} uses", campaign.id, used)));
+    }
+    if tx.coupon_uses(&row, &campaign.id)? >= campaign.per_member {
+        return Err(StoreError::Conflict(format!(
+            "this member already used {} code(s) of campaign `{}`, the most allowed",
+            campaign.per_member, campaign.id
+        )));
+    }
+    let mut book = Book::default();
+    let member = row.member;
+    let programme = row.programme.clone();
+    book.members.insert(member, row.clone());
+    if campaign.bonus_points > 0 {
+        let mut t = transaction("coupon", request.day, &programme);
+        t.order_id = request.order_id.clone();
+        let expires = tx
+            .load_programmes()?
+            .into_iter()
+            .find(|p| p.head.key == programme)
+            .and_then(|p| p.version_at(request.day).map(|v| v.expiry.expires_on(request.day)))
+            .flatten();
+        let reason = Reason {
+            kind: ReasonKind::Coupon { campaign: campaign.id.clone(), order_id: request.order_id.clone() },
+            day: request.day,
+        };
+        book.credit(t, member, campaign.bonus_points, Account::Issued, reason, expires);
+    }
+    let balance = book.members[&member].balance;
+    let mut write = book.finish();
+    write.coupon_use = Some(CouponUseRow {
+        customer: row.customer,
+        member,
+        code_hash: request.code_hash.clone(),
+        programme,
+        campaign: campaign.id.clone(),
+        order_id: request.order_id.clone(),
+        day: request.day,
+    });
+    tx.write_ledger(&write)?;
+    Ok(accepted(balance, true, campaign.bonus_points, request.order_id.clone()))
+}
+
+/// A stored coupon campaign.
+pub fn campaign_from_json(text: &str) -> Result<relais_domain::loyalty::coupons::Campaign, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Database(format!("bad stored coupon campaign: {e}")))
 }

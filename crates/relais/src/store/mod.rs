@@ -598,6 +598,21 @@ pub trait Engine: Send + Sync + 'static {
         actor: &str,
         day: NaiveDate,
     ) -> Result<loyalty::RedemptionRow, StoreError>;
+    /// Create a coupon campaign or change it, and issue codes (their keyed
+    /// hashes): the campaign's codes issued and used so far.
+    fn loyalty_issue_coupons(
+        &self,
+        programme: &str,
+        campaign: &relais_domain::loyalty::coupons::Campaign,
+        code_hashes: &[String],
+    ) -> Result<(i64, i64), StoreError>;
+    /// A programme's coupon campaigns with their codes issued and used.
+    fn loyalty_campaigns(
+        &self,
+        programme: &str,
+    ) -> Result<Vec<(relais_domain::loyalty::coupons::Campaign, i64, i64)>, StoreError>;
+    /// Use a coupon for a member.
+    fn loyalty_use_coupon(&self, request: &loyalty::CouponRequest) -> Result<loyalty::CouponAccepted, StoreError>;
     /// Apply a redemption or an adjustment once per idempotency key.
     fn loyalty_operate(&self, request: &loyalty::ManualOperation) -> Result<loyalty::OperationAnswer, StoreError>;
     /// Expire the lots whose expiry day has come: (members touched, points expired).

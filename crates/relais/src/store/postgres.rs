@@ -1795,6 +1795,65 @@ impl Engine for PgEngine {
         })
     }
 
+    fn loyalty_issue_coupons(
+        &self,
+        programme: &str,
+        campaign: &relais_domain::loyalty::coupons::Campaign,
+        code_hashes: &[String],
+    ) -> Result<(i64, i64), StoreError> {
+        self.retrying(|client| {
+            let mut tx = client.transaction()?;
+            let definition = serde_json::to_string(campaign).map_err(|e| StoreError::Database(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO loyalty_coupon_campaigns (programme_key, campaign_id, definition, codes, used, updated_at) \
+                 VALUES ($1, $2, $3, 0, 0, now()) ON CONFLICT (programme_key, campaign_id) DO UPDATE SET \
+                 definition = excluded.definition, updated_at = excluded.updated_at",
+                &[&programme, &campaign.id, &definition],
+            )?;
+            tx.execute(
+                "INSERT INTO loyalty_coupon_codes (code_hash, programme_key, campaign_id) \
+                 SELECT unnest($1::text[]), $2, $3",
+                &[&code_hashes, &programme, &campaign.id],
+            )?;
+            let row = tx.query_one(
+                "UPDATE loyalty_coupon_campaigns SET codes = codes + $3 WHERE programme_key = $1 AND campaign_id = $2 \
+                 RETURNING codes, used",
+                &[&programme, &campaign.id, &(code_hashes.len() as i64)],
+            )?;
+            tx.commit()?;
+            Ok((row.get(0), row.get(1)))
+        })
+    }
+
+    fn loyalty_campaigns(
+        &self,
+        programme: &str,
+    ) -> Result<Vec<(relais_domain::loyalty::coupons::Campaign, i64, i64)>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query(
+                    "SELECT definition, codes, used FROM loyalty_coupon_campaigns WHERE programme_key = $1 \
+                     ORDER BY campaign_id",
+                    &[&programme],
+                )?
+                .iter()
+                .map(|r| Ok((super::loyalty::campaign_from_json(r.get::<_, &str>(0))?, r.get(1), r.get(2))))
+                .collect()
+        })
+    }
+
+    fn loyalty_use_coupon(
+        &self,
+        request: &super::loyalty::CouponRequest,
+    ) -> Result<super::loyalty::CouponAccepted, StoreError> {
+        self.retrying(|client| {
+            let mut tx = client.transaction()?;
+            let accepted = super::loyalty::use_coupon(&mut PgTx { tx: &mut tx, privacy: None }, request)?;
+            tx.commit()?;
+            Ok(accepted)
+        })
+    }
+
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
         self.pool.with(loyalty::check)
     }

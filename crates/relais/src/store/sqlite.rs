@@ -2024,6 +2024,75 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn loyalty_issue_coupons(
+        &self,
+        programme: &str,
+        campaign: &relais_domain::loyalty::coupons::Campaign,
+        code_hashes: &[String],
+    ) -> Result<(i64, i64), StoreError> {
+        let (programme, campaign, hashes) = (programme.to_string(), campaign.clone(), code_hashes.to_vec());
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let definition = serde_json::to_string(&campaign).map_err(|e| StoreError::Database(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO loyalty_coupon_campaigns (programme_key, campaign_id, definition, codes, used, updated_at) \
+                 VALUES (?1, ?2, ?3, 0, 0, ?4) ON CONFLICT (programme_key, campaign_id) DO UPDATE SET \
+                 definition = excluded.definition, updated_at = excluded.updated_at",
+                params![programme, campaign.id, definition, micros(Utc::now())],
+            )?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO loyalty_coupon_codes (code_hash, programme_key, campaign_id) VALUES (?1, ?2, ?3)",
+                )?;
+                for hash in &hashes {
+                    stmt.execute(params![hash, programme, campaign.id])?;
+                }
+            }
+            let counts = tx.query_row(
+                "UPDATE loyalty_coupon_campaigns SET codes = codes + ?3 WHERE programme_key = ?1 AND campaign_id = ?2 \
+                 RETURNING codes, used",
+                params![programme, campaign.id, hashes.len() as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.commit()?;
+            Ok(counts)
+        })
+    }
+
+    fn loyalty_campaigns(
+        &self,
+        programme: &str,
+    ) -> Result<Vec<(relais_domain::loyalty::coupons::Campaign, i64, i64)>, StoreError> {
+        self.readers.with(|conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT definition, codes, used FROM loyalty_coupon_campaigns WHERE programme_key = ?1 \
+                     ORDER BY campaign_id",
+                )?
+                .query_map([programme], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(d, codes, used)| Ok((super::loyalty::campaign_from_json(&d)?, codes, used)))
+                .collect()
+        })
+    }
+
+    fn loyalty_use_coupon(
+        &self,
+        request: &super::loyalty::CouponRequest,
+    ) -> Result<super::loyalty::CouponAccepted, StoreError> {
+        let request = request.clone();
+        self.write(false, move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let accepted = super::loyalty::use_coupon(
+                &mut SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None },
+                &request,
+            )?;
+            tx.commit()?;
+            Ok(accepted)
+        })
+    }
+
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
         self.readers.with(|conn| loyalty::check(conn))
     }

@@ -152,6 +152,9 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                 "/api/v1/loyalty/members" => json!({"identifier": "email:acces@exemple.fr"}),
                 "/api/v1/clv/fit" => json!({"horizon_weeks": 39}),
                 "/api/v1/loyalty/members/{id}/quote" => json!({"basket_minor": 1000}),
+                "/api/v1/loyalty/programmes/{key}/coupons" => json!({"count": 1, "campaign": {
+                    "id": "acces", "benefit": "-5 €", "valid_from": "2026-01-01", "valid_until": "2030-12-31"}}),
+                "/api/v1/loyalty/coupons/redeem" => json!({"code": "0000-0000-0000-0", "member": member}),
                 "/api/v1/loyalty/programmes/{key}/rewards" => json!({"id": "bon-5", "name": "Bon de 5 €", "cost": 3}),
                 "/api/v1/loyalty/members/{id}/redemptions" => json!({"points": 1, "reason": "test"}),
                 "/api/v1/loyalty/members/{id}/adjustments" => json!({"points": 5, "reason": "geste commercial"}),

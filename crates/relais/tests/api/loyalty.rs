@@ -715,3 +715,80 @@ async fn redeem_reward(app: &TestApp, member: &str, reward: &str, key: &str) -> 
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coupons_work_once_within_their_limits_and_dates() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    let today = chrono::Utc::now().date_naive();
+    let issue = |campaign: Value, count: usize| {
+        let app = &app;
+        async move {
+            post_json(
+                app,
+                "/api/v1/loyalty/programmes/club/coupons",
+                json!({"campaign": campaign, "count": count}),
+                &[],
+            )
+            .await
+        }
+    };
+    let (status, issued) = issue(
+        json!({"id": "soldes", "benefit": "-10 € dès 50 €", "bonus_points": 25, "per_member": 1, "total": 2,
+               "valid_from": (today - chrono::Duration::days(1)).to_string(),
+               "valid_until": (today + chrono::Duration::days(10)).to_string()}),
+        3,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let codes: Vec<String> =
+        issued["codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    assert_eq!(codes.len(), 3);
+    let mut members = Vec::new();
+    for n in 0..3 {
+        app.batch(json!([{"type": "identify", "userId": format!("c-{n}")}])).await;
+        members.push(enrol(&app, &format!("user_id:c-{n}")).await["id"].as_str().unwrap().to_string());
+    }
+    let coupon = |code: &str, member: &str, order: &str| {
+        let body = json!({"code": code, "member": member, "order_id": order});
+        let app = &app;
+        async move { post_json(app, "/api/v1/loyalty/coupons/redeem", body, &[]).await }
+    };
+    let (status, used) = coupon(&codes[0].to_lowercase(), &members[0], "o-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{used}");
+    assert_eq!((used["bonus_points"].as_i64(), used["balance"].as_i64()), (Some(25), Some(25)));
+    // The till retries: same answer, nothing twice.
+    let (status, again) = coupon(&codes[0], &members[0], "o-1").await;
+    assert_eq!((status, again["balance"].as_i64()), (StatusCode::OK, Some(25)));
+    // Each code once; one per member; two in all.
+    assert_eq!(coupon(&codes[0], &members[1], "o-2").await.0, StatusCode::CONFLICT);
+    let (status, limited) = coupon(&codes[1], &members[0], "o-3").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(limited["detail"].as_str().unwrap().contains("most allowed"), "{limited}");
+    assert_eq!(coupon(&codes[1], &members[1], "o-4").await.0, StatusCode::CREATED);
+    let (status, exhausted) = coupon(&codes[2], &members[2], "o-5").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(exhausted["detail"].as_str().unwrap().contains("reached its 2 uses"), "{exhausted}");
+    // A typo is caught by the check character.
+    let mut typo = codes[2].clone().into_bytes();
+    typo[0] = if typo[0] == b'A' { b'B' } else { b'A' };
+    let (status, problem) = coupon(&String::from_utf8(typo).unwrap(), &members[2], "o-6").await;
+    assert_eq!((status, problem["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("code")), "{problem}");
+
+    // Early access: gold members from today, the others from tomorrow.
+    let (_, vip) = issue(
+        json!({"id": "vip", "benefit": "avant-première", "valid_from": (today + chrono::Duration::days(1)).to_string(),
+               "valid_until": (today + chrono::Duration::days(9)).to_string(),
+               "early_access": {"gold": today.to_string()}}),
+        1,
+    )
+    .await;
+    let (status, early) = coupon(vip["codes"][0].as_str().unwrap(), &members[2], "o-7").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(early["detail"].as_str().unwrap().contains("starts on"), "{early}");
+    let (_, campaigns) = call(&app, "GET", "/api/v1/loyalty/programmes/club/coupons", None, &[]).await;
+    let soldes =
+        campaigns["campaigns"].as_array().unwrap().iter().find(|c| c["campaign"]["id"] == "soldes").unwrap().clone();
+    assert_eq!((soldes["issued"].as_i64(), soldes["used"].as_i64()), (Some(3), Some(2)), "{campaigns}");
+    assert_ledger_holds(&app).await;
+}

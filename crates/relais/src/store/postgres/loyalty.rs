@@ -13,8 +13,8 @@ use relais_domain::{CustomerId, Identifier, MemberId};
 
 use super::{parse_id, PgTx};
 use crate::store::loyalty::{
-    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, RedemptionRow, RedemptionStatus,
-    ReportRows, StatementEntry, StoredAnswer,
+    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, RedemptionRow,
+    RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
@@ -335,6 +335,30 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[&customer.to_string(), id, &status.as_str()],
             )?;
         }
+        if let Some(u) = &write.coupon_use {
+            self.tx.execute(
+                "UPDATE loyalty_coupon_codes SET customer_id = $2, member_id = $3, order_id = $4, used_at = now() \
+                 WHERE code_hash = $1",
+                &[&u.code_hash, &u.customer.to_string(), &u.member.to_string(), &u.order_id],
+            )?;
+            self.tx.execute(
+                "INSERT INTO loyalty_coupon_uses (customer_id, code_hash, member_id, programme_key, campaign_id, order_id, \
+                 day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
+                &[
+                    &u.customer.to_string(),
+                    &u.code_hash,
+                    &u.member.to_string(),
+                    &u.programme,
+                    &u.campaign,
+                    &u.order_id,
+                    &u.day,
+                ],
+            )?;
+            self.tx.execute(
+                "UPDATE loyalty_coupon_campaigns SET used = used + 1 WHERE programme_key = $1 AND campaign_id = $2",
+                &[&u.programme, &u.campaign],
+            )?;
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
@@ -359,6 +383,48 @@ impl LedgerTx for PgTx<'_, '_> {
             )?
             .map(|r| Ok((crate::store::loyalty::reward_from_json(r.get::<_, &str>(0))?, r.get(1))))
             .transpose()
+    }
+
+    fn coupon(&mut self, code_hash: &str) -> Result<Option<CouponRow>, StoreError> {
+        self.tx
+            .query_opt(
+                "SELECT programme_key, campaign_id, customer_id, member_id, order_id FROM loyalty_coupon_codes \
+                 WHERE code_hash = $1 FOR UPDATE",
+                &[&code_hash],
+            )?
+            .map(|r| {
+                let used_by = match (r.get::<_, Option<&str>>(2), r.get::<_, Option<&str>>(3)) {
+                    (Some(c), Some(m)) => Some((parse_id(c)?, parse_id(m)?, r.get(4))),
+                    _ => None,
+                };
+                Ok(CouponRow { programme: r.get(0), campaign: r.get(1), used_by })
+            })
+            .transpose()
+    }
+
+    fn campaign(
+        &mut self,
+        programme: &str,
+        campaign: &str,
+    ) -> Result<Option<(relais_domain::loyalty::coupons::Campaign, i64)>, StoreError> {
+        self.tx
+            .query_opt(
+                "SELECT definition, used FROM loyalty_coupon_campaigns WHERE programme_key = $1 AND campaign_id = $2 \
+                 FOR UPDATE",
+                &[&programme, &campaign],
+            )?
+            .map(|r| Ok((crate::store::loyalty::campaign_from_json(r.get::<_, &str>(0))?, r.get(1))))
+            .transpose()
+    }
+
+    fn coupon_uses(&mut self, member: &MemberRow, campaign: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .tx
+            .query_one(
+                "SELECT COUNT(*) FROM loyalty_coupon_uses WHERE customer_id = $1 AND member_id = $2 AND campaign_id = $3",
+                &[&member.customer.to_string(), &member.member.to_string(), &campaign],
+            )?
+            .get(0))
     }
 
     fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError> {

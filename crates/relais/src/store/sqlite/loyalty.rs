@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_micros, micros, parse_id, SqliteTx};
 use crate::store::loyalty::{
-    LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, RedemptionRow, RedemptionStatus,
-    ReportRows, StatementEntry, StoredAnswer,
+    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, RedemptionRow,
+    RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
@@ -383,6 +383,31 @@ impl LedgerTx for SqliteTx<'_, '_> {
                 params![customer.to_string(), id, status.as_str(), now],
             )?;
         }
+        if let Some(u) = &write.coupon_use {
+            self.tx.execute(
+                "UPDATE loyalty_coupon_codes SET customer_id = ?2, member_id = ?3, order_id = ?4, used_at = ?5 \
+                 WHERE code_hash = ?1",
+                params![u.code_hash, u.customer.to_string(), u.member.to_string(), u.order_id, now],
+            )?;
+            self.tx.execute(
+                "INSERT INTO loyalty_coupon_uses (customer_id, code_hash, member_id, programme_key, campaign_id, order_id, \
+                 day, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    u.customer.to_string(),
+                    u.code_hash,
+                    u.member.to_string(),
+                    u.programme,
+                    u.campaign,
+                    u.order_id,
+                    day_text(u.day),
+                    now
+                ],
+            )?;
+            self.tx.execute(
+                "UPDATE loyalty_coupon_campaigns SET used = used + 1 WHERE programme_key = ?1 AND campaign_id = ?2",
+                params![u.programme, u.campaign],
+            )?;
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
@@ -406,6 +431,52 @@ impl LedgerTx for SqliteTx<'_, '_> {
             .query_row(params![programme, reward], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         row.map(|(definition, left)| Ok((crate::store::loyalty::reward_from_json(&definition)?, left))).transpose()
+    }
+
+    fn coupon(&mut self, code_hash: &str) -> Result<Option<CouponRow>, StoreError> {
+        let row = self
+            .tx
+            .prepare_cached(
+                "SELECT programme_key, campaign_id, customer_id, member_id, order_id FROM loyalty_coupon_codes \
+                 WHERE code_hash = ?1",
+            )?
+            .query_row([code_hash], |r| {
+                let used: (Option<String>, Option<String>, Option<String>) = (r.get(2)?, r.get(3)?, r.get(4)?);
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, used))
+            })
+            .optional()?;
+        row.map(|(programme, campaign, (customer, member, order))| {
+            let used_by = match (customer, member) {
+                (Some(c), Some(m)) => Some((parse_id(&c)?, parse_id(&m)?, order)),
+                _ => None,
+            };
+            Ok(CouponRow { programme, campaign, used_by })
+        })
+        .transpose()
+    }
+
+    fn campaign(
+        &mut self,
+        programme: &str,
+        campaign: &str,
+    ) -> Result<Option<(relais_domain::loyalty::coupons::Campaign, i64)>, StoreError> {
+        let row: Option<(String, i64)> = self
+            .tx
+            .prepare_cached(
+                "SELECT definition, used FROM loyalty_coupon_campaigns WHERE programme_key = ?1 AND campaign_id = ?2",
+            )?
+            .query_row(params![programme, campaign], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        row.map(|(d, used)| Ok((crate::store::loyalty::campaign_from_json(&d)?, used))).transpose()
+    }
+
+    fn coupon_uses(&mut self, member: &MemberRow, campaign: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM loyalty_coupon_uses WHERE customer_id = ?1 AND member_id = ?2 AND campaign_id = ?3",
+            )?
+            .query_row(params![member.customer.to_string(), member.member.to_string(), campaign], |r| r.get(0))?)
     }
 
     fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError> {
