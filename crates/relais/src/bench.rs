@@ -18,9 +18,30 @@ use crate::http::AppState;
 use crate::store::scratch::Scratch;
 use crate::store::Store;
 
+mod loyalty;
+
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Loyalty transactions (earn and redeem) through the HTTP API; against
+    /// pgbench's TPC-B-like transaction on the same PostgreSQL server.
+    Loyalty {
+        /// Concurrent clients (and pgbench's scale factor).
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Members (each client works on its own share).
+        #[arg(long, default_value_t = 2_000)]
+        members: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Runs (alternating with pgbench on PostgreSQL); medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// PostgreSQL URL (a throwaway schema, pgbench tables beside it); without it, SQLite.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Ingest throughput over HTTP against the engine's raw insert speed.
     Ingest {
         /// Events to send.
@@ -276,6 +297,9 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
             (events, people, batch, clients, database_url, encryption)
         }
         BenchCommand::Export { events, database_url } => return bench_export(events, database_url, settings),
+        BenchCommand::Loyalty { clients, members, seconds, runs, database_url } => {
+            return loyalty::run(clients, members, seconds, runs, database_url, settings)
+        }
         BenchCommand::Erase { profiles, erasures, database_url } => {
             anyhow::ensure!(erasures >= 1 && profiles >= erasures, "erase at least one of at least as many profiles");
             return bench_erase(profiles, erasures, database_url, settings);

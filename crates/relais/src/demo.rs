@@ -352,6 +352,60 @@ pub fn generate(
     Ok(())
 }
 
+/// The demo's loyalty programme (the example file of the repository).
+const DEMO_PROGRAMME: &str = include_str!("../../../examples/club-relais.toml");
+
+/// After the load: rewards, a coupon campaign, and the scheduled jobs run
+/// once (points older than a year expire, tiers are reviewed). Prints the
+/// programme's figures.
+fn loyalty_catalogue(store: &Store, programme: &str, today: chrono::NaiveDate) -> anyhow::Result<()> {
+    use relais_domain::loyalty::coupons::{Campaign, CouponCode};
+    use relais_domain::loyalty::rewards::Reward;
+    let engine = store.blocking();
+    let rewards = [
+        ("bon-5", "Bon d'achat de 5 €", 500, None, vec![]),
+        ("bon-10", "Bon d'achat de 10 €", 1000, None, vec![]),
+        ("sac-toile", "Sac en toile Relais", 800, Some(500), vec![]),
+        ("atelier-or", "Atelier beauté privé (membres Or)", 2000, Some(40), vec!["or".to_string()]),
+    ];
+    for (id, name, cost, stock, tiers) in rewards {
+        let reward =
+            Reward { id: id.into(), name: name.into(), cost, stock, valid_from: None, valid_until: None, tiers };
+        engine.loyalty_put_reward(programme, &reward)?;
+    }
+    let campaign = Campaign {
+        id: "printemps".into(),
+        benefit: "-10 € dès 50 € d'achat".into(),
+        bonus_points: 50,
+        valid_from: today,
+        valid_until: today + Duration::days(60),
+        per_member: 1,
+        total: Some(1_000),
+        tiers: Vec::new(),
+        early_access: Default::default(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let keyring = &store.privacy().keyring;
+    let hashes: Vec<String> =
+        (0..1_000).map(|_| keyring.lookup_token("coupon", CouponCode::generate(&mut rng).as_str())).collect();
+    engine.loyalty_issue_coupons(programme, &campaign, &hashes)?;
+    let (_, expired) = engine.loyalty_expire(today)?;
+    engine.loyalty_review(today)?;
+    let report = crate::store::loyalty::LoyaltyReport::from_rows(
+        &engine.loyalty_programmes()?.into_iter().find(|p| p.head.key == programme).expect("applied above"),
+        None,
+        engine.loyalty_report(programme, None)?,
+    );
+    eprintln!(
+        "loyalty: {} members hold {} points ({:.2} € of liability); {} issued, {expired} expired",
+        report.members,
+        report.outstanding_points,
+        report.liability_minor as f64 / 100.0,
+        report.issued,
+    );
+    Ok(())
+}
+
 /// Load the demo into `store`, with a progress bar.
 pub fn load(store: &Store, settings: &Settings, size: DemoSize) -> anyhow::Result<()> {
     let progress = indicatif::ProgressBar::new(size.events as u64);
@@ -362,6 +416,16 @@ pub fn load(store: &Store, settings: &Settings, size: DemoSize) -> anyhow::Resul
     let now = Utc::now();
     let started = std::time::Instant::now();
     let mut loaded = 0u64;
+    // The loyalty programme is in force from the demo's first day, so the
+    // demo's orders and engagement earn through its real rules as they load.
+    let today = settings.ingest.day_of(now);
+    let mut programme = crate::loyalty::parse_programme(DEMO_PROGRAMME, crate::loyalty::FileFormat::Toml)
+        .map_err(|e| anyhow::anyhow!("the demo programme is invalid: {e}"))?;
+    programme.versions[0].effective_from = settings.ingest.day_of(now - Duration::days(730));
+    store
+        .blocking()
+        .loyalty_apply(&programme, today)?
+        .map_err(|e| anyhow::anyhow!("the demo programme was refused: {e}"))?;
     // Parsing runs on this thread while the store's writer commits the previous
     // batch, so both cores work.
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -396,6 +460,7 @@ pub fn load(store: &Store, settings: &Settings, size: DemoSize) -> anyhow::Resul
         Ok(())
     })?;
     progress.finish_and_clear();
+    loyalty_catalogue(store, &programme.head.key, today)?;
     let (customers, events) = store.blocking().counts()?;
     eprintln!(
         "demo loaded: {events} events, {customers} customer profiles after identity resolution, in {:.1}s",

@@ -66,6 +66,9 @@ pub struct VersionFile {
     pub rule: Vec<RuleFile>,
     /// Tiers, when the programme has them.
     pub tiers: Option<super::tiers::TiersFile>,
+    /// An event name that enrols its sender automatically (`Order Completed`,
+    /// `Signed Up`); the event itself then earns.
+    pub enrol_on: Option<String>,
 }
 
 /// Expiry as written: `{ months = 12 }`, `{ end_of_following_year = true }` or nothing (never).
@@ -340,6 +343,9 @@ pub struct RuleVersion {
     /// Its tiers.
     #[serde(default)]
     pub tiers: Option<super::tiers::Tiers>,
+    /// The event that enrols its sender automatically.
+    #[serde(default)]
+    pub enrol_on: Option<String>,
 }
 
 /// A checked programme with all its versions, oldest first.
@@ -482,7 +488,13 @@ impl VersionFile {
                 }
             }
         }
-        Ok(RuleVersion { effective_from, expiry, rules, tiers })
+        let enrol_on = match &self.enrol_on {
+            Some(event) if event.trim().is_empty() || event.len() > 200 => {
+                return Err(error(place, Some(v), None, "enrol_on must name an event, 1 to 200 characters"))
+            }
+            other => other.clone(),
+        };
+        Ok(RuleVersion { effective_from, expiry, rules, tiers, enrol_on })
     }
 }
 

@@ -426,8 +426,6 @@ pub trait LedgerTx {
 pub struct Enrolment {
     /// The membership.
     pub member: MemberRow,
-    /// Its card number, when made now (else read it with the member).
-    pub card_number: Option<String>,
     /// Whether it was created now (else it existed).
     pub created: bool,
 }
@@ -437,16 +435,25 @@ pub struct Enrolment {
 pub fn enrol(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) -> Result<Enrolment, StoreError> {
     let root = tx.root_of(customer)?.ok_or(StoreError::NotFound)?;
     if let Some((_, existing)) = tx.family_members(&[root])?.into_iter().find(|(_, m)| m.programme == programme) {
-        return Ok(Enrolment { member: existing, card_number: None, created: false });
+        return Ok(Enrolment { member: existing, created: false });
     }
+    let member = new_membership(tx, root, programme)?;
+    let write = LedgerWrite { new_members: vec![member.clone()], ..LedgerWrite::default() };
+    tx.write_ledger(&write)?;
+    Ok(Enrolment { member, created: true })
+}
+
+/// A new active membership of `customer`, with a card number linked to the
+/// profile as an identifier of kind `card` (not yet written: the caller does).
+fn new_membership(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) -> Result<MemberRow, StoreError> {
     let mut rng = rand::thread_rng();
     for _ in 0..8 {
         let card = relais_domain::loyalty::CardNumber::generate(&mut rng);
         let identifier = relais_domain::Identifier::new(relais_domain::IdentifierKind::Card, card.as_str())
             .map_err(|e| StoreError::Database(format!("a generated card number was refused: {e}")))?;
-        let Some(card_token) = tx.attach_card(root, &identifier)? else { continue };
-        let member = MemberRow {
-            customer: root,
+        let Some(card_token) = tx.attach_card(customer, &identifier)? else { continue };
+        return Ok(MemberRow {
+            customer,
             member: MemberId::new(),
             programme: programme.to_string(),
             card_token,
@@ -457,10 +464,7 @@ pub fn enrol(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) -> Re
             tier: None,
             tier_since: None,
             downgrade_on: None,
-        };
-        let write = LedgerWrite { new_members: vec![member.clone()], ..LedgerWrite::default() };
-        tx.write_ledger(&write)?;
-        return Ok(Enrolment { member, card_number: Some(card.as_str().to_string()), created: true });
+        });
     }
     Err(StoreError::Database("could not find a free card number after 8 tries".into()))
 }
@@ -737,7 +741,8 @@ pub fn earn_batch(
     roots.extend(merges.iter().map(|(survivor, _)| find(*survivor)));
     let roots: Vec<CustomerId> = roots.into_iter().collect();
     let rows = tx.family_members(&roots)?;
-    if rows.is_empty() {
+    let auto_enrol = programmes.by_key.values().any(|p| p.versions.iter().any(|v| v.enrol_on.is_some()));
+    if rows.is_empty() && !auto_enrol {
         return Ok(());
     }
     let mut book = Book::default();
@@ -764,7 +769,19 @@ pub fn earn_batch(
         let day = settings.day_of(message.timestamp);
         let name = message.name.as_deref().unwrap_or_default();
         for (key, programme) in &programmes.by_key {
-            let Some(member) = member_of.get(&(owner, key.clone())).copied() else { continue };
+            let member = match member_of.get(&(owner, key.clone())).copied() {
+                Some(member) => member,
+                None if programme.version_at(day).and_then(|v| v.enrol_on.as_deref()) == Some(name) => {
+                    let row = new_membership(tx, owner, key)?;
+                    let member = row.member;
+                    book.write.new_members.push(row.clone());
+                    book.members.insert(member, row);
+                    book.lots.insert(member, Vec::new());
+                    member_of.insert((owner, key.clone()), member);
+                    member
+                }
+                None => continue,
+            };
             if name == ORDER_REFUNDED {
                 refund(tx, &mut book, member, programme, *event_id, message, day)?;
                 continue;
@@ -861,6 +878,11 @@ pub fn earn_batch(
         else {
             continue;
         };
+        // At the top with no downgrade announced, earning cannot change anything.
+        let top = tiers.levels.len().checked_sub(1);
+        if row.downgrade_on.is_none() && tiers.rank(row.tier.as_deref()) == top {
+            continue;
+        }
         if let Some(change) = review_row(tx, &mut row, &tiers, now_day)? {
             tiers_write.tier_changes.push(change);
             tiers_write.member_updates.push(row);

@@ -792,3 +792,26 @@ async fn coupons_work_once_within_their_limits_and_dates() {
     assert_eq!((soldes["issued"].as_i64(), soldes["used"].as_i64()), (Some(3), Some(2)), "{campaigns}");
     assert_ledger_holds(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_event_enrols_its_sender_who_earns_at_once() {
+    let app = TestApp::spawn().await;
+    let programme =
+        PROGRAMME.replace("expiry = { months = 12 }", "expiry = { months = 12 }\nenrol_on = \"Order Completed\"");
+    assert_eq!(apply(&app, &programme).await.0, StatusCode::OK);
+    // Browsing enrols nobody; the first order does, and earns with its welcome bonus.
+    app.batch(json!([{"type": "track", "userId": "eva", "event": "Product Viewed"}])).await;
+    let (status, _) = call(&app, "GET", "/api/v1/loyalty/members?identifier=user_id:eva", None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.batch(json!([
+        order("eva", "e-1", "e1", 20.0, "paris", json!([])),
+        order("eva", "e-2", "e2", 10.0, "paris", json!([]))
+    ]))
+    .await;
+    let (status, member) = call(&app, "GET", "/api/v1/loyalty/members?identifier=user_id:eva", None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{member}");
+    assert_eq!(member["balance"], 20 + 50 + 10, "{member}");
+    let card = member["card_number"].as_str().unwrap();
+    assert_eq!(app.customer_by(&format!("card:{card}")).await["id"], member["customer"]);
+    assert_ledger_holds(&app).await;
+}
