@@ -815,3 +815,122 @@ async fn a_configured_event_enrols_its_sender_who_earns_at_once() {
     assert_eq!(app.customer_by(&format!("card:{card}")).await["id"], member["customer"]);
     assert_ledger_holds(&app).await;
 }
+
+/// Random sequences of earns, refunds, debits, adjustments, reward
+/// reservations and cancellations, merges and expiry runs, on one store:
+/// after every step the ledger sums to zero, every transaction balances, and
+/// every balance equals its entries and its lots and is never negative.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_operation_sequences_keep_the_ledger_invariants() {
+    use rand::{Rng, SeedableRng};
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    let (status, _) = post_json(
+        &app,
+        "/api/v1/loyalty/programmes/club/rewards",
+        json!({"id": "cadeau", "name": "Cadeau", "cost": 30, "stock": 5}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let engine = store.blocking();
+        let settings = relais::config::Settings::default();
+        let envelope = relais_domain::message::Envelope {
+            received_at: chrono::Utc::now(),
+            implied_type: None,
+            batch_sent_at: None,
+            batch_context: None,
+            default_currency: "EUR",
+            card_policy: relais_domain::cards::CardPolicy::Reject,
+        };
+        let ingest = |text: String| {
+            let message = relais_domain::TrackingMessage::parse_json(&text, &envelope).unwrap();
+            engine.ingest("prop", vec![message]).unwrap();
+        };
+        let today = settings.ingest.day_of(chrono::Utc::now());
+        let mut step = 0u64;
+        for seed in 0..12u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let users: Vec<String> = (0..4).map(|u| format!("p{seed}-{u}")).collect();
+            let mut members = Vec::new();
+            for user in &users {
+                ingest(format!(r#"{{"type": "identify", "userId": "{user}"}}"#));
+                let customer = engine.customer_id_by_identifier(&format!("user_id:{user}").parse().unwrap()).unwrap().unwrap();
+                members.push(engine.loyalty_enrol(customer, "club").unwrap().0.row.member);
+            }
+            let mut reservations: Vec<String> = Vec::new();
+            for _ in 0..40 {
+                step += 1;
+                let who = rng.gen_range(0..users.len());
+                let user = &users[who];
+                let operation = |kind, points: i64, reward: Option<&str>| relais::store::loyalty::ManualOperation {
+                    kind,
+                    member: members[who],
+                    points,
+                    reward: reward.map(str::to_string),
+                    reason: "prop".into(),
+                    actor: "test".into(),
+                    scope: "prop".into(),
+                    key: format!("k{step}"),
+                    request_hash: String::new(),
+                    day: today,
+                };
+                match rng.gen_range(0..9) {
+                    0 | 1 => {
+                        let days = rng.gen_range(0..500);
+                        let at = (chrono::Utc::now() - chrono::Duration::days(days)).to_rfc3339();
+                        let total = rng.gen_range(1..300);
+                        ingest(format!(
+                            r#"{{"type": "track", "userId": "{user}", "event": "Order Completed", "timestamp": "{at}",
+                                "properties": {{"order_id": "o{seed}-{who}-{}", "total": {total}, "currency": "EUR"}}}}"#,
+                            step % 5
+                        ));
+                    }
+                    2 => ingest(format!(
+                        r#"{{"type": "track", "userId": "{user}", "event": "Order Refunded",
+                            "properties": {{"order_id": "o{seed}-{who}-{}", "total": {}, "currency": "EUR"}}}}"#,
+                        step % 5,
+                        rng.gen_range(1..200)
+                    )),
+                    3 => {
+                        engine.loyalty_operate(&operation(relais::store::loyalty::Manual::Redemption, -rng.gen_range(1..120), None)).unwrap();
+                    }
+                    4 => {
+                        let points = rng.gen_range(-80..80i64);
+                        if points != 0 {
+                            engine.loyalty_operate(&operation(relais::store::loyalty::Manual::Adjustment, points, None)).unwrap();
+                        }
+                    }
+                    5 => {
+                        let answer = engine.loyalty_operate(&operation(relais::store::loyalty::Manual::Redemption, 0, Some("cadeau"))).unwrap();
+                        if let relais::store::loyalty::OperationAnswer::Answer(a) = answer {
+                            if a.status == 201 {
+                                let body: Value = serde_json::from_str(&a.body).unwrap();
+                                reservations.push(body["id"].as_str().unwrap().to_string());
+                            }
+                        }
+                    }
+                    6 if !reservations.is_empty() => {
+                        let id = reservations.swap_remove(rng.gen_range(0..reservations.len()));
+                        let confirm = rng.gen_bool(0.5);
+                        engine.loyalty_settle(&id, confirm, "test", today).unwrap();
+                    }
+                    7 => {
+                        // Two of the people turn out to be one: their profiles merge.
+                        let other = &users[rng.gen_range(0..users.len())];
+                        ingest(format!(r#"{{"type": "alias", "userId": "{user}", "previousId": "{other}"}}"#));
+                    }
+                    _ => {
+                        engine.loyalty_expire(today + chrono::Duration::days(rng.gen_range(0..400))).unwrap();
+                    }
+                }
+                let check = engine.loyalty_check().unwrap();
+                assert!(check.holds(), "seed {seed}, step {step}: {check:?}");
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
