@@ -909,7 +909,7 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
                     Some(view.customer),
                     serde_json::json!({ "member": member }),
                 )?;
-                Ok((view, engine.loyalty_entries(member)?.0))
+                Ok((view, engine.loyalty_entries(member)?.entries))
             })?;
             store.close_audit()?;
             let unit = store

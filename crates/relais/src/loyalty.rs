@@ -84,7 +84,7 @@ fn escape(text: &str) -> String {
 
 /// One rule in plain words.
 fn rule_text(rule: &relais_domain::loyalty::rules::Rule, unit: &str, lang: Lang) -> String {
-    use relais_domain::loyalty::rules::{CapPeriod, Condition, RuleKind};
+    use relais_domain::loyalty::rules::{CapPeriod, Condition, Period, RuleKind};
     let fr = lang == Lang::Fr;
     let mut text = match &rule.kind {
         RuleKind::Spend { rate, rounding, multipliers } => {
@@ -128,6 +128,40 @@ fn rule_text(rule: &relais_domain::loyalty::rules::Rule, unit: &str, lang: Lang)
                 format!("{points} {unit} offerts au premier achat")
             } else {
                 format!("{points} {unit} on the first purchase")
+            }
+        }
+        RuleKind::Draw { event, odds: (a, b), points, budget } => {
+            if fr {
+                format!("tirage à chaque « {event} » : {a} chance(s) sur {b} de gagner {points} {unit} (dotation totale {budget} {unit})")
+            } else {
+                format!("a draw on each \"{event}\": {a} in {b} chance(s) to win {points} {unit} (total budget {budget} {unit})")
+            }
+        }
+        RuleKind::Challenge { event, distinct, count, per, points, .. } => {
+            let per = match (per, fr) {
+                (Period::Week, true) => "dans la semaine",
+                (Period::Week, false) => "in a week",
+                (Period::Month, true) => "dans le mois",
+                (Period::Month, false) => "in a month",
+            };
+            match (distinct, fr) {
+                (Some(d), true) => format!("défi : « {event} » avec {count} {d} différents {per} : {points} {unit}"),
+                (Some(d), false) => format!("challenge: \"{event}\" at {count} different {d} {per}: {points} {unit}"),
+                (None, true) => format!("défi : {count} fois « {event} » {per} : {points} {unit}"),
+                (None, false) => format!("challenge: \"{event}\" {count} times {per}: {points} {unit}"),
+            }
+        }
+        RuleKind::Streak { event, per, length, points, .. } => {
+            let per = match (per, fr) {
+                (Period::Week, true) => "semaines",
+                (Period::Week, false) => "weeks",
+                (Period::Month, true) => "mois",
+                (Period::Month, false) => "months",
+            };
+            if fr {
+                format!("série : « {event} » {length} {per} d'affilée : {points} {unit}")
+            } else {
+                format!("streak: \"{event}\" {length} {per} in a row: {points} {unit}")
             }
         }
     };

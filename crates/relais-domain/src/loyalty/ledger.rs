@@ -140,6 +140,27 @@ pub enum ReasonKind {
         /// The order it was used for.
         order_id: Option<String>,
     },
+    /// An instant win.
+    Draw {
+        /// The draw's rule.
+        rule: String,
+        /// Its odds, `1/20`.
+        odds: String,
+    },
+    /// A challenge completed.
+    Challenge {
+        /// The rule.
+        rule: String,
+        /// The badge won with it.
+        badge: Option<String>,
+    },
+    /// A streak reached.
+    Streak {
+        /// The rule.
+        rule: String,
+        /// Periods in a row.
+        length: u32,
+    },
     /// Points that reached their expiry date.
     Expiry,
     /// A manual correction.
@@ -313,6 +334,32 @@ impl Reason {
                     format!("bonus du coupon « {campaign} », commande{order} le {date}")
                 } else {
                     format!("bonus of the \"{campaign}\" coupon, order{order} on {date}")
+                }
+            }
+            ReasonKind::Draw { rule, odds } => {
+                if fr {
+                    format!(
+                        "gagné au tirage « {rule} » (une chance sur {}) le {date}",
+                        odds.split('/').nth(1).unwrap_or(odds)
+                    )
+                } else {
+                    format!("won at the \"{rule}\" draw (odds {odds}) on {date}")
+                }
+            }
+            ReasonKind::Challenge { rule, badge } => {
+                let badge =
+                    badge.as_deref().map(|b| if fr { format!(", badge « {b} »") } else { format!(", badge \"{b}\"") });
+                if fr {
+                    format!("défi « {rule} » réussi{} le {date}", badge.unwrap_or_default())
+                } else {
+                    format!("challenge \"{rule}\" completed{} on {date}", badge.unwrap_or_default())
+                }
+            }
+            ReasonKind::Streak { rule, length } => {
+                if fr {
+                    format!("série « {rule} » : {length} périodes d'affilée, le {date}")
+                } else {
+                    format!("streak \"{rule}\": {length} periods in a row, on {date}")
                 }
             }
             ReasonKind::Expiry => {

@@ -102,6 +102,20 @@ pub struct RuleFile {
     pub points: Option<i64>,
     /// The most this rule grants a member per day or per month.
     pub cap: Option<CapFile>,
+    /// `draw`: the odds of winning, `"1/20"`.
+    pub odds: Option<String>,
+    /// `draw`: the most points the draw may ever give in all.
+    pub budget: Option<i64>,
+    /// `challenge`: count distinct values of this event property (`store`), not events.
+    pub distinct: Option<String>,
+    /// `challenge`: how many (distinct) events complete it.
+    pub count: Option<u32>,
+    /// `challenge` and `streak`: `week` or `month`.
+    pub per: Option<String>,
+    /// `streak`: how many periods in a row earn the bonus.
+    pub length: Option<u32>,
+    /// `challenge` and `streak`: the badge awarded (its id).
+    pub badge: Option<String>,
 }
 
 /// A multiplier as written: exactly one condition and a factor.
@@ -295,6 +309,87 @@ pub enum RuleKind {
         /// Points.
         points: Points,
     },
+    /// An instant-win draw on an event: stated odds, a fixed budget.
+    Draw {
+        /// The event that plays.
+        event: String,
+        /// Winning chances: numerator and denominator.
+        odds: (u64, u64),
+        /// Points won.
+        points: Points,
+        /// The most points the draw gives in all; it stops when spent.
+        budget: Points,
+    },
+    /// Do something `count` times (or at `count` distinct places) in a week or month.
+    Challenge {
+        /// The event counted.
+        event: String,
+        /// Count distinct values of this property instead of events.
+        distinct: Option<String>,
+        /// How many complete it.
+        count: u32,
+        /// The period.
+        per: Period,
+        /// Points on completion.
+        points: Points,
+        /// Badge on completion.
+        badge: Option<String>,
+    },
+    /// The event in `length` consecutive weeks or months.
+    Streak {
+        /// The event.
+        event: String,
+        /// The period.
+        per: Period,
+        /// Periods in a row.
+        length: u32,
+        /// Points each time the streak reaches a multiple of `length`.
+        points: Points,
+        /// Badge when first reached.
+        badge: Option<String>,
+    },
+}
+
+/// Periods of challenges and streaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// A week, Monday to Sunday.
+    Week,
+    /// A calendar month.
+    Month,
+}
+
+names!(Period { Week => "week", Month => "month" });
+
+impl Period {
+    /// The first day of the period holding `day`.
+    pub fn start(self, day: NaiveDate) -> NaiveDate {
+        match self {
+            Period::Week => day - chrono::Duration::days(i64::from(day.weekday().num_days_from_monday())),
+            Period::Month => day.with_day(1).unwrap_or(day),
+        }
+    }
+
+    /// The first day of the period before the one starting on `start`.
+    pub fn previous(self, start: NaiveDate) -> NaiveDate {
+        match self {
+            Period::Week => start - chrono::Duration::days(7),
+            Period::Month => start.checked_sub_months(chrono::Months::new(1)).unwrap_or(start),
+        }
+    }
+}
+
+impl RuleKind {
+    /// The event a gamified rule listens to.
+    pub fn game_event(&self) -> Option<&str> {
+        match self {
+            RuleKind::Draw { event, .. } | RuleKind::Challenge { event, .. } | RuleKind::Streak { event, .. } => {
+                Some(event)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One checked earn rule.
@@ -581,8 +676,80 @@ impl RuleFile {
                 unexpected("event", self.event.is_some())?;
                 RuleKind::FirstPurchase { points: points(self.points)? }
             }
-            other => return Err(fail(format!("kind `{other}` is not one of spend, event, first_purchase"))),
+            "draw" => {
+                let event = self.named_event(&fail)?;
+                let text = self.odds.as_deref().ok_or_else(|| fail("a draw needs `odds`, like \"1/20\"".into()))?;
+                let odds = text
+                    .split_once('/')
+                    .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
+                    .filter(|(a, b)| *a >= 1 && a < b && *b <= 1_000_000)
+                    .ok_or_else(|| fail(format!("odds `{text}` must be a fraction below one, like \"1/20\"")))?;
+                let points = points(self.points)?;
+                let budget = self
+                    .budget
+                    .ok_or_else(|| fail("a draw needs a `budget`: the most points it may give in all".into()))?;
+                if budget < points {
+                    return Err(fail(format!("budget {budget} cannot pay even one win of {points} points")));
+                }
+                RuleKind::Draw { event, odds, points, budget }
+            }
+            "challenge" => {
+                let event = self.named_event(&fail)?;
+                let count = self
+                    .count
+                    .filter(|c| (1..=1_000).contains(c))
+                    .ok_or_else(|| fail("a challenge needs `count`, 1 to 1000".into()))?;
+                RuleKind::Challenge {
+                    event,
+                    distinct: self.distinct.clone(),
+                    count,
+                    per: self.period(&fail)?,
+                    points: points(self.points)?,
+                    badge: self.badge_id(&fail)?,
+                }
+            }
+            "streak" => {
+                let event = self.named_event(&fail)?;
+                let length = self
+                    .length
+                    .filter(|l| (2..=520).contains(l))
+                    .ok_or_else(|| fail("a streak needs `length`, 2 to 520 periods".into()))?;
+                RuleKind::Streak {
+                    event,
+                    per: self.period(&fail)?,
+                    length,
+                    points: points(self.points)?,
+                    badge: self.badge_id(&fail)?,
+                }
+            }
+            other => {
+                return Err(fail(format!(
+                    "kind `{other}` is not one of spend, event, first_purchase, draw, challenge, streak"
+                )))
+            }
         };
+        let allowed: &[&str] = match kind {
+            RuleKind::Draw { .. } => &["odds", "budget"],
+            RuleKind::Challenge { .. } => &["distinct", "count", "per", "badge"],
+            RuleKind::Streak { .. } => &["per", "length", "badge"],
+            _ => &[],
+        };
+        for (field, present) in [
+            ("odds", self.odds.is_some()),
+            ("budget", self.budget.is_some()),
+            ("distinct", self.distinct.is_some()),
+            ("count", self.count.is_some()),
+            ("per", self.per.is_some()),
+            ("length", self.length.is_some()),
+            ("badge", self.badge.is_some()),
+        ] {
+            if present && !allowed.contains(&field) {
+                return Err(fail(format!("`{field}` does not apply to a rule of kind `{}`", self.kind)));
+            }
+        }
+        if self.cap.is_some() && kind.game_event().is_some() {
+            return Err(fail("a draw, challenge or streak has no cap (a draw has its budget)".into()));
+        }
         if self.rounding.is_some() && !matches!(kind, RuleKind::Spend { .. }) {
             return Err(fail("`rounding` applies to spend rules only".into()));
         }
@@ -598,6 +765,33 @@ impl RuleFile {
             }
         };
         Ok(Rule { id: self.id.clone(), kind, cap })
+    }
+}
+
+impl RuleFile {
+    fn named_event(&self, fail: &dyn Fn(String) -> ProgrammeError) -> Result<String, ProgrammeError> {
+        self.event
+            .clone()
+            .filter(|e| !e.trim().is_empty())
+            .ok_or_else(|| fail(format!("a rule of kind `{}` needs `event`, the event name it listens to", self.kind)))
+    }
+
+    fn period(&self, fail: &dyn Fn(String) -> ProgrammeError) -> Result<Period, ProgrammeError> {
+        let text = self.per.as_deref().ok_or_else(|| fail(format!("a {} needs `per`: week or month", self.kind)))?;
+        Period::parse(text).ok_or_else(|| fail(format!("per `{text}` must be week or month")))
+    }
+
+    fn badge_id(&self, fail: &dyn Fn(String) -> ProgrammeError) -> Result<Option<String>, ProgrammeError> {
+        match &self.badge {
+            Some(b)
+                if b.is_empty()
+                    || b.len() > 40
+                    || !b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-') =>
+            {
+                Err(fail(format!("badge `{b}` must be 1 to 40 lower-case letters, digits or dashes")))
+            }
+            other => Ok(other.clone()),
+        }
     }
 }
 

@@ -163,6 +163,52 @@ CREATE TABLE loyalty_coupon_uses (
 );
 CREATE INDEX loyalty_coupon_uses_by_member ON loyalty_coupon_uses (customer_id, member_id, campaign_id);
 
+-- Instant-win draws: what each draw's budget has paid (a counter shared by
+-- every member, reference table on Citus), and every play, won or lost, with
+-- its roll (a keyed hash of the rule and the event, so it can be recomputed)
+-- and the threshold it was compared with.
+CREATE TABLE loyalty_draw_budgets (
+    programme_key TEXT NOT NULL,
+    rule_id       TEXT NOT NULL,
+    spent         BIGINT NOT NULL,
+    PRIMARY KEY (programme_key, rule_id)
+);
+CREATE TABLE loyalty_draws (
+    customer_id   TEXT NOT NULL,
+    draw_id       TEXT NOT NULL,
+    member_id     TEXT NOT NULL,
+    programme_key TEXT NOT NULL,
+    rule_id       TEXT NOT NULL,
+    event_id      TEXT NOT NULL,
+    roll          TEXT NOT NULL,
+    odds          TEXT NOT NULL,
+    won           BOOLEAN NOT NULL,
+    points        BIGINT NOT NULL,
+    day           DATE NOT NULL,
+    PRIMARY KEY (customer_id, draw_id)
+);
+
+-- Progress of challenges (per period) and streaks (one row, period_start
+-- 1970-01-01), as JSON state.
+CREATE TABLE loyalty_progress (
+    customer_id   TEXT NOT NULL,
+    member_id     TEXT NOT NULL,
+    rule_id       TEXT NOT NULL,
+    period_start  DATE NOT NULL,
+    state         TEXT NOT NULL,
+    PRIMARY KEY (customer_id, member_id, rule_id, period_start)
+);
+
+-- Badges won (once each).
+CREATE TABLE loyalty_badges (
+    customer_id   TEXT NOT NULL,
+    member_id     TEXT NOT NULL,
+    badge         TEXT NOT NULL,
+    rule_id       TEXT NOT NULL,
+    day           DATE NOT NULL,
+    PRIMARY KEY (customer_id, member_id, badge)
+);
+
 -- Answers to debit requests by Idempotency-Key, written in the debit's own
 -- transaction: a retry gets the first answer and debits nothing.
 CREATE TABLE loyalty_idempotency (

@@ -405,6 +405,19 @@ pub struct Statement {
     pub entries: Vec<StatementLine>,
     /// What expires when, soonest first.
     pub expiring: Vec<Expiring>,
+    /// Badges won.
+    pub badges: Vec<Badge>,
+}
+
+/// A badge won.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Badge {
+    /// Its id.
+    pub badge: String,
+    /// The challenge or streak that gave it.
+    pub rule: String,
+    /// When.
+    pub on: NaiveDate,
 }
 
 fn statement_line(entry: StatementEntry, unit: &str, lang: Lang, tz: chrono_tz::Tz) -> StatementLine {
@@ -444,7 +457,7 @@ pub async fn statement(
     if let Some(into) = view.row.merged_into {
         return Ok(moved(into, "/statement"));
     }
-    let (entries, lots) = state.store.run(move |engine| engine.loyalty_entries(id)).await?;
+    let ledger = state.store.run(move |engine| engine.loyalty_entries(id)).await?;
     let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
     let unit = programmes
         .iter()
@@ -453,7 +466,7 @@ pub async fn statement(
         .unwrap_or_else(|| "points".into());
     let tz = state.settings.ingest.time_zone;
     let mut expiring: std::collections::BTreeMap<NaiveDate, Points> = Default::default();
-    for lot in lots {
+    for lot in &ledger.lots {
         if let Some(day) = lot.expires_on {
             *expiring.entry(day).or_default() += lot.remaining;
         }
@@ -462,7 +475,8 @@ pub async fn statement(
         member: id.to_string(),
         programme: view.row.programme.clone(),
         balance: view.row.balance,
-        entries: entries.into_iter().map(|e| statement_line(e, &unit, lang, tz)).collect(),
+        entries: ledger.entries.into_iter().map(|e| statement_line(e, &unit, lang, tz)).collect(),
+        badges: ledger.badges.into_iter().map(|(badge, rule, on)| Badge { badge, rule, on }).collect(),
         expiring: expiring.into_iter().map(|(on, points)| Expiring { on, points }).collect(),
         unit,
     })

@@ -236,6 +236,39 @@ pub struct LedgerWrite {
     pub redemption_updates: Vec<(CustomerId, String, RedemptionStatus)>,
     /// A coupon used now.
     pub coupon_use: Option<CouponUseRow>,
+    /// Draws played.
+    pub draws: Vec<DrawRow>,
+    /// Draw budgets paid: programme, rule, points.
+    pub budget_spent: Vec<(String, String, Points)>,
+    /// Challenge and streak progress to store: customer, member, rule, period start, state.
+    pub progress: Vec<(CustomerId, MemberId, String, NaiveDate, String)>,
+    /// Badges won: customer, member, badge, rule, day.
+    pub badges: Vec<(CustomerId, MemberId, String, String, NaiveDate)>,
+}
+
+/// One play of an instant-win draw.
+#[derive(Debug, Clone)]
+pub struct DrawRow {
+    /// The member's customer row.
+    pub customer: CustomerId,
+    /// The membership.
+    pub member: MemberId,
+    /// The programme.
+    pub programme: String,
+    /// The draw's rule.
+    pub rule: String,
+    /// The event that played.
+    pub event_id: EventId,
+    /// The roll (a keyed hash of the rule and the event, as a number).
+    pub roll: u64,
+    /// The odds, `a/b`: won when `roll % b < a` and the budget allowed.
+    pub odds: String,
+    /// Won.
+    pub won: bool,
+    /// Points paid.
+    pub points: Points,
+    /// The event's day.
+    pub day: NaiveDate,
 }
 
 /// An issued coupon code.
@@ -333,6 +366,8 @@ impl LedgerWrite {
             && self.new_redemptions.is_empty()
             && self.redemption_updates.is_empty()
             && self.coupon_use.is_none()
+            && self.draws.is_empty()
+            && self.progress.is_empty()
     }
 }
 
@@ -408,6 +443,13 @@ pub trait LedgerTx {
     ) -> Result<Option<(relais_domain::loyalty::coupons::Campaign, i64)>, StoreError>;
     /// How many codes of a campaign a member used.
     fn coupon_uses(&mut self, member: &MemberRow, campaign: &str) -> Result<i64, StoreError>;
+    /// A number derived from `seed` with a secret key: a draw's roll, which
+    /// nobody sending events can predict, and the organisation can recompute.
+    fn roll(&mut self, seed: &str) -> Result<u64, StoreError>;
+    /// Points a draw's budget has paid so far; locked (the budget is shared).
+    fn draw_spent(&mut self, programme: &str, rule: &str) -> Result<Points, StoreError>;
+    /// A member's stored progress on a challenge or streak for a period.
+    fn progress(&mut self, member: &MemberRow, rule: &str, period: NaiveDate) -> Result<Option<String>, StoreError>;
     /// A reward redemption by id; locked where several writers exist.
     fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError>;
     /// The surviving profile of a profile (itself unless merged); `None` if unknown.
@@ -512,6 +554,17 @@ pub struct StatementEntry {
     pub created_at: DateTime<Utc>,
 }
 
+/// What a member's statement shows.
+#[derive(Debug, Clone, Default)]
+pub struct MemberLedger {
+    /// Its entries, oldest first.
+    pub entries: Vec<StatementEntry>,
+    /// Its lots with points left.
+    pub lots: Vec<Lot>,
+    /// Its badges: badge, rule, day won.
+    pub badges: Vec<(String, String, NaiveDate)>,
+}
+
 /// The ledger's invariants, as found in the database.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LedgerCheck {
@@ -560,6 +613,10 @@ struct Book {
     write: LedgerWrite,
     /// The lots the last debit took from.
     last_allocation: Vec<(String, Points)>,
+    /// Draw budgets paid so far (stored plus this step).
+    spent: HashMap<(String, String), Points>,
+    /// Challenge and streak states as this step sees them.
+    progress: HashMap<(MemberId, String, NaiveDate), serde_json::Value>,
 }
 
 impl Book {
@@ -813,6 +870,10 @@ pub fn earn_batch(
                 first_purchase_done: &done,
                 tier: tier.as_deref(),
             };
+            let expires = version.expiry.expires_on(day);
+            for rule in version.rules.iter().filter(|r| r.kind.game_event() == Some(name)) {
+                play(tx, &mut book, (member, key), rule, *event_id, message, day, expires)?;
+            }
             for earning in version.earn(&input, &programme.head.currency) {
                 let mut points = earning.points;
                 if let Some(cap) = earning.cap {
@@ -1750,4 +1811,141 @@ pub fn use_coupon(tx: &mut dyn LedgerTx, request: &CouponRequest) -> Result<Coup
 /// A stored coupon campaign.
 pub fn campaign_from_json(text: &str) -> Result<relais_domain::loyalty::coupons::Campaign, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Database(format!("bad stored coupon campaign: {e}")))
+}
+
+/// The epoch day under which a streak keeps its one progress row.
+fn streak_row() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date")
+}
+
+/// A draw, challenge or streak reacting to an event.
+#[allow(clippy::too_many_arguments)]
+fn play(
+    tx: &mut dyn LedgerTx,
+    book: &mut Book,
+    (member, programme): (MemberId, &str),
+    rule: &relais_domain::loyalty::rules::Rule,
+    event_id: EventId,
+    message: &TrackingMessage,
+    day: NaiveDate,
+    expires: Option<NaiveDate>,
+) -> Result<(), StoreError> {
+    use relais_domain::loyalty::rules::RuleKind;
+    let row = book.members[&member].clone();
+    let award = |book: &mut Book, kind: &'static str, points: Points, reason: ReasonKind| {
+        let mut t = transaction(kind, day, programme);
+        t.rule = Some(rule.id.clone());
+        t.event_id = Some(event_id);
+        t.message_id = Some(message.message_id.clone());
+        t.store = message.store.clone();
+        // Prizes expire like other points earned that day.
+        book.credit(t, member, points, Account::Issued, Reason { kind: reason, day }, expires);
+    };
+    match &rule.kind {
+        RuleKind::Draw { odds: (a, b), points, budget, .. } => {
+            let slot = (programme.to_string(), rule.id.clone());
+            let spent = match book.spent.get(&slot) {
+                Some(spent) => *spent,
+                None => tx.draw_spent(programme, &rule.id)?,
+            };
+            let roll = tx.roll(&format!("{programme}/{}/{event_id}", rule.id))?;
+            let won = roll % b < *a && spent + points <= *budget;
+            book.spent.insert(slot.clone(), spent + if won { *points } else { 0 });
+            let odds = format!("{a}/{b}");
+            book.write.draws.push(DrawRow {
+                customer: row.customer,
+                member,
+                programme: programme.to_string(),
+                rule: rule.id.clone(),
+                event_id,
+                roll,
+                odds: odds.clone(),
+                won,
+                points: if won { *points } else { 0 },
+                day,
+            });
+            if won {
+                book.write.budget_spent.push((slot.0, slot.1, *points));
+                award(book, "draw", *points, ReasonKind::Draw { rule: rule.id.clone(), odds });
+            }
+        }
+        RuleKind::Challenge { distinct, count, per, points, badge, .. } => {
+            let period = per.start(day);
+            let key = (member, rule.id.clone(), period);
+            let mut state = match book.progress.get(&key) {
+                Some(state) => state.clone(),
+                None => match tx.progress(&row, &rule.id, period)? {
+                    Some(text) => serde_json::from_str(&text).unwrap_or_default(),
+                    None => serde_json::json!({ "values": [], "done": false }),
+                },
+            };
+            if state["done"] == true {
+                return Ok(());
+            }
+            let value = match distinct.as_deref() {
+                None => Some(event_id.to_string()),
+                Some("store") => message.store.clone(),
+                Some(property) => message.properties.get(property).and_then(|v| v.as_str()).map(str::to_string),
+            };
+            let Some(value) = value else { return Ok(()) };
+            let values = state["values"].as_array_mut().expect("values is an array");
+            if !values.iter().any(|v| v == value.as_str()) {
+                values.push(serde_json::Value::String(value));
+            }
+            if values.len() >= *count as usize {
+                state["done"] = serde_json::Value::Bool(true);
+                award(
+                    book,
+                    "challenge",
+                    *points,
+                    ReasonKind::Challenge { rule: rule.id.clone(), badge: badge.clone() },
+                );
+                if let Some(badge) = badge {
+                    book.write.badges.push((row.customer, member, badge.clone(), rule.id.clone(), day));
+                }
+            }
+            book.write.progress.push((row.customer, member, rule.id.clone(), period, state.to_string()));
+            book.progress.insert(key, state);
+        }
+        RuleKind::Streak { per, length, points, badge, .. } => {
+            let key = (member, rule.id.clone(), streak_row());
+            let mut state = match book.progress.get(&key) {
+                Some(state) => state.clone(),
+                None => match tx.progress(&row, &rule.id, streak_row())? {
+                    Some(text) => serde_json::from_str(&text).unwrap_or_default(),
+                    None => serde_json::json!({ "last": null, "length": 0 }),
+                },
+            };
+            let period = per.start(day);
+            let last = state["last"].as_str().and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+            // Events of a period already counted (or a late event from an
+            // earlier one) leave the streak as it is.
+            if last.is_some_and(|last| period <= last) {
+                return Ok(());
+            }
+            let current =
+                if last == Some(per.previous(period)) { state["length"].as_u64().unwrap_or(0) + 1 } else { 1 };
+            state["last"] = serde_json::Value::String(period.to_string());
+            state["length"] = serde_json::json!(current);
+            if current % u64::from(*length) == 0 {
+                award(book, "streak", *points, ReasonKind::Streak { rule: rule.id.clone(), length: current as u32 });
+                if let Some(badge) = badge {
+                    book.write.badges.push((row.customer, member, badge.clone(), rule.id.clone(), day));
+                }
+            }
+            book.write.progress.push((row.customer, member, rule.id.clone(), streak_row(), state.to_string()));
+            book.progress.insert(key, state);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A draw's roll: the first 64 bits of a keyed hash of `seed` (programme,
+/// rule and event), so a sender cannot choose a message id that wins.
+pub fn roll_of(keyring: &crate::privacy::Keyring, seed: &str) -> u64 {
+    use base64::Engine as _;
+    let token = keyring.lookup_token("draw", seed);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).unwrap_or_default();
+    bytes.iter().take(8).fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }

@@ -574,11 +574,8 @@ pub trait Engine: Send + Sync + 'static {
     fn loyalty_member(&self, id: relais_domain::MemberId) -> Result<Option<loyalty::MemberView>, StoreError>;
     /// A person's active memberships.
     fn loyalty_members_of(&self, customer: CustomerId) -> Result<Vec<loyalty::MemberView>, StoreError>;
-    /// A membership's own entries, oldest first, and its lots with points left.
-    fn loyalty_entries(
-        &self,
-        id: relais_domain::MemberId,
-    ) -> Result<(Vec<loyalty::StatementEntry>, Vec<relais_domain::loyalty::Lot>), StoreError>;
+    /// A membership's own entries (oldest first), its lots with points left and its badges.
+    fn loyalty_entries(&self, id: relais_domain::MemberId) -> Result<loyalty::MemberLedger, StoreError>;
     /// Add a reward to a programme's catalogue or change it; its stock left.
     fn loyalty_put_reward(
         &self,

@@ -1089,7 +1089,20 @@ impl Engine for PgEngine {
                  actor = NULL, reason = (reason::jsonb - 'order_id' - 'reason' - 'actor')::text WHERE customer_id = ANY($1)",
                 &[&cluster, &erased],
             )?;
-            for table in ["loyalty_lots", "loyalty_idempotency", "loyalty_members"] {
+            tx.execute(
+                "UPDATE loyalty_draws SET customer_id = $2, member_id = '', event_id = '' WHERE customer_id = ANY($1)",
+                &[&cluster, &erased],
+            )?;
+            for table in [
+                "loyalty_lots",
+                "loyalty_idempotency",
+                "loyalty_progress",
+                "loyalty_badges",
+                "loyalty_coupon_uses",
+                "loyalty_redemptions",
+                "loyalty_tier_changes",
+                "loyalty_members",
+            ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE customer_id = ANY($1)"), &[&cluster])?;
             }
             tx.execute(
@@ -1637,14 +1650,14 @@ impl Engine for PgEngine {
         })
     }
 
-    fn loyalty_entries(
-        &self,
-        id: relais_domain::MemberId,
-    ) -> Result<(Vec<super::loyalty::StatementEntry>, Vec<relais_domain::loyalty::Lot>), StoreError> {
+    fn loyalty_entries(&self, id: relais_domain::MemberId) -> Result<super::loyalty::MemberLedger, StoreError> {
         self.pool.with(|client| {
             let row = loyalty::member(client, id)?.ok_or(StoreError::NotFound)?;
-            let entries = loyalty::entries(client, &row)?;
-            Ok((entries, loyalty::open_lots(client, &row)?))
+            Ok(super::loyalty::MemberLedger {
+                entries: loyalty::entries(client, &row)?,
+                lots: loyalty::open_lots(client, &row)?,
+                badges: loyalty::badges(client, &row)?,
+            })
         })
     }
 

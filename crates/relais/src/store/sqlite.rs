@@ -883,9 +883,22 @@ fn erase_in_transaction(
          actor = NULL, reason = json_remove(reason, '$.order_id', '$.reason', '$.actor') WHERE customer_id IN ({ids})",
         erased = super::ERASED_CUSTOMER
     ))?;
-    run(format!("DELETE FROM loyalty_lots WHERE customer_id IN ({ids})"))?;
-    run(format!("DELETE FROM loyalty_idempotency WHERE customer_id IN ({ids})"))?;
-    run(format!("DELETE FROM loyalty_members WHERE customer_id IN ({ids})"))?;
+    run(format!(
+        "UPDATE loyalty_draws SET customer_id = '{erased}', member_id = '', event_id = '' WHERE customer_id IN ({ids})",
+        erased = super::ERASED_CUSTOMER
+    ))?;
+    for table in [
+        "loyalty_lots",
+        "loyalty_idempotency",
+        "loyalty_progress",
+        "loyalty_badges",
+        "loyalty_coupon_uses",
+        "loyalty_redemptions",
+        "loyalty_tier_changes",
+        "loyalty_members",
+    ] {
+        run(format!("DELETE FROM {table} WHERE customer_id IN ({ids})"))?;
+    }
     run(format!(
         "DELETE FROM identifier_sightings WHERE customer_id IN ({ids}) \
          OR identifier IN (SELECT identifier FROM identifiers WHERE customer_id IN ({ids}))"
@@ -1867,14 +1880,15 @@ impl Engine for SqliteEngine {
         })
     }
 
-    fn loyalty_entries(
-        &self,
-        id: relais_domain::MemberId,
-    ) -> Result<(Vec<super::loyalty::StatementEntry>, Vec<relais_domain::loyalty::Lot>), StoreError> {
+    fn loyalty_entries(&self, id: relais_domain::MemberId) -> Result<super::loyalty::MemberLedger, StoreError> {
         self.readers.with(|conn| {
             let row = loyalty::member(conn, id)?.ok_or(StoreError::NotFound)?;
             let lots = SqliteTx { tx: conn, cache: None, written: Vec::new(), privacy: None }.open_lots(&row)?;
-            Ok((loyalty::entries(conn, &row)?, lots))
+            Ok(super::loyalty::MemberLedger {
+                entries: loyalty::entries(conn, &row)?,
+                lots,
+                badges: loyalty::badges(conn, &row)?,
+            })
         })
     }
 

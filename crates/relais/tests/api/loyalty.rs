@@ -3,6 +3,7 @@
 //! concurrency (two server processes on PostgreSQL), merges, erasure, expiry,
 //! and the ledger's invariants after each.
 
+use chrono::Datelike;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -933,4 +934,107 @@ async fn random_operation_sequences_keep_the_ledger_invariants() {
     })
     .await
     .unwrap();
+}
+
+const GAMES: &str = r#"
+[programme]
+key = "club"
+name = "Club Relais"
+point_value_minor = 1
+
+[[version]]
+effective_from = "2020-01-01"
+
+[[version.rule]]
+id = "tirage"
+kind = "draw"
+event = "Store Visited"
+odds = "1/2"
+points = 10
+budget = 30
+
+[[version.rule]]
+id = "explorateur"
+kind = "challenge"
+event = "Page Viewed Store"
+distinct = "store"
+count = 3
+per = "month"
+points = 200
+badge = "explorateur"
+
+[[version.rule]]
+id = "fidele"
+kind = "streak"
+event = "Order Completed"
+per = "week"
+length = 3
+points = 100
+badge = "fidele"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn draws_never_exceed_their_budget_and_challenges_and_streaks_pay_once() {
+    let app = TestApp::spawn().await;
+    let (status, applied) = apply(&app, GAMES).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    let mut members = Vec::new();
+    for n in 0..4 {
+        app.batch(json!([{"type": "identify", "userId": format!("g{n}")}])).await;
+        members.push(enrol(&app, &format!("user_id:g{n}")).await["id"].as_str().unwrap().to_string());
+    }
+    // 60 plays at even odds, a budget of 30 points: exactly three wins of 10 are paid.
+    let visits: Vec<Value> = (0..60)
+        .map(|n| {
+            json!({"type": "track", "userId": format!("g{}", n % 4), "event": "Store Visited",
+                        "messageId": format!("v{n}"), "properties": {"store": "nantes"}})
+        })
+        .collect();
+    app.batch(Value::Array(visits)).await;
+    let mut won = 0;
+    for member in &members {
+        let statement = statement(&app, member).await;
+        won += statement["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "draw")
+            .map(|e| e["points"].as_i64().unwrap())
+            .sum::<i64>();
+    }
+    assert_eq!(won, 30, "the budget is paid out, never more");
+
+    // Three different stores in one month complete the challenge, once.
+    let now = chrono::Utc::now();
+    let month_start = now.date_naive().with_day0(0).unwrap();
+    let at = |day: u32| format!("{}T10:00:00Z", month_start + chrono::Duration::days(i64::from(day)));
+    let visit = |n: usize, store: &str, day: u32| {
+        json!({"type": "track", "userId": "g0", "event": "Page Viewed Store", "messageId": format!("s{n}"),
+               "timestamp": at(day), "properties": {"store": store}})
+    };
+    app.batch(json!([visit(1, "lyon", 0), visit(2, "lyon", 0), visit(3, "paris", 0)])).await;
+    let before = statement(&app, &members[0]).await;
+    assert!(before["entries"].as_array().unwrap().iter().all(|e| e["kind"] != "challenge"), "two stores are not three");
+    app.batch(json!([visit(4, "nantes", 0), visit(5, "rennes", 0)])).await;
+    let after = statement(&app, &members[0]).await;
+    let challenges: Vec<&Value> =
+        after["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "challenge").collect();
+    assert_eq!(challenges.len(), 1, "{after}");
+    assert_eq!(challenges[0]["points"], 200);
+    assert_eq!(after["badges"][0]["badge"], "explorateur", "{after}");
+
+    // Orders in three consecutive weeks make a streak.
+    let weeks_ago = |w: i64| (now - chrono::Duration::weeks(w)).to_rfc3339();
+    for (n, w) in [3i64, 2, 1].iter().enumerate() {
+        let mut o = order("g1", &format!("st-{n}"), &format!("st{n}"), 20.0, "paris", json!([]));
+        o["timestamp"] = json!(weeks_ago(*w));
+        app.batch(json!([o])).await;
+    }
+    let streak = statement(&app, &members[1]).await;
+    let streaks: Vec<&Value> = streak["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "streak").collect();
+    assert_eq!(streaks.len(), 1, "{streak}");
+    assert!(streaks[0]["reasons"]["fr"].as_str().unwrap().contains("3 périodes d'affilée"), "{streak}");
+    let page = reqwest::get(format!("{}/loyalty/club/rules", app.address)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("1 chance(s) sur 2") && page.contains("3 semaines d&#39;affilée"), "{page}");
+    assert_ledger_holds(&app).await;
 }

@@ -359,6 +359,46 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[&u.programme, &u.campaign],
             )?;
         }
+        for d in &write.draws {
+            self.tx.execute(
+                "INSERT INTO loyalty_draws (customer_id, draw_id, member_id, programme_key, rule_id, event_id, roll, odds, \
+                 won, points, day) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &d.customer.to_string(),
+                    &relais_domain::LedgerTxId::new().to_string(),
+                    &d.member.to_string(),
+                    &d.programme,
+                    &d.rule,
+                    &d.event_id.to_string(),
+                    &d.roll.to_string(),
+                    &d.odds,
+                    &d.won,
+                    &d.points,
+                    &d.day,
+                ],
+            )?;
+        }
+        for (programme, rule, points) in &write.budget_spent {
+            self.tx.execute(
+                "UPDATE loyalty_draw_budgets SET spent = spent + $3 WHERE programme_key = $1 AND rule_id = $2",
+                &[programme, rule, points],
+            )?;
+        }
+        for (customer, member, rule, period, state) in &write.progress {
+            self.tx.execute(
+                "INSERT INTO loyalty_progress (customer_id, member_id, rule_id, period_start, state) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (customer_id, member_id, rule_id, period_start) \
+                 DO UPDATE SET state = excluded.state",
+                &[&customer.to_string(), &member.to_string(), rule, period, state],
+            )?;
+        }
+        for (customer, member, badge, rule, day) in &write.badges {
+            self.tx.execute(
+                "INSERT INTO loyalty_badges (customer_id, member_id, badge, rule_id, day) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT DO NOTHING",
+                &[&customer.to_string(), &member.to_string(), badge, rule, day],
+            )?;
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
@@ -425,6 +465,38 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[&member.customer.to_string(), &member.member.to_string(), &campaign],
             )?
             .get(0))
+    }
+
+    fn roll(&mut self, seed: &str) -> Result<u64, StoreError> {
+        let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
+        Ok(crate::store::loyalty::roll_of(&privacy.keyring, seed))
+    }
+
+    fn draw_spent(&mut self, programme: &str, rule: &str) -> Result<Points, StoreError> {
+        // The budget row is created (at 0) and locked: concurrent wins wait,
+        // so the budget is never exceeded.
+        self.tx.execute(
+            "INSERT INTO loyalty_draw_budgets (programme_key, rule_id, spent) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+            &[&programme, &rule],
+        )?;
+        Ok(self
+            .tx
+            .query_one(
+                "SELECT spent FROM loyalty_draw_budgets WHERE programme_key = $1 AND rule_id = $2 FOR UPDATE",
+                &[&programme, &rule],
+            )?
+            .get(0))
+    }
+
+    fn progress(&mut self, member: &MemberRow, rule: &str, period: NaiveDate) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT state FROM loyalty_progress WHERE customer_id = $1 AND member_id = $2 AND rule_id = $3 \
+                 AND period_start = $4",
+                &[&member.customer.to_string(), &member.member.to_string(), &rule, &period],
+            )?
+            .map(|r| r.get(0)))
     }
 
     fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError> {
@@ -676,4 +748,19 @@ pub(super) fn members_to_review(
         .iter()
         .map(|r| parse_id(r.get::<_, &str>(0)))
         .collect()
+}
+
+/// A member's badges: badge, rule, day won.
+pub(super) fn badges(
+    client: &mut impl GenericClient,
+    row: &MemberRow,
+) -> Result<Vec<(String, String, NaiveDate)>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT badge, rule_id, day FROM loyalty_badges WHERE customer_id = $1 AND member_id = $2 ORDER BY day, badge",
+            &[&row.customer.to_string(), &row.member.to_string()],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }

@@ -408,6 +408,47 @@ impl LedgerTx for SqliteTx<'_, '_> {
                 params![u.programme, u.campaign],
             )?;
         }
+        for d in &write.draws {
+            self.tx.execute(
+                "INSERT INTO loyalty_draws (customer_id, draw_id, member_id, programme_key, rule_id, event_id, roll, odds, \
+                 won, points, day) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    d.customer.to_string(),
+                    relais_domain::LedgerTxId::new().to_string(),
+                    d.member.to_string(),
+                    d.programme,
+                    d.rule,
+                    d.event_id.to_string(),
+                    d.roll.to_string(),
+                    d.odds,
+                    d.won,
+                    d.points,
+                    day_text(d.day)
+                ],
+            )?;
+        }
+        for (programme, rule, points) in &write.budget_spent {
+            self.tx.execute(
+                "INSERT INTO loyalty_draw_budgets (programme_key, rule_id, spent) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (programme_key, rule_id) DO UPDATE SET spent = spent + excluded.spent",
+                params![programme, rule, points],
+            )?;
+        }
+        for (customer, member, rule, period, state) in &write.progress {
+            self.tx.execute(
+                "INSERT INTO loyalty_progress (customer_id, member_id, rule_id, period_start, state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (customer_id, member_id, rule_id, period_start) \
+                 DO UPDATE SET state = excluded.state",
+                params![customer.to_string(), member.to_string(), rule, day_text(*period), state],
+            )?;
+        }
+        for (customer, member, badge, rule, day) in &write.badges {
+            self.tx.execute(
+                "INSERT OR IGNORE INTO loyalty_badges (customer_id, member_id, badge, rule_id, day) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![customer.to_string(), member.to_string(), badge, rule, day_text(*day)],
+            )?;
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
@@ -477,6 +518,33 @@ impl LedgerTx for SqliteTx<'_, '_> {
                 "SELECT COUNT(*) FROM loyalty_coupon_uses WHERE customer_id = ?1 AND member_id = ?2 AND campaign_id = ?3",
             )?
             .query_row(params![member.customer.to_string(), member.member.to_string(), campaign], |r| r.get(0))?)
+    }
+
+    fn roll(&mut self, seed: &str) -> Result<u64, StoreError> {
+        let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
+        Ok(crate::store::loyalty::roll_of(&privacy.keyring, seed))
+    }
+
+    fn draw_spent(&mut self, programme: &str, rule: &str) -> Result<Points, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT spent FROM loyalty_draw_budgets WHERE programme_key = ?1 AND rule_id = ?2")?
+            .query_row(params![programme, rule], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    fn progress(&mut self, member: &MemberRow, rule: &str, period: NaiveDate) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT state FROM loyalty_progress WHERE customer_id = ?1 AND member_id = ?2 AND rule_id = ?3 \
+                 AND period_start = ?4",
+            )?
+            .query_row(params![member.customer.to_string(), member.member.to_string(), rule, day_text(period)], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError> {
@@ -714,4 +782,15 @@ pub(super) fn members_to_review(
     ids.sort();
     ids.dedup();
     ids.iter().map(|m| parse_id(m)).collect()
+}
+
+/// A member's badges: badge, rule, day won.
+pub(super) fn badges(conn: &Connection, row: &MemberRow) -> Result<Vec<(String, String, NaiveDate)>, StoreError> {
+    let rows = conn
+        .prepare_cached("SELECT badge, rule_id, day FROM loyalty_badges WHERE customer_id = ?1 AND member_id = ?2 ORDER BY day, badge")?
+        .query_map(params![row.customer.to_string(), row.member.to_string()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(|(b, rule, d)| Ok((b, rule, parse_day(&d)?))).collect()
 }
