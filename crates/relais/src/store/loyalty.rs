@@ -443,6 +443,12 @@ pub trait LedgerTx {
     ) -> Result<Option<(relais_domain::loyalty::coupons::Campaign, i64)>, StoreError>;
     /// How many codes of a campaign a member used.
     fn coupon_uses(&mut self, member: &MemberRow, campaign: &str) -> Result<i64, StoreError>;
+    /// Memberships of these profiles' families that were merged into another.
+    fn merged_members(&mut self, roots: &[CustomerId]) -> Result<Vec<MemberRow>, StoreError>;
+    /// Points a membership moved out when it joined another (merge postings).
+    fn merge_transfer(&mut self, member: &MemberRow) -> Result<Points, StoreError>;
+    /// Points a membership's entries got from these events.
+    fn event_points(&mut self, member: &MemberRow, events: &[String]) -> Result<Points, StoreError>;
     /// A number derived from `seed` with a secret key: a draw's roll, which
     /// nobody sending events can predict, and the organisation can recompute.
     fn roll(&mut self, seed: &str) -> Result<u64, StoreError>;
@@ -1948,4 +1954,87 @@ pub fn roll_of(keyring: &crate::privacy::Keyring, seed: &str) -> u64 {
     let token = keyring.lookup_token("draw", seed);
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).unwrap_or_default();
     bytes.iter().take(8).fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+/// Undo the loyalty side of a merge, inside the unmerge's transaction: a
+/// membership of the restored profile that had joined the survivor's becomes
+/// active again and gets back what it brought (its balance at the merge) and
+/// what its own events earned since (`moved_events`, the events going back to
+/// it). Refused, with the reason, when the survivor's balance no longer
+/// covers that (the points were spent).
+pub fn unmerge_members(
+    tx: &mut dyn LedgerTx,
+    restored: CustomerId,
+    moved_events: &[String],
+    day: NaiveDate,
+) -> Result<usize, StoreError> {
+    let mut book = Book::default();
+    let mut restored_count = 0;
+    for mut gone in tx.merged_members(&[restored])? {
+        let Some(into) = gone.merged_into else { continue };
+        let Some(kept) = tx.member(into)? else { continue };
+        let back = tx.merge_transfer(&gone)? + tx.event_points(&kept, moved_events)?.max(0);
+        book.members.insert(kept.member, kept.clone());
+        let available: Points = book.lots(tx, kept.member)?.iter().map(|l| l.remaining).sum();
+        if back > available {
+            return Err(StoreError::Conflict(format!(
+                "membership {} has {available} points left but {back} belong to the profile being restored \
+                 (spent since the merge); give them back with an adjustment first, then undo the merge",
+                kept.member
+            )));
+        }
+        let expiries: HashMap<String, Option<NaiveDate>> =
+            book.lots[&kept.member].iter().map(|l| (l.id.clone(), l.expires_on)).collect();
+        gone.status = MemberStatus::Active;
+        gone.merged_into = None;
+        book.members.insert(gone.member, gone.clone());
+        book.lots.insert(gone.member, Vec::new());
+        let mut t = transaction("unmerge", day, &kept.programme);
+        let reason_out = Reason { kind: ReasonKind::MergedOut { into: gone.member.to_string() }, day };
+        let taken = book.debit(tx, t.clone(), kept.member, Take::Exactly(back), Account::Transfer, |_| reason_out)?;
+        if taken.is_err() {
+            continue;
+        }
+        // The debit was written as member → transfer; credit the restored
+        // membership from the transfer account with the same lots' expiries.
+        let allocation = std::mem::take(&mut book.last_allocation);
+        t.id = LedgerTxId::new();
+        let reason_in = Reason { kind: ReasonKind::MergedIn { from: kept.member.to_string() }, day };
+        t.legs = vec![
+            Leg {
+                customer: gone.customer,
+                member: gone.member,
+                account: Account::Member,
+                points: back,
+                reason: reason_in.clone(),
+                expires_on: None,
+            },
+            Leg {
+                customer: gone.customer,
+                member: gone.member,
+                account: Account::Transfer,
+                points: -back,
+                reason: reason_in,
+                expires_on: None,
+            },
+        ];
+        book.write.transactions.push(t);
+        for (n, (lot, points)) in allocation.iter().enumerate() {
+            book.write.new_lots.push(NewLot {
+                customer: gone.customer,
+                member: gone.member,
+                lot_id: format!("{}-u{n}", lot),
+                points: *points,
+                remaining: *points,
+                expires_on: expiries.get(lot).copied().flatten(),
+            });
+        }
+        book.members.get_mut(&gone.member).expect("inserted").balance += back;
+        book.changed.insert(gone.member);
+        restored_count += 1;
+    }
+    if restored_count > 0 {
+        tx.write_ledger(&book.finish())?;
+    }
+    Ok(restored_count)
 }

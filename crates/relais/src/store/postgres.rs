@@ -1004,6 +1004,13 @@ impl Engine for PgEngine {
                 .filter(|r| event_goes_back(r.get(1), &restored_set, &survivor_set))
                 .map(|r| r.get(0))
                 .collect();
+            // Loyalty: the restored profile's membership gets back its points.
+            super::loyalty::unmerge_members(
+                &mut PgTx { tx: &mut tx, privacy: None },
+                parse_id(&merged)?,
+                &going_back,
+                settings.day_of(Utc::now()),
+            )?;
             // The distribution column is never updated in place: insert under the
             // restored profile, then delete the survivor's copies.
             if !going_back.is_empty() {

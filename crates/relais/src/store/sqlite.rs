@@ -1354,17 +1354,22 @@ impl Engine for SqliteEngine {
                     .collect::<Result<_, _>>()?)
             };
             let (restored_set, survivor_set) = (owned(&merged)?, owned(&survivor)?);
-            let later: Vec<(i64, String)> = tx
-                .prepare("SELECT seq, identifiers FROM events WHERE customer_id = ?1 AND received_at >= ?2")?
-                .query_map(params![survivor, at], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let later: Vec<(i64, String, String)> = tx
+                .prepare("SELECT seq, identifiers, event_id FROM events WHERE customer_id = ?1 AND received_at >= ?2")?
+                .query_map(params![survivor, at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             let mut events_moved = 0;
-            for (seq, identifiers) in later {
+            let mut going_back = Vec::new();
+            for (seq, identifiers, event_id) in later {
                 if event_goes_back(&identifiers, &restored_set, &survivor_set) {
                     tx.execute("UPDATE events SET customer_id = ?1 WHERE seq = ?2", params![merged, seq])?;
                     events_moved += 1;
+                    going_back.push(event_id);
                 }
             }
+            // Loyalty: the restored profile's membership gets back its points.
+            let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None };
+            super::loyalty::unmerge_members(&mut ledger, parse_id(&merged)?, &going_back, settings.day_of(Utc::now()))?;
             for root in [&survivor, &merged] {
                 let (traits, days) = {
                     let rows: Vec<FactRow> = tx

@@ -1038,3 +1038,57 @@ async fn draws_never_exceed_their_budget_and_challenges_and_streaks_pay_once() {
     assert!(page.contains("1 chance(s) sur 2") && page.contains("3 semaines d&#39;affilée"), "{page}");
     assert_ledger_holds(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undoing_a_merge_gives_each_membership_back_its_own_points() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([
+        {"type": "identify", "userId": "rose", "traits": {"email": "rose@exemple.fr"}},
+        {"type": "identify", "anonymousId": "borne-rose"},
+    ]))
+    .await;
+    let first = enrol(&app, "user_id:rose").await["id"].as_str().unwrap().to_string();
+    let second = enrol(&app, "anonymous_id:borne-rose").await["id"].as_str().unwrap().to_string();
+    app.batch(json!([order("rose", "r-1", "r1", 20.0, "paris", json!([]))])).await;
+    app.batch(
+        json!([{"type": "track", "anonymousId": "borne-rose", "event": "Review Submitted", "messageId": "r-rev"}]),
+    )
+    .await;
+    app.batch(json!([{"type": "identify", "userId": "rose", "anonymousId": "borne-rose", "messageId": "r-link"}]))
+        .await;
+    // After the merge, a review from the kiosk's device earns on the joined account.
+    app.batch(
+        json!([{"type": "track", "anonymousId": "borne-rose", "event": "Review Submitted", "messageId": "r-rev2"}]),
+    )
+    .await;
+    assert_eq!(statement(&app, &first).await["balance"], 20 + 50 + 20 + 20);
+    let customer = app.customer_by("user_id:rose").await["id"].as_str().unwrap().to_string();
+    let (_, merges) = app.get(&format!("/api/v1/customers/{customer}/merges")).await;
+    let merge = merges["merges"][0]["merge_id"].as_str().unwrap().to_string();
+
+    // Spent since the merge: the undo is refused, with the reason.
+    let (status, _) = redeem(&app, &first, 100, "spend-all").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, refused) = post_json(&app, &format!("/api/v1/merges/{merge}/undo"), json!({}), &[]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("spent since the merge"), "{refused}");
+    // Given back by the team, the undo goes through.
+    let (status, _) = post_json(
+        &app,
+        &format!("/api/v1/loyalty/members/{first}/adjustments"),
+        json!({"points": 100, "reason": "annulation de l'achat"}),
+        &[("Idempotency-Key", "back")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, undone) = post_json(&app, &format!("/api/v1/merges/{merge}/undo"), json!({}), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{undone}");
+    // The kiosk's profile gets its review points back, from before and after the merge.
+    let restored = statement(&app, &second).await;
+    assert_eq!(restored["balance"], 40, "{restored}");
+    let (_, member) = call(&app, "GET", &format!("/api/v1/loyalty/members/{second}"), None, &[]).await;
+    assert_eq!(member["status"], "active", "{member}");
+    assert_eq!(statement(&app, &first).await["balance"], 20 + 50 + 20 + 20 - 40);
+    assert_ledger_holds(&app).await;
+}

@@ -467,6 +467,44 @@ impl LedgerTx for PgTx<'_, '_> {
             .get(0))
     }
 
+    fn merged_members(&mut self, roots: &[CustomerId]) -> Result<Vec<MemberRow>, StoreError> {
+        let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
+        self.tx
+            .query(
+                &format!(
+                    "SELECT {MEMBER_COLUMNS} FROM loyalty_members m JOIN customers c ON c.customer_id = m.customer_id \
+                     WHERE m.status = 'merged' AND (c.customer_id = ANY($1) OR c.merged_into = ANY($1)) \
+                     ORDER BY m.member_id FOR UPDATE OF m"
+                ),
+                &[&ids],
+            )?
+            .iter()
+            .map(to_member)
+            .collect()
+    }
+
+    fn merge_transfer(&mut self, member: &MemberRow) -> Result<Points, StoreError> {
+        Ok(self
+            .tx
+            .query_one(
+                "SELECT COALESCE(-SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
+                 AND kind = 'merge' AND account = 'member' AND points < 0",
+                &[&member.customer.to_string(), &member.member.to_string()],
+            )?
+            .get(0))
+    }
+
+    fn event_points(&mut self, member: &MemberRow, events: &[String]) -> Result<Points, StoreError> {
+        Ok(self
+            .tx
+            .query_one(
+                "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
+                 AND account = 'member' AND event_id = ANY($3)",
+                &[&member.customer.to_string(), &member.member.to_string(), &events],
+            )?
+            .get(0))
+    }
+
     fn roll(&mut self, seed: &str) -> Result<u64, StoreError> {
         let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
         Ok(crate::store::loyalty::roll_of(&privacy.keyring, seed))

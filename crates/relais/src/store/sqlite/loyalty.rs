@@ -520,6 +520,44 @@ impl LedgerTx for SqliteTx<'_, '_> {
             .query_row(params![member.customer.to_string(), member.member.to_string(), campaign], |r| r.get(0))?)
     }
 
+    fn merged_members(&mut self, roots: &[CustomerId]) -> Result<Vec<MemberRow>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.status = 'merged' AND (m.customer_id = ?1 \
+             OR m.customer_id IN (SELECT customer_id FROM customers WHERE merged_into = ?1)) ORDER BY m.member_id"
+        ))?;
+        let mut found = Vec::new();
+        for root in roots {
+            for raw in stmt.query_map([root.to_string()], member_row)? {
+                found.push(to_member(raw?)?);
+            }
+        }
+        Ok(found)
+    }
+
+    fn merge_transfer(&mut self, member: &MemberRow) -> Result<Points, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT COALESCE(-SUM(points), 0) FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
+                 AND kind = 'merge' AND account = 'member' AND points < 0",
+            )?
+            .query_row(params![member.customer.to_string(), member.member.to_string()], |r| r.get(0))?)
+    }
+
+    fn event_points(&mut self, member: &MemberRow, events: &[String]) -> Result<Points, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT COALESCE(SUM(points), 0) FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
+             AND account = 'member' AND event_id = ?3",
+        )?;
+        let mut total = 0;
+        for event in events {
+            total += stmt.query_row(params![member.customer.to_string(), member.member.to_string(), event], |r| {
+                r.get::<_, i64>(0)
+            })?;
+        }
+        Ok(total)
+    }
+
     fn roll(&mut self, seed: &str) -> Result<u64, StoreError> {
         let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
         Ok(crate::store::loyalty::roll_of(&privacy.keyring, seed))
