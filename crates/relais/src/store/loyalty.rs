@@ -244,6 +244,30 @@ pub struct LedgerWrite {
     pub progress: Vec<(CustomerId, MemberId, String, NaiveDate, String)>,
     /// Badges won: customer, member, badge, rule, day.
     pub badges: Vec<(CustomerId, MemberId, String, String, NaiveDate)>,
+    /// Events relais computed, for the customer's timeline (decision 13:
+    /// marked computed, they never feed traits or earning rules).
+    pub computed_events: Vec<ComputedEvent>,
+}
+
+/// An event relais computed (`Tier Changed`, `Points Expired`).
+#[derive(Debug, Clone)]
+pub struct ComputedEvent {
+    /// The customer row it goes under.
+    pub customer: CustomerId,
+    /// Its id.
+    pub event_id: EventId,
+    /// Its name.
+    pub name: &'static str,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Its properties (no personal data: ids, tiers, points).
+    pub properties: serde_json::Value,
+}
+
+impl ComputedEvent {
+    fn new(customer: CustomerId, name: &'static str, properties: serde_json::Value) -> ComputedEvent {
+        ComputedEvent { customer, event_id: EventId::new(), name, at: Utc::now(), properties }
+    }
 }
 
 /// One play of an instant-win draw.
@@ -368,6 +392,7 @@ impl LedgerWrite {
             && self.coupon_use.is_none()
             && self.draws.is_empty()
             && self.progress.is_empty()
+            && self.computed_events.is_empty()
     }
 }
 
@@ -951,6 +976,7 @@ pub fn earn_batch(
             continue;
         }
         if let Some(change) = review_row(tx, &mut row, &tiers, now_day)? {
+            tiers_write.computed_events.push(tier_event(&change));
             tiers_write.tier_changes.push(change);
             tiers_write.member_updates.push(row);
         }
@@ -1014,6 +1040,18 @@ fn review_row(
     Ok(Some(recorded))
 }
 
+/// The timeline's trace of a tier change.
+fn tier_event(change: &TierChange) -> ComputedEvent {
+    ComputedEvent::new(
+        change.customer,
+        "Tier Changed",
+        serde_json::json!({
+            "member": change.member.to_string(), "change": change.kind, "from": change.from, "to": change.to,
+            "effective_on": change.effective_on, "measured": change.measured,
+        }),
+    )
+}
+
 /// The scheduled tier review of one member on `day`: downgrades after their
 /// grace period, notices at review dates.
 pub fn review_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) -> Result<bool, StoreError> {
@@ -1032,7 +1070,12 @@ pub fn review_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) ->
     match review_row(tx, &mut row, &tiers, day)? {
         None => Ok(false),
         Some(change) => {
-            let write = LedgerWrite { member_updates: vec![row], tier_changes: vec![change], ..LedgerWrite::default() };
+            let write = LedgerWrite {
+                member_updates: vec![row],
+                computed_events: vec![tier_event(&change)],
+                tier_changes: vec![change],
+                ..LedgerWrite::default()
+            };
             tx.write_ledger(&write)?;
             Ok(true)
         }
@@ -1415,6 +1458,11 @@ pub fn expire_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) ->
     book.write.transactions.push(t);
     book.members.get_mut(&member).expect("loaded").balance -= expired;
     book.changed.insert(member);
+    book.write.computed_events.push(ComputedEvent::new(
+        customer,
+        "Points Expired",
+        serde_json::json!({ "member": member.to_string(), "points": expired, "day": day }),
+    ));
     tx.write_ledger(&book.finish())?;
     Ok(expired)
 }

@@ -418,6 +418,13 @@ async fn rule_changes_never_rewrite_the_past_and_old_points_expire() {
     // Running it again expires nothing more.
     let (_, again) = call(&app, "POST", "/api/v1/loyalty/expiry", None, &[]).await;
     assert_eq!(again["points"], 0);
+    // The customer's timeline shows it, marked as computed (decision 13).
+    let customer = app.customer_by("user_id:paul").await["id"].as_str().unwrap().to_string();
+    let timeline = app.all_events(&customer).await;
+    let expired: Vec<&Value> = timeline.iter().filter(|e| e["name"] == "Points Expired").collect();
+    assert_eq!(expired.len(), 1, "{timeline:?}");
+    assert_eq!(expired[0]["computed"], true, "{:?}", expired[0]);
+    assert_eq!(expired[0]["properties"]["points"], 80, "{:?}", expired[0]);
     assert_ledger_holds(&app).await;
 }
 
@@ -568,6 +575,11 @@ async fn tiers_go_up_at_once_down_after_notice_and_say_what_keeping_them_takes()
     assert_eq!(member(&app, &id).await["tier"], "silver", "150 € in the window: silver at once");
     app.batch(json!([leaving])).await;
     assert_eq!(member(&app, &id).await["tier"], "gold", "350 € in the window: gold at once");
+    let customer = app.customer_by("user_id:lou").await["id"].as_str().unwrap().to_string();
+    let changes: Vec<Value> =
+        app.all_events(&customer).await.into_iter().filter(|e| e["name"] == "Tier Changed").collect();
+    assert_eq!(changes.len(), 2, "silver, then gold: {changes:?}");
+    assert!(changes.iter().all(|e| e["computed"] == true));
     // Gold members earn double.
     app.batch(json!([order("lou", "l-3", "l3", 10.0, "paris", json!([]))])).await;
     let statement = statement(&app, &id).await;

@@ -399,6 +399,15 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[&customer.to_string(), &member.to_string(), badge, rule, day],
             )?;
         }
+        for e in &write.computed_events {
+            let id = e.event_id.to_string();
+            self.tx.execute(
+                "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, \
+                 properties, context, traits, extra, identifiers, computed) \
+                 VALUES ($1, $2, 'relais', $2, 'track', $3, 'other', $4, $4, $5, '{}', '{}', '{}', '[]', TRUE)",
+                &[&e.customer.to_string(), &id, &e.name, &e.at, &e.properties],
+            )?;
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
