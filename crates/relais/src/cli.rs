@@ -434,6 +434,34 @@ enum LoyaltyCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Add a reward to the catalogue or change it, from a TOML file (id, name, cost, stock…).
+    Reward {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The reward file.
+        file: PathBuf,
+        /// The programme's key (needed when there are several).
+        #[arg(long)]
+        programme: Option<String>,
+    },
+    /// Create a coupon campaign from a TOML file and issue codes into a CSV file
+    /// (the only copy of the codes: relais keeps their keyed hashes). Dates are
+    /// quoted: `valid_from = "2026-06-01"`.
+    Coupons {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The campaign file (id, benefit, valid_from, valid_until, per_member, total…).
+        file: PathBuf,
+        /// Codes to issue.
+        #[arg(long)]
+        count: usize,
+        /// Where to write the codes.
+        #[arg(long)]
+        output: PathBuf,
+        /// The programme's key (needed when there are several).
+        #[arg(long)]
+        programme: Option<String>,
+    },
     /// Print the programme's liability, earn and burn by rule and store, and breakage, as JSON.
     Report {
         #[command(flatten)]
@@ -864,13 +892,7 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
             let identifier = relais_domain::Identifier::parse(&identifier)?;
             let store = store.open(settings)?;
             let engine = store.blocking();
-            let programmes = engine.loyalty_programmes()?;
-            let key = match (programme, programmes.as_slice()) {
-                (Some(key), _) => key,
-                (None, [one]) => one.head.key.clone(),
-                (None, []) => bail!("no loyalty programme yet: apply one with `relais loyalty apply FILE.toml`"),
-                (None, _) => bail!("several programmes exist: name one with --programme"),
-            };
+            let key = only_programme(engine, programme)?;
             let customer = engine
                 .customer_id_by_identifier(&identifier)?
                 .ok_or_else(|| anyhow::anyhow!("nobody holds `{identifier}`; nothing was done"))?;
@@ -946,19 +968,74 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
             println!("{points} points expired for {members} members; {tier_changes} tier changes");
             Ok(())
         }
+        LoyaltyCommand::Reward { store, file, programme } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let reward: relais_domain::loyalty::rewards::Reward =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            reward.check().map_err(|(field, reason)| anyhow::anyhow!("{}: {field}: {reason}", file.display()))?;
+            let store = store.open(settings)?;
+            let key = only_programme(store.blocking(), programme)?;
+            let left = store.blocking_audited(|engine, audit| {
+                let left = engine.loyalty_put_reward(&key, &reward)?;
+                audit.record(
+                    &cli_actor(),
+                    "loyalty.reward.put",
+                    None,
+                    serde_json::json!({ "programme": key, "reward": reward.id }),
+                )?;
+                Ok(left)
+            })?;
+            store.close_audit()?;
+            match left {
+                Some(left) => println!("reward `{}` saved; {left} left in stock", reward.id),
+                None => println!("reward `{}` saved; unlimited stock", reward.id),
+            }
+            Ok(())
+        }
+        LoyaltyCommand::Coupons { store, file, count, output, programme } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let campaign: relais_domain::loyalty::coupons::Campaign =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            campaign.check().map_err(|(field, reason)| anyhow::anyhow!("{}: {field}: {reason}", file.display()))?;
+            anyhow::ensure!((1..=100_000).contains(&count), "--count must be 1 to 100000");
+            anyhow::ensure!(!output.exists(), "{} exists; choose a new file for the codes", output.display());
+            let store = store.open(settings)?;
+            let key = only_programme(store.blocking(), programme)?;
+            let mut rng = rand::thread_rng();
+            let codes: Vec<relais_domain::loyalty::coupons::CouponCode> =
+                (0..count).map(|_| relais_domain::loyalty::coupons::CouponCode::generate(&mut rng)).collect();
+            let mut writer = csv::Writer::from_path(&output)?;
+            writer.write_record(["campaign", "code"])?;
+            for code in &codes {
+                writer.write_record([campaign.id.as_str(), code.printed().as_str()])?;
+            }
+            writer.flush()?;
+            let hashes: Vec<String> =
+                codes.iter().map(|c| store.privacy().keyring.lookup_token("coupon", c.as_str())).collect();
+            let (issued, used) = store.blocking_audited(|engine, audit| {
+                let counts = engine.loyalty_issue_coupons(&key, &campaign, &hashes)?;
+                audit.record(
+                    &cli_actor(),
+                    "loyalty.coupons.issue",
+                    None,
+                    serde_json::json!({ "programme": key, "campaign": campaign.id, "codes": count }),
+                )?;
+                Ok(counts)
+            })?;
+            store.close_audit()?;
+            println!(
+                "{count} codes written to {}; campaign `{}`: {issued} issued, {used} used",
+                output.display(),
+                campaign.id
+            );
+            Ok(())
+        }
         LoyaltyCommand::Report { store, programme, since } => {
             let store = store.open(settings)?;
             let engine = store.blocking();
+            let key = only_programme(engine, programme)?;
             let programmes = engine.loyalty_programmes()?;
-            let programme = match (programme, programmes.as_slice()) {
-                (Some(key), _) => programmes
-                    .iter()
-                    .find(|p| p.head.key == key)
-                    .ok_or_else(|| anyhow::anyhow!("no programme `{key}`"))?,
-                (None, [one]) => one,
-                (None, []) => bail!("no loyalty programme yet: apply one with `relais loyalty apply FILE.toml`"),
-                (None, _) => bail!("several programmes exist: name one with --programme"),
-            };
+            let programme = programmes.iter().find(|p| p.head.key == key).expect("found above");
             let rows = engine.loyalty_report(&programme.head.key, since)?;
             let report = crate::store::loyalty::LoyaltyReport::from_rows(programme, since, rows);
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -972,6 +1049,18 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
             }
             Ok(())
         }
+    }
+}
+
+/// The programme named, or the only one.
+fn only_programme(engine: &dyn crate::store::Engine, programme: Option<String>) -> anyhow::Result<String> {
+    let programmes = engine.loyalty_programmes()?;
+    match (programme, programmes.as_slice()) {
+        (Some(key), _) if programmes.iter().any(|p| p.head.key == key) => Ok(key),
+        (Some(key), _) => bail!("no programme `{key}`"),
+        (None, [one]) => Ok(one.head.key.clone()),
+        (None, []) => bail!("no loyalty programme yet: apply one with `relais loyalty apply FILE.toml`"),
+        (None, _) => bail!("several programmes exist: name one with --programme"),
     }
 }
 

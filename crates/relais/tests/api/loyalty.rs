@@ -437,16 +437,39 @@ async fn the_command_line_applies_checks_and_refuses_bad_files_with_their_line()
     std::fs::write(&good, PROGRAMME).unwrap();
     let bad = folder.path().join("bad.toml");
     std::fs::write(&bad, PROGRAMME.replace("points = 50", "points = 0")).unwrap();
-    let (good, bad) = (good.to_str().unwrap().to_string(), bad.to_str().unwrap().to_string());
+    let reward = folder.path().join("reward.toml");
+    std::fs::write(&reward, "id = \"bon-5\"\nname = \"Bon de 5 €\"\ncost = 500\nstock = 10\n").unwrap();
+    let campaign = folder.path().join("campaign.toml");
+    std::fs::write(
+        &campaign,
+        "id = \"ete\"\nbenefit = \"-5 €\"\nvalid_from = \"2026-06-01\"\nvalid_until = \"2026-08-31\"\n",
+    )
+    .unwrap();
+    let codes = folder.path().join("codes.csv");
+    let paths: Vec<String> =
+        [&good, &bad, &reward, &campaign, &codes].iter().map(|p| p.to_str().unwrap().to_string()).collect();
     let outputs = tokio::task::spawn_blocking(move || {
-        let refused = crate::helpers::run_binary(&location, &["loyalty", "apply", &bad]);
-        let applied = crate::helpers::run_binary(&location, &["loyalty", "apply", &good]);
+        let refused = crate::helpers::run_binary(&location, &["loyalty", "apply", &paths[1]]);
+        let applied = crate::helpers::run_binary(&location, &["loyalty", "apply", &paths[0]]);
+        let rewarded = crate::helpers::run_binary(&location, &["loyalty", "reward", &paths[2]]);
+        let issued = crate::helpers::run_binary(
+            &location,
+            &["loyalty", "coupons", &paths[3], "--count", "5", "--output", &paths[4]],
+        );
         let checked = crate::helpers::run_binary(&location, &["loyalty", "check"]);
+        assert!(rewarded.0 && rewarded.1.contains("10 left in stock"), "{rewarded:?}");
+        assert!(issued.0, "{issued:?}");
         (refused, applied, checked)
     })
     .await
     .unwrap();
     let (refused, applied, checked) = outputs;
+    let written = std::fs::read_to_string(&codes).unwrap();
+    assert_eq!(written.lines().count(), 6, "a header and five codes: {written}");
+    for line in written.lines().skip(1) {
+        let code = line.split(',').nth(1).unwrap();
+        assert!(relais_domain::loyalty::coupons::CouponCode::parse(code).is_ok(), "{code}");
+    }
     assert!(!refused.0, "a bad file is refused");
     assert!(refused.2.contains("line 25") && refused.2.contains("nothing was changed"), "{}", refused.2);
     assert!(applied.0 && applied.1.contains("programme `club` applied"), "{applied:?}");
