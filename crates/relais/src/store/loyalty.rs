@@ -1244,10 +1244,9 @@ pub enum OperationAnswer {
     KeyReused,
 }
 
-/// Apply a manual operation once per idempotency key. The answer, refusals
-/// included, is stored in the same transaction as the entries.
-pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<OperationAnswer, StoreError> {
-    let mut row = tx.member(request.member)?.ok_or(StoreError::NotFound)?;
+/// A membership, or the one it joined when its person's profiles merged (locked).
+fn surviving_member(tx: &mut dyn LedgerTx, id: MemberId) -> Result<MemberRow, StoreError> {
+    let mut row = tx.member(id)?.ok_or(StoreError::NotFound)?;
     let mut hops = 0;
     while let (MemberStatus::Merged, Some(next)) = (row.status, row.merged_into) {
         hops += 1;
@@ -1256,6 +1255,13 @@ pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<Opera
         }
         row = tx.member(next)?.ok_or(StoreError::NotFound)?;
     }
+    Ok(row)
+}
+
+/// Apply a manual operation once per idempotency key. The answer, refusals
+/// included, is stored in the same transaction as the entries.
+pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<OperationAnswer, StoreError> {
+    let row = surviving_member(tx, request.member)?;
     if let Some(previous) = tx.idempotent_answer(row.customer, &request.scope, &request.key)? {
         return Ok(if previous.request_hash == request.request_hash {
             OperationAnswer::Answer(previous)
@@ -1781,15 +1787,7 @@ pub struct CouponAccepted {
 /// points if any. Presenting the same code again for the same member and
 /// order answers the first use (a retry); anyone else gets a 409.
 pub fn use_coupon(tx: &mut dyn LedgerTx, request: &CouponRequest) -> Result<CouponAccepted, StoreError> {
-    let mut row = tx.member(request.member)?.ok_or(StoreError::NotFound)?;
-    let mut hops = 0;
-    while let (MemberStatus::Merged, Some(next)) = (row.status, row.merged_into) {
-        hops += 1;
-        if hops > 16 {
-            return Err(StoreError::Database("membership merge chain too long".into()));
-        }
-        row = tx.member(next)?.ok_or(StoreError::NotFound)?;
-    }
+    let row = surviving_member(tx, request.member)?;
     if row.status != MemberStatus::Active {
         return Err(StoreError::Conflict("this membership is closed".into()));
     }
