@@ -130,6 +130,13 @@ fn rule_text(rule: &relais_domain::loyalty::rules::Rule, unit: &str, lang: Lang)
                 format!("{points} {unit} on the first purchase")
             }
         }
+        RuleKind::Birthday { points } => {
+            if fr {
+                format!("{points} {unit} le jour de votre anniversaire")
+            } else {
+                format!("{points} {unit} on your birthday")
+            }
+        }
         RuleKind::Draw { event, odds: (a, b), points, budget } => {
             if fr {
                 format!("tirage à chaque « {event} » : {a} chance(s) sur {b} de gagner {points} {unit} (dotation totale {budget} {unit})")

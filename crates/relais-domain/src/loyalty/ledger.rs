@@ -140,6 +140,8 @@ pub enum ReasonKind {
         /// The order it was used for.
         order_id: Option<String>,
     },
+    /// The birthday bonus.
+    Birthday,
     /// An instant win.
     Draw {
         /// The draw's rule.
@@ -334,6 +336,13 @@ impl Reason {
                     format!("bonus du coupon « {campaign} », commande{order} le {date}")
                 } else {
                     format!("bonus of the \"{campaign}\" coupon, order{order} on {date}")
+                }
+            }
+            ReasonKind::Birthday => {
+                if fr {
+                    format!("bonus d'anniversaire, le {date}")
+                } else {
+                    format!("birthday bonus, on {date}")
                 }
             }
             ReasonKind::Draw { rule, odds } => {

@@ -309,6 +309,11 @@ pub enum RuleKind {
         /// Points.
         points: Points,
     },
+    /// A bonus on the member's birthday (the first event that day), once a year.
+    Birthday {
+        /// Points.
+        points: Points,
+    },
     /// An instant-win draw on an event: stated odds, a fixed budget.
     Draw {
         /// The event that plays.
@@ -676,6 +681,12 @@ impl RuleFile {
                 unexpected("event", self.event.is_some())?;
                 RuleKind::FirstPurchase { points: points(self.points)? }
             }
+            "birthday" => {
+                unexpected("points_per_euro", self.points_per_euro.is_some())?;
+                unexpected("multiplier", !self.multiplier.is_empty())?;
+                unexpected("event", self.event.is_some())?;
+                RuleKind::Birthday { points: points(self.points)? }
+            }
             "draw" => {
                 let event = self.named_event(&fail)?;
                 let text = self.odds.as_deref().ok_or_else(|| fail("a draw needs `odds`, like \"1/20\"".into()))?;
@@ -724,7 +735,7 @@ impl RuleFile {
             }
             other => {
                 return Err(fail(format!(
-                    "kind `{other}` is not one of spend, event, first_purchase, draw, challenge, streak"
+                    "kind `{other}` is not one of spend, event, first_purchase, birthday, draw, challenge, streak"
                 )))
             }
         };
@@ -901,6 +912,8 @@ pub struct EarnInput<'a> {
     pub first_purchase_done: &'a [String],
     /// The member's tier when the event happened.
     pub tier: Option<&'a str>,
+    /// The member's birth date, when the profile gives it.
+    pub birthday: Option<NaiveDate>,
 }
 
 /// What one rule grants for one event, before its cap.
@@ -948,6 +961,9 @@ impl RuleVersion {
                 (RuleKind::Event { event, points }, None) if event == input.event => {
                     Some((*points, ReasonKind::Event { event: event.clone(), capped: false }))
                 }
+                (RuleKind::Birthday { points }, _) if input.birthday.is_some_and(|b| is_birthday(b, input.day)) => {
+                    Some((*points, ReasonKind::Birthday))
+                }
                 _ => None,
             };
             if let Some((points, reason)) = granted.filter(|(p, _)| *p > 0) {
@@ -956,6 +972,26 @@ impl RuleVersion {
         }
         earnings
     }
+}
+
+/// Whether `day` is the birthday of someone born on `born` (29 February
+/// falls on 28 February in other years).
+pub fn is_birthday(born: NaiveDate, day: NaiveDate) -> bool {
+    let leap = |y: i32| NaiveDate::from_ymd_opt(y, 2, 29).is_some();
+    match (born.month(), born.day()) {
+        (2, 29) if !leap(day.year()) => day.month() == 2 && day.day() == 28,
+        (m, d) => day.month() == m && day.day() == d,
+    }
+}
+
+/// A birth date as profiles send it (`birthday`, ISO 8601, `1990-04-12` or
+/// an instant whose date is taken).
+pub fn birth_date(profile: &Map<String, Value>) -> Option<NaiveDate> {
+    ["birthday", "birth_date", "birthdate", "date_of_birth"]
+        .iter()
+        .find_map(|k| profile.get(*k).and_then(Value::as_str))
+        .and_then(|text| text.get(..10))
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
 }
 
 /// Points of a spend rule: (total + category extras) × rate × order-level
@@ -1060,6 +1096,7 @@ mod tests {
             order,
             first_purchase_done: &[],
             tier: None,
+            birthday: None,
         };
         programme.version_at(input.day).unwrap().earn(&input, "EUR")
     }
@@ -1114,6 +1151,7 @@ mod tests {
             order: Some(order(1_000, vec![])),
             first_purchase_done: &done,
             tier: None,
+            birthday: None,
         };
         assert!(programme.versions[0].earn(&input, "EUR").is_empty());
         assert!(earn(&programme, "Page Viewed", None, None).is_empty());
@@ -1184,6 +1222,17 @@ mod tests {
             assert!(err.to_string().contains(expected), "{rules}: {err}");
             assert_eq!(err.version, Some(0), "{rules}");
         }
+    }
+
+    #[test]
+    fn birthdays_fall_on_their_day_and_leap_days_on_the_28th() {
+        assert!(is_birthday(day("1990-04-12"), day("2026-04-12")));
+        assert!(!is_birthday(day("1990-04-12"), day("2026-04-13")));
+        assert!(is_birthday(day("2000-02-29"), day("2026-02-28")));
+        assert!(is_birthday(day("2000-02-29"), day("2028-02-29")));
+        assert!(!is_birthday(day("2000-02-29"), day("2028-02-28")));
+        let profile: Map<String, Value> = serde_json::from_str(r#"{"birthday": "1990-04-12T00:00:00Z"}"#).unwrap();
+        assert_eq!(birth_date(&profile), Some(day("1990-04-12")));
     }
 
     #[test]

@@ -579,7 +579,12 @@ pub fn ingest_batch<'a>(
     let merges: Vec<(CustomerId, CustomerId)> = changes.merges.iter().map(|m| (m.survivor, m.merged)).collect();
     let events: Vec<super::loyalty::EarnEvent<'_>> =
         changes.events.iter().map(|e| (e.customer_id, e.event_id, e.message)).collect();
-    super::loyalty::earn_batch(tx, &events, &merges, settings)?;
+    let birthdays: HashMap<CustomerId, NaiveDate> = changes
+        .customers
+        .iter()
+        .filter_map(|(id, state)| relais_domain::loyalty::rules::birth_date(&state.profile).map(|b| (*id, b)))
+        .collect();
+    super::loyalty::earn_batch(tx, &events, &merges, &birthdays, settings)?;
     Ok(outcomes)
 }
 

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use relais_domain::loyalty::ledger::Account;
 use relais_domain::loyalty::rules::{order_lines, within_cap, EarnInput, OrderInput};
 use relais_domain::loyalty::{allocate, Lot, Points, Programme, Reason, ReasonKind};
@@ -803,6 +803,7 @@ pub fn earn_batch(
     tx: &mut dyn LedgerTx,
     events: &[EarnEvent<'_>],
     merges: &[(CustomerId, CustomerId)],
+    birthdays: &HashMap<CustomerId, NaiveDate>,
     settings: &IngestSettings,
 ) -> Result<(), StoreError> {
     let programmes = programmes(tx, &settings.programmes)?;
@@ -900,6 +901,7 @@ pub fn earn_batch(
                 order,
                 first_purchase_done: &done,
                 tier: tier.as_deref(),
+                birthday: birthdays.get(&owner).copied(),
             };
             let expires = version.expiry.expires_on(day);
             for rule in version.rules.iter().filter(|r| r.kind.game_event() == Some(name)) {
@@ -933,8 +935,26 @@ pub fn earn_batch(
                 let kind = match reason {
                     ReasonKind::Spend { .. } => "spend",
                     ReasonKind::FirstPurchase { .. } => "first_purchase",
+                    ReasonKind::Birthday => "birthday",
                     _ => "event",
                 };
+                if kind == "birthday" {
+                    // Once a year: the first event of the day pays, no other.
+                    let year = NaiveDate::from_ymd_opt(day.year(), 1, 1).unwrap_or(day);
+                    let slot = (member, earning.rule.clone(), year);
+                    let paid = match book.caps.get(&slot) {
+                        Some(paid) => *paid,
+                        None => {
+                            let row = book.members[&member].clone();
+                            let end = NaiveDate::from_ymd_opt(day.year(), 12, 31).unwrap_or(day);
+                            tx.cap_used(&row, &earning.rule, year, end)?
+                        }
+                    };
+                    book.caps.insert(slot, paid + points);
+                    if paid > 0 {
+                        continue;
+                    }
+                }
                 if kind == "first_purchase" {
                     book.first_paid.entry(member).or_default().push(earning.rule.clone());
                 }

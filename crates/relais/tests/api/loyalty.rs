@@ -1127,3 +1127,30 @@ async fn undoing_a_merge_gives_each_membership_back_its_own_points() {
     assert_eq!(statement(&app, &first).await["balance"], 20 + 50 + 20 + 20 - 40);
     assert_ledger_holds(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_birthday_bonus_is_paid_once_on_the_day() {
+    let app = TestApp::spawn().await;
+    let programme =
+        format!("{PROGRAMME}\n[[version.rule]]\nid = \"anniversaire\"\nkind = \"birthday\"\npoints = 150\n");
+    let (status, applied) = apply(&app, &programme).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    // The organisation's day (Europe/Paris) at noon UTC is the same calendar day.
+    let today = chrono::Utc::now().date_naive();
+    let noon = format!("{today}T12:00:00Z");
+    let born = format!("1990-{:02}-{:02}", today.month(), today.day().min(28));
+    let birthday_today = today.day() <= 28;
+    app.batch(json!([{"type": "identify", "userId": "noe", "traits": {"birthday": born}, "timestamp": noon}])).await;
+    let id = enrol(&app, "user_id:noe").await["id"].as_str().unwrap().to_string();
+    let visit = |n: usize| {
+        json!({"type": "track", "userId": "noe", "event": "Review Submitted",
+                                  "messageId": format!("b-{n}"), "timestamp": noon})
+    };
+    app.batch(json!([visit(1)])).await;
+    app.batch(json!([visit(2), visit(3)])).await;
+    let statement = statement(&app, &id).await;
+    let birthdays = statement["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "birthday").count();
+    assert_eq!(birthdays, usize::from(birthday_today), "{statement}");
+    let page = reqwest::get(format!("{}/loyalty/club/rules", app.address)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("150 points le jour de votre anniversaire"), "{page}");
+}
