@@ -1,0 +1,351 @@
+//! Analytics over columnar files: purchases read from a Parquet file of events,
+//! folded per customer, and their RFM scores (`relais_domain::rfm`).
+//!
+//! The file holds one row per event with at least the columns `event_type`
+//! (string), `customer_id` (string), `timestamp` (a Parquet timestamp) and
+//! `amount_minor` (64-bit integer, minor units; null outside purchases); other
+//! columns are never read. A purchase is a row whose `event_type` is the purchase
+//! event (`Order Completed` in the Segment e-commerce spec).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, BooleanArray, RecordBatch};
+use arrow_schema::{ArrowError, DataType, Field, Schema, TimeUnit};
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter,
+};
+use parquet::arrow::ProjectionMask;
+use parquet::errors::ParquetError;
+use relais_domain::rfm::{self, PurchaseTotals, Rfm, RfmError};
+
+/// The event that counts as a purchase (Segment e-commerce spec).
+pub const PURCHASE_EVENT: &str = "Order Completed";
+/// Column of the event name.
+pub const EVENT_TYPE_COLUMN: &str = "event_type";
+/// Column of the customer id.
+pub const CUSTOMER_ID_COLUMN: &str = "customer_id";
+/// Column of the event's instant.
+pub const TIMESTAMP_COLUMN: &str = "timestamp";
+/// Column of the purchase amount in minor units.
+pub const AMOUNT_COLUMN: &str = "amount_minor";
+
+/// Why a file of events could not be read or scored.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    /// The file could not be opened.
+    #[error("cannot open `{path}`: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    /// The Parquet reader failed (not a Parquet file, corrupt page…).
+    #[error("cannot read Parquet file `{path}`: {source}")]
+    Parquet { path: PathBuf, source: ParquetError },
+    /// A batch could not be decoded.
+    #[error("cannot decode `{path}`: {source}")]
+    Arrow { path: PathBuf, source: ArrowError },
+    /// A needed column is missing.
+    #[error(
+        "`{path}` has no column `{column}`: events need `event_type`, `customer_id`, `timestamp` and `amount_minor`"
+    )]
+    MissingColumn { path: PathBuf, column: &'static str },
+    /// A column has a type that cannot be read as expected.
+    #[error("column `{column}` of `{path}` is {found}, expected {expected}")]
+    ColumnType { path: PathBuf, column: &'static str, found: String, expected: &'static str },
+    /// A purchase without a customer id.
+    #[error("`{path}` has a purchase without a customer id: every purchase needs `customer_id`")]
+    MissingCustomer { path: PathBuf },
+    /// Scoring failed.
+    #[error(transparent)]
+    Rfm(#[from] RfmError),
+}
+
+/// Purchases folded per customer: `totals[i]` belongs to `customers[i]`, in no
+/// particular order.
+#[derive(Debug, Default)]
+pub struct CustomerTotals {
+    /// Customer ids, each once.
+    pub customers: Vec<Box<str>>,
+    /// Their totals.
+    pub totals: Vec<PurchaseTotals>,
+}
+
+/// RFM read from a file: the customers, their totals and their scores, index by index.
+#[derive(Debug)]
+pub struct ParquetRfm {
+    /// Customer ids and purchase totals.
+    pub totals: CustomerTotals,
+    /// Scores, `scores[i]` for `totals.customers[i]`.
+    pub scores: Vec<Rfm>,
+    /// Rows of the file (all events).
+    pub events: usize,
+}
+
+/// Read the purchases of a Parquet file of events and score them at `now_micros`
+/// (microseconds since the Unix epoch), decoding row groups on `threads` threads.
+pub fn rfm_from_parquet(path: &Path, now_micros: i64, threads: usize) -> Result<ParquetRfm, AnalyticsError> {
+    let (totals, events) = read_purchase_totals(path, PURCHASE_EVENT, threads)?;
+    let scores = rfm::score(&totals.customers, &totals.totals, now_micros)?;
+    Ok(ParquetRfm { totals, scores, events })
+}
+
+/// A fast hash for short ids (FxHash's mixing, 8 bytes at a time): the fold does
+/// one lookup per purchase, and SipHash's resistance to chosen keys buys nothing
+/// on a file the operator reads.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        let mut tail = 0u64;
+        for (i, b) in chunks.remainder().iter().enumerate() {
+            tail |= u64::from(*b) << (8 * i);
+        }
+        self.0 = (self.0.rotate_left(5) ^ tail ^ bytes.len() as u64).wrapping_mul(K);
+    }
+
+    #[inline]
+    fn write_u8(&mut self, _: u8) {
+        // `str` hashes its bytes then a 0xff terminator; the length mixed in
+        // `write` already keeps "ab" + "c" apart from "a" + "bc".
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // Fold the high bits down: the table indexes by the low ones.
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type IdMap = HashMap<Box<str>, PurchaseTotals, BuildHasherDefault<IdHasher>>;
+
+/// Fold the purchases (rows whose event is `purchase_event`) of a Parquet file
+/// per customer, decoding row groups on `threads` threads; also gives the file's
+/// row count. Only the four event columns are read, and the customer, instant and
+/// amount only for purchase rows.
+pub fn read_purchase_totals(
+    path: &Path,
+    purchase_event: &str,
+    threads: usize,
+) -> Result<(CustomerTotals, usize), AnalyticsError> {
+    let parquet_error = |source| AnalyticsError::Parquet { path: path.to_owned(), source };
+    let file = File::open(path).map_err(|source| AnalyticsError::Open { path: path.to_owned(), source })?;
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(parquet_error)?;
+    let columns = EventColumns::find(path, metadata.schema())?;
+    // Read the event name as a dictionary (its few values are dictionary-encoded
+    // in the file, so only the keys are decoded) and the customer id as string
+    // views (no copy of the id bytes out of the page).
+    let hinted: Vec<Field> = metadata
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            if i == columns.event_type {
+                field
+                    .as_ref()
+                    .clone()
+                    .with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)))
+            } else if i == columns.customer_id {
+                field.as_ref().clone().with_data_type(DataType::Utf8View)
+            } else {
+                field.as_ref().clone()
+            }
+        })
+        .collect();
+    let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(hinted)));
+    let metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), options).map_err(parquet_error)?;
+    let events = usize::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let row_groups = metadata.metadata().num_row_groups();
+
+    // Threads take row groups from a shared counter, so a slow group does not
+    // leave the other threads idle at the end.
+    let next = AtomicUsize::new(0);
+    let threads = threads.clamp(1, row_groups.max(1));
+    let parts: Vec<Result<IdMap, AnalyticsError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (metadata, next, columns) = (&metadata, &next, &columns);
+                scope.spawn(move || -> Result<IdMap, AnalyticsError> {
+                    // A handle of its own: cloned handles share one file offset,
+                    // which the reader seeks, so threads sharing one would race.
+                    let file =
+                        File::open(path).map_err(|source| AnalyticsError::Open { path: path.to_owned(), source })?;
+                    let mut map = IdMap::default();
+                    loop {
+                        let group = next.fetch_add(1, Ordering::Relaxed);
+                        if group >= row_groups {
+                            return Ok(map);
+                        }
+                        fold_row_group(path, &file, metadata, columns, purchase_event, group, &mut map)?;
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a reader thread panicked")).collect()
+    });
+    let mut parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // Merge into the largest part.
+    parts.sort_by_key(|map| std::cmp::Reverse(map.len()));
+    let mut merged = parts.drain(..1).next().unwrap_or_default();
+    for part in parts {
+        for (customer, totals) in part {
+            match merged.get_mut(&customer) {
+                Some(sum) => sum.merge(&totals).ok_or_else(|| overflow(&customer))?,
+                None => {
+                    merged.insert(customer, totals);
+                }
+            }
+        }
+    }
+    let mut out =
+        CustomerTotals { customers: Vec::with_capacity(merged.len()), totals: Vec::with_capacity(merged.len()) };
+    for (customer, totals) in merged {
+        out.customers.push(customer);
+        out.totals.push(totals);
+    }
+    Ok((out, events))
+}
+
+fn overflow(customer: &str) -> RfmError {
+    RfmError::MonetaryOverflow { customer: customer.to_owned(), max: i64::MAX }
+}
+
+/// Where the four event columns are, among the file's top-level fields and its leaves.
+struct EventColumns {
+    event_type: usize,
+    customer_id: usize,
+    timestamp: usize,
+    amount: usize,
+    /// Multiply a timestamp value by this, or divide by `-scale`, to get microseconds.
+    timestamp_scale: i64,
+}
+
+impl EventColumns {
+    fn find(path: &Path, schema: &Schema) -> Result<Self, AnalyticsError> {
+        let find = |column: &'static str| {
+            schema
+                .index_of(column)
+                .map_err(|_| AnalyticsError::MissingColumn { path: path.to_owned(), column })
+                .map(|i| (i, schema.field(i).data_type()))
+        };
+        let wrong = |column: &'static str, found: &DataType, expected: &'static str| AnalyticsError::ColumnType {
+            path: path.to_owned(),
+            column,
+            found: found.to_string(),
+            expected,
+        };
+        let (event_type, t) = find(EVENT_TYPE_COLUMN)?;
+        if !matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)) {
+            return Err(wrong(EVENT_TYPE_COLUMN, t, "a string"));
+        }
+        let (customer_id, t) = find(CUSTOMER_ID_COLUMN)?;
+        if !matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+            return Err(wrong(CUSTOMER_ID_COLUMN, t, "a string"));
+        }
+        let (timestamp, t) = find(TIMESTAMP_COLUMN)?;
+        let timestamp_scale = match t {
+            DataType::Timestamp(TimeUnit::Second, _) => 1_000_000,
+            DataType::Timestamp(TimeUnit::Millisecond, _) => 1_000,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => 1,
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => -1_000,
+            other => return Err(wrong(TIMESTAMP_COLUMN, other, "a timestamp")),
+        };
+        let (amount, t) = find(AMOUNT_COLUMN)?;
+        if *t != DataType::Int64 {
+            return Err(wrong(AMOUNT_COLUMN, t, "a 64-bit integer (minor units)"));
+        }
+        Ok(EventColumns { event_type, customer_id, timestamp, amount, timestamp_scale })
+    }
+}
+
+/// Fold the purchases of one row group into `map`.
+fn fold_row_group(
+    path: &Path,
+    file: &File,
+    metadata: &ArrowReaderMetadata,
+    columns: &EventColumns,
+    purchase_event: &str,
+    group: usize,
+    map: &mut IdMap,
+) -> Result<(), AnalyticsError> {
+    let parquet_error = |source| AnalyticsError::Parquet { path: path.to_owned(), source };
+    let arrow_error = |source| AnalyticsError::Arrow { path: path.to_owned(), source };
+    // The reader seeks this thread's own handle (a clone shares its offset).
+    let file = file.try_clone().map_err(|source| AnalyticsError::Open { path: path.to_owned(), source })?;
+    let schema = metadata.parquet_schema();
+    // The top-level fields are flat columns here, so root i is leaf i.
+    let predicate_mask = ProjectionMask::roots(schema, [columns.event_type]);
+    let output_mask = ProjectionMask::roots(schema, [columns.customer_id, columns.timestamp, columns.amount]);
+    let purchase_event = purchase_event.to_owned();
+    // Keep the purchase rows: the other columns are then decoded at those rows only.
+    let predicate = ArrowPredicateFn::new(predicate_mask, move |batch: RecordBatch| {
+        let names = batch.column(0).as_dictionary::<Int32Type>();
+        let values = names.values().as_string::<i32>();
+        let wanted: Vec<bool> =
+            (0..values.len()).map(|k| values.is_valid(k) && values.value(k) == purchase_event).collect();
+        let keys = names.keys();
+        let key_values = keys.values();
+        let keep: Vec<bool> = match keys.nulls() {
+            None => key_values.iter().map(|&k| wanted[k as usize]).collect(),
+            Some(nulls) => (0..keys.len()).map(|i| nulls.is_valid(i) && wanted[key_values[i] as usize]).collect(),
+        };
+        Ok(BooleanArray::from(keep))
+    });
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+        .with_row_groups(vec![group])
+        .with_projection(output_mask)
+        .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(parquet_error)?;
+    let scale = columns.timestamp_scale;
+    for batch in reader {
+        let batch = batch.map_err(arrow_error)?;
+        // Output columns come in file order: customer id, timestamp, amount.
+        let customers = batch.column(0).as_string_view();
+        let instants = timestamp_values(batch.column(1).as_ref());
+        let amounts = batch.column(2).as_primitive::<Int64Type>();
+        if customers.null_count() > 0 {
+            return Err(AnalyticsError::MissingCustomer { path: path.to_owned() });
+        }
+        let amount_values = amounts.values();
+        let amount_nulls = amounts.nulls();
+        for (i, &instant) in instants.iter().enumerate() {
+            let customer = customers.value(i);
+            let at = if scale > 0 { instant.saturating_mul(scale) } else { instant.div_euclid(-scale) };
+            // A purchase without an amount counts as one purchase of 0, as SQL's
+            // `count(*)` and `sum(amount_minor)` see it.
+            let amount = if amount_nulls.is_some_and(|n| n.is_null(i)) { 0 } else { amount_values[i] };
+            match map.get_mut(customer) {
+                Some(sum) => sum.add(at, amount).ok_or_else(|| overflow(customer))?,
+                None => {
+                    map.insert(customer.into(), PurchaseTotals::of_one(at, amount));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The raw values of a timestamp column, whatever its unit (all are `i64`).
+fn timestamp_values(column: &dyn Array) -> &[i64] {
+    use arrow_array::types::{TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType};
+    match column.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => column.as_primitive::<TimestampSecondType>().values(),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => column.as_primitive::<TimestampMillisecondType>().values(),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => column.as_primitive::<TimestampNanosecondType>().values(),
+        _ => column.as_primitive::<TimestampMicrosecondType>().values(),
+    }
+}
