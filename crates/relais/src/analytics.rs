@@ -349,3 +349,96 @@ fn timestamp_values(column: &dyn Array) -> &[i64] {
         _ => column.as_primitive::<TimestampMicrosecondType>().values(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{write_synthetic_events, SYNTHETIC_NOW_MICROS};
+    use chrono::{TimeZone, Utc};
+    use relais_domain::rfm::Purchase;
+
+    /// Every row of the file, decoded plainly (no projection, no filter).
+    fn all_rows(path: &Path) -> Vec<(String, String, i64, Option<i64>)> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("file"))
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        let mut rows = Vec::new();
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let names = batch.column(0).as_string::<i32>();
+            let customers = batch.column(1).as_string::<i32>();
+            let instants = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+            let amounts = batch.column(3).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                rows.push((
+                    names.value(i).to_owned(),
+                    customers.value(i).to_owned(),
+                    instants.value(i),
+                    amounts.is_valid(i).then(|| amounts.value(i)),
+                ));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn rfm_read_from_parquet_equals_the_domain_rfm_of_the_same_purchases() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.parquet");
+        // More than one row group (122,880 rows each), so threads share the work.
+        write_synthetic_events(&path, 300_000, 2_000, 7).expect("generate");
+        let rows = all_rows(&path);
+        assert_eq!(rows.len(), 300_000);
+        let purchases: Vec<Purchase<'_>> = rows
+            .iter()
+            .filter(|row| row.0 == PURCHASE_EVENT)
+            .map(|row| Purchase {
+                customer: &row.1,
+                at: Utc.timestamp_micros(row.2).single().expect("instant"),
+                amount: row.3.expect("purchases have amounts"),
+            })
+            .collect();
+        let share = purchases.len() as f64 / rows.len() as f64;
+        assert!((0.07..0.09).contains(&share), "{share} of events are purchases");
+        let now = Utc.timestamp_micros(SYNTHETIC_NOW_MICROS).single().expect("now");
+        let expected = relais_domain::rfm::rfm(purchases, now).expect("domain rfm");
+
+        for threads in [1, 3] {
+            let read = rfm_from_parquet(&path, SYNTHETIC_NOW_MICROS, threads).expect("read");
+            assert_eq!(read.events, 300_000);
+            let mut got: Vec<(String, Rfm)> =
+                read.totals.customers.iter().map(|c| c.to_string()).zip(read.scores.iter().copied()).collect();
+            got.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let want: Vec<(String, Rfm)> = expected.iter().map(|c| (c.customer.clone(), c.rfm)).collect();
+            assert_eq!(got, want, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_file_without_an_amount_column_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.parquet");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(EVENT_TYPE_COLUMN, DataType::Utf8, false),
+            Field::new(CUSTOMER_ID_COLUMN, DataType::Utf8, false),
+            Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow_array::StringArray::from(vec![PURCHASE_EVENT])),
+                Arc::new(arrow_array::StringArray::from(vec!["cus_a"])),
+                Arc::new(arrow_array::TimestampMicrosecondArray::from(vec![0])),
+            ],
+        )
+        .expect("batch");
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(File::create(&path).expect("file"), schema, None).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        let error = rfm_from_parquet(&path, 0, 1).expect_err("no amount column");
+        assert!(matches!(error, AnalyticsError::MissingColumn { column: AMOUNT_COLUMN, .. }), "{error}");
+        assert!(error.to_string().contains("amount_minor"), "{error}");
+    }
+}
