@@ -7,6 +7,7 @@
 //! columns are never read. A purchase is a row whose `event_type` is the purchase
 //! event (`Order Completed` in the Segment e-commerce spec).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -93,42 +94,170 @@ pub fn rfm_from_parquet(path: &Path, now_micros: i64, threads: usize) -> Result<
     Ok(ParquetRfm { totals, scores, events })
 }
 
-/// A fast hash for short ids (FxHash's mixing, 8 bytes at a time): the fold does
-/// one lookup per purchase, and SipHash's resistance to chosen keys buys nothing
-/// on a file the operator reads.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
+/// A fast hash of an id's bytes (FxHash's mixing, 8 bytes at a time, then
+/// MurmurHash3's finaliser so the low bits that pick a bucket are well mixed).
+/// SipHash's resistance to chosen keys buys nothing on a file the operator reads.
+fn hash_id(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+    let mut tail = 0u64;
+    for (i, b) in chunks.remainder().iter().enumerate() {
+        tail |= u64::from(*b) << (8 * i);
+    }
+    h = (h.rotate_left(5) ^ tail).wrapping_mul(K);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
 
-impl Hasher for IdHasher {
+/// The longest id kept inline in a map key; relais's `cus_` ids have 30 bytes.
+const INLINE_ID: usize = 31;
+
+/// A customer id as a map key: its hash, computed once per row, and its bytes
+/// inline, so that a lookup reads only the table's own memory (no pointer to
+/// follow to a string elsewhere, which cost a cache miss per purchase) and
+/// growing the table rehashes nothing. Key and totals fill one 64-byte line.
+#[derive(Clone, Copy)]
+struct InlineId {
+    hash: u64,
+    len: u8,
+    bytes: [u8; INLINE_ID],
+}
+
+impl InlineId {
+    /// The key of `id`, or `None` when it is too long to be inline.
+    #[inline]
+    fn new(id: &str) -> Option<Self> {
+        let len = id.len();
+        if len > INLINE_ID {
+            return None;
+        }
+        let mut bytes = [0u8; INLINE_ID];
+        bytes[..len].copy_from_slice(id.as_bytes());
+        Some(InlineId { hash: hash_id(id.as_bytes()), len: len as u8, bytes })
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("made from a str")
+    }
+}
+
+impl PartialEq for InlineId {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        // Fixed-size arrays zero-padded past `len`: one wide comparison.
+        self.hash == other.hash && self.len == other.len && self.bytes == other.bytes
+    }
+}
+
+impl Eq for InlineId {}
+
+impl std::hash::Hash for InlineId {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Passes the precomputed hash of an [`InlineId`] through.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        let mut tail = 0u64;
-        for (i, b) in chunks.remainder().iter().enumerate() {
-            tail |= u64::from(*b) << (8 * i);
-        }
-        self.0 = (self.0.rotate_left(5) ^ tail ^ bytes.len() as u64).wrapping_mul(K);
+        // Only `write_u64` is used by `InlineId`; anything else still hashes.
+        self.0 = hash_id(bytes) ^ self.0.rotate_left(7);
     }
 
     #[inline]
-    fn write_u8(&mut self, _: u8) {
-        // `str` hashes its bytes then a 0xff terminator; the length mixed in
-        // `write` already keeps "ab" + "c" apart from "a" + "bc".
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
     }
 
     #[inline]
     fn finish(&self) -> u64 {
-        // Fold the high bits down: the table indexes by the low ones.
-        self.0 ^ (self.0 >> 29)
+        self.0
     }
 }
 
-type IdMap = HashMap<Box<str>, PurchaseTotals, BuildHasherDefault<IdHasher>>;
+/// One thread's purchases folded per customer: ids up to [`INLINE_ID`] bytes
+/// inline, longer ones (other systems' ids) in a plain map.
+#[derive(Default)]
+struct IdMap {
+    short: HashMap<InlineId, PurchaseTotals, BuildHasherDefault<PassThrough>>,
+    long: HashMap<Box<str>, PurchaseTotals>,
+}
+
+impl IdMap {
+    fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+
+    /// Fold one purchase in.
+    #[inline]
+    fn add(&mut self, customer: &str, at_micros: i64, amount: i64) -> Result<(), RfmError> {
+        let sum = match InlineId::new(customer) {
+            Some(key) => match self.short.entry(key) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    entry.insert(PurchaseTotals::of_one(at_micros, amount));
+                    return Ok(());
+                }
+            },
+            None => match self.long.get_mut(customer) {
+                Some(sum) => sum,
+                None => {
+                    self.long.insert(customer.into(), PurchaseTotals::of_one(at_micros, amount));
+                    return Ok(());
+                }
+            },
+        };
+        sum.add(at_micros, amount).ok_or_else(|| overflow(customer))
+    }
+
+    /// Merge another thread's totals in.
+    fn merge(&mut self, other: IdMap) -> Result<(), RfmError> {
+        for (key, totals) in other.short {
+            match self.short.entry(key) {
+                Entry::Occupied(entry) => entry.into_mut().merge(&totals).ok_or_else(|| overflow(key.as_str()))?,
+                Entry::Vacant(entry) => {
+                    entry.insert(totals);
+                }
+            }
+        }
+        for (customer, totals) in other.long {
+            match self.long.get_mut(&customer) {
+                Some(sum) => sum.merge(&totals).ok_or_else(|| overflow(&customer))?,
+                None => {
+                    self.long.insert(customer, totals);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn into_totals(self) -> CustomerTotals {
+        let n = self.len();
+        let mut out = CustomerTotals { customers: Vec::with_capacity(n), totals: Vec::with_capacity(n) };
+        for (key, totals) in self.short {
+            out.customers.push(key.as_str().into());
+            out.totals.push(totals);
+        }
+        for (customer, totals) in self.long {
+            out.customers.push(customer);
+            out.totals.push(totals);
+        }
+        out
+    }
+}
 
 /// Fold the purchases (rows whose event is `purchase_event`) of a Parquet file
 /// per customer, decoding row groups on `threads` threads; also gives the file's
@@ -200,21 +329,9 @@ pub fn read_purchase_totals(
     parts.sort_by_key(|map| std::cmp::Reverse(map.len()));
     let mut merged = parts.drain(..1).next().unwrap_or_default();
     for part in parts {
-        for (customer, totals) in part {
-            match merged.get_mut(&customer) {
-                Some(sum) => sum.merge(&totals).ok_or_else(|| overflow(&customer))?,
-                None => {
-                    merged.insert(customer, totals);
-                }
-            }
-        }
+        merged.merge(part)?;
     }
-    let mut out =
-        CustomerTotals { customers: Vec::with_capacity(merged.len()), totals: Vec::with_capacity(merged.len()) };
-    for (customer, totals) in merged {
-        out.customers.push(customer);
-        out.totals.push(totals);
-    }
+    let out = merged.into_totals();
     Ok((out, events))
 }
 
@@ -328,12 +445,7 @@ fn fold_row_group(
             // A purchase without an amount counts as one purchase of 0, as SQL's
             // `count(*)` and `sum(amount_minor)` see it.
             let amount = if amount_nulls.is_some_and(|n| n.is_null(i)) { 0 } else { amount_values[i] };
-            match map.get_mut(customer) {
-                Some(sum) => sum.add(at, amount).ok_or_else(|| overflow(customer))?,
-                None => {
-                    map.insert(customer.into(), PurchaseTotals::of_one(at, amount));
-                }
-            }
+            map.add(customer, at, amount)?;
         }
     }
     Ok(())
@@ -413,6 +525,73 @@ mod tests {
             let want: Vec<(String, Rfm)> = expected.iter().map(|c| (c.customer.clone(), c.rfm)).collect();
             assert_eq!(got, want, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn long_and_short_ids_fold_alike_across_row_groups_and_threads() {
+        // Ids longer than the inline key take the other map; row groups of two
+        // rows make each customer's purchases land on several threads.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.parquet");
+        let long = "customer-from-another-system-0000000001";
+        let rows: [(&str, &str, i64, Option<i64>); 9] = [
+            (PURCHASE_EVENT, long, 5_000_000, Some(300)),
+            ("Page Viewed", "cus_a", 6_000_000, None),
+            (PURCHASE_EVENT, "cus_a", 7_000_000, Some(100)),
+            (PURCHASE_EVENT, long, 8_000_000, Some(50)),
+            (PURCHASE_EVENT, "cus_b", 9_000_000, None),
+            (PURCHASE_EVENT, "cus_a", 1_000_000, Some(25)),
+            ("Page Viewed", "cus_c", 9_500_000, None),
+            (PURCHASE_EVENT, "cus_b", 2_000_000, Some(7)),
+            (PURCHASE_EVENT, "x", 3_000_000, Some(1)),
+        ];
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(EVENT_TYPE_COLUMN, DataType::Utf8, false),
+            Field::new(CUSTOMER_ID_COLUMN, DataType::Utf8, false),
+            Field::new(TIMESTAMP_COLUMN, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new(AMOUNT_COLUMN, DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow_array::StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(arrow_array::StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(
+                    arrow_array::TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(arrow_array::Int64Array::from_iter(rows.iter().map(|r| r.3))),
+            ],
+        )
+        .expect("batch");
+        let properties =
+            parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(2)).build();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(File::create(&path).expect("file"), schema, Some(properties))
+                .expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+
+        let now = 10_000_000;
+        let purchases = rows.iter().filter(|r| r.0 == PURCHASE_EVENT).map(|r| Purchase {
+            customer: r.1,
+            at: Utc.timestamp_micros(r.2).single().expect("instant"),
+            amount: r.3.unwrap_or(0),
+        });
+        let expected =
+            relais_domain::rfm::rfm(purchases, Utc.timestamp_micros(now).single().expect("now")).expect("domain rfm");
+        assert_eq!(expected.len(), 4, "cus_c never bought");
+        for threads in [1, 2, 4] {
+            let read = rfm_from_parquet(&path, now, threads).expect("read");
+            let mut got: Vec<(String, Rfm)> =
+                read.totals.customers.iter().map(|c| c.to_string()).zip(read.scores.iter().copied()).collect();
+            got.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let want: Vec<(String, Rfm)> = expected.iter().map(|c| (c.customer.clone(), c.rfm)).collect();
+            assert_eq!(got, want, "{threads} threads");
+        }
+        // The long id: two purchases, 350 in all, the last 2 s before now.
+        let long_rfm = expected.iter().find(|c| c.customer == long).expect("long id scored").rfm;
+        assert_eq!((long_rfm.frequency, long_rfm.monetary, long_rfm.recency_seconds), (2, 350, 2));
     }
 
     #[test]

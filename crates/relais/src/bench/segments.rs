@@ -214,6 +214,23 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// relais's RFM of the file, the same steps as `analytics::rfm_from_parquet`,
+/// with the seconds spent reading and folding (scoring is the rest).
+fn relais_rfm(parquet: &Path, threads: usize) -> anyhow::Result<(ParquetRfm, f64)> {
+    let started = Instant::now();
+    let (totals, events) = analytics::read_purchase_totals(parquet, PURCHASE_EVENT, threads)?;
+    let read_seconds = started.elapsed().as_secs_f64();
+    let scores = relais_domain::rfm::score(&totals.customers, &totals.totals, SYNTHETIC_NOW_MICROS)?;
+    Ok((ParquetRfm { totals, scores, events }, read_seconds))
+}
+
+/// The result of `f` and the seconds it took.
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
+    let started = Instant::now();
+    let value = f()?;
+    Ok((value, started.elapsed().as_secs_f64()))
+}
+
 /// Run `relais bench segments`.
 pub fn bench_segments(args: SegmentsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
@@ -257,45 +274,39 @@ fn run_segments(
     }
     let file_mb = std::fs::metadata(&parquet)?.len() as f64 / 1e6;
 
+    // 1. Check, untimed: both compute the scores once (which also brings the
+    // file into the page cache for both), and they must be identical.
+    let duckdb_scores = scratch.join("duckdb_scores.csv");
+    let (checked, _) = relais_rfm(&parquet, threads)?;
+    let (_, duckdb_version) = run_duckdb(python, script, &parquet, threads, Some(&duckdb_scores))?;
+    let ours = score_lines(&checked);
+    let theirs = read_score_file(&duckdb_scores)?;
+    let differing: Vec<_> = ours.iter().zip(&theirs).filter(|(a, b)| a != b).take(3).collect();
+    anyhow::ensure!(
+        ours.len() == theirs.len() && differing.is_empty(),
+        "relais and DuckDB disagree: {} against {} customers; first differences (relais, DuckDB): {differing:?}",
+        ours.len(),
+        theirs.len()
+    );
+    eprintln!("relais and DuckDB give identical scores for {} customers", ours.len());
+
+    // 2. Timed runs, alternating which goes first so neither always finds the
+    // machine in the state the other left it in.
     let mut rfm_times = Vec::with_capacity(args.runs);
     let mut read_times = Vec::with_capacity(args.runs);
     let mut duckdb_times = Vec::with_capacity(args.runs);
     let mut ratios = Vec::with_capacity(args.runs);
-    let mut first: Option<Vec<ScoreLine>> = None;
-    let mut scored = 0;
-    let mut events = 0;
-    let mut duckdb_version = String::new();
-    let duckdb_scores = scratch.join("duckdb_scores.csv");
     for run in 0..args.runs {
-        // The same steps as `analytics::rfm_from_parquet`, timed apart.
-        let started = Instant::now();
-        let (totals, events_read) = analytics::read_purchase_totals(&parquet, PURCHASE_EVENT, threads)?;
-        let read_seconds = started.elapsed().as_secs_f64();
-        let scores = relais_domain::rfm::score(&totals.customers, &totals.totals, SYNTHETIC_NOW_MICROS)?;
-        let rfm_seconds = started.elapsed().as_secs_f64();
-        let rfm = ParquetRfm { totals, scores, events: events_read };
-        let out = (run == 0).then_some(duckdb_scores.as_path());
-        let (duckdb_seconds, version) = run_duckdb(python, script, &parquet, threads, out)?;
-        duckdb_version = version;
-        let lines = score_lines(&rfm);
-        match &first {
-            None => {
-                // Both results must be identical before any time is reported.
-                let theirs = read_score_file(&duckdb_scores)?;
-                let differing: Vec<_> = lines.iter().zip(&theirs).filter(|(a, b)| a != b).take(3).collect();
-                anyhow::ensure!(
-                    lines.len() == theirs.len() && differing.is_empty(),
-                    "relais and DuckDB disagree: {} against {} customers; first differences (relais, DuckDB): {differing:?}",
-                    lines.len(),
-                    theirs.len()
-                );
-                eprintln!("relais and DuckDB give identical scores for {} customers", lines.len());
-                scored = lines.len();
-                events = rfm.events;
-                first = Some(lines);
-            }
-            Some(first) => anyhow::ensure!(*first == lines, "run {run} of relais gave other scores than run 0"),
-        }
+        let (rfm, read_seconds, rfm_seconds, duckdb_seconds) = if run % 2 == 0 {
+            let ((rfm, read_seconds), rfm_seconds) = timed(|| relais_rfm(&parquet, threads))?;
+            let (duckdb_seconds, _) = run_duckdb(python, script, &parquet, threads, None)?;
+            (rfm, read_seconds, rfm_seconds, duckdb_seconds)
+        } else {
+            let (duckdb_seconds, _) = run_duckdb(python, script, &parquet, threads, None)?;
+            let ((rfm, read_seconds), rfm_seconds) = timed(|| relais_rfm(&parquet, threads))?;
+            (rfm, read_seconds, rfm_seconds, duckdb_seconds)
+        };
+        anyhow::ensure!(score_lines(&rfm) == ours, "run {} of relais gave other scores than the checked ones", run + 1);
         eprintln!(
             "run {}: relais {rfm_seconds:.3}s (read and fold {read_seconds:.3}s, score {:.3}s), DuckDB {duckdb_seconds:.3}s, ratio {:.2}",
             run + 1,
@@ -311,9 +322,9 @@ fn run_segments(
     println!(
         "{}",
         json!({
-            "events": events,
+            "events": checked.events,
             "customers": args.customers,
-            "customers_scored": scored,
+            "customers_scored": ours.len(),
             "seed": args.seed,
             "file_mb": (file_mb * 10.0).round() / 10.0,
             "generate_seconds": generate_seconds.map(|s| (s * 10.0).round() / 10.0),
