@@ -23,6 +23,7 @@ use parquet::arrow::arrow_reader::{
     ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter,
 };
 use parquet::arrow::ProjectionMask;
+use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use relais_domain::rfm::{self, PurchaseTotals, Rfm, RfmError};
 
@@ -57,6 +58,9 @@ pub enum AnalyticsError {
     /// A column has a type that cannot be read as expected.
     #[error("column `{column}` of `{path}` is {found}, expected {expected}")]
     ColumnType { path: PathBuf, column: &'static str, found: String, expected: &'static str },
+    /// A column is compressed with a codec this build does not include.
+    #[error("column `{column}` of `{path}` is compressed with {codec}, which relais does not read (only Snappy and uncompressed, to keep the build lean): rewrite the file with Snappy, e.g. DuckDB's `COPY … (FORMAT parquet, COMPRESSION snappy)`")]
+    Compression { path: PathBuf, column: String, codec: String },
     /// A purchase without a customer id.
     #[error("`{path}` has a purchase without a customer id: every purchase needs `customer_id`")]
     MissingCustomer { path: PathBuf },
@@ -297,6 +301,21 @@ pub fn read_purchase_totals(
     let metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), options).map_err(parquet_error)?;
     let events = usize::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(0);
     let row_groups = metadata.metadata().num_row_groups();
+    // Say which codec is missing before decoding, rather than a nested error mid-read.
+    for group in metadata.metadata().row_groups() {
+        for chunk in group.columns() {
+            let read = chunk.column_path().parts().first().is_some_and(|name| {
+                [EVENT_TYPE_COLUMN, CUSTOMER_ID_COLUMN, TIMESTAMP_COLUMN, AMOUNT_COLUMN].contains(&name.as_str())
+            });
+            if read && !matches!(chunk.compression(), Compression::UNCOMPRESSED | Compression::SNAPPY) {
+                return Err(AnalyticsError::Compression {
+                    path: path.to_owned(),
+                    column: chunk.column_path().string(),
+                    codec: chunk.compression().to_string(),
+                });
+            }
+        }
+    }
 
     // Threads take row groups from a shared counter, so a slow group does not
     // leave the other threads idle at the end.
@@ -402,7 +421,7 @@ fn fold_row_group(
     // The reader seeks this thread's own handle (a clone shares its offset).
     let file = file.try_clone().map_err(|source| AnalyticsError::Open { path: path.to_owned(), source })?;
     let schema = metadata.parquet_schema();
-    // The top-level fields are flat columns here, so root i is leaf i.
+    // Masks by top-level field: the four columns are flat, whatever else the file holds.
     let predicate_mask = ProjectionMask::roots(schema, [columns.event_type]);
     let output_mask = ProjectionMask::roots(schema, [columns.customer_id, columns.timestamp, columns.amount]);
     let purchase_event = purchase_event.to_owned();

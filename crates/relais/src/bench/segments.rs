@@ -323,7 +323,8 @@ fn run_segments(
         "{}",
         json!({
             "events": checked.events,
-            "customers": args.customers,
+            // The population is known only when this run generated the file.
+            "customers": generate_seconds.map(|_| args.customers),
             "customers_scored": ours.len(),
             "seed": args.seed,
             "file_mb": (file_mb * 10.0).round() / 10.0,
