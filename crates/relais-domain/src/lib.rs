@@ -31,6 +31,7 @@ pub mod message;
 pub mod money;
 pub mod privacy;
 pub mod resolve;
+pub mod rfm;
 pub mod rights;
 pub mod risk;
 pub mod role;

@@ -1,8 +1,10 @@
-//! `relais bench ingest`: the whole-system ingest benchmark. It starts the real
-//! server on a fresh database, sends Segment batches over HTTP from concurrent
-//! clients, then measures the engine's best case on the same rows (already
-//! parsed, same tables and indexes, one thread, large transactions) and prints
-//! one JSON object on its last line.
+//! `relais bench …`: whole-system benchmarks, each printing one JSON object on its
+//! last line. `ingest` starts the real server on a fresh database, sends Segment
+//! batches over HTTP from concurrent clients, then measures the engine's best case
+//! on the same rows (already parsed, same tables and indexes, one thread, large
+//! transactions); `loyalty` (in `bench/loyalty.rs`) drives loyalty transactions
+//! against pgbench; `segments` (in `bench/segments.rs`) compares RFM scores from
+//! a Parquet file with DuckDB's.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,9 @@ use crate::store::scratch::Scratch;
 use crate::store::Store;
 
 mod loyalty;
+mod segments;
+
+pub use segments::{write_synthetic_events, SegmentsArgs, SYNTHETIC_NOW_MICROS};
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -86,6 +91,9 @@ pub enum BenchCommand {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// RFM scores of a Parquet file of events (10 M events of 500,000 customers by
+    /// default), computed by relais and by DuckDB, checked identical and timed.
+    Segments(SegmentsArgs),
 }
 
 /// The data classes of a benchmark run: the defaults, or every class in clear.
@@ -304,6 +312,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
             anyhow::ensure!(erasures >= 1 && profiles >= erasures, "erase at least one of at least as many profiles");
             return bench_erase(profiles, erasures, database_url, settings);
         }
+        BenchCommand::Segments(args) => return segments::bench_segments(args),
     };
     let encryption = encryption == "on";
     let people = people.unwrap_or((events / 20).max(1));

@@ -2,6 +2,7 @@
 //! storage engines, the HTTP API, the demo generator and the command line; the
 //! domain rules live in `relais-domain`.
 
+pub mod analytics;
 pub mod bench;
 pub mod cli;
 pub mod clv;
