@@ -128,6 +128,18 @@ enum Command {
         #[command(subcommand)]
         command: ClvCommand,
     },
+    /// RFM scores of every buyer from the database's orders: counts per named
+    /// group as JSON, and each customer's scores into a CSV file.
+    Rfm {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The reference instant (ISO 8601); default: now.
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Write each buyer's values, scores and group to this CSV file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Loyalty programmes, members, statements, expiry and the ledger check.
     Loyalty {
         #[command(subcommand)]
@@ -739,6 +751,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Loyalty { command } => loyalty_command(command, &settings),
         Command::Clv { command } => clv_command(command, &settings),
+        Command::Rfm { store, at, output } => {
+            let now = at.unwrap_or_else(chrono::Utc::now);
+            let purchases = store.open(&settings)?.blocking().purchases(&settings.ingest.currency)?;
+            let scored = crate::clv::database_rfm(&purchases, now)?;
+            if let Some(path) = output {
+                crate::clv::write_rfm(&path, &scored)?;
+                eprintln!("{} customers' scores written to {}", scored.len(), path.display());
+            }
+            println!(
+                "{}",
+                serde_json::json!({ "now": now, "customers": scored.len(), "groups": crate::clv::rfm_groups(&scored) })
+            );
+            Ok(())
+        }
         Command::Traits { command: TraitsCommand::Rebuild { store } } => {
             let store = store.open(&settings)?;
             let count = store.blocking().rebuild_traits(&settings.ingest)?;

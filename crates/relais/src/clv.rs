@@ -248,3 +248,52 @@ mod tests {
         assert!(error.contains("at least"), "{error}");
     }
 }
+
+/// RFM scores of the database's buyers (`Engine::purchases`) as of `now`.
+pub fn database_rfm(
+    purchases: &[(relais_domain::CustomerId, chrono::DateTime<chrono::Utc>, i64)],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<relais_domain::rfm::CustomerRfm>, relais_domain::rfm::RfmError> {
+    let ids: Vec<String> = purchases.iter().map(|(c, _, _)| c.to_string()).collect();
+    relais_domain::rfm::rfm(
+        purchases.iter().zip(&ids).map(|((_, at, amount), id)| relais_domain::rfm::Purchase {
+            customer: id,
+            at: *at,
+            amount: *amount,
+        }),
+        now,
+    )
+}
+
+/// How many customers fall in each named RFM group, in the map's order.
+pub fn rfm_groups(scored: &[relais_domain::rfm::CustomerRfm]) -> Vec<crate::http::analytics::RfmGroupCount> {
+    relais_domain::rfm::RfmGroup::ALL
+        .iter()
+        .map(|group| crate::http::analytics::RfmGroupCount {
+            group: group.as_str().to_string(),
+            label: group.label().to_string(),
+            customers: scored.iter().filter(|c| c.rfm.group() == *group).count(),
+        })
+        .collect()
+}
+
+/// Write each buyer's RFM values, scores and group as CSV.
+pub fn write_rfm(path: &Path, scored: &[relais_domain::rfm::CustomerRfm]) -> anyhow::Result<()> {
+    let mut writer = csv::Writer::from_path(path)?;
+    writer.write_record(["customer", "recency_seconds", "frequency", "monetary_minor", "r", "f", "m", "group"])?;
+    for c in scored {
+        let r = &c.rfm;
+        writer.write_record([
+            c.customer.clone(),
+            r.recency_seconds.to_string(),
+            r.frequency.to_string(),
+            r.monetary.to_string(),
+            r.r.to_string(),
+            r.f.to_string(),
+            r.m.to_string(),
+            r.group().as_str().to_string(),
+        ])?;
+    }
+    writer.flush()?;
+    Ok(())
+}

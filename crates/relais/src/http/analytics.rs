@@ -96,3 +96,40 @@ pub async fn clv_fit(
         .collect();
     Ok(Json(ClvFit { fit, top }))
 }
+
+/// Customers in one RFM group.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RfmGroupCount {
+    /// The group's id (`champions`, `at_risk`…).
+    pub group: String,
+    /// Its name.
+    pub label: String,
+    /// Customers in it.
+    pub customers: usize,
+}
+
+/// RFM over the database's orders.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RfmSummary {
+    /// The reference instant recency is counted from.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// Customers with at least one order (the others have no scores).
+    pub customers: usize,
+    /// Customers per named group (the map is in docs/rfm.md).
+    pub groups: Vec<RfmGroupCount>,
+}
+
+/// The RFM scores of every customer with an order, as of now: how many in
+/// each named group (Champions, Loyal, At risk…).
+#[utoipa::path(post, path = "/api/v1/rfm", tag = "analytics",
+    responses((status = 200, body = RfmSummary)), security(("bearer" = [])))]
+pub async fn rfm(State(state): State<AppState>, _caller: Caller) -> Result<Json<RfmSummary>, ApiError> {
+    let now = chrono::Utc::now();
+    let currency = state.settings.ingest.currency.clone();
+    let purchases = state.store.run(move |engine| engine.purchases(&currency)).await?;
+    let scored = tokio::task::spawn_blocking(move || crate::clv::database_rfm(&purchases, now))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(RfmSummary { now, customers: scored.len(), groups: crate::clv::rfm_groups(&scored) }))
+}

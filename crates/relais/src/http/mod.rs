@@ -154,6 +154,7 @@ impl Modify for SecuritySchemes {
         loyalty::list_campaigns,
         loyalty::use_coupon,
         analytics::clv_fit,
+        analytics::rfm,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -163,7 +164,7 @@ impl Modify for SecuritySchemes {
         (name = "privacy", description = "Data-subject rights"),
         (name = "consents", description = "Consent per purpose and channel, with proof"),
         (name = "loyalty", description = "Loyalty programmes, members, statements and redemptions"),
-        (name = "analytics", description = "Customer lifetime value"),
+        (name = "analytics", description = "Customer lifetime value and RFM"),
     )
 )]
 pub struct ApiDoc;
@@ -291,6 +292,7 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("GET", "/api/v1/loyalty/check", Requires(ManageLoyalty), get(loyalty::check)),
         route("GET", "/api/v1/loyalty/programmes/{key}/report", Requires(RunAnalytics), get(loyalty::report)),
         route("POST", "/api/v1/clv/fit", Requires(RunAnalytics), post(analytics::clv_fit)),
+        route("POST", "/api/v1/rfm", Requires(RunAnalytics), post(analytics::rfm)),
     ]
 }
 

@@ -117,4 +117,14 @@ async fn the_api_fits_the_database_orders_or_says_why_it_cannot() {
     assert_eq!(top.len(), 5);
     assert!(top[0]["customer"].as_str().unwrap().starts_with("cus_"));
     assert!(top[0]["expected_value"].as_f64().unwrap() >= top[4]["expected_value"].as_f64().unwrap());
+
+    // RFM over the same orders: every buyer scored, each in one named group,
+    // quintiles of 12 customers each.
+    let response = app.client.post(format!("{}/api/v1/rfm", app.address)).bearer_auth(&app.admin).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let rfm: Value = response.json().await.unwrap();
+    assert_eq!(rfm["customers"], 60, "{rfm}");
+    let groups = rfm["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 11);
+    assert_eq!(groups.iter().map(|g| g["customers"].as_u64().unwrap()).sum::<u64>(), 60, "{rfm}");
 }
