@@ -217,38 +217,6 @@ pub fn write_forecasts(path: &Path, forecasts: &[CustomerForecast], currency: &s
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_rows_are_reported_and_the_rest_used() {
-        let folder = tempfile::tempdir().unwrap();
-        let file = folder.path().join("t.csv");
-        std::fs::write(
-            &file,
-            "customer_id,date,amount\nc1,2024-01-02,12.50\nc1,20240110,3\nc2,yesterday,5\nc3,2024-01-03,abc\nc4,2024-01-04,-2\n,2024-01-05,1\n",
-        )
-        .unwrap();
-        let (transactions, rejected) = read_transactions(&file, "EUR").unwrap();
-        assert_eq!(transactions.len(), 2);
-        assert_eq!(transactions[0].amount_cents, 1250);
-        assert_eq!(rejected.iter().map(|r| r.line).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
-        assert!(rejected[0].reason.contains("not a date"));
-        std::fs::write(&file, "a;b;c\n1;2;3\n").unwrap();
-        assert!(read_transactions(&file, "EUR").unwrap_err().to_string().contains("must name the columns"));
-    }
-
-    #[test]
-    fn too_little_data_is_a_clear_error_not_nan() {
-        let day = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
-        let few: Vec<Transaction> =
-            (0..5).map(|i| Transaction { customer: format!("c{i}"), date: day, amount_cents: 100 }).collect();
-        let error = fit(&few, day, 39.0, "EUR").unwrap_err().to_string();
-        assert!(error.contains("at least"), "{error}");
-    }
-}
-
 /// RFM scores of the database's buyers (`Engine::purchases`) as of `now`.
 pub fn database_rfm(
     purchases: &[(relais_domain::CustomerId, chrono::DateTime<chrono::Utc>, i64)],
@@ -296,4 +264,36 @@ pub fn write_rfm(path: &Path, scored: &[relais_domain::rfm::CustomerRfm]) -> any
     }
     writer.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_rows_are_reported_and_the_rest_used() {
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("t.csv");
+        std::fs::write(
+            &file,
+            "customer_id,date,amount\nc1,2024-01-02,12.50\nc1,20240110,3\nc2,yesterday,5\nc3,2024-01-03,abc\nc4,2024-01-04,-2\n,2024-01-05,1\n",
+        )
+        .unwrap();
+        let (transactions, rejected) = read_transactions(&file, "EUR").unwrap();
+        assert_eq!(transactions.len(), 2);
+        assert_eq!(transactions[0].amount_cents, 1250);
+        assert_eq!(rejected.iter().map(|r| r.line).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+        assert!(rejected[0].reason.contains("not a date"));
+        std::fs::write(&file, "a;b;c\n1;2;3\n").unwrap();
+        assert!(read_transactions(&file, "EUR").unwrap_err().to_string().contains("must name the columns"));
+    }
+
+    #[test]
+    fn too_little_data_is_a_clear_error_not_nan() {
+        let day = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+        let few: Vec<Transaction> =
+            (0..5).map(|i| Transaction { customer: format!("c{i}"), date: day, amount_cents: 100 }).collect();
+        let error = fit(&few, day, 39.0, "EUR").unwrap_err().to_string();
+        assert!(error.contains("at least"), "{error}");
+    }
 }
