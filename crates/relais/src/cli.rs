@@ -890,16 +890,7 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
             let store = store.open(settings)?;
             let key = programme.head.key.clone();
             let applied = store.blocking_audited(|engine, audit| {
-                let result = engine.loyalty_apply(&programme, today)?;
-                if let Ok(revision) = &result {
-                    audit.record(
-                        &cli_actor(),
-                        "loyalty.programme.apply",
-                        None,
-                        serde_json::json!({ "programme": key, "revision": revision }),
-                    )?;
-                }
-                Ok(result)
+                crate::loyalty::apply(engine, audit, &cli_actor(), &programme, today)
             })?;
             store.close_audit()?;
             match applied {
@@ -979,19 +970,11 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
         }
         LoyaltyCommand::Expire { store } => {
             let store = store.open(settings)?;
-            let (members, points, tier_changes) = store.blocking_audited(|engine, audit| {
-                let (members, points) = engine.loyalty_expire(today)?;
-                let tier_changes = engine.loyalty_review(today)?;
-                audit.record(
-                    &cli_actor(),
-                    "loyalty.expiry",
-                    None,
-                    serde_json::json!({ "members": members, "points": points, "tier_changes": tier_changes }),
-                )?;
-                Ok((members, points, tier_changes))
+            let done = store.blocking_audited(|engine, audit| {
+                crate::loyalty::run_scheduled(engine, audit, &cli_actor(), today, true)
             })?;
             store.close_audit()?;
-            println!("{points} points expired for {members} members; {tier_changes} tier changes");
+            println!("{} points expired for {} members; {} tier changes", done.points, done.members, done.tier_changes);
             Ok(())
         }
         LoyaltyCommand::Reward { store, file, programme } => {
@@ -1027,28 +1010,16 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
             anyhow::ensure!(!output.exists(), "{} exists; choose a new file for the codes", output.display());
             let store = store.open(settings)?;
             let key = only_programme(store.blocking(), programme)?;
-            let mut rng = rand::thread_rng();
-            let codes: Vec<relais_domain::loyalty::coupons::CouponCode> =
-                (0..count).map(|_| relais_domain::loyalty::coupons::CouponCode::generate(&mut rng)).collect();
+            let (codes, issued, used) = store.blocking_audited(|engine, audit| {
+                crate::loyalty::issue_coupons(engine, audit, &cli_actor(), &key, &campaign, count)
+            })?;
+            store.close_audit()?;
             let mut writer = csv::Writer::from_path(&output)?;
             writer.write_record(["campaign", "code"])?;
             for code in &codes {
                 writer.write_record([campaign.id.as_str(), code.printed().as_str()])?;
             }
             writer.flush()?;
-            let hashes: Vec<String> =
-                codes.iter().map(|c| store.privacy().keyring.lookup_token("coupon", c.as_str())).collect();
-            let (issued, used) = store.blocking_audited(|engine, audit| {
-                let counts = engine.loyalty_issue_coupons(&key, &campaign, &hashes)?;
-                audit.record(
-                    &cli_actor(),
-                    "loyalty.coupons.issue",
-                    None,
-                    serde_json::json!({ "programme": key, "campaign": campaign.id, "codes": count }),
-                )?;
-                Ok(counts)
-            })?;
-            store.close_audit()?;
             println!(
                 "{count} codes written to {}; campaign `{}`: {issued} issued, {used} used",
                 output.display(),
@@ -1080,14 +1051,7 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
 
 /// The programme named, or the only one.
 fn only_programme(engine: &dyn crate::store::Engine, programme: Option<String>) -> anyhow::Result<String> {
-    let programmes = engine.loyalty_programmes()?;
-    match (programme, programmes.as_slice()) {
-        (Some(key), _) if programmes.iter().any(|p| p.head.key == key) => Ok(key),
-        (Some(key), _) => bail!("no programme `{key}`"),
-        (None, [one]) => Ok(one.head.key.clone()),
-        (None, []) => bail!("no loyalty programme yet: apply one with `relais loyalty apply FILE.toml`"),
-        (None, _) => bail!("several programmes exist: name one with --programme"),
-    }
+    Ok(crate::loyalty::choose_programme(&engine.loyalty_programmes()?, programme)?)
 }
 
 /// Who the command line is in the audit log: `cli:` and the OS user.
@@ -1162,18 +1126,9 @@ async fn serve(
             let today = calendar.day_of(chrono::Utc::now());
             match expiring
                 .run_audited(move |engine, audit| {
-                    let (members, points) = engine.loyalty_expire(today)?;
-                    let tier_changes = engine.loyalty_review(today)?;
-                    if points > 0 || tier_changes > 0 {
-                        audit.record(
-                            "system",
-                            "loyalty.expiry",
-                            None,
-                            serde_json::json!({ "members": members, "points": points, "tier_changes": tier_changes }),
-                        )?;
-                    }
+                    let done = crate::loyalty::run_scheduled(engine, audit, "system", today, false)?;
                     engine.loyalty_forget_answers(chrono::Utc::now() - chrono::Duration::hours(48))?;
-                    Ok(points)
+                    Ok(done.points)
                 })
                 .await
             {

@@ -359,7 +359,7 @@ const DEMO_PROGRAMME: &str = include_str!("../../../examples/club-relais.toml");
 /// once (points older than a year expire, tiers are reviewed). Prints the
 /// programme's figures.
 fn loyalty_catalogue(store: &Store, programme: &str, today: chrono::NaiveDate) -> anyhow::Result<()> {
-    use relais_domain::loyalty::coupons::{Campaign, CouponCode};
+    use relais_domain::loyalty::coupons::Campaign;
     use relais_domain::loyalty::rewards::Reward;
     let engine = store.blocking();
     let rewards = [
@@ -384,13 +384,11 @@ fn loyalty_catalogue(store: &Store, programme: &str, today: chrono::NaiveDate) -
         tiers: Vec::new(),
         early_access: Default::default(),
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let keyring = &store.privacy().keyring;
-    let hashes: Vec<String> =
-        (0..1_000).map(|_| keyring.lookup_token("coupon", CouponCode::generate(&mut rng).as_str())).collect();
-    engine.loyalty_issue_coupons(programme, &campaign, &hashes)?;
-    let (_, expired) = engine.loyalty_expire(today)?;
-    engine.loyalty_review(today)?;
+    let done = store.blocking_audited(|engine, audit| {
+        crate::loyalty::issue_coupons(engine, audit, "demo", programme, &campaign, 1_000)?;
+        crate::loyalty::run_scheduled(engine, audit, "demo", today, true)
+    })?;
+    let expired = done.points;
     let report = crate::store::loyalty::LoyaltyReport::from_rows(
         &engine.loyalty_programmes()?.into_iter().find(|p| p.head.key == programme).expect("applied above"),
         None,

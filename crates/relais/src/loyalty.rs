@@ -1,9 +1,15 @@
 //! Programme files as operators write them (TOML, or JSON through the API),
 //! read into checked programmes with errors that name the line and the reason;
-//! the programme's rules as a page anyone can read, and the digital card.
+//! the programme's rules as a page anyone can read, and the digital card; and
+//! the operations the command line and the API share (apply, the scheduled
+//! jobs, issuing coupons), each with its audit record.
 
+use chrono::NaiveDate;
+use relais_domain::loyalty::coupons::{Campaign, CouponCode};
 use relais_domain::loyalty::rules::{ProgrammeFile, Rounding};
 use relais_domain::loyalty::{Lang, Programme, ProgrammeError};
+
+use crate::store::{Audit, Engine, StoreError};
 
 /// The format of a programme file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +316,117 @@ pub fn card_svg(programme_name: &str, card_number: &str) -> Result<String, Strin
          <text x=\"24\" y=\"150\" font-family=\"monospace\" font-size=\"20\" fill=\"#ffffff\">{grouped}</text>{qr}</svg>",
         name = escape(programme_name),
     ))
+}
+
+/// Why no programme could be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChoiceError {
+    /// The key names no programme.
+    #[error("no programme `{0}`")]
+    Unknown(String),
+    /// There is no programme yet.
+    #[error("no loyalty programme yet: apply one with `relais loyalty apply FILE.toml`")]
+    NoProgramme,
+    /// Several exist and none was named.
+    #[error("several programmes exist; name one of: {}", .0.join(", "))]
+    Several(Vec<String>),
+}
+
+/// The programme named, or the only one.
+pub fn choose_programme(programmes: &[Programme], asked: Option<String>) -> Result<String, ChoiceError> {
+    match (asked, programmes) {
+        (Some(key), _) if programmes.iter().any(|p| p.head.key == key) => Ok(key),
+        (Some(key), _) => Err(ChoiceError::Unknown(key)),
+        (None, [one]) => Ok(one.head.key.clone()),
+        (None, []) => Err(ChoiceError::NoProgramme),
+        (None, many) => Err(ChoiceError::Several(many.iter().map(|p| p.head.key.clone()).collect())),
+    }
+}
+
+/// Apply a programme (checked against the one in force), recorded in the
+/// audit log when applied.
+pub fn apply(
+    engine: &dyn Engine,
+    audit: &Audit<'_>,
+    actor: &str,
+    programme: &Programme,
+    today: NaiveDate,
+) -> Result<Result<i64, ProgrammeError>, StoreError> {
+    let result = engine.loyalty_apply(programme, today)?;
+    if let Ok(revision) = &result {
+        audit.record(
+            actor,
+            "loyalty.programme.apply",
+            None,
+            serde_json::json!({ "programme": programme.head.key, "revision": revision }),
+        )?;
+    }
+    Ok(result)
+}
+
+/// What the scheduled loyalty jobs did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scheduled {
+    /// Members whose points expired.
+    pub members: usize,
+    /// Points expired.
+    pub points: i64,
+    /// Tier changes made by the review.
+    pub tier_changes: usize,
+}
+
+/// The scheduled jobs of `day`: expiry, then the tier review. Recorded in the
+/// audit log when asked for (`always`) or when anything changed.
+pub fn run_scheduled(
+    engine: &dyn Engine,
+    audit: &Audit<'_>,
+    actor: &str,
+    day: NaiveDate,
+    always: bool,
+) -> Result<Scheduled, StoreError> {
+    let (members, points) = engine.loyalty_expire(day)?;
+    let tier_changes = engine.loyalty_review(day)?;
+    if always || points > 0 || tier_changes > 0 {
+        audit.record(
+            actor,
+            "loyalty.expiry",
+            None,
+            serde_json::json!({ "members": members, "points": points, "tier_changes": tier_changes }),
+        )?;
+    }
+    Ok(Scheduled { members, points, tier_changes })
+}
+
+/// The keyed hash a coupon code is stored and found by.
+pub fn coupon_hash(keyring: &crate::privacy::Keyring, code: &CouponCode) -> String {
+    keyring.lookup_token("coupon", code.as_str())
+}
+
+/// Issue `count` new codes of a campaign (created or changed): the codes
+/// (shown once; only their keyed hashes are stored), and the campaign's codes
+/// issued and used so far. Recorded in the audit log.
+pub fn issue_coupons(
+    engine: &dyn Engine,
+    audit: &Audit<'_>,
+    actor: &str,
+    programme: &str,
+    campaign: &Campaign,
+    count: usize,
+) -> Result<(Vec<CouponCode>, i64, i64), StoreError> {
+    let codes: Vec<CouponCode> = {
+        let mut rng = rand::thread_rng();
+        (0..count).map(|_| CouponCode::generate(&mut rng)).collect()
+    };
+    let keyring = &engine.privacy().keyring;
+    let hashes: Vec<String> = codes.iter().map(|c| coupon_hash(keyring, c)).collect();
+    let (issued, used) = engine.loyalty_issue_coupons(programme, campaign, &hashes)?;
+    audit.record(
+        actor,
+        "loyalty.coupons.issue",
+        None,
+        serde_json::json!({ "programme": programme, "campaign": campaign.id, "codes": count }),
+    )?;
+    Ok((codes, issued, used))
 }
 
 #[cfg(test)]

@@ -81,18 +81,7 @@ pub async fn apply_programme(
     let actor = caller.actor();
     let result = state
         .store
-        .run_audited(move |engine, audit| {
-            let result = engine.loyalty_apply(&programme, today)?;
-            if let Ok(revision) = &result {
-                audit.record(
-                    &actor,
-                    "loyalty.programme.apply",
-                    None,
-                    serde_json::json!({ "programme": programme.head.key, "revision": revision }),
-                )?;
-            }
-            Ok(result)
-        })
+        .run_audited(move |engine, audit| crate::loyalty::apply(engine, audit, &actor, &programme, today))
         .await?;
     match result {
         Ok(revision) => Ok(Json(Applied { key, revision, versions })),
@@ -134,11 +123,7 @@ pub async fn rules_page(
     Query(query): Query<LangQuery>,
 ) -> Result<Response, ApiError> {
     let lang = lang_of(&query, Lang::Fr)?;
-    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
-    let programme = programmes
-        .into_iter()
-        .find(|p| p.head.key == key)
-        .ok_or_else(|| ApiError::NotFound(format!("no programme `{key}`")))?;
+    let programme = known_programme(&state, &key).await?;
     let html = crate::loyalty::rules_html(&programme, lang, today(&state));
     Ok((StatusCode::OK, Html(html)).into_response())
 }
@@ -197,21 +182,10 @@ fn member_body(view: MemberView) -> MemberBody {
 
 async fn programme_key(state: &AppState, asked: Option<String>) -> Result<String, ApiError> {
     let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
-    match asked {
-        Some(key) if programmes.iter().any(|p| p.head.key == key) => Ok(key),
-        Some(key) => Err(ApiError::field("programme", format!("no programme `{key}`"))),
-        None => match programmes.as_slice() {
-            [one] => Ok(one.head.key.clone()),
-            [] => Err(ApiError::Conflict("no loyalty programme yet: apply one first (`relais loyalty apply`)".into())),
-            many => Err(ApiError::field(
-                "programme",
-                format!(
-                    "several programmes exist; name one of: {}",
-                    many.iter().map(|p| p.head.key.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            )),
-        },
-    }
+    crate::loyalty::choose_programme(&programmes, asked).map_err(|e| match e {
+        crate::loyalty::ChoiceError::NoProgramme => ApiError::Conflict(e.to_string()),
+        _ => ApiError::field("programme", e.to_string()),
+    })
 }
 
 async fn customer_of(
@@ -702,21 +676,11 @@ pub struct ExpiryRun {
 pub async fn run_expiry(State(state): State<AppState>, caller: Caller) -> Result<Json<ExpiryRun>, ApiError> {
     let day = today(&state);
     let actor = caller.actor();
-    let (members, points, tier_changes) = state
+    let done = state
         .store
-        .run_audited(move |engine, audit| {
-            let (members, points) = engine.loyalty_expire(day)?;
-            let tier_changes = engine.loyalty_review(day)?;
-            audit.record(
-                &actor,
-                "loyalty.expiry",
-                None,
-                serde_json::json!({ "members": members, "points": points, "tier_changes": tier_changes }),
-            )?;
-            Ok((members, points, tier_changes))
-        })
+        .run_audited(move |engine, audit| crate::loyalty::run_scheduled(engine, audit, &actor, day, true))
         .await?;
-    Ok(Json(ExpiryRun { members, points, tier_changes, day }))
+    Ok(Json(ExpiryRun { members: done.members, points: done.points, tier_changes: done.tier_changes, day }))
 }
 
 /// The ledger's invariants: the sum of all entries is zero, every
@@ -751,11 +715,7 @@ pub async fn report(
     Path(key): Path<String>,
     Query(query): Query<ReportQuery>,
 ) -> Result<Json<crate::store::loyalty::LoyaltyReport>, ApiError> {
-    let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
-    let programme = programmes
-        .into_iter()
-        .find(|p| p.head.key == key)
-        .ok_or_else(|| ApiError::NotFound(format!("no programme `{key}`")))?;
+    let programme = known_programme(&state, &key).await?;
     let since = query.since;
     let lookup = key.clone();
     let rows = state.store.run(move |engine| engine.loyalty_report(&lookup, since)).await?;
@@ -1105,25 +1065,10 @@ pub async fn issue_coupons(
     if !(1..=100_000).contains(&body.count) {
         return Err(ApiError::field("count", "issue 1 to 100000 codes at a time"));
     }
-    let codes: Vec<relais_domain::loyalty::coupons::CouponCode> = {
-        let mut rng = rand::thread_rng();
-        (0..body.count).map(|_| relais_domain::loyalty::coupons::CouponCode::generate(&mut rng)).collect()
-    };
-    let keyring = &state.store.privacy().keyring;
-    let hashes: Vec<String> = codes.iter().map(|c| keyring.lookup_token("coupon", c.as_str())).collect();
     let (campaign, actor, count) = (body.campaign.clone(), caller.actor(), body.count);
-    let (issued, used) = state
+    let (codes, issued, used) = state
         .store
-        .run_audited(move |engine, audit| {
-            let counts = engine.loyalty_issue_coupons(&key, &campaign, &hashes)?;
-            audit.record(
-                &actor,
-                "loyalty.coupons.issue",
-                None,
-                serde_json::json!({ "programme": key, "campaign": campaign.id, "codes": count }),
-            )?;
-            Ok(counts)
-        })
+        .run_audited(move |engine, audit| crate::loyalty::issue_coupons(engine, audit, &actor, &key, &campaign, count))
         .await?;
     let body = Issued { campaign: body.campaign.id, codes: codes.iter().map(|c| c.printed()).collect(), issued, used };
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -1191,7 +1136,7 @@ pub async fn use_coupon(
     }
     let request = crate::store::loyalty::CouponRequest {
         member,
-        code_hash: state.store.privacy().keyring.lookup_token("coupon", code.as_str()),
+        code_hash: crate::loyalty::coupon_hash(&state.store.privacy().keyring, &code),
         order_id: body.order_id,
         day: today(&state),
     };

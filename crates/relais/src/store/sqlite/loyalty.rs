@@ -112,15 +112,9 @@ impl LedgerTx for SqliteTx<'_, '_> {
     }
 
     fn family_members(&mut self, roots: &[CustomerId]) -> Result<Vec<(CustomerId, MemberRow)>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(&format!(
-            "SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.status = 'active' AND (m.customer_id = ?1 \
-             OR m.customer_id IN (SELECT customer_id FROM customers WHERE merged_into = ?1)) ORDER BY m.member_id"
-        ))?;
         let mut found = Vec::new();
         for root in roots {
-            for raw in stmt.query_map([root.to_string()], member_row)? {
-                found.push((*root, to_member(raw?)?));
-            }
+            found.extend(members_of(self.tx, *root)?.into_iter().map(|m| (*root, m)));
         }
         Ok(found)
     }
