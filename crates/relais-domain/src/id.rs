@@ -156,6 +156,10 @@ prefixed_id!(
     /// One loyalty ledger transaction (its entries sum to zero).
     LedgerTxId, "ltx_", "ledger transaction"
 );
+prefixed_id!(
+    /// One saved segment.
+    SegmentId, "seg_", "segment"
+);
 
 #[cfg(test)]
 mod tests {

@@ -35,11 +35,13 @@ pub mod rfm;
 pub mod rights;
 pub mod risk;
 pub mod role;
+pub mod segment;
 pub mod traits;
 
 pub use channel::Channel;
 pub use id::{
     AccountId, ConsentId, CustomerId, ErasureId, EventId, KeyId, LedgerTxId, MemberId, MergeId, OutboxId, RequestId,
+    SegmentId,
 };
 pub use identifier::{Identifier, IdentifierError, IdentifierKind};
 pub use message::{MessageError, MessageType, TrackingMessage};

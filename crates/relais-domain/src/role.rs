@@ -51,6 +51,10 @@ pub enum Permission {
     AdjustPoints,
     /// Run analytics over the whole customer base (lifetime value, RFM).
     RunAnalytics,
+    /// See saved segments, their sizes and members.
+    ReadSegments,
+    /// Write, preview, delete and refresh segments.
+    ManageSegments,
 }
 
 impl Role {
@@ -92,7 +96,8 @@ impl Role {
             OperateLoyalty => matches!(self, Admin | Agent | Store),
             ManageLoyalty => matches!(self, Admin | Marketing),
             AdjustPoints => matches!(self, Admin | Marketing | Agent),
-            RunAnalytics => matches!(self, Admin | Marketing | Analyst),
+            RunAnalytics | ManageSegments => matches!(self, Admin | Marketing | Analyst),
+            ReadSegments => matches!(self, Admin | Dpo | Marketing | Analyst),
         }
     }
 }

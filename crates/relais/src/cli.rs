@@ -145,6 +145,12 @@ enum Command {
         #[command(subcommand)]
         command: LoyaltyCommand,
     },
+    /// Segments: check, preview, save, list, members, overlap, refresh (the
+    /// language is in docs/segments.md; `relais segment fields` lists its fields).
+    Segment {
+        #[command(subcommand)]
+        command: SegmentCommand,
+    },
     /// Computed traits.
     Traits {
         #[command(subcommand)]
@@ -493,6 +499,81 @@ enum LoyaltyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SegmentCommand {
+    /// Check a segment's source; errors show where and what was expected.
+    Check {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The segment, for example 'orders_90d >= 2 and city = "Lyon"'.
+        source: String,
+    },
+    /// Evaluate a source over every profile now, without saving it.
+    Preview {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The segment's source.
+        source: String,
+        /// How many members to list.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+    },
+    /// Save a segment (or change an existing one's source) and evaluate it.
+    Save {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Its name (letters, digits, `-`, `_`).
+        name: String,
+        /// Its source.
+        source: String,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Every saved segment with its size.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Export a segment's members (customer id and entry date) as CSV or JSONL.
+    Members {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The segment.
+        name: String,
+        /// csv or jsonl.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// How many people two segments share.
+    Overlap {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// One segment.
+        a: String,
+        /// The other.
+        b: String,
+    },
+    /// Delete a segment and its memberships.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The segment.
+        name: String,
+    },
+    /// Score RFM, then evaluate every saved segment over every profile
+    /// (`relais serve` does this every night; windows move with time alone).
+    Refresh {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// The fields and functions of the language.
+    Fields,
+}
+
+#[derive(Debug, Subcommand)]
 enum TraitsCommand {
     /// Recompute every customer's traits from the event log.
     Rebuild {
@@ -750,6 +831,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Loyalty { command } => loyalty_command(command, &settings),
+        Command::Segment { command } => segment_command(command, &settings),
         Command::Clv { command } => clv_command(command, &settings),
         Command::Rfm { store, at, output } => {
             let now = at.unwrap_or_else(chrono::Utc::now);
@@ -1055,6 +1137,86 @@ fn only_programme(engine: &dyn crate::store::Engine, programme: Option<String>) 
 }
 
 /// Who the command line is in the audit log: `cli:` and the OS user.
+fn segment_command(command: SegmentCommand, settings: &Settings) -> anyhow::Result<()> {
+    use crate::segments;
+    let now = chrono::Utc::now();
+    let ingest = &settings.ingest;
+    // The command line is the operator's: it reads as the admin role.
+    let role = Role::Admin;
+    fn shown<T>(source: &str, result: Result<T, segments::SegmentsError>) -> anyhow::Result<T> {
+        result.map_err(|e| match e {
+            segments::SegmentsError::Source(error) => anyhow::anyhow!("{}", segments::caret(source, &error)),
+            other => anyhow::Error::from(other),
+        })
+    }
+    match command {
+        SegmentCommand::Check { store, source } => {
+            let store = store.open(settings)?;
+            let segment =
+                shown(&source, segments::compile(store.blocking(), ingest, &source, role).map_err(Into::into))?;
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "columns": segment.columns().len(), "moves_with_time": segment.moves_with_time()})
+            );
+        }
+        SegmentCommand::Preview { store, source, sample } => {
+            let store = store.open(settings)?;
+            let preview = shown(&source, segments::preview(store.blocking(), ingest, &source, role, sample, now))?;
+            println!("{}", serde_json::to_string_pretty(&preview)?);
+        }
+        SegmentCommand::Save { store, name, source, description } => {
+            let store = store.open(settings)?;
+            let (record, change) =
+                shown(&source, segments::save(store.blocking(), ingest, &name, &source, &description, role, now))?;
+            eprintln!(
+                "segment `{}` saved: {} members ({} entered, {} left)",
+                record.name, change.size, change.entered, change.exited
+            );
+            println!("{}", serde_json::to_string_pretty(&segments::SegmentView::from(&record))?);
+        }
+        SegmentCommand::List { store } => {
+            let store = store.open(settings)?;
+            let views: Vec<_> = store.blocking().segments()?.iter().map(segments::SegmentView::from).collect();
+            println!("{}", serde_json::to_string_pretty(&views)?);
+        }
+        SegmentCommand::Members { store, name, format, output } => {
+            let store = store.open(settings)?;
+            let format = segments::ExportFormat::parse(&format)?;
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let count = segments::export(store.blocking(), &name, format, &mut out)?;
+            out.flush()?;
+            eprintln!("{count} members of `{name}` exported");
+        }
+        SegmentCommand::Overlap { store, a, b } => {
+            let store = store.open(settings)?;
+            println!("{}", serde_json::to_string_pretty(&segments::overlap(store.blocking(), &a, &b)?)?);
+        }
+        SegmentCommand::Delete { store, name } => {
+            let store = store.open(settings)?;
+            if !store.blocking().segment_delete(&name)? {
+                bail!("no segment is named `{name}`; `relais segment list` shows them");
+            }
+            eprintln!("segment `{name}` deleted");
+        }
+        SegmentCommand::Refresh { store } => {
+            let store = store.open(settings)?;
+            let report = segments::refresh(store.blocking(), ingest, now)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        SegmentCommand::Fields => {
+            for field in relais_domain::segment::field_catalogue() {
+                println!("{:<34} {:<22} {}", field.name, field.kind, field.description);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn cli_actor() -> String {
     format!("cli:{}", std::env::var("USER").unwrap_or_default())
 }
@@ -1135,6 +1297,20 @@ async fn serve(
                 Ok(0) => {}
                 Ok(points) => tracing::info!(points, "loyalty points expired"),
                 Err(error) => tracing::warn!(%error, "loyalty expiry failed; will retry"),
+            }
+            // Segments: a full evaluation once a day, since windows move with time alone.
+            let refreshing = purging.clone();
+            let calendar = calendar.clone();
+            match refreshing
+                .run(move |engine| {
+                    crate::segments::refresh_if_due(engine, &calendar, chrono::Utc::now())
+                        .map_err(|e| crate::store::StoreError::Database(e.to_string()))
+                })
+                .await
+            {
+                Ok(Some(report)) => tracing::info!(segments = report.segments.len(), "segments refreshed"),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "segment refresh failed; will retry"),
             }
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }

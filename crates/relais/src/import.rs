@@ -115,7 +115,9 @@ impl Importer<'_> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        for outcome in self.store.blocking().ingest(self.source, std::mem::take(&mut self.chunk))? {
+        let outcomes = self.store.blocking().ingest(self.source, std::mem::take(&mut self.chunk))?;
+        crate::segments::after_ingest(self.store.blocking(), &self.settings.ingest, &outcomes);
+        for outcome in outcomes {
             match outcome {
                 Outcome::Stored { .. } => self.summary.stored += 1,
                 Outcome::Duplicate { .. } => self.summary.duplicates += 1,

@@ -13,4 +13,5 @@ pub mod import;
 pub mod loyalty;
 pub mod outbox;
 pub mod privacy;
+pub mod segments;
 pub mod store;

@@ -14,6 +14,23 @@ pub struct FieldError {
     pub field: String,
     /// Why it was refused.
     pub reason: String,
+    /// Where in the field's text, when the field is source code (a segment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<SourcePosition>,
+}
+
+/// A place in a text field: 1-based line and column (in characters), and the
+/// byte range at fault.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct SourcePosition {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// First byte at fault.
+    pub start: usize,
+    /// One past the last byte at fault.
+    pub end: usize,
 }
 
 /// An RFC 9457 problem document.
@@ -87,7 +104,7 @@ impl ApiError {
         let reason = reason.into();
         ApiError::BadRequest {
             detail: format!("`{field}`: {reason}"),
-            errors: vec![FieldError { field, reason }],
+            errors: vec![FieldError { field, reason, position: None }],
             results: None,
         }
     }
@@ -112,6 +129,28 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Conflict(detail) => ApiError::Conflict(detail),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::segments::SegmentsError> for ApiError {
+    fn from(error: crate::segments::SegmentsError) -> Self {
+        use crate::segments::SegmentsError;
+        use relais_domain::segment::ErrorKind;
+        match error {
+            SegmentsError::Source(e) if e.kind == ErrorKind::Forbidden => ApiError::Forbidden(e.to_string()),
+            SegmentsError::Source(e) => ApiError::BadRequest {
+                detail: format!("`source`: {e}"),
+                errors: vec![FieldError {
+                    field: "source".into(),
+                    reason: format!("{} error: {}", e.kind.as_str(), e.message),
+                    position: Some(SourcePosition { line: e.line, column: e.column, start: e.start, end: e.end }),
+                }],
+                results: None,
+            },
+            SegmentsError::Name(reason) => ApiError::field("name", reason),
+            SegmentsError::Unknown(name) => ApiError::NotFound(format!("no segment is named `{name}`")),
+            SegmentsError::Store(e) => e.into(),
         }
     }
 }

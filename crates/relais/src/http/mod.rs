@@ -13,13 +13,14 @@ pub mod metrics;
 pub mod outbox;
 pub mod privacy;
 pub mod redact;
+pub mod segments;
 pub mod tracking;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use relais_domain::Permission;
 use serde::Serialize;
@@ -155,6 +156,15 @@ impl Modify for SecuritySchemes {
         loyalty::use_coupon,
         analytics::clv_fit,
         analytics::rfm,
+        segments::save,
+        segments::preview,
+        segments::list,
+        segments::fields,
+        segments::show,
+        segments::members,
+        segments::overlap,
+        segments::delete,
+        segments::refresh,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -165,6 +175,7 @@ impl Modify for SecuritySchemes {
         (name = "consents", description = "Consent per purpose and channel, with proof"),
         (name = "loyalty", description = "Loyalty programmes, members, statements and redemptions"),
         (name = "analytics", description = "Customer lifetime value and RFM"),
+        (name = "segments", description = "Segments in the segment language, live memberships, exports"),
     )
 )]
 pub struct ApiDoc;
@@ -201,7 +212,7 @@ pub enum Access {
 /// One route of the API: method, path and who may call it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
-    /// `GET` or `POST`.
+    /// `GET`, `POST` or `DELETE`.
     pub method: &'static str,
     /// The path, with `{name}` parameters.
     pub path: &'static str,
@@ -293,6 +304,15 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("GET", "/api/v1/loyalty/programmes/{key}/report", Requires(RunAnalytics), get(loyalty::report)),
         route("POST", "/api/v1/clv/fit", Requires(RunAnalytics), post(analytics::clv_fit)),
         route("POST", "/api/v1/rfm", Requires(RunAnalytics), post(analytics::rfm)),
+        route("POST", "/api/v1/segments", Requires(ManageSegments), post(segments::save)),
+        route("GET", "/api/v1/segments", Requires(ReadSegments), get(segments::list)),
+        route("POST", "/api/v1/segments/preview", Requires(ManageSegments), post(segments::preview)),
+        route("POST", "/api/v1/segments/refresh", Requires(ManageSegments), post(segments::refresh)),
+        route("GET", "/api/v1/segments/fields", Requires(ReadSegments), get(segments::fields)),
+        route("GET", "/api/v1/segments/{name}", Requires(ReadSegments), get(segments::show)),
+        route("DELETE", "/api/v1/segments/{name}", Requires(ManageSegments), delete(segments::delete)),
+        route("GET", "/api/v1/segments/{name}/members", Requires(ReadSegments), get(segments::members)),
+        route("GET", "/api/v1/segments/{name}/overlap/{other}", Requires(ReadSegments), get(segments::overlap)),
     ]
 }
 

@@ -179,7 +179,15 @@ async fn handle(
         Vec::new()
     } else {
         let source = source.clone();
-        state.store.run(move |engine| engine.ingest(&source, valid)).await?
+        let settings = state.settings.ingest.clone();
+        state
+            .store
+            .run(move |engine| {
+                let outcomes = engine.ingest(&source, valid)?;
+                crate::segments::after_ingest(engine, &settings, &outcomes);
+                Ok(outcomes)
+            })
+            .await?
     };
 
     let mut outcomes = outcomes.into_iter();
@@ -232,6 +240,7 @@ async fn handle(
             .map(|r| super::error::FieldError {
                 field: if implied.is_some() { "body".into() } else { format!("{prefix}[{}]", r.index) },
                 reason: r.reason.clone().unwrap_or_default(),
+                position: None,
             })
             .collect::<Vec<_>>();
         let detail = if response.rejected == 1 {

@@ -10,6 +10,7 @@ mod pool;
 pub mod postgres;
 pub mod scratch;
 pub mod seal;
+pub mod segments;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -634,6 +635,43 @@ pub trait Engine: Send + Sync + 'static {
     /// Every completed order in `currency`: the surviving profile, when, the
     /// amount (erased people's orders are left out: they belong to nobody).
     fn purchases(&self, currency: &str) -> Result<Vec<(CustomerId, DateTime<Utc>, i64)>, StoreError>;
+    /// Save a segment by name (a new one, or a new source for an existing one);
+    /// returns it as stored.
+    fn segment_put(&self, record: &segments::SegmentRecord) -> Result<segments::SegmentRecord, StoreError>;
+    /// Every saved segment, by name.
+    fn segments(&self) -> Result<Vec<segments::SegmentRecord>, StoreError>;
+    /// Delete a segment and its memberships; false if there was none.
+    fn segment_delete(&self, name: &str) -> Result<bool, StoreError>;
+    /// The facts of `columns` for every surviving profile, or those of `only`.
+    fn segment_facts(
+        &self,
+        columns: &[relais_domain::segment::Column],
+        only: Option<&[CustomerId]>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<CustomerId>, relais_domain::segment::FactTable), StoreError>;
+    /// Make `members` the segment's members within `scope` (everyone when
+    /// `None`): one transaction adds and removes memberships, writes the
+    /// `Segment Entered` / `Segment Exited` computed events, and the size.
+    fn segment_sync(
+        &self,
+        segment: &segments::SegmentRecord,
+        scope: Option<&[CustomerId]>,
+        members: &[CustomerId],
+        now: DateTime<Utc>,
+    ) -> Result<segments::MembershipChange, StoreError>;
+    /// Members of a segment by customer id, after `after`, with when they entered.
+    fn segment_members(
+        &self,
+        segment: relais_domain::SegmentId,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<(CustomerId, DateTime<Utc>)>, StoreError>;
+    /// People in both segments.
+    fn segment_overlap(&self, a: relais_domain::SegmentId, b: relais_domain::SegmentId) -> Result<i64, StoreError>;
+    /// The profiles merged into any of `survivors`.
+    fn merged_into(&self, survivors: &[CustomerId]) -> Result<Vec<CustomerId>, StoreError>;
+    /// Replace the stored RFM scores (segments read them as traits).
+    fn rfm_put(&self, scores: &[relais_domain::rfm::CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError>;
     /// Whether the database answers (cheap: for `/healthz`).
     fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.

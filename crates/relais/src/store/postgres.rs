@@ -7,6 +7,7 @@
 //! is a reference table. See ARCHITECTURE.md for the steps that touch two customers.
 
 mod loyalty;
+mod segments;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -40,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "customer_database", include_str!("../../migrations/postgres/0001_customer_database.sql")),
     (2, "privacy", include_str!("../../migrations/postgres/0002_privacy.sql")),
     (3, "loyalty", include_str!("../../migrations/postgres/0003_loyalty.sql")),
+    (4, "segments", include_str!("../../migrations/postgres/0004_segments.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.
@@ -1109,6 +1111,8 @@ impl Engine for PgEngine {
                 "loyalty_redemptions",
                 "loyalty_tier_changes",
                 "loyalty_members",
+                "segment_members",
+                "rfm_scores",
             ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE customer_id = ANY($1)"), &[&cluster])?;
             }
@@ -1896,6 +1900,68 @@ impl Engine for PgEngine {
                 .map(|r| Ok((parse_id(r.get::<_, &str>(0))?, r.get(1), r.get(2))))
                 .collect()
         })
+    }
+
+    fn segment_put(
+        &self,
+        record: &super::segments::SegmentRecord,
+    ) -> Result<super::segments::SegmentRecord, StoreError> {
+        self.put_segment(record)
+    }
+
+    fn segments(&self) -> Result<Vec<super::segments::SegmentRecord>, StoreError> {
+        self.all_segments()
+    }
+
+    fn segment_delete(&self, name: &str) -> Result<bool, StoreError> {
+        self.delete_segment(name)
+    }
+
+    fn segment_facts(
+        &self,
+        columns: &[relais_domain::segment::Column],
+        only: Option<&[CustomerId]>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<CustomerId>, relais_domain::segment::FactTable), StoreError> {
+        self.facts(columns, only, now)
+    }
+
+    fn segment_sync(
+        &self,
+        segment: &super::segments::SegmentRecord,
+        scope: Option<&[CustomerId]>,
+        members: &[CustomerId],
+        now: DateTime<Utc>,
+    ) -> Result<super::segments::MembershipChange, StoreError> {
+        self.sync_segment(segment, scope, members, now)
+    }
+
+    fn segment_members(
+        &self,
+        segment: relais_domain::SegmentId,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<(CustomerId, DateTime<Utc>)>, StoreError> {
+        self.members_of(segment, after, limit)
+    }
+
+    fn segment_overlap(&self, a: relais_domain::SegmentId, b: relais_domain::SegmentId) -> Result<i64, StoreError> {
+        self.overlap(a, b)
+    }
+
+    fn merged_into(&self, survivors: &[CustomerId]) -> Result<Vec<CustomerId>, StoreError> {
+        let ids: Vec<String> = survivors.iter().map(|c| c.to_string()).collect();
+        self.pool.with(|client| {
+            client
+                .query("SELECT customer_id FROM customers WHERE merged_into = ANY($1)", &[&ids])?
+                .iter()
+                .map(|r| parse_id(r.get::<_, &str>(0)))
+                .collect()
+        })
+    }
+
+    fn rfm_put(&self, scores: &[relais_domain::rfm::CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.put_rfm(scores, at)
     }
 
     fn ping(&self) -> Result<(), StoreError> {

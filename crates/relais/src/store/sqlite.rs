@@ -3,6 +3,7 @@
 //! commit), and a pool of reader connections.
 
 mod loyalty;
+mod segments;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "customer_database", include_str!("../../migrations/sqlite/0001_customer_database.sql")),
     (2, "privacy", include_str!("../../migrations/sqlite/0002_privacy.sql")),
     (3, "loyalty", include_str!("../../migrations/sqlite/0003_loyalty.sql")),
+    (4, "segments", include_str!("../../migrations/sqlite/0004_segments.sql")),
 ];
 
 /// Messages committed together at most, across concurrent requests.
@@ -896,6 +898,8 @@ fn erase_in_transaction(
         "loyalty_redemptions",
         "loyalty_tier_changes",
         "loyalty_members",
+        "segment_members",
+        "rfm_scores",
     ] {
         run(format!("DELETE FROM {table} WHERE customer_id IN ({ids})"))?;
     }
@@ -2136,6 +2140,69 @@ impl Engine for SqliteEngine {
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(|(c, ts, amount)| Ok((parse_id(&c)?, from_micros(ts), amount))).collect()
         })
+    }
+
+    fn segment_put(
+        &self,
+        record: &super::segments::SegmentRecord,
+    ) -> Result<super::segments::SegmentRecord, StoreError> {
+        self.put_segment(record)
+    }
+
+    fn segments(&self) -> Result<Vec<super::segments::SegmentRecord>, StoreError> {
+        self.all_segments()
+    }
+
+    fn segment_delete(&self, name: &str) -> Result<bool, StoreError> {
+        self.delete_segment(name)
+    }
+
+    fn segment_facts(
+        &self,
+        columns: &[relais_domain::segment::Column],
+        only: Option<&[CustomerId]>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<CustomerId>, relais_domain::segment::FactTable), StoreError> {
+        self.facts(columns, only, now)
+    }
+
+    fn segment_sync(
+        &self,
+        segment: &super::segments::SegmentRecord,
+        scope: Option<&[CustomerId]>,
+        members: &[CustomerId],
+        now: DateTime<Utc>,
+    ) -> Result<super::segments::MembershipChange, StoreError> {
+        self.sync_segment(segment, scope, members, now)
+    }
+
+    fn segment_members(
+        &self,
+        segment: relais_domain::SegmentId,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<(CustomerId, DateTime<Utc>)>, StoreError> {
+        self.members_of(segment, after, limit)
+    }
+
+    fn segment_overlap(&self, a: relais_domain::SegmentId, b: relais_domain::SegmentId) -> Result<i64, StoreError> {
+        self.overlap(a, b)
+    }
+
+    fn merged_into(&self, survivors: &[CustomerId]) -> Result<Vec<CustomerId>, StoreError> {
+        let json = serde_json::to_string(&survivors.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT customer_id FROM customers WHERE merged_into IN (SELECT value FROM json_each(?1))",
+            )?;
+            let ids = stmt.query_map([&json], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            ids.iter().map(|id| parse_id(id)).collect()
+        })
+    }
+
+    fn rfm_put(&self, scores: &[relais_domain::rfm::CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.put_rfm(scores, at)
     }
 
     fn ping(&self) -> Result<(), StoreError> {

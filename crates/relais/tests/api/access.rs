@@ -105,6 +105,19 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
         .unwrap();
     let redemption = reserved["id"].as_str().expect("a reserved reward").to_string();
 
+    // A saved segment (routes with {name}); DELETE gets one of its own per role.
+    let save_segment = |name: String| {
+        let client = reqwest::Client::new();
+        let url = format!("{}/api/v1/segments", app.address);
+        let admin = app.admin.clone();
+        async move {
+            let body = json!({"name": name, "source": "orders >= 0"});
+            let status = client.post(url).bearer_auth(admin).json(&body).send().await.unwrap().status();
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    save_segment("acces".into()).await;
+
     let mut keys = Vec::new();
     for role in Role::ALL {
         keys.push((role, app.key(role).await));
@@ -127,9 +140,17 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
             .replace("{id}", id)
             .replace("{merge_id}", &merge)
             .replace("{token}", "not-a-token")
-            .replace("{key}", "club");
+            .replace("{key}", "club")
+            .replace("{other}", "acces");
         let url = format!("{}{path}", app.address);
         for (role, key) in keys.iter().map(|(r, k)| (Some(*r), Some(k.as_str()))).chain([(None, None)]) {
+            let url = if route.method == "DELETE" {
+                let name = format!("efface-{}", role.map_or("none", |r| r.as_str()));
+                save_segment(name.clone()).await;
+                url.replace("{name}", &name)
+            } else {
+                url.replace("{name}", "acces")
+            };
             let body = match route.path.as_str() {
                 "/api/v1/privacy/erasures" => {
                     to_erase += 1;
@@ -151,6 +172,8 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                 "/api/v1/loyalty/programmes" => serde_json::from_str(crate::loyalty::PROGRAMME_JSON).unwrap(),
                 "/api/v1/loyalty/members" => json!({"identifier": "email:acces@exemple.fr"}),
                 "/api/v1/clv/fit" => json!({"horizon_weeks": 39}),
+                "/api/v1/segments" => json!({"name": "acces-2", "source": "orders >= 1"}),
+                "/api/v1/segments/preview" => json!({"source": "orders >= 1"}),
                 "/api/v1/loyalty/members/{id}/quote" => json!({"basket_minor": 1000}),
                 "/api/v1/loyalty/programmes/{key}/coupons" => json!({"count": 1, "campaign": {
                     "id": "acces", "benefit": "-5 €", "valid_from": "2026-01-01", "valid_until": "2030-12-31"}}),
@@ -168,6 +191,7 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
             let mut request = match route.method.as_str() {
                 "GET" => client.get(&url),
                 "POST" => client.post(&url).json(&body),
+                "DELETE" => client.delete(&url),
                 other => panic!("unexpected method {other}"),
             };
             match route.path.as_str() {

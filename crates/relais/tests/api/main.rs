@@ -26,3 +26,5 @@ mod consents;
 mod loyalty;
 // Customer lifetime value: the CDNOW figures from the command line, the API on live orders.
 mod analytics;
+// Segments: the language's errors, live memberships, refresh, exports, RFM as traits.
+mod segments;

@@ -1,0 +1,426 @@
+//! Saved segments, written once for the command line, the API and the ingest
+//! path: checking a source for a role, saving, evaluating over the store,
+//! keeping memberships live, and the scheduled refresh (RFM scores first,
+//! then every segment from one fact table).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use relais_domain::segment::{CheckContext, Column, Segment, SegmentError};
+use relais_domain::{CustomerId, Role, SegmentId};
+use serde::Serialize;
+
+use crate::store::ingest::IngestSettings;
+use crate::store::segments::{MembershipChange, SegmentRecord};
+use crate::store::{Engine, StoreError};
+
+/// Why a segment operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentsError {
+    /// The source is wrong (with where and why).
+    #[error("{0}")]
+    Source(#[from] SegmentError),
+    /// The name is unusable.
+    #[error("{0}")]
+    Name(String),
+    /// No segment has that name.
+    #[error("no segment is named `{0}`; `relais segment list` shows them")]
+    Unknown(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Check a source as `role` would run it.
+pub fn compile(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    source: &str,
+    role: Role,
+) -> Result<Segment, SegmentError> {
+    let classification = &engine.privacy().classes;
+    let context = CheckContext {
+        role,
+        classification,
+        currency_exponent: relais_domain::money::currency_exponent(&settings.currency),
+    };
+    Segment::compile(source, &context)
+}
+
+/// A segment name: 1 to 64 letters, digits, `-` or `_`, so it is safe in
+/// URLs, file names and event properties.
+pub fn check_name(name: &str) -> Result<(), SegmentsError> {
+    let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(SegmentsError::Name(format!(
+            "`{name}` is not a segment name: use 1 to 64 letters, digits, `-` or `_` (for example lyon-regulars)"
+        )))
+    }
+}
+
+/// A segment's size and a few members, evaluated now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    /// People in it.
+    pub size: usize,
+    /// Profiles evaluated.
+    pub profiles: usize,
+    /// The first members by id.
+    pub sample: Vec<CustomerId>,
+    /// Whether memberships can change with time alone.
+    pub moves_with_time: bool,
+    /// Time to read the facts, milliseconds.
+    pub read_ms: f64,
+    /// Time to evaluate, milliseconds.
+    pub evaluate_ms: f64,
+}
+
+/// Evaluate a source over every profile without saving it.
+pub fn preview(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    source: &str,
+    role: Role,
+    sample: usize,
+    now: DateTime<Utc>,
+) -> Result<Preview, SegmentsError> {
+    let segment = compile(engine, settings, source, role)?;
+    let started = Instant::now();
+    let (customers, table) = engine.segment_facts(segment.columns(), None, now)?;
+    let read = started.elapsed();
+    let started = Instant::now();
+    let members = segment.evaluate(&table);
+    let evaluate = started.elapsed();
+    Ok(Preview {
+        size: members.count(),
+        profiles: customers.len(),
+        sample: members.rows().take(sample).map(|row| customers[row]).collect(),
+        moves_with_time: segment.moves_with_time(),
+        read_ms: millis(read),
+        evaluate_ms: millis(evaluate),
+    })
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Save a segment (new, or a new source for an existing name) as `role`, then
+/// evaluate it over every profile so its memberships are right at once.
+pub fn save(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    name: &str,
+    source: &str,
+    description: &str,
+    role: Role,
+    now: DateTime<Utc>,
+) -> Result<(SegmentRecord, MembershipChange), SegmentsError> {
+    check_name(name)?;
+    let segment = compile(engine, settings, source, role)?;
+    let record = engine.segment_put(&SegmentRecord {
+        id: SegmentId::new(),
+        name: name.to_string(),
+        source: segment.source().to_string(),
+        description: description.trim().to_string(),
+        created_at: now,
+        updated_at: now,
+        refreshed_at: None,
+        members: 0,
+    })?;
+    let change = evaluate_all(engine, &[(record.clone(), segment)], None, now)?.remove(0).1;
+    let record = find(engine, name)?;
+    Ok((record, change))
+}
+
+/// The saved segment of that name.
+pub fn find(engine: &dyn Engine, name: &str) -> Result<SegmentRecord, SegmentsError> {
+    engine.segments()?.into_iter().find(|s| s.name == name).ok_or_else(|| SegmentsError::Unknown(name.to_string()))
+}
+
+/// Saved segments compiled for evaluation. They were checked for their
+/// author's role when saved; evaluation runs as the system.
+fn compiled(engine: &dyn Engine, settings: &IngestSettings) -> Result<Vec<(SegmentRecord, Segment)>, StoreError> {
+    let mut out = Vec::new();
+    for record in engine.segments()? {
+        match compile(engine, settings, &record.source, Role::Admin) {
+            Ok(segment) => out.push((record, segment)),
+            // A source saved under an older version of the language that no
+            // longer checks is skipped, not fatal; `segment list` shows it.
+            Err(e) => tracing::warn!(segment = %record.name, error = %e, "saved segment no longer compiles; skipped"),
+        }
+    }
+    Ok(out)
+}
+
+fn evaluate_all(
+    engine: &dyn Engine,
+    segments: &[(SegmentRecord, Segment)],
+    only: Option<&[CustomerId]>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, MembershipChange)>, StoreError> {
+    if segments.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One fact table with every column any segment reads.
+    let mut columns: Vec<Column> = Vec::new();
+    for (_, segment) in segments {
+        for column in segment.columns() {
+            if !columns.contains(column) {
+                columns.push(column.clone());
+            }
+        }
+    }
+    let (customers, table) = engine.segment_facts(&columns, only, now)?;
+    let mut changes = Vec::new();
+    for (record, segment) in segments {
+        let members: Vec<CustomerId> = segment.evaluate(&table).rows().map(|row| customers[row]).collect();
+        changes.push((record.name.clone(), engine.segment_sync(record, only, &members, now)?));
+    }
+    Ok(changes)
+}
+
+/// Bring the memberships of the profiles an ingest batch touched up to date
+/// (their survivors and the profiles merged away, which leave every segment).
+pub fn update_members(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    customers: &[CustomerId],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    if customers.is_empty() {
+        return Ok(0);
+    }
+    let segments = compiled(engine, settings)?;
+    if segments.is_empty() {
+        return Ok(0);
+    }
+    // Profiles merged away read as absent, so they leave every segment.
+    let mut scope = customers.to_vec();
+    scope.extend(engine.merged_into(customers)?);
+    scope.sort();
+    scope.dedup();
+    let changes = evaluate_all(engine, &segments, Some(&scope), now)?;
+    Ok(changes.iter().map(|(_, c)| c.entered + c.exited).sum())
+}
+
+/// After an ingest batch committed: update the memberships of the profiles it
+/// stored events for. A failure here loses nothing (the events are stored);
+/// it is logged, and the next refresh repairs the memberships.
+pub fn after_ingest(engine: &dyn Engine, settings: &IngestSettings, outcomes: &[crate::store::ingest::Outcome]) {
+    let mut touched: Vec<CustomerId> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            crate::store::ingest::Outcome::Stored { customer_id, .. } => Some(*customer_id),
+            crate::store::ingest::Outcome::Duplicate { .. } => None,
+        })
+        .collect();
+    touched.sort();
+    touched.dedup();
+    if let Err(error) = update_members(engine, settings, &touched, Utc::now()) {
+        tracing::warn!(%error, customers = touched.len(), "live segment update failed; the next refresh repairs it");
+    }
+}
+
+/// Refresh when a saved segment has not been evaluated over everyone today
+/// (in the organisation's calendar): windows move at midnight without any
+/// event. `relais serve` calls this every hour.
+pub fn refresh_if_due(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    now: DateTime<Utc>,
+) -> Result<Option<RefreshReport>, SegmentsError> {
+    let today = settings.day_of(now);
+    let due = engine.segments()?.iter().any(|s| s.refreshed_at.is_none_or(|at| settings.day_of(at) < today));
+    if due {
+        refresh(engine, settings, now).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshReport {
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// Buyers scored by RFM.
+    pub rfm_scored: usize,
+    /// Per segment: name, entered, exited, size.
+    pub segments: Vec<SegmentChange>,
+}
+
+/// One segment's change in a refresh.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentChange {
+    /// The segment.
+    pub name: String,
+    /// People who entered.
+    pub entered: usize,
+    /// People who left.
+    pub exited: usize,
+    /// Members now.
+    pub size: i64,
+}
+
+/// Score RFM over the orders, store the scores, then evaluate every saved
+/// segment over every profile. Windows that expired with time, late events
+/// and merges all come out right: nothing incremental is trusted.
+pub fn refresh(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    now: DateTime<Utc>,
+) -> Result<RefreshReport, SegmentsError> {
+    let purchases = engine.purchases(&settings.currency)?;
+    let scored = crate::clv::database_rfm(&purchases, now)
+        .map_err(|e| StoreError::Database(format!("RFM scoring failed: {e}")))?;
+    engine.rfm_put(&scored, now)?;
+    let segments = compiled(engine, settings)?;
+    let changes = evaluate_all(engine, &segments, None, now)?;
+    Ok(RefreshReport {
+        at: now,
+        rfm_scored: scored.len(),
+        segments: changes
+            .into_iter()
+            .map(|(name, c)| SegmentChange { name, entered: c.entered, exited: c.exited, size: c.size })
+            .collect(),
+    })
+}
+
+/// The error with its line of source and a caret under the place at fault.
+pub fn caret(source: &str, error: &SegmentError) -> String {
+    let line = source.lines().nth(error.line - 1).unwrap_or("");
+    let width = source[error.start..error.end.min(source.len())].chars().count().max(1);
+    format!(
+        "{} segment error at line {}, column {}: {}\n  {line}\n  {}{}",
+        error.kind.as_str(),
+        error.line,
+        error.column,
+        error.message,
+        " ".repeat(error.column - 1),
+        "^".repeat(width)
+    )
+}
+
+/// A saved segment as the API and the command line show it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SegmentView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its source in the segment language.
+    pub source: String,
+    /// What it is for.
+    pub description: String,
+    /// Members at the last evaluation.
+    pub size: i64,
+    /// When it was first saved.
+    pub created_at: DateTime<Utc>,
+    /// When its source last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it was last evaluated over every profile.
+    pub refreshed_at: Option<DateTime<Utc>>,
+}
+
+impl From<&SegmentRecord> for SegmentView {
+    fn from(record: &SegmentRecord) -> SegmentView {
+        SegmentView {
+            id: record.id.to_string(),
+            name: record.name.clone(),
+            source: record.source.clone(),
+            description: record.description.clone(),
+            size: record.members,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            refreshed_at: record.refreshed_at,
+        }
+    }
+}
+
+/// The formats a segment's members export to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `customer,entered_at` with a header.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+impl ExportFormat {
+    /// `csv` or `jsonl`.
+    pub fn parse(text: &str) -> Result<ExportFormat, SegmentsError> {
+        match text {
+            "csv" => Ok(ExportFormat::Csv),
+            "jsonl" => Ok(ExportFormat::Jsonl),
+            other => Err(SegmentsError::Name(format!("`{other}` is not an export format: use csv or jsonl"))),
+        }
+    }
+}
+
+/// Write every member of a segment (customer id, entry time), page by page.
+pub fn export(
+    engine: &dyn Engine,
+    name: &str,
+    format: ExportFormat,
+    out: &mut dyn std::io::Write,
+) -> Result<usize, SegmentsError> {
+    let segment = find(engine, name)?;
+    let io = |e: std::io::Error| StoreError::Database(format!("cannot write the export: {e}"));
+    if format == ExportFormat::Csv {
+        writeln!(out, "customer,entered_at").map_err(io)?;
+    }
+    let mut after = None;
+    let mut count = 0;
+    loop {
+        let page = engine.segment_members(segment.id, after, 10_000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.0);
+        for (customer, entered_at) in &page {
+            let entered_at = entered_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            match format {
+                ExportFormat::Csv => writeln!(out, "{customer},{entered_at}"),
+                ExportFormat::Jsonl => {
+                    writeln!(out, "{}", serde_json::json!({"customer": customer.to_string(), "entered_at": entered_at}))
+                }
+            }
+            .map_err(io)?;
+        }
+        count += page.len();
+    }
+    Ok(count)
+}
+
+/// How two segments overlap.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Overlap {
+    /// One segment.
+    pub a: String,
+    /// The other.
+    pub b: String,
+    /// Members of `a`.
+    pub a_size: i64,
+    /// Members of `b`.
+    pub b_size: i64,
+    /// Members of both.
+    pub both: i64,
+    /// Members of both over members of either (Jaccard index), 0 when both are empty.
+    pub jaccard: f64,
+}
+
+/// How many people two saved segments share.
+pub fn overlap(engine: &dyn Engine, a: &str, b: &str) -> Result<Overlap, SegmentsError> {
+    let (first, second) = (find(engine, a)?, find(engine, b)?);
+    let both = engine.segment_overlap(first.id, second.id)?;
+    let either = first.members + second.members - both;
+    Ok(Overlap {
+        a: first.name,
+        b: second.name,
+        a_size: first.members,
+        b_size: second.members,
+        both,
+        jaccard: if either > 0 { both as f64 / either as f64 } else { 0.0 },
+    })
+}

@@ -1,0 +1,337 @@
+//! Segments on PostgreSQL: the bulk reads facts are built from, saved
+//! segments and memberships. Profile ids travel as `text[]` parameters.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use postgres::{Client, GenericClient, IsolationLevel};
+use relais_domain::rfm::CustomerRfm;
+use relais_domain::segment::{Column, FactTable};
+use relais_domain::traits::{ComputedTraits, DayTotals};
+use relais_domain::{CustomerId, EventId, SegmentId};
+use serde_json::{Map, Value};
+
+use super::{parse_id, PgEngine};
+use crate::store::segments::{
+    build_facts, membership_diff, membership_event, ConsentRow, FactReads, MembershipChange, RfmRow, SegmentRecord,
+    SEGMENT_ENTERED, SEGMENT_EXITED,
+};
+use crate::store::StoreError;
+
+fn ids(only: Option<&[CustomerId]>) -> Vec<String> {
+    only.unwrap_or_default().iter().map(|c| c.to_string()).collect()
+}
+
+/// `AND {survivor} = ANY($n)` when only some profiles are read.
+fn only_clause(survivor: &str, only: Option<&[CustomerId]>, param: usize) -> String {
+    match only {
+        Some(_) => format!(" AND {survivor} = ANY(${param})"),
+        None => String::new(),
+    }
+}
+
+struct Reads<'t, C: GenericClient> {
+    client: &'t mut C,
+}
+
+impl<C: GenericClient> FactReads for Reads<'_, C> {
+    fn profiles(
+        &mut self,
+        only: Option<&[CustomerId]>,
+        with_profile: bool,
+        each: &mut dyn FnMut(CustomerId, Option<Map<String, Value>>, ComputedTraits),
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "SELECT customer_id, {}, traits FROM customers WHERE merged_into IS NULL{} ORDER BY customer_id",
+            if with_profile { "profile" } else { "NULL::jsonb" },
+            only_clause("customer_id", only, 1)
+        );
+        let list = ids(only);
+        let rows = if only.is_some() { self.client.query(&sql, &[&list])? } else { self.client.query(&sql, &[])? };
+        for row in rows {
+            let profile = match row.get::<_, Option<Value>>(1) {
+                Some(Value::Object(map)) => Some(map),
+                Some(_) => Some(Map::new()),
+                None => None,
+            };
+            let traits: ComputedTraits = serde_json::from_value(row.get(2)).unwrap_or_default();
+            each(parse_id(row.get::<_, &str>(0))?, profile, traits);
+        }
+        Ok(())
+    }
+
+    fn day_totals(
+        &mut self,
+        only: Option<&[CustomerId]>,
+        since: NaiveDate,
+    ) -> Result<Vec<(CustomerId, DayTotals)>, StoreError> {
+        let sql = format!(
+            "SELECT customer_id, day, orders, revenue_minor FROM customer_days WHERE day >= $1{}",
+            only_clause("customer_id", only, 2)
+        );
+        let list = ids(only);
+        let rows = if only.is_some() {
+            self.client.query(&sql, &[&since, &list])?
+        } else {
+            self.client.query(&sql, &[&since])?
+        };
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse_id(r.get::<_, &str>(0))?,
+                    DayTotals { day: r.get(1), orders: r.get(2), revenue_minor: r.get(3) },
+                ))
+            })
+            .collect()
+    }
+
+    fn event_counts(
+        &mut self,
+        only: Option<&[CustomerId]>,
+        name: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(CustomerId, i64)>, StoreError> {
+        let sql = format!(
+            "SELECT COALESCE(c.merged_into, c.customer_id) AS survivor, count(*) FROM events e \
+             JOIN customers c ON c.customer_id = e.customer_id \
+             WHERE e.name = $1 AND e.ts >= $2{} GROUP BY survivor",
+            only_clause("COALESCE(c.merged_into, c.customer_id)", only, 3)
+        );
+        let list = ids(only);
+        let rows = if only.is_some() {
+            self.client.query(&sql, &[&name, &since, &list])?
+        } else {
+            self.client.query(&sql, &[&name, &since])?
+        };
+        rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(0))?, r.get(1)))).collect()
+    }
+
+    fn consents(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<ConsentRow>, StoreError> {
+        let sql = format!(
+            "SELECT COALESCE(c.merged_into, c.customer_id), k.purpose, k.channel, k.granted, k.at FROM consents k \
+             JOIN customers c ON c.customer_id = k.customer_id WHERE true{}",
+            only_clause("COALESCE(c.merged_into, c.customer_id)", only, 1)
+        );
+        let list = ids(only);
+        let rows = if only.is_some() { self.client.query(&sql, &[&list])? } else { self.client.query(&sql, &[])? };
+        rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(0))?, r.get(1), r.get(2), r.get(3), r.get(4)))).collect()
+    }
+
+    fn rfm(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<(CustomerId, RfmRow)>, StoreError> {
+        let sql = format!(
+            "SELECT customer_id, r, f, m, rfm_group FROM rfm_scores WHERE true{}",
+            only_clause("customer_id", only, 1)
+        );
+        let list = ids(only);
+        let rows = if only.is_some() { self.client.query(&sql, &[&list])? } else { self.client.query(&sql, &[])? };
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse_id(r.get::<_, &str>(0))?,
+                    RfmRow {
+                        r: i64::from(r.get::<_, i16>(1)),
+                        f: i64::from(r.get::<_, i16>(2)),
+                        m: i64::from(r.get::<_, i16>(3)),
+                        group: r.get(4),
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+const SEGMENT_COLUMNS: &str = "segment_id, name, source, description, created_at, updated_at, refreshed_at, members";
+
+fn segment_row(row: &postgres::Row) -> Result<SegmentRecord, StoreError> {
+    Ok(SegmentRecord {
+        id: parse_id(row.get::<_, &str>(0))?,
+        name: row.get(1),
+        source: row.get(2),
+        description: row.get(3),
+        created_at: row.get(4),
+        updated_at: row.get(5),
+        refreshed_at: row.get(6),
+        members: row.get(7),
+    })
+}
+
+fn segment_by_name(
+    client: &mut impl GenericClient,
+    name: &str,
+    lock: bool,
+) -> Result<Option<SegmentRecord>, StoreError> {
+    let sql =
+        format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE name = $1{}", if lock { " FOR UPDATE" } else { "" });
+    client.query_opt(&sql, &[&name])?.as_ref().map(segment_row).transpose()
+}
+
+impl PgEngine {
+    pub(super) fn put_segment(&self, record: &SegmentRecord) -> Result<SegmentRecord, StoreError> {
+        self.retrying(|client: &mut Client| {
+            let mut tx = client.transaction()?;
+            tx.execute(
+                "INSERT INTO segments (segment_id, name, source, description, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET source = excluded.source, \
+                 description = excluded.description, updated_at = excluded.updated_at",
+                &[
+                    &record.id.to_string(),
+                    &record.name,
+                    &record.source,
+                    &record.description,
+                    &record.created_at,
+                    &record.updated_at,
+                ],
+            )?;
+            let stored = segment_by_name(&mut tx, &record.name, false)?
+                .ok_or_else(|| StoreError::Database("the segment just saved is missing".into()))?;
+            tx.commit()?;
+            Ok(stored)
+        })
+    }
+
+    pub(super) fn all_segments(&self) -> Result<Vec<SegmentRecord>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query(&format!("SELECT {SEGMENT_COLUMNS} FROM segments ORDER BY name"), &[])?
+                .iter()
+                .map(segment_row)
+                .collect()
+        })
+    }
+
+    pub(super) fn delete_segment(&self, name: &str) -> Result<bool, StoreError> {
+        self.retrying(|client: &mut Client| {
+            let mut tx = client.transaction()?;
+            let Some(old) = segment_by_name(&mut tx, name, true)? else { return Ok(false) };
+            tx.execute("DELETE FROM segment_members WHERE segment_id = $1", &[&old.id.to_string()])?;
+            tx.execute("DELETE FROM segments WHERE segment_id = $1", &[&old.id.to_string()])?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    pub(super) fn facts(
+        &self,
+        columns: &[Column],
+        only: Option<&[CustomerId]>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<CustomerId>, FactTable), StoreError> {
+        self.pool.with(|client| {
+            // One snapshot, so every column sees the same state.
+            let mut tx =
+                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+            let built = build_facts(&mut Reads { client: &mut tx }, columns, only, &self.settings, now)?;
+            tx.commit()?;
+            Ok(built)
+        })
+    }
+
+    pub(super) fn sync_segment(
+        &self,
+        segment: &SegmentRecord,
+        scope: Option<&[CustomerId]>,
+        members: &[CustomerId],
+        now: DateTime<Utc>,
+    ) -> Result<MembershipChange, StoreError> {
+        self.retrying(|client: &mut Client| {
+            let mut tx = client.transaction()?;
+            let id = segment.id.to_string();
+            // The segment's row serialises evaluations of one segment, so two
+            // processes never announce the same entry twice.
+            if tx.query_opt("SELECT 1 FROM segments WHERE segment_id = $1 FOR UPDATE", &[&id])?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            let list = ids(scope);
+            let sql = format!(
+                "SELECT customer_id FROM segment_members WHERE segment_id = $1{}",
+                only_clause("customer_id", scope, 2)
+            );
+            let rows = if scope.is_some() { tx.query(&sql, &[&id, &list])? } else { tx.query(&sql, &[&id])? };
+            let current: Vec<CustomerId> =
+                rows.iter().map(|r| parse_id(r.get::<_, &str>(0))).collect::<Result<_, _>>()?;
+            let (entered, exited) = membership_diff(&current, members, scope);
+            let properties = membership_event(segment.id, &segment.name);
+            let entered_ids: Vec<String> = entered.iter().map(|c| c.to_string()).collect();
+            let exited_ids: Vec<String> = exited.iter().map(|c| c.to_string()).collect();
+            tx.execute(
+                "INSERT INTO segment_members (customer_id, segment_id, entered_at) \
+                 SELECT c, $2, $3 FROM unnest($1::text[]) AS c ON CONFLICT DO NOTHING",
+                &[&entered_ids, &id, &now],
+            )?;
+            tx.execute(
+                "DELETE FROM segment_members WHERE segment_id = $2 AND customer_id = ANY($1)",
+                &[&exited_ids, &id],
+            )?;
+            for (customers, name) in [(&entered_ids, SEGMENT_ENTERED), (&exited_ids, SEGMENT_EXITED)] {
+                let event_ids: Vec<String> = customers.iter().map(|_| EventId::new().to_string()).collect();
+                tx.execute(
+                    "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, \
+                     received_at, properties, context, traits, extra, identifiers, computed) \
+                     SELECT c, e, 'relais', e, 'track', $3, 'other', $4, $4, $5, '{}', '{}', '{}', '[]', TRUE \
+                     FROM unnest($1::text[], $2::text[]) AS t(c, e)",
+                    &[customers, &event_ids, &name, &now, &properties],
+                )?;
+            }
+            let size: i64 = tx.query_one("SELECT count(*) FROM segment_members WHERE segment_id = $1", &[&id])?.get(0);
+            if scope.is_none() {
+                tx.execute(
+                    "UPDATE segments SET members = $2, refreshed_at = $3 WHERE segment_id = $1",
+                    &[&id, &size, &now],
+                )?;
+            } else {
+                tx.execute("UPDATE segments SET members = $2 WHERE segment_id = $1", &[&id, &size])?;
+            }
+            tx.commit()?;
+            Ok(MembershipChange { entered: entered.len(), exited: exited.len(), size })
+        })
+    }
+
+    pub(super) fn members_of(
+        &self,
+        segment: SegmentId,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<(CustomerId, DateTime<Utc>)>, StoreError> {
+        self.pool.with(|client| {
+            let after = after.map(|c| c.to_string()).unwrap_or_default();
+            client
+                .query(
+                    "SELECT customer_id, entered_at FROM segment_members WHERE segment_id = $1 AND customer_id > $2 \
+                     ORDER BY customer_id LIMIT $3",
+                    &[&segment.to_string(), &after, &(limit as i64)],
+                )?
+                .iter()
+                .map(|r| Ok((parse_id(r.get::<_, &str>(0))?, r.get(1))))
+                .collect()
+        })
+    }
+
+    pub(super) fn overlap(&self, a: SegmentId, b: SegmentId) -> Result<i64, StoreError> {
+        self.pool.with(|client| {
+            Ok(client
+                .query_one(
+                    "SELECT count(*) FROM segment_members x JOIN segment_members y \
+                     ON y.customer_id = x.customer_id AND y.segment_id = $2 WHERE x.segment_id = $1",
+                    &[&a.to_string(), &b.to_string()],
+                )?
+                .get(0))
+        })
+    }
+
+    pub(super) fn put_rfm(&self, scores: &[CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError> {
+        let customers: Vec<&str> = scores.iter().map(|s| s.customer.as_str()).collect();
+        let score = |pick: fn(&CustomerRfm) -> u8| scores.iter().map(|s| i16::from(pick(s))).collect::<Vec<i16>>();
+        let (r, f, m) = (score(|s| s.rfm.r), score(|s| s.rfm.f), score(|s| s.rfm.m));
+        let groups: Vec<&str> = scores.iter().map(|s| s.rfm.group().as_str()).collect();
+        self.retrying(|client: &mut Client| {
+            let mut tx = client.transaction()?;
+            tx.execute("DELETE FROM rfm_scores", &[])?;
+            tx.execute(
+                "INSERT INTO rfm_scores (customer_id, r, f, m, rfm_group, scored_at) \
+                 SELECT c, r, f, m, g, $6 FROM unnest($1::text[], $2::int2[], $3::int2[], $4::int2[], $5::text[]) \
+                 AS t(c, r, f, m, g)",
+                &[&customers, &r, &f, &m, &groups, &at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! Segments on SQLite: the bulk reads facts are built from, saved segments
+//! and memberships. Writes run on the writer thread.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use relais_domain::rfm::CustomerRfm;
+use relais_domain::segment::{Column, FactTable};
+use relais_domain::traits::{ComputedTraits, DayTotals};
+use relais_domain::{CustomerId, EventId, SegmentId};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{Map, Value};
+
+use super::{decode_traits, from_micros, micros, parse_id, SqliteEngine};
+use crate::store::segments::{
+    build_facts, membership_diff, membership_event, ConsentRow, FactReads, MembershipChange, RfmRow, SegmentRecord,
+    SEGMENT_ENTERED, SEGMENT_EXITED,
+};
+use crate::store::StoreError;
+
+/// The filter on the surviving profile `{survivor}` when only some profiles
+/// are read: the ids travel as one JSON parameter, never in the SQL text.
+fn only_clause(survivor: &str, only: Option<&[CustomerId]>, param: usize) -> String {
+    match only {
+        Some(_) => format!(" AND {survivor} IN (SELECT value FROM json_each(?{param}))"),
+        None => String::new(),
+    }
+}
+
+fn only_json(only: Option<&[CustomerId]>) -> String {
+    serde_json::to_string(&only.unwrap_or_default().iter().map(|c| c.to_string()).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".into())
+}
+
+struct Reads<'c> {
+    conn: &'c Connection,
+}
+
+impl FactReads for Reads<'_> {
+    fn profiles(
+        &mut self,
+        only: Option<&[CustomerId]>,
+        with_profile: bool,
+        each: &mut dyn FnMut(CustomerId, Option<Map<String, Value>>, ComputedTraits),
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "SELECT customer_id, {}, traits FROM customers WHERE merged_into IS NULL{} ORDER BY customer_id",
+            if with_profile { "profile" } else { "NULL" },
+            only_clause("customer_id", only, 1)
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let json = only_json(only);
+        let mut rows = if only.is_some() { stmt.query([&json])? } else { stmt.query([])? };
+        while let Some(row) = rows.next()? {
+            let customer: CustomerId = parse_id(&row.get::<_, String>(0)?)?;
+            let profile = row.get::<_, Option<String>>(1)?.map(|text| serde_json::from_str(&text).unwrap_or_default());
+            let traits = decode_traits(row.get::<_, Option<Vec<u8>>>(2)?.as_deref())?;
+            each(customer, profile, traits);
+        }
+        Ok(())
+    }
+
+    fn day_totals(
+        &mut self,
+        only: Option<&[CustomerId]>,
+        since: NaiveDate,
+    ) -> Result<Vec<(CustomerId, DayTotals)>, StoreError> {
+        let sql = format!(
+            "SELECT customer_id, day, orders, revenue_minor FROM customer_days WHERE day >= ?1{}",
+            only_clause("customer_id", only, 2)
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let since = since.format("%Y-%m-%d").to_string();
+        let json = only_json(only);
+        let mut rows = if only.is_some() { stmt.query(params![since, json])? } else { stmt.query(params![since])? };
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let day: String = row.get(1)?;
+            let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+                .map_err(|_| StoreError::Database(format!("bad stored day `{day}`")))?;
+            out.push((
+                parse_id(&row.get::<_, String>(0)?)?,
+                DayTotals { day, orders: row.get(2)?, revenue_minor: row.get(3)? },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn event_counts(
+        &mut self,
+        only: Option<&[CustomerId]>,
+        name: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(CustomerId, i64)>, StoreError> {
+        let sql = format!(
+            "SELECT COALESCE(c.merged_into, c.customer_id) AS survivor, count(*) FROM events e \
+             JOIN customers c ON c.customer_id = e.customer_id \
+             WHERE e.name = ?1 AND e.ts >= ?2{} GROUP BY survivor",
+            only_clause("COALESCE(c.merged_into, c.customer_id)", only, 3)
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let json = only_json(only);
+        let mut rows = if only.is_some() {
+            stmt.query(params![name, micros(since), json])?
+        } else {
+            stmt.query(params![name, micros(since)])?
+        };
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push((parse_id(&row.get::<_, String>(0)?)?, row.get(1)?));
+        }
+        Ok(out)
+    }
+
+    fn consents(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<ConsentRow>, StoreError> {
+        let sql = format!(
+            "SELECT COALESCE(c.merged_into, c.customer_id), k.purpose, k.channel, k.granted, k.at FROM consents k \
+             JOIN customers c ON c.customer_id = k.customer_id WHERE true{}",
+            only_clause("COALESCE(c.merged_into, c.customer_id)", only, 1)
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let json = only_json(only);
+        let mut rows = if only.is_some() { stmt.query([&json])? } else { stmt.query([])? };
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push((
+                parse_id(&row.get::<_, String>(0)?)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get::<_, i64>(3)? != 0,
+                from_micros(row.get(4)?),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn rfm(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<(CustomerId, RfmRow)>, StoreError> {
+        let sql = format!(
+            "SELECT customer_id, r, f, m, rfm_group FROM rfm_scores WHERE true{}",
+            only_clause("customer_id", only, 1)
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let json = only_json(only);
+        let mut rows = if only.is_some() { stmt.query([&json])? } else { stmt.query([])? };
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push((
+                parse_id(&row.get::<_, String>(0)?)?,
+                RfmRow { r: row.get(1)?, f: row.get(2)?, m: row.get(3)?, group: row.get(4)? },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+const SEGMENT_COLUMNS: &str = "segment_id, name, source, description, created_at, updated_at, refreshed_at, members";
+
+fn segment_row(row: &rusqlite::Row<'_>) -> Result<SegmentRecord, StoreError> {
+    Ok(SegmentRecord {
+        id: parse_id(&row.get::<_, String>(0)?)?,
+        name: row.get(1)?,
+        source: row.get(2)?,
+        description: row.get(3)?,
+        created_at: from_micros(row.get(4)?),
+        updated_at: from_micros(row.get(5)?),
+        refreshed_at: row.get::<_, Option<i64>>(6)?.map(from_micros),
+        members: row.get(7)?,
+    })
+}
+
+fn segment_by_name(conn: &Connection, name: &str) -> Result<Option<SegmentRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE name = ?1"))?;
+    let mut rows = stmt.query([name])?;
+    rows.next()?.map(segment_row).transpose()
+}
+
+impl SqliteEngine {
+    pub(super) fn put_segment(&self, record: &SegmentRecord) -> Result<SegmentRecord, StoreError> {
+        let record = record.clone();
+        self.write(false, move |conn| {
+            let tx = conn.transaction()?;
+            if let Some(old) = segment_by_name(&tx, &record.name)? {
+                tx.execute(
+                    "UPDATE segments SET source = ?2, description = ?3, updated_at = ?4 WHERE segment_id = ?1",
+                    params![old.id.to_string(), record.source, record.description, micros(record.updated_at)],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT INTO segments (segment_id, name, source, description, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        record.id.to_string(),
+                        record.name,
+                        record.source,
+                        record.description,
+                        micros(record.created_at),
+                        micros(record.updated_at)
+                    ],
+                )?;
+            }
+            let stored = segment_by_name(&tx, &record.name)?
+                .ok_or_else(|| StoreError::Database("the segment just saved is missing".into()))?;
+            tx.commit()?;
+            Ok(stored)
+        })
+    }
+
+    pub(super) fn all_segments(&self) -> Result<Vec<SegmentRecord>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare(&format!("SELECT {SEGMENT_COLUMNS} FROM segments ORDER BY name"))?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(segment_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    pub(super) fn delete_segment(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(false, move |conn| {
+            let tx = conn.transaction()?;
+            let Some(old) = segment_by_name(&tx, &name)? else { return Ok(false) };
+            tx.execute("DELETE FROM segment_members WHERE segment_id = ?1", [old.id.to_string()])?;
+            tx.execute("DELETE FROM segments WHERE segment_id = ?1", [old.id.to_string()])?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    pub(super) fn facts(
+        &self,
+        columns: &[Column],
+        only: Option<&[CustomerId]>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<CustomerId>, FactTable), StoreError> {
+        self.readers.with(|conn| {
+            // One read transaction, so every column sees the same state.
+            conn.execute_batch("BEGIN")?;
+            let built = build_facts(&mut Reads { conn }, columns, only, &self.settings, now);
+            conn.execute_batch("COMMIT")?;
+            built
+        })
+    }
+
+    pub(super) fn sync_segment(
+        &self,
+        segment: &SegmentRecord,
+        scope: Option<&[CustomerId]>,
+        members: &[CustomerId],
+        now: DateTime<Utc>,
+    ) -> Result<MembershipChange, StoreError> {
+        let (segment, scope, members) = (segment.clone(), scope.map(<[_]>::to_vec), members.to_vec());
+        self.write(false, move |conn| {
+            let tx = conn.transaction()?;
+            let id = segment.id.to_string();
+            let exists: Option<i64> =
+                tx.query_row("SELECT 1 FROM segments WHERE segment_id = ?1", [&id], |r| r.get(0)).optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            let current: Vec<CustomerId> = {
+                let sql = format!(
+                    "SELECT customer_id FROM segment_members WHERE segment_id = ?1{}",
+                    only_clause("customer_id", scope.as_deref(), 2)
+                );
+                let mut stmt = tx.prepare(&sql)?;
+                let json = only_json(scope.as_deref());
+                let mut rows = if scope.is_some() { stmt.query(params![id, json])? } else { stmt.query([&id])? };
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    out.push(parse_id(&row.get::<_, String>(0)?)?);
+                }
+                out
+            };
+            let (entered, exited) = membership_diff(&current, &members, scope.as_deref());
+            let properties = membership_event(segment.id, &segment.name).to_string();
+            {
+                let mut add = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO segment_members (customer_id, segment_id, entered_at) VALUES (?1, ?2, ?3)",
+                )?;
+                let mut remove =
+                    tx.prepare_cached("DELETE FROM segment_members WHERE customer_id = ?1 AND segment_id = ?2")?;
+                let mut event = tx.prepare_cached(
+                    "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, \
+                     received_at, properties, context, traits, extra, identifiers, computed) \
+                     VALUES (?1, ?2, 'relais', ?2, 'track', ?3, 'other', ?4, ?4, ?5, '{}', '{}', '{}', '[]', 1)",
+                )?;
+                for (customers, name) in [(&entered, SEGMENT_ENTERED), (&exited, SEGMENT_EXITED)] {
+                    for customer in customers {
+                        let customer = customer.to_string();
+                        if name == SEGMENT_ENTERED {
+                            add.execute(params![customer, id, micros(now)])?;
+                        } else {
+                            remove.execute(params![customer, id])?;
+                        }
+                        event.execute(params![customer, EventId::new().to_string(), name, micros(now), properties])?;
+                    }
+                }
+            }
+            let size: i64 =
+                tx.query_row("SELECT count(*) FROM segment_members WHERE segment_id = ?1", [&id], |r| r.get(0))?;
+            if scope.is_none() {
+                tx.execute(
+                    "UPDATE segments SET members = ?2, refreshed_at = ?3 WHERE segment_id = ?1",
+                    params![id, size, micros(now)],
+                )?;
+            } else {
+                tx.execute("UPDATE segments SET members = ?2 WHERE segment_id = ?1", params![id, size])?;
+            }
+            tx.commit()?;
+            Ok(MembershipChange { entered: entered.len(), exited: exited.len(), size })
+        })
+    }
+
+    pub(super) fn members_of(
+        &self,
+        segment: SegmentId,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<(CustomerId, DateTime<Utc>)>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT customer_id, entered_at FROM segment_members WHERE segment_id = ?1 AND customer_id > ?2 \
+                 ORDER BY customer_id LIMIT ?3",
+            )?;
+            let after = after.map(|c| c.to_string()).unwrap_or_default();
+            let mut rows = stmt.query(params![segment.to_string(), after, limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push((parse_id(&row.get::<_, String>(0)?)?, from_micros(row.get(1)?)));
+            }
+            Ok(out)
+        })
+    }
+
+    pub(super) fn overlap(&self, a: SegmentId, b: SegmentId) -> Result<i64, StoreError> {
+        self.readers.with(|conn| {
+            Ok(conn.query_row(
+                "SELECT count(*) FROM segment_members x JOIN segment_members y \
+                 ON y.customer_id = x.customer_id AND y.segment_id = ?2 WHERE x.segment_id = ?1",
+                params![a.to_string(), b.to_string()],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    pub(super) fn put_rfm(&self, scores: &[CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError> {
+        let rows: Vec<(String, u8, u8, u8, &'static str)> =
+            scores.iter().map(|s| (s.customer.clone(), s.rfm.r, s.rfm.f, s.rfm.m, s.rfm.group().as_str())).collect();
+        self.write(false, move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM rfm_scores", [])?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO rfm_scores (customer_id, r, f, m, rfm_group, scored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for (customer, r, f, m, group) in &rows {
+                    insert.execute(params![customer, r, f, m, group, micros(at)])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}
