@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the peer tools that `relais bench` compares against, in a virtual
 # environment beside this script (bench/peers/.venv). The server never needs them.
-#   DuckDB (PyPI), for `relais bench segments` (RFM scores from a Parquet file).
+#   DuckDB (PyPI), for `relais bench segments` (RFM scores from a Parquet file,
+#   and a three-condition segment over a million profiles).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DUCKDB_VERSION="${DUCKDB_VERSION:-2.0.0}"

@@ -60,6 +60,9 @@ pub struct SegmentsArgs {
     /// Reader threads of relais (default: the machine's cores; DuckDB uses as many).
     #[arg(long)]
     threads: Option<usize>,
+    /// Profiles of the segment evaluation.
+    #[arg(long, default_value_t = 1_000_000)]
+    profiles: usize,
     /// Folder of the peer tools, where `install.sh` made `.venv`.
     #[arg(long, default_value = "bench/peers")]
     peers: PathBuf,
@@ -231,6 +234,146 @@ fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
     Ok((value, started.elapsed().as_secs_f64()))
 }
 
+/// The segment of the evaluation benchmark: three conditions over a number,
+/// a channel and a profile attribute.
+pub const SEGMENT: &str = r#"orders_90d >= 2 and last_channel = "store" and city in ("Lyon", "Nantes")"#;
+
+const CITIES: [&str; 12] = [
+    "Paris",
+    "Lyon",
+    "Marseille",
+    "Nantes",
+    "Lille",
+    "Bordeaux",
+    "Toulouse",
+    "Rennes",
+    "Nice",
+    "Strasbourg",
+    "Dijon",
+    "Brest",
+];
+
+struct SegmentTimes {
+    members: usize,
+    ours_ms: f64,
+    duckdb_ms: f64,
+}
+
+/// Seeded facts of `profiles` people: orders in 90 days (skewed, 0 to 12),
+/// last channel, city (5% unknown).
+fn synthetic_facts(profiles: usize, seed: u64) -> Vec<(i64, &'static str, Option<&'static str>)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e9);
+    (0..profiles)
+        .map(|_| {
+            let orders = (rng.gen::<f64>().powi(3) * 13.0) as i64;
+            let channel = relais_domain::Channel::ALL[rng.gen_range(0..relais_domain::Channel::ALL.len())].as_str();
+            let city = (rng.gen::<f64>() >= 0.05).then(|| CITIES[rng.gen_range(0..CITIES.len())]);
+            (orders, channel, city)
+        })
+        .collect()
+}
+
+/// Evaluate `SEGMENT` over `--profiles` profiles held in memory, checked
+/// against a row-by-row evaluation and against DuckDB on the same facts, then
+/// timed (medians of eleven) against DuckDB's query over an in-memory table.
+fn segment_eval(args: &SegmentsArgs, python: &Path, threads: usize, scratch: &Path) -> anyhow::Result<SegmentTimes> {
+    use relais_domain::segment::{CheckContext, Column, Fact, FactTable, Segment, TraitColumn};
+    let classification = relais_domain::privacy::Classification::default();
+    let context =
+        CheckContext { role: relais_domain::Role::Admin, classification: &classification, currency_exponent: 2 };
+    let segment = Segment::compile(SEGMENT, &context)?;
+    let facts = synthetic_facts(args.profiles, args.seed);
+    let mut table = FactTable::new(segment.columns());
+    table.reserve(facts.len());
+    for (orders, channel, city) in &facts {
+        let row: Vec<Fact<'_>> = segment
+            .columns()
+            .iter()
+            .map(|column| match column {
+                Column::Trait(TraitColumn::Orders90d) => Fact::Int(*orders),
+                Column::Trait(TraitColumn::LastChannel) => Fact::Text(channel),
+                Column::Profile(_) => city.map_or(Fact::Missing, Fact::Text),
+                other => unreachable!("the benchmark's segment reads no {other:?}"),
+            })
+            .collect();
+        table.push(&row);
+    }
+    let members: Vec<usize> = segment.evaluate(&table).rows().collect();
+    let expected: Vec<usize> = facts
+        .iter()
+        .enumerate()
+        .filter(|(_, (orders, channel, city))| {
+            *orders >= 2 && *channel == "store" && matches!(city, Some("Lyon") | Some("Nantes"))
+        })
+        .map(|(row, _)| row)
+        .collect();
+    anyhow::ensure!(members == expected, "the segment found {} members, row by row {}", members.len(), expected.len());
+
+    let parquet = scratch.join("facts.parquet");
+    write_facts(&parquet, &facts)?;
+    let output = Command::new(python)
+        .arg(args.peers.join("segment_duckdb.py"))
+        .arg(&parquet)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    anyhow::ensure!(output.status.success(), "segment_duckdb.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let answer: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .with_context(|| format!("segment_duckdb.py printed no JSON: {stdout}"))?;
+    let row_sum: u64 = members.iter().map(|r| *r as u64).sum();
+    anyhow::ensure!(
+        answer["members"].as_u64() == Some(members.len() as u64) && answer["row_id_sum"].as_u64() == Some(row_sum),
+        "DuckDB found other members: {answer} against {} (row id sum {row_sum})",
+        members.len()
+    );
+    let mut times = Vec::with_capacity(11);
+    for _ in 0..11 {
+        let started = Instant::now();
+        let found = segment.evaluate(&table).count();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(found == members.len(), "an evaluation found {found} members");
+    }
+    let ours_ms = median(&times);
+    let duckdb_ms = answer["seconds"].as_f64().context("no seconds from DuckDB")? * 1000.0;
+    eprintln!(
+        "segment over {} profiles: {} members, relais {ours_ms:.2} ms, DuckDB {duckdb_ms:.2} ms (medians of 11, identical members)",
+        args.profiles,
+        members.len()
+    );
+    Ok(SegmentTimes { members: members.len(), ours_ms, duckdb_ms })
+}
+
+fn write_facts(path: &Path, facts: &[(i64, &str, Option<&str>)]) -> anyhow::Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("row_id", DataType::Int64, false),
+        Field::new("orders_90d", DataType::Int64, false),
+        Field::new("last_channel", DataType::Utf8, false),
+        Field::new("city", DataType::Utf8, true),
+    ]));
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(path)?, schema.clone(), None)?;
+    for (start, chunk) in (0..).step_by(BATCH_ROWS).zip(facts.chunks(BATCH_ROWS)) {
+        let (mut ids, mut orders) = (Int64Builder::new(), Int64Builder::new());
+        let (mut channels, mut cities) = (StringBuilder::new(), StringBuilder::new());
+        for (i, (o, channel, city)) in chunk.iter().enumerate() {
+            ids.append_value((start + i) as i64);
+            orders.append_value(*o);
+            channels.append_value(channel);
+            cities.append_option(*city);
+        }
+        let columns: Vec<arrow_array::ArrayRef> = vec![
+            Arc::new(ids.finish()),
+            Arc::new(orders.finish()),
+            Arc::new(channels.finish()),
+            Arc::new(cities.finish()),
+        ];
+        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+    }
+    writer.close()?;
+    Ok(())
+}
+
 /// Run `relais bench segments`.
 pub fn bench_segments(args: SegmentsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
@@ -318,10 +461,17 @@ fn run_segments(
         duckdb_times.push(duckdb_seconds);
         ratios.push(rfm_seconds / duckdb_seconds);
     }
+    let segment = segment_eval(args, python, threads, scratch)?;
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     println!(
         "{}",
         json!({
+            "segment": SEGMENT,
+            "segment_profiles": args.profiles,
+            "segment_members": segment.members,
+            "segment_ms": round3(segment.ours_ms),
+            "segment_duckdb_ms": round3(segment.duckdb_ms),
+            "segment_ratio": round3(segment.ours_ms / segment.duckdb_ms),
             "events": checked.events,
             // The population is known only when this run generated the file.
             "customers": generate_seconds.map(|_| args.customers),
