@@ -174,12 +174,12 @@ fn evaluate_all(
         }
     }
     let (customers, table) = engine.segment_facts(&columns, only, now)?;
-    let mut changes = Vec::new();
-    for (record, segment) in segments {
-        let members: Vec<CustomerId> = segment.evaluate(&table).rows().map(|row| customers[row]).collect();
-        changes.push((record.name.clone(), engine.segment_sync(record, only, &members, now)?));
-    }
-    Ok(changes)
+    let evaluated: Vec<(SegmentRecord, Vec<CustomerId>)> = segments
+        .iter()
+        .map(|(record, segment)| (record.clone(), segment.evaluate(&table).rows().map(|row| customers[row]).collect()))
+        .collect();
+    let changes = engine.segment_sync(&evaluated, only, now)?;
+    Ok(evaluated.into_iter().zip(changes).map(|((record, _), change)| (record.name, change)).collect())
 }
 
 /// Bring the memberships of the profiles an ingest batch touched up to date

@@ -649,16 +649,16 @@ pub trait Engine: Send + Sync + 'static {
         only: Option<&[CustomerId]>,
         now: DateTime<Utc>,
     ) -> Result<(Vec<CustomerId>, relais_domain::segment::FactTable), StoreError>;
-    /// Make `members` the segment's members within `scope` (everyone when
-    /// `None`): one transaction adds and removes memberships, writes the
-    /// `Segment Entered` / `Segment Exited` computed events, and the size.
+    /// Make each segment's evaluated members its members within `scope`
+    /// (everyone when `None`): one transaction adds and removes memberships,
+    /// writes the `Segment Entered` / `Segment Exited` computed events, and the
+    /// sizes. One change per segment, in order.
     fn segment_sync(
         &self,
-        segment: &segments::SegmentRecord,
+        evaluated: &[(segments::SegmentRecord, Vec<CustomerId>)],
         scope: Option<&[CustomerId]>,
-        members: &[CustomerId],
         now: DateTime<Utc>,
-    ) -> Result<segments::MembershipChange, StoreError>;
+    ) -> Result<Vec<segments::MembershipChange>, StoreError>;
     /// Members of a segment by customer id, after `after`, with when they entered.
     fn segment_members(
         &self,

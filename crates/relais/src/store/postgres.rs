@@ -1102,6 +1102,12 @@ impl Engine for PgEngine {
                 "UPDATE loyalty_draws SET customer_id = $2, member_id = '', event_id = '' WHERE customer_id = ANY($1)",
                 &[&cluster, &erased],
             )?;
+            // The erased leave their segments; sizes follow.
+            tx.execute(
+                "UPDATE segments s SET members = s.members - m.n FROM (SELECT segment_id, count(*) AS n \
+                 FROM segment_members WHERE customer_id = ANY($1) GROUP BY segment_id) m WHERE s.segment_id = m.segment_id",
+                &[&cluster],
+            )?;
             for table in [
                 "loyalty_lots",
                 "loyalty_idempotency",
@@ -1928,12 +1934,11 @@ impl Engine for PgEngine {
 
     fn segment_sync(
         &self,
-        segment: &super::segments::SegmentRecord,
+        evaluated: &[(super::segments::SegmentRecord, Vec<CustomerId>)],
         scope: Option<&[CustomerId]>,
-        members: &[CustomerId],
         now: DateTime<Utc>,
-    ) -> Result<super::segments::MembershipChange, StoreError> {
-        self.sync_segment(segment, scope, members, now)
+    ) -> Result<Vec<super::segments::MembershipChange>, StoreError> {
+        self.sync_segments(evaluated, scope, now)
     }
 
     fn segment_members(

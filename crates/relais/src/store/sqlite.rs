@@ -889,6 +889,11 @@ fn erase_in_transaction(
         "UPDATE loyalty_draws SET customer_id = '{erased}', member_id = '', event_id = '' WHERE customer_id IN ({ids})",
         erased = super::ERASED_CUSTOMER
     ))?;
+    // The erased leave their segments; sizes follow.
+    run(format!(
+        "UPDATE segments SET members = members - (SELECT count(*) FROM segment_members m \
+         WHERE m.segment_id = segments.segment_id AND m.customer_id IN ({ids}))"
+    ))?;
     for table in [
         "loyalty_lots",
         "loyalty_idempotency",
@@ -2168,12 +2173,11 @@ impl Engine for SqliteEngine {
 
     fn segment_sync(
         &self,
-        segment: &super::segments::SegmentRecord,
+        evaluated: &[(super::segments::SegmentRecord, Vec<CustomerId>)],
         scope: Option<&[CustomerId]>,
-        members: &[CustomerId],
         now: DateTime<Utc>,
-    ) -> Result<super::segments::MembershipChange, StoreError> {
-        self.sync_segment(segment, scope, members, now)
+    ) -> Result<Vec<super::segments::MembershipChange>, StoreError> {
+        self.sync_segments(evaluated, scope, now)
     }
 
     fn segment_members(

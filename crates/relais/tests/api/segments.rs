@@ -148,6 +148,19 @@ async fn memberships_are_live_and_a_full_refresh_agrees_with_them() {
     assert_eq!(list["segments"].as_array().unwrap().len(), 2);
     let (_, detail) = send(&app, &app.admin, "GET", "/api/v1/segments/lyon", None).await;
     assert_eq!(detail["sample"].as_array().unwrap().len(), 2);
+    // Erasure takes a person out of every segment, and the sizes follow.
+    let (status, body) = send(
+        &app,
+        &app.admin,
+        "POST",
+        "/api/v1/privacy/erasures",
+        Some(json!({"identifier": "email:ana@exemple.fr"})),
+    )
+    .await;
+    assert!(status.is_success(), "{body}");
+    assert!(!members(&app, "fideles-lyon-nantes").await.contains(&ana));
+    let (_, detail) = send(&app, &app.admin, "GET", "/api/v1/segments/lyon", None).await;
+    assert_eq!(detail["segment"]["size"], 1, "{detail}");
     let (status, _) = send(&app, &app.admin, "DELETE", "/api/v1/segments/lyon", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, problem) = send(&app, &app.admin, "GET", "/api/v1/segments/lyon", None).await;

@@ -163,6 +163,74 @@ fn segment_by_name(
     client.query_opt(&sql, &[&name])?.as_ref().map(segment_row).transpose()
 }
 
+/// One segment's diff within `scope`, written in the caller's transaction.
+fn sync_one(
+    tx: &mut postgres::Transaction<'_>,
+    segment: &SegmentRecord,
+    scope: Option<&[CustomerId]>,
+    members: &[CustomerId],
+    now: DateTime<Utc>,
+) -> Result<MembershipChange, StoreError> {
+    let id = segment.id.to_string();
+    let list = ids(scope);
+    let sql = format!(
+        "SELECT customer_id FROM segment_members WHERE segment_id = $1{}",
+        only_clause("customer_id", scope, 2)
+    );
+    let rows = if scope.is_some() { tx.query(&sql, &[&id, &list])? } else { tx.query(&sql, &[&id])? };
+    let current: Vec<CustomerId> = rows.iter().map(|r| parse_id(r.get::<_, &str>(0))).collect::<Result<_, _>>()?;
+    let (entered, exited) = membership_diff(&current, members, scope);
+    let entered: Vec<String> = entered.iter().map(|c| c.to_string()).collect();
+    let exited: Vec<String> = exited.iter().map(|c| c.to_string()).collect();
+    // Without locking the segment: a concurrent sync that got there first
+    // makes these rows conflict or vanish, and only the rows this transaction
+    // really changed are announced, so an entry is never announced twice.
+    let entered: Vec<String> = tx
+        .query(
+            "INSERT INTO segment_members (customer_id, segment_id, entered_at) \
+             SELECT c, $2, $3 FROM unnest($1::text[]) AS c ON CONFLICT DO NOTHING RETURNING customer_id",
+            &[&entered, &id, &now],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let exited: Vec<String> = tx
+        .query(
+            "DELETE FROM segment_members WHERE segment_id = $2 AND customer_id = ANY($1) RETURNING customer_id",
+            &[&exited, &id],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let properties = membership_event(segment.id, &segment.name);
+    for (customers, name) in [(&entered, SEGMENT_ENTERED), (&exited, SEGMENT_EXITED)] {
+        let event_ids: Vec<String> = customers.iter().map(|_| EventId::new().to_string()).collect();
+        tx.execute(
+            "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, \
+             received_at, properties, context, traits, extra, identifiers, computed) \
+             SELECT c, e, 'relais', e, 'track', $3, 'other', $4, $4, $5, '{}', '{}', '{}', '[]', TRUE \
+             FROM unnest($1::text[], $2::text[]) AS t(c, e)",
+            &[customers, &event_ids, &name, &now, &properties],
+        )?;
+    }
+    let size = if scope.is_none() {
+        let size: i64 = tx.query_one("SELECT count(*) FROM segment_members WHERE segment_id = $1", &[&id])?.get(0);
+        tx.query_opt(
+            "UPDATE segments SET members = $2, refreshed_at = $3 WHERE segment_id = $1 RETURNING members",
+            &[&id, &size, &now],
+        )?
+    } else {
+        let delta = entered.len() as i64 - exited.len() as i64;
+        tx.query_opt(
+            "UPDATE segments SET members = members + $2 WHERE segment_id = $1 RETURNING members",
+            &[&id, &delta],
+        )?
+    };
+    // A segment deleted meanwhile: the transaction rolls back.
+    let size: i64 = size.ok_or(StoreError::NotFound)?.get(0);
+    Ok(MembershipChange { entered: entered.len(), exited: exited.len(), size })
+}
+
 impl PgEngine {
     pub(super) fn put_segment(&self, record: &SegmentRecord) -> Result<SegmentRecord, StoreError> {
         self.retrying(|client: &mut Client| {
@@ -224,63 +292,24 @@ impl PgEngine {
         })
     }
 
-    pub(super) fn sync_segment(
+    pub(super) fn sync_segments(
         &self,
-        segment: &SegmentRecord,
+        evaluated: &[(SegmentRecord, Vec<CustomerId>)],
         scope: Option<&[CustomerId]>,
-        members: &[CustomerId],
         now: DateTime<Utc>,
-    ) -> Result<MembershipChange, StoreError> {
+    ) -> Result<Vec<MembershipChange>, StoreError> {
+        // Segment rows are updated in id order, so two syncs never deadlock.
+        let mut order: Vec<usize> = (0..evaluated.len()).collect();
+        order.sort_by_key(|&i| evaluated[i].0.id);
         self.retrying(|client: &mut Client| {
             let mut tx = client.transaction()?;
-            let id = segment.id.to_string();
-            // The segment's row serialises evaluations of one segment, so two
-            // processes never announce the same entry twice.
-            if tx.query_opt("SELECT 1 FROM segments WHERE segment_id = $1 FOR UPDATE", &[&id])?.is_none() {
-                return Err(StoreError::NotFound);
-            }
-            let list = ids(scope);
-            let sql = format!(
-                "SELECT customer_id FROM segment_members WHERE segment_id = $1{}",
-                only_clause("customer_id", scope, 2)
-            );
-            let rows = if scope.is_some() { tx.query(&sql, &[&id, &list])? } else { tx.query(&sql, &[&id])? };
-            let current: Vec<CustomerId> =
-                rows.iter().map(|r| parse_id(r.get::<_, &str>(0))).collect::<Result<_, _>>()?;
-            let (entered, exited) = membership_diff(&current, members, scope);
-            let properties = membership_event(segment.id, &segment.name);
-            let entered_ids: Vec<String> = entered.iter().map(|c| c.to_string()).collect();
-            let exited_ids: Vec<String> = exited.iter().map(|c| c.to_string()).collect();
-            tx.execute(
-                "INSERT INTO segment_members (customer_id, segment_id, entered_at) \
-                 SELECT c, $2, $3 FROM unnest($1::text[]) AS c ON CONFLICT DO NOTHING",
-                &[&entered_ids, &id, &now],
-            )?;
-            tx.execute(
-                "DELETE FROM segment_members WHERE segment_id = $2 AND customer_id = ANY($1)",
-                &[&exited_ids, &id],
-            )?;
-            for (customers, name) in [(&entered_ids, SEGMENT_ENTERED), (&exited_ids, SEGMENT_EXITED)] {
-                let event_ids: Vec<String> = customers.iter().map(|_| EventId::new().to_string()).collect();
-                tx.execute(
-                    "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, \
-                     received_at, properties, context, traits, extra, identifiers, computed) \
-                     SELECT c, e, 'relais', e, 'track', $3, 'other', $4, $4, $5, '{}', '{}', '{}', '[]', TRUE \
-                     FROM unnest($1::text[], $2::text[]) AS t(c, e)",
-                    &[customers, &event_ids, &name, &now, &properties],
-                )?;
-            }
-            let size: i64 = tx.query_one("SELECT count(*) FROM segment_members WHERE segment_id = $1", &[&id])?.get(0);
-            if scope.is_none() {
-                tx.execute(
-                    "UPDATE segments SET members = $2, refreshed_at = $3 WHERE segment_id = $1",
-                    &[&id, &size, &now],
-                )?;
-            } else {
-                tx.execute("UPDATE segments SET members = $2 WHERE segment_id = $1", &[&id, &size])?;
+            let mut changes = vec![MembershipChange::default(); evaluated.len()];
+            for &i in &order {
+                let (segment, members) = &evaluated[i];
+                changes[i] = sync_one(&mut tx, segment, scope, members, now)?;
             }
             tx.commit()?;
-            Ok(MembershipChange { entered: entered.len(), exited: exited.len(), size })
+            Ok(changes)
         })
     }
 

@@ -172,6 +172,85 @@ fn segment_by_name(conn: &Connection, name: &str) -> Result<Option<SegmentRecord
     rows.next()?.map(segment_row).transpose()
 }
 
+/// One segment's diff within `scope`, written in the caller's transaction.
+fn sync_one(
+    tx: &Connection,
+    segment: &SegmentRecord,
+    scope: Option<&[CustomerId]>,
+    members: &[CustomerId],
+    now: DateTime<Utc>,
+) -> Result<MembershipChange, StoreError> {
+    let id = segment.id.to_string();
+    let exists: Option<i64> =
+        tx.query_row("SELECT 1 FROM segments WHERE segment_id = ?1", [&id], |r| r.get(0)).optional()?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound);
+    }
+    let current: Vec<CustomerId> = {
+        let sql = format!(
+            "SELECT customer_id FROM segment_members WHERE segment_id = ?1{}",
+            only_clause("customer_id", scope, 2)
+        );
+        let mut stmt = tx.prepare(&sql)?;
+        let json = only_json(scope);
+        let mut rows = if scope.is_some() { stmt.query(params![id, json])? } else { stmt.query([&id])? };
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(parse_id(&row.get::<_, String>(0)?)?);
+        }
+        out
+    };
+    let (entered, exited) = membership_diff(&current, members, scope);
+    let properties = membership_event(segment.id, &segment.name).to_string();
+    let mut add = tx.prepare_cached(
+        "INSERT OR IGNORE INTO segment_members (customer_id, segment_id, entered_at) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut remove = tx.prepare_cached("DELETE FROM segment_members WHERE customer_id = ?1 AND segment_id = ?2")?;
+    let mut event = tx.prepare_cached(
+        "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, \
+         received_at, properties, context, traits, extra, identifiers, computed) \
+         VALUES (?1, ?2, 'relais', ?2, 'track', ?3, 'other', ?4, ?4, ?5, '{}', '{}', '{}', '[]', 1)",
+    )?;
+    for customer in &entered {
+        add.execute(params![customer.to_string(), id, micros(now)])?;
+        event.execute(params![
+            customer.to_string(),
+            EventId::new().to_string(),
+            SEGMENT_ENTERED,
+            micros(now),
+            properties
+        ])?;
+    }
+    for customer in &exited {
+        remove.execute(params![customer.to_string(), id])?;
+        event.execute(params![
+            customer.to_string(),
+            EventId::new().to_string(),
+            SEGMENT_EXITED,
+            micros(now),
+            properties
+        ])?;
+    }
+    let size: i64 = if scope.is_none() {
+        let size: i64 =
+            tx.query_row("SELECT count(*) FROM segment_members WHERE segment_id = ?1", [&id], |r| r.get(0))?;
+        tx.execute(
+            "UPDATE segments SET members = ?2, refreshed_at = ?3 WHERE segment_id = ?1",
+            params![id, size, micros(now)],
+        )?;
+        size
+    } else {
+        // The live path adjusts the size instead of counting a large segment again.
+        let delta = entered.len() as i64 - exited.len() as i64;
+        tx.query_row(
+            "UPDATE segments SET members = members + ?2 WHERE segment_id = ?1 RETURNING members",
+            params![id, delta],
+            |r| r.get(0),
+        )?
+    };
+    Ok(MembershipChange { entered: entered.len(), exited: exited.len(), size })
+}
+
 impl SqliteEngine {
     pub(super) fn put_segment(&self, record: &SegmentRecord) -> Result<SegmentRecord, StoreError> {
         let record = record.clone();
@@ -242,73 +321,21 @@ impl SqliteEngine {
         })
     }
 
-    pub(super) fn sync_segment(
+    pub(super) fn sync_segments(
         &self,
-        segment: &SegmentRecord,
+        evaluated: &[(SegmentRecord, Vec<CustomerId>)],
         scope: Option<&[CustomerId]>,
-        members: &[CustomerId],
         now: DateTime<Utc>,
-    ) -> Result<MembershipChange, StoreError> {
-        let (segment, scope, members) = (segment.clone(), scope.map(<[_]>::to_vec), members.to_vec());
+    ) -> Result<Vec<MembershipChange>, StoreError> {
+        let (evaluated, scope) = (evaluated.to_vec(), scope.map(<[_]>::to_vec));
         self.write(false, move |conn| {
             let tx = conn.transaction()?;
-            let id = segment.id.to_string();
-            let exists: Option<i64> =
-                tx.query_row("SELECT 1 FROM segments WHERE segment_id = ?1", [&id], |r| r.get(0)).optional()?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound);
-            }
-            let current: Vec<CustomerId> = {
-                let sql = format!(
-                    "SELECT customer_id FROM segment_members WHERE segment_id = ?1{}",
-                    only_clause("customer_id", scope.as_deref(), 2)
-                );
-                let mut stmt = tx.prepare(&sql)?;
-                let json = only_json(scope.as_deref());
-                let mut rows = if scope.is_some() { stmt.query(params![id, json])? } else { stmt.query([&id])? };
-                let mut out = Vec::new();
-                while let Some(row) = rows.next()? {
-                    out.push(parse_id(&row.get::<_, String>(0)?)?);
-                }
-                out
-            };
-            let (entered, exited) = membership_diff(&current, &members, scope.as_deref());
-            let properties = membership_event(segment.id, &segment.name).to_string();
-            {
-                let mut add = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO segment_members (customer_id, segment_id, entered_at) VALUES (?1, ?2, ?3)",
-                )?;
-                let mut remove =
-                    tx.prepare_cached("DELETE FROM segment_members WHERE customer_id = ?1 AND segment_id = ?2")?;
-                let mut event = tx.prepare_cached(
-                    "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, \
-                     received_at, properties, context, traits, extra, identifiers, computed) \
-                     VALUES (?1, ?2, 'relais', ?2, 'track', ?3, 'other', ?4, ?4, ?5, '{}', '{}', '{}', '[]', 1)",
-                )?;
-                for (customers, name) in [(&entered, SEGMENT_ENTERED), (&exited, SEGMENT_EXITED)] {
-                    for customer in customers {
-                        let customer = customer.to_string();
-                        if name == SEGMENT_ENTERED {
-                            add.execute(params![customer, id, micros(now)])?;
-                        } else {
-                            remove.execute(params![customer, id])?;
-                        }
-                        event.execute(params![customer, EventId::new().to_string(), name, micros(now), properties])?;
-                    }
-                }
-            }
-            let size: i64 =
-                tx.query_row("SELECT count(*) FROM segment_members WHERE segment_id = ?1", [&id], |r| r.get(0))?;
-            if scope.is_none() {
-                tx.execute(
-                    "UPDATE segments SET members = ?2, refreshed_at = ?3 WHERE segment_id = ?1",
-                    params![id, size, micros(now)],
-                )?;
-            } else {
-                tx.execute("UPDATE segments SET members = ?2 WHERE segment_id = ?1", params![id, size])?;
+            let mut changes = Vec::with_capacity(evaluated.len());
+            for (segment, members) in &evaluated {
+                changes.push(sync_one(&tx, segment, scope.as_deref(), members, now)?);
             }
             tx.commit()?;
-            Ok(MembershipChange { entered: entered.len(), exited: exited.len(), size })
+            Ok(changes)
         })
     }
 
