@@ -160,6 +160,10 @@ prefixed_id!(
     /// One saved segment.
     SegmentId, "seg_", "segment"
 );
+prefixed_id!(
+    /// One typology (a set of segments).
+    TypologyId, "typ_", "typology"
+);
 
 #[cfg(test)]
 mod tests {

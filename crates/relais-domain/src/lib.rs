@@ -37,11 +37,12 @@ pub mod risk;
 pub mod role;
 pub mod segment;
 pub mod traits;
+pub mod typology;
 
 pub use channel::Channel;
 pub use id::{
     AccountId, ConsentId, CustomerId, ErasureId, EventId, KeyId, LedgerTxId, MemberId, MergeId, OutboxId, RequestId,
-    SegmentId,
+    SegmentId, TypologyId,
 };
 pub use identifier::{Identifier, IdentifierError, IdentifierKind};
 pub use message::{MessageError, MessageType, TrackingMessage};

@@ -186,6 +186,8 @@ const DEFAULT_MAPPINGS: &[(&str, DataClass)] = &[
     ("properties.country", DataClass::Internal),
     ("properties.rating", DataClass::Internal),
     ("properties.score", DataClass::Internal),
+    ("properties.nps", DataClass::Internal),
+    ("properties.csat", DataClass::Internal),
     ("properties.path", DataClass::Internal),
     ("properties.title", DataClass::Internal),
     ("properties.name", DataClass::Internal),

@@ -151,6 +151,12 @@ enum Command {
         #[command(subcommand)]
         command: SegmentCommand,
     },
+    /// Typologies: named sets of segments with their size, revenue, mean
+    /// lifetime value and satisfaction, against the previous period.
+    Typology {
+        #[command(subcommand)]
+        command: TypologyCommand,
+    },
     /// Computed traits.
     Traits {
         #[command(subcommand)]
@@ -574,6 +580,45 @@ enum SegmentCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TypologyCommand {
+    /// Save a typology (or give an existing one new segments).
+    Save {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Its name.
+        name: String,
+        /// Its saved segments, comma-separated, in order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        segments: Vec<String>,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Every typology.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// A typology's figures over the last period against the previous one.
+    Report {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The typology.
+        name: String,
+        /// Length of the period, days.
+        #[arg(long, default_value_t = 30)]
+        period_days: i64,
+    },
+    /// Delete a typology (its segments stay).
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The typology.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TraitsCommand {
     /// Recompute every customer's traits from the event log.
     Rebuild {
@@ -832,6 +877,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Loyalty { command } => loyalty_command(command, &settings),
         Command::Segment { command } => segment_command(command, &settings),
+        Command::Typology { command } => typology_command(command, &settings),
         Command::Clv { command } => clv_command(command, &settings),
         Command::Rfm { store, at, output } => {
             let now = at.unwrap_or_else(chrono::Utc::now);
@@ -1212,6 +1258,34 @@ fn segment_command(command: SegmentCommand, settings: &Settings) -> anyhow::Resu
             for field in relais_domain::segment::field_catalogue() {
                 println!("{:<34} {:<22} {}", field.name, field.kind, field.description);
             }
+        }
+    }
+    Ok(())
+}
+
+fn typology_command(command: TypologyCommand, settings: &Settings) -> anyhow::Result<()> {
+    use crate::typologies;
+    let now = chrono::Utc::now();
+    match command {
+        TypologyCommand::Save { store, name, segments, description } => {
+            let store = store.open(settings)?;
+            let saved = typologies::save(store.blocking(), &name, &segments, &description, now)?;
+            println!("{}", serde_json::to_string_pretty(&typologies::TypologyView::from(&saved))?);
+        }
+        TypologyCommand::List { store } => {
+            let store = store.open(settings)?;
+            let views: Vec<_> = store.blocking().typologies()?.iter().map(typologies::TypologyView::from).collect();
+            println!("{}", serde_json::to_string_pretty(&views)?);
+        }
+        TypologyCommand::Report { store, name, period_days } => {
+            let store = store.open(settings)?;
+            let report = typologies::report(store.blocking(), &settings.ingest, &name, period_days, now)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        TypologyCommand::Delete { store, name } => {
+            let store = store.open(settings)?;
+            typologies::delete(store.blocking(), &name)?;
+            eprintln!("typology `{name}` deleted");
         }
     }
     Ok(())

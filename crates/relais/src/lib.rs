@@ -15,3 +15,4 @@ pub mod outbox;
 pub mod privacy;
 pub mod segments;
 pub mod store;
+pub mod typologies;

@@ -11,7 +11,7 @@ use relais_domain::{CustomerId, Role, SegmentId};
 use serde::Serialize;
 
 use crate::store::ingest::IngestSettings;
-use crate::store::segments::{MembershipChange, SegmentRecord};
+use crate::store::segments::{CustomerScore, MembershipChange, SegmentRecord, Snapshot};
 use crate::store::{Engine, StoreError};
 
 /// Why a segment operation failed.
@@ -26,6 +26,9 @@ pub enum SegmentsError {
     /// No segment has that name.
     #[error("no segment is named `{0}`; `relais segment list` shows them")]
     Unknown(String),
+    /// No typology has that name.
+    #[error("no typology is named `{0}`; `relais typology list` shows them")]
+    UnknownTypology(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -248,6 +251,8 @@ pub struct RefreshReport {
     pub at: DateTime<Utc>,
     /// Buyers scored by RFM.
     pub rfm_scored: usize,
+    /// Buyers given a lifetime value.
+    pub clv_scored: usize,
     /// Per segment: name, entered, exited, size.
     pub segments: Vec<SegmentChange>,
 }
@@ -265,28 +270,88 @@ pub struct SegmentChange {
     pub size: i64,
 }
 
-/// Score RFM over the orders, store the scores, then evaluate every saved
-/// segment over every profile. Windows that expired with time, late events
-/// and merges all come out right: nothing incremental is trusted.
+/// Score every buyer (RFM, and lifetime value when the models can be
+/// fitted), store the scores, evaluate every saved segment over every
+/// profile, and record each segment's size and mean value for the day.
+/// Windows that expired with time, late events and merges all come out
+/// right: nothing incremental is trusted.
 pub fn refresh(
     engine: &dyn Engine,
     settings: &IngestSettings,
     now: DateTime<Utc>,
 ) -> Result<RefreshReport, SegmentsError> {
-    let purchases = engine.purchases(&settings.currency)?;
-    let scored = crate::clv::database_rfm(&purchases, now)
-        .map_err(|e| StoreError::Database(format!("RFM scoring failed: {e}")))?;
-    engine.rfm_put(&scored, now)?;
+    let scores = score_customers(engine, settings, now)?;
+    engine.scores_put(&scores, now)?;
     let segments = compiled(engine, settings)?;
     let changes = evaluate_all(engine, &segments, None, now)?;
+    let today = settings.day_of(now);
+    for ((record, _), (_, change)) in segments.iter().zip(&changes) {
+        let figures = engine.segment_figures(record.id, today, today, now, now)?;
+        let snapshot = Snapshot {
+            day: today,
+            members: change.size,
+            clv_mean_minor: relais_domain::typology::mean_minor(figures.clv_sum_minor, figures.clv_count),
+        };
+        engine.snapshot_put(record.id, &snapshot, now)?;
+    }
     Ok(RefreshReport {
         at: now,
-        rfm_scored: scored.len(),
+        rfm_scored: scores.len(),
+        clv_scored: scores.iter().filter(|s| s.clv_minor.is_some()).count(),
         segments: changes
             .into_iter()
             .map(|(name, c)| SegmentChange { name, entered: c.entered, exited: c.exited, size: c.size })
             .collect(),
     })
+}
+
+/// RFM scores of every buyer, with the expected value over the next 52 weeks
+/// when BG/NBD and Gamma-Gamma can be fitted on the orders (too little data
+/// leaves lifetime value out, with a warning, and RFM in).
+fn score_customers(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    now: DateTime<Utc>,
+) -> Result<Vec<CustomerScore>, SegmentsError> {
+    let purchases = engine.purchases(&settings.currency)?;
+    let scored = crate::clv::database_rfm(&purchases, now)
+        .map_err(|e| StoreError::Database(format!("RFM scoring failed: {e}")))?;
+    let transactions: Vec<relais_domain::clv::Transaction> = purchases
+        .iter()
+        .map(|(customer, at, amount)| relais_domain::clv::Transaction {
+            customer: customer.to_string(),
+            date: settings.day_of(*at),
+            amount_cents: *amount,
+        })
+        .collect();
+    let values: std::collections::HashMap<String, i64> =
+        match crate::clv::fit(&transactions, settings.day_of(now), 52.0, &settings.currency) {
+            Ok((_, forecasts)) => forecasts
+                .into_iter()
+                .filter(|f| f.expected_value_cents.is_finite())
+                .map(|f| (f.customer, f.expected_value_cents.round() as i64))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "lifetime value left out of the scores: the models could not be fitted");
+                Default::default()
+            }
+        };
+    scored
+        .into_iter()
+        .map(|c| {
+            Ok(CustomerScore {
+                customer: c
+                    .customer
+                    .parse()
+                    .map_err(|_| StoreError::Database(format!("bad customer id `{}`", c.customer)))?,
+                r: c.rfm.r,
+                f: c.rfm.f,
+                m: c.rfm.m,
+                group: c.rfm.group(),
+                clv_minor: values.get(&c.customer).copied(),
+            })
+        })
+        .collect()
 }
 
 /// The error with its line of source and a caret under the place at fault.

@@ -4,7 +4,7 @@
 
 use super::eval::{IntOp, Node};
 use super::parse::{Arg, CmpOp, Expr, Literal, Operand, Span};
-use super::{Column, ErrorKind, RfmColumn, SegmentError, TraitColumn, MAX_WINDOW_DAYS};
+use super::{Column, ErrorKind, ScoreColumn, SegmentError, TraitColumn, MAX_WINDOW_DAYS};
 use crate::consent::{ConsentChannel, Purpose};
 use crate::privacy::{Classification, DataClass};
 use crate::rfm::RfmGroup;
@@ -75,11 +75,12 @@ const TRAITS: [(&str, TraitColumn, Type, &str); 15] = [
     ("days_since_first_seen", TraitColumn::DaysSinceFirstSeen, Type::Int, "days since the first event"),
 ];
 
-const RFM: [(&str, RfmColumn, Type, &str); 4] = [
-    ("rfm_group", RfmColumn::Group, Type::Group, "the RFM group (champions, loyal, at_risk…)"),
-    ("rfm_r", RfmColumn::R, Type::Score, "RFM recency score, 1 to 5"),
-    ("rfm_f", RfmColumn::F, Type::Score, "RFM frequency score, 1 to 5"),
-    ("rfm_m", RfmColumn::M, Type::Score, "RFM monetary score, 1 to 5"),
+const SCORES: [(&str, ScoreColumn, Type, &str); 5] = [
+    ("rfm_group", ScoreColumn::Group, Type::Group, "the RFM group (champions, loyal, at_risk…)"),
+    ("rfm_r", ScoreColumn::R, Type::Score, "RFM recency score, 1 to 5"),
+    ("rfm_f", ScoreColumn::F, Type::Score, "RFM frequency score, 1 to 5"),
+    ("rfm_m", ScoreColumn::M, Type::Score, "RFM monetary score, 1 to 5"),
+    ("clv", ScoreColumn::Clv, Type::Money, "expected value over the next 52 weeks (BG/NBD and Gamma-Gamma)"),
 ];
 
 /// Profile attributes with a short name: the paths under `traits` tried in order.
@@ -102,7 +103,7 @@ pub fn field_catalogue() -> Vec<FieldDoc> {
     TRAITS
         .iter()
         .map(|(name, _, t, d)| FieldDoc { name, kind: kind(*t), description: d })
-        .chain(RFM.iter().map(|(name, _, t, d)| FieldDoc { name, kind: kind(*t), description: d }))
+        .chain(SCORES.iter().map(|(name, _, t, d)| FieldDoc { name, kind: kind(*t), description: d }))
         .chain(PROFILE.iter().map(|(name, _, d)| FieldDoc { name, kind: "text", description: d }))
         .chain(FUNCTIONS.iter().map(|(_, call, d)| FieldDoc { name: call, kind: "function", description: d }))
         .collect()
@@ -363,9 +364,9 @@ impl Checker<'_, '_> {
                     self.readable(*span, DataClass::Internal, &format!("`{name}`"))?;
                     return Ok((self.column(Column::Trait(*column)), *ty));
                 }
-                if let Some((_, column, ty, _)) = RFM.iter().find(|t| t.0 == lower) {
+                if let Some((_, column, ty, _)) = SCORES.iter().find(|t| t.0 == lower) {
                     self.readable(*span, DataClass::Internal, &format!("`{name}`"))?;
-                    return Ok((self.column(Column::Rfm(*column)), *ty));
+                    return Ok((self.column(Column::Score(*column)), *ty));
                 }
                 if let Some((_, paths, _)) = PROFILE.iter().find(|t| t.0 == lower) {
                     let paths = paths.iter().map(|p| p.to_string()).collect();
@@ -516,7 +517,7 @@ fn consent_of(text: &str) -> Option<(Purpose, ConsentChannel)> {
 }
 
 fn unknown_field(name: &str) -> String {
-    let names = TRAITS.iter().map(|t| t.0).chain(RFM.iter().map(|t| t.0)).chain(PROFILE.iter().map(|t| t.0));
+    let names = TRAITS.iter().map(|t| t.0).chain(SCORES.iter().map(|t| t.0)).chain(PROFILE.iter().map(|t| t.0));
     let closest = names
         .map(|candidate| (strsim::levenshtein(&name.to_ascii_lowercase(), candidate), candidate))
         .min()

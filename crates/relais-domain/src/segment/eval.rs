@@ -144,11 +144,11 @@ impl FactTable {
 }
 
 fn is_text(column: &Column) -> bool {
-    use super::{RfmColumn, TraitColumn};
+    use super::{ScoreColumn, TraitColumn};
     matches!(
         column,
         Column::Profile(_)
-            | Column::Rfm(RfmColumn::Group)
+            | Column::Score(ScoreColumn::Group)
             | Column::Trait(TraitColumn::LastChannel | TraitColumn::FavouriteStore)
     )
 }

@@ -97,8 +97,8 @@ pub enum Column {
     },
     /// Whether consent stands now for a purpose on a channel.
     Consent(Purpose, ConsentChannel),
-    /// A stored RFM score.
-    Rfm(RfmColumn),
+    /// A stored score (RFM, lifetime value).
+    Score(ScoreColumn),
 }
 
 impl Column {
@@ -108,7 +108,7 @@ impl Column {
         match self {
             Column::Trait(t) => t.moves_with_time(),
             Column::EventCount { .. } => true,
-            Column::Consent(..) | Column::Rfm(_) | Column::ChannelUsed(_) | Column::Profile(_) => false,
+            Column::Consent(..) | Column::Score(_) | Column::ChannelUsed(_) | Column::Profile(_) => false,
         }
     }
 }
@@ -164,9 +164,10 @@ impl TraitColumn {
     }
 }
 
-/// The stored RFM values a segment can read.
+/// The stored scores a segment can read (computed over the whole base at
+/// each refresh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RfmColumn {
+pub enum ScoreColumn {
     /// The named group.
     Group,
     /// Recency score, 1–5.
@@ -175,6 +176,8 @@ pub enum RfmColumn {
     F,
     /// Monetary score, 1–5.
     M,
+    /// Expected value over the next 52 weeks, minor units.
+    Clv,
 }
 
 /// The longest window a segment may count events over, in days.

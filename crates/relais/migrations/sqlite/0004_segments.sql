@@ -23,13 +23,37 @@ CREATE TABLE segment_members (
 ) WITHOUT ROWID;
 CREATE INDEX segment_members_by_segment ON segment_members (segment_id, customer_id);
 
--- Each buyer's RFM scores from the last scoring (quintiles need the whole
--- base, so they are stored, not folded per event).
-CREATE TABLE rfm_scores (
+-- Each buyer's scores from the last refresh: RFM (quintiles need the whole
+-- base, so they are stored, not folded per event) and lifetime value.
+CREATE TABLE customer_scores (
     customer_id   TEXT PRIMARY KEY,
     r             INTEGER NOT NULL,
     f             INTEGER NOT NULL,
     m             INTEGER NOT NULL,
     rfm_group     TEXT NOT NULL,
+    -- Expected value over the next 52 weeks, minor units; NULL when the
+    -- models could not be fitted (too little data).
+    clv_minor     INTEGER,
     scored_at     INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Each segment's size and mean lifetime value on each day it was refreshed,
+-- for trends.
+CREATE TABLE segment_snapshots (
+    segment_id     TEXT NOT NULL,
+    day            TEXT NOT NULL,
+    members        INTEGER NOT NULL,
+    clv_mean_minor INTEGER,
+    taken_at       INTEGER NOT NULL,
+    PRIMARY KEY (segment_id, day)
+) WITHOUT ROWID;
+
+-- Typologies: named sets of segments the customer room follows.
+CREATE TABLE typologies (
+    typology_id   TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    segments      TEXT NOT NULL,
+    description   TEXT NOT NULL DEFAULT '',
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);

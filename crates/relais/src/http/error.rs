@@ -150,6 +150,7 @@ impl From<crate::segments::SegmentsError> for ApiError {
             },
             SegmentsError::Name(reason) => ApiError::field("name", reason),
             SegmentsError::Unknown(name) => ApiError::NotFound(format!("no segment is named `{name}`")),
+            SegmentsError::UnknownTypology(name) => ApiError::NotFound(format!("no typology is named `{name}`")),
             SegmentsError::Store(e) => e.into(),
         }
     }

@@ -165,6 +165,10 @@ impl Modify for SecuritySchemes {
         segments::overlap,
         segments::delete,
         segments::refresh,
+        segments::save_typology,
+        segments::list_typologies,
+        segments::typology_report,
+        segments::delete_typology,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -313,6 +317,10 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("DELETE", "/api/v1/segments/{name}", Requires(ManageSegments), delete(segments::delete)),
         route("GET", "/api/v1/segments/{name}/members", Requires(ReadSegments), get(segments::members)),
         route("GET", "/api/v1/segments/{name}/overlap/{other}", Requires(ReadSegments), get(segments::overlap)),
+        route("POST", "/api/v1/typologies", Requires(ManageSegments), post(segments::save_typology)),
+        route("GET", "/api/v1/typologies", Requires(ReadSegments), get(segments::list_typologies)),
+        route("GET", "/api/v1/typologies/{name}", Requires(ReadSegments), get(segments::typology_report)),
+        route("DELETE", "/api/v1/typologies/{name}", Requires(ManageSegments), delete(segments::delete_typology)),
     ]
 }
 

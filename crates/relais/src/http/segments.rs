@@ -12,6 +12,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::segments::{self, ExportFormat, Overlap, Preview, RefreshReport, SegmentView};
+use crate::typologies::{self, TypologyReport, TypologyView};
 
 /// A segment to save.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -237,4 +238,96 @@ pub async fn refresh(State(state): State<AppState>, _caller: Caller) -> Result<J
     let settings = state.settings.ingest.clone();
     let report = state.store.run(move |engine| Ok(segments::refresh(engine, &settings, chrono::Utc::now()))).await??;
     Ok(Json(report))
+}
+
+/// A typology to save.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TypologyBody {
+    /// Its name: 1 to 64 letters, digits, `-` or `_`.
+    pub name: String,
+    /// Its saved segments, in order.
+    pub segments: Vec<String>,
+    /// What it is for.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Query of a typology's report.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ReportQuery {
+    /// Length of the period, days (default 30, at most 366).
+    pub period_days: Option<i64>,
+}
+
+/// Typologies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TypologyList {
+    /// Every typology, by name.
+    pub typologies: Vec<TypologyView>,
+}
+
+/// Save a typology: a named set of saved segments.
+#[utoipa::path(post, path = "/api/v1/typologies", tag = "segments", request_body = TypologyBody,
+    responses((status = 200, body = TypologyView), (status = 400, body = super::error::Problem),
+        (status = 404, body = super::error::Problem, description = "A segment is not saved")),
+    security(("bearer" = [])))]
+pub async fn save_typology(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiJson(body): ApiJson<TypologyBody>,
+) -> Result<Json<TypologyView>, ApiError> {
+    let saved = state
+        .store
+        .run(move |engine| {
+            Ok(typologies::save(engine, &body.name, &body.segments, &body.description, chrono::Utc::now()))
+        })
+        .await??;
+    Ok(Json(TypologyView::from(&saved)))
+}
+
+/// Every typology.
+#[utoipa::path(get, path = "/api/v1/typologies", tag = "segments",
+    responses((status = 200, body = TypologyList)), security(("bearer" = [])))]
+pub async fn list_typologies(State(state): State<AppState>, _caller: Caller) -> Result<Json<TypologyList>, ApiError> {
+    let records = state.store.run(|engine| engine.typologies()).await?;
+    Ok(Json(TypologyList { typologies: records.iter().map(TypologyView::from).collect() }))
+}
+
+/// A typology's figures per segment (size, revenue, mean lifetime value,
+/// NPS and CSAT) over the period, against the previous period.
+#[utoipa::path(get, path = "/api/v1/typologies/{name}", tag = "segments",
+    params(("name" = String, Path, description = "The typology's name"), ReportQuery),
+    responses((status = 200, body = TypologyReport), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn typology_report(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(name): Path<String>,
+    Query(query): Query<ReportQuery>,
+) -> Result<Json<TypologyReport>, ApiError> {
+    let period = query.period_days.unwrap_or(30);
+    if !(1..=366).contains(&period) {
+        return Err(ApiError::field("period_days", "must be between 1 and 366"));
+    }
+    let settings = state.settings.ingest.clone();
+    let report = state
+        .store
+        .run(move |engine| Ok(typologies::report(engine, &settings, &name, period, chrono::Utc::now())))
+        .await??;
+    Ok(Json(report))
+}
+
+/// Delete a typology (its segments stay).
+#[utoipa::path(delete, path = "/api/v1/typologies/{name}", tag = "segments",
+    params(("name" = String, Path, description = "The typology's name")),
+    responses((status = 204), (status = 404, body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_typology(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.store.run(move |engine| Ok(typologies::delete(engine, &name))).await??;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -670,8 +670,33 @@ pub trait Engine: Send + Sync + 'static {
     fn segment_overlap(&self, a: relais_domain::SegmentId, b: relais_domain::SegmentId) -> Result<i64, StoreError>;
     /// The profiles merged into any of `survivors`.
     fn merged_into(&self, survivors: &[CustomerId]) -> Result<Vec<CustomerId>, StoreError>;
-    /// Replace the stored RFM scores (segments read them as traits).
-    fn rfm_put(&self, scores: &[relais_domain::rfm::CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Replace the stored scores (segments read them as traits).
+    fn scores_put(&self, scores: &[segments::CustomerScore], at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// What a segment's members did from `first_day` to `last_day` (revenue,
+    /// survey answers between `from` and `to`), and their lifetime value.
+    fn segment_figures(
+        &self,
+        segment: relais_domain::SegmentId,
+        first_day: NaiveDate,
+        last_day: NaiveDate,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<segments::SegmentFigures, StoreError>;
+    /// Record a segment's size and mean lifetime value for a day (replacing that day's).
+    fn snapshot_put(
+        &self,
+        segment: relais_domain::SegmentId,
+        snapshot: &segments::Snapshot,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// A segment's snapshots, oldest first.
+    fn snapshots(&self, segment: relais_domain::SegmentId) -> Result<Vec<segments::Snapshot>, StoreError>;
+    /// Save a typology by name; returns it as stored.
+    fn typology_put(&self, record: &segments::TypologyRecord) -> Result<segments::TypologyRecord, StoreError>;
+    /// Every typology, by name.
+    fn typologies(&self) -> Result<Vec<segments::TypologyRecord>, StoreError>;
+    /// Delete a typology; false if there was none.
+    fn typology_delete(&self, name: &str) -> Result<bool, StoreError>;
     /// Whether the database answers (cheap: for `/healthz`).
     fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use relais_domain::consent::{self, ConsentChannel, ConsentFact, Purpose};
-use relais_domain::segment::{Column, Fact, FactTable, RfmColumn, TraitColumn};
+use relais_domain::segment::{Column, Fact, FactTable, ScoreColumn, TraitColumn};
 use relais_domain::traits::{ComputedTraits, DayTotals, WindowTraits};
 use relais_domain::{CustomerId, SegmentId};
 use serde_json::{Map, Value};
@@ -51,9 +51,72 @@ pub struct MembershipChange {
     pub size: i64,
 }
 
-/// One stored RFM score row.
+/// One buyer's scores, as a refresh stores them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RfmRow {
+pub struct CustomerScore {
+    /// The surviving profile.
+    pub customer: CustomerId,
+    /// Recency score.
+    pub r: u8,
+    /// Frequency score.
+    pub f: u8,
+    /// Monetary score.
+    pub m: u8,
+    /// The RFM group.
+    pub group: relais_domain::rfm::RfmGroup,
+    /// Expected value over the next 52 weeks, minor units (none when the
+    /// models could not be fitted).
+    pub clv_minor: Option<i64>,
+}
+
+/// What a segment's members did over a period, and their lifetime value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentFigures {
+    /// Net revenue of the period, minor units.
+    pub revenue_minor: i64,
+    /// Sum of the members' expected values, minor units.
+    pub clv_sum_minor: i64,
+    /// Members with an expected value.
+    pub clv_count: i64,
+    /// Survey answers of the period: (NPS, CSAT).
+    pub answers: Vec<(Option<i64>, Option<i64>)>,
+}
+
+/// A segment's size and mean lifetime value on one day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The day, organisation's calendar.
+    pub day: NaiveDate,
+    /// Members.
+    pub members: i64,
+    /// Mean expected value of the members, minor units.
+    pub clv_mean_minor: Option<i64>,
+}
+
+/// A typology as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypologyRecord {
+    /// Its id.
+    pub id: relais_domain::TypologyId,
+    /// Its unique name.
+    pub name: String,
+    /// The names of its segments, in order.
+    pub segments: Vec<String>,
+    /// What it is for.
+    pub description: String,
+    /// When first saved.
+    pub created_at: DateTime<Utc>,
+    /// When last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The name of survey events, whose `nps`, `csat` or `rating` properties
+/// give satisfaction.
+pub const SURVEY_ANSWERED: &str = "Survey Answered";
+
+/// One stored score row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreRow {
     /// Recency score.
     pub r: i64,
     /// Frequency score.
@@ -62,6 +125,8 @@ pub struct RfmRow {
     pub m: i64,
     /// The group's name.
     pub group: String,
+    /// Expected value over 52 weeks, minor units.
+    pub clv: Option<i64>,
 }
 
 /// The bulk reads a fact table is built from. Every read returns rows under
@@ -90,8 +155,8 @@ pub(crate) trait FactReads {
     ) -> Result<Vec<(CustomerId, i64)>, StoreError>;
     /// Consent facts (purpose, channel, granted, at).
     fn consents(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<ConsentRow>, StoreError>;
-    /// Stored RFM scores.
-    fn rfm(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<(CustomerId, RfmRow)>, StoreError>;
+    /// Stored scores.
+    fn scores(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<(CustomerId, ScoreRow)>, StoreError>;
 }
 
 /// A consent fact as read for segments: the survivor, purpose, channel,
@@ -165,8 +230,8 @@ pub(crate) fn build_facts(
             });
         }
     }
-    let rfm: HashMap<CustomerId, RfmRow> = if columns.iter().any(|c| matches!(c, Column::Rfm(_))) {
-        reads.rfm(only)?.into_iter().collect()
+    let rfm: HashMap<CustomerId, ScoreRow> = if columns.iter().any(|c| matches!(c, Column::Score(_))) {
+        reads.scores(only)?.into_iter().collect()
     } else {
         HashMap::new()
     };
@@ -192,13 +257,14 @@ pub(crate) fn build_facts(
                 Column::Consent(purpose, channel) => Owned::Int(i64::from(
                     consents.get(&customer).is_some_and(|facts| consent::may(facts, *purpose, *channel, now)),
                 )),
-                Column::Rfm(field) => match rfm.get(&customer) {
+                Column::Score(field) => match rfm.get(&customer) {
                     None => Owned::Missing,
                     Some(row) => match field {
-                        RfmColumn::Group => Owned::Text(row.group.clone()),
-                        RfmColumn::R => Owned::Int(row.r),
-                        RfmColumn::F => Owned::Int(row.f),
-                        RfmColumn::M => Owned::Int(row.m),
+                        ScoreColumn::Group => Owned::Text(row.group.clone()),
+                        ScoreColumn::R => Owned::Int(row.r),
+                        ScoreColumn::F => Owned::Int(row.f),
+                        ScoreColumn::M => Owned::Int(row.m),
+                        ScoreColumn::Clv => row.clv.map_or(Owned::Missing, Owned::Int),
                     },
                 },
             });

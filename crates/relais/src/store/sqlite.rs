@@ -904,7 +904,7 @@ fn erase_in_transaction(
         "loyalty_tier_changes",
         "loyalty_members",
         "segment_members",
-        "rfm_scores",
+        "customer_scores",
     ] {
         run(format!("DELETE FROM {table} WHERE customer_id IN ({ids})"))?;
     }
@@ -2205,8 +2205,47 @@ impl Engine for SqliteEngine {
         })
     }
 
-    fn rfm_put(&self, scores: &[relais_domain::rfm::CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.put_rfm(scores, at)
+    fn scores_put(&self, scores: &[super::segments::CustomerScore], at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.put_scores(scores, at)
+    }
+
+    fn segment_figures(
+        &self,
+        segment: relais_domain::SegmentId,
+        first_day: NaiveDate,
+        last_day: NaiveDate,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<super::segments::SegmentFigures, StoreError> {
+        self.figures(segment, first_day, last_day, from, to)
+    }
+
+    fn snapshot_put(
+        &self,
+        segment: relais_domain::SegmentId,
+        snapshot: &super::segments::Snapshot,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.put_snapshot(segment, snapshot, at)
+    }
+
+    fn snapshots(&self, segment: relais_domain::SegmentId) -> Result<Vec<super::segments::Snapshot>, StoreError> {
+        self.all_snapshots(segment)
+    }
+
+    fn typology_put(
+        &self,
+        record: &super::segments::TypologyRecord,
+    ) -> Result<super::segments::TypologyRecord, StoreError> {
+        self.put_typology(record)
+    }
+
+    fn typologies(&self) -> Result<Vec<super::segments::TypologyRecord>, StoreError> {
+        self.all_typologies()
+    }
+
+    fn typology_delete(&self, name: &str) -> Result<bool, StoreError> {
+        self.delete_typology(name)
     }
 
     fn ping(&self) -> Result<(), StoreError> {

@@ -106,17 +106,22 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
     let redemption = reserved["id"].as_str().expect("a reserved reward").to_string();
 
     // A saved segment (routes with {name}); DELETE gets one of its own per role.
-    let save_segment = |name: String| {
+    // A typology "acces" of that segment (routes with {name} under typologies).
+    let save_segment = |name: String, typology: bool| {
         let client = reqwest::Client::new();
-        let url = format!("{}/api/v1/segments", app.address);
+        let (url, body) = if typology {
+            (format!("{}/api/v1/typologies", app.address), json!({"name": name, "segments": ["acces"]}))
+        } else {
+            (format!("{}/api/v1/segments", app.address), json!({"name": name, "source": "orders >= 0"}))
+        };
         let admin = app.admin.clone();
         async move {
-            let body = json!({"name": name, "source": "orders >= 0"});
             let status = client.post(url).bearer_auth(admin).json(&body).send().await.unwrap().status();
             assert_eq!(status, StatusCode::OK);
         }
     };
-    save_segment("acces".into()).await;
+    save_segment("acces".into(), false).await;
+    save_segment("acces".into(), true).await;
 
     let mut keys = Vec::new();
     for role in Role::ALL {
@@ -146,7 +151,7 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
         for (role, key) in keys.iter().map(|(r, k)| (Some(*r), Some(k.as_str()))).chain([(None, None)]) {
             let url = if route.method == "DELETE" {
                 let name = format!("efface-{}", role.map_or("none", |r| r.as_str()));
-                save_segment(name.clone()).await;
+                save_segment(name.clone(), route.path.starts_with("/api/v1/typologies")).await;
                 url.replace("{name}", &name)
             } else {
                 url.replace("{name}", "acces")
@@ -174,6 +179,7 @@ async fn every_route_answers_every_role_as_the_access_matrix_says() {
                 "/api/v1/clv/fit" => json!({"horizon_weeks": 39}),
                 "/api/v1/segments" => json!({"name": "acces-2", "source": "orders >= 1"}),
                 "/api/v1/segments/preview" => json!({"source": "orders >= 1"}),
+                "/api/v1/typologies" => json!({"name": "acces-2", "segments": ["acces"]}),
                 "/api/v1/loyalty/members/{id}/quote" => json!({"basket_minor": 1000}),
                 "/api/v1/loyalty/programmes/{key}/coupons" => json!({"count": 1, "campaign": {
                     "id": "acces", "benefit": "-5 €", "valid_from": "2026-01-01", "valid_until": "2030-12-31"}}),

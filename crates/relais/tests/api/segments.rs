@@ -149,14 +149,9 @@ async fn memberships_are_live_and_a_full_refresh_agrees_with_them() {
     let (_, detail) = send(&app, &app.admin, "GET", "/api/v1/segments/lyon", None).await;
     assert_eq!(detail["sample"].as_array().unwrap().len(), 2);
     // Erasure takes a person out of every segment, and the sizes follow.
-    let (status, body) = send(
-        &app,
-        &app.admin,
-        "POST",
-        "/api/v1/privacy/erasures",
-        Some(json!({"identifier": "email:ana@exemple.fr"})),
-    )
-    .await;
+    let (status, body) =
+        send(&app, &app.admin, "POST", "/api/v1/privacy/erasures", Some(json!({"identifier": "email:ana@exemple.fr"})))
+            .await;
     assert!(status.is_success(), "{body}");
     assert!(!members(&app, "fideles-lyon-nantes").await.contains(&ana));
     let (_, detail) = send(&app, &app.admin, "GET", "/api/v1/segments/lyon", None).await;
@@ -210,7 +205,7 @@ async fn bad_segments_are_refused_with_the_place_and_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rfm_scores_and_consents_are_fields_of_the_language() {
+async fn customer_scores_and_consents_are_fields_of_the_language() {
     let app = TestApp::spawn().await;
     let mut batch = Vec::new();
     for i in 0..20 {
@@ -281,4 +276,82 @@ async fn the_command_line_shows_errors_under_the_source_and_exports_members() {
     assert!(export.0, "{}", export.2);
     let line: Value = serde_json::from_str(export.1.lines().next().unwrap()).unwrap();
     assert_eq!(line["customer"], id_of(&app, "ana").await.as_str());
+}
+
+fn survey(user: &str, id: &str, nps: i64, rating: i64, days_ago: i64) -> Value {
+    json!({"type": "track", "userId": user, "event": "Survey Answered", "messageId": id, "timestamp": ago(days_ago),
+           "properties": {"nps": nps, "rating": rating}, "context": {"channel": "web"}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_typology_reports_size_revenue_value_and_satisfaction_against_the_previous_period() {
+    let app = TestApp::spawn().await;
+    app.batch(json!([
+        person("ana", "Lyon"),
+        order("ana", "a1", 40.0, 10),
+        order("ana", "a2", 25.0, 40),
+        survey("ana", "s1", 10, 5, 5),
+        survey("ana", "s0", 3, 2, 45),
+        person("bruno", "Lyon"),
+        order("bruno", "b1", 30.0, 3),
+        survey("bruno", "s2", 8, 4, 2),
+        person("chloe", "Paris"),
+        order("chloe", "c1", 99.0, 3),
+        survey("chloe", "s3", 0, 1, 2),
+    ]))
+    .await;
+    send(&app, &app.admin, "POST", "/api/v1/segments", Some(json!({"name": "lyon", "source": r#"city = "Lyon""#})))
+        .await;
+    // A typology only names saved segments.
+    let (status, _) = send(
+        &app,
+        &app.admin,
+        "POST",
+        "/api/v1/typologies",
+        Some(json!({"name": "salle", "segments": ["lyon", "nulle-part"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, saved) =
+        send(&app, &app.admin, "POST", "/api/v1/typologies", Some(json!({"name": "salle", "segments": ["lyon"]})))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+
+    // A refresh 40 days ago left a snapshot; today's refresh another.
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || {
+        relais::segments::refresh(store.blocking(), &Default::default(), Utc::now() - Duration::days(40)).unwrap();
+        relais::segments::refresh(store.blocking(), &Default::default(), Utc::now()).unwrap()
+    })
+    .await
+    .unwrap();
+
+    let (status, report) = send(&app, &app.admin, "GET", "/api/v1/typologies/salle?period_days=30", None).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let room = &report["segments"][0];
+    assert_eq!(
+        (room["segment"].as_str(), room["size"].as_i64(), room["size_before"].as_i64()),
+        (Some("lyon"), Some(2), Some(2))
+    );
+    assert_eq!(room["size_change_pct"], 0.0);
+    // Today's members: 40 + 30 this period, 25 the period before.
+    assert_eq!((room["revenue"].as_f64(), room["revenue_before"].as_f64()), (Some(70.0), Some(25.0)), "{room}");
+    assert_eq!(room["revenue_change_pct"], 180.0);
+    // NPS: one promoter (10), one passive (8) of two; before: one detractor. CSAT: 5 and 4 satisfied.
+    assert_eq!(room["satisfaction"]["nps"], 50.0, "{room}");
+    assert_eq!(room["satisfaction"]["csat"], 100.0);
+    assert_eq!(
+        (room["satisfaction_before"]["nps"].as_f64(), room["satisfaction_before"]["csat"].as_f64()),
+        (Some(-100.0), Some(0.0))
+    );
+    assert_eq!(room["history"].as_array().unwrap().len(), 2);
+
+    let (status, _) = send(&app, &app.admin, "GET", "/api/v1/typologies/salle?period_days=0", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = send(&app, &app.admin, "GET", "/api/v1/typologies/inconnue", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = send(&app, &app.admin, "GET", "/api/v1/typologies", None).await;
+    assert_eq!(list["typologies"][0]["segments"], json!(["lyon"]));
+    let (status, _) = send(&app, &app.admin, "DELETE", "/api/v1/typologies/salle", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }

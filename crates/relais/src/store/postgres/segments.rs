@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::{Client, GenericClient, IsolationLevel};
-use relais_domain::rfm::CustomerRfm;
 use relais_domain::segment::{Column, FactTable};
 use relais_domain::traits::{ComputedTraits, DayTotals};
 use relais_domain::{CustomerId, EventId, SegmentId};
@@ -11,8 +10,8 @@ use serde_json::{Map, Value};
 
 use super::{parse_id, PgEngine};
 use crate::store::segments::{
-    build_facts, membership_diff, membership_event, ConsentRow, FactReads, MembershipChange, RfmRow, SegmentRecord,
-    SEGMENT_ENTERED, SEGMENT_EXITED,
+    build_facts, membership_diff, membership_event, ConsentRow, CustomerScore, FactReads, MembershipChange, ScoreRow,
+    SegmentFigures, SegmentRecord, Snapshot, TypologyRecord, SEGMENT_ENTERED, SEGMENT_EXITED, SURVEY_ANSWERED,
 };
 use crate::store::StoreError;
 
@@ -115,9 +114,9 @@ impl<C: GenericClient> FactReads for Reads<'_, C> {
         rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(0))?, r.get(1), r.get(2), r.get(3), r.get(4)))).collect()
     }
 
-    fn rfm(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<(CustomerId, RfmRow)>, StoreError> {
+    fn scores(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<(CustomerId, ScoreRow)>, StoreError> {
         let sql = format!(
-            "SELECT customer_id, r, f, m, rfm_group FROM rfm_scores WHERE true{}",
+            "SELECT customer_id, r, f, m, rfm_group, clv_minor FROM customer_scores WHERE true{}",
             only_clause("customer_id", only, 1)
         );
         let list = ids(only);
@@ -126,11 +125,12 @@ impl<C: GenericClient> FactReads for Reads<'_, C> {
             .map(|r| {
                 Ok((
                     parse_id(r.get::<_, &str>(0))?,
-                    RfmRow {
+                    ScoreRow {
                         r: i64::from(r.get::<_, i16>(1)),
                         f: i64::from(r.get::<_, i16>(2)),
                         m: i64::from(r.get::<_, i16>(3)),
                         group: r.get(4),
+                        clv: r.get(5),
                     },
                 ))
             })
@@ -270,6 +270,7 @@ impl PgEngine {
             let mut tx = client.transaction()?;
             let Some(old) = segment_by_name(&mut tx, name, true)? else { return Ok(false) };
             tx.execute("DELETE FROM segment_members WHERE segment_id = $1", &[&old.id.to_string()])?;
+            tx.execute("DELETE FROM segment_snapshots WHERE segment_id = $1", &[&old.id.to_string()])?;
             tx.execute("DELETE FROM segments WHERE segment_id = $1", &[&old.id.to_string()])?;
             tx.commit()?;
             Ok(true)
@@ -345,22 +346,151 @@ impl PgEngine {
         })
     }
 
-    pub(super) fn put_rfm(&self, scores: &[CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError> {
-        let customers: Vec<&str> = scores.iter().map(|s| s.customer.as_str()).collect();
-        let score = |pick: fn(&CustomerRfm) -> u8| scores.iter().map(|s| i16::from(pick(s))).collect::<Vec<i16>>();
-        let (r, f, m) = (score(|s| s.rfm.r), score(|s| s.rfm.f), score(|s| s.rfm.m));
-        let groups: Vec<&str> = scores.iter().map(|s| s.rfm.group().as_str()).collect();
+    pub(super) fn put_scores(&self, scores: &[CustomerScore], at: DateTime<Utc>) -> Result<(), StoreError> {
+        let customers: Vec<String> = scores.iter().map(|s| s.customer.to_string()).collect();
+        let score = |pick: fn(&CustomerScore) -> u8| scores.iter().map(|s| i16::from(pick(s))).collect::<Vec<i16>>();
+        let (r, f, m) = (score(|s| s.r), score(|s| s.f), score(|s| s.m));
+        let groups: Vec<&str> = scores.iter().map(|s| s.group.as_str()).collect();
+        let clv: Vec<Option<i64>> = scores.iter().map(|s| s.clv_minor).collect();
         self.retrying(|client: &mut Client| {
             let mut tx = client.transaction()?;
-            tx.execute("DELETE FROM rfm_scores", &[])?;
+            tx.execute("DELETE FROM customer_scores", &[])?;
             tx.execute(
-                "INSERT INTO rfm_scores (customer_id, r, f, m, rfm_group, scored_at) \
-                 SELECT c, r, f, m, g, $6 FROM unnest($1::text[], $2::int2[], $3::int2[], $4::int2[], $5::text[]) \
-                 AS t(c, r, f, m, g)",
-                &[&customers, &r, &f, &m, &groups, &at],
+                "INSERT INTO customer_scores (customer_id, r, f, m, rfm_group, clv_minor, scored_at) \
+                 SELECT c, r, f, m, g, v, $7 FROM unnest($1::text[], $2::int2[], $3::int2[], $4::int2[], $5::text[], \
+                 $6::int8[]) AS t(c, r, f, m, g, v)",
+                &[&customers, &r, &f, &m, &groups, &clv, &at],
             )?;
             tx.commit()?;
             Ok(())
         })
     }
+
+    pub(super) fn figures(
+        &self,
+        segment: SegmentId,
+        first_day: NaiveDate,
+        last_day: NaiveDate,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<SegmentFigures, StoreError> {
+        self.pool.with(|client| {
+            let id = segment.to_string();
+            let revenue_minor: i64 = client
+                .query_one(
+                    "SELECT COALESCE(sum(d.revenue_minor), 0)::int8 FROM segment_members m \
+                     JOIN customer_days d ON d.customer_id = m.customer_id \
+                     WHERE m.segment_id = $1 AND d.day >= $2 AND d.day <= $3",
+                    &[&id, &first_day, &last_day],
+                )?
+                .get(0);
+            let row = client.query_one(
+                "SELECT COALESCE(sum(s.clv_minor), 0)::int8, count(s.clv_minor) FROM segment_members m \
+                 JOIN customer_scores s ON s.customer_id = m.customer_id WHERE m.segment_id = $1",
+                &[&id],
+            )?;
+            let (clv_sum_minor, clv_count): (i64, i64) = (row.get(0), row.get(1));
+            let number = |key: &str| {
+                format!(
+                    "CASE WHEN jsonb_typeof(e.properties -> '{key}') = 'number' \
+                     THEN trunc((e.properties ->> '{key}')::numeric)::int8 END"
+                )
+            };
+            let sql = format!(
+                "SELECT {}, COALESCE({}, {}) FROM segment_members m \
+                 JOIN customers c ON (c.customer_id = m.customer_id OR c.merged_into = m.customer_id) \
+                 JOIN events e ON e.customer_id = c.customer_id \
+                 WHERE m.segment_id = $1 AND e.name = $2 AND e.ts >= $3 AND e.ts < $4",
+                number("nps"),
+                number("csat"),
+                number("rating")
+            );
+            let answers = client
+                .query(&sql, &[&id, &SURVEY_ANSWERED, &from, &to])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            Ok(SegmentFigures { revenue_minor, clv_sum_minor, clv_count, answers })
+        })
+    }
+
+    pub(super) fn put_snapshot(
+        &self,
+        segment: SegmentId,
+        snapshot: &Snapshot,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.pool.with(|client| {
+            client.execute(
+                "INSERT INTO segment_snapshots (segment_id, day, members, clv_mean_minor, taken_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (segment_id, day) DO UPDATE SET \
+                 members = excluded.members, clv_mean_minor = excluded.clv_mean_minor, taken_at = excluded.taken_at",
+                &[&segment.to_string(), &snapshot.day, &snapshot.members, &snapshot.clv_mean_minor, &at],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn all_snapshots(&self, segment: SegmentId) -> Result<Vec<Snapshot>, StoreError> {
+        self.pool.with(|client| {
+            Ok(client
+                .query(
+                    "SELECT day, members, clv_mean_minor FROM segment_snapshots WHERE segment_id = $1 ORDER BY day",
+                    &[&segment.to_string()],
+                )?
+                .iter()
+                .map(|r| Snapshot { day: r.get(0), members: r.get(1), clv_mean_minor: r.get(2) })
+                .collect())
+        })
+    }
+
+    pub(super) fn put_typology(&self, record: &TypologyRecord) -> Result<TypologyRecord, StoreError> {
+        let segments = serde_json::to_string(&record.segments).map_err(|e| StoreError::Database(e.to_string()))?;
+        self.pool.with(|client| {
+            client.execute(
+                "INSERT INTO typologies (typology_id, name, segments, description, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET segments = excluded.segments, \
+                 description = excluded.description, updated_at = excluded.updated_at",
+                &[
+                    &record.id.to_string(),
+                    &record.name,
+                    &segments,
+                    &record.description,
+                    &record.created_at,
+                    &record.updated_at,
+                ],
+            )?;
+            let row = client
+                .query_one(&format!("SELECT {TYPOLOGY_COLUMNS} FROM typologies WHERE name = $1"), &[&record.name])?;
+            typology_row(&row)
+        })
+    }
+
+    pub(super) fn all_typologies(&self) -> Result<Vec<TypologyRecord>, StoreError> {
+        self.pool.with(|client| {
+            client
+                .query(&format!("SELECT {TYPOLOGY_COLUMNS} FROM typologies ORDER BY name"), &[])?
+                .iter()
+                .map(typology_row)
+                .collect()
+        })
+    }
+
+    pub(super) fn delete_typology(&self, name: &str) -> Result<bool, StoreError> {
+        self.pool.with(|client| Ok(client.execute("DELETE FROM typologies WHERE name = $1", &[&name])? > 0))
+    }
+}
+
+const TYPOLOGY_COLUMNS: &str = "typology_id, name, segments, description, created_at, updated_at";
+
+fn typology_row(row: &postgres::Row) -> Result<TypologyRecord, StoreError> {
+    Ok(TypologyRecord {
+        id: parse_id(row.get::<_, &str>(0))?,
+        name: row.get(1),
+        segments: serde_json::from_str(row.get::<_, &str>(2))
+            .map_err(|e| StoreError::Database(format!("bad stored typology: {e}")))?,
+        description: row.get(3),
+        created_at: row.get(4),
+        updated_at: row.get(5),
+    })
 }

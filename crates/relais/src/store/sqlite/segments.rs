@@ -2,7 +2,6 @@
 //! and memberships. Writes run on the writer thread.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use relais_domain::rfm::CustomerRfm;
 use relais_domain::segment::{Column, FactTable};
 use relais_domain::traits::{ComputedTraits, DayTotals};
 use relais_domain::{CustomerId, EventId, SegmentId};
@@ -11,8 +10,8 @@ use serde_json::{Map, Value};
 
 use super::{decode_traits, from_micros, micros, parse_id, SqliteEngine};
 use crate::store::segments::{
-    build_facts, membership_diff, membership_event, ConsentRow, FactReads, MembershipChange, RfmRow, SegmentRecord,
-    SEGMENT_ENTERED, SEGMENT_EXITED,
+    build_facts, membership_diff, membership_event, ConsentRow, CustomerScore, FactReads, MembershipChange, ScoreRow,
+    SegmentFigures, SegmentRecord, Snapshot, TypologyRecord, SEGMENT_ENTERED, SEGMENT_EXITED, SURVEY_ANSWERED,
 };
 use crate::store::StoreError;
 
@@ -132,9 +131,9 @@ impl FactReads for Reads<'_> {
         Ok(out)
     }
 
-    fn rfm(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<(CustomerId, RfmRow)>, StoreError> {
+    fn scores(&mut self, only: Option<&[CustomerId]>) -> Result<Vec<(CustomerId, ScoreRow)>, StoreError> {
         let sql = format!(
-            "SELECT customer_id, r, f, m, rfm_group FROM rfm_scores WHERE true{}",
+            "SELECT customer_id, r, f, m, rfm_group, clv_minor FROM customer_scores WHERE true{}",
             only_clause("customer_id", only, 1)
         );
         let mut stmt = self.conn.prepare(&sql)?;
@@ -144,7 +143,7 @@ impl FactReads for Reads<'_> {
         while let Some(row) = rows.next()? {
             out.push((
                 parse_id(&row.get::<_, String>(0)?)?,
-                RfmRow { r: row.get(1)?, f: row.get(2)?, m: row.get(3)?, group: row.get(4)? },
+                ScoreRow { r: row.get(1)?, f: row.get(2)?, m: row.get(3)?, group: row.get(4)?, clv: row.get(5)? },
             ));
         }
         Ok(out)
@@ -300,6 +299,7 @@ impl SqliteEngine {
             let tx = conn.transaction()?;
             let Some(old) = segment_by_name(&tx, &name)? else { return Ok(false) };
             tx.execute("DELETE FROM segment_members WHERE segment_id = ?1", [old.id.to_string()])?;
+            tx.execute("DELETE FROM segment_snapshots WHERE segment_id = ?1", [old.id.to_string()])?;
             tx.execute("DELETE FROM segments WHERE segment_id = ?1", [old.id.to_string()])?;
             tx.commit()?;
             Ok(true)
@@ -371,22 +371,181 @@ impl SqliteEngine {
         })
     }
 
-    pub(super) fn put_rfm(&self, scores: &[CustomerRfm], at: DateTime<Utc>) -> Result<(), StoreError> {
-        let rows: Vec<(String, u8, u8, u8, &'static str)> =
-            scores.iter().map(|s| (s.customer.clone(), s.rfm.r, s.rfm.f, s.rfm.m, s.rfm.group().as_str())).collect();
+    pub(super) fn put_scores(&self, scores: &[CustomerScore], at: DateTime<Utc>) -> Result<(), StoreError> {
+        let scores = scores.to_vec();
         self.write(false, move |conn| {
             let tx = conn.transaction()?;
-            tx.execute("DELETE FROM rfm_scores", [])?;
+            tx.execute("DELETE FROM customer_scores", [])?;
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO rfm_scores (customer_id, r, f, m, rfm_group, scored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO customer_scores (customer_id, r, f, m, rfm_group, clv_minor, scored_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?;
-                for (customer, r, f, m, group) in &rows {
-                    insert.execute(params![customer, r, f, m, group, micros(at)])?;
+                for s in &scores {
+                    insert.execute(params![
+                        s.customer.to_string(),
+                        s.r,
+                        s.f,
+                        s.m,
+                        s.group.as_str(),
+                        s.clv_minor,
+                        micros(at)
+                    ])?;
                 }
             }
             tx.commit()?;
             Ok(())
         })
     }
+
+    pub(super) fn figures(
+        &self,
+        segment: SegmentId,
+        first_day: NaiveDate,
+        last_day: NaiveDate,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<SegmentFigures, StoreError> {
+        let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
+        self.readers.with(|conn| {
+            let id = segment.to_string();
+            let revenue_minor: i64 = conn.query_row(
+                "SELECT COALESCE(sum(d.revenue_minor), 0) FROM segment_members m \
+                 JOIN customer_days d ON d.customer_id = m.customer_id \
+                 WHERE m.segment_id = ?1 AND d.day >= ?2 AND d.day <= ?3",
+                params![id, day(first_day), day(last_day)],
+                |r| r.get(0),
+            )?;
+            let (clv_sum_minor, clv_count): (i64, i64) = conn.query_row(
+                "SELECT COALESCE(sum(s.clv_minor), 0), count(s.clv_minor) FROM segment_members m \
+                 JOIN customer_scores s ON s.customer_id = m.customer_id WHERE m.segment_id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let number = |path: &str| {
+                format!(
+                    "CASE WHEN json_type(e.properties, '{path}') IN ('integer', 'real') \
+                     THEN CAST(json_extract(e.properties, '{path}') AS INTEGER) END"
+                )
+            };
+            let sql = format!(
+                "SELECT {}, COALESCE({}, {}) FROM segment_members m \
+                 JOIN customers c ON (c.customer_id = m.customer_id OR c.merged_into = m.customer_id) \
+                 JOIN events e ON e.customer_id = c.customer_id \
+                 WHERE m.segment_id = ?1 AND e.name = ?2 AND e.ts >= ?3 AND e.ts < ?4",
+                number("$.nps"),
+                number("$.csat"),
+                number("$.rating")
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let answers = stmt
+                .query_map(params![id, SURVEY_ANSWERED, micros(from), micros(to)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(SegmentFigures { revenue_minor, clv_sum_minor, clv_count, answers })
+        })
+    }
+
+    pub(super) fn put_snapshot(
+        &self,
+        segment: SegmentId,
+        snapshot: &Snapshot,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let snapshot = *snapshot;
+        self.write(false, move |conn| {
+            conn.execute(
+                "INSERT INTO segment_snapshots (segment_id, day, members, clv_mean_minor, taken_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (segment_id, day) DO UPDATE SET \
+                 members = excluded.members, clv_mean_minor = excluded.clv_mean_minor, taken_at = excluded.taken_at",
+                params![
+                    segment.to_string(),
+                    snapshot.day.format("%Y-%m-%d").to_string(),
+                    snapshot.members,
+                    snapshot.clv_mean_minor,
+                    micros(at)
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn all_snapshots(&self, segment: SegmentId) -> Result<Vec<Snapshot>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT day, members, clv_mean_minor FROM segment_snapshots WHERE segment_id = ?1 ORDER BY day",
+            )?;
+            let rows = stmt
+                .query_map([segment.to_string()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(day, members, clv_mean_minor)| {
+                    let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+                        .map_err(|_| StoreError::Database(format!("bad stored day `{day}`")))?;
+                    Ok(Snapshot { day, members, clv_mean_minor })
+                })
+                .collect()
+        })
+    }
+
+    pub(super) fn put_typology(&self, record: &TypologyRecord) -> Result<TypologyRecord, StoreError> {
+        let record = record.clone();
+        self.write(false, move |conn| {
+            let segments = serde_json::to_string(&record.segments).map_err(|e| StoreError::Database(e.to_string()))?;
+            conn.execute(
+                "INSERT INTO typologies (typology_id, name, segments, description, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET segments = excluded.segments, \
+                 description = excluded.description, updated_at = excluded.updated_at",
+                params![
+                    record.id.to_string(),
+                    record.name,
+                    segments,
+                    record.description,
+                    micros(record.created_at),
+                    micros(record.updated_at)
+                ],
+            )?;
+            typology_by_name(conn, &record.name)?
+                .ok_or_else(|| StoreError::Database("the typology just saved is missing".into()))
+        })
+    }
+
+    pub(super) fn all_typologies(&self) -> Result<Vec<TypologyRecord>, StoreError> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare(&format!("SELECT {TYPOLOGY_COLUMNS} FROM typologies ORDER BY name"))?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(typology_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    pub(super) fn delete_typology(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(false, move |conn| Ok(conn.execute("DELETE FROM typologies WHERE name = ?1", [&name])? > 0))
+    }
+}
+
+const TYPOLOGY_COLUMNS: &str = "typology_id, name, segments, description, created_at, updated_at";
+
+fn typology_row(row: &rusqlite::Row<'_>) -> Result<TypologyRecord, StoreError> {
+    let segments: String = row.get(2)?;
+    Ok(TypologyRecord {
+        id: parse_id(&row.get::<_, String>(0)?)?,
+        name: row.get(1)?,
+        segments: serde_json::from_str(&segments)
+            .map_err(|e| StoreError::Database(format!("bad stored typology: {e}")))?,
+        description: row.get(3)?,
+        created_at: from_micros(row.get(4)?),
+        updated_at: from_micros(row.get(5)?),
+    })
+}
+
+fn typology_by_name(conn: &Connection, name: &str) -> Result<Option<TypologyRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {TYPOLOGY_COLUMNS} FROM typologies WHERE name = ?1"))?;
+    let mut rows = stmt.query([name])?;
+    rows.next()?.map(typology_row).transpose()
 }
