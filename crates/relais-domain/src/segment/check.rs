@@ -2,7 +2,7 @@
 //! converted (money to minor units, windows to days), and every column's data
 //! class checked against the reader's role.
 
-use super::eval::{IntOp, Node};
+use super::eval::Node;
 use super::parse::{Arg, CmpOp, Expr, Literal, Operand, Span};
 use super::{Column, ErrorKind, ScoreColumn, SegmentError, TraitColumn, MAX_WINDOW_DAYS};
 use crate::consent::{ConsentChannel, Purpose};
@@ -158,7 +158,7 @@ impl Checker<'_, '_> {
                         ),
                     ));
                 }
-                Node::Int { column, op: IntOp::Eq, value: 1 }
+                Node::Int { column, op: CmpOp::Eq, value: 1 }
             }
             Expr::Compare(operand, op, literal, span) => {
                 let (column, ty) = self.operand(operand)?;
@@ -248,11 +248,11 @@ impl Checker<'_, '_> {
                         ))
                     }
                 };
-                Ok(Node::Int { column, op: IntOp::Eq, value: i64::from(value) })
+                Ok(Node::Int { column, op: CmpOp::Eq, value: i64::from(value) })
             }
             Type::Int | Type::Money | Type::Score => {
                 let value = self.number_value(operand, ty, literal, literal_span)?;
-                Ok(Node::Int { column, op: IntOp::from(op), value })
+                Ok(Node::Int { column, op, value })
             }
         }
     }

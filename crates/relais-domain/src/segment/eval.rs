@@ -11,37 +11,13 @@ use std::collections::HashMap;
 use super::parse::CmpOp;
 use super::Column;
 
-/// An integer comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum IntOp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl From<CmpOp> for IntOp {
-    fn from(op: CmpOp) -> IntOp {
-        match op {
-            CmpOp::Eq => IntOp::Eq,
-            CmpOp::Ne => IntOp::Ne,
-            CmpOp::Lt => IntOp::Lt,
-            CmpOp::Le => IntOp::Le,
-            CmpOp::Gt => IntOp::Gt,
-            CmpOp::Ge => IntOp::Ge,
-        }
-    }
-}
-
 /// A checked condition tree; columns are indexes into the segment's columns.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Node {
     All(Vec<Node>),
     Any(Vec<Node>),
     Not(Box<Node>),
-    Int { column: usize, op: IntOp, value: i64 },
+    Int { column: usize, op: CmpOp, value: i64 },
     IntIn { column: usize, values: Vec<i64>, negated: bool },
     TextIn { column: usize, values: Vec<String>, negated: bool },
 }
@@ -265,12 +241,12 @@ fn eval(node: &Node, at: &[usize], table: &FactTable) -> Bitmap {
             let v = *value;
             // One loop per operator keeps the comparison out of the inner loop.
             match op {
-                IntOp::Eq => Bitmap::from_fn(rows, |r| values[r] == v),
-                IntOp::Ne => Bitmap::from_fn(rows, |r| values[r] != v && values[r] != MISSING_INT),
-                IntOp::Lt => Bitmap::from_fn(rows, |r| values[r] < v && values[r] != MISSING_INT),
-                IntOp::Le => Bitmap::from_fn(rows, |r| values[r] <= v && values[r] != MISSING_INT),
-                IntOp::Gt => Bitmap::from_fn(rows, |r| values[r] > v),
-                IntOp::Ge => Bitmap::from_fn(rows, |r| values[r] >= v),
+                CmpOp::Eq => Bitmap::from_fn(rows, |r| values[r] == v),
+                CmpOp::Ne => Bitmap::from_fn(rows, |r| values[r] != v && values[r] != MISSING_INT),
+                CmpOp::Lt => Bitmap::from_fn(rows, |r| values[r] < v && values[r] != MISSING_INT),
+                CmpOp::Le => Bitmap::from_fn(rows, |r| values[r] <= v && values[r] != MISSING_INT),
+                CmpOp::Gt => Bitmap::from_fn(rows, |r| values[r] > v),
+                CmpOp::Ge => Bitmap::from_fn(rows, |r| values[r] >= v),
             }
         }
         Node::IntIn { column, values: wanted, negated } => {

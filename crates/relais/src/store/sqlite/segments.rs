@@ -29,6 +29,18 @@ fn only_json(only: Option<&[CustomerId]>) -> String {
         .unwrap_or_else(|_| "[]".into())
 }
 
+/// Every row of a query, each read by `read`.
+fn read_all<T>(
+    mut rows: rusqlite::Rows<'_>,
+    read: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(read(row)?);
+    }
+    Ok(out)
+}
+
 struct Reads<'c> {
     conn: &'c Connection,
 }
@@ -284,12 +296,8 @@ impl SqliteEngine {
     pub(super) fn all_segments(&self) -> Result<Vec<SegmentRecord>, StoreError> {
         self.readers.with(|conn| {
             let mut stmt = conn.prepare(&format!("SELECT {SEGMENT_COLUMNS} FROM segments ORDER BY name"))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(segment_row(row)?);
-            }
-            Ok(out)
+            let rows = read_all(stmt.query([])?, segment_row);
+            rows
         })
     }
 
@@ -514,12 +522,8 @@ impl SqliteEngine {
     pub(super) fn all_typologies(&self) -> Result<Vec<TypologyRecord>, StoreError> {
         self.readers.with(|conn| {
             let mut stmt = conn.prepare(&format!("SELECT {TYPOLOGY_COLUMNS} FROM typologies ORDER BY name"))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(typology_row(row)?);
-            }
-            Ok(out)
+            let rows = read_all(stmt.query([])?, typology_row);
+            rows
         })
     }
 
