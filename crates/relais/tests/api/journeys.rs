@@ -1,0 +1,160 @@
+//! Journeys: the founding text's what-if and attribution from the command line,
+//! and a model estimated from a journey file.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+const FOUNDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/founding-text.json");
+
+/// Runs the binary; returns (success, stdout, stderr).
+fn relais(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_relais")).args(args).output().expect("run relais");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn near(value: &Value, expected: f64, tolerance: f64) -> bool {
+    value.as_f64().is_some_and(|v| (v - expected).abs() <= tolerance)
+}
+
+#[test]
+fn the_founding_example_what_if_prints_the_golden_shares_from_the_command_line() {
+    let (ok, out, err) = relais(&[
+        "journey",
+        "whatif",
+        FOUNDING,
+        "--into",
+        "evaluation",
+        "--channel",
+        "social",
+        "--share",
+        "0.2",
+        "--op",
+        "mix",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let purchase = &report["scenario"]["purchase"];
+    for (channel, share) in
+        [("search", 0.0), ("social", 0.0320), ("web", 0.4230), ("catalogue", 0.2493), ("store", 0.2957)]
+    {
+        assert!(near(&purchase[channel], share, 5e-5), "{channel}: {purchase}");
+    }
+    assert!(near(&report["baseline"]["evaluation"]["search"], 0.02, 1e-9), "{report}");
+    assert_eq!(report["change_pct"]["search"], Value::Null, "no baseline sales: no percentage");
+    assert!(near(&report["change_pct"]["store"], -11.80, 5e-3), "{report}");
+    // A share outside [0, 1] and an unknown stage are refused with the fix.
+    let (ok, _, err) =
+        relais(&["journey", "whatif", FOUNDING, "--into", "decision", "--channel", "web", "--share", "1.5"]);
+    assert!(!ok && err.contains("outside [0, 1]"), "{err}");
+    let (ok, _, err) =
+        relais(&["journey", "whatif", FOUNDING, "--into", "sharing", "--channel", "web", "--share", "0.1"]);
+    assert!(!ok && err.contains("`purchase`"), "{err}");
+}
+
+#[test]
+fn attribution_from_a_path_file_prints_every_model_and_refuses_foreign_separators() {
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("paths.csv");
+    // start→A 4, start→B 4, A→B 4, B→conversion 3: A's removal halves conversions.
+    std::fs::write(&file, "path,total_conversions,total_conversion_value,total_null\nA > B,2,20,2\nB,1,40,3\n")
+        .unwrap();
+    let (ok, out, err) = relais(&["journey", "attribute", file.to_str().unwrap(), "--format", "json"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(near(&report["markov"]["A"]["conversions"], 1.0, 1e-9), "{report}");
+    assert!(near(&report["markov"]["B"]["value"], 40.0, 1e-9), "{report}");
+    assert!(near(&report["first_touch"]["A"]["conversions"], 2.0, 0.0), "{report}");
+    assert!(near(&report["last_touch"]["B"]["conversions"], 3.0, 0.0), "{report}");
+    assert!(near(&report["linear"]["A"]["value"], 10.0, 1e-12), "{report}");
+    let (ok, table, _) = relais(&["journey", "attribute", file.to_str().unwrap(), "--order", "2"]);
+    assert!(ok && table.contains("markov (k=2)") && table.lines().any(|l| l.starts_with("A ")), "{table}");
+    std::fs::write(&file, "path,total_conversions,total_null\nA > B,2,2\nA -> C,1,0\n").unwrap();
+    let (ok, _, err) = relais(&["journey", "attribute", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("line 3") && err.contains("`->`"), "{err}");
+    let (ok, _, err) = relais(&["journey", "attribute", file.to_str().unwrap(), "--order", "5"]);
+    assert!(!ok && err.contains("from 1 to 4"), "{err}");
+}
+
+#[test]
+fn a_model_estimated_from_journeys_feeds_a_what_if() {
+    let folder = tempfile::tempdir().unwrap();
+    let journeys = folder.path().join("journeys.csv");
+    let mut csv = String::from("journey_id,stage,channel\n");
+    for j in 0..60 {
+        let first = ["web", "social", "store"][j % 3];
+        let second = if j % 4 == 0 { "store" } else { "web" };
+        csv.push_str(&format!("j{j},information,{first}\nj{j},evaluation,{second}\n"));
+        if j % 5 != 0 {
+            csv.push_str(&format!("j{j},purchase,{second}\n"));
+        }
+    }
+    std::fs::write(&journeys, csv).unwrap();
+    let model = folder.path().join("model.json");
+    let (ok, _, err) = relais(&[
+        "journey",
+        "model",
+        "--journeys",
+        journeys.to_str().unwrap(),
+        "--stages",
+        "information,evaluation,purchase",
+        "--replicates",
+        "50",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(written["journeys"], 60);
+    assert_eq!(written["purchasers"], 48);
+    assert_eq!(written["counts"]["initial"], json!([20, 20, 20]));
+    assert_eq!(written["intervals"]["replicates"], 50);
+    let model_path = model.to_str().unwrap();
+    let what_if = |op: &str| {
+        relais(&[
+            "journey",
+            "whatif",
+            model_path,
+            "--into",
+            "purchase",
+            "--channel",
+            "store",
+            "--share",
+            "0.5",
+            "--op",
+            op,
+            "--format",
+            "json",
+        ])
+    };
+    let (ok, out, err) = what_if("mix");
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let baseline = report["baseline"]["purchase"]["store"].as_f64().unwrap();
+    assert!(near(&report["scenario"]["purchase"]["store"], 0.5 + 0.5 * baseline, 1e-12), "{report}");
+    // Everyone who evaluated in store bought in store: "set share" cannot rescale that row.
+    let (ok, _, err) = what_if("set");
+    assert!(!ok && err.contains("row `store` sends everyone to `store`"), "{err}");
+    // With the default stages nobody reached `decision`: the stage is named. An
+    // event at a stage the model does not list is refused with its line.
+    let (ok, _, err) =
+        relais(&["journey", "model", "--journeys", journeys.to_str().unwrap(), "-o", model.to_str().unwrap()]);
+    assert!(!ok && err.contains("stage `decision` has no data"), "{err}");
+    let (ok, _, err) = relais(&[
+        "journey",
+        "model",
+        "--journeys",
+        journeys.to_str().unwrap(),
+        "--stages",
+        "information,evaluation",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("line 6: unknown stage `purchase`"), "{err}");
+}
