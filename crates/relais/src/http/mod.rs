@@ -8,6 +8,7 @@ pub mod auth;
 pub mod consents;
 pub mod customers;
 pub mod error;
+pub mod journeys;
 pub mod loyalty;
 pub mod metrics;
 pub mod outbox;
@@ -155,6 +156,10 @@ impl Modify for SecuritySchemes {
         loyalty::use_coupon,
         analytics::clv_fit,
         analytics::rfm,
+        journeys::what_if,
+        journeys::what_if_svg,
+        journeys::sankey_svg,
+        journeys::attribution,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -164,7 +169,7 @@ impl Modify for SecuritySchemes {
         (name = "privacy", description = "Data-subject rights"),
         (name = "consents", description = "Consent per purpose and channel, with proof"),
         (name = "loyalty", description = "Loyalty programmes, members, statements and redemptions"),
-        (name = "analytics", description = "Customer lifetime value and RFM"),
+        (name = "analytics", description = "Customer lifetime value, RFM and journeys"),
     )
 )]
 pub struct ApiDoc;
@@ -293,6 +298,10 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("GET", "/api/v1/loyalty/programmes/{key}/report", Requires(RunAnalytics), get(loyalty::report)),
         route("POST", "/api/v1/clv/fit", Requires(RunAnalytics), post(analytics::clv_fit)),
         route("POST", "/api/v1/rfm", Requires(RunAnalytics), post(analytics::rfm)),
+        route("POST", "/api/v1/journeys/whatif", Requires(RunAnalytics), post(journeys::what_if)),
+        route("POST", "/api/v1/journeys/whatif.svg", Requires(RunAnalytics), post(journeys::what_if_svg)),
+        route("POST", "/api/v1/journeys/sankey.svg", Requires(RunAnalytics), post(journeys::sankey_svg)),
+        route("POST", "/api/v1/journeys/attribution", Requires(RunAnalytics), post(journeys::attribution)),
     ]
 }
 

@@ -1,9 +1,12 @@
 //! Journeys: the founding text's what-if and attribution from the command line,
-//! and a model estimated from a journey file.
+//! a model estimated from a journey file, and the API (JSON, problems, SVG).
 
 use std::process::Command;
 
+use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+use crate::helpers::TestApp;
 
 const FOUNDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/journeys/founding-text.json");
 
@@ -157,4 +160,78 @@ fn a_model_estimated_from_journeys_feeds_a_what_if() {
         model.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("line 6: unknown stage `purchase`"), "{err}");
+}
+
+async fn post_as(app: &TestApp, key: &str, path: &str, body: &Value) -> (StatusCode, String, String) {
+    let response =
+        app.client.post(format!("{}{path}", app.address)).bearer_auth(key).json(body).send().await.expect("request");
+    let status = response.status();
+    let kind = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, kind, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_answers_what_ifs_attribution_problems_and_pictures() {
+    let app = TestApp::spawn().await;
+    let model: Value = serde_json::from_str(&std::fs::read_to_string(FOUNDING).unwrap()).unwrap();
+    let analyst = app.key(relais_domain::Role::Analyst).await;
+    let body = json!({"model": model, "what_ifs": [
+        {"into_stage": "decision", "op": "set", "channel": "social", "share": 0.2}
+    ]});
+    let (status, _, text) = post_as(&app, &analyst, "/api/v1/journeys/whatif", &body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let report: Value = serde_json::from_str(&text).unwrap();
+    assert!(near(&report["scenario"]["purchase"]["catalogue"], 0.2681, 5e-5), "{report}");
+    assert!(near(&report["change_pct"]["catalogue"], 10.41, 5e-3), "{report}");
+    assert_eq!(report["change_pct"]["search"], Value::Null);
+
+    // Bad input: problem documents naming the field.
+    let bad_share = json!({"model": model, "what_ifs": [{"into_stage": "decision", "op": "mix", "channel": "social", "share": 1.5}]});
+    let (status, kind, text) = post_as(&app, &analyst, "/api/v1/journeys/whatif", &bad_share).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(kind.starts_with("application/problem+json"), "{kind}");
+    assert!(text.contains("outside [0, 1]"), "{text}");
+    let mut broken = model.clone();
+    broken["transitions"][0][0] = json!([0.5, 0.5, 0.5, 0.0, 0.0]);
+    let (status, _, text) =
+        post_as(&app, &analyst, "/api/v1/journeys/whatif", &json!({"model": broken, "what_ifs": []})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let problem: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(problem["errors"][0]["field"], "model", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("row `search` of information → evaluation"), "{problem}");
+
+    let paths = json!({"order": 2, "paths": [
+        {"path": "A > B", "total_conversions": 2, "total_conversion_value": 20, "total_null": 2},
+        {"path": "B", "total_conversions": 1, "total_conversion_value": 40, "total_null": 3}
+    ]});
+    let (status, _, text) = post_as(&app, &analyst, "/api/v1/journeys/attribution", &paths).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let attribution: Value = serde_json::from_str(&text).unwrap();
+    for model in ["first_touch", "last_touch", "linear", "markov"] {
+        assert!(attribution[model]["B"]["conversions"].as_f64().unwrap() > 0.0, "{attribution}");
+    }
+    assert_eq!(attribution["order"], 2);
+    let empty = json!({"paths": [{"path": "A", "total_conversions": 1}, {"path": " ", "total_conversions": 1}]});
+    let (status, _, text) = post_as(&app, &analyst, "/api/v1/journeys/attribution", &empty).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let problem: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(problem["errors"][0]["field"], "paths[1]", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("empty path"), "{problem}");
+    let negative = json!({"paths": [{"path": "A", "total_conversions": -1}]});
+    let (status, _, text) = post_as(&app, &analyst, "/api/v1/journeys/attribution", &negative).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+
+    // Pictures: server-drawn SVG, no script.
+    let (status, kind, sankey) = post_as(&app, &analyst, "/api/v1/journeys/sankey.svg", &json!({"model": model})).await;
+    assert_eq!(status, StatusCode::OK, "{sankey}");
+    assert_eq!(kind, "image/svg+xml");
+    assert!(sankey.starts_with("<svg") && sankey.contains("catalogue") && !sankey.contains("<script"), "{sankey:.300}");
+    assert!(sankey.matches("<path").count() >= 40, "bands between stages");
+    let (status, kind, bars) = post_as(&app, &analyst, "/api/v1/journeys/whatif.svg", &body).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::OK, "image/svg+xml"));
+    assert!(bars.contains("set share: social gets 20%") && bars.contains("n/a"), "{bars:.500}");
+    // The store role has no analytics.
+    let store_key = app.key(relais_domain::Role::Store).await;
+    let (status, _, _) = post_as(&app, &store_key, "/api/v1/journeys/whatif", &body).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }

@@ -26,5 +26,5 @@ mod consents;
 mod loyalty;
 // Customer lifetime value: the CDNOW figures from the command line, the API on live orders.
 mod analytics;
-// Journeys: the founding example's what-ifs, attribution, models from journey files.
+// Journeys: the founding example's what-ifs, attribution, models from journey files, the API and its SVG.
 mod journeys;
