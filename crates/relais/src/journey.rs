@@ -62,9 +62,11 @@ pub fn read_paths(path: &Path) -> Result<PathSet, JourneyFileError> {
 
 /// Reads conversion paths from CSV text (header `path,total_conversions,…`).
 pub fn read_paths_from(bytes: &[u8]) -> Result<PathSet, JourneyFileError> {
-    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter(bytes)).trim(csv::Trim::All).from_reader(bytes);
+    // No csv-level trimming (it costs a pass over every field): names are trimmed
+    // by the domain, numbers here.
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter(bytes)).from_reader(bytes);
     let headers = reader.byte_headers().map_err(csv_error)?.clone();
-    let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name.as_bytes()));
+    let find = |name: &str| headers.iter().position(|h| h.trim_ascii().eq_ignore_ascii_case(name.as_bytes()));
     let path_column = find("path").ok_or(JourneyFileError::MissingColumn { column: "path", expected: PATH_COLUMNS })?;
     let conversions_column = find("total_conversions")
         .ok_or(JourneyFileError::MissingColumn { column: "total_conversions", expected: PATH_COLUMNS })?;
@@ -80,7 +82,7 @@ pub fn read_paths_from(bytes: &[u8]) -> Result<PathSet, JourneyFileError> {
         };
         let number = |column: Option<usize>, name: &'static str| -> Result<f64, JourneyFileError> {
             let Some(i) = column else { return Ok(0.0) };
-            let field = text(i)?;
+            let field = text(i)?.trim();
             if field.is_empty() {
                 return Ok(0.0);
             }

@@ -38,8 +38,9 @@ use std::sync::Mutex;
 use super::paths::{Credit, PathSet};
 use super::JourneyError;
 
-/// A fast, deterministic hasher for integer keys (no HashDoS concern: keys are ours).
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+/// A fast hasher seeded per map (keys derive from caller input); results do not
+/// depend on iteration order, since edges are sorted before use.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Sweeps after which an iterative solve is declared not converged.
 const MAX_SWEEPS: usize = 1_000_000;
@@ -312,14 +313,7 @@ pub fn markov_attribution(paths: &PathSet, order: Order) -> Result<MarkovAttribu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn set(rows: &[(&str, f64, f64, f64)]) -> PathSet {
-        let mut paths = PathSet::new();
-        for (line, (path, c, v, n)) in rows.iter().enumerate() {
-            paths.push(line as u64 + 2, path, *c, *v, *n).unwrap();
-        }
-        paths
-    }
+    use crate::journey::paths::tests::set;
 
     fn order(k: u32) -> Order {
         Order::new(k).unwrap()

@@ -50,7 +50,9 @@ pub(crate) struct PathRow {
 #[derive(Debug, Clone, Default)]
 pub struct PathSet {
     channels: Vec<String>,
-    index: HashMap<String, u16>,
+    /// Channel ids by name; a fast hash with a random seed per map, since names
+    /// may come from an API caller.
+    index: HashMap<String, u16, foldhash::fast::RandomState>,
     touches: Vec<u16>,
     rows: Vec<PathRow>,
     converting_channel: Vec<bool>,
@@ -84,40 +86,44 @@ impl PathSet {
         if path.trim().is_empty() {
             return Err(JourneyError::EmptyPath { line });
         }
-        // Check every name before interning any, so a refused row leaves nothing behind.
-        let mut names: Vec<&str> = Vec::with_capacity(8);
-        for raw in path.split(SEPARATOR) {
-            let name = raw.trim_matches(' ');
-            if let Some(separator) = FOREIGN_SEPARATORS.iter().find(|s| name.contains(**s)) {
+        // One byte scan finds the rare path that may hold a foreign separator
+        // (0xE2 starts `→` in UTF-8); only that path pays for the exact search.
+        if path.bytes().any(|b| matches!(b, b'|' | b',' | b';' | b'\t' | 0xE2)) {
+            if let Some(separator) = FOREIGN_SEPARATORS.iter().find(|s| path.contains(**s)) {
                 return Err(JourneyError::UnknownSeparator {
                     line,
                     path: path.to_string(),
                     separator: separator.escape_default().to_string(),
                 });
             }
-            // `a -> b` split on `>` leaves `a -`: the same foreign separator, seen from this side.
-            if let Some(cut) = ["-", "="].iter().find(|s| name.ends_with(**s)) {
-                return Err(JourneyError::UnknownSeparator {
-                    line,
-                    path: path.to_string(),
-                    separator: format!("{cut}>"),
-                });
-            }
-            let name = name.trim();
-            if name.is_empty() {
-                return Err(JourneyError::EmptyTouch { line, path: path.to_string() });
-            }
-            names.push(name);
         }
         let start = self.touches.len();
-        for name in names {
+        let known = self.channels.len();
+        for raw in path.split(SEPARATOR) {
+            let name = raw.trim_matches(' ');
+            // `a -> b` split on `>` leaves `a -`: the same foreign separator, seen from this side.
+            let refused = if let Some(cut) = ["-", "="].iter().find(|s| name.ends_with(**s)) {
+                Some(JourneyError::UnknownSeparator { line, path: path.to_string(), separator: format!("{cut}>") })
+            } else if name.trim().is_empty() {
+                Some(JourneyError::EmptyTouch { line, path: path.to_string() })
+            } else if self.channels.len() >= MAX_CHANNELS && !self.index.contains_key(name.trim()) {
+                Some(JourneyError::TooManyChannels { limit: MAX_CHANNELS })
+            } else {
+                None
+            };
+            if let Some(error) = refused {
+                // A refused row leaves nothing behind: its touches and the channels it introduced go.
+                self.touches.truncate(start);
+                for name in self.channels.drain(known..) {
+                    self.index.remove(&name);
+                }
+                self.converting_channel.truncate(known);
+                return Err(error);
+            }
+            let name = name.trim();
             let id = match self.index.get(name) {
                 Some(&id) => id,
                 None => {
-                    if self.channels.len() >= MAX_CHANNELS {
-                        self.touches.truncate(start);
-                        return Err(JourneyError::TooManyChannels { limit: MAX_CHANNELS });
-                    }
                     let id = self.channels.len() as u16;
                     self.channels.push(name.to_string());
                     self.index.insert(name.to_string(), id);
@@ -223,10 +229,11 @@ pub fn heuristic_attribution(paths: &PathSet) -> HeuristicAttribution {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn set(rows: &[(&str, f64, f64, f64)]) -> PathSet {
+    /// Paths from `(path, conversions, value, nulls)` rows (shared with the Markov tests).
+    pub(crate) fn set(rows: &[(&str, f64, f64, f64)]) -> PathSet {
         let mut paths = PathSet::new();
         for (line, (path, c, v, n)) in rows.iter().enumerate() {
             paths.push(line as u64 + 2, path, *c, *v, *n).unwrap();
