@@ -778,7 +778,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { command } => crate::demo::bench(command, &settings),
-        Command::Journey { command } => journey_command(command),
+        Command::Journey { command } => journey_command(command, &settings),
     }
 }
 
@@ -1295,11 +1295,24 @@ enum JourneyCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
-    /// Estimate a stage model from a journey file and write MODEL.json.
+    /// Estimate a stage model from a journey file, or from the stored event log,
+    /// and write MODEL.json.
     Model {
-        /// Journey file: one event a row, journey_id, stage, channel (and optionally timestamp).
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Journey file: one event a row, journey_id, stage, channel (and optionally
+        /// timestamp). Without it, the database's event log.
         #[arg(long)]
         journeys: Option<PathBuf>,
+        /// Event log: first instant read (ISO 8601); default: the beginning.
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Event log: instant where reading stops (ISO 8601, excluded); default: no end.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Event log: days without an event after which a journey ends.
+        #[arg(long, default_value_t = 30)]
+        gap_days: u32,
         /// Stages, first to last, separated by commas.
         #[arg(long, default_value = "information,evaluation,decision,purchase")]
         stages: String,
@@ -1319,7 +1332,7 @@ enum JourneyCommand {
 }
 
 /// `relais journey …`.
-fn journey_command(command: JourneyCommand) -> anyhow::Result<()> {
+fn journey_command(command: JourneyCommand, settings: &Settings) -> anyhow::Result<()> {
     use relais_domain::journey::{EstimateOptions, Operation, Order, Share, StageModel, WhatIf};
     match command {
         JourneyCommand::Whatif { model, into, op, channel, share, from, row, format } => {
@@ -1366,14 +1379,35 @@ fn journey_command(command: JourneyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        JourneyCommand::Model { journeys, stages, purchasers_only, replicates, seed, output } => {
-            let Some(journeys) = journeys else {
-                bail!("give the journeys with --journeys FILE.csv; building the model from the event log is not available yet")
-            };
-            let bytes = std::fs::read(&journeys).with_context(|| format!("cannot read {}", journeys.display()))?;
+        JourneyCommand::Model {
+            store,
+            journeys,
+            from,
+            to,
+            gap_days,
+            stages,
+            purchasers_only,
+            replicates,
+            seed,
+            output,
+        } => {
             let stages = stages.split(',').map(|s| s.trim().to_string()).collect();
             let options = EstimateOptions { purchasers_only, replicates, seed };
-            let estimated = crate::journey::model_from_journeys(&bytes, stages, options)?;
+            let estimated = match journeys {
+                Some(journeys) => {
+                    let bytes =
+                        std::fs::read(&journeys).with_context(|| format!("cannot read {}", journeys.display()))?;
+                    crate::journey::model_from_journeys(&bytes, stages, options)?
+                }
+                None => {
+                    anyhow::ensure!(gap_days >= 1, "--gap-days must be at least 1");
+                    let store = store.open(settings)?;
+                    let (estimated, read) =
+                        crate::journey::model_from_store(store.blocking(), from, to, stages, gap_days, options)?;
+                    eprintln!("{read} events read from the event log");
+                    estimated
+                }
+            };
             std::fs::write(&output, serde_json::to_string_pretty(&estimated)?)
                 .with_context(|| format!("cannot write {}", output.display()))?;
             eprintln!(

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use relais_domain::journey::{
-    self, heuristic_attribution, markov_attribution, Credit, EstimateOptions, EstimatedModel, JourneyError, JourneySet,
-    Order, PathSet, StageModel, WhatIf,
+    self, heuristic_attribution, markov_attribution, Credit, EstimateOptions, EstimatedModel, JourneyCutter,
+    JourneyError, JourneySet, Order, PathSet, StageMap, StageModel, WhatIf,
 };
 use serde::Serialize;
 
@@ -32,6 +32,9 @@ pub enum JourneyFileError {
     /// The rows are readable but wrong.
     #[error(transparent)]
     Journey(#[from] JourneyError),
+    /// The event log could not be read.
+    #[error("cannot read the event log: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The columns of a path file.
@@ -333,6 +336,33 @@ pub fn model_from_journeys(
         set.push(line, field(journey_column), field(stage_column), field(channel_column), order)?;
     }
     Ok(set.estimate(options)?)
+}
+
+/// Estimates the stage model from the stored event log between `from` and `to`:
+/// events mapped to stages by the default [`StageMap`], cut into journeys at a
+/// purchase or after `gap_days` without events (`relais_domain::journey::events`).
+pub fn model_from_store(
+    engine: &dyn crate::store::Engine,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    stages: Vec<String>,
+    gap_days: u32,
+    options: EstimateOptions,
+) -> Result<(EstimatedModel, u64), JourneyFileError> {
+    let gap_micros = i64::from(gap_days) * 86_400_000_000;
+    let mut cutter = JourneyCutter::new(StageMap::default(), stages, "purchase", gap_micros)?;
+    let mut refused = None;
+    let read = engine.journey_events(from, to, &mut |event| match cutter.push(event) {
+        Ok(()) => true,
+        Err(error) => {
+            refused = Some(error);
+            false
+        }
+    })?;
+    if let Some(error) = refused {
+        return Err(error.into());
+    }
+    Ok((cutter.finish().estimate(options)?, read))
 }
 
 /// Colours of channels, in the model's order (a palette readable by most

@@ -12,18 +12,21 @@
 //!   stage and one row-stochastic matrix per step), [`StageModel::propagate`],
 //!   the what-if operators ([`Operation`]) and [`compare`].
 //! - [`estimate`]: a [`StageModel`] estimated from journeys, with counts and
-//!   bootstrap confidence intervals.
+//!   bootstrap confidence intervals; [`events`]: journeys cut from a stored
+//!   event log (which stage each event stands for, where a journey ends).
 //! - [`paths`]: conversion paths in the ChannelAttribution format and the
 //!   first-touch, last-touch and linear models.
 //! - [`markov`]: removal-effect attribution on the absorbing chain, solved
 //!   exactly (no simulation).
 
 pub mod estimate;
+pub mod events;
 pub mod markov;
 pub mod paths;
 pub mod stages;
 
 pub use estimate::{EstimateOptions, EstimatedModel, JourneySet};
+pub use events::{journeys_from_events, JourneyCutter, LoggedEvent, StageMap};
 pub use markov::{markov_attribution, MarkovAttribution, Order};
 pub use paths::{heuristic_attribution, Credit, HeuristicAttribution, PathSet};
 pub use stages::{compare, Comparison, Operation, Propagation, Share, StageModel, StageModelSpec, WhatIf};

@@ -634,6 +634,17 @@ pub trait Engine: Send + Sync + 'static {
     /// Every completed order in `currency`: the surviving profile, when, the
     /// amount (erased people's orders are left out: they belong to nobody).
     fn purchases(&self, currency: &str) -> Result<Vec<(CustomerId, DateTime<Utc>, i64)>, StoreError>;
+    /// The events a journey can be made of (page, screen and track, computed
+    /// ones left out) from `from` (inclusive) to `to` (exclusive), handed to
+    /// `visit` one at a time grouped by surviving profile and in time order
+    /// within one, without holding them all in memory; `visit` answers `false`
+    /// to stop. Erased people's events are left out. Returns how many were read.
+    fn journey_events(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(&relais_domain::journey::LoggedEvent<'_>) -> bool,
+    ) -> Result<u64, StoreError>;
     /// Whether the database answers (cheap: for `/healthz`).
     fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.

@@ -235,3 +235,62 @@ async fn the_api_answers_what_ifs_attribution_problems_and_pictures() {
     let (status, _, _) = post_as(&app, &store_key, "/api/v1/journeys/whatif", &body).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+fn logged(user: &str, kind: &str, event: Option<&str>, days_ago: i64, channel: &str) -> Value {
+    let at = (chrono::Utc::now() - chrono::Duration::days(days_ago)).to_rfc3339();
+    let mut message = json!({"type": kind, "userId": user, "timestamp": at, "context": {"channel": channel}});
+    if let Some(event) = event {
+        message["event"] = json!(event);
+    }
+    if event == Some("Order Completed") {
+        message["properties"] = json!({"order_id": format!("{user}-{days_ago}"), "total": 20.0, "currency": "EUR"});
+    }
+    message
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stage_model_is_built_from_the_stored_event_log() {
+    let app = TestApp::spawn().await;
+    let (status, answer) = app
+        .batch(json!([
+            logged("u1", "page", None, 10, "web"),
+            logged("u1", "track", Some("Product Added"), 9, "web"),
+            logged("u1", "track", Some("Order Completed"), 8, "store"),
+            logged("u1", "page", None, 3, "web"), // after a purchase: a new journey
+            logged("u2", "screen", None, 10, "app"),
+            logged("u2", "track", Some("Product Added"), 9, "app"),
+            logged("u2", "track", Some("Order Completed"), 9, "app"),
+            logged("u3", "page", None, 20, "social"),
+            logged("u3", "track", Some("Store Visited"), 19, "store"), // no purchase
+            logged("u3", "identify", None, 19, "web"),                 // not a journey event
+        ]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let place = crate::helpers::place(&app.scratch);
+    let folder = tempfile::tempdir().unwrap();
+    let model = folder.path().join("model.json");
+    let model_path = model.to_str().unwrap().to_string();
+    let (built, recent) = tokio::task::spawn_blocking(move || {
+        let stages = ["journey", "model", "--stages", "information,evaluation,purchase", "-o", &model_path];
+        let built = crate::helpers::run_binary(&place, &stages);
+        let from = (chrono::Utc::now() - chrono::Duration::days(5)).to_rfc3339();
+        let mut recent = stages.to_vec();
+        recent.extend(["--from", &from]);
+        (built, crate::helpers::run_binary(&place, &recent))
+    })
+    .await
+    .unwrap();
+    assert!(built.0, "{}", built.2);
+    assert!(built.2.contains("9 events read"), "{}", built.2);
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    assert_eq!(written["journeys"], 4, "{written}");
+    assert_eq!(written["purchasers"], 2, "{written}");
+    let channels: Vec<&str> = written["channels"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let at = |name: &str| channels.iter().position(|c| *c == name).unwrap();
+    // Evaluated on the web, bought in store (u1); evaluated in store, no purchase (u3).
+    assert_eq!(written["counts"]["transitions"][1][at("web")][at("store")], 1, "{written}");
+    assert_eq!(written["counts"]["transitions"][1][at("app")][at("app")], 1, "{written}");
+    assert_eq!(written["counts"]["initial"][at("web")], 2, "{written}");
+    // Only u1's last page is recent: nobody evaluated since.
+    assert!(!recent.0 && recent.2.contains("stage `evaluation` has no data"), "{}", recent.2);
+}
