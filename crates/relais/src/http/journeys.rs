@@ -87,9 +87,13 @@ fn svg(body: String) -> Response {
         (status = 400, body = super::error::Problem)),
     security(("bearer" = [])))]
 pub async fn what_if(_caller: Caller, ApiJson(body): ApiJson<WhatIfBody>) -> Result<Response, ApiError> {
+    Ok(Json(what_if_report(body)?).into_response())
+}
+
+/// The what-if report of a request body, refusals naming the field.
+fn what_if_report(body: WhatIfBody) -> Result<crate::journey::WhatIfReport, ApiError> {
     let model = checked_model(body.model)?;
-    let report = crate::journey::what_if(&model, &body.what_ifs).map_err(|e| refused("what_ifs", e))?;
-    Ok(Json(report).into_response())
+    crate::journey::what_if(&model, &body.what_ifs).map_err(|e| refused("what_ifs", e))
 }
 
 /// The same what-if drawn as before/after bars at the last stage (SVG).
@@ -98,9 +102,7 @@ pub async fn what_if(_caller: Caller, ApiJson(body): ApiJson<WhatIfBody>) -> Res
         (status = 400, body = super::error::Problem)),
     security(("bearer" = [])))]
 pub async fn what_if_svg(_caller: Caller, ApiJson(body): ApiJson<WhatIfBody>) -> Result<Response, ApiError> {
-    let model = checked_model(body.model)?;
-    let report = crate::journey::what_if(&model, &body.what_ifs).map_err(|e| refused("what_ifs", e))?;
-    Ok(svg(crate::journey::what_if_bars_svg(&report)))
+    Ok(svg(crate::journey::what_if_bars_svg(&what_if_report(body)?)))
 }
 
 /// A stage model drawn as a Sankey diagram from stage to stage (SVG).
