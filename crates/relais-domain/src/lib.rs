@@ -26,6 +26,7 @@ pub mod clv;
 pub mod consent;
 pub mod id;
 pub mod identifier;
+pub mod journey;
 pub mod loyalty;
 pub mod message;
 pub mod money;

@@ -20,6 +20,7 @@ use crate::http::AppState;
 use crate::store::scratch::Scratch;
 use crate::store::Store;
 
+mod journeys;
 mod loyalty;
 mod segments;
 
@@ -94,6 +95,9 @@ pub enum BenchCommand {
     /// RFM scores of a Parquet file of events (10 M events of 500,000 customers by
     /// default), computed by relais and by DuckDB, checked identical and timed.
     Segments(SegmentsArgs),
+    /// Markov attribution (orders 1 and 3) on path files of 1 M and 5 M journeys,
+    /// relais against ChannelAttribution's defaults, from file to result.
+    Journeys(journeys::JourneysArgs),
 }
 
 /// The data classes of a benchmark run: the defaults, or every class in clear.
@@ -313,6 +317,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
             return bench_erase(profiles, erasures, database_url, settings);
         }
         BenchCommand::Segments(args) => return segments::bench_segments(args),
+        BenchCommand::Journeys(args) => return journeys::bench_journeys(args),
     };
     let encryption = encryption == "on";
     let people = people.unwrap_or((events / 20).max(1));

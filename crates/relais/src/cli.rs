@@ -1,5 +1,6 @@
 //! The command line: `relais serve`, `demo`, `keys create`, `import events`,
-//! `traits rebuild`, `bench ingest`. `anyhow` lives here, at the binary's edge.
+//! `traits rebuild`, `bench ingest`, `journey whatif|attribute|model`. `anyhow`
+//! lives here, at the binary's edge.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -166,6 +167,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: crate::demo::BenchCommand,
+    },
+    /// Customer journeys across channels: stage models, what-ifs, attribution.
+    Journey {
+        #[command(subcommand)]
+        command: JourneyCommand,
     },
 }
 
@@ -900,6 +906,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { command } => crate::demo::bench(command, &settings),
+        Command::Journey { command } => journey_command(command, &settings),
     }
 }
 
@@ -1475,6 +1482,190 @@ fn outbox_command(command: OutboxCommand, settings: &Settings) -> anyhow::Result
             for item in store.blocking().outbox(status, limit)? {
                 println!("{}", serde_json::to_string(&item)?);
             }
+            Ok(())
+        }
+    }
+}
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    /// A readable table.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// A what-if operator on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WhatIfOp {
+    /// A share of every choice goes to the channel, whatever the previous one.
+    Mix,
+    /// The channel gets the share in every row, the rest rescaled.
+    Set,
+    /// Replace the row of `--from` with `--row`.
+    Edit,
+}
+
+#[derive(Debug, Subcommand)]
+enum JourneyCommand {
+    /// Apply a what-if to a stage model (MODEL.json) and compare with the baseline.
+    Whatif {
+        /// The model: {"channels", "stages", "initial", "transitions"}.
+        model: PathBuf,
+        /// The stage whose incoming transition changes.
+        #[arg(long)]
+        into: String,
+        /// mix, set (share) or edit (a row by hand).
+        #[arg(long, value_enum, default_value = "mix")]
+        op: WhatIfOp,
+        /// The channel that gets the share (mix, set).
+        #[arg(long)]
+        channel: Option<String>,
+        /// The share, from 0 to 1 (mix, set).
+        #[arg(long)]
+        share: Option<f64>,
+        /// The row to replace (edit): the previous stage's channel.
+        #[arg(long)]
+        from: Option<String>,
+        /// The new row (edit): probabilities separated by commas, in the model's channel order.
+        #[arg(long)]
+        row: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Attribute conversions to channels from a path file (ChannelAttribution
+    /// format: path, total_conversions, total_conversion_value, total_null).
+    Attribute {
+        /// The CSV file of paths.
+        file: PathBuf,
+        /// Order of the Markov model, 1 to 4.
+        #[arg(long, default_value_t = 1)]
+        order: u32,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Estimate a stage model from a journey file, or from the stored event log,
+    /// and write MODEL.json.
+    Model {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Journey file: one event a row, journey_id, stage, channel (and optionally
+        /// timestamp). Without it, the database's event log.
+        #[arg(long)]
+        journeys: Option<PathBuf>,
+        /// Event log: first instant read (ISO 8601); default: the beginning.
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Event log: instant where reading stops (ISO 8601, excluded); default: no end.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Event log: days without an event after which a journey ends.
+        #[arg(long, default_value_t = 30)]
+        gap_days: u32,
+        /// Stages, first to last, separated by commas.
+        #[arg(long, default_value = "information,evaluation,decision,purchase")]
+        stages: String,
+        /// Only journeys that reached the last stage feed the model.
+        #[arg(long)]
+        purchasers_only: bool,
+        /// Bootstrap replicates for the confidence intervals (0: none).
+        #[arg(long, default_value_t = 200)]
+        replicates: usize,
+        /// Seed of the bootstrap.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Where to write the model.
+        #[arg(long, short, default_value = "MODEL.json")]
+        output: PathBuf,
+    },
+}
+
+/// `relais journey …`.
+fn journey_command(command: JourneyCommand, settings: &Settings) -> anyhow::Result<()> {
+    use relais_domain::journey::{EstimateOptions, Operation, Order, Share, StageModel, WhatIf};
+    match command {
+        JourneyCommand::Whatif { model, into, op, channel, share, from, row, format } => {
+            let text = std::fs::read_to_string(&model).with_context(|| format!("cannot read {}", model.display()))?;
+            let model: StageModel =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a valid model", model.display()))?;
+            let operation = match op {
+                WhatIfOp::Mix | WhatIfOp::Set => {
+                    let channel = channel.context("--channel is required with --op mix or set")?;
+                    let share = Share::new(share.context("--share is required with --op mix or set")?)?;
+                    if op == WhatIfOp::Mix {
+                        Operation::Mix { channel, share }
+                    } else {
+                        Operation::SetShare { channel, share }
+                    }
+                }
+                WhatIfOp::Edit => {
+                    let from_channel = from.context("--from (the row's channel) is required with --op edit")?;
+                    let row = row
+                        .context("--row is required with --op edit")?
+                        .split(',')
+                        .map(|p| p.trim().parse::<f64>().with_context(|| format!("--row: `{p}` is not a number")))
+                        .collect::<anyhow::Result<Vec<f64>>>()?;
+                    Operation::EditRow { from_channel, row }
+                }
+            };
+            let report = crate::journey::what_if(&model, &[WhatIf { into_stage: into, operation }])?;
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                OutputFormat::Text => print!("{}", crate::journey::what_if_table(&report)),
+            }
+            Ok(())
+        }
+        JourneyCommand::Attribute { file, order, format } => {
+            let order = Order::new(order)?;
+            let paths = crate::journey::read_paths(&file)?;
+            let report = crate::journey::attribute(&paths, order)?;
+            for note in &report.notes {
+                eprintln!("note: {note}");
+            }
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                OutputFormat::Text => print!("{}", crate::journey::attribution_table(&report)),
+            }
+            Ok(())
+        }
+        JourneyCommand::Model {
+            store,
+            journeys,
+            from,
+            to,
+            gap_days,
+            stages,
+            purchasers_only,
+            replicates,
+            seed,
+            output,
+        } => {
+            let stages = stages.split(',').map(|s| s.trim().to_string()).collect();
+            let options = EstimateOptions { purchasers_only, replicates, seed };
+            let estimated = match journeys {
+                Some(journeys) => {
+                    let bytes =
+                        std::fs::read(&journeys).with_context(|| format!("cannot read {}", journeys.display()))?;
+                    crate::journey::model_from_journeys(&bytes, stages, options)?
+                }
+                None => {
+                    anyhow::ensure!(gap_days >= 1, "--gap-days must be at least 1");
+                    let store = store.open(settings)?;
+                    let (estimated, read) =
+                        crate::journey::model_from_store(store.blocking(), from, to, stages, gap_days, options)?;
+                    eprintln!("{read} events read from the event log");
+                    estimated
+                }
+            };
+            std::fs::write(&output, serde_json::to_string_pretty(&estimated)?)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            eprintln!(
+                "model of {} journeys ({} reached the last stage) written to {}",
+                estimated.journeys,
+                estimated.purchasers,
+                output.display()
+            );
             Ok(())
         }
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod import;
+pub mod journey;
 pub mod loyalty;
 pub mod outbox;
 pub mod privacy;

@@ -206,7 +206,8 @@ fn run_duckdb(
     Ok((seconds, answer["duckdb"].as_str().unwrap_or("unknown").to_owned()))
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The median of `values` (the mean of the middle two for an even count).
+pub(super) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();

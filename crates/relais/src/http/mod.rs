@@ -8,6 +8,7 @@ pub mod auth;
 pub mod consents;
 pub mod customers;
 pub mod error;
+pub mod journeys;
 pub mod loyalty;
 pub mod metrics;
 pub mod outbox;
@@ -169,6 +170,10 @@ impl Modify for SecuritySchemes {
         segments::list_typologies,
         segments::typology_report,
         segments::delete_typology,
+        journeys::what_if,
+        journeys::what_if_svg,
+        journeys::sankey_svg,
+        journeys::attribution,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -178,7 +183,7 @@ impl Modify for SecuritySchemes {
         (name = "privacy", description = "Data-subject rights"),
         (name = "consents", description = "Consent per purpose and channel, with proof"),
         (name = "loyalty", description = "Loyalty programmes, members, statements and redemptions"),
-        (name = "analytics", description = "Customer lifetime value and RFM"),
+        (name = "analytics", description = "Customer lifetime value, RFM and journeys"),
         (name = "segments", description = "Segments in the segment language, live memberships, exports"),
     )
 )]
@@ -321,6 +326,10 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("GET", "/api/v1/typologies", Requires(ReadSegments), get(segments::list_typologies)),
         route("GET", "/api/v1/typologies/{name}", Requires(ReadSegments), get(segments::typology_report)),
         route("DELETE", "/api/v1/typologies/{name}", Requires(ManageSegments), delete(segments::delete_typology)),
+        route("POST", "/api/v1/journeys/whatif", Requires(RunAnalytics), post(journeys::what_if)),
+        route("POST", "/api/v1/journeys/whatif.svg", Requires(RunAnalytics), post(journeys::what_if_svg)),
+        route("POST", "/api/v1/journeys/sankey.svg", Requires(RunAnalytics), post(journeys::sankey_svg)),
+        route("POST", "/api/v1/journeys/attribution", Requires(RunAnalytics), post(journeys::attribution)),
     ]
 }
 

@@ -697,6 +697,17 @@ pub trait Engine: Send + Sync + 'static {
     fn typologies(&self) -> Result<Vec<segments::TypologyRecord>, StoreError>;
     /// Delete a typology; false if there was none.
     fn typology_delete(&self, name: &str) -> Result<bool, StoreError>;
+    /// The events a journey can be made of (page, screen and track, computed
+    /// ones left out) from `from` (inclusive) to `to` (exclusive), handed to
+    /// `visit` one at a time grouped by surviving profile and in time order
+    /// within one, without holding them all in memory; `visit` answers `false`
+    /// to stop. Erased people's events are left out. Returns how many were read.
+    fn journey_events(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(&relais_domain::journey::LoggedEvent<'_>) -> bool,
+    ) -> Result<u64, StoreError>;
     /// Whether the database answers (cheap: for `/healthz`).
     fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.

@@ -2008,6 +2008,46 @@ impl Engine for PgEngine {
         self.delete_typology(name)
     }
 
+    fn journey_events(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(&relais_domain::journey::LoggedEvent<'_>) -> bool,
+    ) -> Result<u64, StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        self.pool.with(|client| {
+            // A cursor (query_raw streams rows) inside a read-only transaction.
+            let mut tx = client.build_transaction().read_only(true).start()?;
+            let params: [&(dyn postgres::types::ToSql + Sync); 2] = [&from, &to];
+            let mut rows = tx.query_raw(
+                "SELECT COALESCE(c.merged_into, c.customer_id) AS who, e.ts, e.type, e.name, e.channel FROM events e \
+                 JOIN customers c ON c.customer_id = e.customer_id \
+                 WHERE NOT e.computed AND e.type IN ('page', 'screen', 'track') \
+                 AND ($1::timestamptz IS NULL OR e.ts >= $1) AND ($2::timestamptz IS NULL OR e.ts < $2) \
+                 ORDER BY who, e.ts, e.event_id",
+                params,
+            )?;
+            let mut read = 0;
+            while let Some(row) = rows.next()? {
+                read += 1;
+                let at: DateTime<Utc> = row.get(1);
+                let event = relais_domain::journey::LoggedEvent {
+                    customer: row.get(0),
+                    at_micros: at.timestamp_micros(),
+                    kind: row.get(2),
+                    name: row.get(3),
+                    channel: row.get(4),
+                };
+                if !visit(&event) {
+                    break;
+                }
+            }
+            drop(rows);
+            tx.commit()?;
+            Ok(read)
+        })
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.pool.with(|client| client.simple_query("SELECT 1").map(|_| ()).map_err(StoreError::from))
     }

@@ -62,6 +62,14 @@ fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
+/// Column `i` as text borrowed from the row (ten million events should not
+/// mean thirty million strings).
+fn text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'r str>> {
+    row.get_ref(i)?
+        .as_str_or_null()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+}
+
 fn from_micros(value: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(value).unwrap_or_default()
 }
@@ -2246,6 +2254,40 @@ impl Engine for SqliteEngine {
 
     fn typology_delete(&self, name: &str) -> Result<bool, StoreError> {
         self.delete_typology(name)
+    }
+
+    fn journey_events(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        visit: &mut dyn FnMut(&relais_domain::journey::LoggedEvent<'_>) -> bool,
+    ) -> Result<u64, StoreError> {
+        let from = from.map_or(i64::MIN, |t| t.timestamp_micros());
+        let to = to.map_or(i64::MAX, |t| t.timestamp_micros());
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT COALESCE(c.merged_into, c.customer_id) AS who, e.ts, e.type, e.name, e.channel FROM events e \
+                 JOIN customers c ON c.customer_id = e.customer_id \
+                 WHERE e.computed = 0 AND e.type IN ('page', 'screen', 'track') AND e.ts >= ?1 AND e.ts < ?2 \
+                 ORDER BY who, e.ts, e.seq",
+            )?;
+            let mut rows = stmt.query(params![from, to])?;
+            let mut read = 0;
+            while let Some(row) = rows.next()? {
+                read += 1;
+                let event = relais_domain::journey::LoggedEvent {
+                    customer: text(row, 0)?.unwrap_or_default(),
+                    at_micros: row.get(1)?,
+                    kind: text(row, 2)?.unwrap_or_default(),
+                    name: text(row, 3)?,
+                    channel: text(row, 4)?.unwrap_or_default(),
+                };
+                if !visit(&event) {
+                    break;
+                }
+            }
+            Ok(read)
+        })
     }
 
     fn ping(&self) -> Result<(), StoreError> {

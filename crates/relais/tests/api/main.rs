@@ -28,3 +28,5 @@ mod loyalty;
 mod analytics;
 // Segments: the language's errors, live memberships, refresh, exports, RFM as traits.
 mod segments;
+// Journeys: the founding example's what-ifs, attribution, models from journey files, the API and its SVG.
+mod journeys;
