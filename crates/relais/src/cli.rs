@@ -1575,6 +1575,9 @@ enum JourneyCommand {
         /// Seed of the bootstrap.
         #[arg(long, default_value_t = 2026)]
         seed: u64,
+        /// Only the journeys of this saved segment's members (event log only).
+        #[arg(long)]
+        segment: Option<String>,
         /// Where to write the model.
         #[arg(long, short, default_value = "MODEL.json")]
         output: PathBuf,
@@ -1639,11 +1642,13 @@ fn journey_command(command: JourneyCommand, settings: &Settings) -> anyhow::Resu
             purchasers_only,
             replicates,
             seed,
+            segment,
             output,
         } => {
             let stages = stages.split(',').map(|s| s.trim().to_string()).collect();
             let options = EstimateOptions { purchasers_only, replicates, seed };
             let estimated = match journeys {
+                Some(_) if segment.is_some() => bail!("--segment reads the event log: leave out --journeys"),
                 Some(journeys) => {
                     let bytes =
                         std::fs::read(&journeys).with_context(|| format!("cannot read {}", journeys.display()))?;
@@ -1652,8 +1657,19 @@ fn journey_command(command: JourneyCommand, settings: &Settings) -> anyhow::Resu
                 None => {
                     anyhow::ensure!(gap_days >= 1, "--gap-days must be at least 1");
                     let store = store.open(settings)?;
-                    let (estimated, read) =
-                        crate::journey::model_from_store(store.blocking(), from, to, stages, gap_days, options)?;
+                    let members = match &segment {
+                        Some(name) => Some(crate::segments::member_ids(store.blocking(), name)?),
+                        None => None,
+                    };
+                    let (estimated, read) = crate::journey::model_from_store(
+                        store.blocking(),
+                        from,
+                        to,
+                        stages,
+                        gap_days,
+                        options,
+                        members.as_ref(),
+                    )?;
                     eprintln!("{read} events read from the event log");
                     estimated
                 }

@@ -341,6 +341,9 @@ pub fn model_from_journeys(
 /// Estimates the stage model from the stored event log between `from` and `to`:
 /// events mapped to stages by the default [`StageMap`], cut into journeys at a
 /// purchase or after `gap_days` without events (`relais_domain::journey::events`).
+///
+/// With `members`, only those customers' journeys count (a segment's members).
+#[allow(clippy::too_many_arguments)]
 pub fn model_from_store(
     engine: &dyn crate::store::Engine,
     from: Option<chrono::DateTime<chrono::Utc>>,
@@ -348,16 +351,20 @@ pub fn model_from_store(
     stages: Vec<String>,
     gap_days: u32,
     options: EstimateOptions,
+    members: Option<&std::collections::HashSet<String>>,
 ) -> Result<(EstimatedModel, u64), JourneyFileError> {
     let gap_micros = i64::from(gap_days) * 86_400_000_000;
     let mut cutter = JourneyCutter::new(StageMap::default(), stages, "purchase", gap_micros)?;
     let mut refused = None;
-    let read = engine.journey_events(from, to, &mut |event| match cutter.push(event) {
-        Ok(()) => true,
-        Err(error) => {
-            refused = Some(error);
-            false
-        }
+    let read = engine.journey_events(from, to, &mut |event| match members {
+        Some(members) if !members.contains(event.customer) => true,
+        _ => match cutter.push(event) {
+            Ok(()) => true,
+            Err(error) => {
+                refused = Some(error);
+                false
+            }
+        },
     })?;
     if let Some(error) = refused {
         return Err(error.into());

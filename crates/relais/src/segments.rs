@@ -437,25 +437,46 @@ pub fn export(
     if format == ExportFormat::Csv {
         writeln!(out, "customer,entered_at").map_err(io)?;
     }
+    Ok(for_each_member(engine, segment.id, &mut |customer, entered_at| {
+        let entered_at = entered_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        match format {
+            ExportFormat::Csv => writeln!(out, "{customer},{entered_at}"),
+            ExportFormat::Jsonl => {
+                writeln!(out, "{}", serde_json::json!({"customer": customer.to_string(), "entered_at": entered_at}))
+            }
+        }
+        .map_err(io)
+    })?)
+}
+
+/// Every member of a saved segment, as customer ids.
+pub fn member_ids(engine: &dyn Engine, name: &str) -> Result<std::collections::HashSet<String>, SegmentsError> {
+    let segment = find(engine, name)?;
+    let mut ids = std::collections::HashSet::new();
+    for_each_member(engine, segment.id, &mut |customer, _| {
+        ids.insert(customer.to_string());
+        Ok(())
+    })?;
+    Ok(ids)
+}
+
+/// Visit every member of a segment in id order, a page at a time; returns how many.
+fn for_each_member(
+    engine: &dyn Engine,
+    segment: SegmentId,
+    visit: &mut dyn FnMut(CustomerId, DateTime<Utc>) -> Result<(), StoreError>,
+) -> Result<usize, StoreError> {
     let mut after = None;
     let mut count = 0;
     loop {
-        let page = engine.segment_members(segment.id, after, 10_000)?;
-        let Some(last) = page.last() else { break };
+        let page = engine.segment_members(segment, after, 10_000)?;
+        let Some(last) = page.last() else { return Ok(count) };
         after = Some(last.0);
-        for (customer, entered_at) in &page {
-            let entered_at = entered_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            match format {
-                ExportFormat::Csv => writeln!(out, "{customer},{entered_at}"),
-                ExportFormat::Jsonl => {
-                    writeln!(out, "{}", serde_json::json!({"customer": customer.to_string(), "entered_at": entered_at}))
-                }
-            }
-            .map_err(io)?;
-        }
         count += page.len();
+        for (customer, entered_at) in page {
+            visit(customer, entered_at)?;
+        }
     }
-    Ok(count)
 }
 
 /// How two segments overlap.

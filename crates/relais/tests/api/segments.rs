@@ -259,16 +259,34 @@ async fn customer_scores_and_consents_are_fields_of_the_language() {
 async fn the_command_line_shows_errors_under_the_source_and_exports_members() {
     let app = TestApp::spawn().await;
     app.batch(json!([person("ana", "Lyon"), order("ana", "a1", 40.0, 3)])).await;
+    app.batch(json!([
+        {"type": "page", "userId": "ana", "name": "Accueil", "messageId": "p0", "timestamp": ago(4)},
+        person("bruno", "Nantes"), {"type": "page", "userId": "bruno", "name": "Accueil", "messageId": "p1"},
+    ]))
+    .await;
     let location = place(&app.scratch);
-    let (check, save, export) = tokio::task::spawn_blocking(move || {
+    let folder = tempfile::tempdir().unwrap();
+    let model = folder.path().join("model.json").to_str().unwrap().to_string();
+    let (check, save, export, journeys, unknown) = tokio::task::spawn_blocking(move || {
         (
             run_binary(&location, &["segment", "check", "orders >= 1 and ville = \"Lyon\""]),
             run_binary(&location, &["segment", "save", "acheteurs", "orders >= 1"]),
             run_binary(&location, &["segment", "members", "acheteurs", "--format", "jsonl"]),
+            run_binary(
+                &location,
+                &["journey", "model", "--segment", "acheteurs", "--stages", "information,purchase", "--output", &model],
+            ),
+            run_binary(&location, &["journey", "model", "--segment", "inconnu", "--output", &model]),
         )
     })
     .await
     .unwrap();
+    // The journey model of a segment counts only its members' journeys (Ana's, not Bruno's).
+    assert!(journeys.0, "{}", journeys.2);
+    let estimated: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.path().join("model.json")).unwrap()).unwrap();
+    assert_eq!(estimated["journeys"], 1, "{estimated}");
+    assert!(!unknown.0 && unknown.2.contains("no segment is named `inconnu`"), "{}", unknown.2);
     assert!(!check.0);
     assert!(check.2.contains("unknown field `ville`"), "{}", check.2);
     assert!(check.2.contains("  orders >= 1 and ville = \"Lyon\"\n                  ^^^^^"), "{}", check.2);
