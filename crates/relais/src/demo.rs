@@ -405,6 +405,77 @@ fn loyalty_catalogue(store: &Store, programme: &str, today: chrono::NaiveDate) -
 }
 
 /// Load the demo into `store`, with a progress bar.
+/// The demo's saved segments (name, source, description) and the typology of
+/// the customer room that follows them.
+const DEMO_SEGMENTS: [(&str, &str, &str); 5] = [
+    ("champions", r#"rfm_group in ("champions", "loyal")"#, "Nos meilleurs clients (RFM)"),
+    ("a-risque", r#"rfm_group in ("at_risk", "cannot_lose_them")"#, "Bons clients qui s'éloignent"),
+    ("acheteurs-du-mois", r#"orders_30d >= 1"#, "Ont acheté ces 30 derniers jours"),
+    ("fideles-lyon", r#"orders_365d >= 3 and city = "Lyon""#, "Clients réguliers à Lyon"),
+    ("avis-recents", r#"count(event "Review Submitted", 30d) >= 1"#, "Ont donné un avis ce mois-ci"),
+];
+
+/// Save the demo's segments and typology, then refresh once: scores (RFM,
+/// lifetime value), memberships, and the first daily snapshot.
+fn demo_segments(store: &Store, settings: &Settings, now: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+    let engine = store.blocking();
+    for (name, source, description) in DEMO_SEGMENTS {
+        let segment = crate::segments::compile(engine, &settings.ingest, source, relais_domain::Role::Admin)
+            .map_err(|e| anyhow::anyhow!("the demo segment `{name}` is invalid: {e}"))?;
+        engine.segment_put(&crate::store::segments::SegmentRecord {
+            id: relais_domain::SegmentId::new(),
+            name: name.into(),
+            source: segment.source().into(),
+            description: description.into(),
+            created_at: now,
+            updated_at: now,
+            refreshed_at: None,
+            members: 0,
+        })?;
+    }
+    let names: Vec<String> = DEMO_SEGMENTS.iter().take(3).map(|(name, _, _)| name.to_string()).collect();
+    crate::typologies::save(
+        engine,
+        "salle-clients",
+        &names,
+        "La salle clients : meilleurs, à risque, acheteurs du mois",
+        now,
+    )?;
+    let report = crate::segments::refresh(engine, &settings.ingest, now)?;
+    let sizes: Vec<String> = report.segments.iter().map(|s| format!("{} {}", s.name, s.size)).collect();
+    eprintln!(
+        "segments: {} ({} buyers scored, {} with a lifetime value); typology salle-clients",
+        sizes.join(", "),
+        report.rfm_scored,
+        report.clv_scored
+    );
+    Ok(())
+}
+
+/// The founding text's journey example (examples/journeys), with its what-if:
+/// social networks take 20% of every evaluation.
+const FOUNDING_EXAMPLE: &str = include_str!("../../../examples/journeys/founding-text.json");
+
+fn founding_example() -> anyhow::Result<()> {
+    use relais_domain::journey::{Operation, Share, StageModel, WhatIf};
+    let model: StageModel = serde_json::from_str(FOUNDING_EXAMPLE)?;
+    let operation = Operation::Mix { channel: "social".into(), share: Share::new(0.2)? };
+    let report = crate::journey::what_if(&model, &[WhatIf { into_stage: "evaluation".into(), operation }])?;
+    let changes: Vec<String> = report
+        .channels
+        .iter()
+        .map(|c| match report.change_pct.get(c).copied().flatten() {
+            Some(pct) => format!("{c} {pct:+.1}%"),
+            None => format!("{c} n/a"),
+        })
+        .collect();
+    eprintln!(
+        "journeys (founding example, examples/journeys): social networks at 20% of evaluations move purchases: {}",
+        changes.join(", ")
+    );
+    Ok(())
+}
+
 pub fn load(store: &Store, settings: &Settings, size: DemoSize) -> anyhow::Result<()> {
     let progress = indicatif::ProgressBar::new(size.events as u64);
     progress.set_style(
@@ -459,6 +530,8 @@ pub fn load(store: &Store, settings: &Settings, size: DemoSize) -> anyhow::Resul
     })?;
     progress.finish_and_clear();
     loyalty_catalogue(store, &programme.head.key, today)?;
+    demo_segments(store, settings, now)?;
+    founding_example()?;
     let (customers, events) = store.blocking().counts()?;
     eprintln!(
         "demo loaded: {events} events, {customers} customer profiles after identity resolution, in {:.1}s",
