@@ -1575,6 +1575,10 @@ enum JourneyCommand {
         /// Seed of the bootstrap.
         #[arg(long, default_value_t = 2026)]
         seed: u64,
+        /// Stage map (TOML: `page`, `screen`, and `[stages]` listing track events per
+        /// stage) instead of the default one (event log only; docs/journeys.md).
+        #[arg(long)]
+        map: Option<PathBuf>,
         /// Only the journeys of this saved segment's members (event log only).
         #[arg(long)]
         segment: Option<String>,
@@ -1643,12 +1647,15 @@ fn journey_command(command: JourneyCommand, settings: &Settings) -> anyhow::Resu
             replicates,
             seed,
             segment,
+            map,
             output,
         } => {
             let stages = stages.split(',').map(|s| s.trim().to_string()).collect();
             let options = EstimateOptions { purchasers_only, replicates, seed };
             let estimated = match journeys {
-                Some(_) if segment.is_some() => bail!("--segment reads the event log: leave out --journeys"),
+                Some(_) if segment.is_some() || map.is_some() => {
+                    bail!("--segment and --map read the event log: leave out --journeys")
+                }
                 Some(journeys) => {
                     let bytes =
                         std::fs::read(&journeys).with_context(|| format!("cannot read {}", journeys.display()))?;
@@ -1661,8 +1668,17 @@ fn journey_command(command: JourneyCommand, settings: &Settings) -> anyhow::Resu
                         Some(name) => Some(crate::segments::member_ids(store.blocking(), name)?),
                         None => None,
                     };
+                    let stage_map = match &map {
+                        Some(path) => crate::journey::read_stage_map(
+                            &std::fs::read_to_string(path)
+                                .with_context(|| format!("cannot read {}", path.display()))?,
+                            &stages,
+                        )?,
+                        None => relais_domain::journey::StageMap::default(),
+                    };
                     let (estimated, read) = crate::journey::model_from_store(
                         store.blocking(),
+                        stage_map,
                         from,
                         to,
                         stages,

@@ -33,6 +33,9 @@ pub enum JourneyFileError {
     #[error(transparent)]
     Journey(#[from] JourneyError),
     /// The event log could not be read.
+    /// The stage map file is wrong.
+    #[error("stage map: {0}")]
+    Map(String),
     #[error("cannot read the event log: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -342,10 +345,12 @@ pub fn model_from_journeys(
 /// events mapped to stages by the default [`StageMap`], cut into journeys at a
 /// purchase or after `gap_days` without events (`relais_domain::journey::events`).
 ///
-/// With `members`, only those customers' journeys count (a segment's members).
+/// With `members`, only those customers' journeys count (a segment's members);
+/// `map` replaces the default stage map (`read_stage_map`).
 #[allow(clippy::too_many_arguments)]
 pub fn model_from_store(
     engine: &dyn crate::store::Engine,
+    map: StageMap,
     from: Option<chrono::DateTime<chrono::Utc>>,
     to: Option<chrono::DateTime<chrono::Utc>>,
     stages: Vec<String>,
@@ -354,7 +359,7 @@ pub fn model_from_store(
     members: Option<&std::collections::HashSet<String>>,
 ) -> Result<(EstimatedModel, u64), JourneyFileError> {
     let gap_micros = i64::from(gap_days) * 86_400_000_000;
-    let mut cutter = JourneyCutter::new(StageMap::default(), stages, "purchase", gap_micros)?;
+    let mut cutter = JourneyCutter::new(map, stages, "purchase", gap_micros)?;
     let mut refused = None;
     let read = engine.journey_events(from, to, &mut |event| match members {
         Some(members) if !members.contains(event.customer) => true,
@@ -370,6 +375,53 @@ pub fn model_from_store(
         return Err(error.into());
     }
     Ok((cutter.finish().estimate(options)?, read))
+}
+
+/// A stage map file (TOML): which stage `page` and `screen` events stand for
+/// (leave one out to ignore those events), and the track events of each stage.
+///
+/// ```toml
+/// page = "information"
+/// screen = "information"
+/// [stages]
+/// information = ["Products Searched", "Product Viewed"]
+/// evaluation = ["Product Added", "Store Visited"]
+/// purchase = ["Order Completed"]
+/// ```
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageMapFile {
+    page: Option<String>,
+    screen: Option<String>,
+    stages: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Read a stage map from TOML text; an event listed under two stages, or a
+/// stage outside `stages`, is refused.
+pub fn read_stage_map(text: &str, stages: &[String]) -> Result<StageMap, JourneyFileError> {
+    let file: StageMapFile = toml::from_str(text).map_err(|e| JourneyFileError::Map(e.to_string()))?;
+    let known = |stage: &str| -> Result<(), JourneyFileError> {
+        if stages.iter().any(|s| s == stage) {
+            Ok(())
+        } else {
+            Err(JourneyFileError::Map(format!(
+                "stage `{stage}` is not one of the model's stages ({})",
+                stages.join(", ")
+            )))
+        }
+    };
+    for stage in file.page.iter().chain(&file.screen).chain(file.stages.keys()) {
+        known(stage)?;
+    }
+    let mut tracks = std::collections::HashMap::new();
+    for (stage, events) in &file.stages {
+        for event in events {
+            if let Some(other) = tracks.insert(event.clone(), stage.clone()) {
+                return Err(JourneyFileError::Map(format!("event `{event}` is listed under `{other}` and `{stage}`")));
+            }
+        }
+    }
+    Ok(StageMap { page: file.page, screen: file.screen, tracks })
 }
 
 /// Colours of channels, in the model's order (a palette readable by most
@@ -547,5 +599,27 @@ mod tests {
         assert!(error.to_string().contains("no `path` column"), "{error}");
         let error = read_paths_from(b"path,total_conversions\na > b,two\n").unwrap_err();
         assert!(error.to_string().contains("line 2: total_conversions `two`"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod stage_map_tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_map_file_replaces_the_defaults_and_refuses_contradictions() {
+        let stages: Vec<String> = ["information", "purchase"].map(String::from).to_vec();
+        let map = read_stage_map(
+            "page = \"information\"\n[stages]\npurchase = [\"Order Completed\", \"Ticket Paid\"]",
+            &stages,
+        )
+        .unwrap();
+        assert_eq!(map.stage_of("track", Some("Ticket Paid")), Some("purchase"));
+        assert_eq!(map.stage_of("screen", None), None);
+        assert_eq!(map.stage_of("track", Some("Product Viewed")), None);
+        let twice = read_stage_map("[stages]\ninformation = [\"X\"]\npurchase = [\"X\"]", &stages).unwrap_err();
+        assert!(twice.to_string().contains("listed under `information` and `purchase`"), "{twice}");
+        let unknown = read_stage_map("[stages]\nsharing = [\"Review Submitted\"]", &stages).unwrap_err();
+        assert!(unknown.to_string().contains("not one of the model's stages"), "{unknown}");
     }
 }
