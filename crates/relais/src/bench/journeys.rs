@@ -71,6 +71,85 @@ pub struct JourneysArgs {
     /// Folder of the peer tools, where `install.sh` made `.venv`.
     #[arg(long, default_value = "bench/peers")]
     peers: PathBuf,
+    /// Events stored (SQLite, seeded) before timing the stage model built from
+    /// the event log; 0 skips it.
+    #[arg(long, default_value_t = 10_000_000)]
+    stored_events: usize,
+}
+
+/// Channels of the stored events, as `context.channel`.
+const STORED_CHANNELS: [&str; 6] = ["web", "app", "store", "social", "email", "catalogue"];
+
+/// Store `events` seeded events (about 20 per customer: visits, additions to
+/// cart, checkouts and orders on several channels) in a scratch SQLite
+/// database by the raw path, then time `relais journey model` on it (default
+/// stages, 30-day gap, 200 bootstrap replicates): the median of three runs.
+fn stage_model_seconds(events: usize, seed: u64) -> anyhow::Result<(f64, u64, u64)> {
+    let settings = crate::config::Settings::default();
+    let scratch = crate::store::scratch::Scratch::new(None, "journeys")?;
+    let store = scratch.open(settings.ingest.clone())?;
+    let envelope = super::bench_envelope(&settings);
+    let steps: [(&str, Option<&str>); 4] = [
+        ("page", None),
+        ("track", Some("Product Added")),
+        ("track", Some("Checkout Started")),
+        ("track", Some("Order Completed")),
+    ];
+    let start = chrono::Utc::now() - chrono::Duration::days(730);
+    let per_chunk = 25_000;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x570_4ed);
+    let mut made = 0usize;
+    let mut chunks = std::iter::from_fn(|| {
+        if made >= events {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(per_chunk);
+        while chunk.len() < per_chunk && made < events {
+            let customer = made / 20;
+            // A journey: up to four steps, a day or two apart, each on a channel.
+            let begins = start + chrono::Duration::minutes(rng.gen_range(0..725 * 24 * 60));
+            let depth = rng.gen_range(1..=4);
+            for (step, (kind, name)) in steps.iter().take(depth).enumerate() {
+                let at = (begins + chrono::Duration::hours(step as i64 * 30)).to_rfc3339();
+                let channel = STORED_CHANNELS[rng.gen_range(0..STORED_CHANNELS.len())];
+                let mut message = json!({"type": kind, "userId": format!("u{customer}"), "messageId": format!("m{made}"),
+                    "timestamp": at, "context": {"channel": channel}});
+                match name {
+                    Some(name) => message["event"] = json!(name),
+                    None => message["name"] = json!("Accueil"),
+                }
+                chunk.push(
+                    relais_domain::TrackingMessage::parse_value(message, &envelope).expect("bench messages are valid"),
+                );
+                made += 1;
+            }
+        }
+        Some(chunk)
+    });
+    let started = Instant::now();
+    crate::store::raw_load(&scratch.location, store.privacy(), &mut chunks)?;
+    eprintln!("stored {events} events in {:.1}s", started.elapsed().as_secs_f64());
+    let stages: Vec<String> = ["information", "evaluation", "decision", "purchase"].map(String::from).to_vec();
+    let mut times = Vec::new();
+    let mut last = (0, 0);
+    for run in 0..3 {
+        let started = Instant::now();
+        let (estimated, read) = crate::journey::model_from_store(
+            store.blocking(),
+            relais_domain::journey::StageMap::default(),
+            None,
+            None,
+            stages.clone(),
+            30,
+            relais_domain::journey::EstimateOptions { purchasers_only: false, replicates: 200, seed },
+            None,
+        )?;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("stage model run {}: {read} events, {} journeys, {seconds:.2}s", run + 1, estimated.journeys);
+        times.push(seconds);
+        last = (read, estimated.journeys as u64);
+    }
+    Ok((median(&times), last.0, last.1))
 }
 
 /// SplitMix64: a rank's own random stream, independent of every other rank's.
@@ -283,6 +362,7 @@ fn run(
             }));
         }
     }
+    let stage = if args.stored_events > 0 { Some(stage_model_seconds(args.stored_events, args.seed)?) } else { None };
     let worst = cases
         .iter()
         .filter_map(|c| c["ratio"].as_f64())
@@ -297,8 +377,9 @@ fn run(
             "cases": cases,
             // The worst case's ratio: every case must be at most the target (0.2).
             "ratio": worst,
-            // Building the stage model from 10 M stored events is not timed by this command yet.
-            "stage_model_seconds": null,
+            "stored_events": stage.map(|s| s.1),
+            "stage_model_journeys": stage.map(|s| s.2),
+            "stage_model_seconds": stage.map(|s| round3(s.0)),
         })
     );
     Ok(())
