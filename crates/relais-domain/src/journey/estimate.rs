@@ -30,7 +30,8 @@
 use std::collections::HashMap;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+use rand_distr::{Binomial, Distribution};
 use serde::Serialize;
 
 use super::stages::{StageModel, StageModelSpec};
@@ -179,8 +180,8 @@ impl JourneySet {
             .filter(|p| !options.purchasers_only || p[s - 1].1 != NONE)
             .map(|p| p.iter().map(|&(_, c)| c).collect())
             .collect();
-        let all: Vec<usize> = (0..journeys.len()).collect();
-        let counts = count(&journeys, all.iter().copied(), s, n);
+        let patterns = distinct(&journeys);
+        let counts = count(&patterns, patterns.iter().map(|(_, weight)| *weight), s, n);
         let fed = journeys.iter().filter(|j| j.iter().any(|&c| c != NONE)).count();
         let purchasers = journeys.iter().filter(|j| j[s - 1] != NONE).count();
         if counts.initial.iter().sum::<u64>() == 0 {
@@ -202,18 +203,33 @@ impl JourneySet {
             transitions: counts.transitions.iter().map(|m| probabilities(m).0).collect(),
         };
         let model = StageModel::new(spec)?;
-        let intervals = (options.replicates > 0).then(|| self.bootstrap(&journeys, options, n));
+        let intervals = (options.replicates > 0).then(|| self.bootstrap(&patterns, journeys.len() as u64, options, n));
         Ok(EstimatedModel { model, journeys: fed, purchasers, counts, intervals })
     }
 
-    fn bootstrap(&self, journeys: &[Vec<u16>], options: EstimateOptions, n: usize) -> Intervals {
+    /// Resampling the journeys with replacement draws, for each distinct
+    /// journey, how many times it comes out: a multinomial draw of all the
+    /// journeys over the distinct ones, made as a chain of binomial draws, so a
+    /// replicate costs one draw per distinct journey, not one per journey.
+    fn bootstrap(&self, patterns: &[(Vec<u16>, u64)], journeys: u64, options: EstimateOptions, n: usize) -> Intervals {
         let s = self.stages.len();
         let mut rng = StdRng::seed_from_u64(options.seed);
         // samples[t][i][j]: the replicates' estimates of that cell.
         let mut samples = vec![vec![vec![Vec::with_capacity(options.replicates); n]; n]; s - 1];
+        let mut draws = vec![0u64; patterns.len()];
         for _ in 0..options.replicates {
-            let draw = (0..journeys.len()).map(|_| rng.gen_range(0..journeys.len())).collect::<Vec<_>>();
-            let counts = count(journeys, draw.into_iter(), s, n);
+            let (mut left, mut weight_left) = (journeys, journeys);
+            for ((_, weight), drawn) in patterns.iter().zip(draws.iter_mut()) {
+                *drawn = if left == 0 || *weight >= weight_left {
+                    left
+                } else {
+                    let p = *weight as f64 / weight_left as f64;
+                    Binomial::new(left, p).map_or(0, |b| b.sample(&mut rng))
+                };
+                left -= *drawn;
+                weight_left -= weight;
+            }
+            let counts = count(patterns, draws.iter().copied(), s, n);
             for (t, matrix) in counts.transitions.iter().enumerate() {
                 let (rows, observed) = probabilities(matrix);
                 for ((row, seen), cells) in rows.iter().zip(&observed).zip(samples[t].iter_mut()) {
@@ -235,19 +251,33 @@ impl JourneySet {
     }
 }
 
-/// Counts of the journeys `picked` (indices into `journeys`, repeats allowed).
-fn count(journeys: &[Vec<u16>], picked: impl Iterator<Item = usize>, s: usize, n: usize) -> Counts {
+/// The distinct journeys with how many times each occurs, in a fixed order
+/// (so a seeded bootstrap gives the same intervals every time).
+fn distinct(journeys: &[Vec<u16>]) -> Vec<(Vec<u16>, u64)> {
+    let mut counted: HashMap<&[u16], u64> = HashMap::new();
+    for journey in journeys {
+        *counted.entry(journey.as_slice()).or_default() += 1;
+    }
+    let mut patterns: Vec<(Vec<u16>, u64)> = counted.into_iter().map(|(j, c)| (j.to_vec(), c)).collect();
+    patterns.sort_unstable();
+    patterns
+}
+
+/// Counts of the distinct journeys, each taken `times` times (in order).
+fn count(patterns: &[(Vec<u16>, u64)], times: impl Iterator<Item = u64>, s: usize, n: usize) -> Counts {
     let mut initial = vec![0u64; n];
     let mut transitions = vec![vec![vec![0u64; n]; n]; s - 1];
-    for j in picked {
-        let stages = &journeys[j];
+    for ((stages, _), k) in patterns.iter().zip(times) {
+        if k == 0 {
+            continue;
+        }
         if stages[0] != NONE {
-            initial[stages[0] as usize] += 1;
+            initial[stages[0] as usize] += k;
         }
         for t in 0..s - 1 {
             let (from, to) = (stages[t], stages[t + 1]);
             if from != NONE && to != NONE {
-                transitions[t][from as usize][to as usize] += 1;
+                transitions[t][from as usize][to as usize] += k;
             }
         }
     }
