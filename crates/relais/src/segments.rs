@@ -133,7 +133,7 @@ pub fn save(
         refreshed_at: None,
         members: 0,
     })?;
-    let change = evaluate_all(engine, &[(record.clone(), segment)], None, now)?.remove(0).1;
+    let change = evaluate_all(engine, &[(record.clone(), segment)], None, now)?.remove(0).2;
     let record = find(engine, name)?;
     Ok((record, change))
 }
@@ -141,6 +141,17 @@ pub fn save(
 /// The saved segment of that name.
 pub fn find(engine: &dyn Engine, name: &str) -> Result<SegmentRecord, SegmentsError> {
     engine.segments()?.into_iter().find(|s| s.name == name).ok_or_else(|| SegmentsError::Unknown(name.to_string()))
+}
+
+/// The saved segment of that name with its first `sample` members.
+pub fn with_sample(
+    engine: &dyn Engine,
+    name: &str,
+    sample: usize,
+) -> Result<(SegmentRecord, Vec<CustomerId>), SegmentsError> {
+    let record = find(engine, name)?;
+    let members = engine.segment_members(record.id, None, sample)?.into_iter().map(|(c, _)| c).collect();
+    Ok((record, members))
 }
 
 /// Saved segments compiled for evaluation. They were checked for their
@@ -163,7 +174,7 @@ fn evaluate_all(
     segments: &[(SegmentRecord, Segment)],
     only: Option<&[CustomerId]>,
     now: DateTime<Utc>,
-) -> Result<Vec<(String, MembershipChange)>, StoreError> {
+) -> Result<Vec<(SegmentRecord, Vec<CustomerId>, MembershipChange)>, StoreError> {
     if segments.is_empty() {
         return Ok(Vec::new());
     }
@@ -182,7 +193,7 @@ fn evaluate_all(
         .map(|(record, segment)| (record.clone(), segment.evaluate(&table).rows().map(|row| customers[row]).collect()))
         .collect();
     let changes = engine.segment_sync(&evaluated, only, now)?;
-    Ok(evaluated.into_iter().zip(changes).map(|((record, _), change)| (record.name, change)).collect())
+    Ok(evaluated.into_iter().zip(changes).map(|((record, members), change)| (record, members, change)).collect())
 }
 
 /// Bring the memberships of the profiles an ingest batch touched up to date
@@ -206,7 +217,7 @@ pub fn update_members(
     scope.sort();
     scope.dedup();
     let changes = evaluate_all(engine, &segments, Some(&scope), now)?;
-    Ok(changes.iter().map(|(_, c)| c.entered + c.exited).sum())
+    Ok(changes.iter().map(|(_, _, c)| c.entered + c.exited).sum())
 }
 
 /// After an ingest batch committed: update the memberships of the profiles it
@@ -285,12 +296,15 @@ pub fn refresh(
     let segments = compiled(engine, settings)?;
     let changes = evaluate_all(engine, &segments, None, now)?;
     let today = settings.day_of(now);
-    for ((record, _), (_, change)) in segments.iter().zip(&changes) {
-        let figures = engine.segment_figures(record.id, today, today, now, now)?;
+    // Mean values from the scores just computed, not read back.
+    let values: std::collections::HashMap<CustomerId, i64> =
+        scores.iter().filter_map(|s| s.clv_minor.map(|v| (s.customer, v))).collect();
+    for (record, members, change) in &changes {
+        let valued: Vec<i64> = members.iter().filter_map(|c| values.get(c).copied()).collect();
         let snapshot = Snapshot {
             day: today,
             members: change.size,
-            clv_mean_minor: relais_domain::typology::mean_minor(figures.clv_sum_minor, figures.clv_count),
+            clv_mean_minor: relais_domain::typology::mean_minor(valued.iter().sum(), valued.len() as i64),
         };
         engine.snapshot_put(record.id, &snapshot, now)?;
     }
@@ -300,7 +314,12 @@ pub fn refresh(
         clv_scored: scores.iter().filter(|s| s.clv_minor.is_some()).count(),
         segments: changes
             .into_iter()
-            .map(|(name, c)| SegmentChange { name, entered: c.entered, exited: c.exited, size: c.size })
+            .map(|(record, _, c)| SegmentChange {
+                name: record.name,
+                entered: c.entered,
+                exited: c.exited,
+                size: c.size,
+            })
             .collect(),
     })
 }

@@ -155,20 +155,10 @@ pub async fn show(
     _caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<SegmentDetail>, ApiError> {
-    let (record, sample) = state
-        .store
-        .run(move |engine| {
-            let record = match segments::find(engine, &name) {
-                Ok(record) => record,
-                Err(e) => return Ok(Err(e)),
-            };
-            let sample = engine.segment_members(record.id, None, 10)?;
-            Ok(Ok((record, sample)))
-        })
-        .await??;
+    let (record, sample) = state.store.run(move |engine| Ok(segments::with_sample(engine, &name, 10))).await??;
     Ok(Json(SegmentDetail {
         segment: SegmentView::from(&record),
-        sample: sample.into_iter().map(|(c, _)| c.to_string()).collect(),
+        sample: sample.into_iter().map(|c| c.to_string()).collect(),
     }))
 }
 

@@ -293,12 +293,21 @@ impl SqliteEngine {
         })
     }
 
-    pub(super) fn all_segments(&self) -> Result<Vec<SegmentRecord>, StoreError> {
+    /// Every row of a parameterless query on a reader connection.
+    fn read_table<T>(
+        &self,
+        sql: &str,
+        read: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         self.readers.with(|conn| {
-            let mut stmt = conn.prepare(&format!("SELECT {SEGMENT_COLUMNS} FROM segments ORDER BY name"))?;
-            let rows = read_all(stmt.query([])?, segment_row);
+            let mut stmt = conn.prepare(sql)?;
+            let rows = read_all(stmt.query([])?, read);
             rows
         })
+    }
+
+    pub(super) fn all_segments(&self) -> Result<Vec<SegmentRecord>, StoreError> {
+        self.read_table(&format!("SELECT {SEGMENT_COLUMNS} FROM segments ORDER BY name"), segment_row)
     }
 
     pub(super) fn delete_segment(&self, name: &str) -> Result<bool, StoreError> {
@@ -520,11 +529,7 @@ impl SqliteEngine {
     }
 
     pub(super) fn all_typologies(&self) -> Result<Vec<TypologyRecord>, StoreError> {
-        self.readers.with(|conn| {
-            let mut stmt = conn.prepare(&format!("SELECT {TYPOLOGY_COLUMNS} FROM typologies ORDER BY name"))?;
-            let rows = read_all(stmt.query([])?, typology_row);
-            rows
-        })
+        self.read_table(&format!("SELECT {TYPOLOGY_COLUMNS} FROM typologies ORDER BY name"), typology_row)
     }
 
     pub(super) fn delete_typology(&self, name: &str) -> Result<bool, StoreError> {
