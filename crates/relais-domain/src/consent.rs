@@ -63,6 +63,30 @@ pub enum ConsentSource {
     Unsubscribe,
 }
 
+impl Purpose {
+    /// Every purpose.
+    pub const ALL: [Purpose; 6] = [
+        Purpose::EmailMarketing,
+        Purpose::Sms,
+        Purpose::Push,
+        Purpose::Profiling,
+        Purpose::PersonalisedOffers,
+        Purpose::PartnerSharing,
+    ];
+}
+
+impl ConsentChannel {
+    /// Every channel.
+    pub const ALL: [ConsentChannel; 6] = [
+        ConsentChannel::Email,
+        ConsentChannel::Sms,
+        ConsentChannel::Push,
+        ConsentChannel::Phone,
+        ConsentChannel::Post,
+        ConsentChannel::Any,
+    ];
+}
+
 names!(Purpose {
     EmailMarketing => "email_marketing",
     Sms => "sms",

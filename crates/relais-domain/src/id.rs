@@ -129,6 +129,10 @@ prefixed_id!(
     KeyId, "key_", "API key"
 );
 prefixed_id!(
+    /// One person who signs in to the back office.
+    UserId, "usr_", "user"
+);
+prefixed_id!(
     /// One side effect waiting in the outbox (an e-mail, later a webhook call).
     OutboxId, "obx_", "outbox message"
 );

@@ -43,7 +43,7 @@ pub mod typology;
 pub use channel::Channel;
 pub use id::{
     AccountId, ConsentId, CustomerId, ErasureId, EventId, KeyId, LedgerTxId, MemberId, MergeId, OutboxId, RequestId,
-    SegmentId, TypologyId,
+    SegmentId, TypologyId, UserId,
 };
 pub use identifier::{Identifier, IdentifierError, IdentifierKind};
 pub use message::{MessageError, MessageType, TrackingMessage};

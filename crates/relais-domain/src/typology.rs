@@ -61,6 +61,42 @@ pub fn mean_minor(sum: i64, count: i64) -> Option<i64> {
     (count > 0).then(|| ((sum as f64) / (count as f64)).round() as i64)
 }
 
+/// Days of history a size move is judged against (at least this many daily
+/// changes before the latest one).
+pub const MIN_HISTORY: usize = 7;
+
+/// Whether the latest daily move of a series (sizes, oldest first) is larger
+/// than usual: more than three standard deviations from the mean of the
+/// previous daily changes, and at least one percent. Returns the move in
+/// percent when it is; `None` with too little history.
+pub fn unusual_move(series: &[f64]) -> Option<f64> {
+    if series.len() < MIN_HISTORY + 2 {
+        return None;
+    }
+    let changes: Vec<f64> = series.windows(2).filter_map(|w| change_pct(w[1], Some(w[0]))).collect();
+    let (latest, usual) = changes.split_last()?;
+    if usual.len() < MIN_HISTORY {
+        return None;
+    }
+    let mean = usual.iter().sum::<f64>() / usual.len() as f64;
+    let variance = usual.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / usual.len() as f64;
+    let spread = variance.sqrt().max(0.5);
+    ((latest - mean).abs() > 3.0 * spread && latest.abs() >= 1.0).then_some(*latest)
+}
+
+/// Answers needed in each period before a satisfaction move is reported.
+pub const MIN_ANSWERS: usize = 20;
+
+/// How far NPS moved between two periods (points), when both periods have
+/// enough answers and it moved by ten points or more.
+pub fn nps_shift(now: &Satisfaction, before: &Satisfaction) -> Option<f64> {
+    if now.nps_answers < MIN_ANSWERS || before.nps_answers < MIN_ANSWERS {
+        return None;
+    }
+    let shift = now.nps? - before.nps?;
+    (shift.abs() >= 10.0).then_some(shift)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +131,27 @@ mod tests {
         assert_eq!(change_pct(5.0, None), None);
         assert_eq!(mean_minor(10, 3), Some(3));
         assert_eq!(mean_minor(0, 0), None);
+    }
+    #[test]
+    fn a_jump_after_a_steady_series_is_unusual_and_noise_is_not() {
+        let mut steady: Vec<f64> = (0..10).map(|d| 1000.0 + d as f64 * 2.0).collect();
+        assert_eq!(unusual_move(&steady), None);
+        steady.push(1300.0);
+        let moved = unusual_move(&steady).expect("a jump of about 29 % is unusual");
+        assert!((moved - (1300.0 / 1018.0 - 1.0) * 100.0).abs() < 1e-9);
+        let noisy = [100.0, 130.0, 90.0, 125.0, 95.0, 128.0, 92.0, 126.0, 94.0, 120.0];
+        assert_eq!(unusual_move(&noisy), None);
+        assert_eq!(unusual_move(&[1.0, 100.0]), None, "too little history");
+    }
+
+    #[test]
+    fn an_nps_shift_needs_answers_on_both_sides() {
+        let now = Satisfaction { nps: Some(40.0), nps_answers: 50, ..Satisfaction::default() };
+        let before = Satisfaction { nps: Some(25.0), nps_answers: 50, ..Satisfaction::default() };
+        assert_eq!(nps_shift(&now, &before), Some(15.0));
+        let few = Satisfaction { nps_answers: 5, ..before };
+        assert_eq!(nps_shift(&now, &few), None);
+        let close = Satisfaction { nps: Some(35.0), ..before };
+        assert_eq!(nps_shift(&now, &close), None);
     }
 }

@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage back-office users (who sign in to the pages at /app).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Import files.
     Import {
         #[command(subcommand)]
@@ -201,6 +206,21 @@ enum KeysCommand {
         /// File holding the new master key (from `relais keys new-master`).
         #[arg(long)]
         new_key_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create a user and print a generated password on stdout (and nothing else).
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The user's e-mail address (their login).
+        #[arg(long)]
+        email: String,
+        /// Role: admin, dpo, marketing, analyst, agent, store or ingest.
+        #[arg(long)]
+        role: String,
     },
 }
 
@@ -667,11 +687,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opened = args.open(&settings)?;
             crate::demo::load(&opened, &settings, crate::demo::DemoSize { people, events, seed })?;
             let (secret, _) = create_key(&opened, Role::Admin, Some("demo admin".into()), None)?;
+            let (user, password) = demo_user(&opened)?;
+            let demo = DemoAccess { key: secret, email: user, password };
             if no_serve {
-                println!("admin API key: {secret}");
+                println!("admin API key: {}", demo.key);
+                println!("back office: sign in as {} with password {}", demo.email, demo.password);
                 return Ok(());
             }
-            runtime()?.block_on(serve(opened, settings, listen, Some(secret), &args.data))
+            runtime()?.block_on(serve(opened, settings, listen, Some(demo), &args.data))
         }
         Command::Keys { command: KeysCommand::Create { store, role, name, source } } => {
             let role = Role::parse(&role).with_context(|| {
@@ -681,6 +704,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (secret, _) = create_key(&store, role, name, source)?;
             store.close_audit()?;
             println!("{secret}");
+            Ok(())
+        }
+        Command::Users { command: UsersCommand::Create { store, email, role } } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("unknown role `{role}`; use one of admin, dpo, marketing, analyst, agent, store, ingest")
+            })?;
+            let store = store.open(&settings)?;
+            let (_, password) = crate::users::create(&store, &cli_actor(), &email, role)?;
+            store.close_audit()?;
+            println!("{password}");
             Ok(())
         }
         Command::Keys { command: KeysCommand::NewMaster } => {
@@ -1322,11 +1355,33 @@ pub fn create_key(
     Ok((secret, key))
 }
 
+/// What the demo hands its user: an admin API key and a back-office sign-in.
+struct DemoAccess {
+    key: String,
+    email: String,
+    password: String,
+}
+
+/// The demo's back-office administrator: `admin@relais.demo`, with a new
+/// password at each run (a second run of the demo on the same folder gives
+/// the next free address).
+fn demo_user(store: &Store) -> anyhow::Result<(String, String)> {
+    for n in 0..100 {
+        let email = if n == 0 { "admin@relais.demo".to_string() } else { format!("admin{n}@relais.demo") };
+        match crate::users::create(store, &cli_actor(), &email, Role::Admin) {
+            Ok((user, password)) => return Ok((user.email, password)),
+            Err(crate::users::UsersError::Store(crate::store::StoreError::Conflict(_))) => continue,
+            Err(other) => return Err(other.into()),
+        }
+    }
+    bail!("a hundred demo administrators exist already; use `relais users create`")
+}
+
 async fn serve(
     store: Store,
     settings: Settings,
     listen: SocketAddr,
-    admin_key: Option<String>,
+    demo: Option<DemoAccess>,
     data: &std::path::Path,
 ) -> anyhow::Result<()> {
     let worker = settings.delivery_worker(store.clone(), data).map_err(anyhow::Error::msg)?;
@@ -1335,9 +1390,10 @@ async fn serve(
     })?;
     let address = listener.local_addr()?;
     println!("relais is serving on http://{address} ({} engine)", store.engine_name());
-    if let Some(key) = admin_key {
+    if let Some(DemoAccess { key, email, password }) = demo {
         println!("admin API key: {key}");
         println!("try: curl -H 'Authorization: Bearer {key}' 'http://{address}/api/v1/customers?q=camille.martin0@example.fr'");
+        println!("back office: http://{address}/app — sign in as {email} with password {password}");
     }
     let _ = std::io::stdout().flush();
     let retention = chrono::Duration::days(settings.message_id_retention_days);

@@ -17,3 +17,5 @@ pub mod privacy;
 pub mod segments;
 pub mod store;
 pub mod typologies;
+pub mod users;
+pub mod web;

@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use relais_domain::Permission;
+use relais_domain::{Permission, Role};
 
 use super::error::ApiError;
 use super::AppState;
@@ -43,8 +43,13 @@ pub fn rate_limiter(per_second: u32) -> KeyRateLimiter {
 /// that check.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The caller's key.
-    pub key: ApiKey,
+    /// What the caller may do.
+    pub role: Role,
+    /// Who the caller is: `key:<key id>` for an API key, `user:<user id>` for
+    /// a person signed in to the back office.
+    pub principal: String,
+    /// The source the caller's messages deduplicate under.
+    pub source: String,
 }
 
 /// The secret from `Authorization: Basic base64(key:)` (Segment's way) or
@@ -120,14 +125,19 @@ pub async fn require(
         ))
         .into_response();
     }
-    request.extensions_mut().insert(Caller { key });
+    request.extensions_mut().insert(Caller::from_key(&key));
     next.run(request).await
 }
 
 impl Caller {
-    /// Who the caller is in the audit log: `key:<key id>`.
+    /// The caller holding an API key.
+    pub fn from_key(key: &ApiKey) -> Caller {
+        Caller { role: key.role, principal: format!("key:{}", key.key_id), source: key.source.clone() }
+    }
+
+    /// Who the caller is in the audit log: `key:<key id>` or `user:<user id>`.
     pub fn actor(&self) -> String {
-        format!("key:{}", self.key.key_id)
+        self.principal.clone()
     }
 }
 

@@ -216,7 +216,7 @@ pub async fn list(
         })
         .await
         .map_err(not_found(id))?;
-    if !state.store.privacy().classes.may_read(caller.key.role, DataClass::Personal) {
+    if !state.store.privacy().classes.may_read(caller.role, DataClass::Personal) {
         for fact in &mut facts {
             fact.proof = Proof::default();
         }

@@ -148,13 +148,13 @@ fn moved(survivor: CustomerId, suffix: &str) -> Response {
     super::moved_permanently(format!("/api/v1/customers/{survivor}{suffix}"), survivor.to_string())
 }
 
-async fn load_view(
+pub async fn load_view(
     state: &AppState,
     caller: &Caller,
     id: CustomerId,
 ) -> Result<Result<CustomerView, Response>, ApiError> {
     let actor = caller.actor();
-    let role = caller.key.role;
+    let role = caller.role;
     let found = state
         .store
         .run_audited(move |engine, audit| match engine.customer(id)? {
@@ -253,6 +253,15 @@ pub async fn find_customers(
             "give `identifier=kind:value` or `q=` (e-mail, phone or card number)",
         ));
     };
+    let hits = search(&state, &caller, &q).await?;
+    Ok(Json(SearchResults { customers: hits }).into_response())
+}
+
+/// Customers matching search text: an identifier (`kind:value`), an e-mail,
+/// phone, card or customer number matched exactly after normalisation, or
+/// whole words of a name. Each hit is audited.
+pub async fn search(state: &AppState, caller: &Caller, q: &str) -> Result<Vec<SearchHit>, ApiError> {
+    let q = q.to_string();
     // Personal fields are only searchable by exact normalised value (DESIGN.md
     // decision 9): try the kinds a person would type into a search box.
     let candidates: Vec<Identifier> = match Identifier::parse(&q) {
@@ -298,7 +307,7 @@ pub async fn find_customers(
             Ok(hits)
         })
         .await?;
-    Ok(Json(SearchResults { customers: hits }).into_response())
+    Ok(hits)
 }
 
 /// Timeline paging parameters.
@@ -355,7 +364,7 @@ pub async fn customer_events(
             Ok(page)
         })
         .await?;
-    Ok(Json(timeline_view(&Viewer::new(&state.store, caller.key.role), page)).into_response())
+    Ok(Json(timeline_view(&Viewer::new(&state.store, caller.role), page)).into_response())
 }
 
 /// Merges of other profiles into this one.
@@ -386,7 +395,7 @@ pub async fn customer_merges(
             Ok(merges)
         })
         .await?;
-    let viewer = Viewer::new(&state.store, caller.key.role);
+    let viewer = Viewer::new(&state.store, caller.role);
     for merge in &mut merges {
         merge.identifiers = merge.identifiers.iter().map(|i| viewer.identifier_text(i)).collect();
     }
@@ -422,7 +431,7 @@ pub async fn undo_merge(
             crate::store::StoreError::NotFound => ApiError::NotFound(format!("no merge `{merge_id}`")),
             other => other.into(),
         })?;
-    let viewer = Viewer::new(&state.store, caller.key.role);
+    let viewer = Viewer::new(&state.store, caller.role);
     let mut report = report;
     report.identifiers = report.identifiers.iter().map(|i| viewer.identifier_text(i)).collect();
     Ok(Json(report))

@@ -618,7 +618,7 @@ async fn manual(
         reward: asked.reward,
         reason: asked.reason,
         actor: caller.actor(),
-        scope: format!("{} POST /api/v1/loyalty/members/{member}/{route}", caller.key.key_id),
+        scope: format!("{} POST /api/v1/loyalty/members/{member}/{route}", caller.principal),
         key,
         request_hash,
         day: today(state),

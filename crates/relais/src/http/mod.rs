@@ -45,14 +45,18 @@ pub struct AppState {
     pub keys: Arc<auth::KeyCache>,
     /// Requests allowed per key and second.
     pub limiter: Arc<auth::KeyRateLimiter>,
+    /// Sign-in attempts allowed per e-mail (back office) or identifier (portal).
+    pub logins: Arc<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl AppState {
     /// State over an opened store.
     pub fn new(store: Store, settings: Settings) -> AppState {
         let limiter = Arc::new(auth::rate_limiter(settings.rate_limit_per_second));
+        let per_minute = std::num::NonZeroU32::new(10).expect("ten");
         AppState {
             limiter,
+            logins: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute))),
             store,
             settings: Arc::new(settings),
             metrics: Arc::new(metrics::Metrics::default()),
@@ -341,6 +345,13 @@ pub fn routes() -> Vec<RouteSpec> {
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     let mut by_path: std::collections::BTreeMap<&'static str, MethodRouter<AppState>> = Default::default();
+    for (path, handler) in crate::web::router(&state) {
+        let merged = match by_path.remove(path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(path, merged);
+    }
     for (spec, handler) in route_table() {
         let handler = match spec.access {
             Access::Public => handler,
@@ -374,10 +385,10 @@ async fn security_headers(request: axum::extract::Request, next: axum::middlewar
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    // Pages set their own policy (scripts and styles from this server).
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
     headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     response
 }

@@ -94,7 +94,7 @@ pub async fn save(
     ApiJson(body): ApiJson<SegmentBody>,
 ) -> Result<Json<SavedSegment>, ApiError> {
     let settings = state.settings.ingest.clone();
-    let role = caller.key.role;
+    let role = caller.role;
     let (record, change) = state
         .store
         .run(move |engine| {
@@ -117,7 +117,7 @@ pub async fn preview(
     let sample = super::error::page_limit(body.sample, 10)
         .map_err(|_| ApiError::field("sample", "must be between 1 and 500"))?;
     let settings = state.settings.ingest.clone();
-    let role = caller.key.role;
+    let role = caller.role;
     let preview = state
         .store
         .run(move |engine| Ok(segments::preview(engine, &settings, &body.source, role, sample, chrono::Utc::now())))

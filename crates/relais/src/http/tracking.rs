@@ -298,7 +298,7 @@ macro_rules! tracking_endpoint {
             headers: HeaderMap,
             body: Body,
         ) -> Result<Json<TrackingResponse>, ApiError> {
-            handle(state, caller.key.source.clone(), headers, body, $kind).await
+            handle(state, caller.source.clone(), headers, body, $kind).await
         }
     };
 }

@@ -12,6 +12,7 @@ pub mod scratch;
 pub mod seal;
 pub mod segments;
 pub mod sqlite;
+pub mod web;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -708,6 +709,36 @@ pub trait Engine: Send + Sync + 'static {
         to: Option<DateTime<Utc>>,
         visit: &mut dyn FnMut(&relais_domain::journey::LoggedEvent<'_>) -> bool,
     ) -> Result<u64, StoreError>;
+    /// Create a back-office user with the argon2 hash of their password
+    /// (`Conflict` when the e-mail is taken).
+    fn user_create(&self, user: &web::User, password_hash: &str) -> Result<(), StoreError>;
+    /// An enabled user and their password hash, by e-mail (lower case).
+    fn user_by_email(&self, email: &str) -> Result<Option<(web::User, String)>, StoreError>;
+    /// An enabled user by id.
+    fn user(&self, id: relais_domain::UserId) -> Result<Option<web::User>, StoreError>;
+    /// Store a browser session under the hash of its secret.
+    fn session_put(&self, token_hash: &str, session: &web::WebSession) -> Result<(), StoreError>;
+    /// A session that has not expired at `now`.
+    fn session(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<web::WebSession>, StoreError>;
+    /// End a session (sign out); expired sessions are removed too.
+    fn session_delete(&self, token_hash: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Store a portal sign-in code (a new code replaces an equal one).
+    fn sign_in_code_put(&self, code: &web::SignInCode) -> Result<(), StoreError>;
+    /// Use a sign-in code once: the customer it signs in, or `None` when it is
+    /// wrong, used, expired or out of attempts (a wrong typed code counts
+    /// against the member's pending codes).
+    fn sign_in_code_use(
+        &self,
+        kind: web::CodeKind,
+        customer: Option<CustomerId>,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CustomerId>, StoreError>;
+    /// A profile's scores from the last refresh (RFM and lifetime value).
+    fn customer_score(&self, customer: CustomerId) -> Result<Option<segments::ScoreRow>, StoreError>;
+    /// Events received since `since` (computed ones left out), counted by
+    /// bucket of `bucket_seconds` (the bucket's start, Unix seconds) and channel.
+    fn event_flow(&self, since: DateTime<Utc>, bucket_seconds: i64) -> Result<Vec<(i64, String, i64)>, StoreError>;
     /// Whether the database answers (cheap: for `/healthz`).
     fn ping(&self) -> Result<(), StoreError>;
     /// Number of (customers, events) stored.

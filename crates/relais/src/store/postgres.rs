@@ -8,6 +8,7 @@
 
 mod loyalty;
 mod segments;
+mod web;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -42,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "privacy", include_str!("../../migrations/postgres/0002_privacy.sql")),
     (3, "loyalty", include_str!("../../migrations/postgres/0003_loyalty.sql")),
     (4, "segments", include_str!("../../migrations/postgres/0004_segments.sql")),
+    (5, "web", include_str!("../../migrations/postgres/0005_web.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.
@@ -1154,6 +1156,8 @@ impl Engine for PgEngine {
             tx.execute("DELETE FROM outbox WHERE customer_id = ANY($1)", &[&cluster])?;
             tx.execute("DELETE FROM consents WHERE customer_id = ANY($1)", &[&cluster])?;
             tx.execute("DELETE FROM name_tokens WHERE customer_id = ANY($1)", &[&cluster])?;
+            tx.execute("DELETE FROM sign_in_codes WHERE customer_id = ANY($1)", &[&cluster])?;
+            tx.execute("DELETE FROM web_sessions WHERE kind = 'member' AND subject = ANY($1)", &[&cluster])?;
             let profiles = tx.execute("DELETE FROM customers WHERE customer_id = ANY($1)", &[&cluster])? as usize;
             let keys = tx.execute("DELETE FROM data_keys WHERE customer_id = ANY($1)", &[&cluster])? as usize;
             let report = ErasureReport {
@@ -2006,6 +2010,71 @@ impl Engine for PgEngine {
 
     fn typology_delete(&self, name: &str) -> Result<bool, StoreError> {
         self.delete_typology(name)
+    }
+
+    fn user_create(&self, user: &super::web::User, password_hash: &str) -> Result<(), StoreError> {
+        self.create_user(user, password_hash)
+    }
+
+    fn user_by_email(&self, email: &str) -> Result<Option<(super::web::User, String)>, StoreError> {
+        self.find_user("email", email)
+    }
+
+    fn user(&self, id: relais_domain::UserId) -> Result<Option<super::web::User>, StoreError> {
+        Ok(self.find_user("user_id", &id.to_string())?.map(|(user, _)| user))
+    }
+
+    fn session_put(&self, token_hash: &str, session: &super::web::WebSession) -> Result<(), StoreError> {
+        self.put_session(token_hash, session)
+    }
+
+    fn session(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<super::web::WebSession>, StoreError> {
+        self.find_session(token_hash, now)
+    }
+
+    fn session_delete(&self, token_hash: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.delete_session(token_hash, now)
+    }
+
+    fn sign_in_code_put(&self, code: &super::web::SignInCode) -> Result<(), StoreError> {
+        self.put_sign_in_code(code)
+    }
+
+    fn sign_in_code_use(
+        &self,
+        kind: super::web::CodeKind,
+        customer: Option<CustomerId>,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CustomerId>, StoreError> {
+        self.use_sign_in_code(kind, customer, code_hash, now)
+    }
+
+    fn customer_score(&self, customer: CustomerId) -> Result<Option<super::segments::ScoreRow>, StoreError> {
+        self.pool.with(|client| {
+            let row = client.query_opt(
+                "SELECT r::bigint, f::bigint, m::bigint, rfm_group, clv_minor FROM customer_scores WHERE customer_id = $1",
+                &[&customer.to_string()],
+            )?;
+            Ok(row.map(|r| super::segments::ScoreRow {
+                r: r.get(0),
+                f: r.get(1),
+                m: r.get(2),
+                group: r.get(3),
+                clv: r.get(4),
+            }))
+        })
+    }
+
+    fn event_flow(&self, since: DateTime<Utc>, bucket_seconds: i64) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        self.pool.with(|client| {
+            let rows = client.query(
+                "SELECT (floor(extract(epoch FROM received_at) / $2) * $2)::bigint AS bucket, channel, count(*) \
+                 FROM events WHERE received_at >= $1 AND NOT computed GROUP BY bucket, channel ORDER BY bucket, channel",
+                &[&since, &(bucket_seconds.max(1) as f64)],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        })
     }
 
     fn journey_events(

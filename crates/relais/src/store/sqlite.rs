@@ -4,6 +4,7 @@
 
 mod loyalty;
 mod segments;
+mod web;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "privacy", include_str!("../../migrations/sqlite/0002_privacy.sql")),
     (3, "loyalty", include_str!("../../migrations/sqlite/0003_loyalty.sql")),
     (4, "segments", include_str!("../../migrations/sqlite/0004_segments.sql")),
+    (5, "web", include_str!("../../migrations/sqlite/0005_web.sql")),
 ];
 
 /// Messages committed together at most, across concurrent requests.
@@ -57,6 +59,10 @@ impl From<rusqlite::Error> for StoreError {
         }
     }
 }
+
+/// The newest events the live flow reads at most (a bulk import of millions
+/// of rows is shown as its last part, not scanned every few seconds).
+const FLOW_ROWS_READ: i64 = 200_000;
 
 fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
@@ -942,6 +948,8 @@ fn erase_in_transaction(
     run(format!("DELETE FROM outbox WHERE customer_id IN ({ids})"))?;
     run(format!("DELETE FROM consents WHERE customer_id IN ({ids})"))?;
     run(format!("DELETE FROM name_tokens WHERE customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM sign_in_codes WHERE customer_id IN ({ids})"))?;
+    run(format!("DELETE FROM web_sessions WHERE kind = 'member' AND subject IN ({ids})"))?;
     let profiles = run(format!("DELETE FROM customers WHERE customer_id IN ({ids})"))?;
     let keys = run(format!("DELETE FROM data_keys WHERE customer_id IN ({ids})"))?;
     let report = ErasureReport {
@@ -2254,6 +2262,77 @@ impl Engine for SqliteEngine {
 
     fn typology_delete(&self, name: &str) -> Result<bool, StoreError> {
         self.delete_typology(name)
+    }
+
+    fn user_create(&self, user: &super::web::User, password_hash: &str) -> Result<(), StoreError> {
+        self.create_user(user, password_hash)
+    }
+
+    fn user_by_email(&self, email: &str) -> Result<Option<(super::web::User, String)>, StoreError> {
+        self.find_user("email", email)
+    }
+
+    fn user(&self, id: relais_domain::UserId) -> Result<Option<super::web::User>, StoreError> {
+        Ok(self.find_user("user_id", &id.to_string())?.map(|(user, _)| user))
+    }
+
+    fn session_put(&self, token_hash: &str, session: &super::web::WebSession) -> Result<(), StoreError> {
+        self.put_session(token_hash, session)
+    }
+
+    fn session(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<super::web::WebSession>, StoreError> {
+        self.find_session(token_hash, now)
+    }
+
+    fn session_delete(&self, token_hash: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.delete_session(token_hash, now)
+    }
+
+    fn sign_in_code_put(&self, code: &super::web::SignInCode) -> Result<(), StoreError> {
+        self.put_sign_in_code(code)
+    }
+
+    fn sign_in_code_use(
+        &self,
+        kind: super::web::CodeKind,
+        customer: Option<CustomerId>,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CustomerId>, StoreError> {
+        self.use_sign_in_code(kind, customer, code_hash, now)
+    }
+
+    fn customer_score(&self, customer: CustomerId) -> Result<Option<super::segments::ScoreRow>, StoreError> {
+        self.readers.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT r, f, m, rfm_group, clv_minor FROM customer_scores WHERE customer_id = ?1")?
+                .query_row([customer.to_string()], |r| {
+                    Ok(super::segments::ScoreRow {
+                        r: r.get(0)?,
+                        f: r.get(1)?,
+                        m: r.get(2)?,
+                        group: r.get(3)?,
+                        clv: r.get(4)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    fn event_flow(&self, since: DateTime<Utc>, bucket_seconds: i64) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        // Rows are appended in the order they are received, so the newest
+        // rows are the last rowids: walk back from the end, no index needed.
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT (received_at / 1000000 / ?2) * ?2 AS bucket, channel, count(*) FROM events \
+                 WHERE seq > (SELECT COALESCE(max(seq), 0) FROM events) - ?3 AND received_at >= ?1 AND computed = 0 \
+                 GROUP BY bucket, channel ORDER BY bucket, channel",
+            )?;
+            let rows = stmt.query_map(params![micros(since), bucket_seconds.max(1), FLOW_ROWS_READ], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     fn journey_events(

@@ -1,0 +1,100 @@
+//! The pages: the back office (`/app`) and the customers' self-care portal
+//! (`/me`), rendered on the server from embedded templates, in French and
+//! English, with htmx for the live parts and charts drawn as SVG.
+//!
+//! Architecture invariant: pages call the same application functions as the
+//! API (no SQL here, no logic the API lacks); every page route is declared
+//! once in `page_table()` with who may open it, and every form of a session
+//! carries its CSRF token, checked before the handler runs.
+
+pub mod assets;
+mod backoffice;
+pub mod charts;
+pub mod i18n;
+pub mod render;
+pub mod session;
+
+use axum::routing::{get, post, MethodRouter};
+use relais_domain::Permission;
+
+use crate::http::AppState;
+
+/// Who may open a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageAccess {
+    /// Anyone (sign-in pages, assets).
+    Public,
+    /// Any signed-in back-office user.
+    SignedIn,
+    /// A signed-in back-office user whose role allows the permission.
+    Staff(Permission),
+    /// A customer signed in to the portal.
+    Member,
+}
+
+/// One page route: method, path and who may open it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRoute {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// The path, with `{name}` parameters.
+    pub path: &'static str,
+    /// Who may open it.
+    pub access: PageAccess,
+}
+
+/// Source files whose Rust code shows catalogue messages (`t("…")`), checked
+/// by the catalogue's tests like the templates.
+pub const CODE_WITH_MESSAGES: &[(&str, &str)] = &[("backoffice.rs", include_str!("backoffice.rs"))];
+
+/// The one table of page routes.
+fn page_table() -> Vec<(PageRoute, MethodRouter<AppState>)> {
+    use PageAccess::{Public, SignedIn, Staff};
+    use Permission::*;
+    let route = |method: &'static str, path: &'static str, access: PageAccess, handler: MethodRouter<AppState>| {
+        (PageRoute { method, path, access }, handler)
+    };
+    vec![
+        route("GET", "/assets/{file}", Public, get(assets::serve)),
+        route("GET", "/lang/{code}", Public, get(backoffice::switch_language)),
+        route("GET", "/app/login", Public, get(backoffice::login_page)),
+        route("POST", "/app/login", Public, post(backoffice::login)),
+        route("POST", "/app/logout", SignedIn, post(backoffice::logout)),
+        route("GET", "/app", SignedIn, get(backoffice::home)),
+        route("GET", "/app/room", Staff(ReadSegments), get(backoffice::room)),
+        route("GET", "/app/room/flow", Staff(ReadSegments), get(backoffice::flow)),
+        route("GET", "/app/customers", Staff(ReadCustomers), get(backoffice::customers)),
+        route("GET", "/app/customers/{id}", Staff(ReadCustomers), get(backoffice::customer)),
+        route("GET", "/app/customers/{id}/timeline", Staff(ReadCustomers), get(backoffice::timeline)),
+        route("GET", "/app/segments", Staff(ReadSegments), get(backoffice::segments)),
+        route("POST", "/app/segments/check", Staff(ManageSegments), post(backoffice::check_segment)),
+        route("POST", "/app/segments", Staff(ManageSegments), post(backoffice::save_segment)),
+    ]
+}
+
+/// Every page route with who may open it.
+pub fn page_routes() -> Vec<PageRoute> {
+    page_table().into_iter().map(|(spec, _)| spec).collect()
+}
+
+/// The pages' router, to merge with the API's.
+pub fn router(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
+    page_table()
+        .into_iter()
+        .map(|(spec, handler)| {
+            let handler = match spec.access {
+                PageAccess::Public => handler,
+                PageAccess::SignedIn => handler
+                    .route_layer(axum::middleware::from_fn_with_state((state.clone(), None), session::require_staff)),
+                PageAccess::Staff(permission) => handler.route_layer(axum::middleware::from_fn_with_state(
+                    (state.clone(), Some(permission)),
+                    session::require_staff,
+                )),
+                PageAccess::Member => {
+                    handler.route_layer(axum::middleware::from_fn_with_state(state.clone(), session::require_member))
+                }
+            };
+            (spec.path, handler)
+        })
+        .collect()
+}
