@@ -2069,7 +2069,7 @@ impl Engine for PgEngine {
     fn event_flow(&self, since: DateTime<Utc>, bucket_seconds: i64) -> Result<Vec<(i64, String, i64)>, StoreError> {
         self.pool.with(|client| {
             let rows = client.query(
-                "SELECT (floor(extract(epoch FROM received_at) / $2) * $2)::bigint AS bucket, channel, count(*) \
+                "SELECT (floor(extract(epoch FROM received_at)::float8 / $2::float8) * $2::float8)::bigint AS bucket, channel, count(*) \
                  FROM events WHERE received_at >= $1 AND NOT computed GROUP BY bucket, channel ORDER BY bucket, channel",
                 &[&since, &(bucket_seconds.max(1) as f64)],
             )?;

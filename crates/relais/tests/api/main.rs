@@ -30,3 +30,5 @@ mod analytics;
 mod segments;
 // Journeys: the founding example's what-ifs, attribution, models from journey files, the API and its SVG.
 mod journeys;
+// The back office: sign-in, sessions, CSRF, roles, escaping, both languages.
+mod pages;
