@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 /// Every asset: name, content type, bytes.
 const ASSETS: &[(&str, &str, &[u8])] = &[
     ("relais.css", "text/css; charset=utf-8", include_bytes!("../../web/assets/relais.css")),
+    ("favicon.svg", "image/svg+xml", include_bytes!("../../web/assets/favicon.svg")),
     // htmx 2.0.4 (BSD Zero Clause), from the htmx.org package on npm.
     ("htmx.min.js", "text/javascript; charset=utf-8", include_bytes!("../../web/assets/htmx.min.js")),
 ];

@@ -300,8 +300,10 @@ pub(super) struct SearchQuery {
 /// A person's display name from their profile traits (as the role may see them).
 fn display_name(view: &CustomerView) -> String {
     let field = |key: &str| view.profile.get(key).and_then(|v| v.as_str()).unwrap_or("").trim().to_string();
-    let full =
-        [field("firstName"), field("lastName")].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join(" ");
+    // Tracking libraries send `firstName`; imports often `first_name`.
+    let first = [field("firstName"), field("first_name")].into_iter().find(|s| !s.is_empty()).unwrap_or_default();
+    let last = [field("lastName"), field("last_name")].into_iter().find(|s| !s.is_empty()).unwrap_or_default();
+    let full = [first, last].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
     if !full.is_empty() {
         return full;
     }
