@@ -81,8 +81,12 @@ try {
       assert.ok(identifiers.includes(`email:${DEMO_CUSTOMER}`), identifiers);
       await assertComplete(page, lang);
       await page.selectOption('#tl-channel', 'web');
-      await page.click('#timeline form button[type=submit]');
-      await page.waitForFunction(() => document.querySelector('#tl-channel')?.value === 'web');
+      await Promise.all([
+        page.waitForResponse((r) => r.url().includes('/timeline?') && r.url().includes('channel=web')),
+        page.click('#timeline form button[type=submit]'),
+      ]);
+      // The answer replaces the timeline (its select comes back with `web` chosen).
+      await page.waitForFunction(() => document.querySelector('#tl-channel option[value="web"]')?.hasAttribute('selected'));
       const channels = await page.locator('#timeline tbody tr td:nth-child(2)').allTextContents();
       assert.ok(channels.length > 0 && channels.every((c) => c.trim() === 'Web'), `only web events: ${channels}`);
       await page.screenshot({ path: `${shots}/customer-${lang}.png`, fullPage: true });
@@ -102,6 +106,34 @@ try {
       assert.match(error, lang === 'fr' ? /ligne 1, colonne/ : /line 1, column/);
       await assertComplete(page, lang);
       await page.screenshot({ path: `${shots}/segments-${lang}.png`, fullPage: true });
+    });
+
+    await step(`${lang}: journeys, the what-if slider`, async () => {
+      await page.click('header.top nav a[href="/app/journeys"]');
+      await page.waitForSelector('#whatif table');
+      await page.fill('#w-share', '60');
+      await page.dispatchEvent('#w-share', 'input');
+      await page.waitForFunction(() => document.querySelector('#whatif p')?.textContent.includes('60'));
+      const changes = await page.locator('#whatif td[data-change]').allTextContents();
+      assert.ok(changes.length === 5, `one change per channel: ${changes}`);
+      await assertComplete(page, lang);
+      await page.goto(`${base}/app/journeys?source=log&days=800`);
+      const title = await page.textContent('#model-title');
+      assert.match(title, lang === 'fr' ? /parcours/ : /journeys/);
+      await assertComplete(page, lang);
+      await page.screenshot({ path: `${shots}/journeys-${lang}.png`, fullPage: true });
+    });
+
+    await step(`${lang}: loyalty and privacy pages`, async () => {
+      await page.click('header.top nav a[href="/app/loyalty"]');
+      await page.waitForSelector('section.card h2');
+      await assertComplete(page, lang);
+      await page.screenshot({ path: `${shots}/loyalty-${lang}.png`, fullPage: true });
+      await page.click('header.top nav a[href="/app/privacy"]');
+      await page.click('#audit-title + form button');
+      await page.waitForSelector('#audit-title ~ .ok');
+      await assertComplete(page, lang);
+      await page.screenshot({ path: `${shots}/privacy-${lang}.png`, fullPage: true });
     });
 
     await step(`${lang}: the language switch`, async () => {

@@ -148,6 +148,20 @@ pub const PARTS: &[Part] = &[
         protections:
             "encrypted classes sealed per person (AES-256-GCM), identifiers as keyed hashes, master key outside",
     },
+    Part {
+        name: "back office pages",
+        description: "the customer room, search, the customer 360 and the other pages for staff",
+        classes: &[DataClass::Internal, DataClass::Personal, DataClass::Sensitive, DataClass::Financial],
+        exposure: 3,
+        protections: "argon2id passwords, HttpOnly session cookies, CSRF tokens, same masks and audit as the API",
+    },
+    Part {
+        name: "self-care portal",
+        description: "members see, download and change their own data",
+        classes: &[DataClass::Internal, DataClass::Personal, DataClass::Financial],
+        exposure: 4,
+        protections: "one-time codes by e-mail, limited attempts, a person sees only their own profile",
+    },
 ];
 
 #[cfg(test)]

@@ -196,12 +196,20 @@ fn person_messages(
             r if r < 0.68 => {
                 web_identity(&mut message);
                 message.insert("type".into(), json!("track"));
-                message.insert("event".into(), json!("Product Viewed"));
+                // Browsing, then (less often) a basket and a checkout: the
+                // stages of a journey (information, evaluation, decision).
+                let event = match r {
+                    r if r < 0.645 => "Product Viewed",
+                    r if r < 0.665 => "Product Added",
+                    _ => "Checkout Started",
+                };
+                message.insert("event".into(), json!(event));
                 message.insert(
                     "properties".into(),
                     json!({"product_id": product.0, "name": product.1, "category": product.2, "price": product.3 as f64 / 100.0}),
                 );
-                message.insert("context".into(), json!({"channel": if r < 0.62 { "web" } else { "app" }}));
+                let web = r < 0.62 || (0.645..0.655).contains(&r) || (0.665..0.672).contains(&r);
+                message.insert("context".into(), json!({"channel": if web { "web" } else { "app" }}));
             }
             r if r < 0.76 => {
                 // An order: online when signed in, else at the till with the card.

@@ -433,9 +433,25 @@ fn xml(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// The words of a Sankey diagram, in the reader's language: `title` with
+/// `{n}` (stages), `flow` with `{from}`, `{to}` and `{pct}`.
+#[derive(Debug, Clone)]
+pub struct SankeyWords {
+    /// The diagram's title.
+    pub title: String,
+    /// The tooltip of a band between two stages.
+    pub flow: String,
+}
+
+impl Default for SankeyWords {
+    fn default() -> Self {
+        SankeyWords { title: "Journey across {n} stages".into(), flow: "{from} → {to}: {pct}% of customers".into() }
+    }
+}
+
 /// The journey as a Sankey diagram: one column per stage, one bar per channel
 /// (height = share of customers), bands between stages (width = people moving).
-pub fn sankey_svg(model: &StageModel) -> String {
+pub fn sankey_svg(model: &StageModel, words: &SankeyWords) -> String {
     let (width, height, margin, bar, gap) = (960.0, 520.0, 60.0, 16.0, 10.0);
     let shares = model.propagate().shares;
     let stages = model.stages();
@@ -462,7 +478,7 @@ pub fn sankey_svg(model: &StageModel) -> String {
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = write!(svg, r#"<title>Journey across {} stages</title>"#, stages.len());
+    let _ = write!(svg, r#"<title>{}</title>"#, xml(&words.title.replace("{n}", &stages.len().to_string())));
     for t in 0..stages.len() - 1 {
         let matrix = model.transition(t);
         let (x0, x1) = (column_x(t) + bar, column_x(t + 1));
@@ -481,13 +497,15 @@ pub fn sankey_svg(model: &StageModel) -> String {
                 in_offset[j] += flow;
                 let _ = write!(
                     svg,
-                    r#"<path d="M{x0:.1},{y0:.1} C{middle:.1},{y0:.1} {middle:.1},{y1:.1} {x1:.1},{y1:.1} L{x1:.1},{b1:.1} C{middle:.1},{b1:.1} {middle:.1},{b0:.1} {x0:.1},{b0:.1} Z" fill="{colour}" fill-opacity="0.35"><title>{from} → {to}: {pct:.1}% of customers</title></path>"#,
+                    r#"<path d="M{x0:.1},{y0:.1} C{middle:.1},{y0:.1} {middle:.1},{y1:.1} {x1:.1},{y1:.1} L{x1:.1},{b1:.1} C{middle:.1},{b1:.1} {middle:.1},{b0:.1} {x0:.1},{b0:.1} Z" fill="{colour}" fill-opacity="0.35"><title>{tip}</title></path>"#,
                     b0 = y0 + flow,
                     b1 = y1 + flow,
                     colour = PALETTE[i % PALETTE.len()],
-                    from = xml(&channels[i]),
-                    to = xml(&channels[j]),
-                    pct = shares[t][i] * p * 100.0,
+                    tip = xml(&words
+                        .flow
+                        .replace("{from}", &channels[i])
+                        .replace("{to}", &channels[j])
+                        .replace("{pct}", &format!("{:.1}", shares[t][i] * p * 100.0))),
                 );
             }
         }

@@ -112,7 +112,7 @@ pub async fn what_if_svg(_caller: Caller, ApiJson(body): ApiJson<WhatIfBody>) ->
     security(("bearer" = [])))]
 pub async fn sankey_svg(_caller: Caller, ApiJson(body): ApiJson<SankeyBody>) -> Result<Response, ApiError> {
     let model = checked_model(body.model)?;
-    Ok(svg(crate::journey::sankey_svg(&model)))
+    Ok(svg(crate::journey::sankey_svg(&model, &crate::journey::SankeyWords::default())))
 }
 
 /// First-touch, last-touch, linear and Markov removal-effect attribution of

@@ -26,10 +26,13 @@ const SECTIONS: &[(&str, &str, Permission)] = &[
     ("nav.room", "/app/room", Permission::ReadSegments),
     ("nav.customers", "/app/customers", Permission::ReadCustomers),
     ("nav.segments", "/app/segments", Permission::ReadSegments),
+    ("nav.loyalty", "/app/loyalty", Permission::ReadLoyalty),
+    ("nav.journeys", "/app/journeys", Permission::RunAnalytics),
+    ("nav.privacy", "/app/privacy", Permission::ManagePrivacy),
 ];
 
 /// What every back-office page knows: language, user, navigation, CSRF token.
-fn frame(staff: &Staff, active: &str) -> Value {
+pub(super) fn frame(staff: &Staff, active: &str) -> Value {
     let nav: Vec<Value> = SECTIONS
         .iter()
         .filter(|(_, _, permission)| staff.user.role.allows(*permission))
@@ -46,7 +49,7 @@ fn frame(staff: &Staff, active: &str) -> Value {
 }
 
 /// A page's context: the frame and the page's own values.
-fn with_frame(staff: &Staff, active: &str, page_values: Value) -> Value {
+pub(super) fn with_frame(staff: &Staff, active: &str, page_values: Value) -> Value {
     context! { ..frame(staff, active), ..page_values }
 }
 

@@ -94,6 +94,43 @@ pub fn stacked_bars(columns: &[String], series: &[(String, Vec<f64>)], label: &s
     out
 }
 
+/// Two bars per label, before (grey) and after (colour), in percent, with
+/// the two series' names; `label` for screen readers.
+pub fn paired_bars(labels: &[String], before: &[f64], after: &[f64], names: [&str; 2], label: &str) -> String {
+    let (width, height, bottom) = (640.0, 200.0, 36.0);
+    let top = before.iter().chain(after).copied().filter(|v| v.is_finite()).fold(1.0f64, f64::max);
+    let slot = width / labels.len().max(1) as f64;
+    let bar = (slot * 0.35).max(1.0);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {}\" width=\"100%\" role=\"img\" aria-label=\"{}\">",
+        height + bottom,
+        escape(label)
+    );
+    for (i, name) in labels.iter().enumerate() {
+        let x = slot * i as f64 + slot * 0.1;
+        for (k, value) in [before.get(i), after.get(i)].into_iter().enumerate() {
+            let value = value.copied().filter(|v| v.is_finite()).unwrap_or(0.0);
+            let h = value / top * (height - 10.0);
+            out.push_str(&format!(
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{h:.1}\" fill=\"{}\"><title>{} · {}: {value:.1}%</title></rect>",
+                x + k as f64 * bar,
+                height - h,
+                if k == 0 { "#9aa3ad" } else { PALETTE[i % PALETTE.len()] },
+                escape(name),
+                escape(names[k])
+            ));
+        }
+        out.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" fill=\"#1b1f24\">{}</text>",
+            x + bar,
+            height + 16.0,
+            escape(name)
+        ));
+    }
+    out.push_str("</svg>");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! once in `page_table()` with who may open it, and every form of a session
 //! carries its CSRF token, checked before the handler runs.
 
+mod areas;
 pub mod assets;
 mod backoffice;
 pub mod charts;
@@ -45,7 +46,8 @@ pub struct PageRoute {
 
 /// Source files whose Rust code shows catalogue messages (`t("…")`), checked
 /// by the catalogue's tests like the templates.
-pub const CODE_WITH_MESSAGES: &[(&str, &str)] = &[("backoffice.rs", include_str!("backoffice.rs"))];
+pub const CODE_WITH_MESSAGES: &[(&str, &str)] =
+    &[("backoffice.rs", include_str!("backoffice.rs")), ("areas.rs", include_str!("areas.rs"))];
 
 /// The one table of page routes.
 fn page_table() -> Vec<(PageRoute, MethodRouter<AppState>)> {
@@ -69,6 +71,11 @@ fn page_table() -> Vec<(PageRoute, MethodRouter<AppState>)> {
         route("GET", "/app/segments", Staff(ReadSegments), get(backoffice::segments)),
         route("POST", "/app/segments/check", Staff(ManageSegments), post(backoffice::check_segment)),
         route("POST", "/app/segments", Staff(ManageSegments), post(backoffice::save_segment)),
+        route("GET", "/app/journeys", Staff(RunAnalytics), get(areas::journeys)),
+        route("POST", "/app/journeys/whatif", Staff(RunAnalytics), post(areas::what_if)),
+        route("GET", "/app/loyalty", Staff(ReadLoyalty), get(areas::loyalty)),
+        route("GET", "/app/privacy", Staff(ManagePrivacy), get(areas::privacy)),
+        route("POST", "/app/privacy/verify", Staff(ManagePrivacy), post(areas::verify_audit)),
     ]
 }
 

@@ -23,6 +23,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("timeline.html", include_str!("../../web/templates/timeline.html")),
     ("segments.html", include_str!("../../web/templates/segments.html")),
     ("segment_check.html", include_str!("../../web/templates/segment_check.html")),
+    ("journeys.html", include_str!("../../web/templates/journeys.html")),
+    ("whatif.html", include_str!("../../web/templates/whatif.html")),
+    ("loyalty.html", include_str!("../../web/templates/loyalty.html")),
+    ("privacy.html", include_str!("../../web/templates/privacy.html")),
 ];
 
 /// The content security policy of pages: everything from this server,
@@ -143,6 +147,7 @@ pub fn html(status: StatusCode, body: String) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
 }
 

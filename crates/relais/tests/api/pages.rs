@@ -323,3 +323,72 @@ async fn every_page_is_complete_in_french_and_in_english() {
     assert_eq!(switched.location(), "/app/login");
     assert!(browser.get("/app/login").await.body.contains("Connexion à relais"), "the chosen language wins");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn journeys_loyalty_and_privacy_have_their_pages() {
+    let app = TestApp::spawn().await;
+    let programme = include_str!("../../../../examples/club-relais.toml");
+    let response = app
+        .client
+        .post(format!("{}/api/v1/loyalty/programmes", app.address))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/toml")
+        .body(programme)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+
+    let mut browser = Browser::new(&app, "en");
+    browser.sign_in(&app, Role::Admin).await;
+    let journeys = browser.get("/app/journeys").await;
+    assert_eq!(journeys.status, StatusCode::OK);
+    assert!(journeys.body.contains("Journey across 4 stages"), "the founding example's Sankey diagram");
+    let csrf = journeys.csrf();
+    let model = {
+        let at = journeys.body.find("name=\"model\" value=\"").unwrap() + "name=\"model\" value=\"".len();
+        let raw = &journeys.body[at..at + journeys.body[at..].find('"').unwrap()];
+        raw.replace("&quot;", "\"").replace("&#x27;", "'").replace("&amp;", "&")
+    };
+    let form = |share: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("model", model.clone()),
+            ("stage", "evaluation".to_string()),
+            ("channel", "social".to_string()),
+            ("share", share.to_string()),
+            ("op", "mix".to_string()),
+        ]
+    };
+    let body: Vec<(&str, String)> = form("20");
+    let pairs: Vec<(&str, &str)> = body.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let what_if = browser.post("/app/journeys/whatif", &pairs, &[]).await;
+    assert_eq!(what_if.status, StatusCode::OK, "{}", what_if.body);
+    // REFERENCES.md section 4: social at 20 % of evaluations raises catalogue purchases by 2.6 %.
+    assert!(what_if.body.contains("+2.6%"), "{}", what_if.body);
+    let body = form("140");
+    let pairs: Vec<(&str, &str)> = body.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refused = browser.post("/app/journeys/whatif", &pairs, &[]).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.body.contains("between 0 and 100"), "{}", refused.body);
+
+    let loyalty = browser.get("/app/loyalty").await;
+    assert_eq!(loyalty.status, StatusCode::OK);
+    assert!(loyalty.body.contains("/loyalty/club-relais/rules"), "{}", loyalty.body);
+    assert!(loyalty.body.contains("Liability"));
+
+    let privacy = browser.get("/app/privacy").await;
+    assert_eq!(privacy.status, StatusCode::OK);
+    assert!(privacy.body.contains("Self-care portal") && privacy.body.contains("Risk register"));
+    let csrf = privacy.csrf();
+    let verified = browser.post("/app/privacy/verify", &[("csrf", &csrf)], &[]).await;
+    assert!(verified.body.contains("The log is intact"), "{}", verified.body);
+
+    let mut marketing = Browser::new(&app, "en");
+    marketing.sign_in(&app, Role::Marketing).await;
+    assert_eq!(marketing.get("/app/privacy").await.status, StatusCode::FORBIDDEN);
+    assert!(
+        !marketing.get("/app/loyalty").await.body.contains("href=\"/app/privacy\""),
+        "the menu hides what the role may not open"
+    );
+}
