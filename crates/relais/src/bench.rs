@@ -4,7 +4,8 @@
 //! on the same rows (already parsed, same tables and indexes, one thread, large
 //! transactions); `loyalty` (in `bench/loyalty.rs`) drives loyalty transactions
 //! against pgbench; `segments` (in `bench/segments.rs`) compares RFM scores from
-//! a Parquet file with DuckDB's.
+//! a Parquet file with DuckDB's; `pages` (in `bench/pages.rs`) times the
+//! customer room and the customer 360 against the API's answers.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crate::store::Store;
 
 mod journeys;
 mod loyalty;
+mod pages;
 mod segments;
 
 pub use segments::{write_synthetic_events, SegmentsArgs, SYNTHETIC_NOW_MICROS};
@@ -98,6 +100,9 @@ pub enum BenchCommand {
     /// Markov attribution (orders 1 and 3) on path files of 1 M and 5 M journeys,
     /// relais against ChannelAttribution's defaults, from file to result.
     Journeys(journeys::JourneysArgs),
+    /// The customer room and the customer 360 rendered over the demo data
+    /// (p95 over 200 requests each), against the API's answers for the same data.
+    Pages(pages::PagesArgs),
 }
 
 /// The data classes of a benchmark run: the defaults, or every class in clear.
@@ -318,6 +323,7 @@ pub fn bench(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         }
         BenchCommand::Segments(args) => return segments::bench_segments(args),
         BenchCommand::Journeys(args) => return journeys::bench_journeys(args),
+        BenchCommand::Pages(args) => return pages::bench_pages(args, settings),
     };
     let encryption = encryption == "on";
     let people = people.unwrap_or((events / 20).max(1));
