@@ -249,6 +249,9 @@ pub(super) async fn loyalty(State(state): State<AppState>, staff: Staff) -> Resu
     page("loyalty.html", with_frame(&staff, "/app/loyalty", context! { programmes => programmes }))
 }
 
+/// Audit records the privacy page lists.
+const AUDIT_SHOWN: usize = 50;
+
 /// `GET /app/privacy`: rights requests with their deadlines, the risk
 /// register, the classes of data.
 pub(super) async fn privacy(State(state): State<AppState>, staff: Staff) -> Result<Response, PageError> {
@@ -257,11 +260,38 @@ pub(super) async fn privacy(State(state): State<AppState>, staff: Staff) -> Resu
 
 async fn privacy_page(state: &AppState, staff: &Staff, verification: Option<Value>) -> Result<Response, PageError> {
     let lang = staff.lang;
-    let (requests, report) = state
+    let (requests, report, records) = state
         .store
-        .run(|engine| Ok((engine.requests(None)?, crate::privacy::report::security_report(engine)?)))
+        .run(|engine| {
+            // The newest records: the last segments opened, newest first.
+            let mut segments = engine.audit_segments()?;
+            segments.sort_by_key(|s| std::cmp::Reverse(s.opened_at));
+            let mut records = Vec::new();
+            for segment in segments.iter().filter(|s| s.purged_at.is_none()) {
+                let mut these = engine.audit_records(&segment.segment_id)?;
+                these.reverse();
+                records.extend(these);
+                if records.len() >= AUDIT_SHOWN {
+                    break;
+                }
+            }
+            records.sort_by_key(|r| std::cmp::Reverse(r.at));
+            records.truncate(AUDIT_SHOWN);
+            Ok((engine.requests(None)?, crate::privacy::report::security_report(engine)?, records))
+        })
         .await
         .map_err(|e| PageError::from(e).in_lang(lang))?;
+    let records: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            context! {
+                at => r.at.with_timezone(&state.settings.ingest.time_zone).format("%Y-%m-%d %H:%M:%S").to_string(),
+                actor => r.actor.clone(),
+                action => r.action.clone(),
+                subject => r.subject.clone(),
+            }
+        })
+        .collect();
     let now = Utc::now();
     let tz = state.settings.ingest.time_zone;
     let requests: Vec<Value> = requests
@@ -316,6 +346,7 @@ async fn privacy_page(state: &AppState, staff: &Staff, verification: Option<Valu
                 parts => parts,
                 unclassified => report.unclassified_fields.clone(),
                 verification => verification,
+                records => records,
             },
         ),
     )
