@@ -47,8 +47,10 @@ pub struct JourneySet {
     channels: Vec<String>,
     channel_index: HashMap<String, u16>,
     journey_index: HashMap<String, usize>,
-    /// Per journey and stage: (ordering key, channel) of the last event seen.
-    picks: Vec<Vec<(u64, u16)>>,
+    /// Per journey and stage (journey `j`'s stages at `j * stages.len()`…):
+    /// (ordering key, channel) of the last event seen. One flat vector, so
+    /// millions of journeys are not millions of allocations.
+    picks: Vec<(u64, u16)>,
 }
 
 /// How to estimate.
@@ -138,6 +140,27 @@ impl JourneySet {
             name: stage.to_string(),
             known: known_names(&self.stages),
         })?;
+        let next = self.journeys();
+        let j = *self.journey_index.entry(journey.to_string()).or_insert(next);
+        self.push_at(line, j, stage_index, channel, order)
+    }
+
+    /// Journeys held.
+    fn journeys(&self) -> usize {
+        self.picks.len() / self.stages.len()
+    }
+
+    /// Adds one event of the journey numbered `j` (journeys numbered from 0 in
+    /// order of appearance, as a cutter makes them: `j` is at most the number
+    /// of journeys so far) at stage number `stage_index`.
+    pub fn push_at(
+        &mut self,
+        line: u64,
+        j: usize,
+        stage_index: usize,
+        channel: &str,
+        order: u64,
+    ) -> Result<(), JourneyError> {
         let channel = channel.trim();
         if channel.is_empty() {
             return Err(JourneyError::EmptyChannelAt { line });
@@ -155,12 +178,10 @@ impl JourneySet {
             }
         };
         let stages = self.stages.len();
-        let next = self.picks.len();
-        let j = *self.journey_index.entry(journey.to_string()).or_insert(next);
-        if j == next {
-            self.picks.push(vec![(0, NONE); stages]);
+        if j >= self.journeys() {
+            self.picks.resize((j + 1) * stages, (0, NONE));
         }
-        let pick = &mut self.picks[j][stage_index];
+        let pick = &mut self.picks[j * stages + stage_index];
         if pick.1 == NONE || order >= pick.0 {
             *pick = (order, channel_id);
         }
@@ -176,7 +197,7 @@ impl JourneySet {
         }
         let journeys: Vec<Vec<u16>> = self
             .picks
-            .iter()
+            .chunks_exact(s)
             .filter(|p| !options.purchasers_only || p[s - 1].1 != NONE)
             .map(|p| p.iter().map(|&(_, c)| c).collect())
             .collect();

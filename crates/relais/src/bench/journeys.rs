@@ -75,6 +75,14 @@ pub struct JourneysArgs {
     /// the event log; 0 skips it.
     #[arg(long, default_value_t = 10_000_000)]
     stored_events: usize,
+    /// Keep the stored events in this data folder, and reuse them when it
+    /// already holds a database (loading 10 M events takes about two minutes).
+    #[arg(long)]
+    stored_data: Option<PathBuf>,
+    /// Time only the stage model from stored events (no attribution, so
+    /// ChannelAttribution is not needed).
+    #[arg(long)]
+    stage_model_only: bool,
 }
 
 /// Channels of the stored events, as `context.channel`.
@@ -84,10 +92,20 @@ const STORED_CHANNELS: [&str; 6] = ["web", "app", "store", "social", "email", "c
 /// cart, checkouts and orders on several channels) in a scratch SQLite
 /// database by the raw path, then time `relais journey model` on it (default
 /// stages, 30-day gap, 200 bootstrap replicates): the median of three runs.
-fn stage_model_seconds(events: usize, seed: u64) -> anyhow::Result<(f64, u64, u64)> {
+fn stage_model_seconds(events: usize, seed: u64, keep: Option<&Path>) -> anyhow::Result<(f64, u64, u64)> {
     let settings = crate::config::Settings::default();
-    let scratch = crate::store::scratch::Scratch::new(None, "journeys")?;
-    let store = scratch.open(settings.ingest.clone())?;
+    let scratch;
+    let (location, reuse) = match keep {
+        Some(folder) => {
+            let reuse = folder.join("relais.db").exists();
+            (crate::store::Location::Folder(folder.to_path_buf()), reuse)
+        }
+        None => {
+            scratch = crate::store::scratch::Scratch::new(None, "journeys")?;
+            (scratch.location.clone(), false)
+        }
+    };
+    let store = crate::store::Store::open(&location, settings.ingest.clone())?;
     let envelope = super::bench_envelope(&settings);
     let steps: [(&str, Option<&str>); 4] = [
         ("page", None),
@@ -126,9 +144,16 @@ fn stage_model_seconds(events: usize, seed: u64) -> anyhow::Result<(f64, u64, u6
         }
         Some(chunk)
     });
-    let started = Instant::now();
-    crate::store::raw_load(&scratch.location, store.privacy(), &mut chunks)?;
-    eprintln!("stored {events} events in {:.1}s", started.elapsed().as_secs_f64());
+    if reuse {
+        eprintln!(
+            "reusing the events stored in {}",
+            keep.map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+        );
+    } else {
+        let started = Instant::now();
+        crate::store::raw_load(&location, store.privacy(), &mut chunks)?;
+        eprintln!("stored {events} events in {:.1}s", started.elapsed().as_secs_f64());
+    }
     let stages: Vec<String> = ["information", "evaluation", "decision", "purchase"].map(String::from).to_vec();
     let mut times = Vec::new();
     let mut last = (0, 0);
@@ -274,7 +299,7 @@ pub fn bench_journeys(args: JourneysArgs) -> anyhow::Result<()> {
     let python = args.peers.join(".venv/bin/python");
     let script = args.peers.join("markov_ca.py");
     anyhow::ensure!(
-        args.generate_only || (python.exists() && script.exists()),
+        args.generate_only || args.stage_model_only || (python.exists() && script.exists()),
         "ChannelAttribution is not installed in {}: run `bash bench/peers/install.sh` from the repository root, or give --peers",
         args.peers.display()
     );
@@ -302,7 +327,7 @@ fn run(
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     let mut cases = Vec::new();
     let mut version = serde_json::Value::Null;
-    for &journeys in sizes {
+    for &journeys in sizes.iter().filter(|_| !args.stage_model_only) {
         let file = dir.join(format!("paths-{journeys}-seed{}.csv", args.seed));
         let started = Instant::now();
         let paths = write_paths(&file, journeys, args.seed)?;
@@ -362,7 +387,11 @@ fn run(
             }));
         }
     }
-    let stage = if args.stored_events > 0 { Some(stage_model_seconds(args.stored_events, args.seed)?) } else { None };
+    let stage = if args.stored_events > 0 {
+        Some(stage_model_seconds(args.stored_events, args.seed, args.stored_data.as_deref())?)
+    } else {
+        None
+    };
     let worst = cases
         .iter()
         .filter_map(|c| c["ratio"].as_f64())

@@ -699,10 +699,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Delete a typology; false if there was none.
     fn typology_delete(&self, name: &str) -> Result<bool, StoreError>;
     /// The events a journey can be made of (page, screen and track, computed
-    /// ones left out) from `from` (inclusive) to `to` (exclusive), handed to
-    /// `visit` one at a time grouped by surviving profile and in time order
-    /// within one, without holding them all in memory; `visit` answers `false`
-    /// to stop. Erased people's events are left out. Returns how many were read.
+    /// ones left out) from `from` (inclusive) to `to` (exclusive), each under
+    /// its surviving profile, handed to `visit` one at a time without holding
+    /// them all in memory, in an order where a profile's events with the same
+    /// instant come in the order they were stored (the caller sorts by person
+    /// and time); `visit` answers `false` to stop. Erased people's events are
+    /// left out. Returns how many were read.
     fn journey_events(
         &self,
         from: Option<DateTime<Utc>>,

@@ -2344,18 +2344,28 @@ impl Engine for SqliteEngine {
         let from = from.map_or(i64::MIN, |t| t.timestamp_micros());
         let to = to.map_or(i64::MAX, |t| t.timestamp_micros());
         self.readers.with(|conn| {
+            // Merged profiles are few: their survivors are looked up in memory
+            // rather than joined for every event, and the events are read in
+            // the order they were stored (no sort; the caller sorts).
+            let mut survivors: HashMap<String, String> = HashMap::new();
+            let mut stmt =
+                conn.prepare("SELECT customer_id, merged_into FROM customers WHERE merged_into IS NOT NULL")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                survivors.insert(row.get(0)?, row.get(1)?);
+            }
             let mut stmt = conn.prepare(
-                "SELECT COALESCE(c.merged_into, c.customer_id) AS who, e.ts, e.type, e.name, e.channel FROM events e \
-                 JOIN customers c ON c.customer_id = e.customer_id \
+                "SELECT e.customer_id, e.ts, e.type, e.name, e.channel FROM events e \
                  WHERE e.computed = 0 AND e.type IN ('page', 'screen', 'track') AND e.ts >= ?1 AND e.ts < ?2 \
-                 ORDER BY who, e.ts, e.seq",
+                 AND e.customer_id <> ?3 ORDER BY e.seq",
             )?;
-            let mut rows = stmt.query(params![from, to])?;
+            let mut rows = stmt.query(params![from, to, super::ERASED_CUSTOMER])?;
             let mut read = 0;
             while let Some(row) = rows.next()? {
                 read += 1;
+                let stored = text(row, 0)?.unwrap_or_default();
                 let event = relais_domain::journey::LoggedEvent {
-                    customer: text(row, 0)?.unwrap_or_default(),
+                    customer: survivors.get(stored).map_or(stored, String::as_str),
                     at_micros: row.get(1)?,
                     kind: text(row, 2)?.unwrap_or_default(),
                     name: text(row, 3)?,

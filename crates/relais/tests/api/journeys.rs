@@ -263,6 +263,12 @@ async fn the_stage_model_is_built_from_the_stored_event_log() {
             logged("u3", "page", None, 20, "social"),
             logged("u3", "track", Some("Store Visited"), 19, "store"), // no purchase
             logged("u3", "identify", None, 19, "web"),                 // not a journey event
+            // Two profiles, merged later: one journey under the survivor.
+            json!({"type": "page", "anonymousId": "dev-4", "context": {"channel": "social"},
+                   "timestamp": (chrono::Utc::now() - chrono::Duration::days(12)).to_rfc3339()}),
+            logged("u4", "track", Some("Product Added"), 11, "web"),
+            json!({"type": "identify", "userId": "u4", "anonymousId": "dev-4"}),
+            logged("u4", "track", Some("Order Completed"), 10, "store"),
         ]))
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -281,16 +287,18 @@ async fn the_stage_model_is_built_from_the_stored_event_log() {
     .await
     .unwrap();
     assert!(built.0, "{}", built.2);
-    assert!(built.2.contains("9 events read"), "{}", built.2);
+    assert!(built.2.contains("12 events read"), "{}", built.2);
     let written: Value = serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
-    assert_eq!(written["journeys"], 4, "{written}");
-    assert_eq!(written["purchasers"], 2, "{written}");
+    assert_eq!(written["journeys"], 5, "{written}");
+    assert_eq!(written["purchasers"], 3, "{written}");
     let channels: Vec<&str> = written["channels"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     let at = |name: &str| channels.iter().position(|c| *c == name).unwrap();
-    // Evaluated on the web, bought in store (u1); evaluated in store, no purchase (u3).
-    assert_eq!(written["counts"]["transitions"][1][at("web")][at("store")], 1, "{written}");
+    // Evaluated in store, no purchase (u3).
     assert_eq!(written["counts"]["transitions"][1][at("app")][at("app")], 1, "{written}");
     assert_eq!(written["counts"]["initial"][at("web")], 2, "{written}");
+    // The merged profiles' events make one journey: social, then web, then store.
+    assert_eq!(written["counts"]["transitions"][0][at("social")][at("web")], 1, "{written}");
+    assert_eq!(written["counts"]["transitions"][1][at("web")][at("store")], 2, "{written}");
     // Only u1's last page is recent: nobody evaluated since.
     assert!(!recent.0 && recent.2.contains("stage `evaluation` has no data"), "{}", recent.2);
 }
