@@ -591,6 +591,13 @@ pub(crate) struct Asked {
     reason: String,
 }
 
+impl Asked {
+    /// Redeem a reward of the catalogue (its id as the reason, as the API does by default).
+    pub(crate) fn reward(reward: &str) -> Asked {
+        Asked { kind: Manual::Redemption, points: 0, reward: Some(reward.to_string()), reason: reward.to_string() }
+    }
+}
+
 /// A redemption or an adjustment, once per idempotency key.
 async fn manual(
     state: &AppState,

@@ -30,3 +30,5 @@ mod analytics;
 mod segments;
 // Journeys: the founding example's what-ifs, attribution, models from journey files, the API and its SVG.
 mod journeys;
+// The customers' portal: code and link sign-in, card, statement, redemptions, receipts, data, CSRF.
+mod portal;
