@@ -1,4 +1,4 @@
-//! The command line: `relais serve`, `demo`, `keys create`, `import events`,
+//! The command line: `relais serve`, `demo`, `keys create`, `portal link`, `import events`,
 //! `traits rebuild`, `bench ingest`, `journey whatif|attribute|model`. `anyhow`
 //! lives here, at the binary's edge.
 
@@ -88,6 +88,11 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// The customers' portal (/me).
+    Portal {
+        #[command(subcommand)]
+        command: PortalCommand,
     },
     /// Import files.
     Import {
@@ -221,6 +226,19 @@ enum UsersCommand {
         /// Role: admin, dpo, marketing, analyst, agent, store or ingest.
         #[arg(long)]
         role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PortalCommand {
+    /// Make a one-time sign-in link for a customer (valid 24 hours) and print
+    /// only its URL on stdout, for staff to hand over.
+    Link {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The customer's identifier, `kind:value` (`email:marie@exemple.fr`, `card:9251…`).
+        #[arg(long)]
+        identifier: String,
     },
 }
 
@@ -714,6 +732,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (_, password) = crate::users::create(&store, &cli_actor(), &email, role)?;
             store.close_audit()?;
             println!("{password}");
+            Ok(())
+        }
+        Command::Portal { command: PortalCommand::Link { store, identifier } } => {
+            let identifier = relais_domain::Identifier::parse(&identifier)
+                .with_context(|| format!("`{identifier}` is not an identifier (kind:value)"))?;
+            let store = store.open(&settings)?;
+            let base = settings.public_url.clone();
+            let url = store
+                .blocking_audited(|engine, audit| {
+                    crate::web::portal::create_link(engine, audit, &cli_actor(), &identifier, &base)
+                })
+                .map_err(|e| match e {
+                    crate::store::StoreError::NotFound => anyhow::anyhow!("nobody holds `{identifier}`"),
+                    other => other.into(),
+                })?;
+            store.close_audit()?;
+            println!("{url}");
             Ok(())
         }
         Command::Keys { command: KeysCommand::NewMaster } => {

@@ -255,7 +255,12 @@ pub struct MemberQuery {
 }
 
 async fn read_member(state: &AppState, caller: &Caller, id: MemberId) -> Result<MemberView, ApiError> {
-    let actor = caller.actor();
+    read_member_as(state, caller.actor(), id).await
+}
+
+/// One membership, its read audited under `actor` (the API's caller, or a
+/// member signed in to the portal).
+pub(crate) async fn read_member_as(state: &AppState, actor: String, id: MemberId) -> Result<MemberView, ApiError> {
     state
         .store
         .run_audited(move |engine, audit| {
@@ -431,6 +436,13 @@ pub async fn statement(
     if let Some(into) = view.row.merged_into {
         return Ok(moved(into, "/statement"));
     }
+    Ok(Json(build_statement(&state, &view, lang).await?).into_response())
+}
+
+/// A membership's statement in `lang`: its balance, every entry explained,
+/// what expires when and its badges (the API's and the portal's).
+pub(crate) async fn build_statement(state: &AppState, view: &MemberView, lang: Lang) -> Result<Statement, ApiError> {
+    let id = view.row.member;
     let ledger = state.store.run(move |engine| engine.loyalty_entries(id)).await?;
     let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
     let unit = programmes
@@ -445,7 +457,7 @@ pub async fn statement(
             *expiring.entry(day).or_default() += lot.remaining;
         }
     }
-    Ok(Json(Statement {
+    Ok(Statement {
         member: id.to_string(),
         programme: view.row.programme.clone(),
         balance: view.row.balance,
@@ -454,7 +466,6 @@ pub async fn statement(
         expiring: expiring.into_iter().map(|(on, points)| Expiring { on, points }).collect(),
         unit,
     })
-    .into_response())
 }
 
 /// The member's digital card: an SVG with the card number and a QR code a till can scan.
@@ -572,12 +583,19 @@ pub async fn adjust(
 
 /// A manual operation as asked; its canonical JSON is what idempotency keys compare.
 #[derive(Debug, Serialize)]
-struct Asked {
+pub(crate) struct Asked {
     #[serde(skip)]
     kind: Manual,
     points: Points,
     reward: Option<String>,
     reason: String,
+}
+
+impl Asked {
+    /// Redeem a reward of the catalogue (its id as the reason, as the API does by default).
+    pub(crate) fn reward(reward: &str) -> Asked {
+        Asked { kind: Manual::Redemption, points: 0, reward: Some(reward.to_string()), reason: reward.to_string() }
+    }
 }
 
 /// A redemption or an adjustment, once per idempotency key.
@@ -602,6 +620,33 @@ async fn manual(
             )
         })?
         .to_string();
+    let answer = operate(state, caller.actor(), &caller.principal, member, key, asked, route).await?;
+    match answer {
+        OperationAnswer::KeyReused => Ok(unprocessable(
+            "this Idempotency-Key was already used with another request body; use a new key for a new operation",
+        )),
+        OperationAnswer::Answer(stored) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = (status, stored.body).into_response();
+            let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            Ok(response)
+        }
+    }
+}
+
+/// Apply a redemption or an adjustment once per idempotency key, for `actor`
+/// (idempotency keys are scoped to `principal` and the route): the stored
+/// answer, the first one on a retry. The API and the portal debit through here.
+pub(crate) async fn operate(
+    state: &AppState,
+    actor: String,
+    principal: &str,
+    member: MemberId,
+    key: String,
+    asked: Asked,
+    route: &str,
+) -> Result<OperationAnswer, ApiError> {
     let reason = asked.reason.trim().to_string();
     if reason.is_empty() || reason.chars().count() > MAX_REASON {
         return Err(ApiError::field(
@@ -617,28 +662,16 @@ async fn manual(
         points: asked.points,
         reward: asked.reward,
         reason: asked.reason,
-        actor: caller.actor(),
-        scope: format!("{} POST /api/v1/loyalty/members/{member}/{route}", caller.principal),
+        actor,
+        scope: format!("{principal} POST /api/v1/loyalty/members/{member}/{route}"),
         key,
         request_hash,
         day: today(state),
     };
-    let answer = state.store.run(move |engine| engine.loyalty_operate(&request)).await.map_err(|e| match e {
+    state.store.run(move |engine| engine.loyalty_operate(&request)).await.map_err(|e| match e {
         crate::store::StoreError::NotFound => ApiError::NotFound(format!("no member `{member}`")),
         other => other.into(),
-    })?;
-    match answer {
-        OperationAnswer::KeyReused => Ok(unprocessable(
-            "this Idempotency-Key was already used with another request body; use a new key for a new operation",
-        )),
-        OperationAnswer::Answer(stored) => {
-            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = (status, stored.body).into_response();
-            let content_type = if status.is_success() { "application/json" } else { "application/problem+json" };
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            Ok(response)
-        }
-    }
+    })
 }
 
 fn unprocessable(detail: &str) -> Response {
@@ -773,14 +806,26 @@ pub async fn tier(
 ) -> Result<Json<TierStatus>, ApiError> {
     let id = parse_member_id(&id)?;
     let view = read_member(&state, &caller, id).await?;
-    let today = today(&state);
+    let status = tier_status(&state, &view)
+        .await?
+        .ok_or_else(|| ApiError::Conflict(format!("programme `{}` has no tiers", view.row.programme)))?;
+    Ok(Json(status))
+}
+
+/// A membership's tier and what it takes to keep it or move up; `None` when
+/// its programme has no tiers (the API's and the portal's).
+pub(crate) async fn tier_status(state: &AppState, view: &MemberView) -> Result<Option<TierStatus>, ApiError> {
+    let id = view.row.member;
+    let today = today(state);
     let programmes = state.store.run(|engine| engine.loyalty_programmes()).await?;
-    let tiers = programmes
+    let Some(tiers) = programmes
         .iter()
         .find(|p| p.head.key == view.row.programme)
         .and_then(|p| p.version_at(today))
         .and_then(|v| v.tiers.clone())
-        .ok_or_else(|| ApiError::Conflict(format!("programme `{}` has no tiers", view.row.programme)))?;
+    else {
+        return Ok(None);
+    };
     let measure = tiers.measure;
     let value_between = |from: NaiveDate, to: NaiveDate| {
         let store = state.store.clone();
@@ -811,7 +856,7 @@ pub async fn tier(
         counted: value,
         missing: (level.threshold - value).max(0),
     });
-    Ok(Json(TierStatus {
+    Ok(Some(TierStatus {
         tier: view.row.tier.clone(),
         measure: measure.as_str().into(),
         window_months: tiers.window_months,

@@ -46,9 +46,28 @@ fn io_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("cannot build the export archive: {error}"))
 }
 
-/// Export a person: their profile (and those merged into it), events, merges
-/// and audit trail ("who looked at my data").
-pub fn export_person(engine: &dyn Engine, id: CustomerId) -> Result<ExportArchive, StoreError> {
+/// Everything relais holds about a person, as the access archive holds it
+/// (the portal's `/me/data.json` is this, as JSON).
+#[derive(Debug, serde::Serialize)]
+pub struct PersonData {
+    /// Profile, identifiers, computed facts, orders by day.
+    pub profile: Value,
+    /// Every interaction, newest first.
+    pub events: Vec<StoredEvent>,
+    /// Profiles of theirs that were joined.
+    pub merges: Vec<crate::store::MergeRecord>,
+    /// Every consent given or withdrawn, with its proof.
+    pub consents: Vec<relais_domain::consent::ConsentFact>,
+    /// Who looked at or acted on their data, when.
+    pub audit: Vec<crate::privacy::audit::AuditRecord>,
+    /// The identifiers, for the CSV file.
+    #[serde(skip)]
+    identifiers: Vec<relais_domain::Identifier>,
+}
+
+/// Gather a person: their profile (and those merged into it), events, merges,
+/// consents and audit trail ("who looked at my data").
+pub fn person_data(engine: &dyn Engine, id: CustomerId) -> Result<PersonData, StoreError> {
     let record = match engine.customer(id)? {
         CustomerLookup::Found(record) => *record,
         CustomerLookup::MergedInto(_) | CustomerLookup::NotFound => return Err(StoreError::NotFound),
@@ -92,9 +111,16 @@ pub fn export_person(engine: &dyn Engine, id: CustomerId) -> Result<ExportArchiv
         })).collect::<Vec<_>>(),
     });
 
+    Ok(PersonData { profile, events, merges, consents, audit: trail, identifiers: record.identifiers })
+}
+
+/// Export a person: everything `person_data` gathers, as a zip archive of
+/// JSON and CSV files.
+pub fn export_person(engine: &dyn Engine, id: CustomerId) -> Result<ExportArchive, StoreError> {
+    let PersonData { profile, events, merges, consents, audit: trail, identifiers } = person_data(engine, id)?;
     let mut identifiers_csv = csv::Writer::from_writer(Vec::new());
     identifiers_csv.write_record(["kind", "value"]).map_err(io_error)?;
-    for identifier in &record.identifiers {
+    for identifier in &identifiers {
         identifiers_csv.write_record([identifier.kind().as_str(), identifier.value()]).map_err(io_error)?;
     }
     let mut events_csv = csv::Writer::from_writer(Vec::new());

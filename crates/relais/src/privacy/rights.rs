@@ -73,6 +73,18 @@ pub fn receive(
     zone: Tz,
 ) -> Result<RightsRequest, StoreError> {
     let customer = engine.customer_id_by_identifier(identifier)?.ok_or(StoreError::NotFound)?;
+    receive_for(engine, audit, actor, kind, customer, zone)
+}
+
+/// Record a request from a known person (the portal's own requests), due one month later.
+pub fn receive_for(
+    engine: &dyn Engine,
+    audit: &Audit<'_>,
+    actor: &str,
+    kind: RightKind,
+    customer: CustomerId,
+    zone: Tz,
+) -> Result<RightsRequest, StoreError> {
     let now = Utc::now();
     let request = RightsRequest {
         request_id: RequestId::new(),

@@ -12,6 +12,7 @@ pub mod assets;
 mod backoffice;
 pub mod charts;
 pub mod i18n;
+pub mod portal;
 pub mod render;
 pub mod session;
 
@@ -46,12 +47,15 @@ pub struct PageRoute {
 
 /// Source files whose Rust code shows catalogue messages (`t("…")`), checked
 /// by the catalogue's tests like the templates.
-pub const CODE_WITH_MESSAGES: &[(&str, &str)] =
-    &[("backoffice.rs", include_str!("backoffice.rs")), ("areas.rs", include_str!("areas.rs"))];
+pub const CODE_WITH_MESSAGES: &[(&str, &str)] = &[
+    ("backoffice.rs", include_str!("backoffice.rs")),
+    ("areas.rs", include_str!("areas.rs")),
+    ("portal.rs", include_str!("portal.rs")),
+];
 
 /// The one table of page routes.
 fn page_table() -> Vec<(PageRoute, MethodRouter<AppState>)> {
-    use PageAccess::{Public, SignedIn, Staff};
+    use PageAccess::{Member, Public, SignedIn, Staff};
     use Permission::*;
     let route = |method: &'static str, path: &'static str, access: PageAccess, handler: MethodRouter<AppState>| {
         (PageRoute { method, path, access }, handler)
@@ -76,6 +80,23 @@ fn page_table() -> Vec<(PageRoute, MethodRouter<AppState>)> {
         route("GET", "/app/loyalty", Staff(ReadLoyalty), get(areas::loyalty)),
         route("GET", "/app/privacy", Staff(ManagePrivacy), get(areas::privacy)),
         route("POST", "/app/privacy/verify", Staff(ManagePrivacy), post(areas::verify_audit)),
+        route("GET", "/me/login", Public, get(portal::login_page)),
+        route("POST", "/me/login", Public, post(portal::login)),
+        route("GET", "/me/code", Public, get(portal::code_page)),
+        route("POST", "/me/code", Public, post(portal::check_code)),
+        route("GET", "/me/link/{token}", Public, get(portal::link_page)),
+        route("POST", "/me/link/{token}", Public, post(portal::use_link)),
+        route("POST", "/me/logout", Member, post(portal::logout)),
+        route("GET", "/me", Member, get(portal::home)),
+        route("POST", "/me/rewards/{reward}/redeem", Member, post(portal::redeem)),
+        route("GET", "/me/receipts", Member, get(portal::receipts)),
+        route("GET", "/me/receipts.json", Member, get(portal::receipts_json)),
+        route("GET", "/me/receipts.csv", Member, get(portal::receipts_csv)),
+        route("GET", "/me/receipts/{order_id}", Member, get(portal::receipt)),
+        route("GET", "/me/data", Member, get(portal::data)),
+        route("GET", "/me/data.json", Member, get(portal::data_json)),
+        route("POST", "/me/consents", Member, post(portal::consents)),
+        route("POST", "/me/erasure", Member, post(portal::erasure)),
     ]
 }
 

@@ -27,6 +27,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("whatif.html", include_str!("../../web/templates/whatif.html")),
     ("loyalty.html", include_str!("../../web/templates/loyalty.html")),
     ("privacy.html", include_str!("../../web/templates/privacy.html")),
+    ("me_nav.html", include_str!("../../web/templates/me_nav.html")),
+    ("me_login.html", include_str!("../../web/templates/me_login.html")),
+    ("me_code.html", include_str!("../../web/templates/me_code.html")),
+    ("me_link.html", include_str!("../../web/templates/me_link.html")),
+    ("me_home.html", include_str!("../../web/templates/me_home.html")),
+    ("me_receipts.html", include_str!("../../web/templates/me_receipts.html")),
+    ("me_receipt.html", include_str!("../../web/templates/me_receipt.html")),
+    ("me_data.html", include_str!("../../web/templates/me_data.html")),
 ];
 
 /// The content security policy of pages: everything from this server,

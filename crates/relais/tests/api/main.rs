@@ -32,3 +32,5 @@ mod segments;
 mod journeys;
 // The back office: sign-in, sessions, CSRF, roles, escaping, both languages.
 mod pages;
+// The customers' portal: code and link sign-in, card, statement, redemptions, receipts, data, CSRF.
+mod portal;
