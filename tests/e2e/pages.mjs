@@ -3,6 +3,8 @@
 // starts the server and passes its address and the demo's credentials.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 
 const base = process.env.RELAIS_URL;
 const apiKey = process.env.RELAIS_API_KEY;
@@ -48,6 +50,24 @@ async function signIn(page, lang) {
   await page.fill('#email', process.env.RELAIS_EMAIL);
   await page.fill('#password', process.env.RELAIS_PASSWORD);
   await Promise.all([page.waitForURL(/\/app\/room/), page.click('button[type=submit]')]);
+}
+
+/** The six-digit code of the first sign-in e-mail written after `before`. */
+async function waitForCode(outbox, before) {
+  for (let attempt = 0; attempt < 100; attempt += 1) {
+    const fresh = fs.existsSync(outbox) ? fs.readdirSync(outbox).filter((f) => !before.has(f)) : [];
+    for (const file of fresh) {
+      const mail = fs.readFileSync(path.join(outbox, file), 'utf8');
+      const split = mail.search(/\r?\n\r?\n/);
+      const headers = mail.slice(0, split);
+      let body = mail.slice(split).replace(/=\r?\n/g, '');
+      if (/Content-Transfer-Encoding:\s*base64/i.test(headers)) body = Buffer.from(body.replace(/\s+/g, ''), 'base64').toString('utf8');
+      const codes = body.split(/[^0-9]+/).filter((run) => run.length === 6);
+      if (codes.length === 1) return codes[0];
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  throw new Error('no sign-in e-mail reached the outbox folder');
 }
 
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ['--no-sandbox'] });
@@ -152,6 +172,75 @@ try {
     });
     await context.close();
   }
+  for (const lang of ['fr', 'en']) {
+    const context = await browser.newContext({ locale: lang === 'fr' ? 'fr-FR' : 'en-GB', viewport: { width: 390, height: 844 }, isMobile: true });
+    const page = await context.newPage();
+    page.on('pageerror', (error) => pageErrors.push(`portal ${lang} ${page.url()}: ${error}`));
+    await step(`${lang}: a member signs in to the portal with the code e-mailed to them`, async () => {
+      const outbox = path.join(process.env.RELAIS_DATA, 'outbox');
+      const before = new Set(fs.existsSync(outbox) ? fs.readdirSync(outbox) : []);
+      await page.goto(`${base}/me`);
+      assert.match(page.url(), /\/me\/login/);
+      await assertComplete(page, lang);
+      await page.fill('#identifier', DEMO_CUSTOMER);
+      await page.click('main button[type=submit]');
+      await page.waitForSelector('#code');
+      await assertComplete(page, lang);
+      const code = await waitForCode(outbox, before);
+      await page.fill('#code', code);
+      await Promise.all([page.waitForURL((url) => url.pathname === '/me'), page.click('main button[type=submit]')]);
+      await page.waitForSelector('.me-card svg');
+      await assertComplete(page, lang);
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `the portal fits a phone's width (overflows by ${overflow}px)`);
+      const statementRows = await page.locator('section[aria-labelledby^="statement"] tbody tr').count();
+      assert.ok(statementRows > 0, 'the statement shows the points earned');
+      await page.screenshot({ path: `${shots}/portal-${lang}.png`, fullPage: true });
+    });
+
+    await step(`${lang}: redeeming a reward lowers the balance by its cost`, async () => {
+      const member = (await page.locator('[id^="balance-"]').first().getAttribute('id')).replace('balance-', '');
+      // An agent credits enough points for the dearest reward first.
+      const response = await fetch(`${base}/api/v1/loyalty/members/${member}/adjustments`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json', 'idempotency-key': `e2e-${lang}` },
+        body: JSON.stringify({ points: 2500, reason: 'geste commercial (test de bout en bout)' }),
+      });
+      assert.ok(response.ok, `the adjustment: ${response.status} ${await response.text()}`);
+      await page.reload();
+      const before = Number(await page.getAttribute(`#balance-${member}`, 'data-balance'));
+      const list = (await api('/api/v1/loyalty/programmes/club-relais/rewards')).rewards.map((r) => r.reward);
+      const forms = page.locator('section[aria-labelledby^="rewards"] form');
+      let chosen = null;
+      for (let i = 0; i < await forms.count(); i += 1) {
+        const action = await forms.nth(i).getAttribute('action');
+        const id = decodeURIComponent(action.split('/')[3]);
+        const reward = list.find((r) => r.id === id);
+        const affordable = !(await forms.nth(i).locator('button.secondary').count());
+        if (reward && affordable && reward.cost <= before) { chosen = { index: i, reward }; break; }
+      }
+      assert.ok(chosen, `a reward the demo member can afford with ${before} points`);
+      await Promise.all([page.waitForURL(/\/me/), forms.nth(chosen.index).locator('button').click()]);
+      await page.waitForSelector('main .ok');
+      const after = Number(await page.getAttribute(`#balance-${member}`, 'data-balance'));
+      assert.equal(after, before - chosen.reward.cost, 'the balance drops by the reward\'s cost');
+      await assertComplete(page, lang);
+    });
+
+    await step(`${lang}: the member downloads their data`, async () => {
+      await page.goto(`${base}/me/data`);
+      await assertComplete(page, lang);
+      const [download] = await Promise.all([page.waitForEvent('download'), page.click('a[href="/me/data.json"]')]);
+      const text = fs.readFileSync(await download.path(), 'utf8');
+      assert.ok(text.includes(DEMO_CUSTOMER), 'the download holds the member\'s e-mail');
+      JSON.parse(text);
+      await page.goto(`${base}/me/receipts`);
+      await assertComplete(page, lang);
+      await page.screenshot({ path: `${shots}/portal-receipts-${lang}.png`, fullPage: true });
+    });
+    await context.close();
+  }
+
   await step('no script error or blocked resource on any page', async () => {
     assert.deepEqual(pageErrors, []);
   });
