@@ -266,16 +266,7 @@ pub(super) async fn check_code(
             let Some(record) = holder(engine, &identifier)? else { return Ok(None) };
             // A malformed code still counts as a wrong attempt.
             let hash = if well_formed { code_hash(&engine.privacy().keyring, record.id, &code) } else { String::new() };
-            let used = engine.sign_in_code_use(CodeKind::Typed, Some(record.id), &hash, Utc::now())?;
-            if let Some(customer) = used {
-                audit.record(
-                    &format!("member:{customer}"),
-                    "portal.sign_in",
-                    Some(customer),
-                    json!({ "by": "code" }),
-                )?;
-            }
-            Ok(used)
+            use_code(engine, audit, CodeKind::Typed, Some(record.id), &hash, "code")
         })
         .await
         .map_err(|e| PageError::from(e).in_lang(lang))?;
@@ -283,6 +274,22 @@ pub(super) async fn check_code(
         Some(customer) => signed_in(&state, customer, lang).await,
         None => Ok(with_status(code_form(lang, &typed, false, Some("me.code.wrong"))?, StatusCode::UNAUTHORIZED)),
     }
+}
+
+/// Use a sign-in code once and audit the sign-in (`by`: how it came).
+fn use_code(
+    engine: &dyn crate::store::Engine,
+    audit: &crate::store::Audit<'_>,
+    kind: CodeKind,
+    customer: Option<CustomerId>,
+    hash: &str,
+    by: &str,
+) -> Result<Option<CustomerId>, crate::store::StoreError> {
+    let used = engine.sign_in_code_use(kind, customer, hash, Utc::now())?;
+    if let Some(customer) = used {
+        audit.record(&format!("member:{customer}"), "portal.sign_in", Some(customer), json!({ "by": by }))?;
+    }
+    Ok(used)
 }
 
 /// A link's token as it may appear in a page (base64url only).
@@ -312,16 +319,7 @@ pub(super) async fn use_link(
         .store
         .run_audited(move |engine, audit| {
             let hash = link_hash(&engine.privacy().keyring, &token);
-            let used = engine.sign_in_code_use(CodeKind::Link, None, &hash, Utc::now())?;
-            if let Some(customer) = used {
-                audit.record(
-                    &format!("member:{customer}"),
-                    "portal.sign_in",
-                    Some(customer),
-                    json!({ "by": "link" }),
-                )?;
-            }
-            Ok(used)
+            use_code(engine, audit, CodeKind::Link, None, &hash, "link")
         })
         .await
         .map_err(|e| PageError::from(e).in_lang(lang))?;

@@ -1,109 +1,12 @@
 //! The back office's pages over HTTP: signing in, sessions, CSRF, roles,
 //! escaping, both languages, and the segment builder agreeing with the API.
 
-use reqwest::header::{HeaderMap, HeaderValue, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::SET_COOKIE;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{urlencode, TestApp};
+use crate::helpers::{urlencode, Browser, TestApp};
 use relais_domain::Role;
-
-/// A browser without JavaScript: keeps cookies, never follows redirects.
-pub struct Browser {
-    base: String,
-    client: reqwest::Client,
-    cookies: std::collections::BTreeMap<String, String>,
-    lang: &'static str,
-}
-
-/// One answer: status, headers and body.
-pub struct Page {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: String,
-}
-
-impl Page {
-    pub fn location(&self) -> &str {
-        self.headers.get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("")
-    }
-
-    /// The value of the first `name="csrf"` field of the page.
-    pub fn csrf(&self) -> String {
-        let at = self.body.find("name=\"csrf\" value=\"").expect("a form with a csrf field");
-        let rest = &self.body[at + "name=\"csrf\" value=\"".len()..];
-        rest[..rest.find('"').unwrap()].to_string()
-    }
-}
-
-impl Browser {
-    pub fn new(app: &TestApp, lang: &'static str) -> Browser {
-        Browser {
-            base: app.address.clone(),
-            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
-            cookies: Default::default(),
-            lang,
-        }
-    }
-
-    fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert("accept-language", HeaderValue::from_static(self.lang));
-        if !self.cookies.is_empty() {
-            let jar: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            headers.insert(COOKIE, HeaderValue::from_str(&jar.join("; ")).unwrap());
-        }
-        headers
-    }
-
-    async fn keep(&mut self, response: reqwest::Response) -> Page {
-        for cookie in response.headers().get_all(SET_COOKIE) {
-            let text = cookie.to_str().unwrap();
-            let (pair, attributes) = text.split_once(';').unwrap_or((text, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            if attributes.contains("Max-Age=0") {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_string(), value.to_string());
-            }
-        }
-        let (status, headers) = (response.status(), response.headers().clone());
-        Page { status, headers, body: response.text().await.unwrap() }
-    }
-
-    pub async fn get(&mut self, path: &str) -> Page {
-        let response = self.client.get(format!("{}{path}", self.base)).headers(self.headers()).send().await.unwrap();
-        self.keep(response).await
-    }
-
-    /// POST a form; `extra` headers (an `Origin`, an `X-CSRF-Token`).
-    pub async fn post(&mut self, path: &str, form: &[(&str, &str)], extra: &[(&str, &str)]) -> Page {
-        let mut request = self.client.post(format!("{}{path}", self.base)).headers(self.headers()).form(form);
-        for (name, value) in extra {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
-        self.keep(response).await
-    }
-
-    pub fn cookie(&self, name: &str) -> Option<&String> {
-        self.cookies.get(name)
-    }
-
-    /// Sign in to the back office as a new user of `role`.
-    pub async fn sign_in(&mut self, app: &TestApp, role: Role) -> String {
-        let email = format!("{}-{}@relais.test", role.as_str(), ulid::Ulid::new().to_string().to_lowercase());
-        let store = app.store.clone();
-        let login = email.clone();
-        let password =
-            tokio::task::spawn_blocking(move || relais::users::create(&store, "test", &login, role).unwrap().1)
-                .await
-                .unwrap();
-        let page = self.post("/app/login", &[("email", &email), ("password", &password), ("next", "/app")], &[]).await;
-        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
-        email
-    }
-}
 
 fn untranslated(body: &str) -> Vec<String> {
     body.split('⟦').skip(1).map(|p| p.split('⟧').next().unwrap_or("").to_string()).collect()

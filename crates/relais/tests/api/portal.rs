@@ -6,72 +6,14 @@
 use std::sync::Arc;
 
 use relais::outbox::{DeliveryWorker, FileMailer};
-use reqwest::header::{HeaderMap, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::SET_COOKIE;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{place, run_binary, TestApp};
+use crate::helpers::{place, run_binary, Browser, TestApp, USER_AGENT};
 use crate::loyalty::PROGRAMME;
 
 /// A browser: no redirects followed, the member cookie kept by hand.
-struct Browser {
-    base: String,
-    client: reqwest::Client,
-    cookie: Option<String>,
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn location(&self) -> &str {
-        self.headers.get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("")
-    }
-}
-
-impl Browser {
-    fn new(app: &TestApp) -> Browser {
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Browser { base: app.address.clone(), client, cookie: None }
-    }
-
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> Answer {
-        let request = match &self.cookie {
-            Some(cookie) => request.header(COOKIE, format!("relais_member={cookie}")),
-            None => request,
-        };
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        for value in headers.get_all(SET_COOKIE) {
-            let text = value.to_str().unwrap();
-            if let Some(rest) = text.strip_prefix("relais_member=") {
-                let secret = rest.split(';').next().unwrap().to_string();
-                self.cookie = (!secret.is_empty()).then_some(secret);
-            }
-        }
-        Answer { status, headers, body: response.text().await.unwrap() }
-    }
-
-    async fn get(&mut self, path: &str) -> Answer {
-        let request = self.client.get(format!("{}{path}", self.base)).header("accept-language", "fr");
-        self.send(request).await
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
-        let request = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("accept-language", "fr")
-            .header("user-agent", "portal-test/1.0")
-            .form(form);
-        self.send(request).await
-    }
-}
-
 /// The value of the first `name="…" value="…"` input after `after` in a page.
 fn field(page: &str, after: &str, name: &str) -> String {
     let start = page.find(after).unwrap_or_else(|| panic!("`{after}` not in the page:\n{page}"));
@@ -181,8 +123,8 @@ async fn link_for(app: &TestApp, identifier: &str) -> String {
 
 async fn signed_in(app: &TestApp, identifier: &str) -> Browser {
     let token = link_for(app, identifier).await;
-    let mut browser = Browser::new(app);
-    let answer = browser.post(&format!("/me/link/{token}"), &[]).await;
+    let mut browser = Browser::new(app, "fr");
+    let answer = browser.post(&format!("/me/link/{token}"), &[], &[]).await;
     assert_eq!((answer.status, answer.location()), (StatusCode::SEE_OTHER, "/me"), "{}", answer.body);
     browser
 }
@@ -191,14 +133,14 @@ async fn signed_in(app: &TestApp, identifier: &str) -> Browser {
 async fn a_code_sent_by_email_signs_in_and_unknown_people_get_the_same_answer() {
     let app = TestApp::spawn().await;
     let fixture = fixture(&app).await;
-    let mut browser = Browser::new(&app);
+    let mut browser = Browser::new(&app, "fr");
     // Without a session, the portal sends to its sign-in page.
     let answer = browser.get("/me").await;
     assert_eq!((answer.status, answer.location()), (StatusCode::SEE_OTHER, "/me/login"));
     assert_eq!(browser.get("/me/login").await.status, StatusCode::OK);
 
-    let known = browser.post("/me/login", &[("identifier", "Marie@Exemple.fr")]).await;
-    let unknown = browser.post("/me/login", &[("identifier", "personne@exemple.fr")]).await;
+    let known = browser.post("/me/login", &[("identifier", "Marie@Exemple.fr")], &[]).await;
+    let unknown = browser.post("/me/login", &[("identifier", "personne@exemple.fr")], &[]).await;
     assert_eq!((known.status, unknown.status), (StatusCode::OK, StatusCode::OK));
     let sent = "Si un compte correspond";
     assert!(known.body.contains(sent) && unknown.body.contains(sent));
@@ -208,7 +150,7 @@ async fn a_code_sent_by_email_signs_in_and_unknown_people_get_the_same_answer() 
     assert!(mails[0].contains("To: marie@exemple.fr"), "{}", mails[0]);
     let code = code_in(&mails[0]);
 
-    let answer = browser.post("/me/code", &[("identifier", "marie@exemple.fr"), ("code", &code)]).await;
+    let answer = browser.post("/me/code", &[("identifier", "marie@exemple.fr"), ("code", &code)], &[]).await;
     assert_eq!((answer.status, answer.location()), (StatusCode::SEE_OTHER, "/me"), "{}", answer.body);
     let set_cookie = answer.headers.get(SET_COOKIE).unwrap().to_str().unwrap();
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
@@ -217,22 +159,22 @@ async fn a_code_sent_by_email_signs_in_and_unknown_people_get_the_same_answer() 
     assert!(home.body.contains("Bonjour Marie"));
     assert!(home.body.contains(&fixture.card));
     // The code works once.
-    let mut other = Browser::new(&app);
-    let again = other.post("/me/code", &[("identifier", "marie@exemple.fr"), ("code", &code)]).await;
+    let mut other = Browser::new(&app, "fr");
+    let again = other.post("/me/code", &[("identifier", "marie@exemple.fr"), ("code", &code)], &[]).await;
     assert_eq!(again.status, StatusCode::UNAUTHORIZED);
 
     // The card number works as the identifier too (card number plus code).
-    let mut till = Browser::new(&app);
-    assert_eq!(till.post("/me/login", &[("identifier", &fixture.card)]).await.status, StatusCode::OK);
+    let mut till = Browser::new(&app, "fr");
+    assert_eq!(till.post("/me/login", &[("identifier", &fixture.card)], &[]).await.status, StatusCode::OK);
     let mails = self::mails(&app).await;
     let code = code_in(&mails[0]);
-    let answer = till.post("/me/code", &[("identifier", &fixture.card), ("code", &code)]).await;
+    let answer = till.post("/me/code", &[("identifier", &fixture.card), ("code", &code)], &[]).await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
 
     // Signing out ends the session.
     let home = browser.get("/me").await;
     let csrf = field(&home.body, "action=\"/me/logout\"", "csrf");
-    let answer = browser.post("/me/logout", &[("csrf", &csrf)]).await;
+    let answer = browser.post("/me/logout", &[("csrf", &csrf)], &[]).await;
     assert_eq!((answer.status, answer.location()), (StatusCode::SEE_OTHER, "/me/login"));
     assert_eq!(browser.get("/me").await.status, StatusCode::SEE_OTHER);
 }
@@ -241,19 +183,19 @@ async fn a_code_sent_by_email_signs_in_and_unknown_people_get_the_same_answer() 
 async fn wrong_codes_are_refused_and_five_of_them_spend_the_code() {
     let app = TestApp::spawn().await;
     fixture(&app).await;
-    let mut browser = Browser::new(&app);
-    browser.post("/me/login", &[("identifier", "marie@exemple.fr")]).await;
+    let mut browser = Browser::new(&app, "fr");
+    browser.post("/me/login", &[("identifier", "marie@exemple.fr")], &[]).await;
     let code = code_in(&mails(&app).await[0]);
     let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
     for _ in 0..5 {
-        let answer = browser.post("/me/code", &[("identifier", "marie@exemple.fr"), ("code", &wrong)]).await;
+        let answer = browser.post("/me/code", &[("identifier", "marie@exemple.fr"), ("code", &wrong)], &[]).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
         assert!(answer.body.contains("Ce code ne convient pas"), "{}", answer.body);
-        assert!(browser.cookie.is_none());
+        assert!(browser.cookie("relais_member").is_none());
     }
-    let answer = browser.post("/me/code", &[("identifier", "marie@exemple.fr"), ("code", &code)]).await;
+    let answer = browser.post("/me/code", &[("identifier", "marie@exemple.fr"), ("code", &code)], &[]).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "the right code no longer works after five wrong ones");
-    assert!(browser.cookie.is_none());
+    assert!(browser.cookie("relais_member").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -261,16 +203,16 @@ async fn a_staff_link_shows_a_button_and_signs_in_once() {
     let app = TestApp::spawn().await;
     fixture(&app).await;
     let token = link_for(&app, "email:marie@exemple.fr").await;
-    let mut browser = Browser::new(&app);
+    let mut browser = Browser::new(&app, "fr");
     let page = browser.get(&format!("/me/link/{token}")).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(&format!("action=\"/me/link/{token}\"")));
-    assert!(browser.cookie.is_none(), "opening the link does not sign in");
-    let answer = browser.post(&format!("/me/link/{token}"), &[]).await;
+    assert!(browser.cookie("relais_member").is_none(), "opening the link does not sign in");
+    let answer = browser.post(&format!("/me/link/{token}"), &[], &[]).await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER);
     assert_eq!(browser.get("/me").await.status, StatusCode::OK);
-    let mut other = Browser::new(&app);
-    assert_eq!(other.post(&format!("/me/link/{token}"), &[]).await.status, StatusCode::GONE);
+    let mut other = Browser::new(&app, "fr");
+    assert_eq!(other.post(&format!("/me/link/{token}"), &[], &[]).await.status, StatusCode::GONE);
     // Nobody holds this identifier: no link.
     let location = place(&app.scratch);
     let (ok, stdout, _) = tokio::task::spawn_blocking(move || {
@@ -303,7 +245,7 @@ async fn the_pages_show_the_card_and_statement_and_a_double_submit_redeems_once(
     ];
     let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for _ in 0..2 {
-        let answer = browser.post("/me/rewards/bon-5/redeem", &fields).await;
+        let answer = browser.post("/me/rewards/bon-5/redeem", &fields, &[]).await;
         assert_eq!((answer.status, answer.location()), (StatusCode::SEE_OTHER, "/me?redeemed=bon-5"));
     }
     assert_eq!(balance(&app, &fixture.member).await, before - 100, "debited once");
@@ -316,7 +258,7 @@ async fn the_pages_show_the_card_and_statement_and_a_double_submit_redeems_once(
     let member = field(&home.body, form, "member");
     let key = field(&home.body, form, "key");
     let answer =
-        browser.post("/me/rewards/voyage/redeem", &[("csrf", &csrf), ("member", &member), ("key", &key)]).await;
+        browser.post("/me/rewards/voyage/redeem", &[("csrf", &csrf), ("member", &member), ("key", &key)], &[]).await;
     assert_eq!(answer.location(), "/me?refused=insufficient_balance");
     let page = browser.get(answer.location()).await;
     assert_eq!(page.status, StatusCode::OK);
@@ -368,8 +310,9 @@ async fn my_data_downloads_as_json_consents_change_with_proof_and_erasure_is_req
     assert!(page.body.contains("marie@exemple.fr"));
     let form = "value=\"email_marketing\"";
     let csrf = field(&page.body, "action=\"/me/consents\"", "csrf");
-    let answer =
-        browser.post("/me/consents", &[("csrf", &csrf), ("purpose", "email_marketing"), ("granted", "true")]).await;
+    let answer = browser
+        .post("/me/consents", &[("csrf", &csrf), ("purpose", "email_marketing"), ("granted", "true")], &[])
+        .await;
     assert_eq!((answer.status, answer.location()), (StatusCode::SEE_OTHER, "/me/data?saved=consents"));
     assert!(page.body.contains(form));
     let id = data["profile"]["id"].as_str().unwrap();
@@ -382,9 +325,9 @@ async fn my_data_downloads_as_json_consents_change_with_proof_and_erasure_is_req
     );
     assert_eq!(fact["source"], "web");
     assert_eq!(fact["proof"]["ip"], "127.0.0.1");
-    assert_eq!(fact["proof"]["user_agent"], "portal-test/1.0");
+    assert_eq!(fact["proof"]["user_agent"], USER_AGENT);
 
-    let answer = browser.post("/me/erasure", &[("csrf", &csrf)]).await;
+    let answer = browser.post("/me/erasure", &[("csrf", &csrf)], &[]).await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER);
     let page = browser.get("/me/data").await;
     assert!(page.body.contains("Demande reçue le"), "{}", page.body);
@@ -404,17 +347,17 @@ async fn a_post_without_the_csrf_token_is_refused() {
     let home = browser.get("/me").await;
     let form = "action=\"/me/rewards/bon-5/redeem\"";
     let (member, key) = (field(&home.body, form, "member"), field(&home.body, form, "key"));
-    let answer = browser.post("/me/rewards/bon-5/redeem", &[("member", &member), ("key", &key)]).await;
+    let answer = browser.post("/me/rewards/bon-5/redeem", &[("member", &member), ("key", &key)], &[]).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     let answer =
-        browser.post("/me/rewards/bon-5/redeem", &[("csrf", "forged"), ("member", &member), ("key", &key)]).await;
+        browser.post("/me/rewards/bon-5/redeem", &[("csrf", "forged"), ("member", &member), ("key", &key)], &[]).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
-    assert_eq!(browser.post("/me/erasure", &[]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(browser.post("/me/erasure", &[], &[]).await.status, StatusCode::FORBIDDEN);
     assert_eq!(
-        browser.post("/me/consents", &[("purpose", "sms"), ("granted", "true")]).await.status,
+        browser.post("/me/consents", &[("purpose", "sms"), ("granted", "true")], &[]).await.status,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(browser.post("/me/logout", &[]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(browser.post("/me/logout", &[], &[]).await.status, StatusCode::FORBIDDEN);
     assert_eq!(balance(&app, &fixture.member).await, before);
     assert_eq!(browser.get("/me").await.status, StatusCode::OK, "still signed in");
 }
