@@ -99,6 +99,8 @@ try {
       await page.waitForSelector('#timeline table tbody tr');
       const identifiers = await page.textContent('#identity + p + h3 + ul');
       assert.ok(identifiers.includes(`email:${DEMO_CUSTOMER}`), identifiers);
+      const movements = await page.locator('section[aria-labelledby="loyalty"] table td.num').count();
+      assert.ok(movements > 0, 'the 360 shows the member\'s latest points movements');
       await assertComplete(page, lang);
       await page.selectOption('#tl-channel', 'web');
       await Promise.all([

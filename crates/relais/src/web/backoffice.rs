@@ -422,19 +422,40 @@ pub(super) async fn customer(
             }
         })
         .collect();
-    let members: Vec<Value> = members
-        .iter()
-        .map(|m| {
-            context! {
-                id => m.row.member.to_string(),
-                programme => m.row.programme.clone(),
-                balance => m.row.balance,
-                tier => m.row.tier.clone(),
-                card => m.card_number.clone(),
-                status => m.row.status.as_str(),
-            }
-        })
-        .collect();
+    let tz = state.settings.ingest.time_zone;
+    let mut member_views = Vec::new();
+    for m in &members {
+        // The statement in the page's language, newest lines first; the card as the member sees it.
+        let statement = crate::http::loyalty::build_statement(&state, m, lang)
+            .await
+            .map_err(|e| PageError::from(e).in_lang(lang))?;
+        let lines: Vec<Value> = statement
+            .entries
+            .iter()
+            .rev()
+            .take(STATEMENT_LINES)
+            .map(|e| {
+                context! {
+                    on => e.created_at.with_timezone(&tz).date_naive().to_string(),
+                    points => e.points,
+                    reason => e.reason.clone(),
+                }
+            })
+            .collect();
+        let card_svg = m.card_number.as_deref().and_then(|card| crate::loyalty::card_svg(&m.row.programme, card).ok());
+        member_views.push(context! {
+            id => m.row.member.to_string(),
+            programme => m.row.programme.clone(),
+            balance => m.row.balance,
+            tier => m.row.tier.clone(),
+            card => m.card_number.clone(),
+            card_svg => card_svg,
+            status => m.row.status.as_str(),
+            statement => lines,
+            unit => statement.unit.clone(),
+        });
+    }
+    let members = member_views;
     let exponent = relais_domain::money::currency_exponent(&state.settings.ingest.currency) as i32;
     let major = |minor: i64| minor as f64 / 10f64.powi(exponent);
     let traits = &view.traits;
@@ -492,6 +513,9 @@ pub(super) async fn customer(
         ),
     )
 }
+
+/// Statement lines the customer 360 shows (the API and the portal give them all).
+const STATEMENT_LINES: usize = 10;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct TimelineQuery {
