@@ -381,3 +381,20 @@ async fn a_session_opened_before_a_merge_shows_the_survivor() {
     let data: Value = serde_json::from_str(&browser.get("/me/data.json").await.body).unwrap();
     assert_eq!(data["profile"]["id"], survivor);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erasure_ends_the_members_portal_session() {
+    let app = TestApp::spawn().await;
+    let _fixture = fixture(&app).await;
+    let mut browser = signed_in(&app, "email:marie@exemple.fr").await;
+    assert_eq!(browser.get("/me").await.status, StatusCode::OK);
+    let (status, body) =
+        api(&app, "POST", "/api/v1/privacy/erasures", Some(json!({"identifier": "email:marie@exemple.fr"}))).await;
+    assert!(status.is_success(), "{body}");
+    let after = browser.get("/me").await;
+    assert_eq!(
+        (after.status, after.location()),
+        (StatusCode::SEE_OTHER, "/me/login"),
+        "the session went with the person"
+    );
+}
