@@ -105,6 +105,8 @@ pub struct Intervals {
     pub replicates: usize,
     /// Seed of the generator.
     pub seed: u64,
+    /// `initial[j] = [low, high]`: the share of journeys starting on channel `j`.
+    pub initial: Vec<Option<[f64; 2]>>,
     /// `transitions[t][i][j] = [low, high]`; `null` for a row never observed.
     pub transitions: Vec<Vec<Vec<Option<[f64; 2]>>>>,
 }
@@ -237,6 +239,7 @@ impl JourneySet {
         let mut rng = StdRng::seed_from_u64(options.seed);
         // samples[t][i][j]: the replicates' estimates of that cell.
         let mut samples = vec![vec![vec![Vec::with_capacity(options.replicates); n]; n]; s - 1];
+        let mut initial_samples = vec![Vec::with_capacity(options.replicates); n];
         let mut draws = vec![0u64; patterns.len()];
         for _ in 0..options.replicates {
             let (mut left, mut weight_left) = (journeys, journeys);
@@ -251,6 +254,12 @@ impl JourneySet {
                 weight_left -= weight;
             }
             let counts = count(patterns, draws.iter().copied(), s, n);
+            let started: u64 = counts.initial.iter().sum();
+            if started > 0 {
+                for (cell, c) in initial_samples.iter_mut().zip(&counts.initial) {
+                    cell.push(*c as f64 / started as f64);
+                }
+            }
             for (t, matrix) in counts.transitions.iter().enumerate() {
                 let (rows, observed) = probabilities(matrix);
                 for ((row, seen), cells) in rows.iter().zip(&observed).zip(samples[t].iter_mut()) {
@@ -268,7 +277,8 @@ impl JourneySet {
                 matrix.into_iter().map(|row| row.into_iter().map(|mut v| quantiles(&mut v)).collect()).collect()
             })
             .collect();
-        Intervals { level: 0.95, replicates: options.replicates, seed: options.seed, transitions }
+        let initial = initial_samples.into_iter().map(|mut v| quantiles(&mut v)).collect();
+        Intervals { level: 0.95, replicates: options.replicates, seed: options.seed, initial, transitions }
     }
 }
 
@@ -425,6 +435,10 @@ mod tests {
                 assert!(high - low > 0.0);
             }
         }
+        // A third of the journeys start on the web: the interval holds 1/3 and is narrow.
+        let web = a.model.channels().iter().position(|c| c == "web").unwrap();
+        let [low, high] = intervals.initial[web].unwrap();
+        assert!(low < 1.0 / 3.0 && 1.0 / 3.0 < high && high - low < 0.15, "{low} {high}");
         let other = set.estimate(EstimateOptions { seed: 7, ..Default::default() }).unwrap();
         assert_ne!(other.intervals, a.intervals);
     }

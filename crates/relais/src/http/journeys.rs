@@ -139,3 +139,109 @@ pub async fn attribution(_caller: Caller, ApiJson(body): ApiJson<AttributionBody
         .map_err(|e| refused("paths", e))?;
     Ok(Json(report).into_response())
 }
+
+/// Most bootstrap replicates one request may ask for.
+const MAX_REPLICATES: usize = 1_000;
+
+/// What to estimate a stage model from: the stored event log (the default) or
+/// a CSV of journeys.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBody {
+    /// Stages, first to last (default information, evaluation, decision, purchase).
+    pub stages: Option<Vec<String>>,
+    /// Event log: first instant read (RFC 3339, inclusive).
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Event log: last instant read (exclusive).
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Event log: days without an event after which a journey ends (default 30).
+    pub gap_days: Option<u32>,
+    /// Event log: only the journeys of this saved segment's members.
+    pub segment: Option<String>,
+    /// Event log: a stage map in TOML (`page`, `screen`, `[stages]`), instead of the default.
+    pub map: Option<String>,
+    /// A CSV of journeys (`journey_id,stage,channel[,timestamp]`) instead of the event log.
+    pub journeys: Option<String>,
+    /// Only journeys that reached the last stage feed the model (default false).
+    #[serde(default)]
+    pub purchasers_only: bool,
+    /// Bootstrap replicates for the intervals (0 to 1000, default 200).
+    pub replicates: Option<usize>,
+    /// Seed of the bootstrap (default 2026).
+    pub seed: Option<u64>,
+}
+
+/// A journey file or event-log refusal as a problem naming the field at fault.
+fn model_refused(field: &str, error: crate::journey::JourneyFileError) -> ApiError {
+    match error {
+        crate::journey::JourneyFileError::Store(e) => e.into(),
+        other => ApiError::field(field, other.to_string()),
+    }
+}
+
+/// Estimate the stage model — the distribution over channels at the first
+/// stage and one transition matrix per step, with counts and bootstrap
+/// intervals — from the stored event log (or a CSV of journeys). The answer
+/// is a MODEL.json that the what-if endpoints take.
+#[utoipa::path(post, path = "/api/v1/journeys/model", tag = "analytics", request_body = ModelBody,
+    responses((status = 200, description = "channels, stages, initial, transitions, journeys, purchasers, counts, intervals, events_read", content_type = "application/json"),
+        (status = 400, body = super::error::Problem),
+        (status = 404, description = "No such segment", body = super::error::Problem)),
+    security(("bearer" = [])))]
+pub async fn model(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    _caller: Caller,
+    ApiJson(body): ApiJson<ModelBody>,
+) -> Result<Response, ApiError> {
+    let replicates = body.replicates.unwrap_or(200);
+    if replicates > MAX_REPLICATES {
+        return Err(ApiError::field("replicates", format!("at most {MAX_REPLICATES}, not {replicates}")));
+    }
+    let options = relais_domain::journey::EstimateOptions {
+        purchasers_only: body.purchasers_only,
+        replicates,
+        seed: body.seed.unwrap_or(2026),
+    };
+    let stages = body
+        .stages
+        .clone()
+        .unwrap_or_else(|| ["information", "evaluation", "decision", "purchase"].map(String::from).to_vec());
+    if let Some(csv) = body.journeys {
+        if body.segment.is_some() || body.map.is_some() || body.from.is_some() || body.to.is_some() {
+            return Err(ApiError::field(
+                "journeys",
+                "`segment`, `map`, `from` and `to` read the event log: leave them out with `journeys`",
+            ));
+        }
+        let estimated = crate::journey::model_from_journeys(csv.as_bytes(), stages, options)
+            .map_err(|e| model_refused("journeys", e))?;
+        return Ok(Json(estimated).into_response());
+    }
+    let gap_days = body.gap_days.unwrap_or(30);
+    if gap_days == 0 {
+        return Err(ApiError::field("gap_days", "must be at least 1"));
+    }
+    let map = match &body.map {
+        Some(text) => crate::journey::read_stage_map(text, &stages).map_err(|e| model_refused("map", e))?,
+        None => relais_domain::journey::StageMap::default(),
+    };
+    let (from, to, segment) = (body.from, body.to, body.segment.clone());
+    let built = state
+        .store
+        .run(move |engine| {
+            let members = match &segment {
+                Some(name) => match crate::segments::member_ids(engine, name) {
+                    Ok(ids) => Some(ids),
+                    Err(crate::segments::SegmentsError::Store(e)) => return Err(e),
+                    Err(other) => return Ok(Err(ApiError::from(other))),
+                },
+                None => None,
+            };
+            Ok(Ok(crate::journey::model_from_store(engine, map, from, to, stages, gap_days, options, members.as_ref())))
+        })
+        .await??;
+    let (estimated, read) = built.map_err(|e| model_refused("stages", e))?;
+    let mut answer = serde_json::to_value(&estimated).map_err(|e| ApiError::Internal(e.to_string()))?;
+    answer["events_read"] = serde_json::json!(read);
+    Ok(Json(answer).into_response())
+}

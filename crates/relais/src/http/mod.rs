@@ -178,6 +178,7 @@ impl Modify for SecuritySchemes {
         journeys::what_if_svg,
         journeys::sankey_svg,
         journeys::attribution,
+        journeys::model,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -334,6 +335,7 @@ fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route("POST", "/api/v1/journeys/whatif.svg", Requires(RunAnalytics), post(journeys::what_if_svg)),
         route("POST", "/api/v1/journeys/sankey.svg", Requires(RunAnalytics), post(journeys::sankey_svg)),
         route("POST", "/api/v1/journeys/attribution", Requires(RunAnalytics), post(journeys::attribution)),
+        route("POST", "/api/v1/journeys/model", Requires(RunAnalytics), post(journeys::model)),
     ]
 }
 

@@ -302,3 +302,50 @@ async fn the_stage_model_is_built_from_the_stored_event_log() {
     // Only u1's last page is recent: nobody evaluated since.
     assert!(!recent.0 && recent.2.contains("stage `evaluation` has no data"), "{}", recent.2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_estimates_the_stage_model_from_the_event_log_or_a_csv() {
+    let app = TestApp::spawn().await;
+    let (status, answer) = app
+        .batch(json!([
+            logged("a1", "page", None, 10, "web"),
+            logged("a1", "track", Some("Product Added"), 9, "web"),
+            logged("a1", "track", Some("Order Completed"), 8, "store"),
+            logged("a2", "screen", None, 10, "app"),
+            logged("a2", "track", Some("Product Added"), 9, "app"),
+        ]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let stages = json!(["information", "evaluation", "purchase"]);
+    let (status, _, body) =
+        post_as(&app, &app.admin, "/api/v1/journeys/model", &json!({"stages": stages, "replicates": 50})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let model: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((model["journeys"].as_u64(), model["purchasers"].as_u64()), (Some(2), Some(1)), "{model}");
+    assert_eq!(model["events_read"], 5);
+    assert_eq!(model["intervals"]["initial"].as_array().unwrap().len(), model["channels"].as_array().unwrap().len());
+    // The answer is a model the what-if endpoint takes.
+    let what_if = json!({"model": model.clone(), "what_ifs": [{"into_stage": "purchase", "op": "mix", "channel": "web", "share": 0.5}]});
+    assert_eq!(post_as(&app, &app.admin, "/api/v1/journeys/whatif", &what_if).await.0, StatusCode::OK);
+
+    let csv = "journey_id,stage,channel\nj1,information,web\nj1,evaluation,store\nj1,purchase,store\nj2,information,app\nj2,evaluation,app\n";
+    let (status, _, body) =
+        post_as(&app, &app.admin, "/api/v1/journeys/model", &json!({"stages": stages, "journeys": csv})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = post_as(
+        &app,
+        &app.admin,
+        "/api/v1/journeys/model",
+        &json!({"stages": stages, "journeys": "journey_id,stage\nj1,information\n"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("\"field\":\"journeys\"") && body.contains("channel"), "{body}");
+    let (status, _, body) = post_as(&app, &app.admin, "/api/v1/journeys/model", &json!({"segment": "personne"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = post_as(&app, &app.admin, "/api/v1/journeys/model", &json!({"replicates": 5000})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, body) =
+        post_as(&app, &app.admin, "/api/v1/journeys/model", &json!({"stages": ["information", "sharing"]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no journey reaches sharing: {body}");
+}
