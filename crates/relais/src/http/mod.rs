@@ -47,6 +47,8 @@ pub struct AppState {
     pub limiter: Arc<auth::KeyRateLimiter>,
     /// Sign-in attempts allowed per e-mail (back office) or identifier (portal).
     pub logins: Arc<governor::DefaultKeyedRateLimiter<String>>,
+    /// The customer room's figures of the last minute.
+    pub room: Arc<crate::web::RoomCache>,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
         AppState {
             limiter,
             logins: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute))),
+            room: Arc::new(crate::web::RoomCache::default()),
             store,
             settings: Arc::new(settings),
             metrics: Arc::new(metrics::Metrics::default()),

@@ -180,22 +180,30 @@ pub(super) async fn room(
     let lang = staff.lang;
     let days = query.days.unwrap_or(30).clamp(1, 366);
     let settings = state.settings.ingest.clone();
-    let reports = state
-        .store
-        .run(move |engine| {
-            let now = Utc::now();
-            let mut reports = Vec::new();
-            for typology in engine.typologies()? {
-                match crate::typologies::report(engine, &settings, &typology.name, days, now) {
-                    Ok(report) => reports.push(report),
-                    Err(crate::segments::SegmentsError::Store(e)) => return Err(e),
-                    Err(_) => continue,
+    let cached = state.room.get(days);
+    let fresh = cached.is_none();
+    let reports = match cached {
+        Some(reports) => reports,
+        None => state
+            .store
+            .run(move |engine| {
+                let now = Utc::now();
+                let mut reports = Vec::new();
+                for typology in engine.typologies()? {
+                    match crate::typologies::report(engine, &settings, &typology.name, days, now) {
+                        Ok(report) => reports.push(report),
+                        Err(crate::segments::SegmentsError::Store(e)) => return Err(e),
+                        Err(_) => continue,
+                    }
                 }
-            }
-            Ok(reports)
-        })
-        .await
-        .map_err(|e| PageError::from(e).in_lang(lang))?;
+                Ok(reports)
+            })
+            .await
+            .map_err(|e| PageError::from(e).in_lang(lang))?,
+    };
+    if fresh {
+        state.room.put(days, reports.clone());
+    }
     let mut alerts = Vec::new();
     let typologies: Vec<Value> = reports
         .iter()

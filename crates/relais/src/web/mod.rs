@@ -21,6 +21,34 @@ use relais_domain::Permission;
 
 use crate::http::AppState;
 
+/// The customer room's figures, computed at most once a minute per period
+/// and process: the room reloads them every minute for every person who has
+/// it open, and the figures over 30 days barely move in a minute (reading the
+/// members' survey answers takes a few hundred milliseconds on the demo).
+#[derive(Default)]
+pub struct RoomCache {
+    entries:
+        std::sync::Mutex<std::collections::HashMap<i64, (std::time::Instant, Vec<crate::typologies::TypologyReport>)>>,
+}
+
+/// How long the room's figures are reused.
+pub const ROOM_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl RoomCache {
+    /// The reports of `days` computed less than a minute ago, if any.
+    pub fn get(&self, days: i64) -> Option<Vec<crate::typologies::TypologyReport>> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(&days).filter(|(at, _)| at.elapsed() < ROOM_CACHE_TTL).map(|(_, reports)| reports.clone())
+    }
+
+    /// Keep freshly computed reports.
+    pub fn put(&self, days: i64, reports: Vec<crate::typologies::TypologyReport>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(days, (std::time::Instant::now(), reports));
+        }
+    }
+}
+
 /// Who may open a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageAccess {
