@@ -260,6 +260,60 @@ mod tests {
         }
     }
 
+    /// Remove every `open … close` span of a text.
+    fn without(text: &str, open: &str, close: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find(open) {
+            out.push_str(&rest[..start]);
+            out.push(' ');
+            rest = rest[start + open.len()..].find(close).map_or("", |end| &rest[start + open.len() + end + close.len()..]);
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The words a template shows by itself (outside `t(…)` and template
+    /// expressions): text between tags and the attributes people read.
+    fn literal_words(template: &str) -> Vec<String> {
+        let mut text = template.to_string();
+        for (open, close) in [("{#", "#}"), ("{%", "%}"), ("{{", "}}"), ("<script", "</script>"), ("<code", "</code>")] {
+            text = without(&text, open, close);
+        }
+        let mut shown = String::new();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find('<') {
+            shown.push_str(&rest[..start]);
+            let end = rest[start..].find('>').map_or(rest.len(), |e| start + e + 1);
+            let tag = &rest[start..end];
+            for attribute in ["aria-label=\"", "placeholder=\"", "title=\"", "alt=\""] {
+                if let Some(at) = tag.find(attribute) {
+                    let value = &tag[at + attribute.len()..];
+                    shown.push(' ');
+                    shown.push_str(&value[..value.find('"').unwrap_or(value.len())]);
+                }
+            }
+            shown.push(' ');
+            rest = &rest[end..];
+        }
+        shown.push_str(rest);
+        let shown = without(&shown, "&", ";");
+        shown
+            .split(|c: char| !c.is_alphabetic())
+            .filter(|word| word.chars().count() >= 2 && *word != "relais")
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn templates_show_no_text_of_their_own() {
+        for (name, source) in TEMPLATES {
+            let words = literal_words(source);
+            assert!(words.is_empty(), "{name} shows {words:?} outside the catalogue: use t(\"…\")");
+        }
+        assert_eq!(literal_words("<p title=\"Bonjour\">{{ t('x') }} hello</p>"), ["Bonjour", "hello"]);
+    }
+
     #[test]
     fn numbers_follow_the_language() {
         assert_eq!(format_number(1234567.891, 2, Lang::En), "1,234,567.89");
