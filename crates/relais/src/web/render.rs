@@ -267,7 +267,9 @@ mod tests {
         while let Some(start) = rest.find(open) {
             out.push_str(&rest[..start]);
             out.push(' ');
-            rest = rest[start + open.len()..].find(close).map_or("", |end| &rest[start + open.len() + end + close.len()..]);
+            rest = rest[start + open.len()..]
+                .find(close)
+                .map_or("", |end| &rest[start + open.len() + end + close.len()..]);
         }
         out.push_str(rest);
         out
@@ -277,7 +279,8 @@ mod tests {
     /// expressions): text between tags and the attributes people read.
     fn literal_words(template: &str) -> Vec<String> {
         let mut text = template.to_string();
-        for (open, close) in [("{#", "#}"), ("{%", "%}"), ("{{", "}}"), ("<script", "</script>"), ("<code", "</code>")] {
+        for (open, close) in [("{#", "#}"), ("{%", "%}"), ("{{", "}}"), ("<script", "</script>"), ("<code", "</code>")]
+        {
             text = without(&text, open, close);
         }
         let mut shown = String::new();
