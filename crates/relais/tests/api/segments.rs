@@ -373,3 +373,34 @@ async fn a_typology_reports_size_revenue_value_and_satisfaction_against_the_prev
     let (status, _) = send(&app, &app.admin, "DELETE", "/api/v1/typologies/salle", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn survey_answers_sent_before_a_merge_count_for_the_survivor() {
+    let app = TestApp::spawn().await;
+    let (status, _) = app
+        .batch(json!([
+            person("dana", "Lyon"),
+            {"type": "track", "anonymousId": "dev-d", "event": "Survey Answered", "messageId": "sd",
+             "timestamp": ago(1), "properties": {"nps": 10}, "context": {"channel": "app"}},
+        ]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) =
+        app.batch(json!([{"type": "identify", "userId": "dana", "anonymousId": "dev-d", "messageId": "link-d"}])).await;
+    assert_eq!(status, StatusCode::OK);
+    send(&app, &app.admin, "POST", "/api/v1/segments", Some(json!({"name": "lyon", "source": r#"city = "Lyon""#})))
+        .await;
+    let (status, _) =
+        send(&app, &app.admin, "POST", "/api/v1/typologies", Some(json!({"name": "salle", "segments": ["lyon"]})))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, report) = send(&app, &app.admin, "GET", "/api/v1/typologies/salle?period_days=30", None).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let room = &report["segments"][0];
+    assert_eq!(room["size"], 1, "{room}");
+    assert_eq!(
+        (room["satisfaction"]["nps_answers"].as_u64(), room["satisfaction"]["nps"].as_f64()),
+        (Some(1), Some(100.0)),
+        "the answer given before the merge counts: {room}"
+    );
+}
