@@ -41,6 +41,13 @@ impl RoomCache {
         entries.get(&days).filter(|(at, _)| at.elapsed() < ROOM_CACHE_TTL).map(|(_, reports)| reports.clone())
     }
 
+    /// Forget every report (the next view computes its figures).
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+
     /// Keep freshly computed reports.
     pub fn put(&self, days: i64, reports: Vec<crate::typologies::TypologyReport>) {
         if let Ok(mut entries) = self.entries.lock() {
