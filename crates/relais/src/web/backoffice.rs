@@ -146,6 +146,14 @@ pub(super) async fn logout(State(state): State<AppState>, headers: HeaderMap) ->
     Ok(session::with_cookie(Redirect::to("/app/login").into_response(), cookie))
 }
 
+/// `GET /`: the portal for a signed-in member who is not signed in to the
+/// back office, the back office otherwise (error pages link here).
+pub(super) async fn root(headers: HeaderMap) -> Response {
+    let member = session::cookie(&headers, session::MEMBER_COOKIE).is_some();
+    let staff = session::cookie(&headers, session::STAFF_COOKIE).is_some();
+    Redirect::to(if member && !staff { "/me" } else { "/app" }).into_response()
+}
+
 /// `GET /app`: the customer room for those who may read segments, the
 /// customer search for the others.
 pub(super) async fn home(staff: Staff) -> Response {

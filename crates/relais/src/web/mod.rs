@@ -96,6 +96,7 @@ fn page_table() -> Vec<(PageRoute, MethodRouter<AppState>)> {
         (PageRoute { method, path, access }, handler)
     };
     vec![
+        route("GET", "/", Public, get(backoffice::root)),
         route("GET", "/assets/{file}", Public, get(assets::serve)),
         route("GET", "/lang/{code}", Public, get(backoffice::switch_language)),
         route("GET", "/app/login", Public, get(backoffice::login_page)),

@@ -222,6 +222,7 @@ async fn every_page_is_complete_in_french_and_in_english() {
         "the event just received is in the flow: {}",
         flow.body
     );
+    assert_eq!(browser.get("/").await.location(), "/app", "the site's root leads to the back office");
     let switched = browser.get("/lang/fr?next=/app/login").await;
     assert_eq!(switched.location(), "/app/login");
     assert!(browser.get("/app/login").await.body.contains("Connexion à relais"), "the chosen language wins");

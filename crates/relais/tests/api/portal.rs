@@ -388,6 +388,7 @@ async fn an_erasure_ends_the_members_portal_session() {
     let _fixture = fixture(&app).await;
     let mut browser = signed_in(&app, "email:marie@exemple.fr").await;
     assert_eq!(browser.get("/me").await.status, StatusCode::OK);
+    assert_eq!(browser.get("/").await.location(), "/me", "a member's root is the portal");
     let (status, body) =
         api(&app, "POST", "/api/v1/privacy/erasures", Some(json!({"identifier": "email:marie@exemple.fr"}))).await;
     assert!(status.is_success(), "{body}");
