@@ -349,26 +349,23 @@ pub fn routes() -> Vec<RouteSpec> {
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
-    let mut by_path: std::collections::BTreeMap<&'static str, MethodRouter<AppState>> = Default::default();
-    for (path, handler) in crate::web::router(&state) {
-        let merged = match by_path.remove(path) {
-            Some(existing) => existing.merge(handler),
-            None => handler,
-        };
-        by_path.insert(path, merged);
-    }
-    for (spec, handler) in route_table() {
+    let api = route_table().into_iter().map(|(spec, handler)| {
         let handler = match spec.access {
             Access::Public => handler,
             Access::Requires(permission) => {
                 handler.route_layer(axum::middleware::from_fn_with_state((state.clone(), permission), auth::require))
             }
         };
-        let merged = match by_path.remove(spec.path) {
+        (spec.path, handler)
+    });
+    // Pages and API routes may share a path (one method each): merge them.
+    let mut by_path: std::collections::BTreeMap<&'static str, MethodRouter<AppState>> = Default::default();
+    for (path, handler) in crate::web::router(&state).into_iter().chain(api) {
+        let merged = match by_path.remove(path) {
             Some(existing) => existing.merge(handler),
             None => handler,
         };
-        by_path.insert(spec.path, merged);
+        by_path.insert(path, merged);
     }
     let mut router = Router::new();
     for (path, handler) in by_path {

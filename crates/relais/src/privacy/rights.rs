@@ -141,17 +141,7 @@ pub fn complete(engine: &dyn Engine, audit: &Audit<'_>, actor: &str, id: Request
             (serde_json::to_value(&report).unwrap_or(Value::Null), true)
         }
         RightKind::Objection => (withdraw(&[Purpose::Profiling, Purpose::PersonalisedOffers])?, false),
-        RightKind::Restriction => (
-            withdraw(&[
-                Purpose::EmailMarketing,
-                Purpose::Sms,
-                Purpose::Push,
-                Purpose::Profiling,
-                Purpose::PersonalisedOffers,
-                Purpose::PartnerSharing,
-            ])?,
-            false,
-        ),
+        RightKind::Restriction => (withdraw(&Purpose::ALL)?, false),
         // Corrections come in through the profile's own updates (identify
         // calls, imports); completing records that they were made in time.
         RightKind::Rectification => (json!({ "corrected": true }), false),
