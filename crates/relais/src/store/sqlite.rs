@@ -51,6 +51,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// Messages committed together at most, across concurrent requests.
 const MAX_GROUP_MESSAGES: usize = 20_000;
 
+/// Grouped writes (loyalty debits…) committed together at most.
+const MAX_GROUPED_WRITES: usize = 2_000;
+
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
         match error {
@@ -117,6 +120,16 @@ impl Default for CustomerCache {
 /// its time on them), where to answer.
 type Group = Vec<(String, Vec<TrackingMessage>, Vec<EncodedEvent>, Reply)>;
 
+/// Sends a grouped write's answer once its group's commit is known.
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A write that joins the writer's next group commit: it runs in a savepoint
+/// of the group's transaction and hands back how to answer its caller, and
+/// whether the transaction is still usable (a savepoint that could not be
+/// undone spoils the whole group, which then fails and is retried by callers).
+/// It gets no connection when the group's transaction could not even begin.
+type GroupedWork = Box<dyn FnOnce(Option<&Connection>) -> (Finish, bool) + Send>;
+
 enum Job {
     Ingest {
         source: String,
@@ -124,6 +137,9 @@ enum Job {
         encoded: Vec<EncodedEvent>,
         reply: Reply,
     },
+    /// A short write of one customer's (a loyalty debit) that shares the
+    /// group's commit, so that it does not cost an fsync of its own.
+    Grouped(GroupedWork),
     /// Other writes; `touches_customers` drops the writer's customer cache after.
     Exec {
         work: Box<dyn FnOnce(&mut Connection) + Send>,
@@ -169,6 +185,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -65_536)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // The ingest and ledger paths use some eighty distinct statements; the
+    // default cache of 16 would parse most of them again at every request.
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -273,6 +292,46 @@ impl SqliteEngine {
             .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
         answer.recv().map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?
     }
+
+    /// Run `work` in the writer's next group commit, inside a savepoint of its
+    /// own (what it wrote is undone when it fails); answer once committed.
+    /// For short single-customer writes whose own fsync would dominate.
+    fn write_grouped<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: GroupedWork = Box::new(move |conn| {
+            let (result, usable) = match conn {
+                Some(conn) => in_savepoint(conn, work),
+                None => (Err(StoreError::Database("the SQLite writer could not begin a transaction".into())), false),
+            };
+            let finish: Finish = Box::new(move |committed| {
+                let _ = reply.send(committed.and(result));
+            });
+            (finish, usable)
+        });
+        self.jobs.send(Job::Grouped(job)).map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
+        answer.recv().map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?
+    }
+}
+
+/// Run `work` inside a savepoint, released when it succeeds and rolled back
+/// when it fails; the flag says whether the enclosing transaction is intact.
+fn in_savepoint<T>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> (Result<T, StoreError>, bool) {
+    if let Err(error) = conn.execute_batch("SAVEPOINT grouped_write") {
+        return (Err(error.into()), false);
+    }
+    let result = work(conn);
+    let closing =
+        if result.is_ok() { "RELEASE grouped_write" } else { "ROLLBACK TO grouped_write; RELEASE grouped_write" };
+    match conn.execute_batch(closing) {
+        Ok(()) => (result, true),
+        Err(error) => (Err(error.into()), false),
+    }
 }
 
 /// Copy committed WAL frames into the database file regularly; stops when the
@@ -313,15 +372,12 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
                     cache.entries.clear();
                 }
             }
-            Job::Ingest { source, messages, encoded, reply } => {
-                let mut group: Group = vec![(source, messages, encoded, reply)];
-                let mut total = group[0].1.len();
-                while total < MAX_GROUP_MESSAGES {
+            first @ (Job::Ingest { .. } | Job::Grouped(_)) => {
+                let mut cycle = Cycle::default();
+                cycle.push(first);
+                while cycle.messages < MAX_GROUP_MESSAGES && cycle.grouped.len() < MAX_GROUPED_WRITES {
                     match jobs.try_recv() {
-                        Ok(Job::Ingest { source, messages, encoded, reply }) => {
-                            total += messages.len();
-                            group.push((source, messages, encoded, reply));
-                        }
+                        Ok(job @ (Job::Ingest { .. } | Job::Grouped(_))) => cycle.push(job),
                         Ok(other) => {
                             pending = Some(other);
                             break;
@@ -329,7 +385,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
                         Err(_) => break,
                     }
                 }
-                let group = commit_group(&mut conn, group, &settings, &privacy, &mut cache);
+                let group = commit_cycle(&mut conn, cycle, &settings, &privacy, &mut cache);
                 if let Err(mpsc::SendError(group)) = to_drop.send(group) {
                     drop(group);
                 }
@@ -338,40 +394,158 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
     }
 }
 
-/// Commit a group of requests in one transaction; when that fails, commit each
-/// request alone so one request's failure never takes the others down.
-fn commit_group(
-    conn: &mut Connection,
+/// What the writer commits together: the ingest requests waiting, and the
+/// grouped writes waiting.
+#[derive(Default)]
+struct Cycle {
     group: Group,
+    messages: usize,
+    grouped: Vec<GroupedWork>,
+}
+
+impl Cycle {
+    fn push(&mut self, job: Job) {
+        match job {
+            Job::Ingest { source, messages, encoded, reply } => {
+                self.messages += messages.len();
+                self.group.push((source, messages, encoded, reply));
+            }
+            Job::Grouped(work) => self.grouped.push(work),
+            Job::Exec { .. } => unreachable!("only ingest and grouped writes join a cycle"),
+        }
+    }
+}
+
+/// Commit a cycle: its ingest requests and then its grouped writes in one
+/// transaction. When the ingest part fails, each request is committed alone
+/// (one request's failure never takes the others down), then the grouped
+/// writes in a transaction of their own.
+fn commit_cycle(
+    conn: &mut Connection,
+    cycle: Cycle,
     settings: &IngestSettings,
     privacy: &Privacy,
     cache: &mut CustomerCache,
 ) -> Group {
+    let Cycle { group, grouped, .. } = cycle;
+    if group.is_empty() {
+        commit_grouped(conn, grouped);
+        return group;
+    }
     let batch: Vec<BatchItem<'_>> = group
         .iter()
         .flat_map(|(source, messages, encoded, _)| {
             messages.iter().zip(encoded).map(move |(m, e)| (source.as_str(), m, e))
         })
         .collect();
-    match ingest_in_transaction(conn, &batch, settings, privacy, cache) {
-        Ok(outcomes) => {
-            let mut outcomes = outcomes.into_iter();
-            for (_, messages, _, reply) in &group {
-                let _ = reply.send(Ok(outcomes.by_ref().take(messages.len()).collect()));
+    let mut grouped = grouped;
+    let failure = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Err(error) => Some(StoreError::from(error)),
+        Ok(tx) => match ingest_into(&tx, &batch, settings, privacy, cache) {
+            Err(error) => Some(error),
+            Ok((outcomes, written)) => {
+                let finishes = run_grouped(&tx, std::mem::take(&mut grouped));
+                let committed = finishes
+                    .as_ref()
+                    .map_err(|(e, _)| clone_error(e))
+                    .and_then(|_| tx.commit().map_err(StoreError::from));
+                match &committed {
+                    Ok(()) => {
+                        for (customer, entry) in written {
+                            cache.entries.put(customer, entry);
+                        }
+                        let mut outcomes = outcomes.into_iter();
+                        for (_, messages, _, reply) in &group {
+                            let _ = reply.send(Ok(outcomes.by_ref().take(messages.len()).collect()));
+                        }
+                    }
+                    Err(error) => {
+                        for (_, _, _, reply) in &group {
+                            let _ = reply.send(Err(clone_error(error)));
+                        }
+                    }
+                }
+                finish_all(finishes, &committed);
+                None
             }
-        }
-        Err(error) if group.len() == 1 => {
+        },
+    };
+    if let Some(error) = failure {
+        drop(batch);
+        if group.len() == 1 {
             let _ = group[0].3.send(Err(error));
-        }
-        Err(_) => {
+        } else {
             for (source, messages, encoded, reply) in &group {
                 let batch: Vec<BatchItem<'_>> =
                     messages.iter().zip(encoded).map(|(m, e)| (source.as_str(), m, e)).collect();
                 let _ = reply.send(ingest_in_transaction(conn, &batch, settings, privacy, cache));
             }
         }
+        commit_grouped(conn, grouped);
     }
     group
+}
+
+/// Commit grouped writes in one transaction of their own.
+fn commit_grouped(conn: &mut Connection, grouped: Vec<GroupedWork>) {
+    if grouped.is_empty() {
+        return;
+    }
+    match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => {
+            let finishes = run_grouped(&tx, grouped);
+            let committed =
+                finishes.as_ref().map_err(|(e, _)| clone_error(e)).and_then(|_| tx.commit().map_err(StoreError::from));
+            finish_all(finishes, &committed);
+        }
+        Err(error) => {
+            // Nothing ran: each caller hears why.
+            let error = StoreError::from(error);
+            for work in grouped {
+                work(None).0(Err(clone_error(&error)));
+            }
+        }
+    }
+}
+
+/// Run grouped writes one after the other in `tx`; their answers, or the
+/// error that spoiled the transaction (with every answer, to fail them all).
+fn run_grouped(tx: &Connection, grouped: Vec<GroupedWork>) -> Result<Vec<Finish>, (StoreError, Vec<Finish>)> {
+    let mut finishes = Vec::with_capacity(grouped.len());
+    let mut spoiled = false;
+    for work in grouped {
+        let (finish, usable) = work(Some(tx));
+        finishes.push(finish);
+        spoiled |= !usable;
+    }
+    if spoiled {
+        Err((StoreError::Database("a grouped write could not be undone; the group was rolled back".into()), finishes))
+    } else {
+        Ok(finishes)
+    }
+}
+
+/// Answer every grouped write with the group's commit result.
+fn finish_all(finishes: Result<Vec<Finish>, (StoreError, Vec<Finish>)>, committed: &Result<(), StoreError>) {
+    let finishes = match finishes {
+        Ok(finishes) => finishes,
+        Err((_, finishes)) => finishes,
+    };
+    for finish in finishes {
+        finish(committed.as_ref().map(|_| ()).map_err(clone_error));
+    }
+}
+
+/// A copy of an error for each of the callers a failed group answers.
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Race => StoreError::Race,
+        StoreError::Config(m) => StoreError::Config(m.clone()),
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Database(m) => StoreError::Database(m.clone()),
+        StoreError::Keys(m) => StoreError::Keys(m.clone()),
+    }
 }
 
 fn ingest_in_transaction(
@@ -382,20 +556,33 @@ fn ingest_in_transaction(
     cache: &mut CustomerCache,
 ) -> Result<Vec<Outcome>, StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let data_version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-    if data_version != cache.data_version {
-        cache.entries.clear();
-        cache.data_version = data_version;
-    }
-    let mut sqlite_tx = SqliteTx { tx: &tx, cache: Some(cache), written: Vec::new(), privacy: Some(privacy) };
-    let outcomes = ingest_batch(&mut sqlite_tx, batch, settings, privacy)?;
-    let written = std::mem::take(&mut sqlite_tx.written);
-    let cache = sqlite_tx.cache.take().expect("cache");
+    let (outcomes, written) = ingest_into(&tx, batch, settings, privacy, cache)?;
     tx.commit()?;
     for (customer, entry) in written {
         cache.entries.put(customer, entry);
     }
     Ok(outcomes)
+}
+
+/// Customers as an ingest transaction wrote them, for the cache once it commits.
+type Written = Vec<(CustomerId, (CustomerState, Vec<Identifier>))>;
+
+/// Ingest `batch` inside the open transaction `tx` (not committed here).
+fn ingest_into(
+    tx: &Connection,
+    batch: &[BatchItem<'_>],
+    settings: &IngestSettings,
+    privacy: &Privacy,
+    cache: &mut CustomerCache,
+) -> Result<(Vec<Outcome>, Written), StoreError> {
+    let data_version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    if data_version != cache.data_version {
+        cache.entries.clear();
+        cache.data_version = data_version;
+    }
+    let mut sqlite_tx = SqliteTx { tx, cache: Some(cache), written: Vec::new(), privacy: Some(privacy) };
+    let outcomes = ingest_batch(&mut sqlite_tx, batch, settings, privacy)?;
+    Ok((outcomes, std::mem::take(&mut sqlite_tx.written)))
 }
 
 struct SqliteTx<'t, 'c> {
@@ -404,7 +591,7 @@ struct SqliteTx<'t, 'c> {
     /// The writer's cache: entries are taken out while a transaction uses them.
     cache: Option<&'c mut CustomerCache>,
     /// Customers as written, to cache once the transaction commits.
-    written: Vec<(CustomerId, (CustomerState, Vec<Identifier>))>,
+    written: Written,
     /// Keys, for steps that seal values (a loyalty card's identifier).
     privacy: Option<&'t Privacy>,
 }
@@ -1927,14 +2114,9 @@ impl Engine for SqliteEngine {
         request: &super::loyalty::ManualOperation,
     ) -> Result<super::loyalty::OperationAnswer, StoreError> {
         let request = request.clone();
-        self.write(false, move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let answer = super::loyalty::operate(
-                &mut SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None },
-                &request,
-            )?;
-            tx.commit()?;
-            Ok(answer)
+        // A debit is a handful of rows: it shares the next group commit.
+        self.write_grouped(move |tx| {
+            super::loyalty::operate(&mut SqliteTx { tx, cache: None, written: Vec::new(), privacy: None }, &request)
         })
     }
 
