@@ -119,6 +119,12 @@ async fn a_segment_targeted_coupon_works_only_for_customers_in_the_segment() {
     assert_eq!(status, StatusCode::CREATED, "a customer who entered the segment may use it now: {used}");
     let (_, campaigns) = app.get("/api/v1/loyalty/programmes/club/coupons").await;
     assert_eq!(campaigns["campaigns"][0]["used"], 2, "{campaigns}");
+    // The back office's loyalty page says whom the campaign is for.
+    let mut browser = crate::helpers::Browser::new(&app, "en");
+    browser.sign_in(&app, relais_domain::Role::Admin).await;
+    let page = browser.get("/app/loyalty").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("For whom") && page.body.contains("segment lyonnais"), "{}", page.body);
     assert_ledger_holds(&app).await;
 }
 
