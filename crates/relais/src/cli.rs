@@ -497,7 +497,8 @@ enum LoyaltyCommand {
         #[arg(long, default_value = "fr")]
         lang: String,
     },
-    /// Expire the points whose expiry day has come and review tiers (`serve` does both every hour).
+    /// Release reward reservations whose hold is over, expire the points whose expiry day has come and
+    /// review tiers, e-mailing members their notices and upgrades (`serve` does all of it every hour).
     Expire {
         #[command(flatten)]
         store: StoreArgs,
@@ -1177,7 +1178,10 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
                 crate::loyalty::run_scheduled(engine, audit, &cli_actor(), today, true)
             })?;
             store.close_audit()?;
-            println!("{} points expired for {} members; {} tier changes", done.points, done.members, done.tier_changes);
+            println!(
+                "{} points expired for {} members; {} tier changes; {} reservations released ({} points given back)",
+                done.points, done.members, done.tier_changes, done.reservations_released, done.points_released
+            );
             Ok(())
         }
         LoyaltyCommand::Reward { store, file, programme } => {
@@ -1213,6 +1217,13 @@ fn loyalty_command(command: LoyaltyCommand, settings: &Settings) -> anyhow::Resu
             anyhow::ensure!(!output.exists(), "{} exists; choose a new file for the codes", output.display());
             let store = store.open(settings)?;
             let key = only_programme(store.blocking(), programme)?;
+            let unknown = crate::loyalty::unknown_segments(store.blocking(), &campaign.segments)?;
+            anyhow::ensure!(
+                unknown.is_empty(),
+                "{}: segments: {}",
+                file.display(),
+                crate::loyalty::unknown_segments_reason(&unknown)
+            );
             let (codes, issued, used) = store.blocking_audited(|engine, audit| {
                 crate::loyalty::issue_coupons(engine, audit, &cli_actor(), &key, &campaign, count)
             })?;
@@ -1454,14 +1465,18 @@ async fn serve(
                 Ok(report) => tracing::info!(?report, "retention enforced"),
                 Err(error) => tracing::warn!(%error, "retention purge failed; will retry"),
             }
-            // Loyalty: points whose expiry day has come, and answers kept for
-            // idempotency keys past their 24 hours (kept 48).
+            // Loyalty: reservations past their hold, points whose expiry day
+            // has come, the tier review (and its e-mails), and answers kept
+            // for idempotency keys past their 24 hours (kept 48).
             let expiring = purging.clone();
             let today = calendar.day_of(chrono::Utc::now());
             match expiring
                 .run_audited(move |engine, audit| {
                     let done = crate::loyalty::run_scheduled(engine, audit, "system", today, false)?;
                     engine.loyalty_forget_answers(chrono::Utc::now() - chrono::Duration::hours(48))?;
+                    if done.reservations_released > 0 {
+                        tracing::info!(released = done.reservations_released, "loyalty reservations released");
+                    }
                     Ok(done.points)
                 })
                 .await

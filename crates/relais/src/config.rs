@@ -84,10 +84,13 @@ pub enum ConfigError {
     /// Malformed currency.
     #[error("`{0}` in RELAIS_CURRENCY is not an ISO 4217 code such as EUR")]
     Currency(String),
+    /// Unknown language.
+    #[error("`{0}` in RELAIS_LANGUAGE is not `fr` or `en`")]
+    Language(String),
 }
 
 impl Settings {
-    /// Defaults overridden by `RELAIS_TIME_ZONE` and `RELAIS_CURRENCY`.
+    /// Defaults overridden by `RELAIS_TIME_ZONE`, `RELAIS_CURRENCY`, `RELAIS_LANGUAGE`…
     pub fn from_env() -> Result<Settings, ConfigError> {
         let mut settings = Settings::default();
         if let Ok(zone) = std::env::var("RELAIS_TIME_ZONE") {
@@ -99,6 +102,11 @@ impl Settings {
                 return Err(ConfigError::Currency(currency));
             }
             settings.ingest.currency = upper;
+        }
+        if let Ok(language) = std::env::var("RELAIS_LANGUAGE") {
+            settings.ingest.language =
+                relais_domain::loyalty::Lang::parse(language.trim().to_ascii_lowercase().as_str())
+                    .ok_or(ConfigError::Language(language))?;
         }
         if let Ok(limit) = std::env::var("RELAIS_SHARED_IDENTIFIER_LIMIT") {
             settings.ingest.shared_identifier_limit =

@@ -377,8 +377,16 @@ fn loyalty_catalogue(store: &Store, programme: &str, today: chrono::NaiveDate) -
         ("atelier-or", "Atelier beauté privé (membres Or)", 2000, Some(40), vec!["or".to_string()]),
     ];
     for (id, name, cost, stock, tiers) in rewards {
-        let reward =
-            Reward { id: id.into(), name: name.into(), cost, stock, valid_from: None, valid_until: None, tiers };
+        let reward = Reward {
+            id: id.into(),
+            name: name.into(),
+            cost,
+            stock,
+            valid_from: None,
+            valid_until: None,
+            tiers,
+            hold_days: None,
+        };
         engine.loyalty_put_reward(programme, &reward)?;
     }
     let campaign = Campaign {
@@ -391,6 +399,7 @@ fn loyalty_catalogue(store: &Store, programme: &str, today: chrono::NaiveDate) -
         total: Some(1_000),
         tiers: Vec::new(),
         early_access: Default::default(),
+        segments: Vec::new(),
     };
     let done = store.blocking_audited(|engine, audit| {
         crate::loyalty::issue_coupons(engine, audit, "demo", programme, &campaign, 1_000)?;

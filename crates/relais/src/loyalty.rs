@@ -373,10 +373,16 @@ pub struct Scheduled {
     pub points: i64,
     /// Tier changes made by the review.
     pub tier_changes: usize,
+    /// Reward reservations released because their hold was over.
+    pub reservations_released: usize,
+    /// Points those releases gave back.
+    pub points_released: i64,
 }
 
-/// The scheduled jobs of `day`: expiry, then the tier review. Recorded in the
-/// audit log when asked for (`always`) or when anything changed.
+/// The scheduled jobs of `day`: reservations whose hold is over released
+/// (before expiry, so points given back into a lot that expires today
+/// expire with it), expiry, then the tier review. Recorded in the audit log
+/// when asked for (`always`) or when anything changed.
 pub fn run_scheduled(
     engine: &dyn Engine,
     audit: &Audit<'_>,
@@ -384,17 +390,39 @@ pub fn run_scheduled(
     day: NaiveDate,
     always: bool,
 ) -> Result<Scheduled, StoreError> {
+    let (reservations_released, points_released) = engine.loyalty_release(chrono::Utc::now(), day)?;
     let (members, points) = engine.loyalty_expire(day)?;
     let tier_changes = engine.loyalty_review(day)?;
-    if always || points > 0 || tier_changes > 0 {
+    if always || points > 0 || tier_changes > 0 || reservations_released > 0 {
         audit.record(
             actor,
             "loyalty.expiry",
             None,
-            serde_json::json!({ "members": members, "points": points, "tier_changes": tier_changes }),
+            serde_json::json!({
+                "members": members, "points": points, "tier_changes": tier_changes,
+                "reservations_released": reservations_released, "points_released": points_released,
+            }),
         )?;
     }
-    Ok(Scheduled { members, points, tier_changes })
+    Ok(Scheduled { members, points, tier_changes, reservations_released, points_released })
+}
+
+/// The names among `segments` that no saved segment has (a campaign may
+/// target only segments that exist when it is issued).
+pub fn unknown_segments(engine: &dyn Engine, segments: &[String]) -> Result<Vec<String>, StoreError> {
+    if segments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let saved: std::collections::HashSet<String> = engine.segments()?.into_iter().map(|s| s.name).collect();
+    Ok(segments.iter().filter(|name| !saved.contains(*name)).cloned().collect())
+}
+
+/// The refusal of a campaign naming unknown segments, for the field `segments`.
+pub fn unknown_segments_reason(unknown: &[String]) -> String {
+    format!(
+        "no saved segment is called {}; save the segment first (relais segment save, POST /api/v1/segments)",
+        unknown.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// The keyed hash a coupon code is stored and found by.

@@ -1,6 +1,6 @@
 //! Coupon campaigns: unique, unguessable codes with a check character, limits
-//! per member and in total, validity windows, targeting by tier and early
-//! access for higher tiers.
+//! per member and in total, validity windows, targeting by tier or saved
+//! segment and early access for higher tiers.
 //!
 //! A code is 12 random characters of Crockford's base32 (60 bits: guessing
 //! one among a million issued codes takes about 10^12 tries) and a check
@@ -101,7 +101,15 @@ pub struct Campaign {
     /// Earlier starts for some tiers: tier → first day (before `valid_from`).
     #[serde(default)]
     pub early_access: std::collections::BTreeMap<String, NaiveDate>,
+    /// Saved segments (by name) the campaign targets: a code works only for a
+    /// member whose customer is in one of them when the code is used; empty:
+    /// every member. With `tiers` too, the member must satisfy both.
+    #[serde(default)]
+    pub segments: Vec<String>,
 }
+
+/// The most segments one campaign may target.
+pub const MAX_CAMPAIGN_SEGMENTS: usize = 20;
 
 fn one() -> i64 {
     1
@@ -134,7 +142,30 @@ impl Campaign {
         if let Some((tier, day)) = self.early_access.iter().find(|(_, day)| **day > self.valid_from) {
             return Err(("early_access", format!("tier `{tier}` starts {day}, after valid_from: early means before")));
         }
+        if self.segments.len() > MAX_CAMPAIGN_SEGMENTS {
+            return Err(("segments", format!("name at most {MAX_CAMPAIGN_SEGMENTS} segments")));
+        }
+        if self.segments.iter().any(|name| name.trim().is_empty()) {
+            return Err(("segments", "segment names must not be empty".into()));
+        }
+        if let Some(twice) = self.segments.iter().enumerate().find(|(i, n)| self.segments[..*i].contains(n)) {
+            return Err(("segments", format!("segment `{}` is named twice", twice.1)));
+        }
         Ok(())
+    }
+
+    /// Why a member cannot use a code given the campaign's segments the
+    /// member's customer is in now (`member_segments`; only those named by
+    /// the campaign matter), if they cannot.
+    pub fn segment_refusal(&self, member_segments: &[String]) -> Option<String> {
+        if self.segments.is_empty() || self.segments.iter().any(|s| member_segments.contains(s)) {
+            return None;
+        }
+        Some(if self.segments.len() == 1 {
+            format!("campaign `{}` is for customers in the segment {}", self.id, self.segments[0])
+        } else {
+            format!("campaign `{}` is for customers in one of the segments {}", self.id, self.segments.join(", "))
+        })
     }
 
     /// Why a member of `tier` cannot use a code on `day`, if they cannot.
@@ -197,5 +228,30 @@ mod tests {
         assert!(campaign.refusal(day("2026-07-01"), Some("gold")).unwrap().contains("ended"));
         let late = Campaign { early_access: [("gold".to_string(), day("2026-06-11"))].into(), ..campaign };
         assert_eq!(late.check().unwrap_err().0, "early_access");
+    }
+
+    #[test]
+    fn segment_targeted_campaigns_admit_only_members_of_their_segments() {
+        let campaign: Campaign = serde_json::from_str(
+            r#"{"id": "fideles", "benefit": "-5 €", "valid_from": "2026-06-01", "valid_until": "2026-06-30",
+                "segments": ["lyonnais", "gros-paniers"]}"#,
+        )
+        .unwrap();
+        assert!(campaign.check().is_ok());
+        let none: [String; 0] = [];
+        let why = campaign.segment_refusal(&none).unwrap();
+        assert!(why.contains("one of the segments lyonnais, gros-paniers"), "{why}");
+        assert_eq!(campaign.segment_refusal(&["gros-paniers".to_string()]), None);
+        assert!(campaign.segment_refusal(&["autre".to_string()]).is_some());
+        // No segments: everyone; a definition stored before segments existed still reads.
+        let open: Campaign = serde_json::from_str(
+            r#"{"id": "tous", "benefit": "-5 €", "valid_from": "2026-06-01", "valid_until": "2026-06-30"}"#,
+        )
+        .unwrap();
+        assert!(open.segments.is_empty() && open.segment_refusal(&none).is_none());
+        let twice = Campaign { segments: vec!["a".into(), "a".into()], ..campaign.clone() };
+        assert_eq!(twice.check().unwrap_err().0, "segments");
+        let blank = Campaign { segments: vec![" ".into()], ..campaign };
+        assert_eq!(blank.check().unwrap_err().0, "segments");
     }
 }

@@ -133,6 +133,14 @@ pub enum ReasonKind {
         /// The reward.
         reward: String,
     },
+    /// A reservation nobody confirmed within its hold: released by the
+    /// scheduled job, its points given back.
+    Released {
+        /// The reward.
+        reward: String,
+        /// The hold it outlived, in days.
+        hold_days: u32,
+    },
     /// The bonus of a coupon.
     Coupon {
         /// The campaign.
@@ -238,7 +246,7 @@ pub fn long_date(day: NaiveDate, lang: Lang) -> String {
 }
 
 /// `42.50 EUR` / `42,50 EUR`.
-fn money(minor: i64, currency: &str, lang: Lang) -> String {
+pub fn money(minor: i64, currency: &str, lang: Lang) -> String {
     let exponent = crate::money::currency_exponent(currency);
     let div = 10i64.pow(exponent);
     let sign = if minor < 0 { "-" } else { "" };
@@ -328,6 +336,19 @@ impl Reason {
                     format!("annulation de la récompense « {reward} », points rendus le {date}")
                 } else {
                     format!("redemption of \"{reward}\" cancelled, points given back on {date}")
+                }
+            }
+            ReasonKind::Released { reward, hold_days } => {
+                if fr {
+                    format!(
+                        "réservation de la récompense « {reward} » non confirmée sous {hold_days} jour{}, points rendus le {date}",
+                        if *hold_days > 1 { "s" } else { "" }
+                    )
+                } else {
+                    format!(
+                        "reservation of \"{reward}\" not confirmed within {hold_days} day{}, points given back on {date}",
+                        if *hold_days > 1 { "s" } else { "" }
+                    )
                 }
             }
             ReasonKind::Coupon { campaign, order_id } => {
@@ -462,5 +483,22 @@ mod tests {
         assert_eq!(expiry.render(-10, "miles", Lang::Fr), "-10 miles: miles arrivés à expiration le 1er avril 2026");
         let stored = serde_json::to_string(&reason).unwrap();
         assert_eq!(serde_json::from_str::<Reason>(&stored).unwrap(), reason);
+    }
+
+    #[test]
+    fn a_released_reservation_says_why_the_points_came_back() {
+        let released =
+            Reason { kind: ReasonKind::Released { reward: "bon-10".into(), hold_days: 7 }, day: day("2026-03-08") };
+        assert_eq!(
+            released.render(1000, "points", Lang::Fr),
+            "+1000 points: réservation de la récompense « bon-10 » non confirmée sous 7 jours, points rendus le 8 mars 2026"
+        );
+        assert_eq!(
+            released.render(1000, "points", Lang::En),
+            "+1000 points: reservation of \"bon-10\" not confirmed within 7 days, points given back on 8 March 2026"
+        );
+        let stored = serde_json::to_string(&released).unwrap();
+        assert!(stored.contains(r#""kind":"released""#), "{stored}");
+        assert_eq!(serde_json::from_str::<Reason>(&stored).unwrap(), released);
     }
 }

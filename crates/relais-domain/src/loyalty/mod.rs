@@ -9,6 +9,7 @@
 pub mod card;
 pub mod coupons;
 pub mod ledger;
+pub mod notices;
 pub mod rewards;
 pub mod rules;
 pub mod tiers;

@@ -1,7 +1,7 @@
 //! The rewards catalogue: what points buy, for how many, while stock lasts,
-//! in which period, for which tiers.
+//! in which period, for which tiers, and how long a reservation holds.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Points;
@@ -25,7 +25,19 @@ pub struct Reward {
     /// Tiers allowed to redeem it; empty: every member.
     #[serde(default)]
     pub tiers: Vec<String>,
+    /// Days a reservation holds the points and the stock before the scheduled
+    /// loyalty job releases it (points back to the member, stock back to the
+    /// catalogue) when nobody confirmed or cancelled it; absent:
+    /// [`DEFAULT_HOLD_DAYS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_days: Option<u32>,
 }
+
+/// How long a reservation holds when the reward does not say: a week.
+pub const DEFAULT_HOLD_DAYS: u32 = 7;
+
+/// The longest hold a reward may set.
+pub const MAX_HOLD_DAYS: u32 = 365;
 
 impl Reward {
     /// Check a definition; the error names the field and the reason.
@@ -50,7 +62,24 @@ impl Reward {
                 return Err(("valid_until", format!("{until} is before valid_from {from}")));
             }
         }
+        if self.hold_days.is_some_and(|d| !(1..=MAX_HOLD_DAYS).contains(&d)) {
+            return Err((
+                "hold_days",
+                format!("must be 1 to {MAX_HOLD_DAYS} days (leave it out for {DEFAULT_HOLD_DAYS})"),
+            ));
+        }
         Ok(())
+    }
+
+    /// Days a reservation of this reward holds.
+    pub fn hold_days(&self) -> u32 {
+        self.hold_days.unwrap_or(DEFAULT_HOLD_DAYS)
+    }
+
+    /// Whether a reservation made at `reserved_at` is released at `now`: its
+    /// hold is over (exactly `hold_days` × 24 hours later or after).
+    pub fn hold_over(&self, reserved_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now >= reserved_at + chrono::Duration::days(i64::from(self.hold_days()))
     }
 
     /// Why a member of `tier` cannot redeem it on `day`, if they cannot.
@@ -90,5 +119,20 @@ mod tests {
         assert_eq!(free.check().unwrap_err().0, "cost");
         let backwards = Reward { valid_until: Some(day("2026-01-01")), ..reward };
         assert_eq!(backwards.check().unwrap_err().0, "valid_until");
+    }
+
+    #[test]
+    fn reservations_hold_a_week_unless_the_reward_says_otherwise() {
+        let reward: Reward = serde_json::from_str(r#"{"id": "bon-10", "name": "Bon de 10 €", "cost": 1000}"#).unwrap();
+        assert_eq!(reward.hold_days(), DEFAULT_HOLD_DAYS);
+        assert!(!serde_json::to_string(&reward).unwrap().contains("hold_days"), "absent stays absent");
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
+        let reserved = at("2026-03-01T10:00:00Z");
+        assert!(!reward.hold_over(reserved, at("2026-03-08T09:59:59Z")));
+        assert!(reward.hold_over(reserved, at("2026-03-08T10:00:00Z")));
+        let short = Reward { hold_days: Some(2), ..reward.clone() };
+        assert!(short.check().is_ok() && short.hold_over(reserved, at("2026-03-03T10:00:00Z")));
+        assert_eq!(Reward { hold_days: Some(0), ..reward.clone() }.check().unwrap_err().0, "hold_days");
+        assert_eq!(Reward { hold_days: Some(366), ..reward }.check().unwrap_err().0, "hold_days");
     }
 }

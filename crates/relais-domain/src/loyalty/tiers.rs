@@ -175,6 +175,19 @@ impl Tiers {
         }
     }
 
+    /// What keeping `tier` takes on `by`, when the window ending that day
+    /// holds `counted` from what is already recorded; `None` for an unknown tier.
+    pub fn keep(&self, tier: &str, by: NaiveDate, counted: i64) -> Option<KeepAnswer> {
+        let level = self.level(tier)?;
+        Some(KeepAnswer {
+            tier: level.id.clone(),
+            review_on: by,
+            threshold: level.threshold,
+            counted,
+            missing: (level.threshold - counted).max(0),
+        })
+    }
+
     /// The first review date after `day`.
     pub fn next_review(&self, day: NaiveDate) -> NaiveDate {
         let next_month = |d: NaiveDate| d.with_day(1).and_then(|d| d.checked_add_months(Months::new(1))).unwrap_or(d);
@@ -291,6 +304,10 @@ mod tests {
         assert_eq!(t.next_review(day("2026-12-01")), day("2027-01-01"));
         assert_eq!(t.qualifying(29_999), None);
         assert_eq!(t.qualifying(30_000).unwrap().id, "silver");
+        let keep = t.keep("gold", day("2026-04-30"), 16_000).unwrap();
+        assert_eq!((keep.threshold, keep.missing), (100_000, 84_000));
+        assert_eq!(t.keep("gold", day("2026-04-30"), 120_000).unwrap().missing, 0);
+        assert!(t.keep("platinum", day("2026-04-30"), 0).is_none());
     }
 
     #[test]

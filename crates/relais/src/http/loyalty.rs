@@ -700,10 +700,16 @@ pub struct ExpiryRun {
     pub tier_changes: usize,
     /// The day it ran for.
     pub day: NaiveDate,
+    /// Reward reservations released because nobody confirmed them within
+    /// their reward's hold (`hold_days`, 7 by default): points and stock back.
+    pub reservations_released: usize,
+    /// Points those releases gave back.
+    pub points_released: i64,
 }
 
-/// Expire the points whose expiry day has come and review tiers (the server
-/// also does both every hour).
+/// Release the reward reservations whose hold is over, expire the points
+/// whose expiry day has come and review tiers, telling members of notices and
+/// upgrades by e-mail (the server also does all of it every hour).
 #[utoipa::path(post, path = "/api/v1/loyalty/expiry", tag = "loyalty",
     responses((status = 200, body = ExpiryRun)), security(("bearer" = [])))]
 pub async fn run_expiry(State(state): State<AppState>, caller: Caller) -> Result<Json<ExpiryRun>, ApiError> {
@@ -713,7 +719,14 @@ pub async fn run_expiry(State(state): State<AppState>, caller: Caller) -> Result
         .store
         .run_audited(move |engine, audit| crate::loyalty::run_scheduled(engine, audit, &actor, day, true))
         .await?;
-    Ok(Json(ExpiryRun { members: done.members, points: done.points, tier_changes: done.tier_changes, day }))
+    Ok(Json(ExpiryRun {
+        members: done.members,
+        points: done.points,
+        tier_changes: done.tier_changes,
+        day,
+        reservations_released: done.reservations_released,
+        points_released: done.points_released,
+    }))
 }
 
 /// The ledger's invariants: the sum of all entries is zero, every
@@ -896,7 +909,7 @@ async fn known_programme(state: &AppState, key: &str) -> Result<Programme, ApiEr
 /// already redeemed: raising the stock from 10 to 15 after 4 were taken leaves 11).
 #[utoipa::path(post, path = "/api/v1/loyalty/programmes/{key}/rewards", tag = "loyalty",
     params(("key" = String, Path, description = "Programme key")),
-    request_body(content = Object, description = "id, name, cost, stock (absent: unlimited), valid_from, valid_until, tiers"),
+    request_body(content = Object, description = "id, name, cost, stock (absent: unlimited), valid_from, valid_until, tiers, hold_days (days a reservation holds before the scheduled job releases it; absent: 7)"),
     responses((status = 200, body = RewardView), (status = 400, body = super::error::Problem), (status = 404, body = super::error::Problem)),
     security(("bearer" = [])))]
 pub async fn put_reward(
@@ -1073,7 +1086,8 @@ pub async fn quote(
 #[serde(deny_unknown_fields)]
 pub struct IssueBody {
     /// The campaign: id, benefit, bonus_points, valid_from, valid_until,
-    /// per_member, total, tiers, early_access.
+    /// per_member, total, tiers, early_access, segments (names of saved
+    /// segments; a code then works only for customers in one of them).
     #[schema(value_type = Object)]
     pub campaign: relais_domain::loyalty::coupons::Campaign,
     /// Codes to issue now (1 to 100,000).
@@ -1109,6 +1123,11 @@ pub async fn issue_coupons(
     body.campaign.check().map_err(|(field, reason)| ApiError::field(format!("campaign.{field}"), reason))?;
     if !(1..=100_000).contains(&body.count) {
         return Err(ApiError::field("count", "issue 1 to 100000 codes at a time"));
+    }
+    let named = body.campaign.segments.clone();
+    let unknown = state.store.run(move |engine| crate::loyalty::unknown_segments(engine, &named)).await?;
+    if !unknown.is_empty() {
+        return Err(ApiError::field("campaign.segments", crate::loyalty::unknown_segments_reason(&unknown)));
     }
     let (campaign, actor, count) = (body.campaign.clone(), caller.actor(), body.count);
     let (codes, issued, used) = state
@@ -1160,9 +1179,11 @@ pub struct CouponBody {
     pub order_id: Option<String>,
 }
 
-/// Use a coupon: checked (check character, dates, tier, limits), recorded
-/// against the order, with its bonus points. The same code again for the same
-/// member and order answers the first use; for anyone else, 409.
+/// Use a coupon: checked (check character, dates, tier, saved segments,
+/// limits), recorded against the order, with its bonus points. The same code
+/// again for the same member and order answers the first use; for anyone
+/// else, 409. A campaign targeting segments refuses (409) a member whose
+/// customer is not in one of them now.
 #[utoipa::path(post, path = "/api/v1/loyalty/coupons/redeem", tag = "loyalty", request_body = CouponBody,
     responses((status = 201, description = "Accepted: campaign, benefit, member, order_id, bonus_points, balance"),
         (status = 200, description = "The same use again"),

@@ -37,6 +37,9 @@ pub struct IngestSettings {
     pub card_policy: CardPolicy,
     /// The loyalty programmes, cached by revision (earning runs in the ingest transaction).
     pub programmes: std::sync::Arc<super::loyalty::ProgrammeCache>,
+    /// The organisation's language (`RELAIS_LANGUAGE`, French by default):
+    /// service e-mails use it for people who declared none.
+    pub language: relais_domain::loyalty::Lang,
 }
 
 impl Default for IngestSettings {
@@ -47,6 +50,7 @@ impl Default for IngestSettings {
             shared_identifier_limit: 5,
             card_policy: CardPolicy::Reject,
             programmes: Default::default(),
+            language: relais_domain::loyalty::Lang::Fr,
         }
     }
 }

@@ -247,6 +247,25 @@ pub struct LedgerWrite {
     /// Events relais computed, for the customer's timeline (decision 13:
     /// marked computed, they never feed traits or earning rules).
     pub computed_events: Vec<ComputedEvent>,
+    /// E-mails to queue in the outbox in the same transaction (sealed with
+    /// the customer's key): customer, `crate::outbox::Email` as JSON.
+    pub emails: Vec<(CustomerId, serde_json::Value)>,
+}
+
+/// A reward reservation waiting for its hold to end: redemption id,
+/// programme, reward, when it was made.
+pub type Reservation = (String, String, String, DateTime<Utc>);
+
+/// Where a service e-mail to a member goes: the surviving profile, its
+/// e-mail address if it has one, and its profile (a declared language).
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The surviving profile.
+    pub customer: CustomerId,
+    /// Its e-mail address (an identifier of kind `email`, not flagged shared).
+    pub email: Option<String>,
+    /// Its profile traits, opened.
+    pub profile: serde_json::Map<String, serde_json::Value>,
 }
 
 /// An event relais computed (`Tier Changed`, `Points Expired`).
@@ -393,6 +412,7 @@ impl LedgerWrite {
             && self.draws.is_empty()
             && self.progress.is_empty()
             && self.computed_events.is_empty()
+            && self.emails.is_empty()
     }
 }
 
@@ -492,6 +512,14 @@ pub trait LedgerTx {
         customer: CustomerId,
         card: &relais_domain::Identifier,
     ) -> Result<Option<String>, StoreError>;
+    /// Names of the saved segments a surviving profile is in now.
+    fn segments_of(&mut self, root: CustomerId) -> Result<Vec<String>, StoreError>;
+    /// Where a service e-mail about a profile goes (following merges);
+    /// `None` when the person is unknown or was erased. Needs the keys.
+    fn recipient(&mut self, customer: CustomerId) -> Result<Option<Recipient>, StoreError>;
+    /// Reward reservations (`reserved`) made at or before `before`:
+    /// redemption id, programme, reward, when it was made; oldest first.
+    fn reservations_before(&mut self, before: DateTime<Utc>) -> Result<Vec<Reservation>, StoreError>;
 }
 
 /// What enrolling found or made.
@@ -996,6 +1024,9 @@ pub fn earn_batch(
             continue;
         }
         if let Some(change) = review_row(tx, &mut row, &tiers, now_day)? {
+            if let Some(programme) = programmes.by_key.get(&row.programme) {
+                tiers_write.emails.extend(tier_mail(tx, programme, &tiers, &row, &change, settings.language)?);
+            }
             tiers_write.computed_events.push(tier_event(&change));
             tiers_write.tier_changes.push(change);
             tiers_write.member_updates.push(row);
@@ -1072,28 +1103,84 @@ fn tier_event(change: &TierChange) -> ComputedEvent {
     )
 }
 
+/// The e-mail telling a member about a tier change, when it is one members
+/// are told about (an upgrade, a downgrade notice) and the person has an
+/// e-mail address: the surviving profile and the `Email` payload, in the
+/// language the profile declares, else `default_lang`. A service message
+/// about the member's contract: no marketing consent is needed; an erased
+/// person has no profile left, so nothing is sent.
+fn tier_mail(
+    tx: &mut dyn LedgerTx,
+    programme: &Programme,
+    tiers: &relais_domain::loyalty::tiers::Tiers,
+    row: &MemberRow,
+    change: &TierChange,
+    default_lang: relais_domain::loyalty::Lang,
+) -> Result<Option<(CustomerId, serde_json::Value)>, StoreError> {
+    use relais_domain::loyalty::notices::{declared_lang, TierLetter, TierLetterKind};
+    let name = |id: &Option<String>| id.as_deref().map(|id| tiers.level(id).map_or(id, |l| &l.name).to_string());
+    let kind = match (change.kind, &change.to, &change.from, change.effective_on) {
+        ("upgrade", Some(_), _, _) => {
+            TierLetterKind::Upgrade { from: name(&change.from), to: name(&change.to).unwrap_or_default() }
+        }
+        ("notice", _, Some(tier), Some(on)) => {
+            // Qualifying again on any day before `on` lifts the notice; on its
+            // last day, the window ending then is the strictest: count what
+            // will still be in it, from what is already recorded.
+            let last = on.pred_opt().unwrap_or(on);
+            let counted = tx.tier_value(row, tiers.measure, tiers.window_start(last), change.day)?;
+            let Some(keep) = tiers.keep(tier, last, counted) else { return Ok(None) };
+            TierLetterKind::Notice { tier: name(&change.from).unwrap_or_default(), next: name(&change.to), on, keep }
+        }
+        _ => return Ok(None),
+    };
+    let Some(recipient) = tx.recipient(change.customer)? else { return Ok(None) };
+    let Some(to) = recipient.email else { return Ok(None) };
+    let lang = declared_lang(&recipient.profile).unwrap_or(default_lang);
+    let letter = TierLetter {
+        programme: programme.head.name.clone(),
+        unit: programme.head.unit.clone(),
+        currency: programme.head.currency.clone(),
+        measure: tiers.measure,
+        window_months: tiers.window_months,
+        day: change.day,
+        kind,
+    };
+    let email =
+        crate::outbox::Email { to, subject: letter.subject(lang), text: letter.text(lang), unsubscribe_url: None };
+    let payload = serde_json::to_value(&email).map_err(|e| StoreError::Database(e.to_string()))?;
+    Ok(Some((recipient.customer, payload)))
+}
+
 /// The scheduled tier review of one member on `day`: downgrades after their
-/// grace period, notices at review dates.
-pub fn review_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) -> Result<bool, StoreError> {
+/// grace period, notices at review dates; the member is told by e-mail of a
+/// notice or an upgrade (in the same transaction, through the outbox), in
+/// their declared language or `default_lang`.
+pub fn review_member(
+    tx: &mut dyn LedgerTx,
+    member: MemberId,
+    day: NaiveDate,
+    default_lang: relais_domain::loyalty::Lang,
+) -> Result<bool, StoreError> {
     let Some(mut row) = tx.member(member)? else { return Ok(false) };
     if row.status != MemberStatus::Active {
         return Ok(false);
     }
-    let Some(tiers) = tx
-        .load_programmes()?
-        .into_iter()
-        .find(|p| p.head.key == row.programme)
-        .and_then(|p| p.version_at(day).and_then(|v| v.tiers.clone()))
-    else {
+    let Some(programme) = tx.load_programmes()?.into_iter().find(|p| p.head.key == row.programme) else {
+        return Ok(false);
+    };
+    let Some(tiers) = programme.version_at(day).and_then(|v| v.tiers.clone()) else {
         return Ok(false);
     };
     match review_row(tx, &mut row, &tiers, day)? {
         None => Ok(false),
         Some(change) => {
+            let emails = tier_mail(tx, &programme, &tiers, &row, &change, default_lang)?.into_iter().collect();
             let write = LedgerWrite {
                 member_updates: vec![row],
                 computed_events: vec![tier_event(&change)],
                 tier_changes: vec![change],
+                emails,
                 ..LedgerWrite::default()
             };
             tx.write_ledger(&write)?;
@@ -1719,11 +1806,33 @@ pub fn settle_redemption(
     }
     let mut write = LedgerWrite::default();
     if !confirm {
-        let mut row = tx.member(redemption.member)?.ok_or(StoreError::NotFound)?;
+        let row = tx.member(redemption.member)?.ok_or(StoreError::NotFound)?;
+        let reason = ReasonKind::Cancellation { reward: redemption.reward.clone() };
+        write = give_back(tx, &redemption, row, reason, actor, day)?;
+    }
+    redemption.status = wanted;
+    write.redemption_updates.push((redemption.customer, redemption.id.clone(), wanted));
+    tx.write_ledger(&write)?;
+    Ok(redemption)
+}
+
+/// The write that gives a reserved redemption's points back to the member
+/// (into the lots they came from, with their expiry) and its stock back to
+/// the catalogue; the caller marks the redemption cancelled.
+fn give_back(
+    tx: &mut dyn LedgerTx,
+    redemption: &RedemptionRow,
+    mut row: MemberRow,
+    reason: ReasonKind,
+    actor: &str,
+    day: NaiveDate,
+) -> Result<LedgerWrite, StoreError> {
+    let mut write = LedgerWrite::default();
+    {
         let points = redemption.points;
         let mut t = transaction("cancellation", day, &redemption.programme);
         t.actor = Some(actor.to_string());
-        let reason = Reason { kind: ReasonKind::Cancellation { reward: redemption.reward.clone() }, day };
+        let reason = Reason { kind: reason, day };
         t.legs = vec![
             Leg {
                 customer: row.customer,
@@ -1750,10 +1859,64 @@ pub fn settle_redemption(
             write.stock_changes.push((redemption.programme.clone(), redemption.reward.clone(), 1));
         }
     }
-    redemption.status = wanted;
-    write.redemption_updates.push((redemption.customer, redemption.id.clone(), wanted));
+    Ok(write)
+}
+
+/// Who releases forgotten reservations in the ledger and the audit log.
+pub const RELEASE_ACTOR: &str = "system:reservation-hold";
+
+/// The reservations among `candidates` (id, programme, reward, reserved at)
+/// whose hold is over at `now`, by their reward's `hold_days` (the default
+/// hold when the reward is no longer in the catalogue).
+pub fn due_reservations(
+    candidates: Vec<Reservation>,
+    rewards: &HashMap<(String, String), relais_domain::loyalty::rewards::Reward>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    use relais_domain::loyalty::rewards::DEFAULT_HOLD_DAYS;
+    candidates
+        .into_iter()
+        .filter(|(_, programme, reward, at)| match rewards.get(&(programme.clone(), reward.clone())) {
+            Some(reward) => reward.hold_over(*at, now),
+            None => now >= *at + chrono::Duration::days(i64::from(DEFAULT_HOLD_DAYS)),
+        })
+        .map(|(id, ..)| id)
+        .collect()
+}
+
+/// Release one reward reservation nobody confirmed or cancelled within its
+/// reward's hold: the points go back to the member (into their lots, with a
+/// statement line saying why) and the unit back to the stock, as a
+/// cancellation would. Checked again under the locks (redemption, member,
+/// reward, in the order `settle_redemption` takes them), so when two
+/// processes run the job at once only one releases it: the points given
+/// back, or `None` when it is not (or no longer) due.
+pub fn release_redemption(
+    tx: &mut dyn LedgerTx,
+    id: &str,
+    now: DateTime<Utc>,
+    day: NaiveDate,
+) -> Result<Option<Points>, StoreError> {
+    let Some(mut redemption) = tx.redemption(id)? else { return Ok(None) };
+    if redemption.status != RedemptionStatus::Reserved {
+        return Ok(None);
+    }
+    let Some(row) = tx.member(redemption.member)? else { return Ok(None) };
+    if row.status != MemberStatus::Active {
+        // Its membership joined another or was closed: staff settle it by hand.
+        return Ok(None);
+    }
+    let reward = tx.reward(&redemption.programme, &redemption.reward)?.map(|(reward, _)| reward);
+    let hold_days = reward.as_ref().map_or(relais_domain::loyalty::rewards::DEFAULT_HOLD_DAYS, |r| r.hold_days());
+    if now < redemption.created_at + chrono::Duration::days(i64::from(hold_days)) {
+        return Ok(None);
+    }
+    let reason = ReasonKind::Released { reward: redemption.reward.clone(), hold_days };
+    let mut write = give_back(tx, &redemption, row, reason, RELEASE_ACTOR, day)?;
+    redemption.status = RedemptionStatus::Cancelled;
+    write.redemption_updates.push((redemption.customer, redemption.id.clone(), RedemptionStatus::Cancelled));
     tx.write_ledger(&write)?;
-    Ok(redemption)
+    Ok(Some(redemption.points))
 }
 
 /// A stored reward definition.
@@ -1836,6 +1999,13 @@ pub fn use_coupon(tx: &mut dyn LedgerTx, request: &CouponRequest) -> Result<Coup
     }
     if let Some(why) = campaign.refusal(request.day, row.tier.as_deref()) {
         return Err(StoreError::Conflict(why));
+    }
+    if !campaign.segments.is_empty() {
+        // Segments hold surviving profiles; membership is as of now.
+        let root = tx.root_of(row.customer)?.unwrap_or(row.customer);
+        if let Some(why) = campaign.segment_refusal(&tx.segments_of(root)?) {
+            return Err(StoreError::Conflict(why));
+        }
     }
     if campaign.total.is_some_and(|total| used >= total) {
         return Err(StoreError::Conflict(format!("campaign `{}` has reached its {} uses", campaign.id, used)));

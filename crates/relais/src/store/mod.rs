@@ -617,8 +617,14 @@ pub trait Engine: Send + Sync + 'static {
     /// Expire the lots whose expiry day has come: (members touched, points expired).
     fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError>;
     /// Review tiers on `day`: downgrades whose grace period is over, notices
-    /// on review dates. The number of changes made.
+    /// on review dates (and upgrades not yet made), each member told of a
+    /// notice or an upgrade by e-mail queued in the change's transaction.
+    /// The number of changes made.
     fn loyalty_review(&self, day: NaiveDate) -> Result<usize, StoreError>;
+    /// Release the reward reservations whose hold is over at `now` (points
+    /// and stock back, each in its own transaction, exactly once however many
+    /// processes run it): (reservations released, points given back).
+    fn loyalty_release(&self, now: DateTime<Utc>, day: NaiveDate) -> Result<(usize, i64), StoreError>;
     /// A member's tier measure between two days (inclusive).
     fn loyalty_tier_value(
         &self,

@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "loyalty", include_str!("../../migrations/postgres/0003_loyalty.sql")),
     (4, "segments", include_str!("../../migrations/postgres/0004_segments.sql")),
     (5, "web", include_str!("../../migrations/postgres/0005_web.sql")),
+    (6, "loyalty_gaps", include_str!("../../migrations/postgres/0006_loyalty_gaps.sql")),
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.
@@ -1731,15 +1732,54 @@ impl Engine for PgEngine {
         let reviewing = super::loyalty::reviewing(&programmes, day);
         let due = self.pool.with(|client| loyalty::members_to_review(client, day, &reviewing))?;
         let mut changes = 0;
+        let language = self.settings.language;
         for member in due {
             changes += usize::from(self.retrying(|client| {
                 let mut tx = client.transaction()?;
-                let changed = super::loyalty::review_member(&mut PgTx { tx: &mut tx, privacy: None }, member, day)?;
+                let mut ledger = PgTx { tx: &mut tx, privacy: Some(&self.privacy) };
+                let changed = super::loyalty::review_member(&mut ledger, member, day, language)?;
                 tx.commit()?;
                 Ok(changed)
             })?);
         }
         Ok(changes)
+    }
+
+    fn loyalty_release(&self, now: DateTime<Utc>, day: NaiveDate) -> Result<(usize, i64), StoreError> {
+        let before = now - chrono::Duration::days(1);
+        let candidates = self.pool.with(|client| {
+            let mut tx = client.transaction()?;
+            let found =
+                super::loyalty::LedgerTx::reservations_before(&mut PgTx { tx: &mut tx, privacy: None }, before)?;
+            tx.commit()?;
+            Ok(found)
+        })?;
+        if candidates.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut rewards = HashMap::new();
+        for programme in candidates.iter().map(|(_, p, _, _)| p.clone()).collect::<std::collections::BTreeSet<_>>() {
+            for (reward, _) in self.loyalty_rewards(&programme)? {
+                rewards.insert((programme.clone(), reward.id.clone()), reward);
+            }
+        }
+        let (mut released, mut points) = (0, 0);
+        for id in super::loyalty::due_reservations(candidates, &rewards, now) {
+            // Another process may release it first: the redemption row is
+            // locked, then found cancelled, and nothing happens twice.
+            let given = self.retrying(|client| {
+                let mut tx = client.transaction()?;
+                let given =
+                    super::loyalty::release_redemption(&mut PgTx { tx: &mut tx, privacy: None }, &id, now, day)?;
+                tx.commit()?;
+                Ok(given)
+            })?;
+            if let Some(given) = given {
+                released += 1;
+                points += given;
+            }
+        }
+        Ok((released, points))
     }
 
     fn loyalty_tier_value(

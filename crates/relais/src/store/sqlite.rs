@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "loyalty", include_str!("../../migrations/sqlite/0003_loyalty.sql")),
     (4, "segments", include_str!("../../migrations/sqlite/0004_segments.sql")),
     (5, "web", include_str!("../../migrations/sqlite/0005_web.sql")),
+    (6, "loyalty_gaps", include_str!("../../migrations/sqlite/0006_loyalty_gaps.sql")),
 ];
 
 /// Messages committed together at most, across concurrent requests.
@@ -2162,15 +2163,50 @@ impl Engine for SqliteEngine {
         if due.is_empty() {
             return Ok(0);
         }
+        let (privacy, language) = (self.privacy.clone(), self.settings.language);
         self.write(false, move |conn| {
             let mut changes = 0;
             for member in due {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None };
-                changes += usize::from(super::loyalty::review_member(&mut ledger, member, day)?);
+                let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: Some(&privacy) };
+                changes += usize::from(super::loyalty::review_member(&mut ledger, member, day, language)?);
                 tx.commit()?;
             }
             Ok(changes)
+        })
+    }
+
+    fn loyalty_release(&self, now: DateTime<Utc>, day: NaiveDate) -> Result<(usize, i64), StoreError> {
+        let before = now - chrono::Duration::days(1);
+        let candidates = self.readers.with(|conn| {
+            SqliteTx { tx: conn, cache: None, written: Vec::new(), privacy: None }.reservations_before(before)
+        })?;
+        if candidates.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut rewards = HashMap::new();
+        for programme in candidates.iter().map(|(_, p, _, _)| p.clone()).collect::<std::collections::BTreeSet<_>>() {
+            for (reward, _) in self.loyalty_rewards(&programme)? {
+                rewards.insert((programme.clone(), reward.id.clone()), reward);
+            }
+        }
+        let due = super::loyalty::due_reservations(candidates, &rewards, now);
+        if due.is_empty() {
+            return Ok((0, 0));
+        }
+        self.write(false, move |conn| {
+            let (mut released, mut points) = (0, 0);
+            for id in due {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None };
+                let given = super::loyalty::release_redemption(&mut ledger, &id, now, day)?;
+                tx.commit()?;
+                if let Some(given) = given {
+                    released += 1;
+                    points += given;
+                }
+            }
+            Ok((released, points))
         })
     }
 

@@ -242,6 +242,7 @@ pub(super) async fn loyalty(State(state): State<AppState>, staff: Staff) -> Resu
                     id => campaign.id.clone(), benefit => campaign.benefit.clone(),
                     from => campaign.valid_from.to_string(), until => campaign.valid_until.to_string(),
                     issued => *issued, used => *used,
+                    tiers => campaign.tiers.clone(), segments => campaign.segments.clone(),
                 }).collect::<Vec<_>>(),
             }
         })

@@ -34,3 +34,5 @@ mod journeys;
 mod pages;
 // The customers' portal: code and link sign-in, card, statement, redemptions, receipts, data, CSRF.
 mod portal;
+// Loyalty gaps: segment-targeted coupons, tier e-mails, reservations released after their hold.
+mod loyalty_gaps;

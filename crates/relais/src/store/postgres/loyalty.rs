@@ -13,7 +13,7 @@ use relais_domain::{CustomerId, Identifier, MemberId};
 
 use super::{parse_id, PgTx};
 use crate::store::loyalty::{
-    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, RedemptionRow,
+    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, Recipient, RedemptionRow,
     RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
@@ -408,6 +408,20 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[&e.customer.to_string(), &id, &e.name, &e.at, &e.properties],
             )?;
         }
+        if !write.emails.is_empty() {
+            let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
+            for (customer, payload) in &write.emails {
+                // Sealed with the person's key, like every message to a person.
+                let key =
+                    seal::data_key_of(&privacy.keyring, *customer, |missing| super::read_data_keys(self.tx, missing))?;
+                let payload = seal::seal_payload(Some((*customer, &key)), payload);
+                self.tx.execute(
+                    "INSERT INTO outbox (outbox_id, kind, customer_id, payload, status, next_attempt_at, created_at) \
+                     VALUES ($1, 'email', $2, $3::text::jsonb, 'pending', now(), now())",
+                    &[&relais_domain::OutboxId::new().to_string(), &customer.to_string(), &payload],
+                )?;
+            }
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
@@ -593,6 +607,66 @@ impl LedgerTx for PgTx<'_, '_> {
             &[&token.to_string(), &token.kind().as_str(), &customer.to_string(), &value.clear(), &value.sealed()],
         )?;
         Ok((inserted == 1).then(|| token.to_string()))
+    }
+
+    fn segments_of(&mut self, root: CustomerId) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT s.name FROM segment_members m JOIN segments s ON s.segment_id = m.segment_id \
+                 WHERE m.customer_id = $1 ORDER BY s.name",
+                &[&root.to_string()],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn recipient(&mut self, customer: CustomerId) -> Result<Option<Recipient>, StoreError> {
+        let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
+        let Some(root) = self.root_of(customer)? else { return Ok(None) };
+        let Some(row) =
+            self.tx.query_opt("SELECT profile, sealed FROM customers WHERE customer_id = $1", &[&root.to_string()])?
+        else {
+            return Ok(None);
+        };
+        let mut profile = match row.get::<_, serde_json::Value>(0) {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        let keys = seal::data_keys(&privacy.keyring, &[root], |missing| super::read_data_keys(self.tx, missing))?;
+        seal::open_profile(&mut profile, row.get::<_, Option<&[u8]>>(1), keys.get(&root))?;
+        let rows = self
+            .tx
+            .query(
+                "SELECT identifier, value, sealed, shared FROM identifiers WHERE customer_id = $1 AND kind = 'email' \
+                 ORDER BY created_at",
+                &[&root.to_string()],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<_, bool>(3)))
+            .collect();
+        let email = super::open_identifiers(self.tx, privacy, rows)?
+            .into_iter()
+            .find(|(_, shared)| !shared)
+            .map(|(identifier, _)| identifier.value().to_string());
+        Ok(Some(Recipient { customer: root, email, profile }))
+    }
+
+    fn reservations_before(
+        &mut self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::store::loyalty::Reservation>, StoreError> {
+        Ok(self
+            .tx
+            .query(
+                "SELECT redemption_id, programme_key, reward_id, created_at FROM loyalty_redemptions \
+                 WHERE status = 'reserved' AND created_at <= $1 ORDER BY created_at, redemption_id",
+                &[&before],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
     }
 }
 

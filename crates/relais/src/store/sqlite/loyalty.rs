@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{from_micros, micros, parse_id, SqliteTx};
 use crate::store::loyalty::{
-    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, RedemptionRow,
+    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, Recipient, RedemptionRow,
     RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
@@ -452,6 +452,20 @@ impl LedgerTx for SqliteTx<'_, '_> {
                 params![e.customer.to_string(), id, e.name, micros(e.at), e.properties.to_string()],
             )?;
         }
+        if !write.emails.is_empty() {
+            let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT INTO outbox (outbox_id, kind, customer_id, payload, status, next_attempt_at, created_at) \
+                 VALUES (?1, 'email', ?2, ?3, 'pending', ?4, ?4)",
+            )?;
+            for (customer, payload) in &write.emails {
+                // Sealed with the person's key, like every message to a person.
+                let key =
+                    seal::data_key_of(&privacy.keyring, *customer, |missing| super::read_data_keys(self.tx, missing))?;
+                let payload = seal::seal_payload(Some((*customer, &key)), payload);
+                stmt.execute(params![relais_domain::OutboxId::new().to_string(), customer.to_string(), payload, now])?;
+            }
+        }
         if let Some((customer, scope, key, answer)) = &write.answer {
             self.tx.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
@@ -655,6 +669,57 @@ impl LedgerTx for SqliteTx<'_, '_> {
             ],
         )?;
         Ok((inserted == 1).then(|| token.to_string()))
+    }
+
+    fn segments_of(&mut self, root: CustomerId) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT s.name FROM segment_members m JOIN segments s ON s.segment_id = m.segment_id \
+             WHERE m.customer_id = ?1 ORDER BY s.name",
+        )?;
+        let names = stmt.query_map([root.to_string()], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    fn recipient(&mut self, customer: CustomerId) -> Result<Option<Recipient>, StoreError> {
+        let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
+        let Some(root) = self.root_of(customer)? else { return Ok(None) };
+        let row: Option<(String, Option<Vec<u8>>)> = self
+            .tx
+            .prepare_cached("SELECT profile, sealed FROM customers WHERE customer_id = ?1")?
+            .query_row([root.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((profile, sealed)) = row else { return Ok(None) };
+        let mut profile: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&profile).unwrap_or_default();
+        let keys = seal::data_keys(&privacy.keyring, &[root], |missing| super::read_data_keys(self.tx, missing))?;
+        seal::open_profile(&mut profile, sealed.as_deref(), keys.get(&root))?;
+        let rows = self
+            .tx
+            .prepare_cached(
+                "SELECT identifier, value, sealed, shared FROM identifiers WHERE customer_id = ?1 AND kind = 'email' \
+                 ORDER BY created_at",
+            )?
+            .query_map([root.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, bool>(3)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let email = super::open_identifiers(self.tx, privacy, rows)?
+            .into_iter()
+            .find(|(_, shared)| !shared)
+            .map(|(identifier, _)| identifier.value().to_string());
+        Ok(Some(Recipient { customer: root, email, profile }))
+    }
+
+    fn reservations_before(
+        &mut self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::store::loyalty::Reservation>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT redemption_id, programme_key, reward_id, created_at FROM loyalty_redemptions \
+             WHERE status = 'reserved' AND created_at <= ?1 ORDER BY created_at, redemption_id",
+        )?;
+        let rows = stmt
+            .query_map([micros(before)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, from_micros(r.get(3)?))))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 }
 
