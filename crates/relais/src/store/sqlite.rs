@@ -249,20 +249,24 @@ impl SqliteEngine {
         // Checkpoints copy the WAL back into the database on their own thread, so
         // the writer's commits never wait for them.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // After a restart of the log, its file is cut back to this size.
+        writer.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * 4096)?;
         let checkpointer = open_connection(&path)?;
         checkpointer.pragma_update(None, "cache_size", -1_024)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let checkpoint_stop = stop.clone();
+        let restart_wal = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let wal_too_long = restart_wal.clone();
         let checkpoint = thread::Builder::new()
             .name("relais-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, checkpoint_stop))
+            .spawn(move || checkpoint_loop(checkpointer, checkpoint_stop, wal_too_long))
             .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
         let (jobs, receiver) = mpsc::channel::<Job>();
         let writer_settings = settings.clone();
         let writer_privacy = privacy.clone();
         let writer = thread::Builder::new()
             .name("relais-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, receiver, writer_settings, writer_privacy))
+            .spawn(move || writer_loop(writer, receiver, writer_settings, writer_privacy, restart_wal))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         let reader_path = path.clone();
         // Readers make point lookups and short scans: a small page cache each keeps
@@ -337,7 +341,13 @@ fn in_savepoint<T>(
 
 /// Copy committed WAL frames into the database file regularly; stops when the
 /// database is no longer used by this process (the connection is the last one).
-fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
+/// When the log has grown past `WAL_RESTART_FRAMES`, asks the writer to
+/// restart it (see `restart_wal`).
+fn checkpoint_loop(
+    conn: Connection,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    restart_wal: Arc<std::sync::atomic::AtomicBool>,
+) {
     loop {
         // Parked rather than asleep, so that dropping the engine wakes it at once.
         thread::park_timeout(std::time::Duration::from_millis(200));
@@ -345,13 +355,42 @@ fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
             return;
         }
         // PASSIVE never blocks writers or readers; it copies what it can.
-        if conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).is_err() {
-            return;
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(frames) if frames > WAL_RESTART_FRAMES => {
+                restart_wal.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(_) => return,
         }
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: IngestSettings, privacy: Arc<Privacy>) {
+/// Frames (about 4 KB each) after which the writer restarts the log.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Start the log again from its beginning. Under a steady stream of commits a
+/// passive checkpoint never catches up with the last frame, so SQLite never
+/// rewinds the log by itself: it would grow without end (gigabytes in a
+/// minute of loyalty traffic), each commit appending to new, cold pages. Run
+/// by the writer between transactions, when no frame is being added, the
+/// checkpoint completes (the checkpoint thread has already copied most
+/// frames), and waits for readers to leave the log, so the next commit writes
+/// at its start; `journal_size_limit` then trims the file.
+fn restart_wal(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+        Ok(0) => {}
+        Ok(_) => tracing::debug!("the WAL restart was busy; it is tried again at the next long log"),
+        Err(error) => tracing::warn!(%error, "the WAL restart failed"),
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    settings: IngestSettings,
+    privacy: Arc<Privacy>,
+    wal_too_long: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut pending: Option<Job> = None;
     // Freeing a committed group's messages takes the writer a few percent of its
     // time: hand them to a thread of their own instead.
@@ -359,6 +398,9 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, settings: Ingest
     let _ = thread::Builder::new().name("relais-sqlite-free".into()).spawn(move || for _ in dropped {});
     let mut cache = CustomerCache::default();
     loop {
+        if wal_too_long.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            restart_wal(&conn);
+        }
         let job = match pending.take() {
             Some(job) => job,
             None => match jobs.recv() {
