@@ -2691,3 +2691,75 @@ pub fn raw_load(
     }
     Ok(spent)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(folder: &Path) -> SqliteEngine {
+        let master = MasterKey::generate();
+        SqliteEngine::open(folder, IngestSettings::default(), &master, Classification::default()).expect("open")
+    }
+
+    fn count(engine: &SqliteEngine, sql: &'static str) -> i64 {
+        engine.readers.with(|conn| Ok(conn.query_row(sql, [], |r| r.get(0))?)).expect("count")
+    }
+
+    /// Grouped writes share commits with each other and with ingest, yet one
+    /// that fails leaves nothing behind and takes nobody down with it.
+    #[test]
+    fn grouped_writes_commit_together_and_fail_alone() {
+        let folder =
+            std::env::temp_dir().join(format!("relais_grouped_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let engine = Arc::new(engine(&folder));
+        engine
+            .write(false, |conn| Ok(conn.execute_batch("CREATE TABLE grouped_probe (n INTEGER PRIMARY KEY)")?))
+            .expect("probe table");
+        let defaults = IngestSettings::default();
+        let (currency, card_policy) = (defaults.currency, defaults.card_policy);
+        let threads: Vec<_> = (0..32)
+            .map(|n: i64| {
+                let engine = engine.clone();
+                let currency = currency.clone();
+                thread::spawn(move || {
+                    if n % 4 == 3 {
+                        // Ingest requests joining the same cycles.
+                        let envelope = relais_domain::message::Envelope {
+                            received_at: Utc::now(),
+                            implied_type: None,
+                            batch_sent_at: None,
+                            batch_context: None,
+                            default_currency: &currency,
+                            card_policy,
+                        };
+                        let text =
+                            format!(r#"{{"type": "track", "event": "Probe", "userId": "u{n}", "messageId": "m{n}"}}"#);
+                        let message = TrackingMessage::parse_json(&text, &envelope).expect("valid message");
+                        engine.ingest("test", vec![message]).map(|_| ())
+                    } else {
+                        engine.write_grouped(move |conn| {
+                            conn.execute("INSERT INTO grouped_probe (n) VALUES (?1)", [n])?;
+                            if n % 4 == 1 {
+                                // Wrote, then failed: its row must not survive.
+                                return Err(StoreError::Conflict(format!("write {n} refused")));
+                            }
+                            Ok(())
+                        })
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<Result<(), StoreError>> = threads.into_iter().map(|t| t.join().expect("thread")).collect();
+        for (n, result) in results.iter().enumerate() {
+            match n % 4 {
+                1 => assert!(matches!(result, Err(StoreError::Conflict(_))), "write {n}: {result:?}"),
+                _ => assert!(result.is_ok(), "write {n}: {result:?}"),
+            }
+        }
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM grouped_probe"), 16, "the 16 writes that succeeded, only");
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM grouped_probe WHERE n % 4 = 1"), 0);
+        assert_eq!(count(&engine, "SELECT COUNT(*) FROM events WHERE name = 'Probe'"), 8);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(folder);
+    }
+}
