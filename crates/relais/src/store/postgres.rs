@@ -8,18 +8,21 @@
 
 mod loyalty;
 mod segments;
+mod statements;
 mod web;
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use postgres::{Client, NoTls};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row};
 use relais_domain::traits::DayTotals;
 use relais_domain::{
     Channel, ComputedTraits, CustomerId, ErasureId, Identifier, KeyId, MergeId, OutboxId, Role, TrackingMessage,
 };
 use serde_json::{Map, Value};
 
+use self::statements::{Cached, PgConn, Sql, Statements};
 use super::ingest::{
     family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
     KnownMessages, Outcome, Rebuild,
@@ -75,7 +78,7 @@ fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
 
 /// The PostgreSQL engine.
 pub struct PgEngine {
-    pool: Pool<Client>,
+    pool: Pool<PgConn>,
     settings: IngestSettings,
     privacy: Privacy,
 }
@@ -116,7 +119,7 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
 impl PgEngine {
     /// Run a transaction, running it again when it lost a race with another
     /// writer (a claimed identifier, a deadlock, a merge that moved the ground).
-    fn retrying<T>(&self, work: impl Fn(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn retrying<T>(&self, work: impl Fn(&mut PgConn) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -158,7 +161,7 @@ impl PgEngine {
         )?;
         drop(first);
         let url = url.to_string();
-        let pool = Pool::new(16, move || connect(&url));
+        let pool = Pool::new(16, move || connect(&url).map(PgConn::new));
         Ok(PgEngine { pool, settings, privacy })
     }
 }
@@ -193,10 +196,7 @@ fn read_keyring(client: &mut impl postgres::GenericClient) -> Result<Option<Stor
 }
 
 /// Wrapped data keys of customers that have one.
-fn read_data_keys(
-    client: &mut impl postgres::GenericClient,
-    customers: &[CustomerId],
-) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError> {
+fn read_data_keys(client: &mut impl Sql, customers: &[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError> {
     if customers.is_empty() {
         return Ok(Vec::new());
     }
@@ -210,11 +210,7 @@ fn read_data_keys(
 
 /// The clear `kind:value` of stored identifier tokens (a token whose identifier
 /// is gone, or whose key was destroyed, stays a token).
-fn reveal(
-    client: &mut impl postgres::GenericClient,
-    privacy: &Privacy,
-    tokens: Vec<String>,
-) -> Result<Vec<String>, StoreError> {
+fn reveal(client: &mut impl Sql, privacy: &Privacy, tokens: Vec<String>) -> Result<Vec<String>, StoreError> {
     let rows = client
         .query("SELECT identifier, value, sealed FROM identifiers WHERE identifier = ANY($1)", &[&tokens])?
         .iter()
@@ -225,7 +221,7 @@ fn reveal(
 
 /// Identifiers (clear) of stored rows, dropping those whose key was destroyed.
 fn open_identifiers<T>(
-    client: &mut impl postgres::GenericClient,
+    client: &mut impl Sql,
     privacy: &Privacy,
     rows: Vec<seal::IdentifierRow<T>>,
 ) -> Result<Vec<(Identifier, T)>, StoreError> {
@@ -234,10 +230,38 @@ fn open_identifiers<T>(
 
 impl PgEngine {}
 
+/// One transaction of the ingest and ledger primitives. Every statement goes
+/// through the connection's statement cache (`Sql`).
 struct PgTx<'c, 't> {
     tx: &'c mut postgres::Transaction<'t>,
+    /// The prepared statements of the connection `tx` runs on.
+    statements: &'c mut Statements,
     /// Keys, for steps that seal values (a loyalty card's identifier).
     privacy: Option<&'c Privacy>,
+}
+
+impl<'t> PgTx<'_, 't> {
+    fn cached(&mut self) -> Cached<'_, postgres::Transaction<'t>> {
+        Cached { client: &mut *self.tx, statements: &mut *self.statements }
+    }
+}
+
+impl Sql for PgTx<'_, '_> {
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+        self.cached().query(sql, params)
+    }
+
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error> {
+        self.cached().query_one(sql, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, postgres::Error> {
+        self.cached().query_opt(sql, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error> {
+        self.cached().execute(sql, params)
+    }
 }
 
 impl IngestTx for PgTx<'_, '_> {
@@ -251,7 +275,7 @@ impl IngestTx for PgTx<'_, '_> {
         }
         let sources: Vec<&str> = ids.iter().map(|(s, _)| *s).collect();
         let message_ids: Vec<&str> = ids.iter().map(|(_, m)| *m).collect();
-        let rows = self.tx.query(
+        let rows = self.query(
             "SELECT m.source, m.message_id, m.customer_id, m.event_id FROM message_ids m \
              JOIN unnest($1::text[], $2::text[]) AS u(message_id, source) \
              ON m.message_id = u.message_id AND m.source = u.source",
@@ -275,7 +299,6 @@ impl IngestTx for PgTx<'_, '_> {
         let by_text: HashMap<String, &Identifier> = ids.iter().map(|i| (i.to_string(), i)).collect();
         let texts: Vec<&String> = by_text.keys().collect();
         let rows = self
-            .tx
             .query("SELECT identifier, customer_id, shared FROM identifiers WHERE identifier = ANY($1)", &[&texts])?;
         let mut found = HashMap::new();
         for row in rows {
@@ -294,7 +317,7 @@ impl IngestTx for PgTx<'_, '_> {
             return Ok(HashMap::new());
         }
         let ids: Vec<String> = customers.iter().map(ToString::to_string).collect();
-        let rows = self.tx.query(
+        let rows = self.query(
             "SELECT customer_id, identifier FROM identifiers WHERE customer_id = ANY($1) AND kind IN ('user_id', 'customer_number')",
             &[&ids],
         )?;
@@ -313,7 +336,7 @@ impl IngestTx for PgTx<'_, '_> {
         // Rows are locked in id order (LockRows runs above the sort), so two
         // batches touching the same customers cannot deadlock. On Citus this
         // becomes one `FOR UPDATE` per customer, in the same order.
-        let rows = self.tx.query(
+        let rows = self.query(
             "SELECT customer_id, profile, traits, merged_into, sealed FROM customers WHERE customer_id = ANY($1) \
              ORDER BY customer_id FOR UPDATE",
             &[&ids],
@@ -341,15 +364,14 @@ impl IngestTx for PgTx<'_, '_> {
     }
 
     fn data_keys(&mut self, customers: &[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError> {
-        read_data_keys(self.tx, customers)
+        read_data_keys(self, customers)
     }
 
     fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError> {
-        let tx = &mut *self.tx;
         if !changes.new_customers.is_empty() {
             let ids: Vec<String> = changes.new_customers.iter().map(|(id, _)| id.to_string()).collect();
             let ats: Vec<DateTime<Utc>> = changes.new_customers.iter().map(|(_, at)| *at).collect();
-            tx.execute(
+            self.execute(
                 "INSERT INTO customers (customer_id, created_at, updated_at) SELECT id, at, at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)",
                 &[&ids, &ats],
             )?;
@@ -357,7 +379,7 @@ impl IngestTx for PgTx<'_, '_> {
         if !changes.new_keys.is_empty() {
             let ids: Vec<String> = changes.new_keys.iter().map(|(id, _)| id.to_string()).collect();
             let wrapped: Vec<&[u8]> = changes.new_keys.iter().map(|(_, w)| w.as_slice()).collect();
-            tx.execute(
+            self.execute(
                 "INSERT INTO data_keys (customer_id, wrapped) SELECT * FROM unnest($1::text[], $2::bytea[])",
                 &[&ids, &wrapped],
             )?;
@@ -371,7 +393,7 @@ impl IngestTx for PgTx<'_, '_> {
             let ats: Vec<DateTime<Utc>> = sorted.iter().map(|n| n.at).collect();
             let values: Vec<Option<&str>> = sorted.iter().map(|n| n.value.clear()).collect();
             let sealed: Vec<Option<&[u8]>> = sorted.iter().map(|n| n.value.sealed()).collect();
-            let inserted = tx.execute(
+            let inserted = self.execute(
                 "INSERT INTO identifiers (identifier, kind, customer_id, created_at, value, sealed) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::bytea[]) \
                  ON CONFLICT DO NOTHING",
@@ -389,7 +411,7 @@ impl IngestTx for PgTx<'_, '_> {
             let customers: Vec<String> = sorted.iter().map(|c| c.2.to_string()).collect();
             let events: Vec<String> = sorted.iter().map(|c| c.3.to_string()).collect();
             let ats: Vec<DateTime<Utc>> = sorted.iter().map(|c| c.4).collect();
-            let inserted = tx.execute(
+            let inserted = self.execute(
                 "INSERT INTO message_ids (source, message_id, customer_id, event_id, received_at) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) ON CONFLICT DO NOTHING",
                 &[&sources, &message_ids, &customers, &events, &ats],
@@ -399,14 +421,14 @@ impl IngestTx for PgTx<'_, '_> {
             }
         }
         if !changes.events.is_empty() {
-            insert_events(tx, changes)?;
+            insert_events(self, changes)?;
         }
         if !changes.day_deltas.is_empty() {
             let customers: Vec<String> = changes.day_deltas.iter().map(|d| d.0.to_string()).collect();
             let days: Vec<NaiveDate> = changes.day_deltas.iter().map(|d| d.1).collect();
             let orders: Vec<i64> = changes.day_deltas.iter().map(|d| d.2).collect();
             let revenue: Vec<i64> = changes.day_deltas.iter().map(|d| d.3).collect();
-            tx.execute(
+            self.execute(
                 "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) \
                  SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[]) \
                  ON CONFLICT (customer_id, day) DO UPDATE SET orders = customer_days.orders + excluded.orders, \
@@ -417,7 +439,7 @@ impl IngestTx for PgTx<'_, '_> {
         for merge in &changes.merges {
             let survivor = merge.survivor.to_string();
             let merged = merge.merged.to_string();
-            let moved: Vec<String> = tx
+            let moved: Vec<String> = self
                 .query(
                     "UPDATE identifiers SET customer_id = $1 WHERE customer_id = $2 RETURNING identifier",
                     &[&survivor, &merged],
@@ -425,36 +447,36 @@ impl IngestTx for PgTx<'_, '_> {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            tx.execute(
+            self.execute(
                 "UPDATE customers SET merged_into = $1, merged_at = $3 WHERE customer_id = $2 OR merged_into = $2",
                 &[&survivor, &merged, &merge.at],
             )?;
-            tx.execute(
+            self.execute(
                 "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) \
                  SELECT $1, day, orders, revenue_minor FROM customer_days WHERE customer_id = $2 \
                  ON CONFLICT (customer_id, day) DO UPDATE SET orders = customer_days.orders + excluded.orders, \
                  revenue_minor = customer_days.revenue_minor + excluded.revenue_minor",
                 &[&survivor, &merged],
             )?;
-            tx.execute("DELETE FROM customer_days WHERE customer_id = $1", &[&merged])?;
-            tx.execute(
+            self.execute("DELETE FROM customer_days WHERE customer_id = $1", &[&merged])?;
+            self.execute(
                 "INSERT INTO account_members (customer_id, group_id, joined_at) \
                  SELECT $1, group_id, joined_at FROM account_members WHERE customer_id = $2 ON CONFLICT DO NOTHING",
                 &[&survivor, &merged],
             )?;
-            tx.execute("DELETE FROM account_members WHERE customer_id = $1", &[&merged])?;
-            tx.execute(
+            self.execute("DELETE FROM account_members WHERE customer_id = $1", &[&merged])?;
+            self.execute(
                 "INSERT INTO merges (survivor_id, merge_id, merged_id, at, reason, identifiers) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&survivor, &merge.merge_id.to_string(), &merged, &merge.at, &merge.reason, &serde_json::json!(moved)],
             )?;
         }
         for (identifier, customer, at) in &changes.sightings {
             let identifier = identifier.to_string();
-            tx.execute(
+            self.execute(
                 "INSERT INTO identifier_sightings (identifier, customer_id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 &[&identifier, &customer.to_string(), at],
             )?;
-            tx.execute(
+            self.execute(
                 "UPDATE identifiers SET people_seen = (1 + s.n)::int, shared = (1 + s.n > $2::bigint) \
                  FROM (SELECT count(*) AS n FROM identifier_sightings WHERE identifier = $1) s WHERE identifier = $1",
                 &[&identifier, &changes.shared_limit],
@@ -462,7 +484,7 @@ impl IngestTx for PgTx<'_, '_> {
         }
         if !changes.name_tokens.is_empty() {
             let ids: Vec<String> = changes.name_tokens.iter().map(|(c, _)| c.to_string()).collect();
-            tx.execute("DELETE FROM name_tokens WHERE customer_id = ANY($1)", &[&ids])?;
+            self.execute("DELETE FROM name_tokens WHERE customer_id = ANY($1)", &[&ids])?;
             let mut pairs: Vec<(&str, String)> = changes
                 .name_tokens
                 .iter()
@@ -472,7 +494,7 @@ impl IngestTx for PgTx<'_, '_> {
             pairs.dedup();
             let tokens: Vec<&str> = pairs.iter().map(|(t, _)| *t).collect();
             let owners: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
-            tx.execute(
+            self.execute(
                 "INSERT INTO name_tokens (token, customer_id) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
                 &[&tokens, &owners],
             )?;
@@ -481,14 +503,14 @@ impl IngestTx for PgTx<'_, '_> {
             let mut paths: Vec<&str> = changes.unclassified.clone();
             paths.sort_unstable();
             paths.dedup();
-            tx.execute(
+            self.execute(
                 "INSERT INTO unclassified_fields (path, first_seen) SELECT p, now() FROM unnest($1::text[]) AS u(p) \
                  ON CONFLICT DO NOTHING",
                 &[&paths],
             )?;
         }
         for c in &changes.conflicts {
-            tx.execute(
+            self.execute(
                 "INSERT INTO identity_conflicts (customer_id, other_customer_id, kind, message_id, at) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[&c.customer.to_string(), &c.other.to_string(), &c.kind.as_str(), &c.message_id, &c.at],
@@ -504,14 +526,14 @@ impl IngestTx for PgTx<'_, '_> {
                 entry.1 = entry.1.max(*at);
             }
             for (group, (traits, at)) in accounts {
-                tx.execute(
+                self.execute(
                     "INSERT INTO accounts (group_id, account_id, traits, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
                      ON CONFLICT (group_id) DO UPDATE SET traits = accounts.traits || excluded.traits, updated_at = excluded.updated_at",
                     &[&group, &super::new_account_id().to_string(), &Value::Object(traits), &at],
                 )?;
             }
             for (customer, group, at) in &changes.memberships {
-                tx.execute(
+                self.execute(
                     "INSERT INTO account_members (customer_id, group_id, joined_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                     &[&customer.to_string(), group, at],
                 )?;
@@ -527,7 +549,7 @@ impl IngestTx for PgTx<'_, '_> {
             let sealed: Vec<Option<&[u8]>> = stored.iter().map(|p| p.and_then(|(_, s)| s.as_deref())).collect();
             let traits: Vec<String> =
                 changes.customers.iter().map(|(_, s)| serde_json::to_string(&s.traits).unwrap_or_default()).collect();
-            tx.execute(
+            self.execute(
                 "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, updated_at = now(), \
                  sealed = CASE WHEN u.changed THEN u.s ELSE c.sealed END \
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bytea[]) AS u(id, p, t, changed, s) \
@@ -539,7 +561,7 @@ impl IngestTx for PgTx<'_, '_> {
     }
 }
 
-fn insert_events(tx: &mut postgres::Transaction<'_>, changes: &Changes<'_>) -> Result<(), StoreError> {
+fn insert_events(tx: &mut impl Sql, changes: &Changes<'_>) -> Result<(), StoreError> {
     let events = &changes.events;
     let customer: Vec<String> = events.iter().map(|e| e.customer_id.to_string()).collect();
     let event_id: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
@@ -701,9 +723,9 @@ impl Engine for PgEngine {
         let encoded: Vec<EncodedEvent> = messages.iter().map(|m| EncodedEvent::of(m, &self.privacy)).collect();
         let batch: Vec<BatchItem<'_>> = messages.iter().zip(&encoded).map(|(m, e)| (source, m, e)).collect();
         self.retrying(|client| {
-            let mut tx = client.transaction()?;
+            let (mut tx, statements) = client.begin()?;
             let outcomes = ingest_batch(
-                &mut PgTx { tx: &mut tx, privacy: Some(&self.privacy) },
+                &mut PgTx { tx: &mut tx, statements, privacy: Some(&self.privacy) },
                 &batch,
                 &self.settings,
                 &self.privacy,
@@ -724,7 +746,8 @@ impl Engine for PgEngine {
     }
 
     fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        self.pool.with(|client| {
+        self.pool.with(|conn| {
+            let client = &mut conn.cached();
             let row = client.query_opt(
                 "SELECT key_id, role, source, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
                 &[&key_hash],
@@ -743,7 +766,8 @@ impl Engine for PgEngine {
     }
 
     fn customer(&self, id: CustomerId) -> Result<CustomerLookup, StoreError> {
-        self.pool.with(|client| {
+        self.pool.with(|conn| {
+            let client = &mut conn.cached();
             let key = id.to_string();
             let Some(row) = client.query_opt(
                 "SELECT created_at, merged_into, profile, traits, sealed FROM customers WHERE customer_id = $1",
@@ -804,7 +828,8 @@ impl Engine for PgEngine {
     }
 
     fn customer_id_by_identifier(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError> {
-        self.pool.with(|client| {
+        self.pool.with(|conn| {
+            let client = &mut conn.cached();
             client
                 .query_opt(
                     "SELECT customer_id FROM identifiers WHERE identifier = $1",
@@ -816,7 +841,8 @@ impl Engine for PgEngine {
     }
 
     fn events(&self, id: CustomerId, after: Option<&TimelineCursor>, limit: usize) -> Result<EventPage, StoreError> {
-        self.pool.with(|client| {
+        self.pool.with(|conn| {
+            let client = &mut conn.cached();
             let key = id.to_string();
             let mut owners: Vec<String> = client
                 .query("SELECT customer_id FROM customers WHERE merged_into = $1", &[&key])?
@@ -869,7 +895,7 @@ impl Engine for PgEngine {
                         at: r.get(3),
                         reason: r.get(4),
                         identifiers: reveal(
-                            client,
+                            &mut client.client,
                             &self.privacy,
                             serde_json::from_value(r.get(5)).unwrap_or_default(),
                         )?,
@@ -882,9 +908,9 @@ impl Engine for PgEngine {
     fn enqueue(&self, kind: &str, customer: Option<CustomerId>, payload: &Value) -> Result<OutboxId, StoreError> {
         self.pool.with(|client| {
             let key = match customer {
-                Some(c) => {
-                    Some(seal::data_key_of(&self.privacy.keyring, c, |missing| read_data_keys(client, missing))?)
-                }
+                Some(c) => Some(seal::data_key_of(&self.privacy.keyring, c, |missing| {
+                    read_data_keys(&mut client.client, missing)
+                })?),
                 None => None,
             };
             let payload = seal::seal_payload(customer.zip(key.as_ref()), payload);
@@ -913,7 +939,7 @@ impl Engine for PgEngine {
                 &[&(now + lease), &now, &(limit as i64)],
             )?;
             let items = rows.iter().map(outbox_from_row).collect::<Result<Vec<_>, _>>()?;
-            seal::open_outbox(&self.privacy.keyring, items, |missing| read_data_keys(client, missing))
+            seal::open_outbox(&self.privacy.keyring, items, |missing| read_data_keys(&mut client.client, missing))
         })
     }
 
@@ -947,13 +973,13 @@ impl Engine for PgEngine {
                 &[&status.map(OutboxStatus::as_str), &(limit as i64)],
             )?;
             let items = rows.iter().map(outbox_from_row).collect::<Result<Vec<_>, _>>()?;
-            seal::open_outbox(&self.privacy.keyring, items, |missing| read_data_keys(client, missing))
+            seal::open_outbox(&self.privacy.keyring, items, |missing| read_data_keys(&mut client.client, missing))
         })
     }
 
     fn unmerge(&self, merge_id: MergeId, settings: &IngestSettings) -> Result<UnmergeReport, StoreError> {
         self.retrying(|client| {
-            let mut tx = client.transaction()?;
+            let (mut tx, statements) = client.begin()?;
             let key = merge_id.to_string();
             // Lock the merge row: two undo requests for one merge run one after the other.
             let row = tx
@@ -1011,7 +1037,7 @@ impl Engine for PgEngine {
                 .collect();
             // Loyalty: the restored profile's membership gets back its points.
             super::loyalty::unmerge_members(
-                &mut PgTx { tx: &mut tx, privacy: None },
+                &mut PgTx { tx: &mut tx, statements, privacy: None },
                 parse_id(&merged)?,
                 &going_back,
                 settings.day_of(Utc::now()),
@@ -1066,7 +1092,7 @@ impl Engine for PgEngine {
                 merge_id,
                 survivor_id: parse_id(&survivor)?,
                 restored_id: parse_id(&merged)?,
-                identifiers: reveal(client, &self.privacy, moved)?,
+                identifiers: reveal(&mut client.client, &self.privacy, moved)?,
                 events_moved: going_back.len(),
             })
         })
@@ -1074,7 +1100,7 @@ impl Engine for PgEngine {
 
     fn erase(&self, customer: CustomerId) -> Result<ErasureReport, StoreError> {
         let (report, cluster) = self.pool.with(|client| {
-            let mut tx = client.transaction()?;
+            let (mut tx, statements) = client.begin()?;
             let key = customer.to_string();
             let Some(row) = tx.query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&key])? else {
                 return Err(StoreError::NotFound);
@@ -1095,7 +1121,7 @@ impl Engine for PgEngine {
             // Decision 10: the person's loyalty accounts close with a final entry,
             // and their entries stay, de-identified, so the ledger sums to zero.
             let today = self.settings.day_of(Utc::now());
-            super::loyalty::close_for_erasure(&mut PgTx { tx: &mut tx, privacy: None }, &[parse_id(&root)?], today)?;
+            super::loyalty::close_for_erasure(&mut PgTx { tx: &mut tx, statements, privacy: None }, &[parse_id(&root)?], today)?;
             tx.execute(
                 "UPDATE loyalty_entries SET customer_id = $2, event_id = NULL, message_id = NULL, order_id = NULL, \
                  actor = NULL, reason = (reason::jsonb - 'order_id' - 'reason' - 'actor')::text WHERE customer_id = ANY($1)",
@@ -1270,7 +1296,7 @@ impl Engine for PgEngine {
                     proof: r.get(6),
                 })
                 .collect();
-            super::open_consents(&self.privacy.keyring, rows, |missing| read_data_keys(client, missing))
+            super::open_consents(&self.privacy.keyring, rows, |missing| read_data_keys(&mut client.client, missing))
         })
     }
 
@@ -1626,7 +1652,7 @@ impl Engine for PgEngine {
     }
 
     fn loyalty_programmes(&self) -> Result<Vec<relais_domain::loyalty::Programme>, StoreError> {
-        self.pool.with(loyalty::load_programmes)
+        self.pool.with(|conn| loyalty::load_programmes(&mut conn.cached()))
     }
 
     fn loyalty_enrol(
@@ -1635,9 +1661,12 @@ impl Engine for PgEngine {
         programme: &str,
     ) -> Result<(super::loyalty::MemberView, bool), StoreError> {
         let enrolment = self.retrying(|client| {
-            let mut tx = client.transaction()?;
-            let enrolment =
-                super::loyalty::enrol(&mut PgTx { tx: &mut tx, privacy: Some(&self.privacy) }, customer, programme)?;
+            let (mut tx, statements) = client.begin()?;
+            let enrolment = super::loyalty::enrol(
+                &mut PgTx { tx: &mut tx, statements, privacy: Some(&self.privacy) },
+                customer,
+                programme,
+            )?;
             tx.commit()?;
             Ok(enrolment)
         })?;
@@ -1646,7 +1675,8 @@ impl Engine for PgEngine {
     }
 
     fn loyalty_member(&self, id: relais_domain::MemberId) -> Result<Option<super::loyalty::MemberView>, StoreError> {
-        self.pool.with(|client| {
+        self.pool.with(|conn| {
+            let client = &mut conn.cached();
             let Some(row) = loyalty::member(client, id)? else { return Ok(None) };
             let survivor = client
                 .query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&row.customer.to_string()])?
@@ -1658,7 +1688,8 @@ impl Engine for PgEngine {
     }
 
     fn loyalty_members_of(&self, customer: CustomerId) -> Result<Vec<super::loyalty::MemberView>, StoreError> {
-        self.pool.with(|client| {
+        self.pool.with(|conn| {
+            let client = &mut conn.cached();
             let Some(found) = client
                 .query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&customer.to_string()])?
             else {
@@ -1674,11 +1705,11 @@ impl Engine for PgEngine {
 
     fn loyalty_entries(&self, id: relais_domain::MemberId) -> Result<super::loyalty::MemberLedger, StoreError> {
         self.pool.with(|client| {
-            let row = loyalty::member(client, id)?.ok_or(StoreError::NotFound)?;
+            let row = loyalty::member(&mut client.client, id)?.ok_or(StoreError::NotFound)?;
             Ok(super::loyalty::MemberLedger {
-                entries: loyalty::entries(client, &row)?,
-                lots: loyalty::open_lots(client, &row)?,
-                badges: loyalty::badges(client, &row)?,
+                entries: loyalty::entries(&mut client.client, &row)?,
+                lots: loyalty::open_lots(&mut client.client, &row)?,
+                badges: loyalty::badges(&mut client.client, &row)?,
             })
         })
     }
@@ -1688,8 +1719,8 @@ impl Engine for PgEngine {
         request: &super::loyalty::ManualOperation,
     ) -> Result<super::loyalty::OperationAnswer, StoreError> {
         self.retrying(|client| {
-            let mut tx = client.transaction()?;
-            let answer = super::loyalty::operate(&mut PgTx { tx: &mut tx, privacy: None }, request)?;
+            let (mut tx, statements) = client.begin()?;
+            let answer = super::loyalty::operate(&mut PgTx { tx: &mut tx, statements, privacy: None }, request)?;
             tx.commit()?;
             Ok(answer)
         })
@@ -1698,12 +1729,16 @@ impl Engine for PgEngine {
     fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError> {
         let (mut members, mut points) = (0, 0);
         loop {
-            let due = self.pool.with(|client| loyalty::members_with_due_lots(client, day, 500))?;
+            let due = self.pool.with(|client| loyalty::members_with_due_lots(&mut client.client, day, 500))?;
             let mut progressed = false;
             for member in due {
                 let expired = self.retrying(|client| {
-                    let mut tx = client.transaction()?;
-                    let expired = super::loyalty::expire_member(&mut PgTx { tx: &mut tx, privacy: None }, member, day)?;
+                    let (mut tx, statements) = client.begin()?;
+                    let expired = super::loyalty::expire_member(
+                        &mut PgTx { tx: &mut tx, statements, privacy: None },
+                        member,
+                        day,
+                    )?;
                     tx.commit()?;
                     Ok(expired)
                 })?;
@@ -1724,19 +1759,19 @@ impl Engine for PgEngine {
         programme: &str,
         since: Option<NaiveDate>,
     ) -> Result<super::loyalty::ReportRows, StoreError> {
-        self.pool.with(|client| loyalty::report(client, programme, since))
+        self.pool.with(|client| loyalty::report(&mut client.client, programme, since))
     }
 
     fn loyalty_review(&self, day: NaiveDate) -> Result<usize, StoreError> {
         let programmes = self.loyalty_programmes()?;
         let reviewing = super::loyalty::reviewing(&programmes, day);
-        let due = self.pool.with(|client| loyalty::members_to_review(client, day, &reviewing))?;
+        let due = self.pool.with(|client| loyalty::members_to_review(&mut client.client, day, &reviewing))?;
         let mut changes = 0;
         let language = self.settings.language;
         for member in due {
             changes += usize::from(self.retrying(|client| {
-                let mut tx = client.transaction()?;
-                let mut ledger = PgTx { tx: &mut tx, privacy: Some(&self.privacy) };
+                let (mut tx, statements) = client.begin()?;
+                let mut ledger = PgTx { tx: &mut tx, statements, privacy: Some(&self.privacy) };
                 let changed = super::loyalty::review_member(&mut ledger, member, day, language)?;
                 tx.commit()?;
                 Ok(changed)
@@ -1748,9 +1783,11 @@ impl Engine for PgEngine {
     fn loyalty_release(&self, now: DateTime<Utc>, day: NaiveDate) -> Result<(usize, i64), StoreError> {
         let before = now - chrono::Duration::days(1);
         let candidates = self.pool.with(|client| {
-            let mut tx = client.transaction()?;
-            let found =
-                super::loyalty::LedgerTx::reservations_before(&mut PgTx { tx: &mut tx, privacy: None }, before)?;
+            let (mut tx, statements) = client.begin()?;
+            let found = super::loyalty::LedgerTx::reservations_before(
+                &mut PgTx { tx: &mut tx, statements, privacy: None },
+                before,
+            )?;
             tx.commit()?;
             Ok(found)
         })?;
@@ -1768,9 +1805,13 @@ impl Engine for PgEngine {
             // Another process may release it first: the redemption row is
             // locked, then found cancelled, and nothing happens twice.
             let given = self.retrying(|client| {
-                let mut tx = client.transaction()?;
-                let given =
-                    super::loyalty::release_redemption(&mut PgTx { tx: &mut tx, privacy: None }, &id, now, day)?;
+                let (mut tx, statements) = client.begin()?;
+                let given = super::loyalty::release_redemption(
+                    &mut PgTx { tx: &mut tx, statements, privacy: None },
+                    &id,
+                    now,
+                    day,
+                )?;
                 tx.commit()?;
                 Ok(given)
             })?;
@@ -1790,10 +1831,10 @@ impl Engine for PgEngine {
         to: NaiveDate,
     ) -> Result<i64, StoreError> {
         self.pool.with(|client| {
-            let row = loyalty::member(client, id)?.ok_or(StoreError::NotFound)?;
-            let mut tx = client.transaction()?;
+            let row = loyalty::member(&mut client.client, id)?.ok_or(StoreError::NotFound)?;
+            let (mut tx, statements) = client.begin()?;
             let value = super::loyalty::LedgerTx::tier_value(
-                &mut PgTx { tx: &mut tx, privacy: None },
+                &mut PgTx { tx: &mut tx, statements, privacy: None },
                 &row,
                 measure,
                 from,
@@ -1861,9 +1902,14 @@ impl Engine for PgEngine {
         day: NaiveDate,
     ) -> Result<super::loyalty::RedemptionRow, StoreError> {
         self.retrying(|client| {
-            let mut tx = client.transaction()?;
-            let row =
-                super::loyalty::settle_redemption(&mut PgTx { tx: &mut tx, privacy: None }, id, confirm, actor, day)?;
+            let (mut tx, statements) = client.begin()?;
+            let row = super::loyalty::settle_redemption(
+                &mut PgTx { tx: &mut tx, statements, privacy: None },
+                id,
+                confirm,
+                actor,
+                day,
+            )?;
             tx.commit()?;
             Ok(row)
         })
@@ -1921,15 +1967,15 @@ impl Engine for PgEngine {
         request: &super::loyalty::CouponRequest,
     ) -> Result<super::loyalty::CouponAccepted, StoreError> {
         self.retrying(|client| {
-            let mut tx = client.transaction()?;
-            let accepted = super::loyalty::use_coupon(&mut PgTx { tx: &mut tx, privacy: None }, request)?;
+            let (mut tx, statements) = client.begin()?;
+            let accepted = super::loyalty::use_coupon(&mut PgTx { tx: &mut tx, statements, privacy: None }, request)?;
             tx.commit()?;
             Ok(accepted)
         })
     }
 
     fn loyalty_check(&self) -> Result<super::loyalty::LedgerCheck, StoreError> {
-        self.pool.with(loyalty::check)
+        self.pool.with(|conn| loyalty::check(&mut conn.client))
     }
 
     fn loyalty_forget_answers(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -2190,6 +2236,7 @@ pub fn raw_load(
 ) -> Result<std::time::Duration, StoreError> {
     let mut client = connect(url)?;
     migrate(&mut client)?;
+    let mut statements = Statements::default();
     let mut owners = HashMap::new();
     let mut spent = std::time::Duration::ZERO;
     for chunk in chunks {
@@ -2197,7 +2244,7 @@ pub fn raw_load(
         let changes = super::raw_changes(&chunk, &encoded, &mut owners, privacy);
         let started = std::time::Instant::now();
         let mut tx = client.transaction()?;
-        PgTx { tx: &mut tx, privacy: None }.write(&changes)?;
+        PgTx { tx: &mut tx, statements: &mut statements, privacy: None }.write(&changes)?;
         tx.commit()?;
         spent += started.elapsed();
     }

@@ -11,7 +11,7 @@ use relais_domain::loyalty::tiers::Measure;
 use relais_domain::loyalty::{Lot, Points, Programme, Reason};
 use relais_domain::{CustomerId, Identifier, MemberId};
 
-use super::{parse_id, PgTx};
+use super::{parse_id, PgTx, Sql};
 use crate::store::loyalty::{
     CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, Recipient, RedemptionRow,
     RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
@@ -39,7 +39,7 @@ fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
 }
 
 /// Programmes stored as JSON definitions.
-pub(super) fn load_programmes(client: &mut impl GenericClient) -> Result<Vec<Programme>, StoreError> {
+pub(super) fn load_programmes(client: &mut impl Sql) -> Result<Vec<Programme>, StoreError> {
     client
         .query("SELECT definition FROM loyalty_programmes ORDER BY programme_key", &[])?
         .iter()
@@ -65,11 +65,11 @@ pub(super) fn save_programme(client: &mut impl GenericClient, programme: &Progra
 
 impl LedgerTx for PgTx<'_, '_> {
     fn programmes_revision(&mut self) -> Result<i64, StoreError> {
-        Ok(self.tx.query_one("SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes", &[])?.get(0))
+        Ok(self.query_one("SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes", &[])?.get(0))
     }
 
     fn load_programmes(&mut self) -> Result<Vec<Programme>, StoreError> {
-        load_programmes(self.tx)
+        load_programmes(self)
     }
 
     fn family_members(&mut self, roots: &[CustomerId]) -> Result<Vec<(CustomerId, MemberRow)>, StoreError> {
@@ -79,7 +79,7 @@ impl LedgerTx for PgTx<'_, '_> {
         let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
         // Locked in member id order, so two writers touching the same members
         // cannot deadlock.
-        let rows = self.tx.query(
+        let rows = self.query(
             &format!(
                 "SELECT {MEMBER_COLUMNS}, COALESCE(c.merged_into, c.customer_id) FROM loyalty_members m \
                  JOIN customers c ON c.customer_id = m.customer_id \
@@ -92,14 +92,13 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
-        self.tx
-            .query_opt(
-                &format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = $1 FOR UPDATE"),
-                &[&id.to_string()],
-            )?
-            .as_ref()
-            .map(to_member)
-            .transpose()
+        self.query_opt(
+            &format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = $1 FOR UPDATE"),
+            &[&id.to_string()],
+        )?
+        .as_ref()
+        .map(to_member)
+        .transpose()
     }
 
     fn cap_used(
@@ -110,7 +109,6 @@ impl LedgerTx for PgTx<'_, '_> {
         to: NaiveDate,
     ) -> Result<Points, StoreError> {
         Ok(self
-            .tx
             .query_one(
                 "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
                  AND rule = $3 AND day BETWEEN $4 AND $5 AND leg = 0",
@@ -121,7 +119,6 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn rules_paid(&mut self, member: &MemberRow, kind: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
-            .tx
             .query(
                 "SELECT DISTINCT rule FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 AND kind = $3 \
                  AND leg = 0 AND rule IS NOT NULL",
@@ -134,7 +131,6 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn order_history(&mut self, member: &MemberRow, order_id: &str) -> Result<OrderHistory, StoreError> {
         let rows = self
-            .tx
             .query(
                 "SELECT kind, points, basis_minor FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
                  AND order_id = $3 AND leg = 0",
@@ -147,7 +143,7 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError> {
-        open_lots(self.tx, member)
+        open_lots(self, member)
     }
 
     fn tier_value(
@@ -158,7 +154,6 @@ impl LedgerTx for PgTx<'_, '_> {
         to: NaiveDate,
     ) -> Result<i64, StoreError> {
         Ok(self
-            .tx
             .query_one(
                 &format!(
                     "SELECT COALESCE({}, 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
@@ -177,7 +172,6 @@ impl LedgerTx for PgTx<'_, '_> {
         key: &str,
     ) -> Result<Option<StoredAnswer>, StoreError> {
         Ok(self
-            .tx
             .query_opt(
                 "SELECT request_hash, status, response FROM loyalty_idempotency WHERE customer_id = $1 AND scope = $2 \
                  AND idem_key = $3",
@@ -188,7 +182,7 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError> {
         for m in &write.new_members {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, \
                  merged_into, enrolled_at, tier, tier_since, downgrade_on) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -234,7 +228,7 @@ impl LedgerTx for PgTx<'_, '_> {
                 }
             }
             let c = &columns;
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
                  message_id, order_id, basis_minor, day, reason, expires_on, actor, programme_key, store, created_at) \
                  SELECT *, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], \
@@ -247,7 +241,7 @@ impl LedgerTx for PgTx<'_, '_> {
             )?;
         }
         for lot in &write.new_lots {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
@@ -261,13 +255,13 @@ impl LedgerTx for PgTx<'_, '_> {
             )?;
         }
         for (customer, lot, remaining) in &write.lot_updates {
-            self.tx.execute(
+            self.execute(
                 "UPDATE loyalty_lots SET remaining = $3 WHERE customer_id = $1 AND lot_id = $2",
                 &[&customer.to_string(), lot, remaining],
             )?;
         }
         for m in &write.member_updates {
-            self.tx.execute(
+            self.execute(
                 "UPDATE loyalty_members SET balance = $3, status = $4, merged_into = $5, tier = $6, tier_since = $7, \
                  downgrade_on = $8 WHERE customer_id = $1 AND member_id = $2",
                 &[
@@ -283,7 +277,7 @@ impl LedgerTx for PgTx<'_, '_> {
             )?;
         }
         for c in &write.tier_changes {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_tier_changes (customer_id, change_id, member_id, kind, from_tier, to_tier, \
                  effective_on, measured, day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
                 &[
@@ -300,20 +294,20 @@ impl LedgerTx for PgTx<'_, '_> {
             )?;
         }
         for (customer, lot, points) in &write.lot_restores {
-            self.tx.execute(
+            self.execute(
                 "UPDATE loyalty_lots SET remaining = remaining + $3 WHERE customer_id = $1 AND lot_id = $2",
                 &[&customer.to_string(), lot, points],
             )?;
         }
         for (programme, reward, change) in &write.stock_changes {
-            self.tx.execute(
+            self.execute(
                 "UPDATE loyalty_rewards SET stock_left = stock_left + $3 WHERE programme_key = $1 AND reward_id = $2 \
                  AND stock_left IS NOT NULL",
                 &[programme, reward, change],
             )?;
         }
         for r in &write.new_redemptions {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_redemptions (customer_id, redemption_id, member_id, programme_key, reward_id, points, \
                  status, allocation, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
                 &[
@@ -330,18 +324,18 @@ impl LedgerTx for PgTx<'_, '_> {
             )?;
         }
         for (customer, id, status) in &write.redemption_updates {
-            self.tx.execute(
+            self.execute(
                 "UPDATE loyalty_redemptions SET status = $3, updated_at = now() WHERE customer_id = $1 AND redemption_id = $2",
                 &[&customer.to_string(), id, &status.as_str()],
             )?;
         }
         if let Some(u) = &write.coupon_use {
-            self.tx.execute(
+            self.execute(
                 "UPDATE loyalty_coupon_codes SET customer_id = $2, member_id = $3, order_id = $4, used_at = now() \
                  WHERE code_hash = $1",
                 &[&u.code_hash, &u.customer.to_string(), &u.member.to_string(), &u.order_id],
             )?;
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_coupon_uses (customer_id, code_hash, member_id, programme_key, campaign_id, order_id, \
                  day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
                 &[
@@ -354,13 +348,13 @@ impl LedgerTx for PgTx<'_, '_> {
                     &u.day,
                 ],
             )?;
-            self.tx.execute(
+            self.execute(
                 "UPDATE loyalty_coupon_campaigns SET used = used + 1 WHERE programme_key = $1 AND campaign_id = $2",
                 &[&u.programme, &u.campaign],
             )?;
         }
         for d in &write.draws {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_draws (customer_id, draw_id, member_id, programme_key, rule_id, event_id, roll, odds, \
                  won, points, day) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 &[
@@ -379,13 +373,13 @@ impl LedgerTx for PgTx<'_, '_> {
             )?;
         }
         for (programme, rule, points) in &write.budget_spent {
-            self.tx.execute(
+            self.execute(
                 "UPDATE loyalty_draw_budgets SET spent = spent + $3 WHERE programme_key = $1 AND rule_id = $2",
                 &[programme, rule, points],
             )?;
         }
         for (customer, member, rule, period, state) in &write.progress {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_progress (customer_id, member_id, rule_id, period_start, state) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (customer_id, member_id, rule_id, period_start) \
                  DO UPDATE SET state = excluded.state",
@@ -393,7 +387,7 @@ impl LedgerTx for PgTx<'_, '_> {
             )?;
         }
         for (customer, member, badge, rule, day) in &write.badges {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_badges (customer_id, member_id, badge, rule_id, day) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT DO NOTHING",
                 &[&customer.to_string(), &member.to_string(), badge, rule, day],
@@ -401,7 +395,7 @@ impl LedgerTx for PgTx<'_, '_> {
         }
         for e in &write.computed_events {
             let id = e.event_id.to_string();
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, \
                  properties, context, traits, extra, identifiers, computed) \
                  VALUES ($1, $2, 'relais', $2, 'track', $3, 'other', $4, $4, $5, '{}', '{}', '{}', '[]', TRUE)",
@@ -413,9 +407,9 @@ impl LedgerTx for PgTx<'_, '_> {
             for (customer, payload) in &write.emails {
                 // Sealed with the person's key, like every message to a person.
                 let key =
-                    seal::data_key_of(&privacy.keyring, *customer, |missing| super::read_data_keys(self.tx, missing))?;
+                    seal::data_key_of(&privacy.keyring, *customer, |missing| super::read_data_keys(self, missing))?;
                 let payload = seal::seal_payload(Some((*customer, &key)), payload);
-                self.tx.execute(
+                self.execute(
                     "INSERT INTO outbox (outbox_id, kind, customer_id, payload, status, next_attempt_at, created_at) \
                      VALUES ($1, 'email', $2, $3::text::jsonb, 'pending', now(), now())",
                     &[&relais_domain::OutboxId::new().to_string(), &customer.to_string(), &payload],
@@ -423,7 +417,7 @@ impl LedgerTx for PgTx<'_, '_> {
             }
         }
         if let Some((customer, scope, key, answer)) = &write.answer {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, now())",
                 &[&customer.to_string(), scope, key, &answer.request_hash, &i32::from(answer.status), &answer.body],
@@ -438,31 +432,29 @@ impl LedgerTx for PgTx<'_, '_> {
         reward: &str,
     ) -> Result<Option<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError> {
         // Locked: the stock is shared by every member redeeming it.
-        self.tx
-            .query_opt(
-                "SELECT definition, stock_left FROM loyalty_rewards WHERE programme_key = $1 AND reward_id = $2 \
+        self.query_opt(
+            "SELECT definition, stock_left FROM loyalty_rewards WHERE programme_key = $1 AND reward_id = $2 \
                  FOR UPDATE",
-                &[&programme, &reward],
-            )?
-            .map(|r| Ok((crate::store::loyalty::reward_from_json(r.get::<_, &str>(0))?, r.get(1))))
-            .transpose()
+            &[&programme, &reward],
+        )?
+        .map(|r| Ok((crate::store::loyalty::reward_from_json(r.get::<_, &str>(0))?, r.get(1))))
+        .transpose()
     }
 
     fn coupon(&mut self, code_hash: &str) -> Result<Option<CouponRow>, StoreError> {
-        self.tx
-            .query_opt(
-                "SELECT programme_key, campaign_id, customer_id, member_id, order_id FROM loyalty_coupon_codes \
+        self.query_opt(
+            "SELECT programme_key, campaign_id, customer_id, member_id, order_id FROM loyalty_coupon_codes \
                  WHERE code_hash = $1 FOR UPDATE",
-                &[&code_hash],
-            )?
-            .map(|r| {
-                let used_by = match (r.get::<_, Option<&str>>(2), r.get::<_, Option<&str>>(3)) {
-                    (Some(c), Some(m)) => Some((parse_id(c)?, parse_id(m)?, r.get(4))),
-                    _ => None,
-                };
-                Ok(CouponRow { programme: r.get(0), campaign: r.get(1), used_by })
-            })
-            .transpose()
+            &[&code_hash],
+        )?
+        .map(|r| {
+            let used_by = match (r.get::<_, Option<&str>>(2), r.get::<_, Option<&str>>(3)) {
+                (Some(c), Some(m)) => Some((parse_id(c)?, parse_id(m)?, r.get(4))),
+                _ => None,
+            };
+            Ok(CouponRow { programme: r.get(0), campaign: r.get(1), used_by })
+        })
+        .transpose()
     }
 
     fn campaign(
@@ -470,19 +462,17 @@ impl LedgerTx for PgTx<'_, '_> {
         programme: &str,
         campaign: &str,
     ) -> Result<Option<(relais_domain::loyalty::coupons::Campaign, i64)>, StoreError> {
-        self.tx
-            .query_opt(
-                "SELECT definition, used FROM loyalty_coupon_campaigns WHERE programme_key = $1 AND campaign_id = $2 \
+        self.query_opt(
+            "SELECT definition, used FROM loyalty_coupon_campaigns WHERE programme_key = $1 AND campaign_id = $2 \
                  FOR UPDATE",
-                &[&programme, &campaign],
-            )?
-            .map(|r| Ok((crate::store::loyalty::campaign_from_json(r.get::<_, &str>(0))?, r.get(1))))
-            .transpose()
+            &[&programme, &campaign],
+        )?
+        .map(|r| Ok((crate::store::loyalty::campaign_from_json(r.get::<_, &str>(0))?, r.get(1))))
+        .transpose()
     }
 
     fn coupon_uses(&mut self, member: &MemberRow, campaign: &str) -> Result<i64, StoreError> {
         Ok(self
-            .tx
             .query_one(
                 "SELECT COUNT(*) FROM loyalty_coupon_uses WHERE customer_id = $1 AND member_id = $2 AND campaign_id = $3",
                 &[&member.customer.to_string(), &member.member.to_string(), &campaign],
@@ -492,23 +482,21 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn merged_members(&mut self, roots: &[CustomerId]) -> Result<Vec<MemberRow>, StoreError> {
         let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
-        self.tx
-            .query(
-                &format!(
-                    "SELECT {MEMBER_COLUMNS} FROM loyalty_members m JOIN customers c ON c.customer_id = m.customer_id \
+        self.query(
+            &format!(
+                "SELECT {MEMBER_COLUMNS} FROM loyalty_members m JOIN customers c ON c.customer_id = m.customer_id \
                      WHERE m.status = 'merged' AND (c.customer_id = ANY($1) OR c.merged_into = ANY($1)) \
                      ORDER BY m.member_id FOR UPDATE OF m"
-                ),
-                &[&ids],
-            )?
-            .iter()
-            .map(to_member)
-            .collect()
+            ),
+            &[&ids],
+        )?
+        .iter()
+        .map(to_member)
+        .collect()
     }
 
     fn merge_transfer(&mut self, member: &MemberRow) -> Result<Points, StoreError> {
         Ok(self
-            .tx
             .query_one(
                 "SELECT COALESCE(-SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
                  AND kind = 'merge' AND account = 'member' AND points < 0",
@@ -519,7 +507,6 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn event_points(&mut self, member: &MemberRow, events: &[String]) -> Result<Points, StoreError> {
         Ok(self
-            .tx
             .query_one(
                 "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
                  AND account = 'member' AND event_id = ANY($3)",
@@ -536,12 +523,11 @@ impl LedgerTx for PgTx<'_, '_> {
     fn draw_spent(&mut self, programme: &str, rule: &str) -> Result<Points, StoreError> {
         // The budget row is created (at 0) and locked: concurrent wins wait,
         // so the budget is never exceeded.
-        self.tx.execute(
+        self.execute(
             "INSERT INTO loyalty_draw_budgets (programme_key, rule_id, spent) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
             &[&programme, &rule],
         )?;
         Ok(self
-            .tx
             .query_one(
                 "SELECT spent FROM loyalty_draw_budgets WHERE programme_key = $1 AND rule_id = $2 FOR UPDATE",
                 &[&programme, &rule],
@@ -551,7 +537,6 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn progress(&mut self, member: &MemberRow, rule: &str, period: NaiveDate) -> Result<Option<String>, StoreError> {
         Ok(self
-            .tx
             .query_opt(
                 "SELECT state FROM loyalty_progress WHERE customer_id = $1 AND member_id = $2 AND rule_id = $3 \
                  AND period_start = $4",
@@ -561,32 +546,31 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn redemption(&mut self, id: &str) -> Result<Option<RedemptionRow>, StoreError> {
-        self.tx
-            .query_opt(
-                "SELECT customer_id, redemption_id, member_id, programme_key, reward_id, points, status, allocation, \
+        self.query_opt(
+            "SELECT customer_id, redemption_id, member_id, programme_key, reward_id, points, status, allocation, \
                  created_at FROM loyalty_redemptions WHERE redemption_id = $1 FOR UPDATE",
-                &[&id],
-            )?
-            .map(|r| {
-                Ok(RedemptionRow {
-                    customer: parse_id(r.get::<_, &str>(0))?,
-                    id: r.get(1),
-                    member: parse_id(r.get::<_, &str>(2))?,
-                    programme: r.get(3),
-                    reward: r.get(4),
-                    points: r.get(5),
-                    status: RedemptionStatus::parse(r.get::<_, &str>(6))?,
-                    allocation: serde_json::from_str(r.get::<_, &str>(7))
-                        .map_err(|e| StoreError::Database(e.to_string()))?,
-                    created_at: r.get(8),
-                })
+            &[&id],
+        )?
+        .map(|r| {
+            Ok(RedemptionRow {
+                customer: parse_id(r.get::<_, &str>(0))?,
+                id: r.get(1),
+                member: parse_id(r.get::<_, &str>(2))?,
+                programme: r.get(3),
+                reward: r.get(4),
+                points: r.get(5),
+                status: RedemptionStatus::parse(r.get::<_, &str>(6))?,
+                allocation: serde_json::from_str(r.get::<_, &str>(7))
+                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                created_at: r.get(8),
             })
-            .transpose()
+        })
+        .transpose()
     }
 
     fn root_of(&mut self, customer: CustomerId) -> Result<Option<CustomerId>, StoreError> {
         let row =
-            self.tx.query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&customer.to_string()])?;
+            self.query_opt("SELECT merged_into FROM customers WHERE customer_id = $1", &[&customer.to_string()])?;
         Ok(match row {
             None => None,
             Some(r) => match r.get::<_, Option<&str>>(0) {
@@ -599,9 +583,9 @@ impl LedgerTx for PgTx<'_, '_> {
     fn attach_card(&mut self, customer: CustomerId, card: &Identifier) -> Result<Option<String>, StoreError> {
         let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
         let token = privacy.keyring.token(card);
-        let key = seal::data_key_of(&privacy.keyring, customer, |missing| super::read_data_keys(self.tx, missing))?;
+        let key = seal::data_key_of(&privacy.keyring, customer, |missing| super::read_data_keys(self, missing))?;
         let value = StoredValue::of(&privacy.classes, card, customer, &key);
-        let inserted = self.tx.execute(
+        let inserted = self.execute(
             "INSERT INTO identifiers (identifier, kind, customer_id, created_at, value, sealed) \
              VALUES ($1, $2, $3, now(), $4, $5) ON CONFLICT DO NOTHING",
             &[&token.to_string(), &token.kind().as_str(), &customer.to_string(), &value.clear(), &value.sealed()],
@@ -611,7 +595,6 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn segments_of(&mut self, root: CustomerId) -> Result<Vec<String>, StoreError> {
         Ok(self
-            .tx
             .query(
                 "SELECT s.name FROM segment_members m JOIN segments s ON s.segment_id = m.segment_id \
                  WHERE m.customer_id = $1 ORDER BY s.name",
@@ -626,7 +609,7 @@ impl LedgerTx for PgTx<'_, '_> {
         let privacy = self.privacy.ok_or_else(|| StoreError::Database("no keys on this connection".into()))?;
         let Some(root) = self.root_of(customer)? else { return Ok(None) };
         let Some(row) =
-            self.tx.query_opt("SELECT profile, sealed FROM customers WHERE customer_id = $1", &[&root.to_string()])?
+            self.query_opt("SELECT profile, sealed FROM customers WHERE customer_id = $1", &[&root.to_string()])?
         else {
             return Ok(None);
         };
@@ -634,10 +617,9 @@ impl LedgerTx for PgTx<'_, '_> {
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),
         };
-        let keys = seal::data_keys(&privacy.keyring, &[root], |missing| super::read_data_keys(self.tx, missing))?;
+        let keys = seal::data_keys(&privacy.keyring, &[root], |missing| super::read_data_keys(self, missing))?;
         seal::open_profile(&mut profile, row.get::<_, Option<&[u8]>>(1), keys.get(&root))?;
         let rows = self
-            .tx
             .query(
                 "SELECT identifier, value, sealed, shared FROM identifiers WHERE customer_id = $1 AND kind = 'email' \
                  ORDER BY created_at",
@@ -646,7 +628,7 @@ impl LedgerTx for PgTx<'_, '_> {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<_, bool>(3)))
             .collect();
-        let email = super::open_identifiers(self.tx, privacy, rows)?
+        let email = super::open_identifiers(self, privacy, rows)?
             .into_iter()
             .find(|(_, shared)| !shared)
             .map(|(identifier, _)| identifier.value().to_string());
@@ -658,7 +640,6 @@ impl LedgerTx for PgTx<'_, '_> {
         before: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<crate::store::loyalty::Reservation>, StoreError> {
         Ok(self
-            .tx
             .query(
                 "SELECT redemption_id, programme_key, reward_id, created_at FROM loyalty_redemptions \
                  WHERE status = 'reserved' AND created_at <= $1 ORDER BY created_at, redemption_id",
@@ -693,7 +674,7 @@ struct EntryColumns {
 }
 
 /// A member's lots with points left.
-pub(super) fn open_lots(client: &mut impl GenericClient, member: &MemberRow) -> Result<Vec<Lot>, StoreError> {
+pub(super) fn open_lots(client: &mut impl Sql, member: &MemberRow) -> Result<Vec<Lot>, StoreError> {
     Ok(client
         .query(
             "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE customer_id = $1 AND member_id = $2 \
@@ -706,7 +687,7 @@ pub(super) fn open_lots(client: &mut impl GenericClient, member: &MemberRow) -> 
 }
 
 /// One membership by id (no lock).
-pub(super) fn member(client: &mut impl GenericClient, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
+pub(super) fn member(client: &mut impl Sql, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
     client
         .query_opt(
             &format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = $1"),
@@ -718,7 +699,7 @@ pub(super) fn member(client: &mut impl GenericClient, id: MemberId) -> Result<Op
 }
 
 /// Active memberships of a person (a profile and the profiles merged into it).
-pub(super) fn members_of(client: &mut impl GenericClient, root: CustomerId) -> Result<Vec<MemberRow>, StoreError> {
+pub(super) fn members_of(client: &mut impl Sql, root: CustomerId) -> Result<Vec<MemberRow>, StoreError> {
     client
         .query(
             &format!(
@@ -734,7 +715,7 @@ pub(super) fn members_of(client: &mut impl GenericClient, root: CustomerId) -> R
 
 /// The card numbers behind card tokens.
 pub(super) fn card_numbers(
-    client: &mut impl GenericClient,
+    client: &mut impl Sql,
     privacy: &Privacy,
     tokens: Vec<String>,
 ) -> Result<HashMap<String, String>, StoreError> {

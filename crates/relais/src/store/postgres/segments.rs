@@ -2,13 +2,13 @@
 //! segments and memberships. Profile ids travel as `text[]` parameters.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use postgres::{Client, GenericClient, IsolationLevel};
+use postgres::{GenericClient, IsolationLevel};
 use relais_domain::segment::{Column, FactTable};
 use relais_domain::traits::{ComputedTraits, DayTotals};
 use relais_domain::{CustomerId, EventId, SegmentId};
 use serde_json::{Map, Value};
 
-use super::{parse_id, PgEngine};
+use super::{parse_id, PgConn, PgEngine, Sql};
 use crate::store::segments::{
     build_facts, membership_diff, membership_event, ConsentRow, CustomerScore, FactReads, MembershipChange, ScoreRow,
     SegmentFigures, SegmentRecord, Snapshot, TypologyRecord, SEGMENT_ENTERED, SEGMENT_EXITED, SURVEY_ANSWERED,
@@ -233,7 +233,7 @@ fn sync_one(
 
 impl PgEngine {
     pub(super) fn put_segment(&self, record: &SegmentRecord) -> Result<SegmentRecord, StoreError> {
-        self.retrying(|client: &mut Client| {
+        self.retrying(|client: &mut PgConn| {
             let mut tx = client.transaction()?;
             tx.execute(
                 "INSERT INTO segments (segment_id, name, source, description, created_at, updated_at) \
@@ -256,7 +256,8 @@ impl PgEngine {
     }
 
     pub(super) fn all_segments(&self) -> Result<Vec<SegmentRecord>, StoreError> {
-        self.pool.with(|client| {
+        self.pool.with(|conn| {
+            let client = &mut conn.cached();
             client
                 .query(&format!("SELECT {SEGMENT_COLUMNS} FROM segments ORDER BY name"), &[])?
                 .iter()
@@ -266,7 +267,7 @@ impl PgEngine {
     }
 
     pub(super) fn delete_segment(&self, name: &str) -> Result<bool, StoreError> {
-        self.retrying(|client: &mut Client| {
+        self.retrying(|client: &mut PgConn| {
             let mut tx = client.transaction()?;
             let Some(old) = segment_by_name(&mut tx, name, true)? else { return Ok(false) };
             tx.execute("DELETE FROM segment_members WHERE segment_id = $1", &[&old.id.to_string()])?;
@@ -302,7 +303,7 @@ impl PgEngine {
         // Segment rows are updated in id order, so two syncs never deadlock.
         let mut order: Vec<usize> = (0..evaluated.len()).collect();
         order.sort_by_key(|&i| evaluated[i].0.id);
-        self.retrying(|client: &mut Client| {
+        self.retrying(|client: &mut PgConn| {
             let mut tx = client.transaction()?;
             let mut changes = vec![MembershipChange::default(); evaluated.len()];
             for &i in &order {
@@ -352,7 +353,7 @@ impl PgEngine {
         let (r, f, m) = (score(|s| s.r), score(|s| s.f), score(|s| s.m));
         let groups: Vec<&str> = scores.iter().map(|s| s.group.as_str()).collect();
         let clv: Vec<Option<i64>> = scores.iter().map(|s| s.clv_minor).collect();
-        self.retrying(|client: &mut Client| {
+        self.retrying(|client: &mut PgConn| {
             let mut tx = client.transaction()?;
             tx.execute("DELETE FROM customer_scores", &[])?;
             tx.execute(

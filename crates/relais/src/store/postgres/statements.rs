@@ -1,0 +1,193 @@
+//! Prepared statements kept per connection. Running SQL given as text makes the
+//! driver prepare an unnamed statement first: one more round trip, and the
+//! server parses and analyses the text again, for every statement. The hot
+//! paths (ingest, the loyalty ledger, authentication, the customer reads) run
+//! their SQL through `Sql` on a `PgConn`'s cache instead: each text is
+//! prepared once per connection, as a named statement (session-level, so it
+//! outlives the transaction it was prepared in), and run by reference after.
+//!
+//! A statement belongs to the connection that prepared it: the cache lives in
+//! `PgConn` beside its client and is dropped with it (the pool drops a
+//! connection whose work failed with a database error).
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, Row, Statement, Transaction};
+
+/// Most statements one connection keeps prepared. Texts are constants or built
+/// from constants, so the set is small and fixed; past the limit the cache
+/// starts over rather than grow (a guard, not an expected case).
+const MAX_STATEMENTS: usize = 512;
+
+/// Prepared statements of one connection, by SQL text.
+#[derive(Default)]
+pub(super) struct Statements {
+    prepared: HashMap<String, Statement>,
+}
+
+impl Statements {
+    /// The statement for `sql`, prepared on `client` the first time. `client`
+    /// must be (a transaction of) the connection this cache belongs to.
+    fn get(&mut self, client: &mut impl GenericClient, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql)?;
+        if self.prepared.len() >= MAX_STATEMENTS {
+            self.prepared.clear();
+        }
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+/// A pooled connection: the client and its prepared statements.
+pub(super) struct PgConn {
+    pub(super) client: Client,
+    pub(super) statements: Statements,
+}
+
+impl PgConn {
+    pub(super) fn new(client: Client) -> PgConn {
+        PgConn { client, statements: Statements::default() }
+    }
+
+    /// A transaction, with the statement cache to run its SQL through (`PgTx`).
+    pub(super) fn begin(&mut self) -> Result<(Transaction<'_>, &mut Statements), postgres::Error> {
+        Ok((self.client.transaction()?, &mut self.statements))
+    }
+
+    /// The connection running its SQL through its statement cache.
+    pub(super) fn cached(&mut self) -> Cached<'_, Client> {
+        Cached { client: &mut self.client, statements: &mut self.statements }
+    }
+}
+
+// Cold paths (migrations, reports, administration) use the client as before.
+impl Deref for PgConn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// A client or transaction with its connection's statement cache.
+pub(super) struct Cached<'a, C> {
+    pub(super) client: &'a mut C,
+    pub(super) statements: &'a mut Statements,
+}
+
+/// Runs SQL given as text: through the statement cache (`Cached`, `PgTx`), or
+/// as the driver does (`Client`, `Transaction`: the cold paths, unchanged).
+/// Errors are the driver's, so callers map them to `StoreError` as before.
+pub(super) trait Sql {
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error>;
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error>;
+    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, postgres::Error>;
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error>;
+}
+
+impl<C: GenericClient> Sql for Cached<'_, C> {
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.statements.get(self.client, sql)?;
+        self.client.query(&statement, params)
+    }
+
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error> {
+        let statement = self.statements.get(self.client, sql)?;
+        self.client.query_one(&statement, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, postgres::Error> {
+        let statement = self.statements.get(self.client, sql)?;
+        self.client.query_opt(&statement, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error> {
+        let statement = self.statements.get(self.client, sql)?;
+        self.client.execute(&statement, params)
+    }
+}
+
+impl Sql for Client {
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+        Client::query(self, sql, params)
+    }
+
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error> {
+        Client::query_one(self, sql, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, postgres::Error> {
+        Client::query_opt(self, sql, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error> {
+        Client::execute(self, sql, params)
+    }
+}
+
+impl Sql for Transaction<'_> {
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+        Transaction::query(self, sql, params)
+    }
+
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error> {
+        Transaction::query_one(self, sql, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, postgres::Error> {
+        Transaction::query_opt(self, sql, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error> {
+        Transaction::execute(self, sql, params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use postgres::error::SqlState;
+
+    use super::*;
+
+    /// Runs only when tests have a PostgreSQL server (`RELAIS_TEST_DATABASE_URL`).
+    #[test]
+    fn statements_outlive_a_rolled_back_transaction_and_failures_keep_their_error() {
+        let Some(url) = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else { return };
+        // A plain thread: the blocking client runs a runtime of its own.
+        std::thread::spawn(move || {
+            let mut conn = PgConn::new(Client::connect(&url, postgres::NoTls).expect("connect"));
+            conn.batch_execute("CREATE TEMP TABLE cache_probe (id int PRIMARY KEY)").expect("temp table");
+            let insert = "INSERT INTO cache_probe (id) VALUES ($1)";
+            {
+                let (mut tx, statements) = conn.begin().expect("begin");
+                let mut cached = Cached { client: &mut tx, statements };
+                assert_eq!(cached.execute(insert, &[&1]).expect("first insert"), 1);
+                // A failing statement surfaces the server's error (a race, for the engine).
+                let error = cached.execute(insert, &[&1]).expect_err("duplicate key");
+                assert_eq!(error.code(), Some(&SqlState::UNIQUE_VIOLATION));
+                // Dropped without commit: rolled back.
+            }
+            assert_eq!(conn.statements.prepared.len(), 1);
+            // The statement prepared in the rolled-back transaction still runs.
+            let mut cached = conn.cached();
+            assert_eq!(cached.execute(insert, &[&1]).expect("insert after rollback"), 1);
+            let count: i64 = cached.query_one("SELECT count(*) FROM cache_probe", &[]).expect("count").get(0);
+            assert_eq!(count, 1);
+            assert!(cached.query_opt("SELECT id FROM cache_probe WHERE id = $1", &[&2]).expect("none").is_none());
+            assert_eq!(conn.statements.prepared.len(), 3);
+        })
+        .join()
+        .expect("test thread");
+    }
+}
