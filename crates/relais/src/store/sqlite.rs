@@ -368,19 +368,21 @@ fn checkpoint_loop(
 /// Frames (about 4 KB each) after which the writer restarts the log.
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
-/// Start the log again from its beginning. Under a steady stream of commits a
-/// passive checkpoint never catches up with the last frame, so SQLite never
-/// rewinds the log by itself: it would grow without end (gigabytes in a
-/// minute of loyalty traffic), each commit appending to new, cold pages. Run
-/// by the writer between transactions, when no frame is being added, the
-/// checkpoint completes (the checkpoint thread has already copied most
-/// frames), and waits for readers to leave the log, so the next commit writes
-/// at its start; `journal_size_limit` then trims the file.
+/// Let the log start again from its beginning. Under a steady stream of
+/// commits the checkpoint thread never catches up with the last frame, so
+/// SQLite never rewinds the log by itself: it would grow without end
+/// (gigabytes in a minute of loyalty traffic), each commit appending to new,
+/// cold pages. Run by the writer between transactions, when no frame is being
+/// added, a passive checkpoint completes (the checkpoint thread has already
+/// copied most frames); the next commit then writes at the log's start, as
+/// SQLite does after a complete checkpoint, and `journal_size_limit` trims the
+/// file. Passive, because waiting for readers to leave the log (`RESTART`)
+/// sleeps in the busy handler and stalled commits by tens of milliseconds.
 fn restart_wal(conn: &Connection) {
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
         Ok(0) => {}
-        Ok(_) => tracing::debug!("the WAL restart was busy; it is tried again at the next long log"),
-        Err(error) => tracing::warn!(%error, "the WAL restart failed"),
+        Ok(_) => tracing::debug!("the checkpoint before a WAL restart was busy; it is tried again"),
+        Err(error) => tracing::warn!(%error, "the checkpoint before a WAL restart failed"),
     }
 }
 
