@@ -77,6 +77,25 @@ impl Scratch {
         )
     }
 
+    /// Refresh the planner's statistics after a bulk load, as a database that
+    /// has been running a while has them (autovacuum's `ANALYZE`) and as
+    /// `pgbench -i` does for its own tables; SQLite plans without them.
+    pub fn analyze(&self) -> Result<(), StoreError> {
+        if let Location::Postgres(url) = &self.location {
+            let url = url.clone();
+            // The blocking client runs a runtime of its own: on a plain thread.
+            std::thread::spawn(move || -> Result<(), StoreError> {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls)
+                    .map_err(|e| StoreError::Config(format!("cannot connect to PostgreSQL: {e}")))?;
+                client.batch_execute("ANALYZE")?;
+                Ok(())
+            })
+            .join()
+            .map_err(|_| StoreError::Database("ANALYZE panicked".into()))??;
+        }
+        Ok(())
+    }
+
     /// The environment a `relais` process needs to open this scratch's data.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![("RELAIS_MASTER_KEY", self.master.encode()), ("RELAIS_AUDIT_DIR", self.audit_dir.display().to_string())]
