@@ -1867,21 +1867,28 @@ pub const RELEASE_ACTOR: &str = "system:reservation-hold";
 
 /// The reservations among `candidates` (id, programme, reward, reserved at)
 /// whose hold is over at `now`, by their reward's `hold_days` (the default
-/// hold when the reward is no longer in the catalogue).
+/// hold when the reward is no longer in the catalogue); each programme's
+/// catalogue is read once through `rewards_of`.
 pub fn due_reservations(
     candidates: Vec<Reservation>,
-    rewards: &HashMap<(String, String), relais_domain::loyalty::rewards::Reward>,
     now: DateTime<Utc>,
-) -> Vec<String> {
+    mut rewards_of: impl FnMut(&str) -> Result<Vec<(relais_domain::loyalty::rewards::Reward, Option<i64>)>, StoreError>,
+) -> Result<Vec<String>, StoreError> {
     use relais_domain::loyalty::rewards::DEFAULT_HOLD_DAYS;
-    candidates
+    let mut rewards = HashMap::new();
+    for programme in candidates.iter().map(|(_, p, _, _)| p.as_str()).collect::<std::collections::BTreeSet<_>>() {
+        for (reward, _) in rewards_of(programme)? {
+            rewards.insert((programme.to_string(), reward.id.clone()), reward);
+        }
+    }
+    Ok(candidates
         .into_iter()
         .filter(|(_, programme, reward, at)| match rewards.get(&(programme.clone(), reward.clone())) {
             Some(reward) => reward.hold_over(*at, now),
             None => now >= *at + chrono::Duration::days(i64::from(DEFAULT_HOLD_DAYS)),
         })
         .map(|(id, ..)| id)
-        .collect()
+        .collect())
 }
 
 /// Release one reward reservation nobody confirmed or cancelled within its

@@ -1794,14 +1794,8 @@ impl Engine for PgEngine {
         if candidates.is_empty() {
             return Ok((0, 0));
         }
-        let mut rewards = HashMap::new();
-        for programme in candidates.iter().map(|(_, p, _, _)| p.clone()).collect::<std::collections::BTreeSet<_>>() {
-            for (reward, _) in self.loyalty_rewards(&programme)? {
-                rewards.insert((programme.clone(), reward.id.clone()), reward);
-            }
-        }
         let (mut released, mut points) = (0, 0);
-        for id in super::loyalty::due_reservations(candidates, &rewards, now) {
+        for id in super::loyalty::due_reservations(candidates, now, |programme| self.loyalty_rewards(programme))? {
             // Another process may release it first: the redemption row is
             // locked, then found cancelled, and nothing happens twice.
             let given = self.retrying(|client| {

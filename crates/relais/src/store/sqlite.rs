@@ -2228,13 +2228,7 @@ impl Engine for SqliteEngine {
         if candidates.is_empty() {
             return Ok((0, 0));
         }
-        let mut rewards = HashMap::new();
-        for programme in candidates.iter().map(|(_, p, _, _)| p.clone()).collect::<std::collections::BTreeSet<_>>() {
-            for (reward, _) in self.loyalty_rewards(&programme)? {
-                rewards.insert((programme.clone(), reward.id.clone()), reward);
-            }
-        }
-        let due = super::loyalty::due_reservations(candidates, &rewards, now);
+        let due = super::loyalty::due_reservations(candidates, now, |programme| self.loyalty_rewards(programme))?;
         if due.is_empty() {
             return Ok((0, 0));
         }
