@@ -58,7 +58,7 @@ impl Location {
 }
 
 /// Errors of the storage layer, converted from each driver's errors in one place.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The thing asked for does not exist.
     #[error("not found")]

@@ -489,11 +489,7 @@ fn commit_cycle(
         Ok(tx) => match ingest_into(&tx, &batch, settings, privacy, cache) {
             Err(error) => Some(error),
             Ok((outcomes, written)) => {
-                let finishes = run_grouped(&tx, std::mem::take(&mut grouped));
-                let committed = finishes
-                    .as_ref()
-                    .map_err(|(e, _)| clone_error(e))
-                    .and_then(|_| tx.commit().map_err(StoreError::from));
+                let (finishes, committed) = run_and_commit(tx, std::mem::take(&mut grouped));
                 match &committed {
                     Ok(()) => {
                         for (customer, entry) in written {
@@ -506,7 +502,7 @@ fn commit_cycle(
                     }
                     Err(error) => {
                         for (_, _, _, reply) in &group {
-                            let _ = reply.send(Err(clone_error(error)));
+                            let _ = reply.send(Err(error.clone()));
                         }
                     }
                 }
@@ -538,58 +534,41 @@ fn commit_grouped(conn: &mut Connection, grouped: Vec<GroupedWork>) {
     }
     match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => {
-            let finishes = run_grouped(&tx, grouped);
-            let committed =
-                finishes.as_ref().map_err(|(e, _)| clone_error(e)).and_then(|_| tx.commit().map_err(StoreError::from));
+            let (finishes, committed) = run_and_commit(tx, grouped);
             finish_all(finishes, &committed);
         }
         Err(error) => {
             // Nothing ran: each caller hears why.
             let error = StoreError::from(error);
             for work in grouped {
-                work(None).0(Err(clone_error(&error)));
+                work(None).0(Err(error.clone()));
             }
         }
     }
 }
 
-/// Run grouped writes one after the other in `tx`; their answers, or the
-/// error that spoiled the transaction (with every answer, to fail them all).
-fn run_grouped(tx: &Connection, grouped: Vec<GroupedWork>) -> Result<Vec<Finish>, (StoreError, Vec<Finish>)> {
+/// Run grouped writes one after the other in `tx`, then commit it, unless one
+/// of them spoiled it (it is rolled back then); their answers, and the result.
+fn run_and_commit(tx: rusqlite::Transaction<'_>, grouped: Vec<GroupedWork>) -> (Vec<Finish>, Result<(), StoreError>) {
     let mut finishes = Vec::with_capacity(grouped.len());
-    let mut spoiled = false;
+    let mut usable = true;
     for work in grouped {
-        let (finish, usable) = work(Some(tx));
+        let (finish, intact) = work(Some(&tx));
         finishes.push(finish);
-        spoiled |= !usable;
+        usable &= intact;
     }
-    if spoiled {
-        Err((StoreError::Database("a grouped write could not be undone; the group was rolled back".into()), finishes))
+    let committed = if usable {
+        tx.commit().map_err(StoreError::from)
     } else {
-        Ok(finishes)
-    }
+        Err(StoreError::Database("a grouped write could not be undone; the group was rolled back".into()))
+    };
+    (finishes, committed)
 }
 
 /// Answer every grouped write with the group's commit result.
-fn finish_all(finishes: Result<Vec<Finish>, (StoreError, Vec<Finish>)>, committed: &Result<(), StoreError>) {
-    let finishes = match finishes {
-        Ok(finishes) => finishes,
-        Err((_, finishes)) => finishes,
-    };
+fn finish_all(finishes: Vec<Finish>, committed: &Result<(), StoreError>) {
     for finish in finishes {
-        finish(committed.as_ref().map(|_| ()).map_err(clone_error));
-    }
-}
-
-/// A copy of an error for each of the callers a failed group answers.
-fn clone_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::NotFound => StoreError::NotFound,
-        StoreError::Race => StoreError::Race,
-        StoreError::Config(m) => StoreError::Config(m.clone()),
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::Database(m) => StoreError::Database(m.clone()),
-        StoreError::Keys(m) => StoreError::Keys(m.clone()),
+        finish(committed.clone());
     }
 }
 
