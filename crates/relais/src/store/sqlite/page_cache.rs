@@ -17,7 +17,7 @@
 //! other is passed on.
 
 use std::os::raw::{c_int, c_uint, c_void};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use rusqlite::ffi;
@@ -26,13 +26,16 @@ use rusqlite::ffi;
 /// holds it is never used, which is why the B-tree borrows its number.
 const PENDING_BYTE: u64 = 0x4000_0000;
 
-/// What one cache holds, as far as truncation is concerned.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What one cache holds, as far as truncation is concerned. SQLite calls a
+/// cache only from the connection that owns it, one call at a time, so
+/// relaxed atomics suffice (no lock on the page lookup path); they only make
+/// the type shareable.
+#[derive(Debug)]
 pub(super) struct Bounds {
     /// At least the highest page number held, the parked page aside.
-    highest: u32,
+    highest: AtomicU32,
     /// Pages renumbered to the temporary number and not yet moved away.
-    parked: u32,
+    parked: AtomicU32,
     /// The temporary page number for this cache's page size.
     temporary: u32,
 }
@@ -41,34 +44,34 @@ impl Bounds {
     /// Bounds for a cache of pages of `page_size` bytes.
     pub(super) fn new(page_size: u32) -> Bounds {
         let temporary = u32::try_from(PENDING_BYTE / u64::from(page_size.max(1)) + 1).unwrap_or(u32::MAX);
-        Bounds { highest: 0, parked: 0, temporary }
+        Bounds { highest: AtomicU32::new(0), parked: AtomicU32::new(0), temporary }
     }
 
     /// A page was found or created under `key`.
-    pub(super) fn fetched(&mut self, key: u32) {
-        self.highest = self.highest.max(key);
+    pub(super) fn fetched(&self, key: u32) {
+        self.highest.fetch_max(key, Ordering::Relaxed);
     }
 
     /// A page moved from `old` to `new`.
-    pub(super) fn rekeyed(&mut self, old: u32, new: u32) {
-        if old == self.temporary && self.parked > 0 {
-            self.parked -= 1;
+    pub(super) fn rekeyed(&self, old: u32, new: u32) {
+        if old == self.temporary && self.parked.load(Ordering::Relaxed) > 0 {
+            self.parked.fetch_sub(1, Ordering::Relaxed);
         }
         if new == self.temporary {
-            self.parked += 1;
+            self.parked.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.highest = self.highest.max(new);
+            self.highest.fetch_max(new, Ordering::Relaxed);
         }
     }
 
     /// Whether a truncation dropping pages numbered `limit` and above may drop
     /// anything; when it may, the bounds after it.
-    pub(super) fn truncate(&mut self, limit: u32) -> bool {
-        let needed = self.parked > 0 || limit <= self.highest;
+    pub(super) fn truncate(&self, limit: u32) -> bool {
+        let needed = self.parked.load(Ordering::Relaxed) > 0 || limit <= self.highest.load(Ordering::Relaxed);
         if needed {
-            self.highest = self.highest.min(limit.saturating_sub(1));
+            self.highest.fetch_min(limit.saturating_sub(1), Ordering::Relaxed);
             if limit <= self.temporary {
-                self.parked = 0;
+                self.parked.store(0, Ordering::Relaxed);
             }
         }
         needed
@@ -78,7 +81,7 @@ impl Bounds {
 /// One wrapped cache: the default cache it delegates to and its bounds.
 struct Wrapped {
     inner: *mut ffi::sqlite3_pcache,
-    bounds: std::sync::Mutex<Bounds>,
+    bounds: Bounds,
 }
 
 /// The default implementation, read once before the wrapper replaces it.
@@ -150,10 +153,6 @@ fn wrapped<'a>(cache: *mut ffi::sqlite3_pcache) -> &'a Wrapped {
     unsafe { &*(cache as *const Wrapped) }
 }
 
-fn bounds(cache: &Wrapped) -> std::sync::MutexGuard<'_, Bounds> {
-    cache.bounds.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 unsafe extern "C" fn init(_: *mut c_void) -> c_int {
     let d = default();
     d.xInit.map_or(ffi::SQLITE_OK, |f| f(d.pArg))
@@ -173,7 +172,7 @@ unsafe extern "C" fn create(page_size: c_int, extra: c_int, purgeable: c_int) ->
         return inner;
     }
     let bounds = Bounds::new(u32::try_from(page_size).unwrap_or(4096));
-    Box::into_raw(Box::new(Wrapped { inner, bounds: std::sync::Mutex::new(bounds) })) as *mut ffi::sqlite3_pcache
+    Box::into_raw(Box::new(Wrapped { inner, bounds })) as *mut ffi::sqlite3_pcache
 }
 
 unsafe extern "C" fn cachesize(cache: *mut ffi::sqlite3_pcache, size: c_int) {
@@ -195,7 +194,7 @@ unsafe extern "C" fn fetch(
     let cache = wrapped(cache);
     let page = f(cache.inner, key, create);
     if !page.is_null() {
-        bounds(cache).fetched(key);
+        cache.bounds.fetched(key);
     }
     page
 }
@@ -215,13 +214,13 @@ unsafe extern "C" fn rekey(
     if let Some(f) = default().xRekey {
         let cache = wrapped(cache);
         f(cache.inner, page, old, new);
-        bounds(cache).rekeyed(old, new);
+        cache.bounds.rekeyed(old, new);
     }
 }
 
 unsafe extern "C" fn truncate(cache: *mut ffi::sqlite3_pcache, limit: c_uint) {
     let cache = wrapped(cache);
-    if !bounds(cache).truncate(limit) {
+    if !cache.bounds.truncate(limit) {
         SKIPPED.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -250,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_truncation_above_every_page_held_is_skipped() {
-        let mut bounds = Bounds::new(4096);
+        let bounds = Bounds::new(4096);
         bounds.fetched(10);
         bounds.fetched(3);
         assert!(!bounds.truncate(11), "nothing is numbered 11 or above");
@@ -262,7 +261,7 @@ mod tests {
 
     #[test]
     fn renumbering_through_the_lock_byte_page_does_not_raise_the_bound() {
-        let mut bounds = Bounds::new(4096);
+        let bounds = Bounds::new(4096);
         assert_eq!(bounds.temporary, 262_145);
         bounds.fetched(40);
         bounds.fetched(41);
@@ -270,7 +269,7 @@ mod tests {
         bounds.rekeyed(41, 262_145);
         bounds.rekeyed(40, 41);
         bounds.rekeyed(262_145, 40);
-        assert_eq!(bounds.parked, 0);
+        assert_eq!(bounds.parked.load(std::sync::atomic::Ordering::Relaxed), 0);
         assert!(!bounds.truncate(42), "the parked page has moved back under the file's size");
         // A page renumbered above the file (a vacuum moving pages) still counts.
         bounds.rekeyed(5, 90);
@@ -279,11 +278,11 @@ mod tests {
 
     #[test]
     fn a_truncation_while_a_page_is_parked_is_passed_on() {
-        let mut bounds = Bounds::new(4096);
+        let bounds = Bounds::new(4096);
         bounds.fetched(7);
         bounds.rekeyed(7, 262_145);
         assert!(bounds.truncate(8), "the parked page lies above the limit");
-        assert_eq!(bounds.parked, 0, "and the truncation dropped it");
+        assert_eq!(bounds.parked.load(std::sync::atomic::Ordering::Relaxed), 0, "and the truncation dropped it");
         assert!(!bounds.truncate(8));
     }
 
