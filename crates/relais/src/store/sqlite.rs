@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "segments", include_str!("../../migrations/sqlite/0004_segments.sql")),
     (5, "web", include_str!("../../migrations/sqlite/0005_web.sql")),
     (6, "loyalty_gaps", include_str!("../../migrations/sqlite/0006_loyalty_gaps.sql")),
+    (7, "ledger_in_time_order", include_str!("../../migrations/sqlite/0007_ledger_in_time_order.sql")),
 ];
 
 /// Messages committed together at most, across concurrent requests.
@@ -211,10 +212,15 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_through(conn, i64::MAX)
+}
+
+/// Apply the migrations up to version `last`.
+fn migrate_through(conn: &mut Connection, last: i64) -> Result<(), StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
     )?;
-    for (version, name, sql) in MIGRATIONS {
+    for (version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| *version <= last) {
         // BEGIN IMMEDIATE takes the write lock, so two processes migrating at once
         // apply each migration once.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -1156,11 +1162,16 @@ fn erase_in_transaction(
     // their entries stay, de-identified, so the ledger still sums to zero.
     let mut ledger = SqliteTx { tx: &tx, cache: None, written: Vec::new(), privacy: None };
     super::loyalty::close_for_erasure(&mut ledger, &[parse_id(&root)?], today)?;
+    // The ledger and its lots are in time order: they are found through the
+    // person's memberships, whose customer their rows carry.
+    let members = format!("SELECT member_id FROM loyalty_members WHERE customer_id IN ({ids})");
     run(format!(
         "UPDATE loyalty_entries SET customer_id = '{erased}', event_id = NULL, message_id = NULL, order_id = NULL, \
-         actor = NULL, reason = json_remove(reason, '$.order_id', '$.reason', '$.actor') WHERE customer_id IN ({ids})",
+         actor = NULL, reason = json_remove(reason, '$.order_id', '$.reason', '$.actor') \
+         WHERE member_id IN ({members}) AND customer_id IN ({ids})",
         erased = super::ERASED_CUSTOMER
     ))?;
+    run(format!("DELETE FROM loyalty_lots WHERE member_id IN ({members}) AND customer_id IN ({ids})"))?;
     run(format!(
         "UPDATE loyalty_draws SET customer_id = '{erased}', member_id = '', event_id = '' WHERE customer_id IN ({ids})",
         erased = super::ERASED_CUSTOMER
@@ -1171,7 +1182,6 @@ fn erase_in_transaction(
          WHERE m.segment_id = segments.segment_id AND m.customer_id IN ({ids}))"
     ))?;
     for table in [
-        "loyalty_lots",
         "loyalty_idempotency",
         "loyalty_progress",
         "loyalty_badges",
@@ -2734,6 +2744,77 @@ mod tests {
 
     fn count(engine: &SqliteEngine, sql: &'static str) -> i64 {
         engine.readers.with(|conn| Ok(conn.query_row(sql, [], |r| r.get(0))?)).expect("count")
+    }
+
+    /// A database written before the ledger was laid out in time order
+    /// (migration 7) keeps every entry and lot: the member's statement, open
+    /// lots and the ledger's invariants read the same afterwards, through the
+    /// new indexes.
+    #[test]
+    fn the_ledger_survives_its_move_to_time_order() {
+        let folder =
+            std::env::temp_dir().join(format!("relais_ledger_move_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        std::fs::create_dir_all(&folder).expect("folder");
+        let (customer, member) = (CustomerId::new(), relais_domain::MemberId::new());
+        let day = NaiveDate::from_ymd_opt(2026, 3, 3).expect("day");
+        let reason =
+            |kind| serde_json::to_string(&relais_domain::loyalty::ledger::Reason { kind, day }).expect("reason");
+        let earned = reason(relais_domain::loyalty::ledger::ReasonKind::Event {
+            event: "Review Submitted".into(),
+            capped: false,
+        });
+        let spent = reason(relais_domain::loyalty::ledger::ReasonKind::Redemption { reason: "gift".into() });
+        {
+            let mut conn = open_connection(&folder.join("relais.db")).expect("connection");
+            migrate_through(&mut conn, 6).expect("migrations 1 to 6");
+            let (customer, member) = (customer.to_string(), member.to_string());
+            conn.execute(
+                "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, enrolled_at) \
+                 VALUES (?1, ?2, 'club', 'token', 30, 'active', 0)",
+                params![customer, member],
+            )
+            .expect("member");
+            for (tx, points, kind, why, at) in
+                [("ltx_a", 50, "event", &earned, 1), ("ltx_b", -20, "redemption", &spent, 2)]
+            {
+                for (leg, account, signed) in [(0, "member", points), (1, "programme", -points)] {
+                    conn.execute(
+                        "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, programme_key, account, points, \
+                         kind, rule, day, reason, expires_on, created_at) \
+                         VALUES (?1, ?2, ?3, ?4, 'club', ?5, ?6, ?7, 'review', '2026-03-03', ?8, NULL, ?9)",
+                        params![customer, tx, leg, member, account, signed, kind, why, at],
+                    )
+                    .expect("entry");
+                }
+            }
+            conn.execute(
+                "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
+                 VALUES (?1, 'ltx_a', ?2, 50, 30, '2027-03-31')",
+                params![customer, member],
+            )
+            .expect("lot");
+        }
+        let engine = engine(&folder);
+        let ledger = engine.loyalty_entries(member).expect("the member's ledger");
+        let points: Vec<i64> = ledger.entries.iter().map(|e| e.points).collect();
+        assert_eq!(points, vec![50, -20], "the member's side of each transaction, oldest first");
+        assert_eq!(ledger.lots.len(), 1);
+        assert_eq!(ledger.lots[0].remaining, 30);
+        let check = engine.loyalty_check().expect("check");
+        assert!(check.holds(), "{check:?}");
+        let plan: String = engine
+            .readers
+            .with(|conn| {
+                Ok(conn.query_row(
+                    "EXPLAIN QUERY PLAN SELECT SUM(points) FROM loyalty_entries WHERE member_id = 'm' AND account = 'member'",
+                    [],
+                    |r| r.get(3),
+                )?)
+            })
+            .expect("plan");
+        assert!(plan.contains("loyalty_entries_by_member"), "{plan}");
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&folder);
     }
 
     /// Grouped writes share commits with each other and with ingest, yet one

@@ -133,8 +133,8 @@ impl LedgerTx for SqliteTx<'_, '_> {
         Ok(self
             .tx
             .prepare_cached(
-                "SELECT COALESCE(SUM(points), 0) FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
-                 AND rule = ?3 AND day BETWEEN ?4 AND ?5 AND leg = 0",
+                "SELECT COALESCE(SUM(points), 0) FROM loyalty_entries WHERE member_id = ?2 AND account = 'member' \
+                 AND rule = ?3 AND day BETWEEN ?4 AND ?5 AND leg = 0 AND customer_id = ?1",
             )?
             .query_row(
                 params![member.customer.to_string(), member.member.to_string(), rule, day_text(from), day_text(to)],
@@ -144,8 +144,8 @@ impl LedgerTx for SqliteTx<'_, '_> {
 
     fn rules_paid(&mut self, member: &MemberRow, kind: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "SELECT DISTINCT rule FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 AND kind = ?3 \
-             AND leg = 0 AND rule IS NOT NULL",
+            "SELECT DISTINCT rule FROM loyalty_entries WHERE member_id = ?2 AND account = 'member' AND kind = ?3 \
+             AND leg = 0 AND rule IS NOT NULL AND customer_id = ?1",
         )?;
         let rules = stmt
             .query_map(params![member.customer.to_string(), member.member.to_string(), kind], |r| r.get(0))?
@@ -155,8 +155,8 @@ impl LedgerTx for SqliteTx<'_, '_> {
 
     fn order_history(&mut self, member: &MemberRow, order_id: &str) -> Result<OrderHistory, StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "SELECT kind, points, basis_minor FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
-             AND order_id = ?3 AND leg = 0",
+            "SELECT kind, points, basis_minor FROM loyalty_entries WHERE member_id = ?2 AND account = 'member' \
+             AND order_id = ?3 AND leg = 0 AND customer_id = ?1",
         )?;
         let rows = stmt
             .query_map(params![member.customer.to_string(), member.member.to_string(), order_id], |r| {
@@ -168,8 +168,8 @@ impl LedgerTx for SqliteTx<'_, '_> {
 
     fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE customer_id = ?1 AND member_id = ?2 \
-             AND remaining > 0",
+            "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE member_id = ?2 AND remaining > 0 \
+             AND customer_id = ?1",
         )?;
         let rows = stmt
             .query_map(params![member.customer.to_string(), member.member.to_string()], |r| {
@@ -193,8 +193,8 @@ impl LedgerTx for SqliteTx<'_, '_> {
         Ok(self
             .tx
             .prepare_cached(&format!(
-                "SELECT COALESCE({}, 0) FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
-                 AND account = 'member' AND day BETWEEN ?3 AND ?4",
+                "SELECT COALESCE({}, 0) FROM loyalty_entries WHERE member_id = ?2 AND account = 'member' \
+                 AND day BETWEEN ?3 AND ?4 AND customer_id = ?1",
                 crate::store::loyalty::tier_measure_sql(measure)
             ))?
             .query_row(
@@ -296,21 +296,31 @@ impl LedgerTx for SqliteTx<'_, '_> {
         {
             let mut stmt = self
                 .tx
-                .prepare_cached("UPDATE loyalty_lots SET remaining = ?3 WHERE customer_id = ?1 AND lot_id = ?2")?;
+                .prepare_cached("UPDATE loyalty_lots SET remaining = ?3 WHERE lot_id = ?2 AND customer_id = ?1")?;
             for (customer, lot, remaining) in &write.lot_updates {
                 stmt.execute(params![customer.to_string(), lot, remaining])?;
             }
         }
         {
-            let mut stmt = self.tx.prepare_cached(
-                "UPDATE loyalty_members SET balance = ?3, status = ?4, merged_into = ?5, tier = ?6, tier_since = ?7, \
-                 downgrade_on = ?8 WHERE customer_id = ?1 AND member_id = ?2",
+            // SQLite rewrites an index whenever an UPDATE assigns one of its
+            // columns (including those of a partial index's condition), changed
+            // or not: the balance, which nearly every write changes, is set on
+            // its own, and the columns the membership indexes read only when
+            // they differ.
+            let mut balance = self
+                .tx
+                .prepare_cached("UPDATE loyalty_members SET balance = ?3 WHERE customer_id = ?1 AND member_id = ?2")?;
+            let mut state = self.tx.prepare_cached(
+                "UPDATE loyalty_members SET status = ?3, merged_into = ?4, tier = ?5, tier_since = ?6, downgrade_on = ?7 \
+                 WHERE customer_id = ?1 AND member_id = ?2 AND (status IS NOT ?3 OR merged_into IS NOT ?4 \
+                 OR tier IS NOT ?5 OR tier_since IS NOT ?6 OR downgrade_on IS NOT ?7)",
             )?;
             for m in &write.member_updates {
-                stmt.execute(params![
-                    m.customer.to_string(),
-                    m.member.to_string(),
-                    m.balance,
+                let (customer, member) = (m.customer.to_string(), m.member.to_string());
+                balance.execute(params![customer, member, m.balance])?;
+                state.execute(params![
+                    customer,
+                    member,
                     m.status.as_str(),
                     m.merged_into.map(|id| id.to_string()),
                     m.tier,
@@ -341,7 +351,7 @@ impl LedgerTx for SqliteTx<'_, '_> {
         }
         {
             let mut stmt = self.tx.prepare_cached(
-                "UPDATE loyalty_lots SET remaining = remaining + ?3 WHERE customer_id = ?1 AND lot_id = ?2",
+                "UPDATE loyalty_lots SET remaining = remaining + ?3 WHERE lot_id = ?2 AND customer_id = ?1",
             )?;
             for (customer, lot, points) in &write.lot_restores {
                 stmt.execute(params![customer.to_string(), lot, points])?;
@@ -555,16 +565,16 @@ impl LedgerTx for SqliteTx<'_, '_> {
         Ok(self
             .tx
             .prepare_cached(
-                "SELECT COALESCE(-SUM(points), 0) FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
-                 AND kind = 'merge' AND account = 'member' AND points < 0",
+                "SELECT COALESCE(-SUM(points), 0) FROM loyalty_entries WHERE member_id = ?2 AND account = 'member' \
+                 AND kind = 'merge' AND points < 0 AND customer_id = ?1",
             )?
             .query_row(params![member.customer.to_string(), member.member.to_string()], |r| r.get(0))?)
     }
 
     fn event_points(&mut self, member: &MemberRow, events: &[String]) -> Result<Points, StoreError> {
         let mut stmt = self.tx.prepare_cached(
-            "SELECT COALESCE(SUM(points), 0) FROM loyalty_entries WHERE customer_id = ?1 AND member_id = ?2 \
-             AND account = 'member' AND event_id = ?3",
+            "SELECT COALESCE(SUM(points), 0) FROM loyalty_entries WHERE member_id = ?2 AND account = 'member' \
+             AND event_id = ?3 AND customer_id = ?1",
         )?;
         let mut total = 0;
         for event in events {
@@ -756,7 +766,7 @@ pub(super) fn card_numbers(
 pub(super) fn entries(conn: &Connection, row: &MemberRow) -> Result<Vec<StatementEntry>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT tx_id, kind, points, rule, message_id, reason, expires_on, actor, created_at FROM loyalty_entries \
-         WHERE customer_id = ?1 AND member_id = ?2 AND account = 'member' ORDER BY created_at, tx_id, leg",
+         WHERE member_id = ?2 AND account = 'member' AND customer_id = ?1 ORDER BY created_at, tx_id, leg",
     )?;
     let rows = stmt
         .query_map(params![row.customer.to_string(), row.member.to_string()], |r| {
