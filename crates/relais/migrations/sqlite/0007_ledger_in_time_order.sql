@@ -59,6 +59,7 @@ INSERT INTO loyalty_lots_in_time_order (customer_id, lot_id, member_id, points, 
 SELECT customer_id, lot_id, member_id, points, remaining, expires_on FROM loyalty_lots ORDER BY lot_id;
 DROP TABLE loyalty_lots;
 ALTER TABLE loyalty_lots_in_time_order RENAME TO loyalty_lots;
--- A member's open lots are a range of this index (spent lots sort first).
-CREATE INDEX loyalty_lots_by_member ON loyalty_lots (member_id, remaining);
+-- A member's open lots are a range of this index (spent lots sort first),
+-- read from the index alone: the lots themselves are spread over time.
+CREATE INDEX loyalty_lots_by_member ON loyalty_lots (member_id, remaining, expires_on);
 CREATE INDEX loyalty_lots_expiring ON loyalty_lots (expires_on) WHERE remaining > 0;
