@@ -586,7 +586,7 @@ async fn tiers_go_up_at_once_down_after_notice_and_say_what_keeping_them_takes()
     assert!(member(&app, &id).await["tier"].is_null());
 
     // The next review is the 1st of next month; its window starts 12 months before, plus a day.
-    let today = chrono::Utc::now().date_naive();
+    let today = relais::config::Settings::default().ingest.day_of(chrono::Utc::now());
     let review_on = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap() + Months::new(1);
     let window_at_review = review_on - Months::new(12) + chrono::Duration::days(1);
     let at = |day: NaiveDate| format!("{day}T12:00:00Z");
@@ -756,7 +756,9 @@ async fn redeem_reward(app: &TestApp, member: &str, reward: &str, key: &str) -> 
 async fn coupons_work_once_within_their_limits_and_dates() {
     let app = TestApp::spawn().await;
     apply(&app, PROGRAMME).await;
-    let today = chrono::Utc::now().date_naive();
+    // Campaign dates are days of the organisation's calendar (Europe/Paris),
+    // which is a day ahead of UTC late in the evening.
+    let today = relais::config::Settings::default().ingest.day_of(chrono::Utc::now());
     let issue = |campaign: Value, count: usize| {
         let app = &app;
         async move {

@@ -213,7 +213,7 @@ async fn members_are_told_of_an_upgrade_and_of_a_downgrade_notice_by_e_mail_in_t
 
     // A year after the next review date, nothing is left in the window: the
     // review gives notice, and says by when and what keeps Gold.
-    let today = chrono::Utc::now().date_naive();
+    let today = relais::config::Settings::default().ingest.day_of(chrono::Utc::now());
     let review_on = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap() + Months::new(1);
     let later = review_on + Months::new(12);
     let store = app.store.clone();
