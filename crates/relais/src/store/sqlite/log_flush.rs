@@ -28,7 +28,12 @@ use crate::store::StoreError;
 /// Flushes of the WAL, started on demand and shared by every caller waiting.
 pub(super) struct LogFlusher {
     state: Mutex<State>,
-    changed: Condvar,
+    /// Wakes the flush thread: a flush was asked for, or the engine closes.
+    asked: Condvar,
+    /// Wakes the callers: a flush finished or failed, or the engine closes.
+    /// Separate from `asked`, so that asking for a flush wakes only the flush
+    /// thread, not every caller already waiting.
+    finished: Condvar,
 }
 
 #[derive(Default)]
@@ -51,12 +56,16 @@ impl LogFlusher {
     pub(super) fn start(
         mut flush: impl FnMut() -> std::io::Result<()> + Send + 'static,
     ) -> std::io::Result<(Arc<LogFlusher>, std::thread::JoinHandle<()>)> {
-        let flusher = Arc::new(LogFlusher { state: Mutex::new(State::default()), changed: Condvar::new() });
+        let flusher = Arc::new(LogFlusher {
+            state: Mutex::new(State::default()),
+            asked: Condvar::new(),
+            finished: Condvar::new(),
+        });
         let worker = flusher.clone();
         let thread = std::thread::Builder::new().name("relais-sqlite-flush".into()).spawn(move || loop {
             let mut state = worker.lock();
             while state.requested <= state.completed && !state.stop {
-                state = worker.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+                state = worker.asked.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
             }
             if state.requested <= state.completed || state.failed.is_some() {
                 return;
@@ -73,7 +82,7 @@ impl LogFlusher {
                     state.failed = Some(error.to_string());
                 }
             }
-            worker.changed.notify_all();
+            worker.finished.notify_all();
         })?;
         Ok((flusher, thread))
     }
@@ -96,7 +105,7 @@ impl LogFlusher {
         let needed = state.started + 1;
         if state.requested < needed {
             state.requested = needed;
-            self.changed.notify_all();
+            self.asked.notify_one();
         }
         loop {
             if let Some(error) = &state.failed {
@@ -110,14 +119,15 @@ impl LogFlusher {
             if state.stop && state.requested <= state.completed {
                 return Err(StoreError::Database("the SQLite engine closed before the write was flushed".into()));
             }
-            state = self.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = self.finished.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
 
     /// Flush what callers wait for, then let the thread end.
     pub(super) fn stop(&self) {
         self.lock().stop = true;
-        self.changed.notify_all();
+        self.asked.notify_one();
+        self.finished.notify_all();
     }
 }
 
