@@ -59,7 +59,8 @@ INSERT INTO loyalty_lots_in_time_order (customer_id, lot_id, member_id, points, 
 SELECT customer_id, lot_id, member_id, points, remaining, expires_on FROM loyalty_lots ORDER BY lot_id;
 DROP TABLE loyalty_lots;
 ALTER TABLE loyalty_lots_in_time_order RENAME TO loyalty_lots;
--- A member's open lots are a range of this index (spent lots sort first),
--- read from the index alone: the lots themselves are spread over time.
-CREATE INDEX loyalty_lots_by_member ON loyalty_lots (member_id, remaining, expires_on);
+-- A member's lots in the order debits take them (soonest expiry first, then
+-- oldest), read from the index alone: the lots themselves are spread over
+-- time, and a debit reads only the first few.
+CREATE INDEX loyalty_lots_by_member ON loyalty_lots (member_id, expires_on, lot_id, remaining);
 CREATE INDEX loyalty_lots_expiring ON loyalty_lots (expires_on) WHERE remaining > 0;

@@ -453,6 +453,14 @@ pub trait LedgerTx {
     fn order_history(&mut self, member: &MemberRow, order_id: &str) -> Result<OrderHistory, StoreError>;
     /// Lots with points left.
     fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError>;
+    /// Lots with points left, in the order debits take them (`allocate`'s),
+    /// at least until they hold `points`; all of them when they hold fewer.
+    /// A frequent shopper holds hundreds of open lots, of which a debit takes
+    /// one or two.
+    fn lots_to_cover(&mut self, member: &MemberRow, points: Points) -> Result<Vec<Lot>, StoreError> {
+        let _ = points;
+        self.open_lots(member)
+    }
     /// A member's tier measure between two days (inclusive).
     fn tier_value(
         &mut self,
@@ -665,6 +673,9 @@ pub type EarnEvent<'a> = (CustomerId, EventId, &'a TrackingMessage);
 struct Book {
     members: BTreeMap<MemberId, MemberRow>,
     lots: HashMap<MemberId, Vec<Lot>>,
+    /// Members whose `lots` hold only the first lots a debit takes (see
+    /// `LedgerTx::lots_to_cover`), with this step's changes applied.
+    partial_lots: BTreeSet<MemberId>,
     caps: HashMap<(MemberId, String, NaiveDate), Points>,
     first_paid: HashMap<MemberId, Vec<String>>,
     orders: HashMap<(MemberId, String), OrderHistory>,
@@ -679,13 +690,56 @@ struct Book {
 }
 
 impl Book {
+    /// All of a member's open lots, as this step has changed them.
     fn lots<'a>(&'a mut self, tx: &mut dyn LedgerTx, member: MemberId) -> Result<&'a mut Vec<Lot>, StoreError> {
-        if !self.lots.contains_key(&member) {
+        if !self.lots.contains_key(&member) || self.partial_lots.contains(&member) {
             let row = self.members.get(&member).ok_or(StoreError::NotFound)?.clone();
-            let lots = tx.open_lots(&row)?;
+            let mut lots = tx.open_lots(&row)?;
+            if let Some(known) = self.lots.remove(&member) {
+                // The stored lots do not show this step's debits and credits yet.
+                let mut known: HashMap<String, Lot> = known.into_iter().map(|l| (l.id.clone(), l)).collect();
+                for lot in &mut lots {
+                    if let Some(changed) = known.remove(&lot.id) {
+                        *lot = changed;
+                    }
+                }
+                lots.extend(known.into_values());
+            }
+            self.partial_lots.remove(&member);
             self.lots.insert(member, lots);
         }
         Ok(self.lots.get_mut(&member).expect("lots loaded"))
+    }
+
+    /// A member's open lots, at least those a debit of `points` takes.
+    fn lots_to_cover<'a>(
+        &'a mut self,
+        tx: &mut dyn LedgerTx,
+        member: MemberId,
+        points: Points,
+    ) -> Result<&'a mut Vec<Lot>, StoreError> {
+        match self.lots.get(&member) {
+            None => {
+                let row = self.members.get(&member).ok_or(StoreError::NotFound)?.clone();
+                let lots = tx.lots_to_cover(&row, points)?;
+                self.partial_lots.insert(member);
+                self.lots.insert(member, lots);
+            }
+            Some(lots) if self.partial_lots.contains(&member) => {
+                // Lots created in this step sort anywhere among the stored ones:
+                // a partial list covers a debit only through stored lots it holds.
+                let stored_left: Points = lots.iter().filter(|l| !self.is_new_lot(&l.id)).map(|l| l.remaining).sum();
+                if stored_left < points {
+                    return self.lots(tx, member);
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(self.lots.get_mut(&member).expect("lots loaded"))
+    }
+
+    fn is_new_lot(&self, id: &str) -> bool {
+        self.write.new_lots.iter().any(|l| l.lot_id == id)
     }
 
     /// Credit a member from `counter`, creating a lot.
@@ -740,7 +794,10 @@ impl Book {
         reason: impl FnOnce(Points) -> Reason,
     ) -> Result<Result<Points, Points>, StoreError> {
         let customer = self.members.get(&member).ok_or(StoreError::NotFound)?.customer;
-        let lots = self.lots(tx, member)?;
+        let lots = match wanted {
+            Take::Exactly(points) => self.lots_to_cover(tx, member, points)?,
+            Take::UpTo(_) => self.lots(tx, member)?,
+        };
         let available: Points = lots.iter().map(|l| l.remaining).sum();
         let take = match wanted {
             Take::Exactly(points) => points,
@@ -2232,6 +2289,7 @@ pub fn unmerge_members(
         gone.merged_into = None;
         book.members.insert(gone.member, gone.clone());
         book.lots.insert(gone.member, Vec::new());
+        book.partial_lots.remove(&gone.member);
         let mut t = transaction("unmerge", day, &kept.programme);
         let reason_out = Reason { kind: ReasonKind::MergedOut { into: gone.member.to_string() }, day };
         let taken = book.debit(tx, t.clone(), kept.member, Take::Exactly(back), Account::Transfer, |_| reason_out)?;

@@ -2789,17 +2789,68 @@ mod tests {
             }
             conn.execute(
                 "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
-                 VALUES (?1, 'ltx_a', ?2, 50, 30, '2027-03-31')",
+                 VALUES (?1, 'ltx_a', ?2, 50, 20, '2027-03-31')",
                 params![customer, member],
             )
             .expect("lot");
+            // Lots a debit takes after `ltx_a` (no expiry) and before it (sooner;
+            // one spent); the open lots hold the balance, 30 points.
+            for (lot, remaining, expires) in
+                [("ltx_c", 5, None), ("ltx_d", 0, Some("2026-12-31")), ("ltx_e", 5, Some("2027-01-31"))]
+            {
+                conn.execute(
+                    "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
+                     VALUES (?1, ?2, ?3, 40, ?4, ?5)",
+                    params![customer, lot, member, remaining, expires],
+                )
+                .expect("lot");
+            }
         }
         let engine = engine(&folder);
         let ledger = engine.loyalty_entries(member).expect("the member's ledger");
         let points: Vec<i64> = ledger.entries.iter().map(|e| e.points).collect();
         assert_eq!(points, vec![50, -20], "the member's side of each transaction, oldest first");
-        assert_eq!(ledger.lots.len(), 1);
-        assert_eq!(ledger.lots[0].remaining, 30);
+        let open: Vec<(String, i64)> = ledger.lots.iter().map(|l| (l.id.clone(), l.remaining)).collect();
+        assert_eq!(open.len(), 3, "{open:?}");
+        assert!(open.contains(&("ltx_a".into(), 20)), "{open:?}");
+        // A debit reads the open lots it takes, in `allocate`'s order, and stops
+        // once they cover it.
+        let covering = |points| {
+            engine
+                .readers
+                .with(|conn| {
+                    let row = loyalty::member(conn, member)?.ok_or(StoreError::NotFound)?;
+                    SqliteTx { tx: conn, cache: None, written: Vec::new(), privacy: None }.lots_to_cover(&row, points)
+                })
+                .expect("lots")
+                .into_iter()
+                .map(|l| l.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(covering(5), vec!["ltx_e"]);
+        assert_eq!(covering(6), vec!["ltx_e", "ltx_a"]);
+        assert_eq!(covering(25), vec!["ltx_e", "ltx_a"]);
+        assert_eq!(covering(26), vec!["ltx_e", "ltx_a", "ltx_c"]);
+        assert_eq!(covering(1_000), vec!["ltx_e", "ltx_a", "ltx_c"], "all of them when they do not cover it");
+        let plans: Vec<String> = engine
+            .readers
+            .with(|conn| {
+                let mut plans = Vec::new();
+                for order in ["expires_on IS NOT NULL ORDER BY expires_on, lot_id", "expires_on IS NULL ORDER BY lot_id"] {
+                    let sql = format!(
+                        "EXPLAIN QUERY PLAN SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE member_id = 'm' \
+                         AND remaining > 0 AND customer_id = 'c' AND {order}"
+                    );
+                    let mut stmt = conn.prepare(&sql)?;
+                    let details = stmt.query_map([], |r| r.get::<_, String>(3))?.collect::<Result<Vec<_>, _>>()?;
+                    plans.push(details.join("; "));
+                }
+                Ok(plans)
+            })
+            .expect("plans");
+        for plan in plans {
+            assert!(plan.contains("loyalty_lots_by_member") && !plan.contains("TEMP B-TREE"), "{plan}");
+        }
         let check = engine.loyalty_check().expect("check");
         assert!(check.holds(), "{check:?}");
         let plan: String = engine

@@ -183,6 +183,36 @@ impl LedgerTx for SqliteTx<'_, '_> {
             .collect()
     }
 
+    fn lots_to_cover(&mut self, member: &MemberRow, points: Points) -> Result<Vec<Lot>, StoreError> {
+        // `allocate`'s order: lots with an expiry day first, soonest first, then
+        // those without, each by id; `loyalty_lots_by_member` holds both ranges
+        // in that order.
+        let (customer, id) = (member.customer.to_string(), member.member.to_string());
+        let mut lots = Vec::new();
+        let mut held: Points = 0;
+        for sql in [
+            "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE member_id = ?2 AND expires_on IS NOT NULL \
+             AND remaining > 0 AND customer_id = ?1 ORDER BY expires_on, lot_id",
+            "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE member_id = ?2 AND expires_on IS NULL \
+             AND remaining > 0 AND customer_id = ?1 ORDER BY lot_id",
+        ] {
+            let mut stmt = self.tx.prepare_cached(sql)?;
+            let mut rows = stmt.query(params![customer, id])?;
+            while held < points {
+                let Some(row) = rows.next()? else { break };
+                let expires: Option<String> = row.get(2)?;
+                let lot = Lot {
+                    id: row.get(0)?,
+                    remaining: row.get(1)?,
+                    expires_on: expires.as_deref().map(parse_day).transpose()?,
+                };
+                held += lot.remaining;
+                lots.push(lot);
+            }
+        }
+        Ok(lots)
+    }
+
     fn tier_value(
         &mut self,
         member: &MemberRow,
