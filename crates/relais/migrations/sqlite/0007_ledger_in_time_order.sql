@@ -5,7 +5,9 @@
 -- own page: under till traffic each commit of eight requests rewrote some 120
 -- pages, half of them for the ledger and its indexes. Transaction and lot ids
 -- are ULIDs, so keyed by them the rows are appended where the last ones went,
--- and the per-member lookups go through one index each.
+-- and the per-member lookups go through one index each. A lot's id is unique
+-- per customer only (a lot given back by an unmerge was named after the lot
+-- it came from), so the lots keep `customer_id` in their key, after the id.
 --
 -- Invariants the queries rely on: an entry's and a lot's `customer_id` is the
 -- customer of its membership row (memberships never change customer), and a
@@ -43,24 +45,26 @@ ALTER TABLE loyalty_entries_in_time_order RENAME TO loyalty_entries;
 -- Every per-member question (caps, first purchase, an order's history, the
 -- tier window, the statement, the checks) starts from the member and its
 -- account; the columns after them are read from the index before any row.
-CREATE INDEX loyalty_entries_by_member ON loyalty_entries (member_id, account, kind, rule, day, order_id);
+CREATE INDEX loyalty_entries_by_member ON loyalty_entries (member_id, account, rule, day, kind, order_id);
 -- The programme's report by day; new entries go to the end of their day.
 CREATE INDEX loyalty_entries_by_programme ON loyalty_entries (programme_key, day);
 
 CREATE TABLE loyalty_lots_in_time_order (
     customer_id   TEXT NOT NULL,
-    lot_id        TEXT NOT NULL PRIMARY KEY,
+    lot_id        TEXT NOT NULL,
     member_id     TEXT NOT NULL,
     points        INTEGER NOT NULL,
     remaining     INTEGER NOT NULL CHECK (remaining >= 0),
-    expires_on    TEXT
+    expires_on    TEXT,
+    PRIMARY KEY (lot_id, customer_id)
 ) WITHOUT ROWID;
 INSERT INTO loyalty_lots_in_time_order (customer_id, lot_id, member_id, points, remaining, expires_on)
-SELECT customer_id, lot_id, member_id, points, remaining, expires_on FROM loyalty_lots ORDER BY lot_id;
+SELECT customer_id, lot_id, member_id, points, remaining, expires_on FROM loyalty_lots ORDER BY lot_id, customer_id;
 DROP TABLE loyalty_lots;
 ALTER TABLE loyalty_lots_in_time_order RENAME TO loyalty_lots;
 -- A member's lots in the order debits take them (soonest expiry first, then
--- oldest), read from the index alone: the lots themselves are spread over
--- time, and a debit reads only the first few.
+-- oldest), read from the index alone (it holds the key, so `customer_id`
+-- too): the lots themselves are spread over time, and a debit reads only the
+-- first few.
 CREATE INDEX loyalty_lots_by_member ON loyalty_lots (member_id, expires_on, lot_id, remaining);
 CREATE INDEX loyalty_lots_expiring ON loyalty_lots (expires_on) WHERE remaining > 0;

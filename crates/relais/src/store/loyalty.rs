@@ -2319,12 +2319,16 @@ pub fn unmerge_members(
                 expires_on: None,
             },
         ];
+        let credit_id = t.id;
         book.write.transactions.push(t);
         for (n, (lot, points)) in allocation.iter().enumerate() {
             book.write.new_lots.push(NewLot {
                 customer: gone.customer,
                 member: gone.member,
-                lot_id: format!("{}-u{n}", lot),
+                // Named after this transaction, which is new: a lot named after
+                // the one it came from could collide with a lot given back from
+                // that one by an earlier unmerge.
+                lot_id: format!("{credit_id}-{n}"),
                 points: *points,
                 remaining: *points,
                 expires_on: expiries.get(lot).copied().flatten(),

@@ -1130,6 +1130,50 @@ async fn undoing_a_merge_gives_each_membership_back_its_own_points() {
     assert_ledger_holds(&app).await;
 }
 
+/// Two profiles merged into one, each undone: both take their points back
+/// from the survivor's same large lot, and both get them.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_merges_into_one_profile_can_both_be_undone() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([
+        {"type": "identify", "userId": "zoe", "traits": {"email": "zoe@exemple.fr"}},
+        {"type": "identify", "anonymousId": "borne-1"},
+        {"type": "identify", "anonymousId": "borne-2"},
+    ]))
+    .await;
+    let kept = enrol(&app, "user_id:zoe").await["id"].as_str().unwrap().to_string();
+    let kiosks = [
+        enrol(&app, "anonymous_id:borne-1").await["id"].as_str().unwrap().to_string(),
+        enrol(&app, "anonymous_id:borne-2").await["id"].as_str().unwrap().to_string(),
+    ];
+    app.batch(json!([order("zoe", "z-1", "z1", 100.0, "paris", json!([]))])).await;
+    let before = statement(&app, &kept).await["balance"].as_i64().unwrap();
+    for device in ["borne-1", "borne-2"] {
+        app.batch(json!([{"type": "track", "anonymousId": device, "event": "Review Submitted",
+                          "messageId": format!("{device}-rev")}]))
+            .await;
+        app.batch(json!([{"type": "identify", "userId": "zoe", "anonymousId": device,
+                          "messageId": format!("{device}-link")}]))
+            .await;
+    }
+    assert_eq!(statement(&app, &kept).await["balance"].as_i64(), Some(before + 40));
+    let customer = app.customer_by("user_id:zoe").await["id"].as_str().unwrap().to_string();
+    let (_, merges) = app.get(&format!("/api/v1/customers/{customer}/merges")).await;
+    let merges: Vec<String> =
+        merges["merges"].as_array().unwrap().iter().map(|m| m["merge_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(merges.len(), 2, "{merges:?}");
+    for merge in &merges {
+        let (status, undone) = post_json(&app, &format!("/api/v1/merges/{merge}/undo"), json!({}), &[]).await;
+        assert_eq!(status, StatusCode::OK, "{undone}");
+    }
+    for kiosk in &kiosks {
+        assert_eq!(statement(&app, kiosk).await["balance"], 20);
+    }
+    assert_eq!(statement(&app, &kept).await["balance"].as_i64(), Some(before));
+    assert_ledger_holds(&app).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_birthday_bonus_is_paid_once_on_the_day() {
     let app = TestApp::spawn().await;
