@@ -29,6 +29,12 @@ fn parse_day(text: &str) -> Result<NaiveDate, StoreError> {
 const MEMBER_COLUMNS: &str = "m.customer_id, m.member_id, m.programme_key, m.card_token, m.balance, m.status, \
      m.merged_into, m.enrolled_at, m.tier, m.tier_since, m.downgrade_on";
 
+/// A lot from a `SELECT lot_id, remaining, expires_on` row.
+fn lot_row(row: &rusqlite::Row<'_>) -> Result<Lot, StoreError> {
+    let expires: Option<String> = row.get(2)?;
+    Ok(Lot { id: row.get(0)?, remaining: row.get(1)?, expires_on: expires.as_deref().map(parse_day).transpose()? })
+}
+
 /// A membership row as read; ids and states are parsed after the row is read.
 struct RawMember {
     customer: String,
@@ -171,16 +177,12 @@ impl LedgerTx for SqliteTx<'_, '_> {
             "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE member_id = ?2 AND remaining > 0 \
              AND customer_id = ?1",
         )?;
-        let rows = stmt
-            .query_map(params![member.customer.to_string(), member.member.to_string()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(id, remaining, expires)| {
-                Ok(Lot { id, remaining, expires_on: expires.as_deref().map(parse_day).transpose()? })
-            })
-            .collect()
+        let mut rows = stmt.query(params![member.customer.to_string(), member.member.to_string()])?;
+        let mut lots = Vec::new();
+        while let Some(row) = rows.next()? {
+            lots.push(lot_row(row)?);
+        }
+        Ok(lots)
     }
 
     fn lots_to_cover(&mut self, member: &MemberRow, points: Points) -> Result<Vec<Lot>, StoreError> {
@@ -200,12 +202,7 @@ impl LedgerTx for SqliteTx<'_, '_> {
             let mut rows = stmt.query(params![customer, id])?;
             while held < points {
                 let Some(row) = rows.next()? else { break };
-                let expires: Option<String> = row.get(2)?;
-                let lot = Lot {
-                    id: row.get(0)?,
-                    remaining: row.get(1)?,
-                    expires_on: expires.as_deref().map(parse_day).transpose()?,
-                };
+                let lot = lot_row(row)?;
                 held += lot.remaining;
                 lots.push(lot);
             }
