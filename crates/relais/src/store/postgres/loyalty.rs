@@ -22,6 +22,14 @@ use crate::store::StoreError;
 const MEMBER_COLUMNS: &str = "m.customer_id, m.member_id, m.programme_key, m.card_token, m.balance, m.status, \
      m.merged_into, m.enrolled_at, m.tier, m.tier_since, m.downgrade_on";
 
+/// The profiles `$1` (roots) stand for: themselves and those merged into them,
+/// each with its root. Two index probes: one condition `customer_id = ANY($1)
+/// OR merged_into = ANY($1)` can use neither index, and its generic plan walked
+/// every membership (2 ms an earn with 2,000 members).
+const FAMILY_OF_ROOTS: &str = "WITH family (customer_id, root) AS ( \
+    SELECT customer_id, COALESCE(merged_into, customer_id) FROM customers WHERE customer_id = ANY($1) \
+    UNION SELECT customer_id, merged_into FROM customers WHERE merged_into = ANY($1))";
+
 fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
         customer: parse_id(r.get::<_, &str>(0))?,
@@ -81,10 +89,9 @@ impl LedgerTx for PgTx<'_, '_> {
         // cannot deadlock.
         let rows = self.query(
             &format!(
-                "SELECT {MEMBER_COLUMNS}, COALESCE(c.merged_into, c.customer_id) FROM loyalty_members m \
-                 JOIN customers c ON c.customer_id = m.customer_id \
-                 WHERE m.status = 'active' AND (c.customer_id = ANY($1) OR c.merged_into = ANY($1)) \
-                 ORDER BY m.member_id FOR UPDATE OF m"
+                "{FAMILY_OF_ROOTS} SELECT {MEMBER_COLUMNS}, family.root FROM family \
+                 JOIN loyalty_members m ON m.customer_id = family.customer_id \
+                 WHERE m.status = 'active' ORDER BY m.member_id FOR UPDATE OF m"
             ),
             &[&ids],
         )?;
@@ -484,9 +491,9 @@ impl LedgerTx for PgTx<'_, '_> {
         let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
         self.query(
             &format!(
-                "SELECT {MEMBER_COLUMNS} FROM loyalty_members m JOIN customers c ON c.customer_id = m.customer_id \
-                     WHERE m.status = 'merged' AND (c.customer_id = ANY($1) OR c.merged_into = ANY($1)) \
-                     ORDER BY m.member_id FOR UPDATE OF m"
+                "{FAMILY_OF_ROOTS} SELECT {MEMBER_COLUMNS} FROM family \
+                 JOIN loyalty_members m ON m.customer_id = family.customer_id \
+                 WHERE m.status = 'merged' ORDER BY m.member_id FOR UPDATE OF m"
             ),
             &[&ids],
         )?
