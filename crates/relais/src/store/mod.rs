@@ -4,6 +4,7 @@
 //!
 //! Architecture invariant: nothing outside this module writes SQL.
 
+mod combine;
 pub mod ingest;
 pub mod loyalty;
 mod pool;

@@ -1,6 +1,7 @@
-//! The server engine: PostgreSQL through a pool of blocking clients. Each ingest
-//! request is one transaction of a few set-based statements (`unnest` arrays);
-//! touched customers are locked in id order; a lost race is retried.
+//! The server engine: PostgreSQL through a pool of blocking clients. Concurrent
+//! ingest requests are written together (`combine`), each group one transaction
+//! of a few set-based statements (`unnest` arrays); touched customers are locked
+//! in id order; a lost race is retried.
 //!
 //! Citus: customer-scoped tables are distributed by `customer_id`, `identifiers` by
 //! `identifier`, `message_ids` by `message_id`, `accounts` by `group_id`; `api_keys`
@@ -23,6 +24,7 @@ use relais_domain::{
 use serde_json::{Map, Value};
 
 use self::statements::{Cached, PgConn, Sql, Statements};
+use super::combine::Combiner;
 use super::ingest::{
     family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
     KnownMessages, Outcome, Rebuild,
@@ -81,7 +83,22 @@ pub struct PgEngine {
     pool: Pool<PgConn>,
     settings: IngestSettings,
     privacy: Privacy,
+    /// Concurrent ingest requests written together (group commit).
+    ingests: Combiner<IngestRequest, Vec<Outcome>>,
 }
+
+/// An ingest request waiting for its group: source, messages, and their stored
+/// payloads (encoded on the caller's thread).
+type IngestRequest = (String, Vec<TrackingMessage>, Vec<EncodedEvent>);
+
+/// Ingest groups written at once, each in a transaction of its own. Two keep
+/// both of this machine's cores busy while a group waits on its commit; more
+/// make smaller groups, hence more statements for the same work.
+const INGEST_WRITERS: usize = 2;
+
+/// Messages in one ingest group, at most (a Segment batch holds up to about
+/// 500 KB, some thousands of messages).
+const INGEST_GROUP_MESSAGES: usize = 5_000;
 
 fn connect(url: &str) -> Result<Client, StoreError> {
     let mut client = Client::connect(url, NoTls).map_err(|e| {
@@ -132,6 +149,49 @@ impl PgEngine {
         }
     }
 
+    /// Write a group of ingest requests in one transaction, answering each in
+    /// order. When the group fails for another reason than a lost race (which
+    /// is retried), each request is written alone, so one request's failure
+    /// never takes the others down.
+    fn ingest_group(&self, group: &[IngestRequest]) -> Vec<Result<Vec<Outcome>, StoreError>> {
+        let batch: Vec<BatchItem<'_>> = group
+            .iter()
+            .flat_map(|(source, messages, encoded)| {
+                messages.iter().zip(encoded).map(move |(m, e)| (source.as_str(), m, e))
+            })
+            .collect();
+        match self.ingest_in_transaction(&batch) {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                group.iter().map(|(_, messages, _)| Ok(outcomes.by_ref().take(messages.len()).collect())).collect()
+            }
+            Err(error) if group.len() == 1 => vec![Err(error)],
+            Err(_) => group
+                .iter()
+                .map(|(source, messages, encoded)| {
+                    let batch: Vec<BatchItem<'_>> =
+                        messages.iter().zip(encoded).map(|(m, e)| (source.as_str(), m, e)).collect();
+                    self.ingest_in_transaction(&batch)
+                })
+                .collect(),
+        }
+    }
+
+    /// Ingest `batch` in one transaction, retried when it lost a race.
+    fn ingest_in_transaction(&self, batch: &[BatchItem<'_>]) -> Result<Vec<Outcome>, StoreError> {
+        self.retrying(|client| {
+            let (mut tx, statements) = client.begin()?;
+            let outcomes = ingest_batch(
+                &mut PgTx { tx: &mut tx, statements, privacy: Some(&self.privacy) },
+                batch,
+                &self.settings,
+                &self.privacy,
+            )?;
+            tx.commit()?;
+            Ok(outcomes)
+        })
+    }
+
     /// Connect, migrate and build the pool.
     pub fn open(
         url: &str,
@@ -162,7 +222,8 @@ impl PgEngine {
         drop(first);
         let url = url.to_string();
         let pool = Pool::new(16, move || connect(&url).map(PgConn::new));
-        Ok(PgEngine { pool, settings, privacy })
+        let ingests = Combiner::new(INGEST_WRITERS, INGEST_GROUP_MESSAGES);
+        Ok(PgEngine { pool, settings, privacy, ingests })
     }
 }
 
@@ -721,18 +782,8 @@ impl Engine for PgEngine {
             return Ok(Vec::new());
         }
         let encoded: Vec<EncodedEvent> = messages.iter().map(|m| EncodedEvent::of(m, &self.privacy)).collect();
-        let batch: Vec<BatchItem<'_>> = messages.iter().zip(&encoded).map(|(m, e)| (source, m, e)).collect();
-        self.retrying(|client| {
-            let (mut tx, statements) = client.begin()?;
-            let outcomes = ingest_batch(
-                &mut PgTx { tx: &mut tx, statements, privacy: Some(&self.privacy) },
-                &batch,
-                &self.settings,
-                &self.privacy,
-            )?;
-            tx.commit()?;
-            Ok(outcomes)
-        })
+        let units = messages.len();
+        self.ingests.submit((source.to_string(), messages, encoded), units, |group| self.ingest_group(&group))
     }
 
     fn insert_api_key(&self, key_hash: &str, key: &ApiKey) -> Result<(), StoreError> {

@@ -247,40 +247,53 @@ impl LedgerTx for PgTx<'_, '_> {
                 ],
             )?;
         }
-        for lot in &write.new_lots {
+        // Lots and memberships are written with one statement each, whatever
+        // the number of rows: an ingest group earns for many members at once.
+        // (`finish` left at most one update per lot and per member.)
+        if !write.new_lots.is_empty() {
+            let lots = &write.new_lots;
+            let customers: Vec<String> = lots.iter().map(|l| l.customer.to_string()).collect();
+            let ids: Vec<&str> = lots.iter().map(|l| l.lot_id.as_str()).collect();
+            let members: Vec<String> = lots.iter().map(|l| l.member.to_string()).collect();
+            let points: Vec<i64> = lots.iter().map(|l| l.points).collect();
+            let remaining: Vec<i64> = lots.iter().map(|l| l.remaining).collect();
+            let expires: Vec<Option<NaiveDate>> = lots.iter().map(|l| l.expires_on).collect();
             self.execute(
                 "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &lot.customer.to_string(),
-                    &lot.lot_id,
-                    &lot.member.to_string(),
-                    &lot.points,
-                    &lot.remaining,
-                    &lot.expires_on,
-                ],
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::date[])",
+                &[&customers, &ids, &members, &points, &remaining, &expires],
             )?;
         }
-        for (customer, lot, remaining) in &write.lot_updates {
+        if !write.lot_updates.is_empty() {
+            let customers: Vec<String> = write.lot_updates.iter().map(|(c, _, _)| c.to_string()).collect();
+            let ids: Vec<&str> = write.lot_updates.iter().map(|(_, l, _)| l.as_str()).collect();
+            let remaining: Vec<i64> = write.lot_updates.iter().map(|(_, _, r)| *r).collect();
             self.execute(
-                "UPDATE loyalty_lots SET remaining = $3 WHERE customer_id = $1 AND lot_id = $2",
-                &[&customer.to_string(), lot, remaining],
+                "UPDATE loyalty_lots l SET remaining = u.remaining \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(customer_id, lot_id, remaining) \
+                 WHERE l.customer_id = u.customer_id AND l.lot_id = u.lot_id",
+                &[&customers, &ids, &remaining],
             )?;
         }
-        for m in &write.member_updates {
+        if !write.member_updates.is_empty() {
+            let rows = &write.member_updates;
+            let customers: Vec<String> = rows.iter().map(|m| m.customer.to_string()).collect();
+            let members: Vec<String> = rows.iter().map(|m| m.member.to_string()).collect();
+            let balances: Vec<i64> = rows.iter().map(|m| m.balance).collect();
+            let statuses: Vec<&str> = rows.iter().map(|m| m.status.as_str()).collect();
+            let merged_into: Vec<Option<String>> =
+                rows.iter().map(|m| m.merged_into.map(|id| id.to_string())).collect();
+            let tiers: Vec<Option<&str>> = rows.iter().map(|m| m.tier.as_deref()).collect();
+            let tier_since: Vec<Option<DateTime<Utc>>> = rows.iter().map(|m| m.tier_since).collect();
+            let downgrade_on: Vec<Option<NaiveDate>> = rows.iter().map(|m| m.downgrade_on).collect();
             self.execute(
-                "UPDATE loyalty_members SET balance = $3, status = $4, merged_into = $5, tier = $6, tier_since = $7, \
-                 downgrade_on = $8 WHERE customer_id = $1 AND member_id = $2",
-                &[
-                    &m.customer.to_string(),
-                    &m.member.to_string(),
-                    &m.balance,
-                    &m.status.as_str(),
-                    &m.merged_into.map(|id| id.to_string()),
-                    &m.tier,
-                    &m.tier_since,
-                    &m.downgrade_on,
-                ],
+                "UPDATE loyalty_members m SET balance = u.balance, status = u.status, merged_into = u.merged_into, \
+                 tier = u.tier, tier_since = u.tier_since, downgrade_on = u.downgrade_on \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+                 $7::timestamptz[], $8::date[]) \
+                 AS u(customer_id, member_id, balance, status, merged_into, tier, tier_since, downgrade_on) \
+                 WHERE m.customer_id = u.customer_id AND m.member_id = u.member_id",
+                &[&customers, &members, &balances, &statuses, &merged_into, &tiers, &tier_since, &downgrade_on],
             )?;
         }
         for c in &write.tier_changes {
