@@ -96,9 +96,14 @@ type IngestRequest = (String, Vec<TrackingMessage>, Vec<EncodedEvent>);
 /// make smaller groups, hence more statements for the same work.
 const INGEST_WRITERS: usize = 2;
 
-/// Messages in one ingest group, at most (a Segment batch holds up to about
-/// 500 KB, some thousands of messages).
-const INGEST_GROUP_MESSAGES: usize = 5_000;
+/// Messages in one ingest group, at most.
+const INGEST_GROUP_MESSAGES: usize = 1_000;
+
+/// Requests of this many messages or more are written at once, in their own
+/// transaction: they already amortise their statements, and grouping them
+/// would only cut the parallelism PostgreSQL needs for large batches (measured:
+/// 500-message batches from 16 clients, 25,290 events/s alone, 21,540 grouped).
+const INGEST_ALONE_FROM: usize = 100;
 
 fn connect(url: &str) -> Result<Client, StoreError> {
     let mut client = Client::connect(url, NoTls).map_err(|e| {
@@ -783,6 +788,10 @@ impl Engine for PgEngine {
         }
         let encoded: Vec<EncodedEvent> = messages.iter().map(|m| EncodedEvent::of(m, &self.privacy)).collect();
         let units = messages.len();
+        if units >= INGEST_ALONE_FROM {
+            let batch: Vec<BatchItem<'_>> = messages.iter().zip(&encoded).map(|(m, e)| (source, m, e)).collect();
+            return self.ingest_in_transaction(&batch);
+        }
         self.ingests.submit((source.to_string(), messages, encoded), units, |group| self.ingest_group(&group))
     }
 
