@@ -96,7 +96,12 @@ fn json_text(map: &Map<String, Value>) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
 }
 
-type Reply = mpsc::SyncSender<Result<Vec<Outcome>, StoreError>>;
+type Reply = mpsc::SyncSender<Answer<Vec<Outcome>>>;
+
+/// The writer's answer to a caller, with the number of the log flush that makes
+/// it durable (asked for by the writer right after the commit, see
+/// `LogFlusher::request`); the caller waits for that flush before replying.
+type Answer<T> = (Result<T, StoreError>, u64);
 
 /// Customers cached by the writer between transactions, so a busy customer's
 /// traits are not parsed from JSON at every batch. Valid while no other
@@ -125,8 +130,9 @@ impl Default for CustomerCache {
 /// its time on them), where to answer.
 type Group = Vec<(String, Vec<TrackingMessage>, Vec<EncodedEvent>, Reply)>;
 
-/// Sends a grouped write's answer once its group's commit is known.
-type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Sends a grouped write's answer once its group's commit is known, with the
+/// flush that makes the commit durable.
+type Finish = Box<dyn FnOnce(Result<(), StoreError>, u64) + Send>;
 
 /// A write that joins the writer's next group commit: it runs in a savepoint
 /// of the group's transaction and hands back how to answer its caller, and
@@ -299,9 +305,10 @@ impl SqliteEngine {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let writer_settings = settings.clone();
         let writer_privacy = privacy.clone();
+        let writer_flusher = flusher.clone();
         let writer = thread::Builder::new()
             .name("relais-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, receiver, writer_settings, writer_privacy, restart_wal))
+            .spawn(move || writer_loop(writer, receiver, writer_settings, writer_privacy, restart_wal, writer_flusher))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         let reader_path = path.clone();
         // Readers make point lookups and short scans: a small page cache each keeps
@@ -331,10 +338,12 @@ impl SqliteEngine {
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
+        let flusher = self.flusher.clone();
         self.jobs
             .send(Job::Exec {
                 work: Box::new(move |conn| {
-                    let _ = reply.send(work(conn));
+                    let result = work(conn);
+                    let _ = reply.send((result, flusher.request()));
                 }),
                 touches_customers,
             })
@@ -355,8 +364,8 @@ impl SqliteEngine {
                 Some(conn) => in_savepoint(conn, work),
                 None => (Err(StoreError::Database("the SQLite writer could not begin a transaction".into())), false),
             };
-            let finish: Finish = Box::new(move |committed| {
-                let _ = reply.send(committed.and(result));
+            let finish: Finish = Box::new(move |committed, flush| {
+                let _ = reply.send((committed.and(result), flush));
             });
             (finish, usable)
         });
@@ -365,9 +374,10 @@ impl SqliteEngine {
     }
 
     /// The writer's answer, once the log holding what it committed is on disk.
-    fn acknowledged<T>(&self, answer: mpsc::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
-        let result = answer.recv().map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
-        self.flusher.wait_durable()?;
+    fn acknowledged<T>(&self, answer: mpsc::Receiver<Answer<T>>) -> Result<T, StoreError> {
+        let (result, flush) =
+            answer.recv().map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
+        self.flusher.wait_for(flush)?;
         result
     }
 }
@@ -449,6 +459,7 @@ fn writer_loop(
     settings: IngestSettings,
     privacy: Arc<Privacy>,
     wal_too_long: Arc<std::sync::atomic::AtomicBool>,
+    flusher: Arc<log_flush::LogFlusher>,
 ) {
     let mut pending: Option<Job> = None;
     // Freeing a committed group's messages takes the writer a few percent of its
@@ -487,7 +498,7 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
-                let group = commit_cycle(&mut conn, cycle, &settings, &privacy, &mut cache);
+                let group = commit_cycle(&mut conn, cycle, &settings, &privacy, &mut cache, &flusher);
                 if let Err(mpsc::SendError(group)) = to_drop.send(group) {
                     drop(group);
                 }
@@ -528,10 +539,11 @@ fn commit_cycle(
     settings: &IngestSettings,
     privacy: &Privacy,
     cache: &mut CustomerCache,
+    flusher: &log_flush::LogFlusher,
 ) -> Group {
     let Cycle { group, grouped, .. } = cycle;
     if group.is_empty() {
-        commit_grouped(conn, grouped);
+        commit_grouped(conn, grouped, flusher);
         return group;
     }
     let batch: Vec<BatchItem<'_>> = group
@@ -547,6 +559,7 @@ fn commit_cycle(
             Err(error) => Some(error),
             Ok((outcomes, written)) => {
                 let (finishes, committed) = run_and_commit(tx, std::mem::take(&mut grouped));
+                let flush = flusher.request();
                 match &committed {
                     Ok(()) => {
                         for (customer, entry) in written {
@@ -554,16 +567,16 @@ fn commit_cycle(
                         }
                         let mut outcomes = outcomes.into_iter();
                         for (_, messages, _, reply) in &group {
-                            let _ = reply.send(Ok(outcomes.by_ref().take(messages.len()).collect()));
+                            let _ = reply.send((Ok(outcomes.by_ref().take(messages.len()).collect()), flush));
                         }
                     }
                     Err(error) => {
                         for (_, _, _, reply) in &group {
-                            let _ = reply.send(Err(error.clone()));
+                            let _ = reply.send((Err(error.clone()), flush));
                         }
                     }
                 }
-                finish_all(finishes, &committed);
+                finish_all(finishes, &committed, flush);
                 None
             }
         },
@@ -571,34 +584,36 @@ fn commit_cycle(
     if let Some(error) = failure {
         drop(batch);
         if group.len() == 1 {
-            let _ = group[0].3.send(Err(error));
+            let _ = group[0].3.send((Err(error), flusher.request()));
         } else {
             for (source, messages, encoded, reply) in &group {
                 let batch: Vec<BatchItem<'_>> =
                     messages.iter().zip(encoded).map(|(m, e)| (source.as_str(), m, e)).collect();
-                let _ = reply.send(ingest_in_transaction(conn, &batch, settings, privacy, cache));
+                let result = ingest_in_transaction(conn, &batch, settings, privacy, cache);
+                let _ = reply.send((result, flusher.request()));
             }
         }
-        commit_grouped(conn, grouped);
+        commit_grouped(conn, grouped, flusher);
     }
     group
 }
 
 /// Commit grouped writes in one transaction of their own.
-fn commit_grouped(conn: &mut Connection, grouped: Vec<GroupedWork>) {
+fn commit_grouped(conn: &mut Connection, grouped: Vec<GroupedWork>, flusher: &log_flush::LogFlusher) {
     if grouped.is_empty() {
         return;
     }
     match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => {
             let (finishes, committed) = run_and_commit(tx, grouped);
-            finish_all(finishes, &committed);
+            finish_all(finishes, &committed, flusher.request());
         }
         Err(error) => {
             // Nothing ran: each caller hears why.
             let error = StoreError::from(error);
+            let flush = flusher.request();
             for work in grouped {
-                work(None).0(Err(error.clone()));
+                work(None).0(Err(error.clone()), flush);
             }
         }
     }
@@ -623,9 +638,9 @@ fn run_and_commit(tx: rusqlite::Transaction<'_>, grouped: Vec<GroupedWork>) -> (
 }
 
 /// Answer every grouped write with the group's commit result.
-fn finish_all(finishes: Vec<Finish>, committed: &Result<(), StoreError>) {
+fn finish_all(finishes: Vec<Finish>, committed: &Result<(), StoreError>, flush: u64) {
     for finish in finishes {
-        finish(committed.clone());
+        finish(committed.clone(), flush);
     }
 }
 

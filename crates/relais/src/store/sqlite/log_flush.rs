@@ -4,8 +4,10 @@
 //! into the WAL (the operating system's cache) and returns, and the writer
 //! goes on with the next group at once. Before any caller hears that its write
 //! succeeded, it waits here for an `fdatasync` of the WAL file that *began*
-//! after its commit returned, so every frame of that commit is on disk. One
-//! flush serves every caller waiting for it, while the writer already runs
+//! after its commit returned, so every frame of that commit is on disk. The
+//! writer asks for that flush as soon as it has committed and hands its number
+//! to the callers with their answers, so the disk starts working before they
+//! even wake. One flush serves every caller waiting for it, while the writer already runs
 //! the next transaction: the disk's latency overlaps the writer's work
 //! instead of adding to it (group commit with an asynchronous flush).
 //!
@@ -97,16 +99,30 @@ impl LogFlusher {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Wait until everything the writer committed before this call is on disk.
-    pub(super) fn wait_durable(&self) -> Result<(), StoreError> {
+    /// Ask for a flush covering everything committed before this call, and
+    /// return its number, to wait for with `wait_for`. The writer asks right
+    /// after each commit, so the flush begins before its callers even wake.
+    pub(super) fn request(&self) -> u64 {
         let mut state = self.lock();
-        // A flush already under way may have begun before the commit: wait for
-        // the next one to begin.
+        // A flush already under way may have begun before the commit: the next
+        // one to begin covers it.
         let needed = state.started + 1;
         if state.requested < needed {
             state.requested = needed;
             self.asked.notify_one();
         }
+        needed
+    }
+
+    /// Wait until everything the writer committed before this call is on disk.
+    #[cfg(test)]
+    pub(super) fn wait_durable(&self) -> Result<(), StoreError> {
+        self.wait_for(self.request())
+    }
+
+    /// Wait until flush number `needed` (from `request`) has finished.
+    pub(super) fn wait_for(&self, needed: u64) -> Result<(), StoreError> {
+        let mut state = self.lock();
         loop {
             if let Some(error) = &state.failed {
                 return Err(StoreError::Database(format!(
