@@ -705,6 +705,7 @@ impl Book {
                 }
                 lots.extend(known.into_values());
             }
+            self.add_new_lots(member, &mut lots);
             self.partial_lots.remove(&member);
             self.lots.insert(member, lots);
         }
@@ -721,7 +722,8 @@ impl Book {
         match self.lots.get(&member) {
             None => {
                 let row = self.members.get(&member).ok_or(StoreError::NotFound)?.clone();
-                let lots = tx.lots_to_cover(&row, points)?;
+                let mut lots = tx.lots_to_cover(&row, points)?;
+                self.add_new_lots(member, &mut lots);
                 self.partial_lots.insert(member);
                 self.lots.insert(member, lots);
             }
@@ -736,6 +738,17 @@ impl Book {
             Some(_) => {}
         }
         Ok(self.lots.get_mut(&member).expect("lots loaded"))
+    }
+
+    /// Add the lots this step created for `member` that `lots`, just read from
+    /// the database, cannot hold yet (an order earns, and its refund in the
+    /// same batch takes back from the lot the order created).
+    fn add_new_lots(&self, member: MemberId, lots: &mut Vec<Lot>) {
+        for new in self.write.new_lots.iter().filter(|l| l.member == member) {
+            if new.remaining > 0 && !lots.iter().any(|l| l.id == new.lot_id) {
+                lots.push(Lot { id: new.lot_id.clone(), remaining: new.remaining, expires_on: new.expires_on });
+            }
+        }
     }
 
     fn is_new_lot(&self, id: &str) -> bool {

@@ -284,6 +284,30 @@ async fn refunds_take_back_their_share_and_a_debit_happens_once_per_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refund_sent_with_its_order_takes_back_what_it_would_take_later() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([{"type": "identify", "userId": "iris"}, {"type": "identify", "userId": "jules"}])).await;
+    let iris = enrol(&app, "user_id:iris").await["id"].as_str().unwrap().to_string();
+    let jules = enrol(&app, "user_id:jules").await["id"].as_str().unwrap().to_string();
+    let refund = |user: &str, message: &str, order: &str| {
+        json!({"type": "track", "userId": user, "event": "Order Refunded", "messageId": message,
+               "properties": {"order_id": order, "total": 40.0, "currency": "EUR"}})
+    };
+    // Jules's order and its partial refund arrive one after the other…
+    app.batch(json!([order("jules", "j-1", "jules-1", 100.0, "lyon", json!([]))])).await;
+    app.batch(json!([refund("jules", "j-2", "jules-1")])).await;
+    // …Iris's together, as an import or a till's catch-up sends them.
+    app.batch(json!([order("iris", "i-1", "iris-1", 100.0, "lyon", json!([])), refund("iris", "i-2", "iris-1")])).await;
+    let (jules, iris) = (statement(&app, &jules).await, statement(&app, &iris).await);
+    assert!(jules["balance"].as_i64().unwrap() > 0, "{jules}");
+    assert_eq!(iris["balance"], jules["balance"], "iris: {iris}\njules: {jules}");
+    let taken_back = |s: &Value| s["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "refund").cloned();
+    assert_eq!(taken_back(&iris).map(|e| e["points"].clone()), taken_back(&jules).map(|e| e["points"].clone()));
+    assert_ledger_holds(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn concurrent_debits_never_overdraw_even_across_server_processes() {
     let app = TestApp::spawn().await;
     apply(&app, PROGRAMME).await;
