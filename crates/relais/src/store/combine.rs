@@ -117,6 +117,13 @@ impl<R, T> Drop for Writing<'_, R, T> {
         let panicked = self.answers.is_none();
         let mut answers = self.answers.take().unwrap_or_default().into_iter();
         let mut state = self.combiner.lock();
+        if panicked {
+            // The writing caller unwinds: its request, wherever it is, must
+            // neither be written later nor leave an answer nobody collects.
+            let own = self.own;
+            state.queue.retain(|(ticket, _, _)| *ticket != own);
+            state.answers.remove(&own);
+        }
         for ticket in self.tickets.drain(..) {
             if panicked && ticket == self.own {
                 continue;
@@ -141,14 +148,21 @@ mod tests {
     #[test]
     fn each_caller_gets_its_own_answer_and_waiting_callers_are_grouped() {
         let combiner = Arc::new(Combiner::<u32, u32>::new(1, 1_000));
-        let groups = Arc::new(AtomicUsize::new(0));
+        let (groups, submitted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let threads: Vec<_> = (0..32u32)
             .map(|i| {
-                let (combiner, groups) = (combiner.clone(), groups.clone());
+                let (combiner, groups, submitted) = (combiner.clone(), groups.clone(), submitted.clone());
                 std::thread::spawn(move || {
+                    submitted.fetch_add(1, Ordering::SeqCst);
                     combiner.submit(i, 1, |group| {
-                        groups.fetch_add(1, Ordering::Relaxed);
-                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        // The first group is written once every caller has
+                        // arrived, so the others queue up behind it.
+                        if groups.fetch_add(1, Ordering::SeqCst) == 0 {
+                            while submitted.load(Ordering::SeqCst) < 32 {
+                                std::thread::yield_now();
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
                         group.into_iter().map(|r| Ok(r * 10)).collect()
                     })
                 })
@@ -157,7 +171,7 @@ mod tests {
         for (i, thread) in threads.into_iter().enumerate() {
             assert_eq!(thread.join().unwrap().unwrap(), i as u32 * 10);
         }
-        // With one writer busy 5 ms a group, 32 callers cannot all be written alone.
+        // With one writer held up by the first group, the others shared groups.
         assert!(groups.load(Ordering::Relaxed) < 32, "{} groups", groups.load(Ordering::Relaxed));
     }
 

@@ -157,9 +157,12 @@ impl PgEngine {
     }
 
     /// Write a group of ingest requests in one transaction, answering each in
-    /// order. When the group fails for another reason than a lost race (which
-    /// is retried), each request is written alone, so one request's failure
-    /// never takes the others down.
+    /// order. When the group fails before its commit was asked for (nothing was
+    /// written; a lost race is retried whole first), each request is written
+    /// alone, so one request's failure never takes the others down. A failure
+    /// while committing leaves the outcome unknown: every request hears of it
+    /// and none is written again (a retry by the sender is deduplicated by its
+    /// `messageId`).
     fn ingest_group(&self, group: &[IngestRequest]) -> Vec<Result<Vec<Outcome>, StoreError>> {
         let batch: Vec<BatchItem<'_>> = group
             .iter()
@@ -167,26 +170,37 @@ impl PgEngine {
                 messages.iter().zip(encoded).map(move |(m, e)| (source.as_str(), m, e))
             })
             .collect();
-        match self.ingest_in_transaction(&batch) {
+        let (result, at_commit) = self.ingest_in_transaction(&batch);
+        match result {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
                 group.iter().map(|(_, messages, _)| Ok(outcomes.by_ref().take(messages.len()).collect())).collect()
             }
-            Err(error) if group.len() == 1 => vec![Err(error)],
-            Err(_) => group
-                .iter()
-                .map(|(source, messages, encoded)| {
+            Err(error) if group.len() == 1 || at_commit => group.iter().map(|_| Err(error.clone())).collect(),
+            Err(_) => {
+                let mut answers = Vec::with_capacity(group.len());
+                for (source, messages, encoded) in group {
+                    // Without a database to talk to, the others would only wait
+                    // for the same answer.
+                    if let Some(Err(error @ StoreError::Config(_))) = answers.last() {
+                        answers.push(Err(error.clone()));
+                        continue;
+                    }
                     let batch: Vec<BatchItem<'_>> =
                         messages.iter().zip(encoded).map(|(m, e)| (source.as_str(), m, e)).collect();
-                    self.ingest_in_transaction(&batch)
-                })
-                .collect(),
+                    answers.push(self.ingest_in_transaction(&batch).0);
+                }
+                answers
+            }
         }
     }
 
-    /// Ingest `batch` in one transaction, retried when it lost a race.
-    fn ingest_in_transaction(&self, batch: &[BatchItem<'_>]) -> Result<Vec<Outcome>, StoreError> {
-        self.retrying(|client| {
+    /// Ingest `batch` in one transaction, retried when it lost a race; and
+    /// whether it failed while committing (its outcome then unknown).
+    fn ingest_in_transaction(&self, batch: &[BatchItem<'_>]) -> (Result<Vec<Outcome>, StoreError>, bool) {
+        let committing = std::cell::Cell::new(false);
+        let result = self.retrying(|client| {
+            committing.set(false);
             let (mut tx, statements) = client.begin()?;
             let outcomes = ingest_batch(
                 &mut PgTx { tx: &mut tx, statements, privacy: Some(&self.privacy) },
@@ -194,9 +208,12 @@ impl PgEngine {
                 &self.settings,
                 &self.privacy,
             )?;
+            committing.set(true);
             tx.commit()?;
             Ok(outcomes)
-        })
+        });
+        let failed_at_commit = result.is_err() && committing.get();
+        (result, failed_at_commit)
     }
 
     /// Connect, migrate and build the pool.
@@ -792,7 +809,7 @@ impl Engine for PgEngine {
         let units = messages.len();
         if units >= INGEST_ALONE_FROM {
             let batch: Vec<BatchItem<'_>> = messages.iter().zip(&encoded).map(|(m, e)| (source, m, e)).collect();
-            return self.ingest_in_transaction(&batch);
+            return self.ingest_in_transaction(&batch).0;
         }
         self.ingests.submit((source.to_string(), messages, encoded), units, |group| self.ingest_group(&group))
     }

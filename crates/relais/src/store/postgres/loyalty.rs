@@ -23,12 +23,19 @@ const MEMBER_COLUMNS: &str = "m.customer_id, m.member_id, m.programme_key, m.car
      m.merged_into, m.enrolled_at, m.tier, m.tier_since, m.downgrade_on";
 
 /// The profiles `$1` (roots) stand for: themselves and those merged into them,
-/// each with its root. Two index probes: one condition `customer_id = ANY($1)
-/// OR merged_into = ANY($1)` can use neither index, and its generic plan walked
-/// every membership (2 ms an earn with 2,000 members).
+/// each with its root, found by two index probes. With one condition
+/// `customer_id = ANY($1) OR merged_into = ANY($1)` on a join, the generic plan
+/// walked every membership and filtered each profile (0.58 ms an earn with
+/// 2,000 members; 0.13 ms this way).
 const FAMILY_OF_ROOTS: &str = "WITH family (customer_id, root) AS ( \
     SELECT customer_id, COALESCE(merged_into, customer_id) FROM customers WHERE customer_id = ANY($1) \
     UNION SELECT customer_id, merged_into FROM customers WHERE merged_into = ANY($1))";
+
+/// Whether `keys` holds no key twice.
+fn unique<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    keys.into_iter().all(|k| seen.insert(k))
+}
 
 fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
@@ -264,6 +271,9 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[&customers, &ids, &members, &points, &remaining, &expires],
             )?;
         }
+        // `UPDATE … FROM unnest` applies one arbitrary row per key: keys are unique.
+        debug_assert!(unique(write.lot_updates.iter().map(|(c, l, _)| (c, l))), "one update per lot");
+        debug_assert!(unique(write.member_updates.iter().map(|m| m.member)), "one update per membership");
         if !write.lot_updates.is_empty() {
             let customers: Vec<String> = write.lot_updates.iter().map(|(c, _, _)| c.to_string()).collect();
             let ids: Vec<&str> = write.lot_updates.iter().map(|(_, l, _)| l.as_str()).collect();

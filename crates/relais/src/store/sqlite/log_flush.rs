@@ -40,7 +40,7 @@ pub(super) struct LogFlusher {
 
 #[derive(Default)]
 struct State {
-    /// The flush number the latest caller waits for.
+    /// The highest flush number asked for.
     requested: u64,
     /// Flushes begun.
     started: u64,
