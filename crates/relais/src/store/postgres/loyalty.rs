@@ -37,6 +37,59 @@ fn unique<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
     keys.into_iter().all(|k| seen.insert(k))
 }
 
+/// Writes sent as one statement, the first ones as data-modifying `WITH`
+/// parts: one round trip instead of one each. Every part sees the snapshot
+/// from before the statement, so parts must not touch the same rows.
+#[derive(Default)]
+struct OneTrip<'p> {
+    parts: Vec<String>,
+    params: Vec<&'p (dyn postgres::types::ToSql + Sync)>,
+}
+
+impl<'p> OneTrip<'p> {
+    /// Add a statement whose parameters are numbered from `$1`.
+    fn add(&mut self, sql: &str, params: &[&'p (dyn postgres::types::ToSql + Sync)]) {
+        self.parts.push(renumber(sql, self.params.len()));
+        self.params.extend_from_slice(params);
+    }
+
+    /// The statement, if there is anything to write.
+    fn sql(&self) -> Option<String> {
+        let (last, first) = self.parts.split_last()?;
+        let mut sql = String::new();
+        for (i, part) in first.iter().enumerate() {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            sql.push_str(&format!("w{i} AS ({part})"));
+        }
+        if !first.is_empty() {
+            sql.push(' ');
+        }
+        sql.push_str(last);
+        Some(sql)
+    }
+}
+
+/// `sql` with every parameter `$n` turned into `$(n + offset)`.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '$' {
+            let mut digits = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                digits.push(*d);
+                chars.next();
+            }
+            match digits.parse::<usize>() {
+                Ok(n) => out.push_str(&(n + offset).to_string()),
+                Err(_) => out.push_str(&digits),
+            }
+        }
+    }
+    out
+}
+
 fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
         customer: parse_id(r.get::<_, &str>(0))?,
@@ -215,34 +268,65 @@ impl LedgerTx for PgTx<'_, '_> {
                 ],
             )?;
         }
-        if !write.transactions.is_empty() {
-            let mut columns: EntryColumns = EntryColumns::default();
-            for t in &write.transactions {
-                for (leg, l) in t.legs.iter().enumerate() {
-                    columns.customer.push(l.customer.to_string());
-                    columns.tx.push(t.id.to_string());
-                    columns.leg.push(leg as i32);
-                    columns.member.push(l.member.to_string());
-                    columns.account.push(l.account.as_str().to_string());
-                    columns.points.push(l.points);
-                    columns.kind.push(t.kind.to_string());
-                    columns.rule.push(t.rule.clone());
-                    columns.event.push(t.event_id.map(|e| e.to_string()));
-                    columns.message.push(t.message_id.clone());
-                    columns.order.push(t.order_id.clone());
-                    columns.basis.push(t.basis_minor);
-                    columns.day.push(t.day);
-                    columns
-                        .reason
-                        .push(serde_json::to_string(&l.reason).map_err(|e| StoreError::Database(e.to_string()))?);
-                    columns.expires.push(l.expires_on);
-                    columns.actor.push(t.actor.clone());
-                    columns.programme.push(t.programme.clone());
-                    columns.store.push(t.store.clone());
-                }
+        // The rows every step writes (entries, lots, memberships, the answer
+        // kept for an idempotency key) go in one statement, one round trip:
+        // its parts touch different rows (`finish` folded this step's updates
+        // of its new lots into their inserts, and left at most one update per
+        // lot and per membership), so seeing the snapshot from before the
+        // statement changes nothing. `UPDATE … FROM unnest` applies one
+        // arbitrary row per key, hence the unique keys.
+        debug_assert!(unique(write.lot_updates.iter().map(|(c, l, _)| (c, l))), "one update per lot");
+        debug_assert!(unique(write.member_updates.iter().map(|m| m.member)), "one update per membership");
+        let mut entries = EntryColumns::default();
+        for t in &write.transactions {
+            for (leg, l) in t.legs.iter().enumerate() {
+                entries.customer.push(l.customer.to_string());
+                entries.tx.push(t.id.to_string());
+                entries.leg.push(leg as i32);
+                entries.member.push(l.member.to_string());
+                entries.account.push(l.account.as_str().to_string());
+                entries.points.push(l.points);
+                entries.kind.push(t.kind.to_string());
+                entries.rule.push(t.rule.clone());
+                entries.event.push(t.event_id.map(|e| e.to_string()));
+                entries.message.push(t.message_id.clone());
+                entries.order.push(t.order_id.clone());
+                entries.basis.push(t.basis_minor);
+                entries.day.push(t.day);
+                entries.reason.push(serde_json::to_string(&l.reason).map_err(|e| StoreError::Database(e.to_string()))?);
+                entries.expires.push(l.expires_on);
+                entries.actor.push(t.actor.clone());
+                entries.programme.push(t.programme.clone());
+                entries.store.push(t.store.clone());
             }
-            let c = &columns;
-            self.execute(
+        }
+        let lots = &write.new_lots;
+        let lot_customers: Vec<String> = lots.iter().map(|l| l.customer.to_string()).collect();
+        let lot_ids: Vec<&str> = lots.iter().map(|l| l.lot_id.as_str()).collect();
+        let lot_members: Vec<String> = lots.iter().map(|l| l.member.to_string()).collect();
+        let lot_points: Vec<i64> = lots.iter().map(|l| l.points).collect();
+        let lot_remaining: Vec<i64> = lots.iter().map(|l| l.remaining).collect();
+        let lot_expires: Vec<Option<NaiveDate>> = lots.iter().map(|l| l.expires_on).collect();
+        let updated_customers: Vec<String> = write.lot_updates.iter().map(|(c, _, _)| c.to_string()).collect();
+        let updated_ids: Vec<&str> = write.lot_updates.iter().map(|(_, l, _)| l.as_str()).collect();
+        let updated_remaining: Vec<i64> = write.lot_updates.iter().map(|(_, _, r)| *r).collect();
+        let rows = &write.member_updates;
+        let member_customers: Vec<String> = rows.iter().map(|m| m.customer.to_string()).collect();
+        let members: Vec<String> = rows.iter().map(|m| m.member.to_string()).collect();
+        let balances: Vec<i64> = rows.iter().map(|m| m.balance).collect();
+        let statuses: Vec<&str> = rows.iter().map(|m| m.status.as_str()).collect();
+        let merged_into: Vec<Option<String>> = rows.iter().map(|m| m.merged_into.map(|id| id.to_string())).collect();
+        let tiers: Vec<Option<&str>> = rows.iter().map(|m| m.tier.as_deref()).collect();
+        let tier_since: Vec<Option<DateTime<Utc>>> = rows.iter().map(|m| m.tier_since).collect();
+        let downgrade_on: Vec<Option<NaiveDate>> = rows.iter().map(|m| m.downgrade_on).collect();
+        let answer = write.answer.as_ref().map(|(customer, scope, key, answer)| {
+            (customer.to_string(), scope, key, &answer.request_hash, i32::from(answer.status), &answer.body)
+        });
+
+        let mut trip = OneTrip::default();
+        if !write.transactions.is_empty() {
+            let c = &entries;
+            trip.add(
                 "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
                  message_id, order_id, basis_minor, day, reason, expires_on, actor, programme_key, store, created_at) \
                  SELECT *, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], \
@@ -252,59 +336,43 @@ impl LedgerTx for PgTx<'_, '_> {
                     &c.customer, &c.tx, &c.leg, &c.member, &c.account, &c.points, &c.kind, &c.rule, &c.event,
                     &c.message, &c.order, &c.basis, &c.day, &c.reason, &c.expires, &c.actor, &c.programme, &c.store,
                 ],
-            )?;
+            );
         }
-        // Lots and memberships are written with one statement each, whatever
-        // the number of rows: an ingest group earns for many members at once.
-        // (`finish` left at most one update per lot and per member.)
-        if !write.new_lots.is_empty() {
-            let lots = &write.new_lots;
-            let customers: Vec<String> = lots.iter().map(|l| l.customer.to_string()).collect();
-            let ids: Vec<&str> = lots.iter().map(|l| l.lot_id.as_str()).collect();
-            let members: Vec<String> = lots.iter().map(|l| l.member.to_string()).collect();
-            let points: Vec<i64> = lots.iter().map(|l| l.points).collect();
-            let remaining: Vec<i64> = lots.iter().map(|l| l.remaining).collect();
-            let expires: Vec<Option<NaiveDate>> = lots.iter().map(|l| l.expires_on).collect();
-            self.execute(
+        if !lots.is_empty() {
+            trip.add(
                 "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::date[])",
-                &[&customers, &ids, &members, &points, &remaining, &expires],
-            )?;
+                &[&lot_customers, &lot_ids, &lot_members, &lot_points, &lot_remaining, &lot_expires],
+            );
         }
-        // `UPDATE … FROM unnest` applies one arbitrary row per key: keys are unique.
-        debug_assert!(unique(write.lot_updates.iter().map(|(c, l, _)| (c, l))), "one update per lot");
-        debug_assert!(unique(write.member_updates.iter().map(|m| m.member)), "one update per membership");
         if !write.lot_updates.is_empty() {
-            let customers: Vec<String> = write.lot_updates.iter().map(|(c, _, _)| c.to_string()).collect();
-            let ids: Vec<&str> = write.lot_updates.iter().map(|(_, l, _)| l.as_str()).collect();
-            let remaining: Vec<i64> = write.lot_updates.iter().map(|(_, _, r)| *r).collect();
-            self.execute(
+            trip.add(
                 "UPDATE loyalty_lots l SET remaining = u.remaining \
                  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(customer_id, lot_id, remaining) \
                  WHERE l.customer_id = u.customer_id AND l.lot_id = u.lot_id",
-                &[&customers, &ids, &remaining],
-            )?;
+                &[&updated_customers, &updated_ids, &updated_remaining],
+            );
         }
-        if !write.member_updates.is_empty() {
-            let rows = &write.member_updates;
-            let customers: Vec<String> = rows.iter().map(|m| m.customer.to_string()).collect();
-            let members: Vec<String> = rows.iter().map(|m| m.member.to_string()).collect();
-            let balances: Vec<i64> = rows.iter().map(|m| m.balance).collect();
-            let statuses: Vec<&str> = rows.iter().map(|m| m.status.as_str()).collect();
-            let merged_into: Vec<Option<String>> =
-                rows.iter().map(|m| m.merged_into.map(|id| id.to_string())).collect();
-            let tiers: Vec<Option<&str>> = rows.iter().map(|m| m.tier.as_deref()).collect();
-            let tier_since: Vec<Option<DateTime<Utc>>> = rows.iter().map(|m| m.tier_since).collect();
-            let downgrade_on: Vec<Option<NaiveDate>> = rows.iter().map(|m| m.downgrade_on).collect();
-            self.execute(
+        if !rows.is_empty() {
+            trip.add(
                 "UPDATE loyalty_members m SET balance = u.balance, status = u.status, merged_into = u.merged_into, \
                  tier = u.tier, tier_since = u.tier_since, downgrade_on = u.downgrade_on \
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
                  $7::timestamptz[], $8::date[]) \
                  AS u(customer_id, member_id, balance, status, merged_into, tier, tier_since, downgrade_on) \
                  WHERE m.customer_id = u.customer_id AND m.member_id = u.member_id",
-                &[&customers, &members, &balances, &statuses, &merged_into, &tiers, &tier_since, &downgrade_on],
-            )?;
+                &[&member_customers, &members, &balances, &statuses, &merged_into, &tiers, &tier_since, &downgrade_on],
+            );
+        }
+        if let Some((customer, scope, key, hash, status, body)) = &answer {
+            trip.add(
+                "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, \
+                 created_at) VALUES ($1, $2, $3, $4, $5, $6, now())",
+                &[customer, scope, key, hash, status, body],
+            );
+        }
+        if let Some(sql) = trip.sql() {
+            self.execute(&sql, &trip.params)?;
         }
         for c in &write.tier_changes {
             self.execute(
@@ -445,13 +513,6 @@ impl LedgerTx for PgTx<'_, '_> {
                     &[&relais_domain::OutboxId::new().to_string(), &customer.to_string(), &payload],
                 )?;
             }
-        }
-        if let Some((customer, scope, key, answer)) = &write.answer {
-            self.execute(
-                "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, now())",
-                &[&customer.to_string(), scope, key, &answer.request_hash, &i32::from(answer.status), &answer.body],
-            )?;
         }
         Ok(())
     }
@@ -895,4 +956,29 @@ pub(super) fn badges(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{renumber, OneTrip};
+
+    #[test]
+    fn statements_sent_together_keep_their_own_parameters() {
+        assert_eq!(renumber("SELECT $1, $2::text[], $10", 3), "SELECT $4, $5::text[], $13");
+        let (a, b, c) = (1_i64, 2_i64, 3_i64);
+        let mut trip = OneTrip::default();
+        assert_eq!(trip.sql(), None, "nothing to write, no statement");
+        trip.add("INSERT INTO x VALUES ($1)", &[&a]);
+        assert_eq!(trip.sql().as_deref(), Some("INSERT INTO x VALUES ($1)"));
+        trip.add("UPDATE y SET v = $2 WHERE k = $1", &[&b, &c]);
+        trip.add("INSERT INTO z VALUES ($1)", &[&a]);
+        assert_eq!(
+            trip.sql().as_deref(),
+            Some(
+                "WITH w0 AS (INSERT INTO x VALUES ($1)), w1 AS (UPDATE y SET v = $3 WHERE k = $2) \
+                 INSERT INTO z VALUES ($4)"
+            )
+        );
+        assert_eq!(trip.params.len(), 4);
+    }
 }
