@@ -335,6 +335,15 @@ fn profile_traits(message: &TrackingMessage) -> Option<&Map<String, Value>> {
 /// One message of a batch: its source, the message, and its stored payload.
 pub type BatchItem<'a> = (&'a str, &'a TrackingMessage, &'a EncodedEvent);
 
+/// One request's messages as batch items, each with its stored payload.
+pub fn batch_items<'a>(
+    source: &'a str,
+    messages: &'a [TrackingMessage],
+    encoded: &'a [EncodedEvent],
+) -> impl Iterator<Item = BatchItem<'a>> + 'a {
+    messages.iter().zip(encoded).map(move |(m, e)| (source, m, e))
+}
+
 /// Ingest `batch` through `tx`; one outcome per message, in order.
 ///
 /// Identity resolution works on lookup tokens only (keyed hashes of the

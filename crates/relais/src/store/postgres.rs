@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use self::statements::{Cached, PgConn, Sql, Statements};
 use super::combine::Combiner;
 use super::ingest::{
-    family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
+    batch_items, family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
     KnownMessages, Outcome, Rebuild,
 };
 use super::pool::Pool;
@@ -164,12 +164,8 @@ impl PgEngine {
     /// and none is written again (a retry by the sender is deduplicated by its
     /// `messageId`).
     fn ingest_group(&self, group: &[IngestRequest]) -> Vec<Result<Vec<Outcome>, StoreError>> {
-        let batch: Vec<BatchItem<'_>> = group
-            .iter()
-            .flat_map(|(source, messages, encoded)| {
-                messages.iter().zip(encoded).map(move |(m, e)| (source.as_str(), m, e))
-            })
-            .collect();
+        let batch: Vec<BatchItem<'_>> =
+            group.iter().flat_map(|(source, messages, encoded)| batch_items(source, messages, encoded)).collect();
         let (result, at_commit) = self.ingest_in_transaction(&batch);
         match result {
             Ok(outcomes) => {
@@ -186,8 +182,7 @@ impl PgEngine {
                         answers.push(Err(error.clone()));
                         continue;
                     }
-                    let batch: Vec<BatchItem<'_>> =
-                        messages.iter().zip(encoded).map(|(m, e)| (source.as_str(), m, e)).collect();
+                    let batch: Vec<BatchItem<'_>> = batch_items(source, messages, encoded).collect();
                     answers.push(self.ingest_in_transaction(&batch).0);
                 }
                 answers
@@ -808,7 +803,7 @@ impl Engine for PgEngine {
         let encoded: Vec<EncodedEvent> = messages.iter().map(|m| EncodedEvent::of(m, &self.privacy)).collect();
         let units = messages.len();
         if units >= INGEST_ALONE_FROM {
-            let batch: Vec<BatchItem<'_>> = messages.iter().zip(&encoded).map(|(m, e)| (source, m, e)).collect();
+            let batch: Vec<BatchItem<'_>> = batch_items(source, &messages, &encoded).collect();
             return self.ingest_in_transaction(&batch).0;
         }
         self.ingests.submit((source.to_string(), messages, encoded), units, |group| self.ingest_group(&group))

@@ -24,7 +24,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::ingest::{
-    family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
+    batch_items, family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
     KnownMessages, Outcome, Rebuild,
 };
 use super::loyalty::LedgerTx as _;
@@ -546,12 +546,8 @@ fn commit_cycle(
         commit_grouped(conn, grouped, flusher);
         return group;
     }
-    let batch: Vec<BatchItem<'_>> = group
-        .iter()
-        .flat_map(|(source, messages, encoded, _)| {
-            messages.iter().zip(encoded).map(move |(m, e)| (source.as_str(), m, e))
-        })
-        .collect();
+    let batch: Vec<BatchItem<'_>> =
+        group.iter().flat_map(|(source, messages, encoded, _)| batch_items(source, messages, encoded)).collect();
     let mut grouped = grouped;
     let failure = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Err(error) => Some(StoreError::from(error)),
@@ -587,8 +583,7 @@ fn commit_cycle(
             let _ = group[0].3.send((Err(error), flusher.request()));
         } else {
             for (source, messages, encoded, reply) in &group {
-                let batch: Vec<BatchItem<'_>> =
-                    messages.iter().zip(encoded).map(|(m, e)| (source.as_str(), m, e)).collect();
+                let batch: Vec<BatchItem<'_>> = batch_items(source, messages, encoded).collect();
                 let result = ingest_in_transaction(conn, &batch, settings, privacy, cache);
                 let _ = reply.send((result, flusher.request()));
             }
