@@ -260,6 +260,10 @@ pub struct Changes<'a> {
 
 /// Where earlier messages went, by (source, messageId).
 pub type KnownMessages = HashMap<(String, String), (CustomerId, EventId)>;
+/// Owners of identifiers, with whether each is flagged as shared.
+pub type Owners = HashMap<Identifier, (CustomerId, bool)>;
+/// Exclusive-kind identifiers held by each customer.
+pub type Exclusives = HashMap<CustomerId, Vec<Identifier>>;
 /// A day-totals row: customer, day, orders, net revenue in minor units.
 pub type DayRow = (CustomerId, NaiveDate, i64, i64);
 
@@ -268,12 +272,27 @@ pub trait IngestTx {
     /// Message ids already stored, with where they went.
     fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError>;
     /// Owners of known identifiers, with whether each is flagged as shared.
-    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<HashMap<Identifier, (CustomerId, bool)>, StoreError>;
+    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<Owners, StoreError>;
     /// Exclusive-kind identifiers held by each customer.
-    fn exclusive_identifiers(
+    fn exclusive_identifiers(&mut self, customers: &[CustomerId]) -> Result<Exclusives, StoreError>;
+    /// The two reads a batch starts with, `existing_message_ids` and
+    /// `identifier_owners`: one round trip where the engine can.
+    fn claims_and_owners(
         &mut self,
+        claims: &[(&str, &str)],
+        identifiers: &[Identifier],
+    ) -> Result<(KnownMessages, Owners), StoreError> {
+        Ok((self.existing_message_ids(claims)?, self.identifier_owners(identifiers)?))
+    }
+    /// `identifier_owners` and `exclusive_identifiers` together: one round
+    /// trip where the engine can.
+    fn owners_and_exclusives(
+        &mut self,
+        identifiers: &[Identifier],
         customers: &[CustomerId],
-    ) -> Result<HashMap<CustomerId, Vec<Identifier>>, StoreError>;
+    ) -> Result<(Owners, Exclusives), StoreError> {
+        Ok((self.identifier_owners(identifiers)?, self.exclusive_identifiers(customers)?))
+    }
     /// Whether other writers may change identifiers concurrently (several server
     /// processes on one database): the batch then re-reads what it resolved
     /// from after locking the customers, and retries if anything moved.
@@ -360,7 +379,6 @@ pub fn ingest_batch<'a>(
         .filter(|(_, m, _)| m.message_id_given)
         .map(|(source, m, _)| (*source, m.message_id.as_str()))
         .collect();
-    let existing = tx.existing_message_ids(&claims)?;
 
     // Clear identifiers by token, for the values of identifiers linked now.
     let mut clear_of: HashMap<Identifier, &Identifier> = HashMap::new();
@@ -384,7 +402,7 @@ pub fn ingest_batch<'a>(
         .flat_map(|((_, _, encoded), aliases)| encoded.tokens.iter().cloned().chain(aliases.iter().cloned()))
         .collect();
     let all_identifiers: Vec<Identifier> = all_identifiers.into_iter().collect();
-    let known_owners = tx.identifier_owners(&all_identifiers)?;
+    let (existing, known_owners) = tx.claims_and_owners(&claims, &all_identifiers)?;
     let first_read = tx.concurrent_writers().then(|| known_owners.clone());
     // Shared identifiers neither decide nor link: they are left out of resolution.
     let shared: std::collections::HashSet<Identifier> =
@@ -400,10 +418,11 @@ pub fn ingest_batch<'a>(
         // identifiers under the lock.
         Some(first_read) => {
             let customers = tx.load_customers(&owner_ids)?;
-            if tx.identifier_owners(&all_identifiers)? != first_read {
+            let (owners_now, exclusives) = tx.owners_and_exclusives(&all_identifiers, &owner_ids)?;
+            if owners_now != first_read {
                 return Err(StoreError::Race);
             }
-            (tx.exclusive_identifiers(&owner_ids)?, customers)
+            (exclusives, customers)
         }
         None => {
             let exclusives = tx.exclusive_identifiers(&owner_ids)?;

@@ -360,6 +360,70 @@ async fn concurrent_debits_never_overdraw_even_across_server_processes() {
     assert_ledger_holds(&app).await;
 }
 
+/// Debits on many members at once (which the PostgreSQL engine writes as one
+/// transaction, their rows read together) each get their own answer: the
+/// balance each member's own debits leave, a retried key's first answer, and
+/// a debit on an unknown member fails alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_debits_on_many_members_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    let mut members = Vec::new();
+    for n in 0..8 {
+        let user = format!("membre-{n}");
+        app.batch(json!([{"type": "identify", "userId": user}])).await;
+        let id = enrol(&app, &format!("user_id:{user}")).await["id"].as_str().unwrap().to_string();
+        // 100 € → 100 points + 50 welcome.
+        app.batch(json!([order(&user, &format!("m-{n}"), &format!("o{n}"), 100.0, "paris", json!([]))])).await;
+        members.push(id);
+    }
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    let unknown = relais_domain::MemberId::new().to_string();
+    for round in 0..5 {
+        for (n, id) in members.iter().chain(std::iter::once(&unknown)).enumerate() {
+            let (client, server, key, id) = (client.clone(), app.address.clone(), app.admin.clone(), id.clone());
+            // Keys 0..3 are distinct per member; round 4 retries key 0.
+            let idem = format!("m{n}-k{}", if round < 4 { round } else { 0 });
+            tasks.push(tokio::spawn(async move {
+                let response = client
+                    .post(format!("{server}/api/v1/loyalty/members/{id}/redemptions"))
+                    .bearer_auth(key)
+                    .header("Idempotency-Key", idem.clone())
+                    .json(&json!({"points": 40, "reason": "bon d'achat"}))
+                    .send()
+                    .await
+                    .unwrap();
+                (id, idem, response.status(), response.json::<Value>().await.unwrap())
+            }));
+        }
+    }
+    let mut answers: std::collections::BTreeMap<(String, String), Vec<(StatusCode, Value)>> = Default::default();
+    for task in tasks {
+        let (id, idem, status, body) = task.await.unwrap();
+        answers.entry((id, idem)).or_default().push((status, body));
+    }
+    for ((id, idem), got) in &answers {
+        if *id == unknown {
+            assert!(got.iter().all(|(status, _)| *status == StatusCode::NOT_FOUND), "{idem}: {got:?}");
+            continue;
+        }
+        assert!(got.windows(2).all(|w| w[0] == w[1]), "a retried key gets the first answer: {got:?}");
+    }
+    for id in &members {
+        let mine: Vec<&(StatusCode, Value)> =
+            answers.iter().filter(|((member, _), _)| member == id).map(|(_, got)| &got[0]).collect();
+        assert_eq!(mine.len(), 4, "{mine:?}");
+        // 150 points cover three debits of 40; the fourth is refused with the balance.
+        let created = mine.iter().filter(|(status, _)| *status == StatusCode::CREATED).count();
+        assert_eq!(created, 3, "{mine:?}");
+        let refused = mine.iter().find(|(status, _)| *status == StatusCode::CONFLICT).expect("one refusal");
+        assert_eq!(refused.1["balance"], 30, "{refused:?}");
+        assert_eq!(statement(&app, id).await["balance"], 30);
+    }
+    assert_ledger_holds(&app).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn merged_people_keep_one_account_with_both_balances_and_erasure_closes_it() {
     let app = TestApp::spawn().await;

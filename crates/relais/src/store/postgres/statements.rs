@@ -154,6 +154,60 @@ impl Sql for Transaction<'_> {
     }
 }
 
+/// Writes sent as one statement, the first ones as data-modifying `WITH`
+/// parts: one round trip instead of one each. Every part sees the snapshot
+/// from before the statement, so parts must not touch the same rows.
+#[derive(Default)]
+pub(super) struct OneTrip<'p> {
+    parts: Vec<String>,
+    /// The parameters of every part, in order.
+    pub(super) params: Vec<&'p (dyn postgres::types::ToSql + Sync)>,
+}
+
+impl<'p> OneTrip<'p> {
+    /// Add a statement whose parameters are numbered from `$1`.
+    pub(super) fn add(&mut self, sql: &str, params: &[&'p (dyn postgres::types::ToSql + Sync)]) {
+        self.parts.push(renumber(sql, self.params.len()));
+        self.params.extend_from_slice(params);
+    }
+
+    /// The statement, if there is anything to write.
+    pub(super) fn sql(&self) -> Option<String> {
+        let (last, first) = self.parts.split_last()?;
+        let mut sql = String::new();
+        for (i, part) in first.iter().enumerate() {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            sql.push_str(&format!("w{i} AS ({part})"));
+        }
+        if !first.is_empty() {
+            sql.push(' ');
+        }
+        sql.push_str(last);
+        Some(sql)
+    }
+}
+
+/// `sql` with every parameter `$n` turned into `$(n + offset)`.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '$' {
+            let mut digits = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                digits.push(*d);
+                chars.next();
+            }
+            match digits.parse::<usize>() {
+                Ok(n) => out.push_str(&(n + offset).to_string()),
+                Err(_) => out.push_str(&digits),
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use postgres::error::SqlState;
@@ -189,5 +243,25 @@ mod tests {
         })
         .join()
         .expect("test thread");
+    }
+
+    #[test]
+    fn statements_sent_together_keep_their_own_parameters() {
+        assert_eq!(renumber("SELECT $1, $2::text[], $10", 3), "SELECT $4, $5::text[], $13");
+        let (a, b, c) = (1_i64, 2_i64, 3_i64);
+        let mut trip = OneTrip::default();
+        assert_eq!(trip.sql(), None, "nothing to write, no statement");
+        trip.add("INSERT INTO x VALUES ($1)", &[&a]);
+        assert_eq!(trip.sql().as_deref(), Some("INSERT INTO x VALUES ($1)"));
+        trip.add("UPDATE y SET v = $2 WHERE k = $1", &[&b, &c]);
+        trip.add("INSERT INTO z VALUES ($1)", &[&a]);
+        assert_eq!(
+            trip.sql().as_deref(),
+            Some(
+                "WITH w0 AS (INSERT INTO x VALUES ($1)), w1 AS (UPDATE y SET v = $3 WHERE k = $2) \
+                 INSERT INTO z VALUES ($4)"
+            )
+        );
+        assert_eq!(trip.params.len(), 4);
     }
 }
