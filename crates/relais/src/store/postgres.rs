@@ -29,7 +29,6 @@ use super::ingest::{
     batch_items, family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, Exclusives,
     IngestSettings, IngestTx, KnownMessages, Outcome, Owners, Rebuild,
 };
-use super::loyalty::{ManualOperation, OperationAnswer};
 use super::pool::Pool;
 use super::seal::{self, EncodedEvent, Privacy};
 use super::RightsRequest;
@@ -86,8 +85,6 @@ pub struct PgEngine {
     privacy: Privacy,
     /// Concurrent ingest requests written together (group commit).
     ingests: Combiner<IngestRequest, Vec<Outcome>>,
-    /// Concurrent manual ledger operations written together (group commit).
-    operations: Combiner<ManualOperation, OperationAnswer>,
 }
 
 /// An ingest request waiting for its group: source, messages, and their stored
@@ -109,14 +106,6 @@ const INGEST_GROUP_MESSAGES: usize = 1_000;
 /// would only cut the parallelism PostgreSQL needs for large batches (measured:
 /// 500-message batches from 16 clients, 25,290 events/s alone, 21,540 grouped).
 const INGEST_ALONE_FROM: usize = 100;
-
-/// Groups of manual ledger operations written at once by one process (one,
-/// as for ingest: measured with `relais bench loyalty`, one or two writers per
-/// kind gave the same throughput within the machine's noise).
-const OPERATION_WRITERS: usize = 1;
-
-/// Manual ledger operations in one group, at most.
-const OPERATION_GROUP: usize = 64;
 
 fn connect(url: &str) -> Result<Client, StoreError> {
     let mut client = Client::connect(url, NoTls).map_err(|e| {
@@ -188,22 +177,6 @@ impl PgEngine {
         self.in_transaction(Some(&self.privacy), |tx| ingest_batch(tx, batch, &self.settings, &self.privacy))
     }
 
-    /// Apply a group of manual ledger operations (redemptions, adjustments) in
-    /// one transaction, answering each in order (see `answer_group`; a retried
-    /// request whose group failed while committing finds its answer under its
-    /// idempotency key). Their memberships are locked together and their rows
-    /// read ahead in three statements; each operation then writes its own step.
-    fn operate_group(&self, group: &[ManualOperation]) -> Vec<Result<OperationAnswer, StoreError>> {
-        answer_group(group, |group| {
-            self.in_transaction(None, |tx| {
-                if group.len() > 1 {
-                    tx.prefetch(group)?;
-                }
-                group.iter().map(|operation| super::loyalty::operate(tx, operation)).collect()
-            })
-        })
-    }
-
     /// Run `work` in one transaction, retried when it lost a race; and whether
     /// it failed while committing (its outcome then unknown).
     fn in_transaction<T>(
@@ -255,8 +228,7 @@ impl PgEngine {
         let url = url.to_string();
         let pool = Pool::new(16, move || connect(&url).map(PgConn::new));
         let ingests = Combiner::new(INGEST_WRITERS, INGEST_GROUP_MESSAGES);
-        let operations = Combiner::new(OPERATION_WRITERS, OPERATION_GROUP);
-        Ok(PgEngine { pool, settings, privacy, ingests, operations })
+        Ok(PgEngine { pool, settings, privacy, ingests })
     }
 }
 
@@ -362,8 +334,6 @@ struct PgTx<'c, 't> {
     statements: &'c mut Statements,
     /// Keys, for steps that seal values (a loyalty card's identifier).
     privacy: Option<&'c Privacy>,
-    /// Ledger rows read ahead for a group of manual operations.
-    prefetched: loyalty::Prefetched,
 }
 
 impl<'c, 't> PgTx<'c, 't> {
@@ -372,7 +342,7 @@ impl<'c, 't> PgTx<'c, 't> {
         statements: &'c mut Statements,
         privacy: Option<&'c Privacy>,
     ) -> Self {
-        PgTx { tx, statements, privacy, prefetched: loyalty::Prefetched::default() }
+        PgTx { tx, statements, privacy }
     }
 
     fn cached(&mut self) -> Cached<'_, postgres::Transaction<'t>> {
@@ -1992,7 +1962,7 @@ impl Engine for PgEngine {
         &self,
         request: &super::loyalty::ManualOperation,
     ) -> Result<super::loyalty::OperationAnswer, StoreError> {
-        self.operations.submit(request.clone(), 1, |group| self.operate_group(&group))
+        self.in_transaction(None, |tx| super::loyalty::operate(tx, request)).0
     }
 
     fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError> {

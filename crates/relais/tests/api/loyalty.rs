@@ -360,10 +360,9 @@ async fn concurrent_debits_never_overdraw_even_across_server_processes() {
     assert_ledger_holds(&app).await;
 }
 
-/// Debits on many members at once (which the PostgreSQL engine writes as one
-/// transaction, their rows read together) each get their own answer: the
-/// balance each member's own debits leave, a retried key's first answer, and
-/// a debit on an unknown member fails alone.
+/// Debits on many members at once each get their own answer: the balance
+/// each member's own debits leave, a retried key's first answer, and a debit
+/// on an unknown member fails alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_debits_on_many_members_each_get_their_own_answer() {
     let app = TestApp::spawn().await;

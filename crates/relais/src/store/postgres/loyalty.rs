@@ -14,8 +14,8 @@ use relais_domain::{CustomerId, Identifier, MemberId};
 use super::statements::OneTrip;
 use super::{parse_id, PgTx, Sql};
 use crate::store::loyalty::{
-    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, ManualOperation, MemberRow, MemberStatus, OrderHistory, Recipient,
-    RedemptionRow, RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
+    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, Recipient, RedemptionRow,
+    RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
@@ -31,101 +31,6 @@ const MEMBER_COLUMNS: &str = "m.customer_id, m.member_id, m.programme_key, m.car
 const FAMILY_OF_ROOTS: &str = "WITH family (customer_id, root) AS ( \
     SELECT customer_id, COALESCE(merged_into, customer_id) FROM customers WHERE customer_id = ANY($1) \
     UNION SELECT customer_id, merged_into FROM customers WHERE merged_into = ANY($1))";
-
-/// Ledger rows read ahead, in three statements, for a group of manual
-/// operations written in one transaction (instead of three statements per
-/// operation). Each row is what the database holds once the group's
-/// memberships are locked; it is served at most once, and forgotten as soon
-/// as a write touches its customer, after which the database answers again.
-#[derive(Default)]
-pub(super) struct Prefetched {
-    /// Memberships, locked.
-    members: HashMap<MemberId, MemberRow>,
-    /// Open lots by membership, with the membership's customer.
-    lots: HashMap<MemberId, (CustomerId, Vec<Lot>)>,
-    /// Stored answers by customer, scope and key (`None`: no answer yet).
-    answers: HashMap<(CustomerId, String, String), Option<StoredAnswer>>,
-}
-
-impl Prefetched {
-    /// Forget what a write may have changed: every row of the customers it touches.
-    fn forget(&mut self, write: &LedgerWrite) {
-        let mut touched: std::collections::HashSet<CustomerId> = std::collections::HashSet::new();
-        touched.extend(write.transactions.iter().flat_map(|t| t.legs.iter().map(|l| l.customer)));
-        touched.extend(write.new_lots.iter().map(|l| l.customer));
-        touched.extend(write.lot_updates.iter().map(|(c, _, _)| *c));
-        touched.extend(write.lot_restores.iter().map(|(c, _, _)| *c));
-        touched.extend(write.member_updates.iter().chain(&write.new_members).map(|m| m.customer));
-        touched.extend(write.new_redemptions.iter().map(|r| r.customer));
-        touched.extend(write.redemption_updates.iter().map(|(c, _, _)| *c));
-        touched.extend(write.tier_changes.iter().map(|c| c.customer));
-        touched.extend(write.answer.iter().map(|(c, _, _, _)| *c));
-        if touched.is_empty() {
-            return;
-        }
-        self.members.retain(|_, row| !touched.contains(&row.customer));
-        self.lots.retain(|_, (customer, _)| !touched.contains(customer));
-        self.answers.retain(|(customer, _, _), _| !touched.contains(customer));
-    }
-}
-
-impl PgTx<'_, '_> {
-    /// Lock the memberships of `operations` (in member id order) and read
-    /// ahead their open lots and the answers stored under their keys.
-    pub(super) fn prefetch(&mut self, operations: &[ManualOperation]) -> Result<(), StoreError> {
-        let ids: Vec<String> = operations.iter().map(|o| o.member.to_string()).collect();
-        let rows = self.query(
-            &format!(
-                "SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = ANY($1) \
-                 ORDER BY m.member_id FOR UPDATE"
-            ),
-            &[&ids],
-        )?;
-        let members: HashMap<MemberId, MemberRow> =
-            rows.iter().map(|r| to_member(r).map(|m| (m.member, m))).collect::<Result<_, _>>()?;
-        let (mut customers, mut scopes, mut keys) = (Vec::new(), Vec::new(), Vec::new());
-        let mut answers = HashMap::new();
-        for operation in operations {
-            if let Some(row) = members.get(&operation.member) {
-                let key = (row.customer, operation.scope.clone(), operation.key.clone());
-                if answers.insert(key, None).is_none() {
-                    customers.push(row.customer.to_string());
-                    scopes.push(operation.scope.as_str());
-                    keys.push(operation.key.as_str());
-                }
-            }
-        }
-        let stored = self.query(
-            "SELECT i.customer_id, i.scope, i.idem_key, i.request_hash, i.status, i.response \
-             FROM loyalty_idempotency i JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(customer_id, scope, idem_key) \
-             ON i.customer_id = u.customer_id AND i.scope = u.scope AND i.idem_key = u.idem_key",
-            &[&customers, &scopes, &keys],
-        )?;
-        for r in &stored {
-            let key = (parse_id(r.get::<_, &str>(0))?, r.get::<_, String>(1), r.get::<_, String>(2));
-            let answer = StoredAnswer { request_hash: r.get(3), status: r.get::<_, i32>(4) as u16, body: r.get(5) };
-            answers.insert(key, Some(answer));
-        }
-        let mut lots: HashMap<MemberId, (CustomerId, Vec<Lot>)> =
-            members.values().map(|m| (m.member, (m.customer, Vec::new()))).collect();
-        let (lot_customers, lot_members): (Vec<String>, Vec<String>) =
-            members.values().map(|m| (m.customer.to_string(), m.member.to_string())).unzip();
-        let open = self.query(
-            "SELECT l.member_id, l.lot_id, l.remaining, l.expires_on FROM loyalty_lots l \
-             JOIN unnest($1::text[], $2::text[]) AS u(customer_id, member_id) \
-             ON l.customer_id = u.customer_id AND l.member_id = u.member_id WHERE l.remaining > 0",
-            &[&lot_customers, &lot_members],
-        )?;
-        for r in &open {
-            let member: MemberId = parse_id(r.get::<_, &str>(0))?;
-            if let Some((_, held)) = lots.get_mut(&member) {
-                held.push(Lot { id: r.get(1), remaining: r.get(2), expires_on: r.get(3) });
-            }
-        }
-        self.prefetched = Prefetched { members, lots, answers };
-        Ok(())
-    }
-}
 
 /// Whether `keys` holds no key twice.
 fn unique<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
@@ -202,9 +107,6 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
-        if let Some(row) = self.prefetched.members.remove(&id) {
-            return Ok(Some(row));
-        }
         self.query_opt(
             &format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = $1 FOR UPDATE"),
             &[&id.to_string()],
@@ -256,11 +158,6 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError> {
-        if let Some((customer, lots)) = self.prefetched.lots.remove(&member.member) {
-            if customer == member.customer {
-                return Ok(lots);
-            }
-        }
         open_lots(self, member)
     }
 
@@ -289,9 +186,6 @@ impl LedgerTx for PgTx<'_, '_> {
         scope: &str,
         key: &str,
     ) -> Result<Option<StoredAnswer>, StoreError> {
-        if let Some(answer) = self.prefetched.answers.remove(&(customer, scope.to_string(), key.to_string())) {
-            return Ok(answer);
-        }
         Ok(self
             .query_opt(
                 "SELECT request_hash, status, response FROM loyalty_idempotency WHERE customer_id = $1 AND scope = $2 \
@@ -302,7 +196,6 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError> {
-        self.prefetched.forget(write);
         for m in &write.new_members {
             self.execute(
                 "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, \
