@@ -437,6 +437,11 @@ pub trait LedgerTx {
     /// them, each with the root it belongs to; locked (in id order) where
     /// several writers exist.
     fn family_members(&mut self, roots: &[CustomerId]) -> Result<Vec<(CustomerId, MemberRow)>, StoreError>;
+    /// `family_members` and `programmes_revision` together: one round trip
+    /// where the engine can.
+    fn family_and_revision(&mut self, roots: &[CustomerId]) -> Result<(Vec<(CustomerId, MemberRow)>, i64), StoreError> {
+        Ok((self.family_members(roots)?, self.programmes_revision()?))
+    }
     /// One membership, whatever its state; locked where several writers exist.
     fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError>;
     /// Points a rule granted a member between two days (inclusive).
@@ -655,12 +660,6 @@ impl LedgerCheck {
             && self.mismatched_members.is_empty()
             && self.negative_balances.is_empty()
     }
-}
-
-/// The programmes in force, through the cache.
-pub fn programmes(tx: &mut dyn LedgerTx, cache: &ProgrammeCache) -> Result<Arc<Programmes>, StoreError> {
-    let revision = tx.programmes_revision()?;
-    cache.get(revision, || tx.load_programmes())
 }
 
 /// An ingested event as earning sees it: the profile it finally belongs to
@@ -904,10 +903,6 @@ pub fn earn_batch(
     birthdays: &HashMap<CustomerId, NaiveDate>,
     settings: &IngestSettings,
 ) -> Result<(), StoreError> {
-    let programmes = programmes(tx, &settings.programmes)?;
-    if programmes.by_key.is_empty() {
-        return Ok(());
-    }
     let relevant: Vec<&EarnEvent<'_>> =
         events.iter().filter(|(_, _, m)| m.kind == MessageType::Track && m.name.is_some()).collect();
     if relevant.is_empty() && merges.is_empty() {
@@ -927,7 +922,13 @@ pub fn earn_batch(
     let mut roots: BTreeSet<CustomerId> = relevant.iter().map(|(c, _, _)| find(*c)).collect();
     roots.extend(merges.iter().map(|(survivor, _)| find(*survivor)));
     let roots: Vec<CustomerId> = roots.into_iter().collect();
-    let rows = tx.family_members(&roots)?;
+    // The memberships are locked before the programmes are known: one round
+    // trip for both (without a programme there is no membership to lock).
+    let (rows, revision) = tx.family_and_revision(&roots)?;
+    let programmes = settings.programmes.get(revision, || tx.load_programmes())?;
+    if programmes.by_key.is_empty() {
+        return Ok(());
+    }
     let auto_enrol = programmes.by_key.values().any(|p| p.versions.iter().any(|v| v.enrol_on.is_some()));
     if rows.is_empty() && !auto_enrol {
         return Ok(());

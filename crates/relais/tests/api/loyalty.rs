@@ -111,6 +111,27 @@ async fn redeem(app: &TestApp, member: &str, points: i64, key: &str) -> (StatusC
     .await
 }
 
+/// A debit of `points` under `idem`, sent from a task of its own as a till
+/// would: its key, status and body.
+fn spawn_debit(
+    client: &reqwest::Client,
+    server: &str,
+    admin: &str,
+    member: &str,
+    idem: String,
+    points: i64,
+) -> tokio::task::JoinHandle<(String, StatusCode, Value)> {
+    let request = client
+        .post(format!("{server}/api/v1/loyalty/members/{member}/redemptions"))
+        .bearer_auth(admin)
+        .header("Idempotency-Key", idem.clone())
+        .json(&json!({"points": points, "reason": "bon d'achat"}));
+    tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        (idem, response.status(), response.json::<Value>().await.unwrap())
+    })
+}
+
 async fn assert_ledger_holds(app: &TestApp) {
     let (status, check) = call(app, "GET", "/api/v1/loyalty/check", None, &[]).await;
     assert_eq!(status, StatusCode::OK);
@@ -324,20 +345,9 @@ async fn concurrent_debits_never_overdraw_even_across_server_processes() {
     let mut tasks = Vec::new();
     for n in 0..24 {
         let server = if n % 2 == 0 { app.address.clone() } else { other_address.clone() };
-        let (client, key, id) = (client.clone(), app.admin.clone(), id.clone());
         // Keys 0..19 are distinct; 20..23 repeat key 0, as a till retrying.
         let idem = format!("k-{}", if n < 20 { n } else { 0 });
-        tasks.push(tokio::spawn(async move {
-            let response = client
-                .post(format!("{server}/api/v1/loyalty/members/{id}/redemptions"))
-                .bearer_auth(key)
-                .header("Idempotency-Key", idem.clone())
-                .json(&json!({"points": 10, "reason": "bon d'achat"}))
-                .send()
-                .await
-                .unwrap();
-            (idem, response.status(), response.json::<Value>().await.unwrap())
-        }));
+        tasks.push(spawn_debit(&client, &server, &app.admin, &id, idem, 10));
     }
     let mut created = std::collections::BTreeMap::new();
     let mut refused = 0;
@@ -381,25 +391,14 @@ async fn concurrent_debits_on_many_members_each_get_their_own_answer() {
     let unknown = relais_domain::MemberId::new().to_string();
     for round in 0..5 {
         for (n, id) in members.iter().chain(std::iter::once(&unknown)).enumerate() {
-            let (client, server, key, id) = (client.clone(), app.address.clone(), app.admin.clone(), id.clone());
             // Keys 0..3 are distinct per member; round 4 retries key 0.
             let idem = format!("m{n}-k{}", if round < 4 { round } else { 0 });
-            tasks.push(tokio::spawn(async move {
-                let response = client
-                    .post(format!("{server}/api/v1/loyalty/members/{id}/redemptions"))
-                    .bearer_auth(key)
-                    .header("Idempotency-Key", idem.clone())
-                    .json(&json!({"points": 40, "reason": "bon d'achat"}))
-                    .send()
-                    .await
-                    .unwrap();
-                (id, idem, response.status(), response.json::<Value>().await.unwrap())
-            }));
+            tasks.push((id.clone(), spawn_debit(&client, &app.address, &app.admin, id, idem, 40)));
         }
     }
     let mut answers: std::collections::BTreeMap<(String, String), Vec<(StatusCode, Value)>> = Default::default();
-    for task in tasks {
-        let (id, idem, status, body) = task.await.unwrap();
+    for (id, task) in tasks {
+        let (idem, status, body) = task.await.unwrap();
         answers.entry((id, idem)).or_default().push((status, body));
     }
     for ((id, idem), got) in &answers {

@@ -106,6 +106,29 @@ impl LedgerTx for PgTx<'_, '_> {
         rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?))).collect()
     }
 
+    fn family_and_revision(&mut self, roots: &[CustomerId]) -> Result<(Vec<(CustomerId, MemberRow)>, i64), StoreError> {
+        let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
+        // The locking part runs as in `family_members`; the outer join keeps
+        // one row, with the revision, when no membership matches.
+        let rows = self.query(
+            &format!(
+                "{FAMILY_OF_ROOTS}, locked AS (SELECT {MEMBER_COLUMNS}, family.root FROM family \
+                 JOIN loyalty_members m ON m.customer_id = family.customer_id \
+                 WHERE m.status = 'active' ORDER BY m.member_id FOR UPDATE OF m) \
+                 SELECT locked.*, (SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes) \
+                 FROM (SELECT 1) AS one LEFT JOIN locked ON true ORDER BY locked.member_id"
+            ),
+            &[&ids],
+        )?;
+        let revision = rows.first().map(|r| r.get::<_, i64>(12)).unwrap_or_default();
+        let members = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<&str>>(1).is_some())
+            .map(|r| Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok((members, revision))
+    }
+
     fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
         self.query_opt(
             &format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = $1 FOR UPDATE"),
