@@ -217,7 +217,9 @@ pub struct ConflictWrite {
     pub at: DateTime<Utc>,
 }
 
-/// Everything a batch writes, in the order engines must apply it.
+/// Everything a batch writes. An engine may write parts that touch different
+/// tables together, but merges after the events and day totals, and the
+/// profiles after the merges.
 #[derive(Debug, Default)]
 pub struct Changes<'a> {
     /// Profiles to create.

@@ -437,10 +437,13 @@ pub trait LedgerTx {
     /// them, each with the root it belongs to; locked (in id order) where
     /// several writers exist.
     fn family_members(&mut self, roots: &[CustomerId]) -> Result<Vec<(CustomerId, MemberRow)>, StoreError>;
-    /// `family_members` and `programmes_revision` together: one round trip
-    /// where the engine can.
+    /// `programmes_revision` and, once a programme exists (revision above 0;
+    /// programmes are never deleted), `family_members`: one round trip where
+    /// the engine can.
     fn family_and_revision(&mut self, roots: &[CustomerId]) -> Result<(Vec<(CustomerId, MemberRow)>, i64), StoreError> {
-        Ok((self.family_members(roots)?, self.programmes_revision()?))
+        let revision = self.programmes_revision()?;
+        let members = if revision > 0 { self.family_members(roots)? } else { Vec::new() };
+        Ok((members, revision))
     }
     /// One membership, whatever its state; locked where several writers exist.
     fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError>;
@@ -922,8 +925,9 @@ pub fn earn_batch(
     let mut roots: BTreeSet<CustomerId> = relevant.iter().map(|(c, _, _)| find(*c)).collect();
     roots.extend(merges.iter().map(|(survivor, _)| find(*survivor)));
     let roots: Vec<CustomerId> = roots.into_iter().collect();
-    // The memberships are locked before the programmes are known: one round
-    // trip for both (without a programme there is no membership to lock).
+    // The memberships are locked with the programmes' revision read: one
+    // round trip for both (without a programme, and programmes are never
+    // deleted, there is no membership to lock).
     let (rows, revision) = tx.family_and_revision(&roots)?;
     let programmes = settings.programmes.get(revision, || tx.load_programmes())?;
     if programmes.by_key.is_empty() {

@@ -94,8 +94,13 @@ async fn the_timeline_pages_newest_first_without_gaps_or_repeats() {
     let events = app.all_events(&id).await;
     assert_eq!(events.len(), 30);
     let mut ids: Vec<&str> = events.iter().map(|e| e["messageId"].as_str().unwrap()).collect();
-    let timestamps: Vec<&str> = events.iter().map(|e| e["timestamp"].as_str().unwrap()).collect();
-    assert!(timestamps.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    // Compared as instants: the text drops trailing zeros of the fraction
+    // (".123Z" beside ".123456Z"), so it does not sort as time does.
+    let timestamps: Vec<chrono::DateTime<chrono::FixedOffset>> = events
+        .iter()
+        .map(|e| chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(timestamps.windows(2).all(|w| w[0] >= w[1]), "newest first: {timestamps:?}");
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 30);

@@ -108,13 +108,15 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn family_and_revision(&mut self, roots: &[CustomerId]) -> Result<(Vec<(CustomerId, MemberRow)>, i64), StoreError> {
         let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
-        // The locking part runs as in `family_members`; the outer join keeps
-        // one row, with the revision, when no membership matches.
+        // The locking part runs as in `family_members` (not at all without a
+        // programme); the outer join keeps one row, with the revision, when no
+        // membership matches.
         let rows = self.query(
             &format!(
                 "{FAMILY_OF_ROOTS}, locked AS (SELECT {MEMBER_COLUMNS}, family.root FROM family \
                  JOIN loyalty_members m ON m.customer_id = family.customer_id \
-                 WHERE m.status = 'active' ORDER BY m.member_id FOR UPDATE OF m) \
+                 WHERE m.status = 'active' AND EXISTS (SELECT 1 FROM loyalty_programmes) \
+                 ORDER BY m.member_id FOR UPDATE OF m) \
                  SELECT locked.*, (SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes) \
                  FROM (SELECT 1) AS one LEFT JOIN locked ON true ORDER BY locked.member_id"
             ),
