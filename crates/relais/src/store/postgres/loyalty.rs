@@ -32,6 +32,16 @@ const FAMILY_OF_ROOTS: &str = "WITH family (customer_id, root) AS ( \
     SELECT customer_id, COALESCE(merged_into, customer_id) FROM customers WHERE customer_id = ANY($1) \
     UNION SELECT customer_id, merged_into FROM customers WHERE merged_into = ANY($1))";
 
+/// The active memberships of `family` (see `FAMILY_OF_ROOTS`) with their
+/// roots, under `condition` too, locked in member id order so that two writers
+/// touching the same members cannot deadlock.
+fn lock_family_members(condition: &str) -> String {
+    format!(
+        "SELECT {MEMBER_COLUMNS}, family.root FROM family JOIN loyalty_members m ON m.customer_id = family.customer_id \
+         WHERE m.status = 'active'{condition} ORDER BY m.member_id FOR UPDATE OF m"
+    )
+}
+
 /// Whether `keys` holds no key twice.
 fn unique<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
     let mut seen = std::collections::BTreeSet::new();
@@ -93,16 +103,7 @@ impl LedgerTx for PgTx<'_, '_> {
             return Ok(Vec::new());
         }
         let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
-        // Locked in member id order, so two writers touching the same members
-        // cannot deadlock.
-        let rows = self.query(
-            &format!(
-                "{FAMILY_OF_ROOTS} SELECT {MEMBER_COLUMNS}, family.root FROM family \
-                 JOIN loyalty_members m ON m.customer_id = family.customer_id \
-                 WHERE m.status = 'active' ORDER BY m.member_id FOR UPDATE OF m"
-            ),
-            &[&ids],
-        )?;
+        let rows = self.query(&format!("{FAMILY_OF_ROOTS} {}", lock_family_members("")), &[&ids])?;
         rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?))).collect()
     }
 
@@ -113,12 +114,10 @@ impl LedgerTx for PgTx<'_, '_> {
         // membership matches.
         let rows = self.query(
             &format!(
-                "{FAMILY_OF_ROOTS}, locked AS (SELECT {MEMBER_COLUMNS}, family.root FROM family \
-                 JOIN loyalty_members m ON m.customer_id = family.customer_id \
-                 WHERE m.status = 'active' AND EXISTS (SELECT 1 FROM loyalty_programmes) \
-                 ORDER BY m.member_id FOR UPDATE OF m) \
+                "{FAMILY_OF_ROOTS}, locked AS ({}) \
                  SELECT locked.*, (SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes) \
-                 FROM (SELECT 1) AS one LEFT JOIN locked ON true ORDER BY locked.member_id"
+                 FROM (SELECT 1) AS one LEFT JOIN locked ON true ORDER BY locked.member_id",
+                lock_family_members(" AND EXISTS (SELECT 1 FROM loyalty_programmes)")
             ),
             &[&ids],
         )?;
