@@ -484,6 +484,20 @@ pub trait LedgerTx {
         scope: &str,
         key: &str,
     ) -> Result<Option<StoredAnswer>, StoreError>;
+    /// The answer stored under an idempotency key and, when `debits` (a debit
+    /// follows unless there is an answer), the member's open lots: one round
+    /// trip where the engine can. The default reads the answer alone and
+    /// leaves the lots to `lots_to_cover` (`None`).
+    fn answer_and_lots(
+        &mut self,
+        member: &MemberRow,
+        scope: &str,
+        key: &str,
+        debits: bool,
+    ) -> Result<(Option<StoredAnswer>, Option<Vec<Lot>>), StoreError> {
+        let _ = debits;
+        Ok((self.idempotent_answer(member.customer, scope, key)?, None))
+    }
     /// Apply a step.
     fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError>;
     /// A reward of a programme and its stock left (`None`: unlimited); locked
@@ -1444,7 +1458,9 @@ fn surviving_member(tx: &mut dyn LedgerTx, id: MemberId) -> Result<MemberRow, St
 /// included, is stored in the same transaction as the entries.
 pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<OperationAnswer, StoreError> {
     let row = surviving_member(tx, request.member)?;
-    if let Some(previous) = tx.idempotent_answer(row.customer, &request.scope, &request.key)? {
+    let debits = request.reward.is_some() || request.points < 0;
+    let (previous, lots) = tx.answer_and_lots(&row, &request.scope, &request.key, debits)?;
+    if let Some(previous) = previous {
         return Ok(if previous.request_hash == request.request_hash {
             OperationAnswer::Answer(previous)
         } else {
@@ -1455,6 +1471,10 @@ pub fn operate(tx: &mut dyn LedgerTx, request: &ManualOperation) -> Result<Opera
     let (member, customer, status, programme) = (row.member, row.customer, row.status, row.programme.clone());
     let tier = row.tier.clone();
     book.members.insert(member, row);
+    if let Some(lots) = lots {
+        // Every open lot, read under the membership's lock.
+        book.lots.insert(member, lots);
+    }
     let stored = |status: u16, body: String| StoredAnswer { request_hash: request.request_hash.clone(), status, body };
     let day = request.day;
     let (kind, counter, reason) = match request.kind {

@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod scratch;
 pub mod seal;
 pub mod segments;
+mod shared_read;
 pub mod sqlite;
 pub mod web;
 

@@ -31,6 +31,7 @@ use super::ingest::{
 };
 use super::pool::Pool;
 use super::seal::{self, EncodedEvent, Privacy};
+use super::shared_read::SharedRead;
 use super::RightsRequest;
 use super::{
     event_goes_back, ApiKey, CustomerLookup, CustomerRecord, DeliveryResult, Engine, ErasureReport, EventPage,
@@ -85,6 +86,8 @@ pub struct PgEngine {
     privacy: Privacy,
     /// Concurrent ingest requests written together (group commit).
     ingests: Combiner<IngestRequest, Vec<Outcome>>,
+    /// The saved segments, read once for the ingest requests that ask together.
+    segment_list: SharedRead<Vec<super::segments::SegmentRecord>>,
 }
 
 /// An ingest request waiting for its group: source, messages, and their stored
@@ -228,7 +231,7 @@ impl PgEngine {
         let url = url.to_string();
         let pool = Pool::new(16, move || connect(&url).map(PgConn::new));
         let ingests = Combiner::new(INGEST_WRITERS, INGEST_GROUP_MESSAGES);
-        Ok(PgEngine { pool, settings, privacy, ingests })
+        Ok(PgEngine { pool, settings, privacy, ingests, segment_list: SharedRead::default() })
     }
 }
 
@@ -2225,7 +2228,8 @@ impl Engine for PgEngine {
     }
 
     fn segments(&self) -> Result<Vec<super::segments::SegmentRecord>, StoreError> {
-        self.all_segments()
+        // Every ingest request asks once committed; those of one group share a read.
+        Ok(self.segment_list.get(|| self.all_segments())?.as_ref().clone())
     }
 
     fn segment_delete(&self, name: &str) -> Result<bool, StoreError> {

@@ -172,6 +172,8 @@ pub struct SqliteEngine {
     flusher: Arc<log_flush::LogFlusher>,
     /// The flusher's thread, joined after the writer's.
     flush_thread: Option<thread::JoinHandle<()>>,
+    /// The saved segments, read once for the ingest requests that ask together.
+    segment_list: super::shared_read::SharedRead<Vec<super::segments::SegmentRecord>>,
 }
 
 impl Drop for SqliteEngine {
@@ -327,6 +329,7 @@ impl SqliteEngine {
             threads: vec![writer, checkpoint],
             flusher,
             flush_thread: Some(flush_thread),
+            segment_list: Default::default(),
         })
     }
 
@@ -2477,7 +2480,8 @@ impl Engine for SqliteEngine {
     }
 
     fn segments(&self) -> Result<Vec<super::segments::SegmentRecord>, StoreError> {
-        self.all_segments()
+        // Every ingest request asks once committed; those of one group share a read.
+        Ok(self.segment_list.get(|| self.all_segments())?.as_ref().clone())
     }
 
     fn segment_delete(&self, name: &str) -> Result<bool, StoreError> {

@@ -219,6 +219,37 @@ impl LedgerTx for PgTx<'_, '_> {
             .map(|r| StoredAnswer { request_hash: r.get(0), status: r.get::<_, i32>(1) as u16, body: r.get(2) }))
     }
 
+    fn answer_and_lots(
+        &mut self,
+        member: &MemberRow,
+        scope: &str,
+        key: &str,
+        debits: bool,
+    ) -> Result<(Option<StoredAnswer>, Option<Vec<Lot>>), StoreError> {
+        if !debits {
+            return Ok((self.idempotent_answer(member.customer, scope, key)?, None));
+        }
+        // Part 0 is the stored answer (at most one row), part 1 the open lots.
+        let rows = self.query(
+            "SELECT 0, request_hash, status::bigint, response, NULL::date FROM loyalty_idempotency \
+             WHERE customer_id = $1 AND scope = $3 AND idem_key = $4 \
+             UNION ALL SELECT 1, lot_id, remaining, NULL, expires_on FROM loyalty_lots \
+             WHERE customer_id = $1 AND member_id = $2 AND remaining > 0",
+            &[&member.customer.to_string(), &member.member.to_string(), &scope, &key],
+        )?;
+        let mut answer = None;
+        let mut lots = Vec::new();
+        for r in &rows {
+            if r.get::<_, i32>(0) == 0 {
+                answer =
+                    Some(StoredAnswer { request_hash: r.get(1), status: r.get::<_, i64>(2) as u16, body: r.get(3) });
+            } else {
+                lots.push(Lot { id: r.get(1), remaining: r.get(2), expires_on: r.get(4) });
+            }
+        }
+        Ok((answer, Some(lots)))
+    }
+
     fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError> {
         for m in &write.new_members {
             self.execute(
