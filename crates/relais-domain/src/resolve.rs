@@ -55,13 +55,36 @@ pub struct KnownIdentities {
     pub exclusives: HashMap<CustomerId, Vec<Identifier>>,
 }
 
+impl KnownIdentities {
+    /// The same knowledge, borrowed.
+    pub fn view(&self) -> KnownView<'_> {
+        KnownView { owners: &self.owners, exclusives: &self.exclusives }
+    }
+}
+
+/// What storage knows, borrowed from maps that may hold more than the
+/// message's identifiers (a whole batch's), so nothing is copied per message.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownView<'a, S = std::collections::hash_map::RandomState> {
+    /// Owner of each known identifier.
+    pub owners: &'a HashMap<Identifier, CustomerId, S>,
+    /// The exclusive-kind identifiers each owner holds.
+    pub exclusives: &'a HashMap<CustomerId, Vec<Identifier>, S>,
+}
+
 /// Decide where a message with these identifiers (strongest first) belongs.
+pub fn resolve(identifiers: &[Identifier], known: &KnownIdentities) -> Resolution {
+    resolve_in(identifiers, known.view())
+}
+
+/// Decide where a message with these identifiers (strongest first) belongs,
+/// knowing what `known` says of them (entries for other identifiers are ignored).
 ///
 /// Exclusive kinds are compared as sets: a profile clashes with the message when,
 /// for some exclusive kind, both hold values and share none. So an `alias` that
 /// names an old and a new user id joins the profile holding either, and a later
 /// message with either id still finds it.
-pub fn resolve(identifiers: &[Identifier], known: &KnownIdentities) -> Resolution {
+pub fn resolve_in<S: std::hash::BuildHasher>(identifiers: &[Identifier], known: KnownView<'_, S>) -> Resolution {
     // Exclusive values the resulting profile will hold, kind by kind.
     let mut held: BTreeMap<IdentifierKind, BTreeSet<&str>> = BTreeMap::new();
     for identifier in identifiers.iter().filter(|i| i.kind().is_exclusive()) {

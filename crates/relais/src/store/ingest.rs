@@ -14,7 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use relais_domain::cards::CardPolicy;
 use relais_domain::message::MessageType;
-use relais_domain::resolve::{resolve, KnownIdentities, Target};
+use relais_domain::resolve::{resolve_in, KnownView, Target};
 use relais_domain::traits::{OrderEffect, TraitInput};
 use relais_domain::{ComputedTraits, CustomerId, EventId, Identifier, IdentifierKind, MergeId, TrackingMessage};
 use serde::Serialize;
@@ -383,20 +383,20 @@ pub fn ingest_batch<'a>(
         .collect();
 
     // Clear identifiers by token, for the values of identifiers linked now.
-    let mut clear_of: HashMap<Identifier, &Identifier> = HashMap::new();
     let mut alias_tokens: Vec<Vec<Identifier>> = Vec::with_capacity(batch.len());
     let mut alias_clear: Vec<(Identifier, Identifier)> = Vec::new();
-    for (_, message, encoded) in batch {
-        for (token, clear) in encoded.tokens.iter().zip(&message.identifiers) {
-            clear_of.insert(token.clone(), clear);
-        }
+    for (_, message, _) in batch {
         let candidates = alias_candidates(message);
         let tokens: Vec<Identifier> = candidates.iter().map(|c| privacy.keyring.token(c)).collect();
         alias_clear.extend(tokens.iter().cloned().zip(candidates));
         alias_tokens.push(tokens);
     }
+    let mut clear_of: HashMap<&Identifier, &Identifier> = HashMap::new();
+    for (_, message, encoded) in batch {
+        clear_of.extend(encoded.tokens.iter().zip(&message.identifiers));
+    }
     for (token, clear) in &alias_clear {
-        clear_of.entry(token.clone()).or_insert(clear);
+        clear_of.entry(token).or_insert(clear);
     }
     let all_identifiers: BTreeSet<Identifier> = batch
         .iter()
@@ -478,15 +478,9 @@ pub fn ingest_batch<'a>(
 
         let identifiers: Vec<Identifier> =
             message_identifiers(encoded, aliases, &owners).into_iter().filter(|i| !shared.contains(i)).collect();
-        let known = KnownIdentities {
-            owners: identifiers.iter().filter_map(|i| owners.get(i).map(|c| (i.clone(), *c))).collect(),
-            exclusives: identifiers
-                .iter()
-                .filter_map(|i| owners.get(i))
-                .filter_map(|c| exclusives.get(c).map(|e| (*c, e.clone())))
-                .collect(),
-        };
-        let resolution = resolve(&identifiers, &known);
+        // Shared identifiers are out of `owners`, and resolution only asks about
+        // the message's own identifiers: the batch's maps serve as they are.
+        let resolution = resolve_in(&identifiers, KnownView { owners: &owners, exclusives: &exclusives });
         let customer_id = match resolution.target {
             Target::Existing(id) => id,
             Target::New => {

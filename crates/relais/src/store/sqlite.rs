@@ -109,14 +109,14 @@ type Answer<T> = (Result<T, StoreError>, u64);
 /// after any other write on the writer connection (unmerge, rebuild).
 struct CustomerCache {
     data_version: i64,
-    entries: lru::LruCache<CustomerId, (CustomerState, Vec<Identifier>)>,
+    entries: lru::LruCache<CustomerId, (CustomerState, Vec<Identifier>), foldhash::fast::RandomState>,
     /// Identifier owners (and whether the identifier is shared) as committed,
     /// for identifiers found or linked by ingestion. Looking them up one by one
     /// in the `identifiers` index took 8% of the writer's time. Dropped whole
     /// whenever owners may have moved: a merge or a sighting written by
     /// ingestion, any other write on the writer connection, or a write by
     /// another connection.
-    owners: lru::LruCache<Identifier, (CustomerId, bool)>,
+    owners: lru::LruCache<Identifier, (CustomerId, bool), foldhash::fast::RandomState>,
 }
 
 /// Customers kept at most, least recently used evicted first, so memory stays
@@ -138,8 +138,14 @@ impl Default for CustomerCache {
     fn default() -> Self {
         CustomerCache {
             data_version: 0,
-            entries: lru::LruCache::new(std::num::NonZeroUsize::new(CACHE_CAPACITY).expect("non-zero capacity")),
-            owners: lru::LruCache::new(std::num::NonZeroUsize::new(OWNERS_CAPACITY).expect("non-zero capacity")),
+            entries: lru::LruCache::with_hasher(
+                std::num::NonZeroUsize::new(CACHE_CAPACITY).expect("non-zero capacity"),
+                Default::default(),
+            ),
+            owners: lru::LruCache::with_hasher(
+                std::num::NonZeroUsize::new(OWNERS_CAPACITY).expect("non-zero capacity"),
+                Default::default(),
+            ),
         }
     }
 }
