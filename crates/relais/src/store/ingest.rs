@@ -307,6 +307,11 @@ pub trait IngestTx {
     fn data_keys(&mut self, customers: &[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>;
     /// Apply every change.
     fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError>;
+    /// The batch's changes once written (and earned on), to keep what the
+    /// engine caches for its next transactions; moved, so nothing is copied.
+    fn keep(&mut self, changes: Changes<'_>) {
+        let _ = changes;
+    }
 }
 
 /// The tokens of the identifiers a message links, including an alias's previous id.
@@ -613,6 +618,8 @@ pub fn ingest_batch<'a>(
         .filter_map(|(id, state)| relais_domain::loyalty::rules::birth_date(&state.profile).map(|b| (*id, b)))
         .collect();
     super::loyalty::earn_batch(tx, &events, &merges, &birthdays, settings)?;
+    drop(events);
+    tx.keep(changes);
     Ok(outcomes)
 }
 

@@ -1048,17 +1048,21 @@ impl IngestTx for SqliteTx<'_, '_> {
                 cache.owners.clear();
                 self.written.owners.clear();
             }
-            let exclusives: HashMap<&CustomerId, &Vec<Identifier>> =
-                changes.exclusives.iter().map(|(c, e)| (c, e)).collect();
-            for (id, state) in &changes.customers {
-                if state.merged_into.is_none() && !changes.merges.iter().any(|m| m.merged == *id) {
-                    let held = exclusives.get(id).map(|e| (*e).clone()).unwrap_or_default();
-                    let cached = CustomerState { profile_changed: false, ..state.clone() };
-                    self.written.customers.push((*id, (cached, held)));
-                }
-            }
         }
         Ok(())
+    }
+
+    fn keep(&mut self, changes: Changes<'_>) {
+        if self.cache.is_none() {
+            return;
+        }
+        let mut exclusives: HashMap<CustomerId, Vec<Identifier>> = changes.exclusives.into_iter().collect();
+        for (id, state) in changes.customers {
+            if state.merged_into.is_none() && !changes.merges.iter().any(|m| m.merged == id) {
+                let held = exclusives.remove(&id).unwrap_or_default();
+                self.written.customers.push((id, (CustomerState { profile_changed: false, ..state }, held)));
+            }
+        }
     }
 }
 
