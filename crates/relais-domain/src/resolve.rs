@@ -64,13 +64,22 @@ impl KnownIdentities {
 
 /// What storage knows, borrowed from maps that may hold more than the
 /// message's identifiers (a whole batch's), so nothing is copied per message.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct KnownView<'a, S = std::collections::hash_map::RandomState> {
     /// Owner of each known identifier.
     pub owners: &'a HashMap<Identifier, CustomerId, S>,
     /// The exclusive-kind identifiers each owner holds.
     pub exclusives: &'a HashMap<CustomerId, Vec<Identifier>, S>,
 }
+
+// By hand: only references are copied, whatever the hasher.
+impl<S> Clone for KnownView<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for KnownView<'_, S> {}
 
 /// Decide where a message with these identifiers (strongest first) belongs.
 pub fn resolve(identifiers: &[Identifier], known: &KnownIdentities) -> Resolution {

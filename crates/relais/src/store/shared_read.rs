@@ -7,17 +7,19 @@
 //! before that caller asked, exactly as the caller's own read would: the caller
 //! may take that read's result instead. Nothing is cached beyond that rule, so
 //! another process's change is seen as soon as it would be without sharing.
+//! Reads are numbered under the lock, not timed, so "started after" is exact.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
 
 use super::StoreError;
 
 struct State<T> {
-    /// The newest successful result, with the instant its read started.
-    latest: Option<(Instant, Arc<T>)>,
-    /// The start of the newest read under way, if any.
-    in_flight: Option<Instant>,
+    /// Reads started so far; the number of the latest one.
+    started: u64,
+    /// The newest successful result, with the number of its read.
+    latest: Option<(u64, Arc<T>)>,
+    /// The number of the newest read under way, if any.
+    in_flight: Option<u64>,
 }
 
 /// A value read from the database, shared by callers that ask at once.
@@ -28,7 +30,31 @@ pub struct SharedRead<T> {
 
 impl<T> Default for SharedRead<T> {
     fn default() -> Self {
-        SharedRead { state: Mutex::new(State { latest: None, in_flight: None }), done: Condvar::new() }
+        SharedRead { state: Mutex::new(State { started: 0, latest: None, in_flight: None }), done: Condvar::new() }
+    }
+}
+
+/// Ends a read, even one that panicked: callers waiting on it are woken, and
+/// read again themselves if it left no result.
+struct Finish<'a, T> {
+    shared: &'a SharedRead<T>,
+    read: u64,
+    result: Option<Arc<T>>,
+}
+
+impl<T> Drop for Finish<'_, T> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        if let Some(value) = self.result.take() {
+            if state.latest.as_ref().is_none_or(|(read, _)| *read < self.read) {
+                state.latest = Some((self.read, value));
+            }
+        }
+        if state.in_flight == Some(self.read) {
+            state.in_flight = None;
+        }
+        drop(state);
+        self.shared.done.notify_all();
     }
 }
 
@@ -37,45 +63,38 @@ impl<T> SharedRead<T> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The value as of now or later: the result of a read that started no
-    /// earlier than this call, waiting for one under way or running `read`.
+    /// The value as of now or later: the result of a read that started after
+    /// this call, waiting for one under way or running `read`.
     pub fn get(&self, read: impl FnOnce() -> Result<T, StoreError>) -> Result<Arc<T>, StoreError> {
-        self.get_as_of(Instant::now(), read)
+        let asked = self.lock().started;
+        self.get_after(asked, read)
     }
 
-    /// `get` for a caller that asked at `asked`.
-    fn get_as_of(&self, asked: Instant, read: impl FnOnce() -> Result<T, StoreError>) -> Result<Arc<T>, StoreError> {
+    /// `get` for a caller that asked when `asked` reads had started.
+    fn get_after(&self, asked: u64, read: impl FnOnce() -> Result<T, StoreError>) -> Result<Arc<T>, StoreError> {
         let mut state = self.lock();
         loop {
-            if let Some((started, value)) = &state.latest {
-                if *started >= asked {
+            if let Some((number, value)) = &state.latest {
+                if *number > asked {
                     return Ok(value.clone());
                 }
             }
             match state.in_flight {
-                Some(started) if started >= asked => {
+                Some(number) if number > asked => {
                     // Its result will do; if it fails, the loop reads anew.
                     state = self.done.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
                 _ => break,
             }
         }
-        let started = Instant::now();
-        state.in_flight = Some(started);
+        state.started += 1;
+        let number = state.started;
+        state.in_flight = Some(number);
         drop(state);
-        let result = read().map(Arc::new);
-        let mut state = self.lock();
-        if let Ok(value) = &result {
-            if state.latest.as_ref().is_none_or(|(at, _)| *at < started) {
-                state.latest = Some((started, value.clone()));
-            }
-        }
-        if state.in_flight == Some(started) {
-            state.in_flight = None;
-        }
-        drop(state);
-        self.done.notify_all();
-        result
+        let mut finish = Finish { shared: self, read: number, result: None };
+        let value = Arc::new(read()?);
+        finish.result = Some(value.clone());
+        Ok(value)
     }
 }
 
@@ -110,13 +129,13 @@ mod tests {
         let shared = Arc::new(SharedRead::default());
         let reads = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(Barrier::new(2));
-        let asked = Instant::now();
+        let asked = shared.lock().started;
         let first = {
             let (shared, read) = (shared.clone(), slow_read(gate.clone(), reads.clone()));
             std::thread::spawn(move || *shared.get(read).unwrap())
         };
         gate.wait(); // the first read is under way, started after `asked`
-        let second = *shared.get_as_of(asked, || Ok(reads.fetch_add(1, Ordering::SeqCst) + 100)).unwrap();
+        let second = *shared.get_after(asked, || Ok(reads.fetch_add(1, Ordering::SeqCst) + 100)).unwrap();
         assert_eq!(first.join().unwrap(), 0);
         assert_eq!(second, 0, "the read under way started after the caller asked: its result serves");
         assert_eq!(reads.load(Ordering::SeqCst), 1);
@@ -142,5 +161,25 @@ mod tests {
         let shared: SharedRead<u32> = SharedRead::default();
         assert!(shared.get(|| Err(StoreError::Database("down".into()))).is_err());
         assert_eq!(*shared.get(|| Ok(7)).unwrap(), 7);
+    }
+
+    #[test]
+    fn callers_waiting_on_a_read_that_panicked_read_for_themselves() {
+        let shared = Arc::new(SharedRead::default());
+        let gate = Arc::new(Barrier::new(2));
+        let asked = shared.lock().started;
+        let first = {
+            let (shared, gate) = (shared.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let _ = shared.get(|| -> Result<u32, StoreError> {
+                    gate.wait();
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    panic!("the read broke")
+                });
+            })
+        };
+        gate.wait();
+        assert_eq!(*shared.get_after(asked, || Ok(5)).unwrap(), 5);
+        assert!(first.join().is_err());
     }
 }

@@ -174,7 +174,9 @@ enum Job {
         reply: Reply,
     },
     /// A short write of one customer's (a loyalty debit) that shares the
-    /// group's commit, so that it does not cost an fsync of its own.
+    /// group's commit, so that it does not cost an fsync of its own. It must
+    /// not move or delete identifiers: the writer's cache of their owners
+    /// survives it.
     Grouped(GroupedWork),
     /// Other writes; `touches_customers` drops the writer's customer cache after.
     Exec {
@@ -381,7 +383,9 @@ impl SqliteEngine {
 
     /// Run `work` in the writer's next group commit, inside a savepoint of its
     /// own (what it wrote is undone when it fails); answer once committed.
-    /// For short single-customer writes whose own fsync would dominate.
+    /// For short single-customer writes whose own fsync would dominate, that
+    /// never move or delete identifiers (the writer keeps their owners cached
+    /// across grouped writes; use `write` for anything that does).
     fn write_grouped<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
