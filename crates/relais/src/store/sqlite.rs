@@ -736,6 +736,18 @@ struct SqliteTx<'t, 'c> {
     privacy: Option<&'t Privacy>,
 }
 
+impl<'t, 'c> SqliteTx<'t, 'c> {
+    /// Ledger and ingest primitives on `tx`, without the writer's cache.
+    fn plain(tx: &'t Connection) -> Self {
+        SqliteTx { tx, cache: None, written: Written::default(), privacy: None }
+    }
+
+    /// `plain`, with the keys for steps that seal values.
+    fn sealing(tx: &'t Connection, privacy: &'t Privacy) -> Self {
+        SqliteTx { privacy: Some(privacy), ..SqliteTx::plain(tx) }
+    }
+}
+
 impl IngestTx for SqliteTx<'_, '_> {
     fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError> {
         let mut found = HashMap::new();
@@ -1241,7 +1253,7 @@ fn erase_in_transaction(
     let run = |sql: String| -> Result<usize, StoreError> { Ok(tx.execute(&sql, values())?) };
     // Decision 10: the person's loyalty accounts close with a final entry, and
     // their entries stay, de-identified, so the ledger still sums to zero.
-    let mut ledger = SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: None };
+    let mut ledger = SqliteTx::plain(&tx);
     super::loyalty::close_for_erasure(&mut ledger, &[parse_id(&root)?], today)?;
     // The ledger and its lots are in time order: they are found through the
     // person's memberships, whose customer their rows carry.
@@ -1746,7 +1758,7 @@ impl Engine for SqliteEngine {
                 }
             }
             // Loyalty: the restored profile's membership gets back its points.
-            let mut ledger = SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: None };
+            let mut ledger = SqliteTx::plain(&tx);
             super::loyalty::unmerge_members(&mut ledger, parse_id(&merged)?, &going_back, settings.day_of(Utc::now()))?;
             for root in [&survivor, &merged] {
                 let (traits, days) = {
@@ -2233,7 +2245,7 @@ impl Engine for SqliteEngine {
         let (programme, privacy) = (programme.to_string(), self.privacy.clone());
         let enrolment = self.write(false, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut ledger = SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: Some(&privacy) };
+            let mut ledger = SqliteTx::sealing(&tx, &privacy);
             let enrolment = super::loyalty::enrol(&mut ledger, customer, &programme)?;
             tx.commit()?;
             Ok(enrolment)
@@ -2245,7 +2257,7 @@ impl Engine for SqliteEngine {
     fn loyalty_member(&self, id: relais_domain::MemberId) -> Result<Option<super::loyalty::MemberView>, StoreError> {
         self.readers.with(|conn| {
             let Some(row) = loyalty::member(conn, id)? else { return Ok(None) };
-            let mut ledger = SqliteTx { tx: conn, cache: None, written: Written::default(), privacy: None };
+            let mut ledger = SqliteTx::plain(conn);
             let customer = super::loyalty::LedgerTx::root_of(&mut ledger, row.customer)?.unwrap_or(row.customer);
             let cards = loyalty::card_numbers(conn, &self.privacy, vec![row.card_token.clone()])?;
             Ok(Some(super::loyalty::MemberView { card_number: cards.get(&row.card_token).cloned(), customer, row }))
@@ -2254,7 +2266,7 @@ impl Engine for SqliteEngine {
 
     fn loyalty_members_of(&self, customer: CustomerId) -> Result<Vec<super::loyalty::MemberView>, StoreError> {
         self.readers.with(|conn| {
-            let mut ledger = SqliteTx { tx: conn, cache: None, written: Written::default(), privacy: None };
+            let mut ledger = SqliteTx::plain(conn);
             let Some(root) = super::loyalty::LedgerTx::root_of(&mut ledger, customer)? else { return Ok(Vec::new()) };
             let rows = loyalty::members_of(conn, root)?;
             let cards =
@@ -2266,8 +2278,7 @@ impl Engine for SqliteEngine {
     fn loyalty_entries(&self, id: relais_domain::MemberId) -> Result<super::loyalty::MemberLedger, StoreError> {
         self.readers.with(|conn| {
             let row = loyalty::member(conn, id)?.ok_or(StoreError::NotFound)?;
-            let lots =
-                SqliteTx { tx: conn, cache: None, written: Written::default(), privacy: None }.open_lots(&row)?;
+            let lots = SqliteTx::plain(conn).open_lots(&row)?;
             Ok(super::loyalty::MemberLedger {
                 entries: loyalty::entries(conn, &row)?,
                 lots,
@@ -2282,12 +2293,7 @@ impl Engine for SqliteEngine {
     ) -> Result<super::loyalty::OperationAnswer, StoreError> {
         let request = request.clone();
         // A debit is a handful of rows: it shares the next group commit.
-        self.write_grouped(move |tx| {
-            super::loyalty::operate(
-                &mut SqliteTx { tx, cache: None, written: Written::default(), privacy: None },
-                &request,
-            )
-        })
+        self.write_grouped(move |tx| super::loyalty::operate(&mut SqliteTx::plain(tx), &request))
     }
 
     fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError> {
@@ -2301,7 +2307,7 @@ impl Engine for SqliteEngine {
                 let (mut members, mut points) = (0, 0);
                 for member in due {
                     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    let mut ledger = SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: None };
+                    let mut ledger = SqliteTx::plain(&tx);
                     let expired = super::loyalty::expire_member(&mut ledger, member, day)?;
                     tx.commit()?;
                     members += usize::from(expired > 0);
@@ -2337,8 +2343,7 @@ impl Engine for SqliteEngine {
             let mut changes = 0;
             for member in due {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let mut ledger =
-                    SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: Some(&privacy) };
+                let mut ledger = SqliteTx::sealing(&tx, &privacy);
                 changes += usize::from(super::loyalty::review_member(&mut ledger, member, day, language)?);
                 tx.commit()?;
             }
@@ -2348,9 +2353,7 @@ impl Engine for SqliteEngine {
 
     fn loyalty_release(&self, now: DateTime<Utc>, day: NaiveDate) -> Result<(usize, i64), StoreError> {
         let before = now - chrono::Duration::days(1);
-        let candidates = self.readers.with(|conn| {
-            SqliteTx { tx: conn, cache: None, written: Written::default(), privacy: None }.reservations_before(before)
-        })?;
+        let candidates = self.readers.with(|conn| SqliteTx::plain(conn).reservations_before(before))?;
         if candidates.is_empty() {
             return Ok((0, 0));
         }
@@ -2362,7 +2365,7 @@ impl Engine for SqliteEngine {
             let (mut released, mut points) = (0, 0);
             for id in due {
                 let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let mut ledger = SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: None };
+                let mut ledger = SqliteTx::plain(&tx);
                 let given = super::loyalty::release_redemption(&mut ledger, &id, now, day)?;
                 tx.commit()?;
                 if let Some(given) = given {
@@ -2383,8 +2386,7 @@ impl Engine for SqliteEngine {
     ) -> Result<i64, StoreError> {
         self.readers.with(|conn| {
             let row = loyalty::member(conn, id)?.ok_or(StoreError::NotFound)?;
-            SqliteTx { tx: conn, cache: None, written: Written::default(), privacy: None }
-                .tier_value(&row, measure, from, to)
+            SqliteTx::plain(conn).tier_value(&row, measure, from, to)
         })
     }
 
@@ -2444,7 +2446,7 @@ impl Engine for SqliteEngine {
         let (id, actor) = (id.to_string(), actor.to_string());
         self.write(false, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut ledger = SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: None };
+            let mut ledger = SqliteTx::plain(&tx);
             let row = super::loyalty::settle_redemption(&mut ledger, &id, confirm, &actor, day)?;
             tx.commit()?;
             Ok(row)
@@ -2511,10 +2513,7 @@ impl Engine for SqliteEngine {
         let request = request.clone();
         self.write(false, move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let accepted = super::loyalty::use_coupon(
-                &mut SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: None },
-                &request,
-            )?;
+            let accepted = super::loyalty::use_coupon(&mut SqliteTx::plain(&tx), &request)?;
             tx.commit()?;
             Ok(accepted)
         })
@@ -2814,7 +2813,7 @@ pub fn raw_load(
         let changes = super::raw_changes(&chunk, &encoded, &mut owners, privacy);
         let started = std::time::Instant::now();
         let tx = conn.transaction()?;
-        SqliteTx { tx: &tx, cache: None, written: Written::default(), privacy: None }.write(&changes)?;
+        SqliteTx::plain(&tx).write(&changes)?;
         tx.commit()?;
         spent += started.elapsed();
     }
@@ -2908,8 +2907,7 @@ mod tests {
                 .readers
                 .with(|conn| {
                     let row = loyalty::member(conn, member)?.ok_or(StoreError::NotFound)?;
-                    SqliteTx { tx: conn, cache: None, written: Written::default(), privacy: None }
-                        .lots_to_cover(&row, points)
+                    SqliteTx::plain(conn).lots_to_cover(&row, points)
                 })
                 .expect("lots")
                 .into_iter()

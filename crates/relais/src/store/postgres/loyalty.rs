@@ -229,11 +229,12 @@ impl LedgerTx for PgTx<'_, '_> {
         if !debits {
             return Ok((self.idempotent_answer(member.customer, scope, key)?, None));
         }
-        // Part 0 is the stored answer (at most one row), part 1 the open lots.
+        // Part 0 is the stored answer (at most one row), part 1 the open lots
+        // (columns 1 to 3, as `open_lots` reads them from 0).
         let rows = self.query(
-            "SELECT 0, request_hash, status::bigint, response, NULL::date FROM loyalty_idempotency \
+            "SELECT 0, request_hash, status::bigint, NULL::date, response FROM loyalty_idempotency \
              WHERE customer_id = $1 AND scope = $3 AND idem_key = $4 \
-             UNION ALL SELECT 1, lot_id, remaining, NULL, expires_on FROM loyalty_lots \
+             UNION ALL SELECT 1, lot_id, remaining, expires_on, NULL FROM loyalty_lots \
              WHERE customer_id = $1 AND member_id = $2 AND remaining > 0",
             &[&member.customer.to_string(), &member.member.to_string(), &scope, &key],
         )?;
@@ -242,9 +243,9 @@ impl LedgerTx for PgTx<'_, '_> {
         for r in &rows {
             if r.get::<_, i32>(0) == 0 {
                 answer =
-                    Some(StoredAnswer { request_hash: r.get(1), status: r.get::<_, i64>(2) as u16, body: r.get(3) });
+                    Some(StoredAnswer { request_hash: r.get(1), status: r.get::<_, i64>(2) as u16, body: r.get(4) });
             } else {
-                lots.push(Lot { id: r.get(1), remaining: r.get(2), expires_on: r.get(4) });
+                lots.push(lot_at(r, 1));
             }
         }
         Ok((answer, Some(lots)))
@@ -776,8 +777,13 @@ pub(super) fn open_lots(client: &mut impl Sql, member: &MemberRow) -> Result<Vec
             &[&member.customer.to_string(), &member.member.to_string()],
         )?
         .iter()
-        .map(|r| Lot { id: r.get(0), remaining: r.get(1), expires_on: r.get(2) })
+        .map(|r| lot_at(r, 0))
         .collect())
+}
+
+/// A lot read from columns `from` (id), `from + 1` (remaining) and `from + 2` (expiry).
+fn lot_at(r: &postgres::Row, from: usize) -> Lot {
+    Lot { id: r.get(from), remaining: r.get(from + 1), expires_on: r.get(from + 2) }
 }
 
 /// One membership by id (no lock).
