@@ -48,6 +48,11 @@ fn unique<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
     keys.into_iter().all(|k| seen.insert(k))
 }
 
+/// A row of `lock_family_members`: the root, then the membership.
+fn family_row(r: &postgres::Row) -> Result<(CustomerId, MemberRow), StoreError> {
+    Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?))
+}
+
 fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
         customer: parse_id(r.get::<_, &str>(0))?,
@@ -104,7 +109,7 @@ impl LedgerTx for PgTx<'_, '_> {
         }
         let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
         let rows = self.query(&format!("{FAMILY_OF_ROOTS} {}", lock_family_members("")), &[&ids])?;
-        rows.iter().map(|r| Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?))).collect()
+        rows.iter().map(family_row).collect()
     }
 
     fn family_and_revision(&mut self, roots: &[CustomerId]) -> Result<(Vec<(CustomerId, MemberRow)>, i64), StoreError> {
@@ -125,7 +130,7 @@ impl LedgerTx for PgTx<'_, '_> {
         let members = rows
             .iter()
             .filter(|r| r.get::<_, Option<&str>>(1).is_some())
-            .map(|r| Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?)))
+            .map(family_row)
             .collect::<Result<_, StoreError>>()?;
         Ok((members, revision))
     }
