@@ -28,7 +28,7 @@ async fn the_database_runs_with_durable_commit_settings() {
 /// SQLite's page cache is wrapped (see `store/sqlite/page_cache.rs`); the
 /// database must stay whole through commits that split pages.
 #[tokio::test(flavor = "multi_thread")]
-async fn sqlite_stays_whole_under_the_wrapped_page_cache() {
+async fn sqlite_stays_whole_under_the_wrapped_page_cache_and_gathered_log_writes() {
     let app = TestApp::spawn().await;
     let relais::store::Location::Folder(folder) = &app.scratch.location else {
         return;
@@ -50,6 +50,7 @@ async fn sqlite_stays_whole_under_the_wrapped_page_cache() {
     let (installed, skipped) = relais::store::sqlite::page_cache_wrapper();
     assert!(installed, "the wrapper is installed before SQLite's first use");
     assert!(skipped > 0, "commits whose truncation has nothing to drop skip it");
+    assert!(relais::store::sqlite::log_writes_shim(), "the log's writes are gathered by the default VFS");
     let conn = rusqlite::Connection::open(folder.join("relais.db")).unwrap();
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
