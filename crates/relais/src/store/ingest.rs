@@ -8,7 +8,9 @@
 //! identifier was taken meanwhile; the caller then rolls back and runs the batch
 //! again, which finds the other writer's rows.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
@@ -266,6 +268,8 @@ pub type KnownMessages = HashMap<(String, String), (CustomerId, EventId)>;
 pub type Owners = HashMap<Identifier, (CustomerId, bool)>;
 /// Exclusive-kind identifiers held by each customer.
 pub type Exclusives = HashMap<CustomerId, Vec<Identifier>>;
+/// Customers' states as a batch loads and folds them.
+pub type Customers = HashMap<CustomerId, CustomerState>;
 /// A day-totals row: customer, day, orders, net revenue in minor units.
 pub type DayRow = (CustomerId, NaiveDate, i64, i64);
 
@@ -302,7 +306,7 @@ pub trait IngestTx {
         false
     }
     /// Load (and, with several writers, lock in the given sorted order) customers.
-    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError>;
+    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<Customers, StoreError>;
     /// Wrapped data keys of customers (those that have one).
     fn data_keys(&mut self, customers: &[CustomerId]) -> Result<Vec<(CustomerId, Vec<u8>)>, StoreError>;
     /// Apply every change.
@@ -396,7 +400,7 @@ pub fn ingest_batch<'a>(
         alias_clear.extend(tokens.iter().cloned().zip(candidates));
         alias_tokens.push(tokens);
     }
-    let mut clear_of: HashMap<&Identifier, &Identifier> = HashMap::new();
+    let mut clear_of: HashMap<&Identifier, &Identifier> = HashMap::with_capacity(batch.len() * 2);
     for (_, message, encoded) in batch {
         clear_of.extend(encoded.tokens.iter().zip(&message.identifiers));
     }
@@ -412,7 +416,7 @@ pub fn ingest_batch<'a>(
     let (existing, known_owners) = tx.claims_and_owners(&claims, &all_identifiers)?;
     let first_read = tx.concurrent_writers().then(|| known_owners.clone());
     // Shared identifiers neither decide nor link: they are left out of resolution.
-    let shared: std::collections::HashSet<Identifier> =
+    let shared: foldhash::HashSet<Identifier> =
         known_owners.iter().filter(|(_, (_, shared))| *shared).map(|(i, _)| i.clone()).collect();
     let mut owners: HashMap<Identifier, CustomerId> =
         known_owners.into_iter().filter(|(_, (_, shared))| !shared).map(|(i, (c, _))| (i, c)).collect();
@@ -464,7 +468,7 @@ pub fn ingest_batch<'a>(
 
     // 2. Resolve and fold, message by message, in memory.
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut seen_in_batch: HashMap<(&str, &str), (CustomerId, EventId)> = HashMap::new();
+    let mut seen_in_batch: HashMap<(&str, &str), (CustomerId, EventId)> = HashMap::with_capacity(batch.len());
     let mut day_deltas: HashMap<(CustomerId, NaiveDate), (i64, i64)> = HashMap::new();
     let mut touched: BTreeSet<CustomerId> = BTreeSet::new();
 
@@ -612,7 +616,7 @@ pub fn ingest_batch<'a>(
     let merges: Vec<(CustomerId, CustomerId)> = changes.merges.iter().map(|m| (m.survivor, m.merged)).collect();
     let events: Vec<super::loyalty::EarnEvent<'_>> =
         changes.events.iter().map(|e| (e.customer_id, e.event_id, e.message)).collect();
-    let birthdays: HashMap<CustomerId, NaiveDate> = changes
+    let birthdays: std::collections::HashMap<CustomerId, NaiveDate> = changes
         .customers
         .iter()
         .filter_map(|(id, state)| relais_domain::loyalty::rules::birth_date(&state.profile).map(|b| (*id, b)))
@@ -683,9 +687,9 @@ impl Rebuild {
     /// Final traits per customer (merged profiles keep their own; survivors absorb
     /// theirs) and day totals per surviving customer. `merged_into` maps every
     /// merged-away profile to its survivor.
-    pub fn finish(
+    pub fn finish<S: std::hash::BuildHasher>(
         mut self,
-        merged_into: &HashMap<CustomerId, CustomerId>,
+        merged_into: &std::collections::HashMap<CustomerId, CustomerId, S>,
     ) -> (HashMap<CustomerId, ComputedTraits>, Vec<DayRow>) {
         let mut sorted: Vec<(&CustomerId, &CustomerId)> = merged_into.iter().collect();
         sorted.sort();

@@ -394,7 +394,7 @@ impl IngestTx for PgTx<'_, '_> {
         identifiers: &[Identifier],
     ) -> Result<(KnownMessages, Owners), StoreError> {
         if claims.is_empty() && identifiers.is_empty() {
-            return Ok((HashMap::new(), HashMap::new()));
+            return Ok((Default::default(), Default::default()));
         }
         let sources: Vec<&str> = claims.iter().map(|(s, _)| *s).collect();
         let message_ids: Vec<&str> = claims.iter().map(|(_, m)| *m).collect();
@@ -410,7 +410,7 @@ impl IngestTx for PgTx<'_, '_> {
              WHERE i.identifier = ANY($3)",
             &[&message_ids, &sources, &texts],
         )?;
-        let (mut known, mut owners) = (HashMap::new(), HashMap::new());
+        let (mut known, mut owners): (KnownMessages, Owners) = Default::default();
         for row in rows {
             let customer = parse_id(row.get::<_, &str>(3))?;
             if row.get::<_, i32>(0) == 0 {
@@ -429,7 +429,7 @@ impl IngestTx for PgTx<'_, '_> {
         customers: &[CustomerId],
     ) -> Result<(Owners, Exclusives), StoreError> {
         if identifiers.is_empty() && customers.is_empty() {
-            return Ok((HashMap::new(), HashMap::new()));
+            return Ok((Default::default(), Default::default()));
         }
         let by_text: HashMap<String, &Identifier> = identifiers.iter().map(|i| (i.to_string(), i)).collect();
         let texts: Vec<&String> = by_text.keys().collect();
@@ -441,7 +441,7 @@ impl IngestTx for PgTx<'_, '_> {
              WHERE customer_id = ANY($2) AND kind IN ('user_id', 'customer_number')",
             &[&texts, &ids],
         )?;
-        let (mut owners, mut exclusives): (Owners, Exclusives) = (HashMap::new(), HashMap::new());
+        let (mut owners, mut exclusives): (Owners, Exclusives) = Default::default();
         for row in rows {
             let customer = parse_id(row.get::<_, &str>(2))?;
             if row.get::<_, i32>(0) == 0 {
@@ -455,9 +455,9 @@ impl IngestTx for PgTx<'_, '_> {
         Ok((owners, exclusives))
     }
 
-    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError> {
+    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<super::ingest::Customers, StoreError> {
         if customers.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Default::default());
         }
         let ids: Vec<String> = customers.iter().map(ToString::to_string).collect();
         // Rows are locked in id order (LockRows runs above the sort), so two
@@ -468,7 +468,7 @@ impl IngestTx for PgTx<'_, '_> {
              ORDER BY customer_id FOR UPDATE",
             &[&ids],
         )?;
-        let mut found = HashMap::new();
+        let mut found = super::ingest::Customers::default();
         for row in rows {
             let profile: Value = row.get(1);
             let traits: Value = row.get(2);

@@ -755,7 +755,7 @@ impl<'t, 'c> SqliteTx<'t, 'c> {
 
 impl IngestTx for SqliteTx<'_, '_> {
     fn existing_message_ids(&mut self, ids: &[(&str, &str)]) -> Result<KnownMessages, StoreError> {
-        let mut found = HashMap::new();
+        let mut found = KnownMessages::default();
         let mut stmt = self.tx.prepare_cached(
             "SELECT e.customer_id, e.event_id FROM message_ids m JOIN events e ON e.seq = m.event_seq \
              WHERE m.source = ?1 AND m.message_id = ?2",
@@ -770,8 +770,8 @@ impl IngestTx for SqliteTx<'_, '_> {
         Ok(found)
     }
 
-    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<HashMap<Identifier, (CustomerId, bool)>, StoreError> {
-        let mut found = HashMap::new();
+    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<super::ingest::Owners, StoreError> {
+        let mut found = super::ingest::Owners::default();
         let mut stmt = self.tx.prepare_cached("SELECT customer_id, shared FROM identifiers WHERE identifier = ?1")?;
         for identifier in ids {
             if let Some(owner) = self.cache.as_mut().and_then(|c| c.owners.get(identifier)) {
@@ -791,11 +791,8 @@ impl IngestTx for SqliteTx<'_, '_> {
         Ok(found)
     }
 
-    fn exclusive_identifiers(
-        &mut self,
-        customers: &[CustomerId],
-    ) -> Result<HashMap<CustomerId, Vec<Identifier>>, StoreError> {
-        let mut found: HashMap<CustomerId, Vec<Identifier>> = HashMap::new();
+    fn exclusive_identifiers(&mut self, customers: &[CustomerId]) -> Result<super::ingest::Exclusives, StoreError> {
+        let mut found = super::ingest::Exclusives::default();
         let mut stmt = self.tx.prepare_cached(
             "SELECT identifier FROM identifiers WHERE customer_id = ?1 AND kind IN ('user_id', 'customer_number')",
         )?;
@@ -814,8 +811,8 @@ impl IngestTx for SqliteTx<'_, '_> {
         Ok(found)
     }
 
-    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<HashMap<CustomerId, CustomerState>, StoreError> {
-        let mut found = HashMap::new();
+    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<super::ingest::Customers, StoreError> {
+        let mut found = super::ingest::Customers::default();
         let mut stmt = self
             .tx
             .prepare_cached("SELECT profile, traits, merged_into, sealed FROM customers WHERE customer_id = ?1")?;
@@ -870,7 +867,7 @@ impl IngestTx for SqliteTx<'_, '_> {
                 ])?;
             }
         }
-        let mut event_seqs: HashMap<EventId, i64> = HashMap::with_capacity(changes.events.len());
+        let mut event_seqs: foldhash::HashMap<EventId, i64> = foldhash::HashMapExt::with_capacity(changes.events.len());
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, received_at, \
