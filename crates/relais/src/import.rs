@@ -116,7 +116,7 @@ impl Importer<'_> {
             return Ok(());
         }
         let outcomes = self.store.blocking().ingest(self.source, std::mem::take(&mut self.chunk))?;
-        crate::segments::after_ingest(self.store.blocking(), &self.settings.ingest, &outcomes);
+        crate::segments::after_ingest(self.store.blocking(), &self.settings.ingest, &outcomes, None);
         for outcome in outcomes {
             match outcome {
                 Outcome::Stored { .. } => self.summary.stored += 1,

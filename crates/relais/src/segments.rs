@@ -154,11 +154,20 @@ pub fn with_sample(
     Ok((record, members))
 }
 
-/// Saved segments compiled for evaluation. They were checked for their
-/// author's role when saved; evaluation runs as the system.
-fn compiled(engine: &dyn Engine, settings: &IngestSettings) -> Result<Vec<(SegmentRecord, Segment)>, StoreError> {
+/// Saved segments compiled for evaluation (`saved`, or as read now). They
+/// were checked for their author's role when saved; evaluation runs as the
+/// system.
+fn compiled(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    saved: Option<&[SegmentRecord]>,
+) -> Result<Vec<(SegmentRecord, Segment)>, StoreError> {
+    let records = match saved {
+        Some(saved) => saved.to_vec(),
+        None => engine.segments()?,
+    };
     let mut out = Vec::new();
-    for record in engine.segments()? {
+    for record in records {
         match compile(engine, settings, &record.source, Role::Admin) {
             Ok(segment) => out.push((record, segment)),
             // A source saved under an older version of the language that no
@@ -198,16 +207,18 @@ fn evaluate_all(
 
 /// Bring the memberships of the profiles an ingest batch touched up to date
 /// (their survivors and the profiles merged away, which leave every segment).
+/// `saved`: the saved segments as read after the batch committed, if known.
 pub fn update_members(
     engine: &dyn Engine,
     settings: &IngestSettings,
     customers: &[CustomerId],
     now: DateTime<Utc>,
+    saved: Option<&[SegmentRecord]>,
 ) -> Result<usize, StoreError> {
     if customers.is_empty() {
         return Ok(0);
     }
-    let segments = compiled(engine, settings)?;
+    let segments = compiled(engine, settings, saved)?;
     if segments.is_empty() {
         return Ok(0);
     }
@@ -222,8 +233,15 @@ pub fn update_members(
 
 /// After an ingest batch committed: update the memberships of the profiles it
 /// stored events for. A failure here loses nothing (the events are stored);
-/// it is logged, and the next refresh repairs the memberships.
-pub fn after_ingest(engine: &dyn Engine, settings: &IngestSettings, outcomes: &[crate::store::ingest::Outcome]) {
+/// it is logged, and the next refresh repairs the memberships. `saved`: the
+/// saved segments as read after the batch committed, if the engine read them
+/// (a read from before the commit could miss a segment saved meanwhile).
+pub fn after_ingest(
+    engine: &dyn Engine,
+    settings: &IngestSettings,
+    outcomes: &[crate::store::ingest::Outcome],
+    saved: Option<&[SegmentRecord]>,
+) {
     let mut touched: Vec<CustomerId> = outcomes
         .iter()
         .filter_map(|o| match o {
@@ -233,7 +251,7 @@ pub fn after_ingest(engine: &dyn Engine, settings: &IngestSettings, outcomes: &[
         .collect();
     touched.sort();
     touched.dedup();
-    if let Err(error) = update_members(engine, settings, &touched, Utc::now()) {
+    if let Err(error) = update_members(engine, settings, &touched, Utc::now(), saved) {
         tracing::warn!(%error, customers = touched.len(), "live segment update failed; the next refresh repairs it");
     }
 }
@@ -293,7 +311,7 @@ pub fn refresh(
 ) -> Result<RefreshReport, SegmentsError> {
     let scores = score_customers(engine, settings, now)?;
     engine.scores_put(&scores, now)?;
-    let segments = compiled(engine, settings)?;
+    let segments = compiled(engine, settings, None)?;
     let changes = evaluate_all(engine, &segments, None, now)?;
     let today = settings.day_of(now);
     // Mean values from the scores just computed, not read back.

@@ -183,8 +183,8 @@ async fn handle(
         state
             .store
             .run(move |engine| {
-                let outcomes = engine.ingest(&source, valid)?;
-                crate::segments::after_ingest(engine, &settings, &outcomes);
+                let (outcomes, saved) = engine.ingest_and_segments(&source, valid)?;
+                crate::segments::after_ingest(engine, &settings, &outcomes, saved.as_deref().map(Vec::as_slice));
                 Ok(outcomes)
             })
             .await?

@@ -455,6 +455,10 @@ pub enum DeliveryResult {
     },
 }
 
+/// What an ingest request stored, and the saved segments as read after its
+/// commit when the engine read them for its whole group.
+pub type Ingested = (Vec<Outcome>, Option<std::sync::Arc<Vec<segments::SegmentRecord>>>);
+
 /// The operations every engine provides; blocking, called from `Store` through
 /// `spawn_blocking`.
 pub trait Engine: Send + Sync + 'static {
@@ -468,6 +472,12 @@ pub trait Engine: Send + Sync + 'static {
         -> Result<(), StoreError>;
     /// Store validated messages from one source; one outcome per message, in order.
     fn ingest(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Vec<Outcome>, StoreError>;
+    /// `ingest`, with the saved segments as read after the commit when the
+    /// engine read them once for every request committed with this one (the
+    /// live segment update needs them; `None`: read them as usual).
+    fn ingest_and_segments(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Ingested, StoreError> {
+        Ok((self.ingest(source, messages)?, None))
+    }
     /// Store a new API key (its hash only).
     fn insert_api_key(&self, key_hash: &str, key: &ApiKey) -> Result<(), StoreError>;
     /// Find a key by the hash of its secret.
