@@ -1053,14 +1053,23 @@ pub fn raw_privacy() -> seal::Privacy {
     seal::Privacy::new(keyring, relais_domain::privacy::Classification::default())
 }
 
+/// What the raw load remembers from chunk to chunk: who owns each identifier,
+/// and each profile's wrapped data key (the keyring caches only so many keys).
+#[derive(Default)]
+struct RawLoaded {
+    owners: std::collections::HashMap<Identifier, CustomerId>,
+    wrapped: std::collections::HashMap<CustomerId, Vec<u8>>,
+}
+
 /// Precomputed changes for the raw load: each distinct user id gets one profile,
 /// with its data key; payloads are sealed as ingest seals them.
 fn raw_changes<'a>(
     chunk: &'a [TrackingMessage],
     encoded: &'a [seal::EncodedEvent],
-    owners: &mut std::collections::HashMap<Identifier, CustomerId>,
+    loaded: &mut RawLoaded,
     privacy: &seal::Privacy,
 ) -> ingest::Changes<'a> {
+    let RawLoaded { owners, wrapped: wrapped_keys } = loaded;
     let mut changes = ingest::Changes::default();
     let mut keys: std::collections::HashMap<CustomerId, crate::privacy::DataKey> = std::collections::HashMap::new();
     for (message, encoded) in chunk.iter().zip(encoded) {
@@ -1070,12 +1079,20 @@ fn raw_changes<'a>(
             changes.new_customers.push((id, message.received_at));
             let (key, wrapped) = privacy.keyring.new_data_key(id);
             keys.insert(id, key);
+            wrapped_keys.insert(id, wrapped.clone());
             changes.new_keys.push((id, wrapped));
             id
         });
         let key = match keys.get(&customer) {
             Some(key) => key.clone(),
-            None => privacy.keyring.cached(customer).expect("raw-load keys stay cached"),
+            None => {
+                let key = privacy.keyring.cached(customer).unwrap_or_else(|| {
+                    let wrapped = wrapped_keys.get(&customer).expect("every raw-load profile's key is kept");
+                    privacy.keyring.unwrap_data_key(customer, wrapped).expect("a key wrapped in this run unwraps")
+                });
+                keys.insert(customer, key.clone());
+                key
+            }
         };
         for (token, identifier) in encoded.tokens.iter().zip(&message.identifiers) {
             if !owners.contains_key(token) {

@@ -2473,11 +2473,11 @@ pub fn raw_load(
     let mut client = connect(url)?;
     migrate(&mut client)?;
     let mut statements = Statements::default();
-    let mut owners = HashMap::new();
+    let mut loaded = super::RawLoaded::default();
     let mut spent = std::time::Duration::ZERO;
     for chunk in chunks {
         let encoded: Vec<EncodedEvent> = chunk.iter().map(|m| EncodedEvent::of(m, privacy)).collect();
-        let changes = super::raw_changes(&chunk, &encoded, &mut owners, privacy);
+        let changes = super::raw_changes(&chunk, &encoded, &mut loaded, privacy);
         let started = std::time::Instant::now();
         let mut tx = client.transaction()?;
         PgTx::new(&mut tx, &mut statements, None).write(&changes)?;

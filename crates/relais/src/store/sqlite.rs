@@ -2808,11 +2808,11 @@ pub fn raw_load(
     std::fs::create_dir_all(folder).map_err(|e| StoreError::Config(e.to_string()))?;
     let mut conn = open_connection(&folder.join("relais.db"))?;
     migrate(&mut conn)?;
-    let mut owners = HashMap::new();
+    let mut loaded = super::RawLoaded::default();
     let mut spent = std::time::Duration::ZERO;
     for chunk in chunks {
         let encoded: Vec<EncodedEvent> = chunk.iter().map(|m| EncodedEvent::of(m, privacy)).collect();
-        let changes = super::raw_changes(&chunk, &encoded, &mut owners, privacy);
+        let changes = super::raw_changes(&chunk, &encoded, &mut loaded, privacy);
         let started = std::time::Instant::now();
         let tx = conn.transaction()?;
         SqliteTx::plain(&tx).write(&changes)?;
