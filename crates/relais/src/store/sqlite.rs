@@ -2846,30 +2846,56 @@ mod tests {
             std::env::temp_dir().join(format!("relais_log_writes_{}", ulid::Ulid::new().to_string().to_lowercase()));
         let (live, copy) = (root.join("live"), root.join("copy"));
         std::fs::create_dir_all(&live).expect("folder");
-        let mut conn = open_connection(&live.join("relais.db")).expect("connection");
+        // Two writers, one after the other: each finds frames in the log that
+        // its own handle did not write.
+        let open = || open_connection(&live.join("relais.db")).expect("connection");
+        let mut writers = [open(), open()];
         assert!(log_writes::log_writes_shim(), "the shim is the default VFS");
-        conn.pragma_update(None, "synchronous", "NORMAL").expect("the writer's setting");
-        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL); CREATE INDEX t_v ON t (v);")
-            .expect("table");
-        let mut expected = 0i64;
-        for round in 0..12i64 {
-            // Even rounds are large transactions with a cache small enough to
-            // spill pages to the log mid-way; odd rounds are small commits, whose
-            // frames nothing reads back before the commit returns.
-            let (rows, cache) = if round % 2 == 0 { (2_000i64, 20) } else { (5, 2_000) };
-            conn.pragma_update(None, "cache_size", cache).expect("cache");
-            let tx = conn.transaction().expect("transaction");
+        for conn in &writers {
+            conn.pragma_update(None, "synchronous", "NORMAL").expect("the writer's setting");
+        }
+        writers[0]
+            .execute_batch(
+                "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL); CREATE INDEX t_v ON t (v); \
+                 CREATE TABLE u (k INTEGER PRIMARY KEY, n INTEGER NOT NULL); INSERT INTO u VALUES (1, 0);",
+            )
+            .expect("tables");
+        let insert = |tx: &rusqlite::Transaction<'_>, round: i64, rows: i64| {
             for i in 0..rows {
                 let k = round * 10_000 + (i * 7_919) % rows;
                 let v = format!("{:x}-{}", k * 2_654_435_761, "x".repeat(100));
                 tx.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", params![k, v]).expect("insert");
             }
+        };
+        let mut expected = 0i64;
+        for round in 0..16i64 {
+            // Even rounds are large transactions with a cache small enough to
+            // spill pages to the log mid-way; odd rounds are small commits, whose
+            // frames nothing reads back before the commit returns.
+            let (rows, cache) = if round % 2 == 0 { (2_000i64, 20) } else { (5, 2_000) };
+            let (this, other) = if round % 3 == 2 { (1, 0) } else { (0, 1) };
+            if round % 4 == 3 {
+                // The other writer spills a large transaction to the log and rolls
+                // it back; what it left gathered must never land on this commit.
+                writers[other].pragma_update(None, "cache_size", 20).expect("cache");
+                let tx = writers[other].transaction().expect("transaction");
+                insert(&tx, 1_000 + round, 2_000);
+                drop(tx);
+            }
+            writers[this].pragma_update(None, "cache_size", cache).expect("cache");
+            let tx = writers[this].transaction().expect("transaction");
+            insert(&tx, round, rows);
             // Change pages already in the log within the transaction.
             tx.execute("UPDATE t SET v = v || 'again' WHERE k % 3 = 0 AND k >= ?1", [round * 10_000]).expect("update");
             tx.execute_batch("SAVEPOINT s; DELETE FROM t WHERE k % 2 = 0; ROLLBACK TO s; RELEASE s;")
                 .expect("savepoint");
             tx.commit().expect("commit");
             expected += rows;
+            // The other writer reads the log again, then commits a single page
+            // after frames its own handle did not write.
+            let seen: i64 = writers[other].query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
+            assert_eq!(seen, expected);
+            writers[other].execute("UPDATE u SET n = n + 1 WHERE k = 1", []).expect("one-page commit");
             // A crash now: the files as they are.
             let _ = std::fs::remove_dir_all(&copy);
             std::fs::create_dir_all(&copy).expect("copy folder");
@@ -2885,10 +2911,11 @@ mod tests {
                 count("SELECT count(*) FROM t WHERE k % 3 = 0"),
                 "round {round}: every committed update is in the files"
             );
+            assert_eq!(count("SELECT n FROM u"), round + 1, "round {round}: the one-page commit is in the files");
             let check: String = recovered.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("check");
             assert_eq!(check, "ok");
         }
-        drop(conn);
+        drop(writers);
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -7,14 +7,17 @@
 //! writer thread's time under loyalty traffic, 11% under ingest (perf). One
 //! write per commit costs 0.4 µs a frame.
 //!
-//! How: a VFS shim over the default one. Files other than logs are opened by
-//! the default VFS in place and never pass through this module. A log's
-//! appends are gathered in memory and written at once when the commit's last
-//! frame is complete, so that nothing of a commit is left behind when SQLite
-//! publishes it in the shared index (other connections read the file then;
-//! the log flush thread syncs it after the commit returns). Any other use of
-//! the file writes what is gathered first, so the file always reads as
-//! SQLite wrote it. See [`Appends`] for the rule.
+//! How: a VFS shim over the default (unix) one. Journals and temporary files
+//! are opened by the default VFS in place and never pass through this module;
+//! database files and logs are wrapped. A log's appends are gathered in
+//! memory and written at once when the commit's last frame is complete, so
+//! that nothing of a commit is left behind when SQLite publishes it in the
+//! shared index (other connections read the file then; the log flush thread
+//! syncs it after the commit returns). Any other use of the log writes what
+//! is gathered first, so the file always reads as SQLite wrote it. Two
+//! backstops on the database file: its shared-memory barrier (passed before a
+//! commit is published) and lock calls (among them the write lock's release)
+//! also write what its log gathered. See [`Appends`] for the rule.
 
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,14 +37,16 @@ const MAX_WRITE: usize = 31 * 4096;
 
 /// The buffering rule, apart from SQLite so that it can be tested alone.
 ///
-/// A write that continues the log where SQLite last wrote is an append and
-/// is gathered; any other (SQLite rewriting a frame of the open transaction,
-/// rewriting checksums, or starting the log again at offset 0) writes what
-/// is gathered, then itself, at once. A frame header whose "database size"
-/// field is not zero opens a commit frame: the page after it ends the commit,
-/// and everything gathered is written then. So, when a commit's frames have
-/// all been handed over, nothing remains gathered; what SQLite writes after
-/// the last frame (checksum rewrites) is never an append.
+/// A write that continues the log where SQLite last wrote through this
+/// handle is an append and is gathered; any other (SQLite rewriting a frame
+/// of the open transaction, rewriting checksums, starting the log again at
+/// offset 0, or writing past frames another connection added) writes what is
+/// gathered, then itself, at once. A frame header whose "database size" field
+/// is not zero opens a commit frame: the write after it (its page) ends the
+/// commit, and everything gathered is written then, whichever way the header
+/// went. So, when a commit's frames have all been handed over, nothing
+/// remains gathered; what SQLite writes after the last frame (checksum
+/// rewrites) is never an append. A failed write keeps the bytes gathered.
 #[derive(Default)]
 pub(super) struct Appends {
     gathered: Vec<u8>,
@@ -57,12 +62,15 @@ impl Appends {
     /// Take SQLite's write of `bytes` at `offset`; `out` writes to the file.
     pub(super) fn write(&mut self, offset: i64, bytes: &[u8], out: &mut impl FnMut(i64, &[u8]) -> c_int) -> c_int {
         let after = offset + bytes.len() as i64;
+        // Whichever way the header went, the page after a commit frame's
+        // header ends the commit.
+        let ends_commit = self.commit_page_next;
+        self.commit_page_next = bytes.len() == FRAME_HEADER && bytes[4..8] != [0; 4];
         if offset != self.end || bytes.is_empty() {
             let rc = self.flush(out);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
-            self.commit_page_next = false;
             self.end = if offset == 0 { after } else { self.end.max(after) };
             return out(offset, bytes);
         }
@@ -71,35 +79,53 @@ impl Appends {
         }
         self.gathered.extend_from_slice(bytes);
         self.end = after;
-        let ends_commit = self.commit_page_next;
-        self.commit_page_next = bytes.len() == FRAME_HEADER && bytes[4..8] != [0; 4];
         if ends_commit || self.gathered.len() >= MAX_GATHERED {
             return self.flush(out);
         }
         ffi::SQLITE_OK
     }
 
-    /// Write what is gathered.
+    /// Write what is gathered. On failure the bytes stay gathered (the next
+    /// flush tries them again) and the error is an I/O error, so that SQLite
+    /// rolls the whole transaction back rather than one statement.
     pub(super) fn flush(&mut self, out: &mut impl FnMut(i64, &[u8]) -> c_int) -> c_int {
         if self.gathered.is_empty() {
             return ffi::SQLITE_OK;
         }
-        let rc = out(self.start, &self.gathered);
+        if out(self.start, &self.gathered) != ffi::SQLITE_OK {
+            return ffi::SQLITE_IOERR_WRITE;
+        }
         self.gathered.clear();
-        rc
+        ffi::SQLITE_OK
+    }
+
+    /// Whether bytes wait to be written.
+    fn pending(&self) -> bool {
+        !self.gathered.is_empty()
     }
 }
 
-/// A log file opened through the shim: our header, then the default VFS's
-/// file object at [`INNER_OFFSET`].
+/// A database or log file opened through the shim: this header, then the
+/// default VFS's file object at [`INNER_OFFSET`].
 #[repr(C)]
-struct LogFile {
+struct Wrapped {
     base: ffi::sqlite3_file,
+    /// A log's gathered appends (unused for a database file).
     appends: Appends,
+    /// Whether a log gathers its appends: not when SQLite pads commits to
+    /// sector boundaries (no power-safe overwrite), which splits frames.
+    gathering: bool,
+    /// A log and its database file point at each other while both are open.
+    /// The database file's shared-memory calls write what the log gathered:
+    /// the barrier SQLite passes before it publishes a commit to other
+    /// connections, and the lock calls, among them the write lock's release
+    /// (so nothing gathered outlives a transaction, even a rolled back one,
+    /// and another process's frames are never overwritten by it).
+    peer: *mut Wrapped,
 }
 
-/// Where the default VFS's file object starts inside a [`LogFile`]'s memory.
-const INNER_OFFSET: usize = std::mem::size_of::<LogFile>().next_multiple_of(16);
+/// Where the default VFS's file object starts inside a [`Wrapped`]'s memory.
+const INNER_OFFSET: usize = std::mem::size_of::<Wrapped>().next_multiple_of(16);
 
 /// The default VFS, as it was before the shim was registered.
 struct InnerVfs(*mut ffi::sqlite3_vfs);
@@ -122,12 +148,15 @@ pub(super) fn install() -> bool {
     ONCE.call_once(|| {
         // SAFETY: `sqlite3_vfs_find(NULL)` returns the default VFS, which lives
         // as long as the process. The copy keeps its methods and `pAppData`;
-        // the default (unix) VFS's methods other than `xOpen` read nothing of
-        // the VFS object but `mxPathname` and `pAppData`, which are copied, so
-        // they work unchanged on the copy. `xOpen` is called with the original.
+        // the unix VFS's methods other than `xOpen` do not read the VFS object
+        // they are given, so they work unchanged on the copy. `xOpen` is
+        // called with the original. Any other default VFS is left alone.
         unsafe {
             let inner = ffi::sqlite3_vfs_find(std::ptr::null());
-            if inner.is_null() || INNER.set(InnerVfs(inner)).is_err() {
+            if inner.is_null() || !std::ffi::CStr::from_ptr((*inner).zName).to_bytes().starts_with(b"unix") {
+                return;
+            }
+            if INNER.set(InnerVfs(inner)).is_err() {
                 return;
             }
             let Ok(size) = c_int::try_from(INNER_OFFSET) else { return };
@@ -159,27 +188,51 @@ unsafe extern "C" fn open(
 ) -> c_int {
     let inner = inner_vfs();
     let Some(inner_open) = (*inner).xOpen else { return ffi::SQLITE_CANTOPEN };
-    if flags & ffi::SQLITE_OPEN_WAL == 0 {
-        // Not a log: the default VFS's file object takes the memory as it is.
+    let table: &'static ffi::sqlite3_io_methods = if flags & ffi::SQLITE_OPEN_WAL != 0 {
+        &LOG_METHODS
+    } else if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+        &DB_METHODS
+    } else {
+        // Journals, temporary files: the default VFS's object takes the memory.
         return inner_open(inner, name, file, flags, out_flags);
-    }
+    };
     let inner_file = (file as *mut u8).add(INNER_OFFSET) as *mut ffi::sqlite3_file;
     let rc = inner_open(inner, name, inner_file, flags, out_flags);
     // SQLite calls `xClose` whenever `pMethods` is set, even after a failed
     // open: set it exactly when the inner file needs closing.
-    let methods = if (*inner_file).pMethods.is_null() { std::ptr::null() } else { &LOG_METHODS as *const _ };
+    let opened = !(*inner_file).pMethods.is_null();
+    let gathering = opened
+        && std::ptr::eq(table, &LOG_METHODS)
+        && methods(inner_file)
+            .xDeviceCharacteristics
+            .is_some_and(|f| f(inner_file) & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0);
     std::ptr::write(
-        file as *mut LogFile,
-        LogFile { base: ffi::sqlite3_file { pMethods: methods }, appends: Appends::default() },
+        file as *mut Wrapped,
+        Wrapped {
+            base: ffi::sqlite3_file { pMethods: if opened { table } else { std::ptr::null() } },
+            appends: Appends::default(),
+            gathering,
+            peer: std::ptr::null_mut(),
+        },
     );
+    if gathering {
+        // The database file this log belongs to, opened through the shim.
+        let db = ffi::sqlite3_database_file_object(name);
+        if !db.is_null() && std::ptr::eq((*db).pMethods, &DB_METHODS) {
+            let db = db as *mut Wrapped;
+            (*db).peer = file as *mut Wrapped;
+            (*(file as *mut Wrapped)).peer = db;
+        }
+    }
     rc
 }
 
-/// The log file object, and the default VFS's file inside it.
-unsafe fn parts<'a>(file: *mut ffi::sqlite3_file) -> (&'a mut LogFile, *mut ffi::sqlite3_file) {
+/// The shim's object for `file`, and the default VFS's file inside it.
+unsafe fn parts<'a>(file: *mut ffi::sqlite3_file) -> (&'a mut Wrapped, *mut ffi::sqlite3_file) {
     // SAFETY: SQLite passes back the object `open` filled, for this file only,
-    // from one thread at a time (a connection is used by one thread at once).
-    (&mut *(file as *mut LogFile), (file as *mut u8).add(INNER_OFFSET) as *mut ffi::sqlite3_file)
+    // from one thread at a time (a connection is used by one thread at once);
+    // a log's peer belongs to the same connection.
+    (&mut *(file as *mut Wrapped), (file as *mut u8).add(INNER_OFFSET) as *mut ffi::sqlite3_file)
 }
 
 /// The default VFS's methods for `inner`.
@@ -187,10 +240,19 @@ unsafe fn methods<'a>(inner: *mut ffi::sqlite3_file) -> &'a ffi::sqlite3_io_meth
     &*(*inner).pMethods
 }
 
-/// Write what is gathered for `file`.
+/// Write what the log `file` gathered.
 unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     let (log, inner) = parts(file);
     log.appends.flush(&mut |offset, bytes| write_inner(inner, offset, bytes))
+}
+
+/// Write what the log of the database file `file` gathered, if any.
+unsafe fn flush_peer(file: *mut ffi::sqlite3_file) -> c_int {
+    let (db, _) = parts(file);
+    if db.peer.is_null() || !(*db.peer).appends.pending() {
+        return ffi::SQLITE_OK;
+    }
+    flush(db.peer as *mut ffi::sqlite3_file)
 }
 
 /// Write `bytes` at `offset` through the default VFS, in pieces it accepts.
@@ -208,10 +270,11 @@ unsafe fn write_inner(inner: *mut ffi::sqlite3_file, offset: i64, bytes: &[u8]) 
     ffi::SQLITE_OK
 }
 
-/// Flush, then pass the call on (`$method` of the default VFS's file).
-macro_rules! flushed {
-    ($file:ident, $method:ident $(, $arg:expr)*) => {{
-        let rc = flush($file);
+/// Pass the call on to the default VFS's file (`$method`), after running
+/// `$first` (which may return an error first).
+macro_rules! delegate {
+    ($file:ident, $first:expr, $method:ident $(, $arg:expr)*) => {{
+        let rc = $first;
         if rc != ffi::SQLITE_OK {
             return rc;
         }
@@ -223,11 +286,17 @@ macro_rules! flushed {
     }};
 }
 
+/// Close a wrapped file: its gathered bytes first, then its peer's link.
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     let flushed = flush(file);
-    let (log, inner) = parts(file);
+    let (wrapped, inner) = parts(file);
+    if !wrapped.peer.is_null() {
+        // A database closed before its log still writes what the log gathered.
+        let _ = flush(wrapped.peer as *mut ffi::sqlite3_file);
+        (*wrapped.peer).peer = std::ptr::null_mut();
+    }
     let closed = methods(inner).xClose.map_or(ffi::SQLITE_OK, |f| f(inner));
-    std::ptr::drop_in_place(&mut log.appends);
+    std::ptr::drop_in_place(&mut wrapped.appends);
     if flushed != ffi::SQLITE_OK {
         flushed
     } else {
@@ -235,45 +304,84 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
-unsafe extern "C" fn read(file: *mut ffi::sqlite3_file, data: *mut c_void, amount: c_int, offset: i64) -> c_int {
-    flushed!(file, xRead, data, amount, offset)
+unsafe extern "C" fn log_read(file: *mut ffi::sqlite3_file, data: *mut c_void, amount: c_int, offset: i64) -> c_int {
+    delegate!(file, flush(file), xRead, data, amount, offset)
 }
 
-unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, amount: c_int, offset: i64) -> c_int {
+unsafe extern "C" fn db_read(file: *mut ffi::sqlite3_file, data: *mut c_void, amount: c_int, offset: i64) -> c_int {
+    delegate!(file, ffi::SQLITE_OK, xRead, data, amount, offset)
+}
+
+unsafe extern "C" fn log_write(file: *mut ffi::sqlite3_file, data: *const c_void, amount: c_int, offset: i64) -> c_int {
     let (log, inner) = parts(file);
     let bytes = if amount <= 0 { &[][..] } else { std::slice::from_raw_parts(data as *const u8, amount as usize) };
+    if !log.gathering {
+        return write_inner(inner, offset, bytes);
+    }
     log.appends.write(offset, bytes, &mut |offset, bytes| write_inner(inner, offset, bytes))
 }
 
-unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let rc = flushed!(file, xTruncate, size);
+unsafe extern "C" fn db_write(file: *mut ffi::sqlite3_file, data: *const c_void, amount: c_int, offset: i64) -> c_int {
+    delegate!(file, ffi::SQLITE_OK, xWrite, data, amount, offset)
+}
+
+unsafe extern "C" fn log_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    let rc = delegate!(file, flush(file), xTruncate, size);
     let (log, _) = parts(file);
     log.appends.end = log.appends.end.min(size);
     rc
 }
 
-unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    flushed!(file, xSync, flags)
+unsafe extern "C" fn db_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    delegate!(file, ffi::SQLITE_OK, xTruncate, size)
 }
 
-unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    flushed!(file, xFileSize, size)
+unsafe extern "C" fn log_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    delegate!(file, flush(file), xSync, flags)
 }
 
-unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    flushed!(file, xLock, level)
+unsafe extern "C" fn db_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    delegate!(file, flush_peer(file), xSync, flags)
 }
 
-unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    flushed!(file, xUnlock, level)
+unsafe extern "C" fn log_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
+    delegate!(file, flush(file), xFileSize, size)
 }
 
-unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    flushed!(file, xCheckReservedLock, out)
+unsafe extern "C" fn db_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
+    delegate!(file, ffi::SQLITE_OK, xFileSize, size)
 }
 
-unsafe extern "C" fn file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
-    flushed!(file, xFileControl, op, arg)
+unsafe extern "C" fn log_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    delegate!(file, flush(file), xLock, level)
+}
+
+unsafe extern "C" fn db_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    delegate!(file, ffi::SQLITE_OK, xLock, level)
+}
+
+unsafe extern "C" fn log_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    delegate!(file, flush(file), xUnlock, level)
+}
+
+unsafe extern "C" fn db_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    delegate!(file, flush_peer(file), xUnlock, level)
+}
+
+unsafe extern "C" fn log_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
+    delegate!(file, flush(file), xCheckReservedLock, out)
+}
+
+unsafe extern "C" fn db_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
+    delegate!(file, ffi::SQLITE_OK, xCheckReservedLock, out)
+}
+
+unsafe extern "C" fn log_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+    delegate!(file, flush(file), xFileControl, op, arg)
+}
+
+unsafe extern "C" fn db_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+    delegate!(file, ffi::SQLITE_OK, xFileControl, op, arg)
 }
 
 unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
@@ -293,16 +401,29 @@ unsafe extern "C" fn shm_map(
     extend: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    flushed!(file, xShmMap, region, size, extend, out)
+    delegate!(file, flush_peer(file), xShmMap, region, size, extend, out)
 }
 
 unsafe extern "C" fn shm_lock(file: *mut ffi::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
-    flushed!(file, xShmLock, offset, n, flags)
+    // The lock call goes through whatever happened: a lock left held would
+    // stop every other connection. A failed write stays gathered and fails
+    // this connection's next use of its log.
+    let _ = flush_peer(file);
+    let (_, inner) = parts(file);
+    methods(inner).xShmLock.map_or(ffi::SQLITE_IOERR, |f| f(inner, offset, n, flags))
 }
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
-    // Nothing to report an error to: a failed write shows at the next call.
-    let _ = flush(file);
+    // SQLite passes this barrier between its two copies of a new log-index
+    // header, so before a commit is published: every frame must be in the
+    // file. Gathering ends at each commit's last frame, so nothing should be
+    // left here; if something is and cannot be written, publishing would
+    // expose missing frames, and stopping the process leaves a log that
+    // recovery reads up to the last complete commit (never acknowledged).
+    if flush_peer(file) != ffi::SQLITE_OK {
+        tracing::error!("the write-ahead log could not be written before a commit was published; stopping");
+        std::process::abort();
+    }
     let (_, inner) = parts(file);
     if let Some(f) = methods(inner).xShmBarrier {
         f(inner)
@@ -310,36 +431,75 @@ unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
 }
 
 unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    flushed!(file, xShmUnmap, delete)
+    delegate!(file, flush_peer(file), xShmUnmap, delete)
 }
 
-unsafe extern "C" fn fetch(file: *mut ffi::sqlite3_file, offset: i64, amount: c_int, out: *mut *mut c_void) -> c_int {
-    flushed!(file, xFetch, offset, amount, out)
+unsafe extern "C" fn log_fetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    amount: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    delegate!(file, flush(file), xFetch, offset, amount, out)
+}
+
+unsafe extern "C" fn db_fetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    amount: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    delegate!(file, ffi::SQLITE_OK, xFetch, offset, amount, out)
 }
 
 unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, offset: i64, page: *mut c_void) -> c_int {
-    flushed!(file, xUnfetch, offset, page)
+    delegate!(file, ffi::SQLITE_OK, xUnfetch, offset, page)
 }
 
+/// A log: appends gathered, everything else writes them first.
 static LOG_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),
-    xRead: Some(read),
-    xWrite: Some(write),
-    xTruncate: Some(truncate),
-    xSync: Some(sync),
-    xFileSize: Some(file_size),
-    xLock: Some(lock),
-    xUnlock: Some(unlock),
-    xCheckReservedLock: Some(check_reserved_lock),
-    xFileControl: Some(file_control),
+    xRead: Some(log_read),
+    xWrite: Some(log_write),
+    xTruncate: Some(log_truncate),
+    xSync: Some(log_sync),
+    xFileSize: Some(log_file_size),
+    xLock: Some(log_lock),
+    xUnlock: Some(log_unlock),
+    xCheckReservedLock: Some(log_check_reserved_lock),
+    xFileControl: Some(log_file_control),
     xSectorSize: Some(sector_size),
     xDeviceCharacteristics: Some(device_characteristics),
     xShmMap: Some(shm_map),
     xShmLock: Some(shm_lock),
     xShmBarrier: Some(shm_barrier),
     xShmUnmap: Some(shm_unmap),
-    xFetch: Some(fetch),
+    xFetch: Some(log_fetch),
+    xUnfetch: Some(unfetch),
+};
+
+/// A database file: passed on, its log's gathered bytes written first at the
+/// shared-memory calls, sync and unlock.
+static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(close),
+    xRead: Some(db_read),
+    xWrite: Some(db_write),
+    xTruncate: Some(db_truncate),
+    xSync: Some(db_sync),
+    xFileSize: Some(db_file_size),
+    xLock: Some(db_lock),
+    xUnlock: Some(db_unlock),
+    xCheckReservedLock: Some(db_check_reserved_lock),
+    xFileControl: Some(db_file_control),
+    xSectorSize: Some(sector_size),
+    xDeviceCharacteristics: Some(device_characteristics),
+    xShmMap: Some(shm_map),
+    xShmLock: Some(shm_lock),
+    xShmBarrier: Some(shm_barrier),
+    xShmUnmap: Some(shm_unmap),
+    xFetch: Some(db_fetch),
     xUnfetch: Some(unfetch),
 };
 
@@ -460,11 +620,31 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_is_reported_and_nothing_stays_gathered() {
+    fn a_failed_write_is_an_io_error_and_its_bytes_are_tried_again() {
         let mut appends = Appends::default();
-        let mut failing = |_: i64, _: &[u8]| ffi::SQLITE_IOERR_WRITE;
+        let mut failing = |_: i64, _: &[u8]| ffi::SQLITE_FULL;
         assert_eq!(appends.write(0, &header(true), &mut failing), ffi::SQLITE_OK);
-        assert_eq!(appends.write(FRAME_HEADER as i64, &[0; PAGE], &mut failing), ffi::SQLITE_IOERR_WRITE);
-        assert!(appends.gathered.is_empty());
+        assert_eq!(
+            appends.write(FRAME_HEADER as i64, &[5; PAGE], &mut failing),
+            ffi::SQLITE_IOERR_WRITE,
+            "an I/O error, so SQLite rolls the whole transaction back"
+        );
+        let mut file = File::default();
+        assert_eq!(appends.flush(&mut file.out()), ffi::SQLITE_OK);
+        assert_eq!(file.bytes.len(), FRAME_HEADER + PAGE, "the frame is written once the disk takes it");
+        assert_eq!(file.bytes[FRAME_HEADER], 5);
+    }
+
+    #[test]
+    fn a_commit_whose_header_is_not_an_append_still_ends_with_its_page_written() {
+        // A new handle on a log other connections wrote: SQLite's first frame
+        // lies past what this handle has seen, and may be the commit frame.
+        let (mut appends, mut file) = (Appends::default(), File::default());
+        let at = 32 + 7 * (FRAME_HEADER + PAGE) as i64;
+        assert_eq!(appends.write(at, &header(true), &mut file.out()), ffi::SQLITE_OK);
+        assert_eq!(appends.write(at + FRAME_HEADER as i64, &[4; PAGE], &mut file.out()), ffi::SQLITE_OK);
+        assert!(!appends.pending(), "nothing of the commit is left gathered");
+        assert_eq!(file.bytes.len() as i64, at + (FRAME_HEADER + PAGE) as i64);
+        assert_eq!(file.bytes[(at as usize) + FRAME_HEADER], 4);
     }
 }
