@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::store::ingest::IngestSettings;
 use crate::store::segments::{CustomerScore, MembershipChange, SegmentRecord, Snapshot};
-use crate::store::{Engine, StoreError};
+use crate::store::{Engine, SegmentsMark, StoreError};
 
 /// Why a segment operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -154,16 +154,16 @@ pub fn with_sample(
     Ok((record, members))
 }
 
-/// Saved segments compiled for evaluation (`saved`, or as read now). They
-/// were checked for their author's role when saved; evaluation runs as the
-/// system.
+/// Saved segments compiled for evaluation (as read after `after`, or now).
+/// They were checked for their author's role when saved; evaluation runs as
+/// the system.
 fn compiled(
     engine: &dyn Engine,
     settings: &IngestSettings,
-    saved: Option<&[SegmentRecord]>,
+    after: Option<SegmentsMark>,
 ) -> Result<Vec<(SegmentRecord, Segment)>, StoreError> {
-    let records = match saved {
-        Some(saved) => saved.to_vec(),
+    let records = match after {
+        Some(mark) => engine.segments_after(mark)?,
         None => engine.segments()?,
     };
     let mut out = Vec::new();
@@ -207,18 +207,19 @@ fn evaluate_all(
 
 /// Bring the memberships of the profiles an ingest batch touched up to date
 /// (their survivors and the profiles merged away, which leave every segment).
-/// `saved`: the saved segments as read after the batch committed, if known.
+/// `after`: a mark from right after the batch committed, if the engine took
+/// one (the read of the saved segments must start after that commit).
 pub fn update_members(
     engine: &dyn Engine,
     settings: &IngestSettings,
     customers: &[CustomerId],
     now: DateTime<Utc>,
-    saved: Option<&[SegmentRecord]>,
+    after: Option<SegmentsMark>,
 ) -> Result<usize, StoreError> {
     if customers.is_empty() {
         return Ok(0);
     }
-    let segments = compiled(engine, settings, saved)?;
+    let segments = compiled(engine, settings, after)?;
     if segments.is_empty() {
         return Ok(0);
     }
@@ -233,14 +234,15 @@ pub fn update_members(
 
 /// After an ingest batch committed: update the memberships of the profiles it
 /// stored events for. A failure here loses nothing (the events are stored);
-/// it is logged, and the next refresh repairs the memberships. `saved`: the
-/// saved segments as read after the batch committed, if the engine read them
-/// (a read from before the commit could miss a segment saved meanwhile).
+/// it is logged, and the next refresh repairs the memberships. `after`: the
+/// engine's mark from right after the batch's commit, if it took one (a read
+/// of the saved segments from before the commit could miss a segment saved
+/// meanwhile).
 pub fn after_ingest(
     engine: &dyn Engine,
     settings: &IngestSettings,
     outcomes: &[crate::store::ingest::Outcome],
-    saved: Option<&[SegmentRecord]>,
+    after: Option<SegmentsMark>,
 ) {
     let mut touched: Vec<CustomerId> = outcomes
         .iter()
@@ -251,7 +253,7 @@ pub fn after_ingest(
         .collect();
     touched.sort();
     touched.dedup();
-    if let Err(error) = update_members(engine, settings, &touched, Utc::now(), saved) {
+    if let Err(error) = update_members(engine, settings, &touched, Utc::now(), after) {
         tracing::warn!(%error, customers = touched.len(), "live segment update failed; the next refresh repairs it");
     }
 }

@@ -183,9 +183,9 @@ async fn handle(
         state
             .store
             .run(move |engine| {
-                let (outcomes, saved) = engine.ingest_and_segments(&source, valid)?;
-                crate::segments::after_ingest(engine, &settings, &outcomes, saved.as_deref().map(Vec::as_slice));
-                Ok(outcomes)
+                let ingested = engine.ingest_marked(&source, valid)?;
+                crate::segments::after_ingest(engine, &settings, &ingested.outcomes, ingested.segments_mark);
+                Ok(ingested.outcomes)
             })
             .await?
     };

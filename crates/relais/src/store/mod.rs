@@ -455,9 +455,27 @@ pub enum DeliveryResult {
     },
 }
 
-/// What an ingest request stored, and the saved segments as read after its
-/// commit when the engine read them for its whole group.
-pub type Ingested = (Vec<Outcome>, Option<std::sync::Arc<Vec<segments::SegmentRecord>>>);
+/// What an ingest request stored, and a mark from right after its commit for
+/// the read of the saved segments its live segment update needs.
+#[derive(Debug)]
+pub struct Ingested {
+    /// One outcome per message, in order.
+    pub outcomes: Vec<Outcome>,
+    /// For `Engine::segments_after` (none: read them with `Engine::segments`).
+    pub segments_mark: Option<SegmentsMark>,
+}
+
+/// A point right after a commit: a read of the saved segments that started
+/// after it sees every segment saved before that commit.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentsMark(u64);
+
+impl SegmentsMark {
+    /// The mark of a shared read (`SharedRead::mark`).
+    fn of<T>(shared: &shared_read::SharedRead<T>) -> SegmentsMark {
+        SegmentsMark(shared.mark())
+    }
+}
 
 /// The operations every engine provides; blocking, called from `Store` through
 /// `spawn_blocking`.
@@ -472,11 +490,16 @@ pub trait Engine: Send + Sync + 'static {
         -> Result<(), StoreError>;
     /// Store validated messages from one source; one outcome per message, in order.
     fn ingest(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Vec<Outcome>, StoreError>;
-    /// `ingest`, with the saved segments as read after the commit when the
-    /// engine read them once for every request committed with this one (the
-    /// live segment update needs them; `None`: read them as usual).
-    fn ingest_and_segments(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Ingested, StoreError> {
-        Ok((self.ingest(source, messages)?, None))
+    /// `ingest`, with a mark from right after the commit when the engine
+    /// takes one: the requests committed together then share one read of the
+    /// saved segments for their live segment update (`segments_after`).
+    fn ingest_marked(&self, source: &str, messages: Vec<TrackingMessage>) -> Result<Ingested, StoreError> {
+        Ok(Ingested { outcomes: self.ingest(source, messages)?, segments_mark: None })
+    }
+    /// The saved segments, as read after `mark` (see `ingest_marked`).
+    fn segments_after(&self, mark: SegmentsMark) -> Result<Vec<segments::SegmentRecord>, StoreError> {
+        let _ = mark;
+        self.segments()
     }
     /// Store a new API key (its hash only).
     fn insert_api_key(&self, key_hash: &str, key: &ApiKey) -> Result<(), StoreError>;
@@ -1054,11 +1077,11 @@ pub fn raw_privacy() -> seal::Privacy {
 }
 
 /// What the raw load remembers from chunk to chunk: who owns each identifier,
-/// and each profile's wrapped data key (the keyring caches only so many keys).
+/// and each profile's data key (the keyring caches only so many keys).
 #[derive(Default)]
 struct RawLoaded {
     owners: std::collections::HashMap<Identifier, CustomerId>,
-    wrapped: std::collections::HashMap<CustomerId, Vec<u8>>,
+    keys: std::collections::HashMap<CustomerId, crate::privacy::DataKey>,
 }
 
 /// Precomputed changes for the raw load: each distinct user id gets one profile,
@@ -1069,9 +1092,8 @@ fn raw_changes<'a>(
     loaded: &mut RawLoaded,
     privacy: &seal::Privacy,
 ) -> ingest::Changes<'a> {
-    let RawLoaded { owners, wrapped: wrapped_keys } = loaded;
+    let RawLoaded { owners, keys } = loaded;
     let mut changes = ingest::Changes::default();
-    let mut keys: std::collections::HashMap<CustomerId, crate::privacy::DataKey> = std::collections::HashMap::new();
     for (message, encoded) in chunk.iter().zip(encoded) {
         let known = encoded.tokens.iter().find_map(|i| owners.get(i).copied());
         let customer = known.unwrap_or_else(|| {
@@ -1079,21 +1101,10 @@ fn raw_changes<'a>(
             changes.new_customers.push((id, message.received_at));
             let (key, wrapped) = privacy.keyring.new_data_key(id);
             keys.insert(id, key);
-            wrapped_keys.insert(id, wrapped.clone());
             changes.new_keys.push((id, wrapped));
             id
         });
-        let key = match keys.get(&customer) {
-            Some(key) => key.clone(),
-            None => {
-                let key = privacy.keyring.cached(customer).unwrap_or_else(|| {
-                    let wrapped = wrapped_keys.get(&customer).expect("every raw-load profile's key is kept");
-                    privacy.keyring.unwrap_data_key(customer, wrapped).expect("a key wrapped in this run unwraps")
-                });
-                keys.insert(customer, key.clone());
-                key
-            }
-        };
+        let key = keys.get(&customer).expect("every raw-load profile's key is kept").clone();
         for (token, identifier) in encoded.tokens.iter().zip(&message.identifiers) {
             if !owners.contains_key(token) {
                 owners.insert(token.clone(), customer);

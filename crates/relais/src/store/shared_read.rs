@@ -5,9 +5,12 @@
 //! at the same instant, so they would send the same query several times in a
 //! row. A read that *started* after a caller asked sees everything committed
 //! before that caller asked, exactly as the caller's own read would: the caller
-//! may take that read's result instead. Nothing is cached beyond that rule, so
-//! another process's change is seen as soon as it would be without sharing.
-//! Reads are numbered under the lock, not timed, so "started after" is exact.
+//! may take that read's result instead. A writer can also take a `mark` right
+//! after its commit and hand it to the requests it committed, which then
+//! accept any read that started after the mark (`get_after`). Nothing is
+//! cached beyond that rule, so another process's change is seen as soon as it
+//! would be without sharing. Reads are numbered under the lock, not timed, so
+//! "started after" is exact.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -70,8 +73,14 @@ impl<T> SharedRead<T> {
         self.get_after(asked, read)
     }
 
-    /// `get` for a caller that asked when `asked` reads had started.
-    fn get_after(&self, asked: u64, read: impl FnOnce() -> Result<T, StoreError>) -> Result<Arc<T>, StoreError> {
+    /// A mark taken right after a caller's own write: reads numbered above it
+    /// started after that write, so they see it and everything before it.
+    pub fn mark(&self) -> u64 {
+        self.lock().started
+    }
+
+    /// `get` for a caller that asked when `asked` reads had started (a `mark`).
+    pub fn get_after(&self, asked: u64, read: impl FnOnce() -> Result<T, StoreError>) -> Result<Arc<T>, StoreError> {
         let mut state = self.lock();
         loop {
             if let Some((number, value)) = &state.latest {
@@ -112,6 +121,18 @@ mod tests {
         assert_eq!(*shared.get(read).unwrap(), 0);
         // A later call sees a newer read, never the cached one.
         assert_eq!(*shared.get(read).unwrap(), 1);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_mark_takes_only_reads_that_started_after_it_and_shares_them() {
+        let shared = SharedRead::default();
+        let reads = AtomicUsize::new(0);
+        let read = || Ok::<_, StoreError>(reads.fetch_add(1, Ordering::SeqCst));
+        assert_eq!(*shared.get(read).unwrap(), 0);
+        let mark = shared.mark();
+        assert_eq!(*shared.get_after(mark, read).unwrap(), 1, "a read from before the mark is not taken");
+        assert_eq!(*shared.get_after(mark, read).unwrap(), 1, "one read after the mark serves every holder");
         assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 

@@ -25,8 +25,9 @@ async fn the_database_runs_with_durable_commit_settings() {
     }
 }
 
-/// SQLite's page cache is wrapped (see `store/sqlite/page_cache.rs`); the
-/// database must stay whole through commits that split pages.
+/// SQLite's page cache is wrapped and its log's writes gathered (see
+/// `store/sqlite/page_cache.rs` and `log_writes.rs`); the database must stay
+/// whole through commits that split pages.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_stays_whole_under_the_wrapped_page_cache_and_gathered_log_writes() {
     let app = TestApp::spawn().await;

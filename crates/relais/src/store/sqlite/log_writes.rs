@@ -14,10 +14,12 @@
 //! that nothing of a commit is left behind when SQLite publishes it in the
 //! shared index (other connections read the file then; the log flush thread
 //! syncs it after the commit returns). Any other use of the log writes what
-//! is gathered first, so the file always reads as SQLite wrote it. Two
-//! backstops on the database file: its shared-memory barrier (passed before a
-//! commit is published) and lock calls (among them the write lock's release)
-//! also write what its log gathered. See [`Appends`] for the rule.
+//! is gathered first, so the file always reads as SQLite wrote it. The
+//! database file's shared-memory barrier, passed before a commit is
+//! published, writes anything still gathered (a backstop), and the release of
+//! its write lock drops what a rolled-back transaction left. A failed write
+//! drops what was gathered and is reported as an I/O error, so SQLite rolls
+//! the whole transaction back. See [`Appends`] for the rule.
 
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +32,9 @@ const FRAME_HEADER: usize = 24;
 
 /// Gathered bytes written at once even before a commit ends (large commits).
 const MAX_GATHERED: usize = 4 << 20;
+
+/// The write lock's slot among the log index's locks (`WAL_WRITE_LOCK`).
+const WAL_WRITE_LOCK: c_int = 0;
 
 /// The most the default (unix) VFS writes in one call: it keeps only the low
 /// 17 bits of a write's length, and reports a longer write as a full disk.
@@ -46,7 +51,7 @@ const MAX_WRITE: usize = 31 * 4096;
 /// commit, and everything gathered is written then, whichever way the header
 /// went. So, when a commit's frames have all been handed over, nothing
 /// remains gathered; what SQLite writes after the last frame (checksum
-/// rewrites) is never an append. A failed write keeps the bytes gathered.
+/// rewrites) is never an append.
 #[derive(Default)]
 pub(super) struct Appends {
     gathered: Vec<u8>,
@@ -71,7 +76,7 @@ impl Appends {
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
-            self.end = if offset == 0 { after } else { self.end.max(after) };
+            self.end = after;
             return out(offset, bytes);
         }
         if self.gathered.is_empty() {
@@ -85,23 +90,32 @@ impl Appends {
         ffi::SQLITE_OK
     }
 
-    /// Write what is gathered. On failure the bytes stay gathered (the next
-    /// flush tries them again) and the error is an I/O error, so that SQLite
-    /// rolls the whole transaction back rather than one statement.
+    /// Write what is gathered. A failure is reported as an I/O error, so that
+    /// SQLite rolls the whole transaction back (not one statement), and the
+    /// bytes are dropped with it: written later, they could bring back a
+    /// commit SQLite was told had failed, or land on another writer's frames.
     pub(super) fn flush(&mut self, out: &mut impl FnMut(i64, &[u8]) -> c_int) -> c_int {
         if self.gathered.is_empty() {
             return ffi::SQLITE_OK;
         }
-        if out(self.start, &self.gathered) != ffi::SQLITE_OK {
-            return ffi::SQLITE_IOERR_WRITE;
-        }
+        let rc = out(self.start, &self.gathered);
         self.gathered.clear();
-        ffi::SQLITE_OK
+        if rc == ffi::SQLITE_OK {
+            ffi::SQLITE_OK
+        } else {
+            ffi::SQLITE_IOERR_WRITE
+        }
     }
 
     /// Whether bytes wait to be written.
     fn pending(&self) -> bool {
         !self.gathered.is_empty()
+    }
+
+    /// Drop what is gathered (a rolled-back transaction's frames).
+    fn discard(&mut self) {
+        self.gathered.clear();
+        self.commit_page_next = false;
     }
 }
 
@@ -116,11 +130,11 @@ struct Wrapped {
     /// sector boundaries (no power-safe overwrite), which splits frames.
     gathering: bool,
     /// A log and its database file point at each other while both are open.
-    /// The database file's shared-memory calls write what the log gathered:
-    /// the barrier SQLite passes before it publishes a commit to other
-    /// connections, and the lock calls, among them the write lock's release
-    /// (so nothing gathered outlives a transaction, even a rolled back one,
-    /// and another process's frames are never overwritten by it).
+    /// At the database file's shared-memory barrier, which SQLite passes
+    /// before it publishes a commit to other connections, what the log
+    /// gathered is written; at the write lock's release it is dropped (only a
+    /// rolled-back transaction can leave any, and written later it could land
+    /// on another writer's frames).
     peer: *mut Wrapped,
 }
 
@@ -150,10 +164,11 @@ pub(super) fn install() -> bool {
         // as long as the process. The copy keeps its methods and `pAppData`;
         // the unix VFS's methods other than `xOpen` do not read the VFS object
         // they are given, so they work unchanged on the copy. `xOpen` is
-        // called with the original. Any other default VFS is left alone.
+        // called with the original. Any other default VFS (the unix variants
+        // without shared memory among them) is left alone.
         unsafe {
             let inner = ffi::sqlite3_vfs_find(std::ptr::null());
-            if inner.is_null() || !std::ffi::CStr::from_ptr((*inner).zName).to_bytes().starts_with(b"unix") {
+            if inner.is_null() || std::ffi::CStr::from_ptr((*inner).zName).to_bytes() != b"unix" {
                 return;
             }
             if INNER.set(InnerVfs(inner)).is_err() {
@@ -201,27 +216,32 @@ unsafe extern "C" fn open(
     // SQLite calls `xClose` whenever `pMethods` is set, even after a failed
     // open: set it exactly when the inner file needs closing.
     let opened = !(*inner_file).pMethods.is_null();
-    let gathering = opened
-        && std::ptr::eq(table, &LOG_METHODS)
-        && methods(inner_file)
-            .xDeviceCharacteristics
-            .is_some_and(|f| f(inner_file) & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0);
     std::ptr::write(
         file as *mut Wrapped,
         Wrapped {
             base: ffi::sqlite3_file { pMethods: if opened { table } else { std::ptr::null() } },
             appends: Appends::default(),
-            gathering,
+            gathering: false,
             peer: std::ptr::null_mut(),
         },
     );
-    if gathering {
-        // The database file this log belongs to, opened through the shim.
+    if opened && std::ptr::eq(table, &LOG_METHODS) {
+        // A log gathers only beside its database file opened through the shim
+        // (whose barrier is the backstop), and only when SQLite does not pad
+        // commits to sector boundaries, which it decides from that file.
         let db = ffi::sqlite3_database_file_object(name);
         if !db.is_null() && std::ptr::eq((*db).pMethods, &DB_METHODS) {
-            let db = db as *mut Wrapped;
-            (*db).peer = file as *mut Wrapped;
-            (*(file as *mut Wrapped)).peer = db;
+            let (_, db_inner) = parts(db);
+            let power_safe = methods(db_inner)
+                .xDeviceCharacteristics
+                .is_some_and(|f| f(db_inner) & ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE != 0);
+            if power_safe {
+                let db = db as *mut Wrapped;
+                (*db).peer = file as *mut Wrapped;
+                let log = &mut *(file as *mut Wrapped);
+                log.peer = db;
+                log.gathering = true;
+            }
         }
     }
     rc
@@ -286,22 +306,16 @@ macro_rules! delegate {
     }};
 }
 
-/// Close a wrapped file: its gathered bytes first, then its peer's link.
+/// Close a wrapped file and undo its peer's link. SQLite closes a log only
+/// outside a write transaction, when nothing committed is left gathered.
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
-    let flushed = flush(file);
     let (wrapped, inner) = parts(file);
     if !wrapped.peer.is_null() {
-        // A database closed before its log still writes what the log gathered.
-        let _ = flush(wrapped.peer as *mut ffi::sqlite3_file);
         (*wrapped.peer).peer = std::ptr::null_mut();
     }
     let closed = methods(inner).xClose.map_or(ffi::SQLITE_OK, |f| f(inner));
     std::ptr::drop_in_place(&mut wrapped.appends);
-    if flushed != ffi::SQLITE_OK {
-        flushed
-    } else {
-        closed
-    }
+    closed
 }
 
 unsafe extern "C" fn log_read(file: *mut ffi::sqlite3_file, data: *mut c_void, amount: c_int, offset: i64) -> c_int {
@@ -341,7 +355,7 @@ unsafe extern "C" fn log_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_i
 }
 
 unsafe extern "C" fn db_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    delegate!(file, flush_peer(file), xSync, flags)
+    delegate!(file, ffi::SQLITE_OK, xSync, flags)
 }
 
 unsafe extern "C" fn log_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
@@ -365,7 +379,7 @@ unsafe extern "C" fn log_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c
 }
 
 unsafe extern "C" fn db_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    delegate!(file, flush_peer(file), xUnlock, level)
+    delegate!(file, ffi::SQLITE_OK, xUnlock, level)
 }
 
 unsafe extern "C" fn log_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
@@ -401,15 +415,16 @@ unsafe extern "C" fn shm_map(
     extend: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    delegate!(file, flush_peer(file), xShmMap, region, size, extend, out)
+    delegate!(file, ffi::SQLITE_OK, xShmMap, region, size, extend, out)
 }
 
 unsafe extern "C" fn shm_lock(file: *mut ffi::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
-    // The lock call goes through whatever happened: a lock left held would
-    // stop every other connection. A failed write stays gathered and fails
-    // this connection's next use of its log.
-    let _ = flush_peer(file);
-    let (_, inner) = parts(file);
+    let (wrapped, inner) = parts(file);
+    if offset == WAL_WRITE_LOCK && flags & ffi::SQLITE_SHM_UNLOCK != 0 && !wrapped.peer.is_null() {
+        // The write transaction is over: anything still gathered belongs to
+        // one that was rolled back.
+        (*wrapped.peer).appends.discard();
+    }
     methods(inner).xShmLock.map_or(ffi::SQLITE_IOERR, |f| f(inner, offset, n, flags))
 }
 
@@ -431,7 +446,7 @@ unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
 }
 
 unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    delegate!(file, flush_peer(file), xShmUnmap, delete)
+    delegate!(file, ffi::SQLITE_OK, xShmUnmap, delete)
 }
 
 unsafe extern "C" fn log_fetch(
@@ -479,8 +494,8 @@ static LOG_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnfetch: Some(unfetch),
 };
 
-/// A database file: passed on, its log's gathered bytes written first at the
-/// shared-memory calls, sync and unlock.
+/// A database file: passed on; its log's gathered bytes written at the
+/// shared-memory barrier, dropped at the write lock's release.
 static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),
@@ -620,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_is_an_io_error_and_its_bytes_are_tried_again() {
+    fn a_failed_write_is_an_io_error_and_its_bytes_are_dropped() {
         let mut appends = Appends::default();
         let mut failing = |_: i64, _: &[u8]| ffi::SQLITE_FULL;
         assert_eq!(appends.write(0, &header(true), &mut failing), ffi::SQLITE_OK);
@@ -629,10 +644,10 @@ mod tests {
             ffi::SQLITE_IOERR_WRITE,
             "an I/O error, so SQLite rolls the whole transaction back"
         );
+        assert!(!appends.pending(), "a failed commit's frames are never written later");
         let mut file = File::default();
         assert_eq!(appends.flush(&mut file.out()), ffi::SQLITE_OK);
-        assert_eq!(file.bytes.len(), FRAME_HEADER + PAGE, "the frame is written once the disk takes it");
-        assert_eq!(file.bytes[FRAME_HEADER], 5);
+        assert_eq!(file.calls, 0);
     }
 
     #[test]
