@@ -290,11 +290,12 @@ unsafe fn write_inner(inner: *mut ffi::sqlite3_file, offset: i64, bytes: &[u8]) 
     ffi::SQLITE_OK
 }
 
-/// Pass the call on to the default VFS's file (`$method`), after running
-/// `$first` (which may return an error first).
-macro_rules! delegate {
-    ($file:ident, $first:expr, $method:ident $(, $arg:expr)*) => {{
-        let rc = $first;
+/// Write what `$file` gathered, then pass the call on to the default VFS's
+/// file (`$method`). A database file never gathers, so for it this only
+/// passes the call on.
+macro_rules! flushed {
+    ($file:ident, $method:ident $(, $arg:expr)*) => {{
+        let rc = flush($file);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
@@ -318,15 +319,11 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     closed
 }
 
-unsafe extern "C" fn log_read(file: *mut ffi::sqlite3_file, data: *mut c_void, amount: c_int, offset: i64) -> c_int {
-    delegate!(file, flush(file), xRead, data, amount, offset)
+unsafe extern "C" fn read(file: *mut ffi::sqlite3_file, data: *mut c_void, amount: c_int, offset: i64) -> c_int {
+    flushed!(file, xRead, data, amount, offset)
 }
 
-unsafe extern "C" fn db_read(file: *mut ffi::sqlite3_file, data: *mut c_void, amount: c_int, offset: i64) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xRead, data, amount, offset)
-}
-
-unsafe extern "C" fn log_write(file: *mut ffi::sqlite3_file, data: *const c_void, amount: c_int, offset: i64) -> c_int {
+unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, amount: c_int, offset: i64) -> c_int {
     let (log, inner) = parts(file);
     let bytes = if amount <= 0 { &[][..] } else { std::slice::from_raw_parts(data as *const u8, amount as usize) };
     if !log.gathering {
@@ -335,67 +332,35 @@ unsafe extern "C" fn log_write(file: *mut ffi::sqlite3_file, data: *const c_void
     log.appends.write(offset, bytes, &mut |offset, bytes| write_inner(inner, offset, bytes))
 }
 
-unsafe extern "C" fn db_write(file: *mut ffi::sqlite3_file, data: *const c_void, amount: c_int, offset: i64) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xWrite, data, amount, offset)
-}
-
-unsafe extern "C" fn log_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let rc = delegate!(file, flush(file), xTruncate, size);
+unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    let rc = flushed!(file, xTruncate, size);
     let (log, _) = parts(file);
     log.appends.end = log.appends.end.min(size);
     rc
 }
 
-unsafe extern "C" fn db_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xTruncate, size)
+unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    flushed!(file, xSync, flags)
 }
 
-unsafe extern "C" fn log_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    delegate!(file, flush(file), xSync, flags)
+unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
+    flushed!(file, xFileSize, size)
 }
 
-unsafe extern "C" fn db_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xSync, flags)
+unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    flushed!(file, xLock, level)
 }
 
-unsafe extern "C" fn log_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    delegate!(file, flush(file), xFileSize, size)
+unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    flushed!(file, xUnlock, level)
 }
 
-unsafe extern "C" fn db_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xFileSize, size)
+unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
+    flushed!(file, xCheckReservedLock, out)
 }
 
-unsafe extern "C" fn log_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    delegate!(file, flush(file), xLock, level)
-}
-
-unsafe extern "C" fn db_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xLock, level)
-}
-
-unsafe extern "C" fn log_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    delegate!(file, flush(file), xUnlock, level)
-}
-
-unsafe extern "C" fn db_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xUnlock, level)
-}
-
-unsafe extern "C" fn log_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    delegate!(file, flush(file), xCheckReservedLock, out)
-}
-
-unsafe extern "C" fn db_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xCheckReservedLock, out)
-}
-
-unsafe extern "C" fn log_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
-    delegate!(file, flush(file), xFileControl, op, arg)
-}
-
-unsafe extern "C" fn db_file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xFileControl, op, arg)
+unsafe extern "C" fn file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+    flushed!(file, xFileControl, op, arg)
 }
 
 unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
@@ -415,7 +380,7 @@ unsafe extern "C" fn shm_map(
     extend: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xShmMap, region, size, extend, out)
+    flushed!(file, xShmMap, region, size, extend, out)
 }
 
 unsafe extern "C" fn shm_lock(file: *mut ffi::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
@@ -446,51 +411,38 @@ unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
 }
 
 unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xShmUnmap, delete)
+    flushed!(file, xShmUnmap, delete)
 }
 
-unsafe extern "C" fn log_fetch(
-    file: *mut ffi::sqlite3_file,
-    offset: i64,
-    amount: c_int,
-    out: *mut *mut c_void,
-) -> c_int {
-    delegate!(file, flush(file), xFetch, offset, amount, out)
-}
-
-unsafe extern "C" fn db_fetch(
-    file: *mut ffi::sqlite3_file,
-    offset: i64,
-    amount: c_int,
-    out: *mut *mut c_void,
-) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xFetch, offset, amount, out)
+unsafe extern "C" fn fetch(file: *mut ffi::sqlite3_file, offset: i64, amount: c_int, out: *mut *mut c_void) -> c_int {
+    flushed!(file, xFetch, offset, amount, out)
 }
 
 unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, offset: i64, page: *mut c_void) -> c_int {
-    delegate!(file, ffi::SQLITE_OK, xUnfetch, offset, page)
+    flushed!(file, xUnfetch, offset, page)
 }
 
-/// A log: appends gathered, everything else writes them first.
+/// A log. It and [`DB_METHODS`] run the same functions (a database file's
+/// appends are never gathered); a log finds its database file by the table.
 static LOG_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),
-    xRead: Some(log_read),
-    xWrite: Some(log_write),
-    xTruncate: Some(log_truncate),
-    xSync: Some(log_sync),
-    xFileSize: Some(log_file_size),
-    xLock: Some(log_lock),
-    xUnlock: Some(log_unlock),
-    xCheckReservedLock: Some(log_check_reserved_lock),
-    xFileControl: Some(log_file_control),
+    xRead: Some(read),
+    xWrite: Some(write),
+    xTruncate: Some(truncate),
+    xSync: Some(sync),
+    xFileSize: Some(file_size),
+    xLock: Some(lock),
+    xUnlock: Some(unlock),
+    xCheckReservedLock: Some(check_reserved_lock),
+    xFileControl: Some(file_control),
     xSectorSize: Some(sector_size),
     xDeviceCharacteristics: Some(device_characteristics),
     xShmMap: Some(shm_map),
     xShmLock: Some(shm_lock),
     xShmBarrier: Some(shm_barrier),
     xShmUnmap: Some(shm_unmap),
-    xFetch: Some(log_fetch),
+    xFetch: Some(fetch),
     xUnfetch: Some(unfetch),
 };
 
@@ -499,22 +451,22 @@ static LOG_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),
-    xRead: Some(db_read),
-    xWrite: Some(db_write),
-    xTruncate: Some(db_truncate),
-    xSync: Some(db_sync),
-    xFileSize: Some(db_file_size),
-    xLock: Some(db_lock),
-    xUnlock: Some(db_unlock),
-    xCheckReservedLock: Some(db_check_reserved_lock),
-    xFileControl: Some(db_file_control),
+    xRead: Some(read),
+    xWrite: Some(write),
+    xTruncate: Some(truncate),
+    xSync: Some(sync),
+    xFileSize: Some(file_size),
+    xLock: Some(lock),
+    xUnlock: Some(unlock),
+    xCheckReservedLock: Some(check_reserved_lock),
+    xFileControl: Some(file_control),
     xSectorSize: Some(sector_size),
     xDeviceCharacteristics: Some(device_characteristics),
     xShmMap: Some(shm_map),
     xShmLock: Some(shm_lock),
     xShmBarrier: Some(shm_barrier),
     xShmUnmap: Some(shm_unmap),
-    xFetch: Some(db_fetch),
+    xFetch: Some(fetch),
     xUnfetch: Some(unfetch),
 };
 
