@@ -126,6 +126,8 @@ struct Wrapped {
     base: ffi::sqlite3_file,
     /// A log's gathered appends (unused for a database file).
     appends: Appends,
+    /// Whether this is a main database file (else a log).
+    database: bool,
     /// Whether a log gathers its appends: not when SQLite pads commits to
     /// sector boundaries (no power-safe overwrite), which splits frames.
     gathering: bool,
@@ -203,14 +205,11 @@ unsafe extern "C" fn open(
 ) -> c_int {
     let inner = inner_vfs();
     let Some(inner_open) = (*inner).xOpen else { return ffi::SQLITE_CANTOPEN };
-    let table: &'static ffi::sqlite3_io_methods = if flags & ffi::SQLITE_OPEN_WAL != 0 {
-        &LOG_METHODS
-    } else if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
-        &DB_METHODS
-    } else {
+    let database = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
+    if !database && flags & ffi::SQLITE_OPEN_WAL == 0 {
         // Journals, temporary files: the default VFS's object takes the memory.
         return inner_open(inner, name, file, flags, out_flags);
-    };
+    }
     let inner_file = (file as *mut u8).add(INNER_OFFSET) as *mut ffi::sqlite3_file;
     let rc = inner_open(inner, name, inner_file, flags, out_flags);
     // SQLite calls `xClose` whenever `pMethods` is set, even after a failed
@@ -219,18 +218,19 @@ unsafe extern "C" fn open(
     std::ptr::write(
         file as *mut Wrapped,
         Wrapped {
-            base: ffi::sqlite3_file { pMethods: if opened { table } else { std::ptr::null() } },
+            base: ffi::sqlite3_file { pMethods: if opened { &METHODS } else { std::ptr::null() } },
             appends: Appends::default(),
+            database,
             gathering: false,
             peer: std::ptr::null_mut(),
         },
     );
-    if opened && std::ptr::eq(table, &LOG_METHODS) {
+    if opened && !database {
         // A log gathers only beside its database file opened through the shim
         // (whose barrier is the backstop), and only when SQLite does not pad
         // commits to sector boundaries, which it decides from that file.
         let db = ffi::sqlite3_database_file_object(name);
-        if !db.is_null() && std::ptr::eq((*db).pMethods, &DB_METHODS) {
+        if !db.is_null() && std::ptr::eq((*db).pMethods, &METHODS) && parts(db).0.database {
             let (_, db_inner) = parts(db);
             let power_safe = methods(db_inner)
                 .xDeviceCharacteristics
@@ -422,33 +422,10 @@ unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, offset: i64, page: *m
     flushed!(file, xUnfetch, offset, page)
 }
 
-/// A log. It and [`DB_METHODS`] run the same functions (a database file's
-/// appends are never gathered); a log finds its database file by the table.
-static LOG_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 3,
-    xClose: Some(close),
-    xRead: Some(read),
-    xWrite: Some(write),
-    xTruncate: Some(truncate),
-    xSync: Some(sync),
-    xFileSize: Some(file_size),
-    xLock: Some(lock),
-    xUnlock: Some(unlock),
-    xCheckReservedLock: Some(check_reserved_lock),
-    xFileControl: Some(file_control),
-    xSectorSize: Some(sector_size),
-    xDeviceCharacteristics: Some(device_characteristics),
-    xShmMap: Some(shm_map),
-    xShmLock: Some(shm_lock),
-    xShmBarrier: Some(shm_barrier),
-    xShmUnmap: Some(shm_unmap),
-    xFetch: Some(fetch),
-    xUnfetch: Some(unfetch),
-};
-
-/// A database file: passed on; its log's gathered bytes written at the
-/// shared-memory barrier, dropped at the write lock's release.
-static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+/// The methods of wrapped files, databases and logs alike: a database file
+/// never gathers, so for it writing what is gathered first does nothing, and
+/// its shared-memory calls act on its log (`peer`).
+static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 3,
     xClose: Some(close),
     xRead: Some(read),
