@@ -633,8 +633,8 @@ fn merge_in_memory(
     survivor: CustomerId,
     merged: CustomerId,
     owners: &mut HashMap<Identifier, CustomerId>,
-    exclusives: &mut HashMap<CustomerId, Vec<Identifier>>,
-    customers: &mut HashMap<CustomerId, CustomerState>,
+    exclusives: &mut Exclusives,
+    customers: &mut Customers,
 ) {
     for owner in owners.values_mut() {
         if *owner == merged {

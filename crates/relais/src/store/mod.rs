@@ -497,8 +497,7 @@ pub trait Engine: Send + Sync + 'static {
         Ok(Ingested { outcomes: self.ingest(source, messages)?, segments_mark: None })
     }
     /// The saved segments, as read after `mark` (see `ingest_marked`).
-    fn segments_after(&self, mark: SegmentsMark) -> Result<Vec<segments::SegmentRecord>, StoreError> {
-        let _ = mark;
+    fn segments_after(&self, _mark: SegmentsMark) -> Result<Vec<segments::SegmentRecord>, StoreError> {
         self.segments()
     }
     /// Store a new API key (its hash only).

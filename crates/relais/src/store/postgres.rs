@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use self::statements::{Cached, OneTrip, PgConn, Sql, Statements};
 use super::combine::Combiner;
 use super::ingest::{
-    batch_items, family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, Exclusives,
+    batch_items, family_traits, ingest_batch, BatchItem, Changes, CustomerState, Customers, EventFacts, Exclusives,
     IngestSettings, IngestTx, KnownMessages, Outcome, Owners, Rebuild,
 };
 use super::pool::Pool;
@@ -466,7 +466,7 @@ impl IngestTx for PgTx<'_, '_> {
         Ok((owners, exclusives))
     }
 
-    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<super::ingest::Customers, StoreError> {
+    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<Customers, StoreError> {
         if customers.is_empty() {
             return Ok(Default::default());
         }
@@ -479,7 +479,7 @@ impl IngestTx for PgTx<'_, '_> {
              ORDER BY customer_id FOR UPDATE",
             &[&ids],
         )?;
-        let mut found = super::ingest::Customers::default();
+        let mut found = Customers::default();
         for row in rows {
             let profile: Value = row.get(1);
             let traits: Value = row.get(2);

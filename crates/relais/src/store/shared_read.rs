@@ -69,8 +69,7 @@ impl<T> SharedRead<T> {
     /// The value as of now or later: the result of a read that started after
     /// this call, waiting for one under way or running `read`.
     pub fn get(&self, read: impl FnOnce() -> Result<T, StoreError>) -> Result<Arc<T>, StoreError> {
-        let asked = self.lock().started;
-        self.get_after(asked, read)
+        self.get_after(self.mark(), read)
     }
 
     /// A mark taken right after a caller's own write: reads numbered above it

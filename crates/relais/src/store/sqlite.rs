@@ -26,8 +26,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::ingest::{
-    batch_items, family_traits, ingest_batch, BatchItem, Changes, CustomerState, EventFacts, IngestSettings, IngestTx,
-    KnownMessages, Outcome, Rebuild,
+    batch_items, family_traits, ingest_batch, BatchItem, Changes, CustomerState, Customers, EventFacts, Exclusives,
+    IngestSettings, IngestTx, KnownMessages, Outcome, Owners, Rebuild,
 };
 use super::loyalty::LedgerTx as _;
 use super::pool::Pool;
@@ -770,8 +770,8 @@ impl IngestTx for SqliteTx<'_, '_> {
         Ok(found)
     }
 
-    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<super::ingest::Owners, StoreError> {
-        let mut found = super::ingest::Owners::default();
+    fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<Owners, StoreError> {
+        let mut found = Owners::default();
         let mut stmt = self.tx.prepare_cached("SELECT customer_id, shared FROM identifiers WHERE identifier = ?1")?;
         for identifier in ids {
             if let Some(owner) = self.cache.as_mut().and_then(|c| c.owners.get(identifier)) {
@@ -791,8 +791,8 @@ impl IngestTx for SqliteTx<'_, '_> {
         Ok(found)
     }
 
-    fn exclusive_identifiers(&mut self, customers: &[CustomerId]) -> Result<super::ingest::Exclusives, StoreError> {
-        let mut found = super::ingest::Exclusives::default();
+    fn exclusive_identifiers(&mut self, customers: &[CustomerId]) -> Result<Exclusives, StoreError> {
+        let mut found = Exclusives::default();
         let mut stmt = self.tx.prepare_cached(
             "SELECT identifier FROM identifiers WHERE customer_id = ?1 AND kind IN ('user_id', 'customer_number')",
         )?;
@@ -811,8 +811,8 @@ impl IngestTx for SqliteTx<'_, '_> {
         Ok(found)
     }
 
-    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<super::ingest::Customers, StoreError> {
-        let mut found = super::ingest::Customers::default();
+    fn load_customers(&mut self, customers: &[CustomerId]) -> Result<Customers, StoreError> {
+        let mut found = Customers::default();
         let mut stmt = self
             .tx
             .prepare_cached("SELECT profile, traits, merged_into, sealed FROM customers WHERE customer_id = ?1")?;
