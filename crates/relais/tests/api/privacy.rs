@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use crate::helpers::{place, run_binary, start_binary, start_binary_with, urlencode, TestApp};
 
-/// Distinctive personal values for one test person.
+/// Distinctive personal values for one test person; no value of one person
+/// contains a value of another.
 struct Person {
     email: String,
     phone_sent: String,
@@ -32,10 +33,12 @@ impl Person {
             email: format!("zoe.quintessa.{}@exemple.fr", n % 1_000_000_007),
             phone_sent: format!("06 {} {} {} {}", &digits[0..2], &digits[2..4], &digits[4..6], &digits[6..8]),
             phone_e164: format!("+336{digits}"),
-            name: format!("Quintessa{}", n % 999_983),
-            street: format!("{} rue Vauban-Zephyrine", n % 997),
-            ip: format!("198.51.{}.{}", n % 250, (n / 250) % 250),
-            note: format!("allergie-arachide-{}", n % 99_991),
+            // Numbers are closed on both sides (or of fixed width), so that one
+            // person's value never contains another's ("60 rue" is in "160 rue").
+            name: format!("Quintessa{}z", n % 999_983),
+            street: format!("n°{} rue Vauban-Zephyrine", n % 997),
+            ip: format!("198.51.{}.{}", 100 + n % 150, 100 + (n / 150) % 150),
+            note: format!("allergie-arachide-{}-fin", n % 99_991),
             message_ids: [format!("id-{}", ulid::Ulid::new()), format!("case-{}", ulid::Ulid::new())],
         }
     }
