@@ -88,6 +88,8 @@ pub struct PgEngine {
     ingests: Combiner<IngestRequest, super::Ingested>,
     /// The saved segments, read once for the callers that ask together.
     segment_list: SharedRead<Vec<super::segments::SegmentRecord>>,
+    /// Concurrent manual operations (redemptions, adjustments) written together.
+    operations: Combiner<super::loyalty::ManualOperation, super::loyalty::OperationAnswer>,
 }
 
 /// An ingest request waiting for its group: source, messages, and their stored
@@ -109,6 +111,12 @@ const INGEST_GROUP_MESSAGES: usize = 1_000;
 /// would only cut the parallelism PostgreSQL needs for large batches (measured:
 /// 500-message batches from 16 clients, 25,290 events/s alone, 21,540 grouped).
 const INGEST_ALONE_FROM: usize = 100;
+
+/// Groups of manual operations written at once by one process.
+const OPERATION_WRITERS: usize = 1;
+
+/// Manual operations in one group, at most.
+const OPERATION_GROUP: usize = 64;
 
 fn connect(url: &str) -> Result<Client, StoreError> {
     let mut client = Client::connect(url, NoTls).map_err(|e| {
@@ -186,6 +194,22 @@ impl PgEngine {
             .collect()
     }
 
+    /// Write a group of manual operations in one transaction, in order, after
+    /// reading what each reads first in two round trips (`prefetch_operations`);
+    /// answers as `answer_group` does. A redemption then costs about three
+    /// round trips instead of five, and the group one commit.
+    fn operation_group(
+        &self,
+        group: &[super::loyalty::ManualOperation],
+    ) -> Vec<Result<super::loyalty::OperationAnswer, StoreError>> {
+        answer_group(group, |group| {
+            self.in_transaction(None, |tx| {
+                tx.prefetch_operations(group)?;
+                group.iter().map(|request| super::loyalty::operate(tx, request)).collect()
+            })
+        })
+    }
+
     /// Ingest `batch` in one transaction (see `in_transaction`).
     fn ingest_in_transaction(&self, batch: &[BatchItem<'_>]) -> (Result<Vec<Outcome>, StoreError>, bool) {
         self.in_transaction(Some(&self.privacy), |tx| ingest_batch(tx, batch, &self.settings, &self.privacy))
@@ -242,7 +266,8 @@ impl PgEngine {
         let url = url.to_string();
         let pool = Pool::new(16, move || connect(&url).map(PgConn::new));
         let ingests = Combiner::new(INGEST_WRITERS, INGEST_GROUP_MESSAGES);
-        Ok(PgEngine { pool, settings, privacy, ingests, segment_list: SharedRead::default() })
+        let operations = Combiner::new(OPERATION_WRITERS, OPERATION_GROUP);
+        Ok(PgEngine { pool, settings, privacy, ingests, segment_list: SharedRead::default(), operations })
     }
 }
 
@@ -348,6 +373,8 @@ struct PgTx<'c, 't> {
     statements: &'c mut Statements,
     /// Keys, for steps that seal values (a loyalty card's identifier).
     privacy: Option<&'c Privacy>,
+    /// Rows a group of manual operations read at once (`prefetch_operations`).
+    prefetched: loyalty::Prefetched,
 }
 
 impl<'c, 't> PgTx<'c, 't> {
@@ -356,7 +383,7 @@ impl<'c, 't> PgTx<'c, 't> {
         statements: &'c mut Statements,
         privacy: Option<&'c Privacy>,
     ) -> Self {
-        PgTx { tx, statements, privacy }
+        PgTx { tx, statements, privacy, prefetched: loyalty::Prefetched::default() }
     }
 
     fn cached(&mut self) -> Cached<'_, postgres::Transaction<'t>> {
@@ -1981,7 +2008,7 @@ impl Engine for PgEngine {
         &self,
         request: &super::loyalty::ManualOperation,
     ) -> Result<super::loyalty::OperationAnswer, StoreError> {
-        self.in_transaction(None, |tx| super::loyalty::operate(tx, request)).0
+        self.operations.submit(request.clone(), 1, |group| self.operation_group(&group))
     }
 
     fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError> {

@@ -14,8 +14,8 @@ use relais_domain::{CustomerId, Identifier, MemberId};
 use super::statements::OneTrip;
 use super::{parse_id, PgTx, Sql};
 use crate::store::loyalty::{
-    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, MemberRow, MemberStatus, OrderHistory, Recipient, RedemptionRow,
-    RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
+    CouponRow, LedgerCheck, LedgerTx, LedgerWrite, ManualOperation, MemberRow, MemberStatus, OrderHistory, Recipient,
+    RedemptionRow, RedemptionStatus, ReportRows, StatementEntry, StoredAnswer,
 };
 use crate::store::seal::{self, Privacy, StoredValue};
 use crate::store::StoreError;
@@ -94,6 +94,128 @@ pub(super) fn save_programme(client: &mut impl GenericClient, programme: &Progra
     Ok(revision)
 }
 
+/// What a group of manual operations read before its first operation, in two
+/// round trips instead of two per operation: the memberships, locked in
+/// member id order, and for the first request on each membership its stored
+/// answer and, for a debit, the open lots. Each row serves the first read of
+/// its membership only and is dropped as soon as a ledger write touches its
+/// customer, so no read ever sees a state from before this transaction's own
+/// writes.
+#[derive(Default)]
+pub(super) struct Prefetched {
+    members: HashMap<MemberId, MemberRow>,
+    answers: HashMap<MemberId, PrefetchedAnswer>,
+}
+
+/// The stored answer and open lots read ahead for one request.
+struct PrefetchedAnswer {
+    customer: CustomerId,
+    scope: String,
+    key: String,
+    answer: Option<StoredAnswer>,
+    /// Read for a debit only (as `answer_and_lots` does).
+    lots: Option<Vec<Lot>>,
+}
+
+impl Prefetched {
+    /// Forget what `write` may have changed.
+    fn forget_written(&mut self, write: &LedgerWrite) {
+        if self.members.is_empty() && self.answers.is_empty() {
+            return;
+        }
+        let mut touched: std::collections::HashSet<CustomerId> = std::collections::HashSet::new();
+        touched.extend(write.transactions.iter().flat_map(|t| t.legs.iter().map(|l| l.customer)));
+        touched.extend(write.member_updates.iter().chain(&write.new_members).map(|m| m.customer));
+        touched.extend(write.new_lots.iter().map(|l| l.customer));
+        touched.extend(write.lot_updates.iter().chain(&write.lot_restores).map(|(c, _, _)| *c));
+        touched.extend(write.answer.iter().map(|(c, _, _, _)| *c));
+        self.members.retain(|_, m| !touched.contains(&m.customer));
+        self.answers.retain(|_, a| !touched.contains(&a.customer));
+    }
+}
+
+impl PgTx<'_, '_> {
+    /// Read ahead what `requests` (operated next, in order, in this
+    /// transaction) will read first: see `Prefetched`.
+    pub(super) fn prefetch_operations(&mut self, requests: &[ManualOperation]) -> Result<(), StoreError> {
+        let mut ids: Vec<String> = requests.iter().map(|r| r.member.to_string()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let members: HashMap<MemberId, MemberRow> = self
+            .query(
+                &format!(
+                    "SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = ANY($1) \
+                     ORDER BY m.member_id FOR UPDATE"
+                ),
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| to_member(r).map(|m| (m.member, m)))
+            .collect::<Result<_, StoreError>>()?;
+        // The first request on each membership that is not merged away (a
+        // merged one reads its survivor, found only by following the chain).
+        let mut answers: HashMap<MemberId, PrefetchedAnswer> = HashMap::new();
+        for request in requests {
+            let Some(row) = members.get(&request.member).filter(|m| m.status != MemberStatus::Merged) else {
+                continue;
+            };
+            let debits = request.reward.is_some() || request.points < 0;
+            answers.entry(row.member).or_insert_with(|| PrefetchedAnswer {
+                customer: row.customer,
+                scope: request.scope.clone(),
+                key: request.key.clone(),
+                answer: None,
+                lots: debits.then(Vec::new),
+            });
+        }
+        if !answers.is_empty() {
+            let customers: Vec<String> = answers.values().map(|a| a.customer.to_string()).collect();
+            let scopes: Vec<&str> = answers.values().map(|a| a.scope.as_str()).collect();
+            let keys: Vec<&str> = answers.values().map(|a| a.key.as_str()).collect();
+            let debitors: Vec<String> =
+                answers.iter().filter(|(_, a)| a.lots.is_some()).map(|(m, _)| m.to_string()).collect();
+            // Part 0 the stored answers, part 1 the open lots (as in
+            // `answer_and_lots`). Each condition is a set, so the rows are a
+            // superset, matched exactly below; a membership belongs to one
+            // customer, so its lots match exactly.
+            let rows = self.query(
+                "SELECT 0, customer_id, scope, idem_key, request_hash, status::bigint, NULL::date, response \
+                 FROM loyalty_idempotency WHERE customer_id = ANY($1) AND scope = ANY($2) AND idem_key = ANY($3) \
+                 UNION ALL SELECT 1, customer_id, member_id, NULL, lot_id, remaining, expires_on, NULL FROM loyalty_lots \
+                 WHERE customer_id = ANY($1) AND member_id = ANY($4) AND remaining > 0",
+                &[&customers, &scopes, &keys, &debitors],
+            )?;
+            let by_key: HashMap<(CustomerId, &str, &str), MemberId> =
+                answers.iter().map(|(m, a)| ((a.customer, a.scope.as_str(), a.key.as_str()), *m)).collect();
+            let mut found_answers = Vec::new();
+            let mut found_lots: Vec<(MemberId, Lot)> = Vec::new();
+            for r in &rows {
+                let customer = parse_id(r.get::<_, &str>(1))?;
+                if r.get::<_, i32>(0) == 0 {
+                    if let Some(member) = by_key.get(&(customer, r.get::<_, &str>(2), r.get::<_, &str>(3))) {
+                        let status = r.get::<_, i64>(5) as u16;
+                        found_answers.push((*member, StoredAnswer { request_hash: r.get(4), status, body: r.get(7) }));
+                    }
+                } else {
+                    found_lots.push((parse_id(r.get::<_, &str>(2))?, lot_at(r, 4)));
+                }
+            }
+            for (member, answer) in found_answers {
+                if let Some(asked) = answers.get_mut(&member) {
+                    asked.answer = Some(answer);
+                }
+            }
+            for (member, lot) in found_lots {
+                if let Some(lots) = answers.get_mut(&member).and_then(|a| a.lots.as_mut()) {
+                    lots.push(lot);
+                }
+            }
+        }
+        self.prefetched = Prefetched { members, answers };
+        Ok(())
+    }
+}
+
 impl LedgerTx for PgTx<'_, '_> {
     fn programmes_revision(&mut self) -> Result<i64, StoreError> {
         Ok(self.query_one("SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes", &[])?.get(0))
@@ -136,6 +258,9 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
+        if let Some(row) = self.prefetched.members.remove(&id) {
+            return Ok(Some(row));
+        }
         self.query_opt(
             &format!("SELECT {MEMBER_COLUMNS} FROM loyalty_members m WHERE m.member_id = $1 FOR UPDATE"),
             &[&id.to_string()],
@@ -231,6 +356,15 @@ impl LedgerTx for PgTx<'_, '_> {
         key: &str,
         debits: bool,
     ) -> Result<(Option<StoredAnswer>, Option<Vec<Lot>>), StoreError> {
+        if let Some(ahead) = self.prefetched.answers.remove(&member.member) {
+            if ahead.customer == member.customer
+                && ahead.scope == scope
+                && ahead.key == key
+                && ahead.lots.is_some() == debits
+            {
+                return Ok((ahead.answer, ahead.lots));
+            }
+        }
         if !debits {
             return Ok((self.idempotent_answer(member.customer, scope, key)?, None));
         }
@@ -257,6 +391,7 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError> {
+        self.prefetched.forget_written(write);
         for m in &write.new_members {
             self.execute(
                 "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, \
@@ -970,4 +1105,66 @@ pub(super) fn badges(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership(customer: CustomerId) -> MemberRow {
+        MemberRow {
+            customer,
+            member: MemberId::new(),
+            programme: "club".into(),
+            card_token: String::new(),
+            balance: 100,
+            status: MemberStatus::Active,
+            merged_into: None,
+            enrolled_at: Utc::now(),
+            tier: None,
+            tier_since: None,
+            downgrade_on: None,
+        }
+    }
+
+    fn read_ahead(rows: &[&MemberRow]) -> Prefetched {
+        let mut ahead = Prefetched::default();
+        for row in rows {
+            ahead.members.insert(row.member, (*row).clone());
+            let answer = PrefetchedAnswer {
+                customer: row.customer,
+                scope: "s".into(),
+                key: "k".into(),
+                answer: None,
+                lots: Some(Vec::new()),
+            };
+            ahead.answers.insert(row.member, answer);
+        }
+        ahead
+    }
+
+    #[test]
+    fn a_ledger_write_drops_what_was_read_ahead_for_its_customers_only() {
+        let (ana, bob) = (CustomerId::new(), CustomerId::new());
+        let (ana_member, bob_member) = (membership(ana), membership(bob));
+        let changed = |row: &MemberRow| LedgerWrite { member_updates: vec![row.clone()], ..Default::default() };
+        let lot_of = |customer| LedgerWrite { lot_updates: vec![(customer, "lot".into(), 3)], ..Default::default() };
+        let answer_of = |customer| LedgerWrite {
+            answer: Some((
+                customer,
+                "s".into(),
+                "k".into(),
+                StoredAnswer { request_hash: String::new(), status: 201, body: String::new() },
+            )),
+            ..Default::default()
+        };
+        for write in [changed(&ana_member), lot_of(ana), answer_of(ana)] {
+            let mut ahead = read_ahead(&[&ana_member, &bob_member]);
+            ahead.forget_written(&write);
+            assert!(!ahead.members.contains_key(&ana_member.member));
+            assert!(!ahead.answers.contains_key(&ana_member.member));
+            assert!(ahead.members.contains_key(&bob_member.member), "another customer's rows stay");
+            assert!(ahead.answers.contains_key(&bob_member.member));
+        }
+    }
 }
