@@ -443,7 +443,7 @@ impl IngestTx for PgTx<'_, '_> {
         let rows = self.query(
             "SELECT 0, m.source, m.message_id, m.customer_id, m.event_id, false FROM message_ids m \
              JOIN unnest($1::text[], $2::text[]) AS u(message_id, source) \
-             ON m.message_id = u.message_id AND m.source = u.source \
+             ON m.message_id = u.message_id AND m.source = u.source WHERE m.message_id = ANY($1) \
              UNION ALL SELECT 1, i.identifier, NULL, i.customer_id, NULL, i.shared FROM identifiers i \
              WHERE i.identifier = ANY($3)",
             &[&message_ids, &sources, &texts],
@@ -785,12 +785,13 @@ impl DayColumns {
     }
 }
 
-/// An unchanged profile is sent as NULL and kept as stored.
+/// An unchanged profile is sent as NULL and kept as stored. The `= ANY` lets
+/// the generic plan probe the key index (`PgConn::begin`).
 const UPDATE_CUSTOMERS: &str =
     "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, \
      updated_at = now(), sealed = CASE WHEN u.changed THEN u.s ELSE c.sealed END \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bytea[]) AS u(id, p, t, changed, s) \
-     WHERE c.customer_id = u.id";
+     WHERE c.customer_id = u.id AND c.customer_id = ANY($1)";
 
 /// Profiles and traits of the customers the batch touched.
 struct CustomerColumns<'a> {

@@ -489,11 +489,14 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[&lot_customers, &lot_ids, &lot_members, &lot_points, &lot_remaining, &lot_expires],
             );
         }
+        // Each join on `unnest` repeats its keys as `= ANY`, so the generic
+        // plan (`PgConn::begin`) probes the key index.
         if !write.lot_updates.is_empty() {
             trip.add(
                 "UPDATE loyalty_lots l SET remaining = u.remaining \
                  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(customer_id, lot_id, remaining) \
-                 WHERE l.customer_id = u.customer_id AND l.lot_id = u.lot_id",
+                 WHERE l.customer_id = u.customer_id AND l.lot_id = u.lot_id \
+                 AND l.customer_id = ANY($1) AND l.lot_id = ANY($2)",
                 &[&updated_customers, &updated_ids, &updated_remaining],
             );
         }
@@ -504,7 +507,8 @@ impl LedgerTx for PgTx<'_, '_> {
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
                  $7::timestamptz[], $8::date[]) \
                  AS u(customer_id, member_id, balance, status, merged_into, tier, tier_since, downgrade_on) \
-                 WHERE m.customer_id = u.customer_id AND m.member_id = u.member_id",
+                 WHERE m.customer_id = u.customer_id AND m.member_id = u.member_id \
+                 AND m.customer_id = ANY($1) AND m.member_id = ANY($2)",
                 &[&member_customers, &members, &balances, &statuses, &merged_into, &tiers, &tier_since, &downgrade_on],
             );
         }
