@@ -490,7 +490,8 @@ impl LedgerTx for PgTx<'_, '_> {
             );
         }
         // Each join on `unnest` repeats its keys as `= ANY`, so the generic
-        // plan (`PgConn::begin`) probes the key index.
+        // plan of an operation group (`PgConn::begin_on_generic_plans`)
+        // probes the key index.
         if !write.lot_updates.is_empty() {
             trip.add(
                 "UPDATE loyalty_lots l SET remaining = u.remaining \

@@ -55,18 +55,29 @@ impl PgConn {
     }
 
     /// A transaction, with the statement cache to run its SQL through (`PgTx`).
-    ///
-    /// Its statements run on generic plans. PostgreSQL otherwise plans most of
-    /// them again at every call, since a custom plan, which knows the arrays'
-    /// lengths, always looks cheaper than the generic one: planning took 3.3 s
-    /// against 5.0 s of execution in a 10-second `relais bench loyalty` run.
-    /// The write paths' statements are written so that their generic plans
-    /// probe indexes (an `= ANY($n)` beside each join on `unnest`). Reads
-    /// outside these transactions, the analytical ones among them, keep
-    /// PostgreSQL's choice: `SET LOCAL` ends with the transaction.
     pub(super) fn begin(&mut self) -> Result<(Transaction<'_>, &mut Statements), postgres::Error> {
+        Ok((self.client.transaction()?, &mut self.statements))
+    }
+
+    /// A transaction as `begin` gives, whose statements run on generic plans
+    /// and never scan a table whole.
+    ///
+    /// PostgreSQL otherwise plans most statements again at every call, since a
+    /// custom plan, which knows the arrays' lengths, always looks cheaper than
+    /// the generic one: in a 10-second `relais bench loyalty` run planning took
+    /// 3.3 s against 5.0 s of execution, and a redemption's ledger write cost
+    /// as much to plan as to run. A generic plan is made once, possibly while
+    /// a table is still small, and kept until the table's statistics change;
+    /// `enable_seqscan = off` keeps it from scanning a table grown large since.
+    /// Only for transactions whose every statement finds its rows by key (an
+    /// `= ANY($n)` beside each join on `unnest`): the manual operations'.
+    /// Tried on ingest and not kept: with `enable_seqscan = off` the family
+    /// lookup of `LedgerTx::family_and_revision` took 170 ms, and without it
+    /// batches of 500 messages ran several times slower on plans made while
+    /// the tables were empty.
+    pub(super) fn begin_on_generic_plans(&mut self) -> Result<(Transaction<'_>, &mut Statements), postgres::Error> {
         let mut tx = self.client.transaction()?;
-        tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")?;
+        tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off")?;
         Ok((tx, &mut self.statements))
     }
 
