@@ -175,12 +175,16 @@ impl PgTx<'_, '_> {
             let debitors: Vec<String> =
                 answers.iter().filter(|(_, a)| a.lots.is_some()).map(|(m, _)| m.to_string()).collect();
             // Part 0 the stored answers, part 1 the open lots (as in
-            // `answer_and_lots`). Each condition is a set, so the rows are a
-            // superset, matched exactly below; a membership belongs to one
-            // customer, so its lots match exactly.
+            // `answer_and_lots`). The answers are matched on exact triples (as
+            // three sets, the index would be probed for every combination);
+            // the `= ANY` lets the generic plan probe the key index. A
+            // membership belongs to one customer, so its lots match exactly.
             let rows = self.query(
-                "SELECT 0, customer_id, scope, idem_key, request_hash, status::bigint, NULL::date, response \
-                 FROM loyalty_idempotency WHERE customer_id = ANY($1) AND scope = ANY($2) AND idem_key = ANY($3) \
+                "SELECT 0, i.customer_id, i.scope, i.idem_key, i.request_hash, i.status::bigint, NULL::date, \
+                 i.response FROM loyalty_idempotency i \
+                 JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(customer_id, scope, idem_key) \
+                 ON i.customer_id = k.customer_id AND i.scope = k.scope AND i.idem_key = k.idem_key \
+                 WHERE i.customer_id = ANY($1) \
                  UNION ALL SELECT 1, customer_id, member_id, NULL, lot_id, remaining, expires_on, NULL FROM loyalty_lots \
                  WHERE customer_id = ANY($1) AND member_id = ANY($4) AND remaining > 0",
                 &[&customers, &scopes, &keys, &debitors],
@@ -1163,7 +1167,28 @@ mod tests {
             )),
             ..Default::default()
         };
-        for write in [changed(&ana_member), lot_of(ana), answer_of(ana)] {
+        let joined = |row: &MemberRow| LedgerWrite { new_members: vec![row.clone()], ..Default::default() };
+        let restored = |customer| LedgerWrite { lot_restores: vec![(customer, "lot".into(), 3)], ..Default::default() };
+        let new_lot = |row: &MemberRow| LedgerWrite {
+            new_lots: vec![crate::store::loyalty::NewLot {
+                customer: row.customer,
+                member: row.member,
+                lot_id: "lot".into(),
+                points: 3,
+                remaining: 3,
+                expires_on: None,
+            }],
+            ..Default::default()
+        };
+        let writes = [
+            changed(&ana_member),
+            lot_of(ana),
+            answer_of(ana),
+            joined(&ana_member),
+            restored(ana),
+            new_lot(&ana_member),
+        ];
+        for write in writes {
             let mut ahead = read_ahead(&[&ana_member, &bob_member]);
             ahead.forget_written(&write);
             assert!(!ahead.members.contains_key(&ana_member.member));

@@ -59,8 +59,8 @@ impl PgConn {
         Ok((self.client.transaction()?, &mut self.statements))
     }
 
-    /// A transaction as `begin` gives, whose statements run on generic plans
-    /// and never scan a table whole.
+    /// A transaction as `begin` gives, whose statements run on generic plans,
+    /// made with whole-table scans disabled.
     ///
     /// PostgreSQL otherwise plans most statements again at every call, since a
     /// custom plan, which knows the arrays' lengths, always looks cheaper than
@@ -69,6 +69,9 @@ impl PgConn {
     /// as much to plan as to run. A generic plan is made once, possibly while
     /// a table is still small, and kept until the table's statistics change;
     /// `enable_seqscan = off` keeps it from scanning a table grown large since.
+    /// (Not a guarantee: a statement text also run outside such transactions,
+    /// as `LedgerTx::member` is, may reuse a generic plan PostgreSQL made
+    /// there with scans allowed, until statistics invalidate it.)
     /// Only for transactions whose every statement finds its rows by key (an
     /// `= ANY($n)` beside each join on `unnest`): the manual operations'.
     /// Tried on ingest and not kept: with `enable_seqscan = off` the family
