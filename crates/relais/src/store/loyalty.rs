@@ -574,16 +574,10 @@ pub fn enrol(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) -> Re
     Ok(Enrolment { member, created: true })
 }
 
-/// A new active membership of `customer`, with a card number linked to the
-/// profile as an identifier of kind `card` (not yet written: the caller does).
-fn new_membership(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) -> Result<MemberRow, StoreError> {
-    let mut rng = rand::thread_rng();
-    for _ in 0..8 {
-        let card = relais_domain::loyalty::CardNumber::generate(&mut rng);
-        let identifier = relais_domain::Identifier::new(relais_domain::IdentifierKind::Card, card.as_str())
-            .map_err(|e| StoreError::Database(format!("a generated card number was refused: {e}")))?;
-        let Some(card_token) = tx.attach_card(customer, &identifier)? else { continue };
-        return Ok(MemberRow {
+impl MemberRow {
+    /// A membership of `customer` enrolled now: active, no points, no tier.
+    pub fn enrolled(customer: CustomerId, programme: &str, card_token: String) -> MemberRow {
+        MemberRow {
             customer,
             member: MemberId::new(),
             programme: programme.to_string(),
@@ -595,7 +589,20 @@ fn new_membership(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) 
             tier: None,
             tier_since: None,
             downgrade_on: None,
-        });
+        }
+    }
+}
+
+/// A new active membership of `customer`, with a card number linked to the
+/// profile as an identifier of kind `card` (not yet written: the caller does).
+fn new_membership(tx: &mut dyn LedgerTx, customer: CustomerId, programme: &str) -> Result<MemberRow, StoreError> {
+    let mut rng = rand::thread_rng();
+    for _ in 0..8 {
+        let card = relais_domain::loyalty::CardNumber::generate(&mut rng);
+        let identifier = relais_domain::Identifier::new(relais_domain::IdentifierKind::Card, card.as_str())
+            .map_err(|e| StoreError::Database(format!("a generated card number was refused: {e}")))?;
+        let Some(card_token) = tx.attach_card(customer, &identifier)? else { continue };
+        return Ok(MemberRow::enrolled(customer, programme, card_token));
     }
     Err(StoreError::Database("could not find a free card number after 8 tries".into()))
 }

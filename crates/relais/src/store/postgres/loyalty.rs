@@ -1121,19 +1121,7 @@ mod tests {
     use super::*;
 
     fn membership(customer: CustomerId) -> MemberRow {
-        MemberRow {
-            customer,
-            member: MemberId::new(),
-            programme: "club".into(),
-            card_token: String::new(),
-            balance: 100,
-            status: MemberStatus::Active,
-            merged_into: None,
-            enrolled_at: Utc::now(),
-            tier: None,
-            tier_since: None,
-            downgrade_on: None,
-        }
+        MemberRow::enrolled(customer, "club", String::new())
     }
 
     fn read_ahead(rows: &[&MemberRow]) -> Prefetched {
