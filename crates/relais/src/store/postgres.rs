@@ -831,12 +831,13 @@ impl DayColumns {
     }
 }
 
-/// An unchanged profile is sent as NULL and kept as stored.
+/// An unchanged profile is sent as NULL and kept as stored. The `= ANY` lets
+/// a generic plan probe the key index (`PgConn::begin_on_generic_plans`).
 const UPDATE_CUSTOMERS: &str =
     "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, \
      updated_at = now(), sealed = CASE WHEN u.changed THEN u.s ELSE c.sealed END \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bytea[]) AS u(id, p, t, changed, s) \
-     WHERE c.customer_id = u.id";
+     WHERE c.customer_id = u.id AND c.customer_id = ANY($1)";
 
 /// Profiles and traits of the customers the batch touched.
 struct CustomerColumns<'a> {

@@ -493,9 +493,8 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[&lot_customers, &lot_ids, &lot_members, &lot_points, &lot_remaining, &lot_expires],
             );
         }
-        // Each join on `unnest` repeats its keys as `= ANY`, so the generic
-        // plan of an operation group (`PgConn::begin_on_generic_plans`)
-        // probes the key index.
+        // Each join on `unnest` repeats its keys as `= ANY`, so a generic
+        // plan (`PgConn::begin_on_generic_plans`) probes the key index.
         if !write.lot_updates.is_empty() {
             trip.add(
                 "UPDATE loyalty_lots l SET remaining = u.remaining \

@@ -69,13 +69,17 @@ impl PgConn {
     /// as much to plan as to run. A generic plan is made once, possibly while
     /// a table is still empty, and kept until the table's statistics change;
     /// `enable_seqscan = off` keeps it from scanning a table grown large since
-    /// (without it, ingest from an empty database ran several times slower).
+    /// (without it, batches of 500 messages from an empty database ran
+    /// several times slower).
     /// A scan that cannot be avoided (the few programmes) then carries
     /// PostgreSQL's "disabled" cost, which would make it compile the statement
-    /// with JIT at every call (170 ms), hence `jit = off`. (Not a guarantee: a
-    /// statement text also run outside such transactions, as
-    /// `LedgerTx::member` is, may reuse a generic plan PostgreSQL made there
-    /// with scans allowed, until statistics invalidate it.) Only for
+    /// with JIT at every call (170 ms), hence `jit = off`. (Not a guarantee:
+    /// the prepared statements are shared with transactions that keep
+    /// PostgreSQL's choice, larger ingest batches and `LedgerTx::member`'s
+    /// other callers among them, and PostgreSQL may reuse there a generic plan
+    /// made here, or here one made there with scans and JIT allowed, until
+    /// statistics invalidate it. A statement cache per mode would close this.)
+    /// Only for
     /// transactions whose every statement finds its rows by key (an
     /// `= ANY($n)` beside each join on `unnest`): the manual operations' and
     /// small ingest transactions (`GENERIC_PLANS_UP_TO`).
