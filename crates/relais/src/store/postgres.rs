@@ -117,7 +117,7 @@ const INGEST_ALONE_FROM: usize = 100;
 enum Plans {
     /// As PostgreSQL chooses (mostly a custom plan at every call).
     PostgresChoice,
-    /// Generic plans, never a whole-table scan (`PgConn::begin_on_generic_plans`).
+    /// Generic plans, whole-table scans and JIT disabled (`PgConn::begin_on_generic_plans`).
     Generic,
 }
 

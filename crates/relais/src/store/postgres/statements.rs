@@ -79,8 +79,7 @@ impl PgConn {
     /// other callers among them, and PostgreSQL may reuse there a generic plan
     /// made here, or here one made there with scans and JIT allowed, until
     /// statistics invalidate it. A statement cache per mode would close this.)
-    /// Only for
-    /// transactions whose every statement finds its rows by key (an
+    /// Only for transactions whose every statement finds its rows by key (an
     /// `= ANY($n)` beside each join on `unnest`): the manual operations' and
     /// small ingest transactions (`GENERIC_PLANS_UP_TO`).
     pub(super) fn begin_on_generic_plans(&mut self) -> Result<(Transaction<'_>, &mut Statements), postgres::Error> {
