@@ -8,14 +8,15 @@
 //! at once, with no added wait.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::Thread;
 
 use super::StoreError;
 
 /// Requests waiting to be written, and answers waiting to be collected.
 struct State<R, T> {
-    /// Waiting requests with their tickets and sizes, oldest first.
-    queue: VecDeque<(u64, usize, R)>,
+    /// Waiting requests with their tickets, sizes and callers, oldest first.
+    queue: VecDeque<Queued<R>>,
     /// Answers by ticket, until their caller takes them.
     answers: HashMap<u64, Result<T, StoreError>>,
     /// The next request's ticket.
@@ -24,10 +25,23 @@ struct State<R, T> {
     writing: usize,
 }
 
+/// A request waiting for a group.
+struct Queued<R> {
+    ticket: u64,
+    units: usize,
+    request: R,
+    /// The caller's thread, woken when its answer is in or it may write.
+    caller: Thread,
+}
+
 /// Combines concurrent requests of type `R` answered with `T`.
+///
+/// A caller sleeps until woken by name (`Thread::unpark`): a finished group
+/// wakes its own callers, and the caller of the oldest waiting request to
+/// write the next group, rather than every waiting caller (measured with
+/// `relais bench loyalty`: a group's end woke twice the callers it answered).
 pub struct Combiner<R, T> {
     state: Mutex<State<R, T>>,
-    answered: Condvar,
     /// Groups written at once, at most (each holds a connection).
     writers: usize,
     /// Units (messages) in a group, at most, so a transaction stays short; a
@@ -41,7 +55,6 @@ impl<R, T> Combiner<R, T> {
     pub fn new(writers: usize, max_units: usize) -> Self {
         Combiner {
             state: Mutex::new(State { queue: VecDeque::new(), answers: HashMap::new(), next_ticket: 0, writing: 0 }),
-            answered: Condvar::new(),
             writers: writers.max(1),
             max_units: max_units.max(1),
         }
@@ -63,32 +76,41 @@ impl<R, T> Combiner<R, T> {
         let mut state = self.lock();
         let ticket = state.next_ticket;
         state.next_ticket += 1;
-        state.queue.push_back((ticket, units, request));
+        state.queue.push_back(Queued { ticket, units, request, caller: std::thread::current() });
         loop {
             if let Some(answer) = state.answers.remove(&ticket) {
                 return answer;
             }
             if state.writing < self.writers && !state.queue.is_empty() {
                 state.writing += 1;
-                let mut tickets = Vec::new();
+                let mut callers = Vec::new();
                 let mut group = Vec::new();
                 let mut size = 0;
-                while let Some((_, units, _)) = state.queue.front() {
-                    if !group.is_empty() && size + units > self.max_units {
+                while let Some(next) = state.queue.front() {
+                    if !group.is_empty() && size + next.units > self.max_units {
                         break;
                     }
-                    let (ticket, units, request) = state.queue.pop_front().expect("front exists");
-                    size += units;
-                    tickets.push(ticket);
-                    group.push(request);
+                    let queued = state.queue.pop_front().expect("front exists");
+                    size += queued.units;
+                    callers.push((queued.ticket, queued.caller));
+                    group.push(queued.request);
                 }
+                // With a writer free still, what this group left can go at once.
+                let also = (state.writing < self.writers).then(|| state.queue.front().map(|q| q.caller.clone()));
                 drop(state);
-                let writing = Writing { combiner: self, tickets, own: ticket, answers: None };
+                if let Some(caller) = also.flatten() {
+                    caller.unpark();
+                }
+                let writing = Writing { combiner: self, callers, own: ticket, answers: None };
                 let answers = write(group);
                 state = writing.finish(answers);
                 continue;
             }
-            state = self.answered.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            drop(state);
+            // A wake-up that came before this sleep makes it return at once;
+            // one without cause only makes the loop look again.
+            std::thread::park();
+            state = self.lock();
         }
     }
 }
@@ -97,7 +119,8 @@ impl<R, T> Combiner<R, T> {
 /// each of its callers when the writing panicked, so no caller waits forever.
 struct Writing<'c, R, T> {
     combiner: &'c Combiner<R, T>,
-    tickets: Vec<u64>,
+    /// The group's tickets and callers, in order.
+    callers: Vec<(u64, Thread)>,
     /// The writing caller's own ticket: after a panic nobody collects its answer.
     own: u64,
     answers: Option<Vec<Result<T, StoreError>>>,
@@ -121,21 +144,31 @@ impl<R, T> Drop for Writing<'_, R, T> {
             // The writing caller unwinds: its request, wherever it is, must
             // neither be written later nor leave an answer nobody collects.
             let own = self.own;
-            state.queue.retain(|(ticket, _, _)| *ticket != own);
+            state.queue.retain(|queued| queued.ticket != own);
             state.answers.remove(&own);
         }
-        for ticket in self.tickets.drain(..) {
-            if panicked && ticket == self.own {
+        let callers = std::mem::take(&mut self.callers);
+        for (ticket, _) in &callers {
+            if panicked && *ticket == self.own {
                 continue;
             }
             let answer = answers
                 .next()
                 .unwrap_or_else(|| Err(StoreError::Database("the group this request was written with failed".into())));
-            state.answers.insert(ticket, answer);
+            state.answers.insert(*ticket, answer);
         }
         state.writing -= 1;
+        // The next group's writer: the caller of the oldest waiting request.
+        let next_writer = state.queue.front().map(|queued| queued.caller.clone());
         drop(state);
-        self.combiner.answered.notify_all();
+        for (ticket, caller) in callers {
+            if ticket != self.own {
+                caller.unpark();
+            }
+        }
+        if let Some(caller) = next_writer {
+            caller.unpark();
+        }
     }
 }
 
@@ -193,6 +226,34 @@ mod tests {
         assert_eq!(sizes[0], 25);
         assert!(sizes[1..].iter().all(|&s| s <= 10), "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 25 + 80);
+    }
+
+    #[test]
+    fn callers_woken_by_name_all_get_their_answers_with_several_writers() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let combiner = Combiner::<u64, u64>::new(2, 5);
+            std::thread::scope(|s| {
+                for thread in 0..24u64 {
+                    let combiner = &combiner;
+                    s.spawn(move || {
+                        // Callers leave at different times, some while
+                        // requests still wait that only they would have written.
+                        for round in 0..1 + thread % 6 {
+                            let request = thread * 1_000 + round;
+                            let answer = combiner.submit(request, 1, |group| {
+                                std::thread::sleep(std::time::Duration::from_millis(2));
+                                group.into_iter().map(|r| Ok(r + 1)).collect()
+                            });
+                            assert_eq!(answer.unwrap(), request + 1);
+                        }
+                    });
+                }
+            });
+            done.send(()).unwrap();
+        });
+        // A caller nobody wakes would wait forever: fail instead of hanging.
+        finished.recv_timeout(std::time::Duration::from_secs(60)).expect("every caller got its answer");
     }
 
     #[test]
