@@ -290,6 +290,18 @@ pub trait IngestTx {
     ) -> Result<(KnownMessages, Owners), StoreError> {
         Ok((self.existing_message_ids(claims)?, self.identifier_owners(identifiers)?))
     }
+    /// `claims_and_owners`; an engine with concurrent writers may also load
+    /// and lock the profiles owning the unshared identifiers found, in id
+    /// order as `load_customers` would, in the same round trip (`None`: the
+    /// batch loads them with `load_customers`).
+    fn claims_owners_and_profiles(
+        &mut self,
+        claims: &[(&str, &str)],
+        identifiers: &[Identifier],
+    ) -> Result<(KnownMessages, Owners, Option<Customers>), StoreError> {
+        let (known, owners) = self.claims_and_owners(claims, identifiers)?;
+        Ok((known, owners, None))
+    }
     /// `identifier_owners` and `exclusive_identifiers` together: one round
     /// trip where the engine can.
     fn owners_and_exclusives(
@@ -413,7 +425,7 @@ pub fn ingest_batch<'a>(
         .flat_map(|((_, _, encoded), aliases)| encoded.tokens.iter().cloned().chain(aliases.iter().cloned()))
         .collect();
     let all_identifiers: Vec<Identifier> = all_identifiers.into_iter().collect();
-    let (existing, known_owners) = tx.claims_and_owners(&claims, &all_identifiers)?;
+    let (existing, known_owners, locked) = tx.claims_owners_and_profiles(&claims, &all_identifiers)?;
     let first_read = tx.concurrent_writers().then(|| known_owners.clone());
     // Shared identifiers neither decide nor link: they are left out of resolution.
     let shared: foldhash::HashSet<Identifier> =
@@ -428,7 +440,10 @@ pub fn ingest_batch<'a>(
         // attach moved an identifier since it was read, and read the exclusive
         // identifiers under the lock.
         Some(first_read) => {
-            let customers = tx.load_customers(&owner_ids)?;
+            let customers = match locked {
+                Some(customers) => customers,
+                None => tx.load_customers(&owner_ids)?,
+            };
             let (owners_now, exclusives) = tx.owners_and_exclusives(&all_identifiers, &owner_ids)?;
             if owners_now != first_read {
                 return Err(StoreError::Race);

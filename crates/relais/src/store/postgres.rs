@@ -82,6 +82,8 @@ fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
 /// The PostgreSQL engine.
 pub struct PgEngine {
     pool: Pool<PgConn>,
+    /// Connections whose sessions plan generically (`GENERIC_PLANS`).
+    generic_pool: Pool<PgConn>,
     settings: IngestSettings,
     privacy: Privacy,
     /// Concurrent ingest requests written together (group commit).
@@ -117,12 +119,40 @@ const INGEST_ALONE_FROM: usize = 100;
 enum Plans {
     /// As PostgreSQL chooses (mostly a custom plan at every call).
     PostgresChoice,
-    /// Generic plans, whole-table scans and JIT disabled (`PgConn::begin_on_generic_plans`).
+    /// Generic plans, whole-table scans and JIT disabled (`GENERIC_PLANS`).
     Generic,
 }
 
+/// The settings of the connections that run transactions on generic plans
+/// (`PgEngine::generic_pool`).
+///
+/// PostgreSQL otherwise plans most statements again at every call, since a
+/// custom plan, which knows the arrays' lengths, always looks cheaper than
+/// the generic one: in a 10-second `relais bench loyalty` run planning took
+/// 3.3 s against 5.0 s of execution, and a redemption's ledger write cost
+/// as much to plan as to run. A generic plan is made once, possibly while
+/// a table is still empty, and kept until the table's statistics change;
+/// `enable_seqscan = off` keeps it from scanning a table grown large since
+/// (without it, batches of 500 messages from an empty database ran several
+/// times slower). A scan that cannot be avoided (the few programmes) then
+/// carries PostgreSQL's "disabled" cost, which would make it compile the
+/// statement with JIT at every call (170 ms), hence `jit = off`.
+///
+/// Set for the session of connections kept for these transactions, rather
+/// than with `SET LOCAL` in each: that saves a round trip per transaction,
+/// and a prepared statement (plans are cached per connection and statement)
+/// never takes a plan made under the other settings.
+/// Only for transactions whose every statement finds its rows by key (an
+/// `= ANY($n)` beside each join on `unnest`): the manual operations' and
+/// small ingest transactions (`GENERIC_PLANS_UP_TO`).
+const GENERIC_PLANS: &str = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET jit = off";
+
+/// Connections kept for transactions on generic plans, at most: the combined
+/// writers use one each, and small ingest requests written alone share the rest.
+const GENERIC_CONNECTIONS: usize = 4;
+
 /// Ingest transactions of at most this many messages run on generic plans
-/// (`PgConn::begin_on_generic_plans`). Larger ones keep PostgreSQL's choice:
+/// (`GENERIC_PLANS`). Larger ones keep PostgreSQL's choice:
 /// planning is then small beside the work, and a custom plan knows the arrays'
 /// lengths (measured with batches of 500 messages: the same speed either way).
 const GENERIC_PLANS_UP_TO: usize = 64;
@@ -170,10 +200,18 @@ impl PgEngine {
     /// Run a transaction, running it again when it lost a race with another
     /// writer (a claimed identifier, a deadlock, a merge that moved the ground).
     fn retrying<T>(&self, work: impl Fn(&mut PgConn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        Self::retrying_on(&self.pool, work)
+    }
+
+    /// `retrying`, on a connection of `pool`.
+    fn retrying_on<T>(
+        pool: &Pool<PgConn>,
+        work: impl Fn(&mut PgConn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.pool.with(&work) {
+            match pool.with(&work) {
                 Err(StoreError::Race) if attempt < MAX_ATTEMPTS => {
                     std::thread::sleep(std::time::Duration::from_millis(attempt as u64 * 2));
                 }
@@ -256,12 +294,13 @@ impl PgEngine {
         work: impl Fn(&mut PgTx<'_, '_>) -> Result<T, StoreError>,
     ) -> (Result<T, StoreError>, bool) {
         let committing = std::cell::Cell::new(false);
-        let result = self.retrying(|client| {
+        let pool = match plans {
+            Plans::PostgresChoice => &self.pool,
+            Plans::Generic => &self.generic_pool,
+        };
+        let result = Self::retrying_on(pool, |client| {
             committing.set(false);
-            let (mut tx, statements) = match plans {
-                Plans::PostgresChoice => client.begin()?,
-                Plans::Generic => client.begin_on_generic_plans()?,
-            };
+            let (mut tx, statements) = client.begin()?;
             let done = work(&mut PgTx::new(&mut tx, statements, privacy))?;
             committing.set(true);
             tx.commit()?;
@@ -300,10 +339,16 @@ impl PgEngine {
         )?;
         drop(first);
         let url = url.to_string();
+        let generic_url = url.clone();
         let pool = Pool::new(16, move || connect(&url).map(PgConn::new));
+        let generic_pool = Pool::new(GENERIC_CONNECTIONS, move || {
+            let mut client = connect(&generic_url)?;
+            client.batch_execute(GENERIC_PLANS)?;
+            Ok(PgConn::new(client))
+        });
         let ingests = Combiner::new(INGEST_WRITERS, INGEST_GROUP_MESSAGES);
         let operations = Combiner::new(OPERATION_WRITERS, OPERATION_GROUP);
-        Ok(PgEngine { pool, settings, privacy, ingests, segment_list: SharedRead::default(), operations })
+        Ok(PgEngine { pool, generic_pool, settings, privacy, ingests, segment_list: SharedRead::default(), operations })
     }
 }
 
@@ -445,6 +490,93 @@ impl Sql for PgTx<'_, '_> {
     }
 }
 
+impl PgTx<'_, '_> {
+    /// The claims already stored among `claims`, the owners of `identifiers`
+    /// and, with `lock`, the profiles owning the unshared ones, locked in id
+    /// order (as `load_customers` does): three reads in one round trip.
+    fn claims_owners_and_maybe_profiles(
+        &mut self,
+        claims: &[(&str, &str)],
+        identifiers: &[Identifier],
+        lock: bool,
+    ) -> Result<(KnownMessages, Owners, Option<Customers>), StoreError> {
+        if claims.is_empty() && identifiers.is_empty() {
+            return Ok((Default::default(), Default::default(), lock.then(Customers::default)));
+        }
+        let mut sources: Vec<&str> = claims.iter().map(|(s, _)| *s).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        let message_ids: Vec<&str> = claims.iter().map(|(_, m)| *m).collect();
+        // Results are keyed by the text queried, never by re-parsing stored text.
+        let by_text: HashMap<String, &Identifier> = identifiers.iter().map(|i| (i.to_string(), i)).collect();
+        let texts: Vec<&String> = by_text.keys().collect();
+        // Part 0 the claims, part 1 the owners, part 2 the owners' profiles.
+        // The claims are asked as two sets (sources are few), which probe the
+        // key index under a generic plan too; pairs nobody asked for are
+        // dropped below. The profiles are those of the owners this statement
+        // reads; the batch re-reads the owners once they are locked
+        // (`owners_and_exclusives`), as it would after `load_customers`.
+        let rows = self.query(
+            "WITH owned AS (SELECT identifier, customer_id, shared FROM identifiers WHERE identifier = ANY($3)), \
+             locked AS (SELECT customer_id, profile, traits, merged_into, sealed FROM customers \
+             WHERE $4 AND customer_id = ANY(ARRAY(SELECT customer_id FROM owned WHERE NOT shared)) \
+             ORDER BY customer_id FOR UPDATE) \
+             SELECT 0, m.source, m.message_id, m.customer_id, m.event_id, false, NULL::jsonb, NULL::jsonb, \
+             NULL::text, NULL::bytea FROM message_ids m WHERE m.message_id = ANY($1) AND m.source = ANY($2) \
+             UNION ALL SELECT 1, identifier, NULL, customer_id, NULL, shared, NULL, NULL, NULL, NULL FROM owned \
+             UNION ALL SELECT 2, customer_id, NULL, customer_id, NULL, false, profile, traits, merged_into, sealed \
+             FROM locked",
+            &[&message_ids, &sources, &texts, &lock],
+        )?;
+        let asked: std::collections::HashSet<(&str, &str)> = claims.iter().copied().collect();
+        let (mut known, mut owners): (KnownMessages, Owners) = Default::default();
+        let mut customers = lock.then(Customers::default);
+        for row in rows {
+            let customer = parse_id(row.get::<_, &str>(3))?;
+            match row.get::<_, i32>(0) {
+                0 => {
+                    let (source, message_id) = (row.get::<_, &str>(1), row.get::<_, &str>(2));
+                    if asked.contains(&(source, message_id)) {
+                        known.insert(
+                            (source.to_string(), message_id.to_string()),
+                            (customer, parse_id(row.get::<_, &str>(4))?),
+                        );
+                    }
+                }
+                1 => {
+                    if let Some(identifier) = by_text.get(row.get::<_, &str>(1)) {
+                        owners.insert((*identifier).clone(), (customer, row.get::<_, bool>(5)));
+                    }
+                }
+                _ => {
+                    if let Some(customers) = customers.as_mut() {
+                        customers.insert(customer, customer_state(&row, 6)?);
+                    }
+                }
+            }
+        }
+        Ok((known, owners, customers))
+    }
+}
+
+/// A profile as stored: `profile`, `traits`, `merged_into` and `sealed` from
+/// column `first` on.
+fn customer_state(row: &postgres::Row, first: usize) -> Result<CustomerState, StoreError> {
+    let profile: Value = row.get(first);
+    let traits: Value = row.get(first + 1);
+    let merged_into: Option<&str> = row.get(first + 2);
+    Ok(CustomerState {
+        profile: match profile {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        },
+        traits: serde_json::from_value(traits).unwrap_or_default(),
+        merged_into: merged_into.map(parse_id).transpose()?,
+        profile_changed: false,
+        sealed_profile: row.get(first + 3),
+    })
+}
+
 impl IngestTx for PgTx<'_, '_> {
     fn concurrent_writers(&self) -> bool {
         true
@@ -467,44 +599,16 @@ impl IngestTx for PgTx<'_, '_> {
         claims: &[(&str, &str)],
         identifiers: &[Identifier],
     ) -> Result<(KnownMessages, Owners), StoreError> {
-        if claims.is_empty() && identifiers.is_empty() {
-            return Ok((Default::default(), Default::default()));
-        }
-        let mut sources: Vec<&str> = claims.iter().map(|(s, _)| *s).collect();
-        sources.sort_unstable();
-        sources.dedup();
-        let message_ids: Vec<&str> = claims.iter().map(|(_, m)| *m).collect();
-        // Results are keyed by the text queried, never by re-parsing stored text.
-        let by_text: HashMap<String, &Identifier> = identifiers.iter().map(|i| (i.to_string(), i)).collect();
-        let texts: Vec<&String> = by_text.keys().collect();
-        // Two reads in one round trip: part 0 the claims, part 1 the owners.
-        // The claims are asked as two sets (sources are few), which probe the
-        // key index under a generic plan too; pairs nobody asked for are
-        // dropped below.
-        let rows = self.query(
-            "SELECT 0, m.source, m.message_id, m.customer_id, m.event_id, false FROM message_ids m \
-             WHERE m.message_id = ANY($1) AND m.source = ANY($2) \
-             UNION ALL SELECT 1, i.identifier, NULL, i.customer_id, NULL, i.shared FROM identifiers i \
-             WHERE i.identifier = ANY($3)",
-            &[&message_ids, &sources, &texts],
-        )?;
-        let asked: std::collections::HashSet<(&str, &str)> = claims.iter().copied().collect();
-        let (mut known, mut owners): (KnownMessages, Owners) = Default::default();
-        for row in rows {
-            let customer = parse_id(row.get::<_, &str>(3))?;
-            if row.get::<_, i32>(0) == 0 {
-                let (source, message_id) = (row.get::<_, &str>(1), row.get::<_, &str>(2));
-                if asked.contains(&(source, message_id)) {
-                    known.insert(
-                        (source.to_string(), message_id.to_string()),
-                        (customer, parse_id(row.get::<_, &str>(4))?),
-                    );
-                }
-            } else if let Some(identifier) = by_text.get(row.get::<_, &str>(1)) {
-                owners.insert((*identifier).clone(), (customer, row.get::<_, bool>(5)));
-            }
-        }
+        let (known, owners, _) = self.claims_owners_and_maybe_profiles(claims, identifiers, false)?;
         Ok((known, owners))
+    }
+
+    fn claims_owners_and_profiles(
+        &mut self,
+        claims: &[(&str, &str)],
+        identifiers: &[Identifier],
+    ) -> Result<(KnownMessages, Owners, Option<Customers>), StoreError> {
+        self.claims_owners_and_maybe_profiles(claims, identifiers, true)
     }
 
     fn owners_and_exclusives(
@@ -554,22 +658,7 @@ impl IngestTx for PgTx<'_, '_> {
         )?;
         let mut found = Customers::default();
         for row in rows {
-            let profile: Value = row.get(1);
-            let traits: Value = row.get(2);
-            let merged_into: Option<&str> = row.get(3);
-            found.insert(
-                parse_id(row.get::<_, &str>(0))?,
-                CustomerState {
-                    profile: match profile {
-                        Value::Object(map) => map,
-                        _ => Map::new(),
-                    },
-                    traits: serde_json::from_value(traits).unwrap_or_default(),
-                    merged_into: merged_into.map(parse_id).transpose()?,
-                    profile_changed: false,
-                    sealed_profile: row.get(4),
-                },
-            );
+            found.insert(parse_id(row.get::<_, &str>(0))?, customer_state(&row, 1)?);
         }
         Ok(found)
     }
@@ -832,7 +921,7 @@ impl DayColumns {
 }
 
 /// An unchanged profile is sent as NULL and kept as stored. The `= ANY` lets
-/// a generic plan probe the key index (`PgConn::begin_on_generic_plans`).
+/// a generic plan probe the key index (`GENERIC_PLANS`).
 const UPDATE_CUSTOMERS: &str =
     "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, \
      updated_at = now(), sealed = CASE WHEN u.changed THEN u.s ELSE c.sealed END \

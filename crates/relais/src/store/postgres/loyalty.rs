@@ -494,7 +494,7 @@ impl LedgerTx for PgTx<'_, '_> {
             );
         }
         // Each join on `unnest` repeats its keys as `= ANY`, so a generic
-        // plan (`PgConn::begin_on_generic_plans`) probes the key index.
+        // plan (`GENERIC_PLANS`) probes the key index.
         if !write.lot_updates.is_empty() {
             trip.add(
                 "UPDATE loyalty_lots l SET remaining = u.remaining \

@@ -59,37 +59,6 @@ impl PgConn {
         Ok((self.client.transaction()?, &mut self.statements))
     }
 
-    /// A transaction as `begin` gives, whose statements run on generic plans,
-    /// made with whole-table scans disabled, and without JIT compilation.
-    ///
-    /// PostgreSQL otherwise plans most statements again at every call, since a
-    /// custom plan, which knows the arrays' lengths, always looks cheaper than
-    /// the generic one: in a 10-second `relais bench loyalty` run planning took
-    /// 3.3 s against 5.0 s of execution, and a redemption's ledger write cost
-    /// as much to plan as to run. A generic plan is made once, possibly while
-    /// a table is still empty, and kept until the table's statistics change;
-    /// `enable_seqscan = off` keeps it from scanning a table grown large since
-    /// (without it, batches of 500 messages from an empty database ran
-    /// several times slower).
-    /// A scan that cannot be avoided (the few programmes) then carries
-    /// PostgreSQL's "disabled" cost, which would make it compile the statement
-    /// with JIT at every call (170 ms), hence `jit = off`. (Not a guarantee:
-    /// the prepared statements are shared with transactions that keep
-    /// PostgreSQL's choice, larger ingest batches and `LedgerTx::member`'s
-    /// other callers among them, and PostgreSQL may reuse there a generic plan
-    /// made here, or here one made there with scans and JIT allowed, until
-    /// statistics invalidate it. A statement cache per mode would close this.)
-    /// Only for transactions whose every statement finds its rows by key (an
-    /// `= ANY($n)` beside each join on `unnest`): the manual operations' and
-    /// small ingest transactions (`GENERIC_PLANS_UP_TO`).
-    pub(super) fn begin_on_generic_plans(&mut self) -> Result<(Transaction<'_>, &mut Statements), postgres::Error> {
-        let mut tx = self.client.transaction()?;
-        tx.batch_execute(
-            "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL jit = off",
-        )?;
-        Ok((tx, &mut self.statements))
-    }
-
     /// The connection running its SQL through its statement cache.
     pub(super) fn cached(&mut self) -> Cached<'_, Client> {
         Cached { client: &mut self.client, statements: &mut self.statements }
