@@ -462,6 +462,39 @@ async fn merged_people_keep_one_account_with_both_balances_and_erasure_closes_it
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_order_that_ties_two_members_together_earns_once_on_the_joined_account() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([
+        {"type": "identify", "userId": "jade"},
+        {"type": "identify", "anonymousId": "borne-jade"},
+    ]))
+    .await;
+    let first = enrol(&app, "user_id:jade").await["id"].as_str().unwrap().to_string();
+    let second = enrol(&app, "anonymous_id:borne-jade").await["id"].as_str().unwrap().to_string();
+    app.batch(json!([order("jade", "j-1", "j1", 20.0, "paris", json!([]))])).await;
+    app.batch(json!([{"type": "track", "anonymousId": "borne-jade", "event": "Review Submitted", "messageId": "j-r"}]))
+        .await;
+    // The order links both profiles and earns, in one message: its points go
+    // to the account both memberships become.
+    let mut linking = order("jade", "j-2", "j2", 10.0, "paris", json!([]));
+    linking["anonymousId"] = json!("borne-jade");
+    app.batch(json!([linking])).await;
+    let mut redirected = Vec::new();
+    for (id, other) in [(&first, &second), (&second, &first)] {
+        let (status, member) = call(&app, "GET", &format!("/api/v1/loyalty/members/{id}"), None, &[]).await;
+        if status == StatusCode::PERMANENT_REDIRECT {
+            assert_eq!(&member["merged_into"], other, "{member}");
+            redirected.push(other.clone());
+        }
+    }
+    assert_eq!(redirected.len(), 1, "exactly one membership was merged into the other: {redirected:?}");
+    let joined = statement(&app, &redirected[0]).await;
+    assert_eq!(joined["balance"], 20 + 50 + 20 + 10, "{joined}");
+    assert_ledger_holds(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rule_changes_never_rewrite_the_past_and_old_points_expire() {
     let app = TestApp::spawn().await;
     let (status, _) = apply(&app, PROGRAMME).await;
