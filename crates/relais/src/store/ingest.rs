@@ -311,19 +311,6 @@ pub trait IngestTx {
     ) -> Result<(Owners, Exclusives), StoreError> {
         Ok((self.identifier_owners(identifiers)?, self.exclusive_identifiers(customers)?))
     }
-    /// `owners_and_exclusives`; with `family` (the batch will earn), an
-    /// engine may also lock and read the memberships of `customers`' families
-    /// in the same round trip, to answer the batch's
-    /// `LedgerTx::family_and_revision` if nothing moved them since.
-    fn owners_exclusives_and_family(
-        &mut self,
-        identifiers: &[Identifier],
-        customers: &[CustomerId],
-        family: bool,
-    ) -> Result<(Owners, Exclusives), StoreError> {
-        let _ = family;
-        self.owners_and_exclusives(identifiers, customers)
-    }
     /// Whether other writers may change identifiers concurrently (several server
     /// processes on one database): the batch then re-reads what it resolved
     /// from after locking the customers, and retries if anything moved.
@@ -457,9 +444,7 @@ pub fn ingest_batch<'a>(
                 Some(customers) => customers,
                 None => tx.load_customers(&owner_ids)?,
             };
-            // Only messages with a name can earn (`loyalty::earn_batch`).
-            let earns = batch.iter().any(|(_, m, _)| m.kind == MessageType::Track && m.name.is_some());
-            let (owners_now, exclusives) = tx.owners_exclusives_and_family(&all_identifiers, &owner_ids, earns)?;
+            let (owners_now, exclusives) = tx.owners_and_exclusives(&all_identifiers, &owner_ids)?;
             if owners_now != first_read {
                 return Err(StoreError::Race);
             }

@@ -643,56 +643,6 @@ impl IngestTx for PgTx<'_, '_> {
         Ok((owners, exclusives))
     }
 
-    fn owners_exclusives_and_family(
-        &mut self,
-        identifiers: &[Identifier],
-        customers: &[CustomerId],
-        family: bool,
-    ) -> Result<(Owners, Exclusives), StoreError> {
-        if !family || customers.is_empty() {
-            return self.owners_and_exclusives(identifiers, customers);
-        }
-        let by_text: HashMap<String, &Identifier> = identifiers.iter().map(|i| (i.to_string(), i)).collect();
-        let texts: Vec<&String> = by_text.keys().collect();
-        let ids: Vec<String> = customers.iter().map(ToString::to_string).collect();
-        // As `owners_and_exclusives` (parts 0 and 1), with the memberships
-        // the batch will earn on (part 2) and the programmes' revision (3).
-        let no_family = loyalty::NO_FAMILY_ROW;
-        let rows = self.query(
-            &loyalty::with_family_read_ahead(&format!(
-                "SELECT 0, identifier, customer_id, shared, {no_family}, NULL::bigint FROM identifiers \
-                 WHERE identifier = ANY($2) \
-                 UNION ALL SELECT 1, identifier, customer_id, false, {no_family}, NULL::bigint FROM identifiers \
-                 WHERE customer_id = ANY($1) AND kind IN ('user_id', 'customer_number')"
-            )),
-            &[&ids, &texts],
-        )?;
-        let (mut owners, mut exclusives): (Owners, Exclusives) = Default::default();
-        let mut read = loyalty::PrefetchedFamily {
-            roots: customers.iter().copied().collect(),
-            created: Default::default(),
-            rows: Vec::new(),
-            revision: 0,
-        };
-        for row in rows {
-            match row.get::<_, i32>(0) {
-                0 => {
-                    if let Some(identifier) = by_text.get(row.get::<_, &str>(1)) {
-                        owners.insert((*identifier).clone(), (parse_id(row.get::<_, &str>(2))?, row.get::<_, bool>(3)));
-                    }
-                }
-                1 => exclusives
-                    .entry(parse_id(row.get::<_, &str>(2))?)
-                    .or_default()
-                    .push(seal::parse_token(row.get::<_, &str>(1))?),
-                2 => read.rows.push(loyalty::family_row_at(&row, 4)?),
-                _ => read.revision = row.get(16),
-            }
-        }
-        self.prefetched.family = Some(read);
-        Ok((owners, exclusives))
-    }
-
     fn load_customers(&mut self, customers: &[CustomerId]) -> Result<Customers, StoreError> {
         if customers.is_empty() {
             return Ok(Default::default());
@@ -718,13 +668,6 @@ impl IngestTx for PgTx<'_, '_> {
     }
 
     fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError> {
-        // Merges move memberships between families: what was read ahead no
-        // longer holds. Profiles created here have no membership yet.
-        if !changes.merges.is_empty() {
-            self.prefetched.family = None;
-        } else if let Some(family) = self.prefetched.family.as_mut() {
-            family.created.extend(changes.new_customers.iter().map(|(id, _)| *id));
-        }
         if !changes.new_customers.is_empty() {
             let ids: Vec<String> = changes.new_customers.iter().map(|(id, _)| id.to_string()).collect();
             let ats: Vec<DateTime<Utc>> = changes.new_customers.iter().map(|(_, at)| *at).collect();

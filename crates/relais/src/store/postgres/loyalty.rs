@@ -50,53 +50,23 @@ fn unique<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
 
 /// A row of `lock_family_members`: the root, then the membership.
 fn family_row(r: &postgres::Row) -> Result<(CustomerId, MemberRow), StoreError> {
-    family_row_at(r, 0)
-}
-
-/// `family_row` from column `first` on.
-pub(super) fn family_row_at(r: &postgres::Row, first: usize) -> Result<(CustomerId, MemberRow), StoreError> {
-    Ok((parse_id(r.get::<_, &str>(first + 11))?, to_member_at(r, first)?))
+    Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?))
 }
 
 fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
-    to_member_at(r, 0)
-}
-
-/// `MEMBER_COLUMNS` from column `first` on.
-fn to_member_at(r: &postgres::Row, first: usize) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
-        customer: parse_id(r.get::<_, &str>(first))?,
-        member: parse_id(r.get::<_, &str>(first + 1))?,
-        programme: r.get(first + 2),
-        card_token: r.get(first + 3),
-        balance: r.get(first + 4),
-        status: MemberStatus::parse(r.get::<_, &str>(first + 5))?,
-        merged_into: r.get::<_, Option<&str>>(first + 6).map(parse_id).transpose()?,
-        enrolled_at: r.get(first + 7),
-        tier: r.get(first + 8),
-        tier_since: r.get(first + 9),
-        downgrade_on: r.get(first + 10),
+        customer: parse_id(r.get::<_, &str>(0))?,
+        member: parse_id(r.get::<_, &str>(1))?,
+        programme: r.get(2),
+        card_token: r.get(3),
+        balance: r.get(4),
+        status: MemberStatus::parse(r.get::<_, &str>(5))?,
+        merged_into: r.get::<_, Option<&str>>(6).map(parse_id).transpose()?,
+        enrolled_at: r.get(7),
+        tier: r.get(8),
+        tier_since: r.get(9),
+        downgrade_on: r.get(10),
     })
-}
-
-/// A membership's columns (`MEMBER_COLUMNS`) and its root, all empty: for
-/// the rows of other parts of `with_family_read_ahead`.
-pub(super) const NO_FAMILY_ROW: &str = "NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint, \
-     NULL::text, NULL::text, NULL::timestamptz, NULL::text, NULL::timestamptz, NULL::date, NULL::text";
-
-/// `parts` (a `UNION ALL` of queries whose rows are a part number below 2,
-/// three columns (text, text, bool), `NO_FAMILY_ROW` and an empty bigint),
-/// followed by the memberships of roots `$1` locked as
-/// `LedgerTx::family_and_revision` locks them (part 2: `family_row_at` from
-/// column 4) and the programmes' revision (part 3, column 16).
-pub(super) fn with_family_read_ahead(parts: &str) -> String {
-    format!(
-        "{FAMILY_OF_ROOTS}, locked AS ({}) {parts} \
-         UNION ALL SELECT 2, NULL::text, NULL::text, NULL::bool, locked.*, NULL::bigint FROM locked \
-         UNION ALL SELECT 3, NULL::text, NULL::text, NULL::bool, {NO_FAMILY_ROW}, \
-         (SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes)",
-        lock_family_members(" AND EXISTS (SELECT 1 FROM loyalty_programmes)")
-    )
 }
 
 /// Programmes stored as JSON definitions.
@@ -135,35 +105,6 @@ pub(super) fn save_programme(client: &mut impl GenericClient, programme: &Progra
 pub(super) struct Prefetched {
     members: HashMap<MemberId, MemberRow>,
     answers: HashMap<MemberId, PrefetchedAnswer>,
-    /// An ingest batch's memberships, read with its profiles locked.
-    pub(super) family: Option<PrefetchedFamily>,
-}
-
-/// The memberships of an ingest batch's profiles, read and locked before the
-/// batch writes (`IngestTx::owners_exclusives_and_family`), for its earning.
-pub(super) struct PrefetchedFamily {
-    /// The roots read.
-    pub(super) roots: std::collections::HashSet<CustomerId>,
-    /// Profiles the batch created since: no membership, nobody merged into them.
-    pub(super) created: std::collections::HashSet<CustomerId>,
-    /// Memberships with their roots, as `family_and_revision` returns them.
-    pub(super) rows: Vec<(CustomerId, MemberRow)>,
-    pub(super) revision: i64,
-}
-
-impl PrefetchedFamily {
-    /// What `family_and_revision(roots)` would read now, if every root was
-    /// read ahead or created since.
-    fn serve(self, roots: &[CustomerId]) -> Option<(Vec<(CustomerId, MemberRow)>, i64)> {
-        if !roots.iter().all(|r| self.roots.contains(r) || self.created.contains(r)) {
-            return None;
-        }
-        let wanted: std::collections::HashSet<&CustomerId> = roots.iter().collect();
-        let mut rows: Vec<(CustomerId, MemberRow)> =
-            self.rows.into_iter().filter(|(root, _)| wanted.contains(root)).collect();
-        rows.sort_by_key(|(_, m)| m.member);
-        Some((rows, self.revision))
-    }
 }
 
 /// The stored answer and open lots read ahead for one request.
@@ -179,7 +120,6 @@ struct PrefetchedAnswer {
 impl Prefetched {
     /// Forget what `write` may have changed.
     fn forget_written(&mut self, write: &LedgerWrite) {
-        self.family = None;
         if self.members.is_empty() && self.answers.is_empty() {
             return;
         }
@@ -275,7 +215,7 @@ impl PgTx<'_, '_> {
                 }
             }
         }
-        self.prefetched = Prefetched { members, answers, family: None };
+        self.prefetched = Prefetched { members, answers };
         Ok(())
     }
 }
@@ -299,9 +239,6 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn family_and_revision(&mut self, roots: &[CustomerId]) -> Result<(Vec<(CustomerId, MemberRow)>, i64), StoreError> {
-        if let Some(served) = self.prefetched.family.take().and_then(|family| family.serve(roots)) {
-            return Ok(served);
-        }
         let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
         // The locking part runs as in `family_members` (not at all without a
         // programme); the outer join keeps one row, with the revision, when no
@@ -1246,28 +1183,5 @@ mod tests {
             assert!(ahead.members.contains_key(&bob_member.member), "another customer's rows stay");
             assert!(ahead.answers.contains_key(&bob_member.member));
         }
-    }
-
-    #[test]
-    fn a_batch_s_memberships_read_ahead_serve_only_the_roots_read_or_created_since() {
-        let (ana, bob, new, stranger) = (CustomerId::new(), CustomerId::new(), CustomerId::new(), CustomerId::new());
-        let (ana_first, ana_second, bob_member) = (membership(ana), membership(ana), membership(bob));
-        let family = || PrefetchedFamily {
-            roots: [ana, bob].into_iter().collect(),
-            created: [new].into_iter().collect(),
-            rows: vec![(ana, ana_second.clone()), (bob, bob_member.clone()), (ana, ana_first.clone())],
-            revision: 7,
-        };
-        let (rows, revision) = family().serve(&[ana, new]).expect("read ahead or created");
-        assert_eq!(revision, 7);
-        let mut expected = vec![ana_first.member, ana_second.member];
-        expected.sort();
-        assert_eq!(rows.iter().map(|(_, m)| m.member).collect::<Vec<_>>(), expected, "in member id order, ana's only");
-        assert!(rows.iter().all(|(root, _)| *root == ana));
-        assert!(family().serve(&[ana, stranger]).is_none(), "a root nobody read is read from the database");
-        // Any ledger write drops the read-ahead (merges: `IngestTx::write`).
-        let mut ahead = Prefetched { family: Some(family()), ..Default::default() };
-        ahead.forget_written(&LedgerWrite::default());
-        assert!(ahead.family.is_none());
     }
 }
