@@ -147,9 +147,10 @@ enum Plans {
 /// small ingest transactions (`GENERIC_PLANS_UP_TO`).
 const GENERIC_PLANS: &str = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET jit = off";
 
-/// Connections kept for transactions on generic plans, at most: the combined
-/// writers use one each, and small ingest requests written alone share the rest.
-const GENERIC_CONNECTIONS: usize = 4;
+/// Connections kept for transactions on generic plans, at most: one for each
+/// combined writer (ingest groups, and operation groups); a group's requests
+/// written again one by one take the same connection in turn.
+const GENERIC_CONNECTIONS: usize = INGEST_WRITERS + OPERATION_WRITERS;
 
 /// Ingest transactions of at most this many messages run on generic plans
 /// (`GENERIC_PLANS`). Larger ones keep PostgreSQL's choice:
@@ -494,6 +495,8 @@ impl PgTx<'_, '_> {
     /// The claims already stored among `claims`, the owners of `identifiers`
     /// and, with `lock`, the profiles owning the unshared ones, locked in id
     /// order (as `load_customers` does): three reads in one round trip.
+    /// (On Citus, where profiles and identifiers are distributed apart, the
+    /// lock goes back to `load_customers`, one customer per statement.)
     fn claims_owners_and_maybe_profiles(
         &mut self,
         claims: &[(&str, &str)],
