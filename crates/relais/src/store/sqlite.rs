@@ -2841,6 +2841,18 @@ mod tests {
         SqliteEngine::open(folder, IngestSettings::default(), &master, Classification::default()).expect("open")
     }
 
+    /// A single message's envelope, received now, under `defaults`.
+    fn test_envelope(defaults: &IngestSettings) -> relais_domain::message::Envelope<'_> {
+        relais_domain::message::Envelope {
+            received_at: Utc::now(),
+            implied_type: None,
+            batch_sent_at: None,
+            batch_context: None,
+            default_currency: &defaults.currency,
+            card_policy: defaults.card_policy,
+        }
+    }
+
     fn count(engine: &SqliteEngine, sql: &'static str) -> i64 {
         engine.readers.with(|conn| Ok(conn.query_row(sql, [], |r| r.get(0))?)).expect("count")
     }
@@ -3076,14 +3088,7 @@ mod tests {
         let engine = engine(&older);
         assert_eq!(page_size(&engine), 4_096);
         let defaults = IngestSettings::default();
-        let envelope = relais_domain::message::Envelope {
-            received_at: Utc::now(),
-            implied_type: None,
-            batch_sent_at: None,
-            batch_context: None,
-            default_currency: &defaults.currency,
-            card_policy: defaults.card_policy,
-        };
+        let envelope = test_envelope(&defaults);
         let messages = (0..500)
             .map(|i| {
                 let text =
@@ -3105,14 +3110,7 @@ mod tests {
             std::env::temp_dir().join(format!("relais_owners_{}", ulid::Ulid::new().to_string().to_lowercase()));
         let engine = engine(&folder);
         let defaults = IngestSettings::default();
-        let envelope = relais_domain::message::Envelope {
-            received_at: Utc::now(),
-            implied_type: None,
-            batch_sent_at: None,
-            batch_context: None,
-            default_currency: &defaults.currency,
-            card_policy: defaults.card_policy,
-        };
+        let envelope = test_envelope(&defaults);
         let send = |ids: &str| -> CustomerId {
             let text = format!(r#"{{"type": "track", "event": "Probe", {ids}}}"#);
             let message = TrackingMessage::parse_json(&text, &envelope).expect("valid message");
