@@ -243,7 +243,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // commit; with pages twice as large there are fewer of them to find,
     // write to the log and checkpoint: 60,000–62,000 events/s against
     // 54,000–56,500 with 4 KB (bench ingest, 500,000 events). Loyalty moved
-    // within its noise (6,000–6,500 tx/s against 6,200–6,900).
+    // within its noise (5,524 tx/s against 5,626, medians of five-run medians).
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     // Decision 5: an acknowledged write is on disk. WAL with synchronous=FULL
     // fsyncs the log at every commit; the writer's connection instead leaves
