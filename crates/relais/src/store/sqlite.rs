@@ -238,8 +238,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // First, so that processes opening a new file together wait for each other
     // (switching to WAL takes an exclusive lock) instead of failing.
     conn.pragma_update(None, "busy_timeout", 10_000)?;
-    // 8 KB pages for a new file (an existing one keeps its own: this is then
-    // a no-op). Ingest dirties pages at random in several indexes at every
+    // 8 KB pages for a new file (an existing one keeps its own: the pragma
+    // then only reads the schema early, and would apply to a VACUUM, which
+    // relais never runs). Ingest dirties pages at random in several indexes at every
     // commit; with pages twice as large there are fewer of them to find,
     // write to the log and checkpoint: 60,000–62,000 events/s against
     // 54,000–56,500 with 4 KB (bench ingest, 500,000 events). Loyalty moved
@@ -325,7 +326,11 @@ impl SqliteEngine {
         // that length while the writer finished its group) never truncates.
         // Truncating frees the file's blocks and waits for their writeback:
         // cutting 450 MB took 154 ms, stalling the commit that did it.
-        writer.pragma_update(None, "journal_size_limit", 2 * WAL_RESTART_FRAMES * PAGE_SIZE)?;
+        writer.pragma_update(None, "journal_size_limit", 2 * WAL_RESTART_BYTES)?;
+        // The restart length in frames of this file's pages (an older file
+        // keeps 4 KB pages).
+        let page_size: i64 = writer.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let restart_frames = WAL_RESTART_BYTES / page_size.max(512);
         let checkpointer = open_connection(&path)?;
         checkpointer.pragma_update(None, "cache_size", -1_024)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -334,7 +339,7 @@ impl SqliteEngine {
         let wal_too_long = restart_wal.clone();
         let checkpoint = thread::Builder::new()
             .name("relais-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, checkpoint_stop, wal_too_long))
+            .spawn(move || checkpoint_loop(checkpointer, checkpoint_stop, wal_too_long, restart_frames))
             .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
         // From here on the writer's commits return once written, and callers wait
         // for the log's flush before hearing of them (see `log_flush`).
@@ -446,12 +451,13 @@ fn in_savepoint<T>(
 
 /// Copy committed WAL frames into the database file regularly; stops when the
 /// database is no longer used by this process (the connection is the last one).
-/// When the log has grown past `WAL_RESTART_FRAMES`, asks the writer to
-/// restart it (see `restart_wal`).
+/// When the log has grown past `restart_frames` (`WAL_RESTART_BYTES` of
+/// frames), asks the writer to restart it (see `restart_wal`).
 fn checkpoint_loop(
     conn: Connection,
     stop: Arc<std::sync::atomic::AtomicBool>,
     restart_wal: Arc<std::sync::atomic::AtomicBool>,
+    restart_frames: i64,
 ) {
     loop {
         // Parked rather than asleep, so that dropping the engine wakes it at once.
@@ -461,7 +467,7 @@ fn checkpoint_loop(
         }
         // PASSIVE never blocks writers or readers; it copies what it can.
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
-            Ok(frames) if frames > WAL_RESTART_FRAMES => {
+            Ok(frames) if frames > restart_frames => {
                 restart_wal.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Ok(_) => {}
@@ -470,14 +476,14 @@ fn checkpoint_loop(
     }
 }
 
-/// Frames (a page each, 8 KB in a file relais created) after which the
-/// writer restarts the log: 512 MB. Each restart stalls the writer while it checkpoints the log's tail and
-/// syncs the database file (tens of milliseconds once the database is larger
-/// than the page cache), so restarts must be rare enough that the requests
-/// they delay stay well under 1% (at 16,384 frames of 4 KB, two restarts a
-/// second under loyalty traffic put them at the 99th percentile). The log's length
-/// costs disk only: readers search just the frames not yet checkpointed.
-const WAL_RESTART_FRAMES: i64 = 65_536;
+/// Bytes of frames after which the writer restarts the log. Each restart
+/// stalls the writer while it checkpoints the log's tail and syncs the
+/// database file (tens of milliseconds once the database is larger than the
+/// page cache), so restarts must be rare enough that the requests they delay
+/// stay well under 1% (at 64 MB, two restarts a second under loyalty traffic
+/// put them at the 99th percentile). The log's length costs disk only:
+/// readers search just the frames not yet checkpointed.
+const WAL_RESTART_BYTES: i64 = 512 << 20;
 
 /// The page size of a database file relais creates.
 const PAGE_SIZE: i64 = 8_192;
@@ -3066,27 +3072,28 @@ mod tests {
         let _ = std::fs::remove_dir_all(&folder);
     }
 
-    /// The writer remembers identifier owners between transactions; a merge, an
-    /// unmerge and another connection's write each move owners behind it, and
-    /// every message still lands on the profile that holds its identifiers then.
     /// New files get 8 KB pages; a file an earlier version made with 4 KB
-    /// pages keeps them and still takes events (its log limits are sized for
-    /// 8 KB pages, which only makes its log restart sooner).
+    /// pages keeps them and still takes events, even with that version's log
+    /// still holding uncheckpointed frames of 4 KB (a process killed, or still
+    /// open, when relais starts).
     #[test]
     fn a_file_made_with_4_kb_pages_keeps_them_and_takes_events() {
         let root =
             std::env::temp_dir().join(format!("relais_page_size_{}", ulid::Ulid::new().to_string().to_lowercase()));
         let (fresh, older) = (root.join("fresh"), root.join("older"));
         std::fs::create_dir_all(&older).expect("folder");
-        {
-            let conn = Connection::open(older.join("relais.db")).expect("connection");
-            conn.execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE made_before (x)")
-                .expect("a 4 KB file");
-        }
+        let earlier = Connection::open(older.join("relais.db")).expect("connection");
+        earlier
+            .execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
+                 CREATE TABLE made_before (x); INSERT INTO made_before VALUES (1), (2), (3);",
+            )
+            .expect("a 4 KB file with frames in its log");
         let page_size = |engine: &SqliteEngine| count(engine, "SELECT page_size FROM pragma_page_size");
         assert_eq!(page_size(&engine(&fresh)), 8_192);
         let engine = engine(&older);
         assert_eq!(page_size(&engine), 4_096);
+        assert_eq!(count(&engine, "SELECT count(*) FROM made_before"), 3);
         let defaults = IngestSettings::default();
         let envelope = test_envelope(&defaults);
         let messages = (0..500)
@@ -3100,10 +3107,17 @@ mod tests {
         assert!(outcomes.iter().all(|o| matches!(o, Outcome::Stored { .. })));
         assert_eq!(count(&engine, "SELECT count(*) FROM events"), 500);
         assert_eq!(count(&engine, "SELECT count(DISTINCT customer_id) FROM events"), 50);
+        let check: String =
+            engine.readers.with(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)).expect("check");
+        assert_eq!(check, "ok");
         drop(engine);
+        drop(earlier);
         let _ = std::fs::remove_dir_all(&root);
     }
 
+    /// The writer remembers identifier owners between transactions; a merge, an
+    /// unmerge and another connection's write each move owners behind it, and
+    /// every message still lands on the profile that holds its identifiers then.
     #[test]
     fn cached_identifier_owners_follow_merges_unmerges_and_other_writers() {
         let folder =
