@@ -240,10 +240,10 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "busy_timeout", 10_000)?;
     // 8 KB pages for a new file (an existing one keeps its own: the pragma
     // then only reads the schema early, and would apply to a VACUUM, which
-    // relais never runs). Ingest dirties pages at random in several indexes at every
-    // commit; with pages twice as large there are fewer of them to find,
-    // write to the log and checkpoint: 60,000–62,000 events/s against
-    // 54,000–56,500 with 4 KB (bench ingest, 500,000 events). Loyalty moved
+    // relais never runs). Ingest dirties pages at random in several indexes
+    // at every commit; with pages twice as large there are fewer of them to
+    // find, write to the log and checkpoint: 60,000–62,000 events/s against
+    // 53,900–56,500 with 4 KB (bench ingest, 500,000 events). Loyalty moved
     // within its noise (5,524 tx/s against 5,626, medians of five-run medians).
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     // Decision 5: an acknowledged write is on disk. WAL with synchronous=FULL

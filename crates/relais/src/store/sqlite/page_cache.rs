@@ -6,9 +6,10 @@
 //! pages, 131,073 with 8 KB). That raises the cache's highest page number
 //! far above the file's size, so at the end of the transaction the cache's
 //! truncation to the file's size believes pages may lie beyond it and scans
-//! every slot of its hash table. With a warm 64 MB cache that scan took 18–26% of the writer's
-//! time under loyalty traffic (measured with perf and gdb). The scan finds
-//! nothing: the renumbering moved the page away again at once.
+//! every slot of its hash table. With a warm 64 MB cache that scan took
+//! 18–26% of the writer's time under loyalty traffic (measured with perf and
+//! gdb). The scan finds nothing: the renumbering moved the page away again
+//! at once.
 //!
 //! The wrapper delegates everything to the default cache and keeps, per
 //! cache, an upper bound of the page numbers it holds (not counting a page
