@@ -2847,6 +2847,11 @@ mod tests {
         SqliteEngine::open(folder, IngestSettings::default(), &master, Classification::default()).expect("open")
     }
 
+    /// A folder of its own under the system's temporary folder (not created).
+    fn unique_folder(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("relais_{name}_{}", ulid::Ulid::new().to_string().to_lowercase()))
+    }
+
     /// A single message's envelope, received now, under `defaults`.
     fn test_envelope(defaults: &IngestSettings) -> relais_domain::message::Envelope<'_> {
         relais_domain::message::Envelope {
@@ -2870,8 +2875,7 @@ mod tests {
     /// them in place and roll back to savepoints.
     #[test]
     fn every_commit_is_in_the_log_file_when_it_returns() {
-        let root =
-            std::env::temp_dir().join(format!("relais_log_writes_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let root = unique_folder("log_writes");
         let (live, copy) = (root.join("live"), root.join("copy"));
         std::fs::create_dir_all(&live).expect("folder");
         // Two writers, one after the other: each finds frames in the log that
@@ -2956,8 +2960,7 @@ mod tests {
     /// new indexes.
     #[test]
     fn the_ledger_survives_its_move_to_time_order() {
-        let folder =
-            std::env::temp_dir().join(format!("relais_ledger_move_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let folder = unique_folder("ledger_move");
         std::fs::create_dir_all(&folder).expect("folder");
         let (customer, member) = (CustomerId::new(), relais_domain::MemberId::new());
         let day = NaiveDate::from_ymd_opt(2026, 3, 3).expect("day");
@@ -3078,8 +3081,7 @@ mod tests {
     /// open, when relais starts).
     #[test]
     fn a_file_made_with_4_kb_pages_keeps_them_and_takes_events() {
-        let root =
-            std::env::temp_dir().join(format!("relais_page_size_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let root = unique_folder("page_size");
         let (fresh, older) = (root.join("fresh"), root.join("older"));
         std::fs::create_dir_all(&older).expect("folder");
         let earlier = Connection::open(older.join("relais.db")).expect("connection");
@@ -3120,8 +3122,7 @@ mod tests {
     /// every message still lands on the profile that holds its identifiers then.
     #[test]
     fn cached_identifier_owners_follow_merges_unmerges_and_other_writers() {
-        let folder =
-            std::env::temp_dir().join(format!("relais_owners_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let folder = unique_folder("owners");
         let engine = engine(&folder);
         let defaults = IngestSettings::default();
         let envelope = test_envelope(&defaults);
@@ -3162,8 +3163,7 @@ mod tests {
     /// that fails leaves nothing behind and takes nobody down with it.
     #[test]
     fn grouped_writes_commit_together_and_fail_alone() {
-        let folder =
-            std::env::temp_dir().join(format!("relais_grouped_{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let folder = unique_folder("grouped");
         let engine = Arc::new(engine(&folder));
         engine
             .write(false, |conn| Ok(conn.execute_batch("CREATE TABLE grouped_probe (n INTEGER PRIMARY KEY)")?))
