@@ -111,7 +111,7 @@ type Answer<T> = (Result<T, StoreError>, u64);
 /// after any other write on the writer connection (unmerge, rebuild).
 struct CustomerCache {
     data_version: i64,
-    entries: lru::LruCache<CustomerId, (CustomerState, Vec<Identifier>), foldhash::fast::RandomState>,
+    entries: CustomerEntries,
     /// Identifier owners (and whether the identifier is shared) as committed,
     /// for identifiers found or linked by ingestion. Looking them up one by one
     /// in the `identifiers` index took 8% of the writer's time. Dropped whole
@@ -121,9 +121,12 @@ struct CustomerCache {
     owners: lru::LruCache<Identifier, (CustomerId, bool), foldhash::fast::RandomState>,
 }
 
-/// Customers kept at most, least recently used evicted first, so memory stays
-/// bounded (about 1 KB each).
-const CACHE_CAPACITY: usize = 100_000;
+/// Bytes of customer states the writer keeps at most, least recently used
+/// evicted first. A cap on bytes rather than entries keeps memory flat: an
+/// entry grows as its profile fills (identify traits arrive over a
+/// customer's life), so a cap of 100,000 entries let resident memory climb
+/// by a fifth over 5,000,000 events after the cache was full.
+const CACHE_BYTES: usize = 128 << 20;
 
 /// Identifier owners kept at most (about 100 bytes each).
 const OWNERS_CAPACITY: usize = 200_000;
@@ -140,15 +143,97 @@ impl Default for CustomerCache {
     fn default() -> Self {
         CustomerCache {
             data_version: 0,
-            entries: lru::LruCache::with_hasher(
-                std::num::NonZeroUsize::new(CACHE_CAPACITY).expect("non-zero capacity"),
-                Default::default(),
-            ),
+            entries: CustomerEntries::new(CACHE_BYTES),
             owners: lru::LruCache::with_hasher(
                 std::num::NonZeroUsize::new(OWNERS_CAPACITY).expect("non-zero capacity"),
                 Default::default(),
             ),
         }
+    }
+}
+
+/// A customer's state as cached, with its exclusive identifiers.
+type CachedCustomer = (CustomerState, Vec<Identifier>);
+
+/// The writer's customer states, least recently used first out, within a
+/// budget of (estimated) heap bytes.
+struct CustomerEntries {
+    lru: lru::LruCache<CustomerId, (CachedCustomer, usize), foldhash::fast::RandomState>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl CustomerEntries {
+    fn new(budget: usize) -> Self {
+        CustomerEntries { lru: lru::LruCache::unbounded_with_hasher(Default::default()), bytes: 0, budget }
+    }
+
+    fn peek(&self, customer: &CustomerId) -> Option<&CachedCustomer> {
+        self.lru.peek(customer).map(|(entry, _)| entry)
+    }
+
+    /// Take a customer out (its state is changed, then put back).
+    fn pop(&mut self, customer: &CustomerId) -> Option<CachedCustomer> {
+        let (entry, bytes) = self.lru.pop(customer)?;
+        self.bytes -= bytes;
+        Some(entry)
+    }
+
+    fn put(&mut self, customer: CustomerId, entry: CachedCustomer) {
+        let bytes = cached_bytes(&entry);
+        if let Some((_, replaced)) = self.lru.put(customer, (entry, bytes)) {
+            self.bytes -= replaced;
+        }
+        self.bytes += bytes;
+        while self.bytes > self.budget {
+            match self.lru.pop_lru() {
+                Some((_, (_, evicted))) => self.bytes -= evicted,
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.lru.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Heap bytes a cached customer takes, estimated from its shape: the LRU
+/// node, the strings, and B-tree nodes of eleven slots for its maps (what
+/// the standard library allocates for a small map).
+fn cached_bytes((state, exclusives): &CachedCustomer) -> usize {
+    const NODE: usize = std::mem::size_of::<(CustomerId, (CachedCustomer, usize))>() + 64;
+    const STRING_SLOT: usize = std::mem::size_of::<String>();
+    let traits = &state.traits;
+    let stores: usize = traits.store_events.keys().map(|k| k.len() + 8).sum();
+    NODE + map_bytes(&state.profile)
+        + state.sealed_profile.as_ref().map_or(0, Vec::capacity)
+        + traits.last_message_id.as_ref().map_or(0, String::capacity)
+        + btree_nodes(traits.store_events.len()) * 11 * (STRING_SLOT + 8)
+        + stores
+        + exclusives.capacity() * std::mem::size_of::<Identifier>()
+        + exclusives.iter().map(|i| i.value().len()).sum::<usize>()
+}
+
+/// Nodes of a B-tree map of `len` entries (eleven slots a node).
+fn btree_nodes(len: usize) -> usize {
+    len.div_ceil(11)
+}
+
+fn map_bytes(map: &Map<String, Value>) -> usize {
+    const SLOT: usize = std::mem::size_of::<String>() + std::mem::size_of::<Value>();
+    btree_nodes(map.len()) * 11 * SLOT + map.iter().map(|(k, v)| k.len() + value_bytes(v)).sum::<usize>()
+}
+
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => {
+            items.len() * std::mem::size_of::<Value>() + items.iter().map(value_bytes).sum::<usize>()
+        }
+        Value::Object(map) => map_bytes(map),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
     }
 }
 
@@ -2862,6 +2947,41 @@ mod tests {
             default_currency: &defaults.currency,
             card_policy: defaults.card_policy,
         }
+    }
+
+    /// The writer's customer cache stays within its byte budget as entries
+    /// grow, evicting the least recently used first; a customer taken out
+    /// and put back counts once.
+    #[test]
+    fn the_customer_cache_keeps_to_its_byte_budget() {
+        let state = |profile_bytes: usize| {
+            let mut state = CustomerState::default();
+            state.profile.insert("city".into(), Value::String("L".repeat(profile_bytes)));
+            (state, Vec::new())
+        };
+        let one = cached_bytes(&state(100));
+        let mut cache = CustomerEntries::new(one * 3);
+        let ids: Vec<CustomerId> = (0..4).map(|_| CustomerId::new()).collect();
+        for id in &ids[..3] {
+            cache.put(*id, state(100));
+        }
+        assert_eq!(cache.bytes, one * 3);
+        // The first is used again, so the second is the least recently used.
+        assert!(cache.peek(&ids[0]).is_some());
+        let taken = cache.pop(&ids[0]).expect("cached");
+        assert_eq!(cache.bytes, one * 2);
+        cache.put(ids[0], taken);
+        cache.put(ids[3], state(100));
+        assert!(cache.peek(&ids[1]).is_none(), "the least recently used is evicted");
+        assert!(cache.peek(&ids[0]).is_some() && cache.peek(&ids[2]).is_some() && cache.peek(&ids[3]).is_some());
+        assert_eq!(cache.bytes, one * 3);
+        // An entry that grew (a profile filled in) pushes out older ones.
+        cache.put(ids[3], state(100 + 2 * one));
+        assert!(cache.bytes <= one * 3, "{} bytes over a budget of {}", cache.bytes, one * 3);
+        assert!(cache.peek(&ids[3]).is_some());
+        assert!(cache.peek(&ids[0]).is_none() && cache.peek(&ids[2]).is_none());
+        cache.clear();
+        assert_eq!(cache.bytes, 0);
     }
 
     fn count(engine: &SqliteEngine, sql: &'static str) -> i64 {
