@@ -1,5 +1,6 @@
-//! Service e-mails about a member's tier: an upgrade, and the notice of a
-//! downgrade with the day it takes effect and exactly what keeps the tier.
+//! Service e-mails about a member's tier: an upgrade, the notice of a
+//! downgrade with the day it takes effect and exactly what keeps the tier,
+//! and the downgrade itself when that day comes.
 //! They are about the member's contract, not marketing: they need no
 //! marketing consent. Written in French or English, by the language the
 //! customer declared (a `language` or `locale` trait), else the
@@ -44,6 +45,13 @@ pub enum TierLetterKind {
         on: NaiveDate,
         /// What keeping the level takes by the day before `on`.
         keep: KeepAnswer,
+    },
+    /// The announced downgrade took effect.
+    Downgrade {
+        /// The level left.
+        from: String,
+        /// The level now held (`None`: no tier).
+        to: Option<String>,
     },
 }
 
@@ -91,6 +99,18 @@ impl TierLetter {
             }
             (TierLetterKind::Notice { tier, on, .. }, Lang::En) => {
                 format!("{}: your {tier} status changes on {}", self.programme, long_date(*on, lang))
+            }
+            (TierLetterKind::Downgrade { to: Some(to), .. }, Lang::Fr) => {
+                format!("{} : vous êtes désormais au statut {to}", self.programme)
+            }
+            (TierLetterKind::Downgrade { to: Some(to), .. }, Lang::En) => {
+                format!("{}: your status is now {to}", self.programme)
+            }
+            (TierLetterKind::Downgrade { from, to: None }, Lang::Fr) => {
+                format!("{} : votre statut {from} a pris fin", self.programme)
+            }
+            (TierLetterKind::Downgrade { from, to: None }, Lang::En) => {
+                format!("{}: your {from} status has ended", self.programme)
             }
         }
     }
@@ -154,6 +174,34 @@ impl TierLetter {
                     format!(
                         "Keeping {tier} takes {threshold} over {window} months. What will still count on {last}: \
                          {counted}. You need {missing} more, by {last} at the latest.\n"
+                    )
+                });
+            }
+            TierLetterKind::Downgrade { from, to } => {
+                text.push_str(&match (to, fr) {
+                    (Some(to), true) => format!(
+                        "Depuis le {day}, vous êtes au statut {to} du programme {} (vous étiez {from})",
+                        self.programme
+                    ),
+                    (Some(to), false) => {
+                        format!("Since {day}, you hold the {to} status of {} (you were {from})", self.programme)
+                    }
+                    (None, true) => {
+                        format!("Depuis le {day}, votre statut {from} du programme {} a pris fin", self.programme)
+                    }
+                    (None, false) => format!("Since {day}, your {from} status of {} has ended", self.programme),
+                });
+                text.push_str(&if fr {
+                    format!(
+                        ", comme nous vous l'avions annoncé : vos {window} derniers mois ne remplissaient plus \
+                         la condition du statut {from}. Vos points restent les vôtres. Dès que vous remplirez \
+                         à nouveau la condition d'un statut, vous y accéderez aussitôt.\n"
+                    )
+                } else {
+                    format!(
+                        ", as we told you: your last {window} months no longer met the condition of the {from} \
+                         status. Your points stay yours. As soon as you meet a status's condition again, you \
+                         reach it at once.\n"
                     )
                 });
             }
@@ -245,6 +293,29 @@ mod tests {
         assert!(letter
             .text(Lang::En)
             .contains("Since 10 March 2026, you hold the Or status of Club Relais (you were Argent)"));
+    }
+
+    #[test]
+    fn a_downgrade_says_which_tier_was_left_and_which_is_held_now() {
+        let letter = TierLetter {
+            kind: TierLetterKind::Downgrade { from: "Or".into(), to: Some("Argent".into()) },
+            day: day("2026-05-01"),
+            ..notice()
+        };
+        assert_eq!(letter.subject(Lang::Fr), "Club Relais : vous êtes désormais au statut Argent");
+        let fr = letter.text(Lang::Fr);
+        assert!(fr.contains("Depuis le 1er mai 2026, vous êtes au statut Argent du programme Club Relais (vous étiez Or), comme nous vous l'avions annoncé : vos 12 derniers mois ne remplissaient plus la condition du statut Or."), "{fr}");
+        assert_eq!(letter.subject(Lang::En), "Club Relais: your status is now Argent");
+        let en = letter.text(Lang::En);
+        assert!(
+            en.contains("Since 1 May 2026, you hold the Argent status of Club Relais (you were Or), as we told you"),
+            "{en}"
+        );
+        let ended = TierLetter { kind: TierLetterKind::Downgrade { from: "Argent".into(), to: None }, ..letter };
+        assert_eq!(ended.subject(Lang::Fr), "Club Relais : votre statut Argent a pris fin");
+        assert!(ended.text(Lang::Fr).contains("votre statut Argent du programme Club Relais a pris fin"));
+        assert_eq!(ended.subject(Lang::En), "Club Relais: your Argent status has ended");
+        assert!(ended.text(Lang::En).contains("Your points stay yours."));
     }
 
     #[test]

@@ -1200,7 +1200,7 @@ fn tier_event(change: &TierChange) -> ComputedEvent {
 }
 
 /// The e-mail telling a member about a tier change, when it is one members
-/// are told about (an upgrade, a downgrade notice) and the person has an
+/// are told about (an upgrade, a downgrade notice, the downgrade) and the person has an
 /// e-mail address: the surviving profile and the `Email` payload, in the
 /// language the profile declares, else `default_lang`. A service message
 /// about the member's contract: no marketing consent is needed; an erased
@@ -1228,6 +1228,9 @@ fn tier_mail(
             let Some(keep) = tiers.keep(tier, last, counted) else { return Ok(None) };
             TierLetterKind::Notice { tier: name(&change.from).unwrap_or_default(), next: name(&change.to), on, keep }
         }
+        ("downgrade", _, Some(_), _) => {
+            TierLetterKind::Downgrade { from: name(&change.from).unwrap_or_default(), to: name(&change.to) }
+        }
         _ => return Ok(None),
     };
     let Some(recipient) = tx.recipient(change.customer)? else { return Ok(None) };
@@ -1250,7 +1253,7 @@ fn tier_mail(
 
 /// The scheduled tier review of one member on `day`: downgrades after their
 /// grace period, notices at review dates; the member is told by e-mail of a
-/// notice or an upgrade (in the same transaction, through the outbox), in
+/// notice, a downgrade or an upgrade (in the same transaction, through the outbox), in
 /// their declared language or `default_lang`.
 pub fn review_member(
     tx: &mut dyn LedgerTx,

@@ -175,7 +175,7 @@ async fn mails_of(app: &TestApp, customer: &str) -> Vec<(String, String, String)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn members_are_told_of_an_upgrade_and_of_a_downgrade_notice_by_e_mail_in_their_language() {
+async fn members_are_told_of_an_upgrade_a_downgrade_notice_and_the_downgrade_by_e_mail_in_their_language() {
     let app = TestApp::spawn().await;
     let (status, applied) = admin_post(&app, "/api/v1/loyalty/programmes", json!(TIERED), &[]).await;
     assert_eq!(status, StatusCode::OK, "{applied}");
@@ -248,6 +248,25 @@ async fn members_are_told_of_an_upgrade_and_of_a_downgrade_notice_by_e_mail_in_t
     );
     assert!(mails_of(&app, &sam).await.is_empty());
 
+    // On the announced day the downgrade takes effect, and is told too.
+    let store = app.store.clone();
+    let downgraded = tokio::task::spawn_blocking(move || store.blocking().loyalty_review(on).unwrap()).await.unwrap();
+    assert_eq!(downgraded, 3, "lou, zoe and sam lose their tier");
+    let (_, member) = app.get(&format!("/api/v1/loyalty/members/{lou_member}")).await;
+    assert!(member["tier"].is_null(), "{member}");
+    let lou_mails = mails_of(&app, &lou).await;
+    assert_eq!(lou_mails.len(), 3, "{lou_mails:?}");
+    assert_eq!(lou_mails[2].1, "Club Relais: your Or status has ended");
+    assert!(
+        lou_mails[2].2.contains(&format!("Since {}, your Or status of Club Relais has ended", long_en(on))),
+        "{}",
+        lou_mails[2].2
+    );
+    let zoe_mails = mails_of(&app, &zoe).await;
+    assert_eq!(zoe_mails.len(), 3, "{zoe_mails:?}");
+    assert_eq!(zoe_mails[2].1, "Club Relais : votre statut Argent a pris fin");
+    assert!(mails_of(&app, &sam).await.is_empty());
+
     // The e-mails are delivered like every outbox message.
     let dir = tempfile::tempdir().unwrap();
     let worker = relais::outbox::DeliveryWorker::new(
@@ -256,7 +275,7 @@ async fn members_are_told_of_an_upgrade_and_of_a_downgrade_notice_by_e_mail_in_t
         "Club Relais <club@example.fr>".parse().unwrap(),
     );
     let report = tokio::task::spawn_blocking(move || worker.run_once().unwrap()).await.unwrap();
-    assert_eq!(report.delivered, 4, "{report:?}");
+    assert_eq!(report.delivered, 6, "{report:?}");
 }
 
 /// A reward redemption (reserved), through the API.
