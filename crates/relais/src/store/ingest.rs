@@ -311,6 +311,11 @@ pub trait IngestTx {
     ) -> Result<(Owners, Exclusives), StoreError> {
         Ok((self.identifier_owners(identifiers)?, self.exclusive_identifiers(customers)?))
     }
+    /// `exclusive_identifiers` and `load_customers` of the same customers, where
+    /// no other writer can interleave (a cache then answers both at once).
+    fn exclusives_and_customers(&mut self, customers: &[CustomerId]) -> Result<(Exclusives, Customers), StoreError> {
+        Ok((self.exclusive_identifiers(customers)?, self.load_customers(customers)?))
+    }
     /// Whether other writers may change identifiers concurrently (several server
     /// processes on one database): the batch then re-reads what it resolved
     /// from after locking the customers, and retries if anything moved.
@@ -450,10 +455,7 @@ pub fn ingest_batch<'a>(
             }
             (exclusives, customers)
         }
-        None => {
-            let exclusives = tx.exclusive_identifiers(&owner_ids)?;
-            (exclusives, tx.load_customers(&owner_ids)?)
-        }
+        None => tx.exclusives_and_customers(&owner_ids)?,
     };
     if customers.values().any(|c| c.merged_into.is_some()) || customers.len() != owner_ids.len() {
         // An identifier pointed at a profile that a concurrent writer merged away.
@@ -631,12 +633,7 @@ pub fn ingest_batch<'a>(
     let merges: Vec<(CustomerId, CustomerId)> = changes.merges.iter().map(|m| (m.survivor, m.merged)).collect();
     let events: Vec<super::loyalty::EarnEvent<'_>> =
         changes.events.iter().map(|e| (e.customer_id, e.event_id, e.message)).collect();
-    let birthdays: std::collections::HashMap<CustomerId, NaiveDate> = changes
-        .customers
-        .iter()
-        .filter_map(|(id, state)| relais_domain::loyalty::rules::birth_date(&state.profile).map(|b| (*id, b)))
-        .collect();
-    super::loyalty::earn_batch(tx, &events, &merges, &birthdays, settings)?;
+    super::loyalty::earn_batch(tx, &events, &merges, &changes.customers, settings)?;
     drop(events);
     tx.keep(changes);
     Ok(outcomes)

@@ -912,6 +912,30 @@ impl IngestTx for SqliteTx<'_, '_> {
         Ok(found)
     }
 
+    fn exclusives_and_customers(&mut self, customers: &[CustomerId]) -> Result<(Exclusives, Customers), StoreError> {
+        let mut exclusives = Exclusives::default();
+        let mut found = Customers::default();
+        let mut missing = Vec::new();
+        for customer in customers {
+            // Taken out of the cache whole: the exclusives move instead of
+            // being copied (the transaction puts the entry back once written).
+            match self.cache.as_mut().and_then(|c| c.entries.pop(customer)) {
+                Some((state, held)) => {
+                    if !held.is_empty() {
+                        exclusives.insert(*customer, held);
+                    }
+                    found.insert(*customer, state);
+                }
+                None => missing.push(*customer),
+            }
+        }
+        if !missing.is_empty() {
+            exclusives.extend(self.exclusive_identifiers(&missing)?);
+            found.extend(self.load_customers(&missing)?);
+        }
+        Ok((exclusives, found))
+    }
+
     fn load_customers(&mut self, customers: &[CustomerId]) -> Result<Customers, StoreError> {
         let mut found = Customers::default();
         let mut stmt = self
