@@ -3,25 +3,11 @@
 //! the action.
 
 use relais::privacy::audit::verify;
-use relais::store::Location;
 use relais_domain::Role;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{place, run_binary, urlencode, TestApp};
-
-fn raw_execute(location: &Location, sql: &str) {
-    match location {
-        Location::Folder(folder) => {
-            let conn = rusqlite::Connection::open(folder.join("relais.db")).unwrap();
-            conn.execute_batch(sql).unwrap();
-        }
-        Location::Postgres(url) => {
-            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
-            client.batch_execute(sql).unwrap();
-        }
-    }
-}
+use crate::helpers::{place, raw_execute, run_binary, urlencode, TestApp};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_are_audited_and_tampering_is_found_where_it_happened() {

@@ -145,6 +145,21 @@ impl TestApp {
     }
 }
 
+/// Run `sql` on the database behind the server, as a person with direct
+/// access to it would (to tamper with what relais wrote).
+pub fn raw_execute(location: &Location, sql: &str) {
+    match location {
+        Location::Folder(folder) => {
+            let conn = rusqlite::Connection::open(folder.join("relais.db")).unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+        Location::Postgres(url) => {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            client.batch_execute(sql).unwrap();
+        }
+    }
+}
+
 pub fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

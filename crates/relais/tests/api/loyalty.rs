@@ -7,7 +7,7 @@ use chrono::Datelike;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{place, start_binary, TestApp};
+use crate::helpers::{place, raw_execute, start_binary, TestApp};
 
 /// The test programme (TOML, as `relais loyalty apply` reads it).
 pub const PROGRAMME: &str = r#"
@@ -143,6 +143,45 @@ fn order(user: &str, message_id: &str, order_id: &str, total: f64, store: &str, 
     json!({"type": "track", "userId": user, "event": "Order Completed", "messageId": message_id,
            "context": {"channel": "store"},
            "properties": {"order_id": order_id, "total": total, "currency": "EUR", "store": store, "products": products}})
+}
+
+/// The ledger check compares each member's balance with its own entries and
+/// lots, and names the member whose balance was changed behind the ledger.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_check_names_a_balance_changed_behind_the_ledger() {
+    let app = TestApp::spawn().await;
+    let (status, applied) = apply(&app, PROGRAMME).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    app.batch(json!([
+        {"type": "identify", "userId": "noe", "traits": {"email": "noe@exemple.fr"}},
+        {"type": "identify", "userId": "ines", "traits": {"email": "ines@exemple.fr"}},
+    ]))
+    .await;
+    let noe = enrol(&app, "user_id:noe").await["id"].as_str().unwrap().to_string();
+    enrol(&app, "user_id:ines").await;
+    app.batch(json!([
+        order("noe", "noe-1", "N1", 120.0, "lyon-part-dieu", json!([])),
+        order("noe", "noe-2", "N2", 30.0, "nantes-centre", json!([])),
+        order("ines", "ines-1", "I1", 80.0, "paris-opera", json!([])),
+    ]))
+    .await;
+    let (status, _) = redeem(&app, &noe, 20, "noe-debit").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ledger_holds(&app).await;
+    let (_, member) = call(&app, "GET", &format!("/api/v1/loyalty/members/{noe}"), None, &[]).await;
+    let balance = member["balance"].as_i64().unwrap();
+    assert!(balance > 0, "{member}");
+
+    let (location, tamper) = (
+        app.scratch.location.clone(),
+        format!("UPDATE loyalty_members SET balance = balance + 500 WHERE member_id = '{noe}'"),
+    );
+    tokio::task::spawn_blocking(move || raw_execute(&location, &tamper)).await.unwrap();
+    let (status, check) = call(&app, "GET", "/api/v1/loyalty/check", None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(check["holds"], false, "{check}");
+    assert_eq!(check["total"], 0, "the entries themselves still sum to zero: {check}");
+    assert_eq!(check["mismatched_members"], json!([[noe, balance + 500, balance, balance]]), "{check}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1023,10 +1023,15 @@ pub(super) fn check(client: &mut impl GenericClient) -> Result<LedgerCheck, Stor
         .collect();
     let rows = client
         .query(
-            "SELECT m.member_id, m.balance, \
-             (SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries e WHERE e.member_id = m.member_id AND e.account = 'member'), \
-             (SELECT COALESCE(SUM(remaining), 0)::bigint FROM loyalty_lots l WHERE l.member_id = m.member_id) \
-             FROM loyalty_members m",
+            // Each table summed once by member: correlated sums, one per
+            // member, scanned the whole ledger per member (no index leads with
+            // `member_id` here), two minutes for 2,000 members.
+            "SELECT m.member_id, m.balance, COALESCE(e.points, 0)::bigint, COALESCE(l.remaining, 0)::bigint \
+             FROM loyalty_members m \
+             LEFT JOIN (SELECT member_id, SUM(points) AS points FROM loyalty_entries WHERE account = 'member' \
+             GROUP BY member_id) e ON e.member_id = m.member_id \
+             LEFT JOIN (SELECT member_id, SUM(remaining) AS remaining FROM loyalty_lots GROUP BY member_id) l \
+             ON l.member_id = m.member_id",
             &[],
         )?
         .iter()

@@ -852,10 +852,13 @@ pub(super) fn check(conn: &Connection) -> Result<LedgerCheck, StoreError> {
         .collect::<Result<Vec<_>, _>>()?;
     let rows = conn
         .prepare(
-            "SELECT m.member_id, m.balance, \
-             (SELECT COALESCE(SUM(points), 0) FROM loyalty_entries e WHERE e.member_id = m.member_id AND e.account = 'member'), \
-             (SELECT COALESCE(SUM(remaining), 0) FROM loyalty_lots l WHERE l.member_id = m.member_id) \
-             FROM loyalty_members m",
+            // Each table summed once by member (see the PostgreSQL engine).
+            "SELECT m.member_id, m.balance, COALESCE(e.points, 0), COALESCE(l.remaining, 0) \
+             FROM loyalty_members m \
+             LEFT JOIN (SELECT member_id, SUM(points) AS points FROM loyalty_entries WHERE account = 'member' \
+             GROUP BY member_id) e ON e.member_id = m.member_id \
+             LEFT JOIN (SELECT member_id, SUM(remaining) AS remaining FROM loyalty_lots GROUP BY member_id) l \
+             ON l.member_id = m.member_id",
         )?
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?
         .collect::<Result<Vec<_>, _>>()?;
