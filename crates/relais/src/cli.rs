@@ -498,7 +498,7 @@ enum LoyaltyCommand {
         lang: String,
     },
     /// Release reward reservations whose hold is over, expire the points whose expiry day has come and
-    /// review tiers, e-mailing members their notices and upgrades (`serve` does all of it every hour).
+    /// review tiers, e-mailing members their notices, downgrades and upgrades (`serve` does all of it every hour).
     Expire {
         #[command(flatten)]
         store: StoreArgs,

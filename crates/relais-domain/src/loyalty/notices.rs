@@ -193,16 +193,22 @@ impl TierLetter {
                 });
                 text.push_str(&if fr {
                     format!(
-                        ", comme nous vous l'avions annoncé : vos {window} derniers mois ne remplissaient plus \
-                         la condition du statut {from}. Vos points restent les vôtres. Dès que vous remplirez \
-                         à nouveau la condition d'un statut, vous y accéderez aussitôt.\n"
+                        " : vos {window} derniers mois ne remplissaient plus la condition du statut {from} et le \
+                         délai de grâce a pris fin. Vos points restent les vôtres.\n\n"
                     )
                 } else {
                     format!(
-                        ", as we told you: your last {window} months no longer met the condition of the {from} \
-                         status. Your points stay yours. As soon as you meet a status's condition again, you \
-                         reach it at once.\n"
+                        ": your last {window} months no longer met the condition of the {from} status and the \
+                         grace period has ended. Your points stay yours.\n\n"
                     )
+                });
+                text.push_str(match (to, fr) {
+                    (Some(_), true) => {
+                        "Dès que vous remplirez la condition d'un statut supérieur, vous y accéderez aussitôt.\n"
+                    }
+                    (Some(_), false) => "As soon as you meet the condition of a higher status, you move up at once.\n",
+                    (None, true) => "Dès que vous remplirez la condition d'un statut, vous y accéderez aussitôt.\n",
+                    (None, false) => "As soon as you meet the condition of a status, you reach it at once.\n",
                 });
             }
         }
@@ -304,18 +310,18 @@ mod tests {
         };
         assert_eq!(letter.subject(Lang::Fr), "Club Relais : vous êtes désormais au statut Argent");
         let fr = letter.text(Lang::Fr);
-        assert!(fr.contains("Depuis le 1er mai 2026, vous êtes au statut Argent du programme Club Relais (vous étiez Or), comme nous vous l'avions annoncé : vos 12 derniers mois ne remplissaient plus la condition du statut Or."), "{fr}");
+        assert!(fr.contains("Depuis le 1er mai 2026, vous êtes au statut Argent du programme Club Relais (vous étiez Or) : vos 12 derniers mois ne remplissaient plus la condition du statut Or et le délai de grâce a pris fin."), "{fr}");
+        assert!(fr.contains("condition d'un statut supérieur"), "{fr}");
         assert_eq!(letter.subject(Lang::En), "Club Relais: your status is now Argent");
         let en = letter.text(Lang::En);
-        assert!(
-            en.contains("Since 1 May 2026, you hold the Argent status of Club Relais (you were Or), as we told you"),
-            "{en}"
-        );
+        assert!(en.contains("Since 1 May 2026, you hold the Argent status of Club Relais (you were Or): your last 12 months no longer met the condition of the Or status and the grace period has ended."), "{en}");
+        assert!(en.contains("the condition of a higher status"), "{en}");
         let ended = TierLetter { kind: TierLetterKind::Downgrade { from: "Argent".into(), to: None }, ..letter };
         assert_eq!(ended.subject(Lang::Fr), "Club Relais : votre statut Argent a pris fin");
         assert!(ended.text(Lang::Fr).contains("votre statut Argent du programme Club Relais a pris fin"));
         assert_eq!(ended.subject(Lang::En), "Club Relais: your Argent status has ended");
         assert!(ended.text(Lang::En).contains("Your points stay yours."));
+        assert!(ended.text(Lang::Fr).contains("la condition d'un statut, vous y accéderez aussitôt"));
     }
 
     #[test]

@@ -652,7 +652,7 @@ pub trait Engine: Send + Sync + 'static {
     fn loyalty_expire(&self, day: NaiveDate) -> Result<(usize, i64), StoreError>;
     /// Review tiers on `day`: downgrades whose grace period is over, notices
     /// on review dates (and upgrades not yet made), each member told of a
-    /// notice or an upgrade by e-mail queued in the change's transaction.
+    /// notice, a downgrade or an upgrade by e-mail queued in the change's transaction.
     /// The number of changes made.
     fn loyalty_review(&self, day: NaiveDate) -> Result<usize, StoreError>;
     /// Release the reward reservations whose hold is over at `now` (points

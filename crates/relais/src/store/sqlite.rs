@@ -200,10 +200,10 @@ impl CustomerEntries {
 }
 
 /// Heap bytes a cached customer takes, estimated from its shape: the LRU
-/// node, the strings, and B-tree nodes of eleven slots for its maps (what
-/// the standard library allocates for a small map).
+/// node and its hash slot, the strings, and B-tree nodes of eleven slots for
+/// its maps (what the standard library allocates for a map).
 fn cached_bytes((state, exclusives): &CachedCustomer) -> usize {
-    const NODE: usize = std::mem::size_of::<(CustomerId, (CachedCustomer, usize))>() + 64;
+    const NODE: usize = std::mem::size_of::<(CustomerId, (CachedCustomer, usize))>() + 64 + 24;
     const STRING_SLOT: usize = std::mem::size_of::<String>();
     let traits = &state.traits;
     let stores: usize = traits.store_events.keys().map(|k| k.len() + 8).sum();
@@ -216,9 +216,14 @@ fn cached_bytes((state, exclusives): &CachedCustomer) -> usize {
         + exclusives.iter().map(|i| i.value().len()).sum::<usize>()
 }
 
-/// Nodes of a B-tree map of `len` entries (eleven slots a node).
+/// Nodes of a B-tree map of `len` entries: eleven slots a node, about two
+/// thirds used once the map has split.
 fn btree_nodes(len: usize) -> usize {
-    len.div_ceil(11)
+    if len <= 11 {
+        usize::from(len > 0)
+    } else {
+        len.div_ceil(7)
+    }
 }
 
 fn map_bytes(map: &Map<String, Value>) -> usize {

@@ -66,6 +66,29 @@ async fn profiles_with_different_customer_numbers_are_never_merged() {
     assert_eq!(app.customer_by("email:one@example.fr").await["id"], one["id"]);
 }
 
+/// The same, with the conflicting message in a later batch: the profiles'
+/// exclusive identifiers then come from what the writer kept of them
+/// (SQLite's customer cache), not from the batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn profiles_with_different_customer_numbers_are_never_merged_by_a_later_batch() {
+    let app = TestApp::spawn().await;
+    app.batch(json!([
+        {"type": "identify", "userId": "a", "traits": {"customer_number": "C-1", "email": "one@example.fr"}},
+        {"type": "identify", "userId": "b", "traits": {"customer_number": "C-2"}},
+    ]))
+    .await;
+    app.batch(json!([{"type": "track", "userId": "a", "event": "Page Viewed"}, {"type": "track", "userId": "b", "event": "Page Viewed"}]))
+        .await;
+    app.batch(json!([
+        {"type": "identify", "anonymousId": "x", "traits": {"customer_number": "C-2", "email": "one@example.fr"}},
+    ]))
+    .await;
+    let one = app.customer_by("customer_number:C-1").await;
+    let two = app.customer_by("customer_number:C-2").await;
+    assert_ne!(one["id"], two["id"]);
+    assert_eq!(app.customer_by("email:one@example.fr").await["id"], one["id"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lookups_and_search_find_one_customer_by_any_identifier() {
     let app = TestApp::spawn().await;

@@ -155,10 +155,13 @@ async fn the_ledger_check_names_a_balance_changed_behind_the_ledger() {
     app.batch(json!([
         {"type": "identify", "userId": "noe", "traits": {"email": "noe@exemple.fr"}},
         {"type": "identify", "userId": "ines", "traits": {"email": "ines@exemple.fr"}},
+        {"type": "identify", "userId": "remi", "traits": {"email": "remi@exemple.fr"}},
     ]))
     .await;
     let noe = enrol(&app, "user_id:noe").await["id"].as_str().unwrap().to_string();
     enrol(&app, "user_id:ines").await;
+    // Rémi never earns: no entry and no lot, a balance of 0 that holds.
+    enrol(&app, "user_id:remi").await;
     app.batch(json!([
         order("noe", "noe-1", "N1", 120.0, "lyon-part-dieu", json!([])),
         order("noe", "noe-2", "N2", 30.0, "nantes-centre", json!([])),
@@ -181,6 +184,7 @@ async fn the_ledger_check_names_a_balance_changed_behind_the_ledger() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(check["holds"], false, "{check}");
     assert_eq!(check["total"], 0, "the entries themselves still sum to zero: {check}");
+    assert_eq!(check["members"], 3, "{check}");
     assert_eq!(check["mismatched_members"], json!([[noe, balance + 500, balance, balance]]), "{check}");
 }
 
