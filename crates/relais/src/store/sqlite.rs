@@ -168,8 +168,10 @@ impl CustomerEntries {
         CustomerEntries { lru: lru::LruCache::unbounded_with_hasher(Default::default()), bytes: 0, budget }
     }
 
-    fn peek(&self, customer: &CustomerId) -> Option<&CachedCustomer> {
-        self.lru.peek(customer).map(|(entry, _)| entry)
+    /// Whether `customer` is cached (without marking it used).
+    #[cfg(test)]
+    fn holds(&self, customer: &CustomerId) -> bool {
+        self.lru.contains(customer)
     }
 
     /// Take a customer out (its state is changed, then put back).
@@ -897,18 +899,13 @@ impl IngestTx for SqliteTx<'_, '_> {
         Ok(found)
     }
 
+    /// From the table; the writer's cache is read by `exclusives_and_customers`.
     fn exclusive_identifiers(&mut self, customers: &[CustomerId]) -> Result<Exclusives, StoreError> {
         let mut found = Exclusives::default();
         let mut stmt = self.tx.prepare_cached(
             "SELECT identifier FROM identifiers WHERE customer_id = ?1 AND kind IN ('user_id', 'customer_number')",
         )?;
         for customer in customers {
-            if let Some((_, exclusives)) = self.cache.as_ref().and_then(|c| c.entries.peek(customer)) {
-                if !exclusives.is_empty() {
-                    found.insert(*customer, exclusives.clone());
-                }
-                continue;
-            }
             let rows = stmt.query_map([customer.to_string()], |r| r.get::<_, String>(0))?;
             for row in rows {
                 found.entry(*customer).or_default().push(seal::parse_token(&row?)?);
@@ -935,22 +932,20 @@ impl IngestTx for SqliteTx<'_, '_> {
             }
         }
         if !missing.is_empty() {
+            // Not cached: from the tables.
             exclusives.extend(self.exclusive_identifiers(&missing)?);
             found.extend(self.load_customers(&missing)?);
         }
         Ok((exclusives, found))
     }
 
+    /// From the table; the writer's cache is read by `exclusives_and_customers`.
     fn load_customers(&mut self, customers: &[CustomerId]) -> Result<Customers, StoreError> {
         let mut found = Customers::default();
         let mut stmt = self
             .tx
             .prepare_cached("SELECT profile, traits, merged_into, sealed FROM customers WHERE customer_id = ?1")?;
         for customer in customers {
-            if let Some((state, _)) = self.cache.as_mut().and_then(|c| c.entries.pop(customer)) {
-                found.insert(*customer, state);
-                continue;
-            }
             let row: Option<CustomerStateRow> = stmt
                 .query_row([customer.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
@@ -2996,19 +2991,19 @@ mod tests {
         }
         assert_eq!(cache.bytes, one * 3);
         // The first is used again, so the second is the least recently used.
-        assert!(cache.peek(&ids[0]).is_some());
+        assert!(cache.holds(&ids[0]));
         let taken = cache.pop(&ids[0]).expect("cached");
         assert_eq!(cache.bytes, one * 2);
         cache.put(ids[0], taken);
         cache.put(ids[3], state(100));
-        assert!(cache.peek(&ids[1]).is_none(), "the least recently used is evicted");
-        assert!(cache.peek(&ids[0]).is_some() && cache.peek(&ids[2]).is_some() && cache.peek(&ids[3]).is_some());
+        assert!(!cache.holds(&ids[1]), "the least recently used is evicted");
+        assert!(cache.holds(&ids[0]) && cache.holds(&ids[2]) && cache.holds(&ids[3]));
         assert_eq!(cache.bytes, one * 3);
         // An entry that grew (a profile filled in) pushes out older ones.
         cache.put(ids[3], state(100 + 2 * one));
         assert!(cache.bytes <= one * 3, "{} bytes over a budget of {}", cache.bytes, one * 3);
-        assert!(cache.peek(&ids[3]).is_some());
-        assert!(cache.peek(&ids[0]).is_none() && cache.peek(&ids[2]).is_none());
+        assert!(cache.holds(&ids[3]));
+        assert!(!cache.holds(&ids[0]) && !cache.holds(&ids[2]));
         cache.clear();
         assert_eq!(cache.bytes, 0);
     }

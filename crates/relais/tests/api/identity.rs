@@ -50,20 +50,34 @@ async fn an_identify_linking_an_anonymous_profile_to_a_user_merges_them() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn profiles_with_different_customer_numbers_are_never_merged() {
+/// Send `batches` (messages about two people holding customer numbers C-1
+/// and C-2, and one claiming C-2's number with C-1's e-mail), then check the
+/// claim was a conflict, not a merge.
+async fn customer_numbers_stay_apart(batches: Vec<serde_json::Value>) {
     let app = TestApp::spawn().await;
-    app.batch(json!([
-        {"type": "identify", "userId": "a", "traits": {"customer_number": "C-1", "email": "one@example.fr"}},
-        {"type": "identify", "userId": "b", "traits": {"customer_number": "C-2"}},
-        // A message claiming C-2's customer number with C-1's e-mail: a conflict, not a merge.
-        {"type": "identify", "anonymousId": "x", "traits": {"customer_number": "C-2", "email": "one@example.fr"}},
-    ]))
-    .await;
+    for batch in batches {
+        app.batch(batch).await;
+    }
     let one = app.customer_by("customer_number:C-1").await;
     let two = app.customer_by("customer_number:C-2").await;
     assert_ne!(one["id"], two["id"]);
     assert_eq!(app.customer_by("email:one@example.fr").await["id"], one["id"]);
+}
+
+const HOLDER_ONE: &str =
+    r#"{"type": "identify", "userId": "a", "traits": {"customer_number": "C-1", "email": "one@example.fr"}}"#;
+const HOLDER_TWO: &str = r#"{"type": "identify", "userId": "b", "traits": {"customer_number": "C-2"}}"#;
+/// A message claiming C-2's customer number with C-1's e-mail.
+const CLAIM: &str =
+    r#"{"type": "identify", "anonymousId": "x", "traits": {"customer_number": "C-2", "email": "one@example.fr"}}"#;
+
+fn messages(texts: &[&str]) -> serde_json::Value {
+    serde_json::Value::Array(texts.iter().map(|t| serde_json::from_str(t).unwrap()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn profiles_with_different_customer_numbers_are_never_merged() {
+    customer_numbers_stay_apart(vec![messages(&[HOLDER_ONE, HOLDER_TWO, CLAIM])]).await;
 }
 
 /// The same, with the conflicting message in a later batch: the profiles'
@@ -71,22 +85,8 @@ async fn profiles_with_different_customer_numbers_are_never_merged() {
 /// (SQLite's customer cache), not from the batch.
 #[tokio::test(flavor = "multi_thread")]
 async fn profiles_with_different_customer_numbers_are_never_merged_by_a_later_batch() {
-    let app = TestApp::spawn().await;
-    app.batch(json!([
-        {"type": "identify", "userId": "a", "traits": {"customer_number": "C-1", "email": "one@example.fr"}},
-        {"type": "identify", "userId": "b", "traits": {"customer_number": "C-2"}},
-    ]))
-    .await;
-    app.batch(json!([{"type": "track", "userId": "a", "event": "Page Viewed"}, {"type": "track", "userId": "b", "event": "Page Viewed"}]))
-        .await;
-    app.batch(json!([
-        {"type": "identify", "anonymousId": "x", "traits": {"customer_number": "C-2", "email": "one@example.fr"}},
-    ]))
-    .await;
-    let one = app.customer_by("customer_number:C-1").await;
-    let two = app.customer_by("customer_number:C-2").await;
-    assert_ne!(one["id"], two["id"]);
-    assert_eq!(app.customer_by("email:one@example.fr").await["id"], one["id"]);
+    let visits = json!([{"type": "track", "userId": "a", "event": "Page Viewed"}, {"type": "track", "userId": "b", "event": "Page Viewed"}]);
+    customer_numbers_stay_apart(vec![messages(&[HOLDER_ONE, HOLDER_TWO]), visits, messages(&[CLAIM])]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
