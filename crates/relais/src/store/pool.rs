@@ -34,6 +34,32 @@ impl<C: Send + 'static> Pool<C> {
         result
     }
 
+    /// Run `tidy` on each idle connection for which `due` holds, outside the
+    /// pool's lock (a caller meanwhile waits for a connection or makes a new
+    /// one); a connection whose tidying failed is dropped.
+    pub fn tidy_idle(&self, due: impl Fn(&C) -> bool, tidy: impl Fn(&mut C) -> Result<(), StoreError>) {
+        let taken: Vec<C> = {
+            let mut guard = self.idle.lock().expect("pool lock");
+            let (taken, kept) = std::mem::take(&mut guard.0).into_iter().partition(|conn| due(conn));
+            guard.0 = kept;
+            taken
+        };
+        if taken.is_empty() {
+            return;
+        }
+        for mut conn in taken {
+            let tidied = tidy(&mut conn);
+            let mut guard = self.idle.lock().expect("pool lock");
+            if tidied.is_ok() {
+                guard.0.push(conn);
+            } else {
+                guard.1 -= 1;
+            }
+            drop(guard);
+            self.returned.notify_one();
+        }
+    }
+
     fn checkout(&self) -> Result<C, StoreError> {
         let mut guard = self.idle.lock().expect("pool lock");
         loop {
@@ -64,5 +90,65 @@ impl<C: Send + 'static> Drop for Pool<C> {
         if !idle.is_empty() {
             let _ = std::thread::spawn(move || drop(idle)).join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn idle_connections_due_are_tidied_and_one_that_fails_makes_room_for_a_new_one() {
+        let made = AtomicUsize::new(0);
+        let made = std::sync::Arc::new(made);
+        let counter = made.clone();
+        // A connection is its number; even numbers are due, 2 fails its tidying.
+        let pool = Pool::new(3, move || Ok(counter.fetch_add(1, Ordering::SeqCst)));
+        let barrier = std::sync::Barrier::new(3);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    pool.with(|_| {
+                        barrier.wait();
+                        Ok(())
+                    })
+                    .expect("work")
+                });
+            }
+        });
+        let tidied = Mutex::new(Vec::new());
+        pool.tidy_idle(
+            |conn| conn % 2 == 0,
+            |conn| {
+                tidied.lock().unwrap().push(*conn);
+                if *conn == 2 {
+                    Err(StoreError::Database("broken".into()))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        let mut tidied = tidied.into_inner().unwrap();
+        tidied.sort_unstable();
+        assert_eq!(tidied, vec![0, 2]);
+        // Connection 2 is gone: three callers at once get 0, 1 and a new one, 3.
+        let used = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    pool.with(|conn| {
+                        used.lock().unwrap().push(*conn);
+                        barrier.wait();
+                        Ok(())
+                    })
+                    .expect("work")
+                });
+            }
+        });
+        let mut used = used.into_inner().unwrap();
+        used.sort_unstable();
+        assert_eq!(used, vec![0, 1, 3]);
+        assert_eq!(made.load(Ordering::SeqCst), 4);
     }
 }

@@ -13,6 +13,8 @@ mod statements;
 mod web;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use postgres::types::ToSql;
@@ -83,7 +85,7 @@ fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
 pub struct PgEngine {
     pool: Pool<PgConn>,
     /// Connections whose sessions plan generically (`GENERIC_PLANS`).
-    generic_pool: Pool<PgConn>,
+    generic_pool: Arc<Pool<PgConn>>,
     settings: IngestSettings,
     privacy: Privacy,
     /// Concurrent ingest requests written together (group commit).
@@ -297,15 +299,27 @@ impl PgEngine {
         let committing = std::cell::Cell::new(false);
         let pool = match plans {
             Plans::PostgresChoice => &self.pool,
-            Plans::Generic => &self.generic_pool,
+            Plans::Generic => &*self.generic_pool,
         };
-        let result = Self::retrying_on(pool, |client| {
+        // Connections of the generic pool only ever run these transactions,
+        // so each commit there opens the next one in its own round trip.
+        let reopen = matches!(plans, Plans::Generic);
+        let result = Self::retrying_on(pool, |conn| {
             committing.set(false);
-            let (mut tx, statements) = client.begin()?;
-            let done = work(&mut PgTx::new(&mut tx, statements, privacy))?;
-            committing.set(true);
-            tx.commit()?;
-            Ok(done)
+            let (client, statements) = conn.open_transaction()?;
+            match work(&mut PgTx::open(client, statements, privacy)) {
+                Ok(done) => {
+                    committing.set(true);
+                    conn.commit(reopen)?;
+                    Ok(done)
+                }
+                Err(error) => {
+                    // A connection that cannot roll back is broken: its
+                    // error makes the pool drop it, even after a lost race.
+                    conn.roll_back()?;
+                    Err(error)
+                }
+            }
         });
         let failed_at_commit = result.is_err() && committing.get();
         (result, failed_at_commit)
@@ -342,15 +356,36 @@ impl PgEngine {
         let url = url.to_string();
         let generic_url = url.clone();
         let pool = Pool::new(16, move || connect(&url).map(PgConn::new));
-        let generic_pool = Pool::new(GENERIC_CONNECTIONS, move || {
+        let generic_pool = Arc::new(Pool::new(GENERIC_CONNECTIONS, move || {
             let mut client = connect(&generic_url)?;
             client.batch_execute(GENERIC_PLANS)?;
             Ok(PgConn::new(client))
-        });
+        }));
+        close_idle_transactions(Arc::downgrade(&generic_pool))?;
         let ingests = Combiner::new(INGEST_WRITERS, INGEST_GROUP_MESSAGES);
         let operations = Combiner::new(OPERATION_WRITERS, OPERATION_GROUP);
         Ok(PgEngine { pool, generic_pool, settings, privacy, ingests, segment_list: SharedRead::default(), operations })
     }
+}
+
+/// How long a transaction opened ahead (`PgConn::commit`) may wait unused
+/// before `close_idle_transactions` commits it; under load the next group
+/// takes it within milliseconds.
+const OPENED_AHEAD_FOR: Duration = Duration::from_millis(100);
+
+/// Commit the transactions that connections of `pool` opened ahead and that
+/// wait unused, every `OPENED_AHEAD_FOR`, until the pool is dropped (its
+/// engine closed).
+fn close_idle_transactions(pool: std::sync::Weak<Pool<PgConn>>) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name("relais-pg-idle".into())
+        .spawn(move || loop {
+            std::thread::sleep(OPENED_AHEAD_FOR);
+            let Some(pool) = pool.upgrade() else { break };
+            pool.tidy_idle(|conn| conn.idle_ahead(OPENED_AHEAD_FOR), |conn| Ok(conn.commit_if_idle()?));
+        })
+        .map(drop)
+        .map_err(|e| StoreError::Database(format!("cannot start the thread that closes idle transactions: {e}")))
 }
 
 const REQUEST_COLUMNS: &str =
@@ -450,7 +485,7 @@ fn answer_group<R, T>(
 /// One transaction of the ingest and ledger primitives. Every statement goes
 /// through the connection's statement cache (`Sql`).
 struct PgTx<'c, 't> {
-    tx: &'c mut postgres::Transaction<'t>,
+    tx: TxClient<'c, 't>,
     /// The prepared statements of the connection `tx` runs on.
     statements: &'c mut Statements,
     /// Keys, for steps that seal values (a loyalty card's identifier).
@@ -465,29 +500,50 @@ impl<'c, 't> PgTx<'c, 't> {
         statements: &'c mut Statements,
         privacy: Option<&'c Privacy>,
     ) -> Self {
-        PgTx { tx, statements, privacy, prefetched: loyalty::Prefetched::default() }
+        PgTx { tx: TxClient::Transaction(tx), statements, privacy, prefetched: loyalty::Prefetched::default() }
     }
 
-    fn cached(&mut self) -> Cached<'_, postgres::Transaction<'t>> {
-        Cached { client: &mut *self.tx, statements: &mut *self.statements }
+    /// A transaction already open on `client` (`PgConn::open_transaction`).
+    fn open(client: &'c mut Client, statements: &'c mut Statements, privacy: Option<&'c Privacy>) -> Self {
+        PgTx { tx: TxClient::Open(client), statements, privacy, prefetched: loyalty::Prefetched::default() }
     }
+}
+
+/// What a `PgTx` runs its statements on.
+enum TxClient<'c, 't> {
+    /// The driver's transaction, which began and ends with its own round trips.
+    Transaction(&'c mut postgres::Transaction<'t>),
+    /// A connection inside a transaction it opened itself (`PgConn::open_transaction`).
+    Open(&'c mut Client),
+}
+
+/// Runs one `Sql` method on whichever client the transaction holds.
+macro_rules! on_client {
+    ($tx:expr, $method:ident($($arg:expr),*)) => {
+        match &mut $tx.tx {
+            TxClient::Transaction(client) => {
+                Cached { client: &mut **client, statements: &mut *$tx.statements }.$method($($arg),*)
+            }
+            TxClient::Open(client) => Cached { client: &mut **client, statements: &mut *$tx.statements }.$method($($arg),*),
+        }
+    };
 }
 
 impl Sql for PgTx<'_, '_> {
     fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
-        self.cached().query(sql, params)
+        on_client!(self, query(sql, params))
     }
 
     fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error> {
-        self.cached().query_one(sql, params)
+        on_client!(self, query_one(sql, params))
     }
 
     fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, postgres::Error> {
-        self.cached().query_opt(sql, params)
+        on_client!(self, query_opt(sql, params))
     }
 
     fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error> {
-        self.cached().execute(sql, params)
+        on_client!(self, execute(sql, params))
     }
 }
 
@@ -2663,4 +2719,52 @@ pub fn raw_load(
         spent += started.elapsed();
     }
     Ok(spent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs only when tests have a PostgreSQL server (`RELAIS_TEST_DATABASE_URL`).
+    #[test]
+    fn a_transaction_opened_ahead_is_closed_once_it_waits_unused() {
+        let Some(url) = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else { return };
+        // A plain thread: the blocking client runs a runtime of its own.
+        std::thread::spawn(move || {
+            let pool_url = url.clone();
+            let pool = Arc::new(Pool::new(1, move || connect(&pool_url).map(PgConn::new)));
+            close_idle_transactions(Arc::downgrade(&pool)).expect("closing thread");
+            let pid: i32 = pool
+                .with(|conn| {
+                    conn.open_transaction()?;
+                    let pid = conn.client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+                    conn.commit(true)?;
+                    Ok(pid)
+                })
+                .expect("a transaction");
+            let mut other = connect(&url).expect("connect");
+            let started = std::time::Instant::now();
+            loop {
+                let state: String = other
+                    .query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                    .expect("state")
+                    .get(0);
+                if state == "idle" {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(10), "still {state} after {:?}", started.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Its connection still serves.
+            pool.with(|conn| {
+                let (client, _) = conn.open_transaction()?;
+                client.batch_execute("SELECT 1")?;
+                Ok(conn.commit(false)?)
+            })
+            .expect("another transaction");
+            drop(pool);
+        })
+        .join()
+        .expect("test thread");
+    }
 }

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, Row, Statement, Transaction};
@@ -47,11 +48,59 @@ impl Statements {
 pub(super) struct PgConn {
     pub(super) client: Client,
     pub(super) statements: Statements,
+    /// Since when the connection has been inside a transaction that has run
+    /// nothing yet, opened by `commit`'s `reopen`.
+    opened_ahead: Option<Instant>,
 }
 
 impl PgConn {
     pub(super) fn new(client: Client) -> PgConn {
-        PgConn { client, statements: Statements::default() }
+        PgConn { client, statements: Statements::default(), opened_ahead: None }
+    }
+
+    /// Inside a transaction, with the statement cache to run its SQL through
+    /// (`PgTx::open`): the one a `commit` opened ahead, or a new one (a
+    /// round trip). Every path out of the transaction goes through `commit`
+    /// or `roll_back`; a caller that panics drops the connection (`Pool::with`).
+    pub(super) fn open_transaction(&mut self) -> Result<(&mut Client, &mut Statements), postgres::Error> {
+        if self.opened_ahead.take().is_none() {
+            self.client.batch_execute("BEGIN")?;
+        }
+        Ok((&mut self.client, &mut self.statements))
+    }
+
+    /// Commit the open transaction; with `reopen`, open the next one in the
+    /// same round trip (one message of two statements: a failed `COMMIT`
+    /// ends the transaction and skips the `BEGIN`).
+    ///
+    /// A transaction opened ahead holds no snapshot, no transaction id and
+    /// no lock (`BEGIN` takes none of them under read committed), so it
+    /// costs the server nothing while it waits; its `now()` is the time it
+    /// was opened, which `commit_if_idle` keeps recent.
+    pub(super) fn commit(&mut self, reopen: bool) -> Result<(), postgres::Error> {
+        self.client.batch_execute(if reopen { "COMMIT; BEGIN" } else { "COMMIT" })?;
+        self.opened_ahead = reopen.then(Instant::now);
+        Ok(())
+    }
+
+    /// Roll the open transaction back.
+    pub(super) fn roll_back(&mut self) -> Result<(), postgres::Error> {
+        self.client.batch_execute("ROLLBACK")
+    }
+
+    /// Whether a transaction opened ahead has waited `longer_than` unused.
+    pub(super) fn idle_ahead(&self, longer_than: Duration) -> bool {
+        self.opened_ahead.is_some_and(|since| since.elapsed() > longer_than)
+    }
+
+    /// Close a transaction opened ahead, so that no connection shows as idle
+    /// in a transaction (monitoring, `idle_in_transaction_session_timeout`)
+    /// once traffic stops.
+    pub(super) fn commit_if_idle(&mut self) -> Result<(), postgres::Error> {
+        if self.opened_ahead.take().is_some() {
+            self.client.batch_execute("COMMIT")?;
+        }
+        Ok(())
     }
 
     /// A transaction, with the statement cache to run its SQL through (`PgTx`).
@@ -240,6 +289,66 @@ mod tests {
             assert_eq!(count, 1);
             assert!(cached.query_opt("SELECT id FROM cache_probe WHERE id = $1", &[&2]).expect("none").is_none());
             assert_eq!(conn.statements.prepared.len(), 3);
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    /// Runs only when tests have a PostgreSQL server (`RELAIS_TEST_DATABASE_URL`).
+    #[test]
+    fn a_commit_opens_the_next_transaction_ahead_unless_it_fails() {
+        let Some(url) = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else { return };
+        std::thread::spawn(move || {
+            let mut conn = PgConn::new(Client::connect(&url, postgres::NoTls).expect("connect"));
+            let mut other = Client::connect(&url, postgres::NoTls).expect("connect");
+            let table = format!("opened_ahead_{}", ulid::Ulid::new().to_string().to_lowercase());
+            // Deferred, so that a duplicate fails at the commit.
+            conn.batch_execute(&format!(
+                "CREATE TABLE {table} (id int, CONSTRAINT {table}_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)"
+            ))
+            .expect("table");
+            let pid: i32 = conn.query_one("SELECT pg_backend_pid()", &[]).expect("pid").get(0);
+            let state = |other: &mut Client| -> String {
+                other.query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid]).expect("state").get(0)
+            };
+            let count = |other: &mut Client, id: i32| -> i64 {
+                let sql = format!("SELECT count(*) FROM {table} WHERE id = $1");
+                other.query_one(&sql, &[&id]).expect("count").get(0)
+            };
+            let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
+            let write = |conn: &mut PgConn, id: i32| {
+                let (client, statements) = conn.open_transaction().expect("transaction");
+                Cached { client, statements }.execute(&insert, &[&id]).expect("insert");
+            };
+
+            // Committed, and the next transaction waits open.
+            write(&mut conn, 1);
+            conn.commit(true).expect("commit");
+            assert_eq!(count(&mut other, 1), 1);
+            assert_eq!(state(&mut other), "idle in transaction");
+            assert!(conn.idle_ahead(Duration::ZERO));
+            // The next write takes it; rolled back, nothing stays.
+            write(&mut conn, 2);
+            assert!(!conn.idle_ahead(Duration::ZERO));
+            conn.roll_back().expect("rollback");
+            assert_eq!(count(&mut other, 2), 0);
+            assert_eq!(state(&mut other), "idle");
+            // A commit that fails ends its transaction and opens none: the
+            // next statement outside one is committed on its own.
+            write(&mut conn, 1);
+            let error = conn.commit(true).expect_err("a duplicate found at the commit");
+            assert_eq!(error.code(), Some(&SqlState::UNIQUE_VIOLATION));
+            assert!(!conn.idle_ahead(Duration::ZERO));
+            assert_eq!(count(&mut other, 1), 1);
+            conn.execute(&insert, &[&3]).expect("insert outside a transaction");
+            assert_eq!(count(&mut other, 3), 1);
+            // A transaction opened ahead and left unused is closed on demand.
+            write(&mut conn, 4);
+            conn.commit(true).expect("commit");
+            conn.commit_if_idle().expect("close");
+            assert_eq!(state(&mut other), "idle");
+            assert_eq!(count(&mut other, 4), 1);
+            other.batch_execute(&format!("DROP TABLE {table}")).expect("drop");
         })
         .join()
         .expect("test thread");
