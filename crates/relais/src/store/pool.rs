@@ -21,16 +21,13 @@ impl<C: Send + 'static> Pool<C> {
     /// Run `work` with a connection; a connection whose work failed with a
     /// database error is dropped rather than returned, in case it is broken.
     pub fn with<T>(&self, work: impl FnOnce(&mut C) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut conn = self.checkout()?;
-        let result = work(&mut conn);
-        let mut guard = self.idle.lock().expect("pool lock");
-        if matches!(result, Err(StoreError::Database(_))) {
-            guard.1 -= 1;
-        } else {
-            guard.0.push(conn);
+        let mut lent = Lent { pool: self, conn: Some(self.checkout()?) };
+        let result = work(lent.conn.as_mut().expect("a lent connection"));
+        if !matches!(result, Err(StoreError::Database(_))) {
+            let conn = lent.conn.take().expect("a lent connection");
+            self.idle.lock().expect("pool lock").0.push(conn);
+            self.returned.notify_one();
         }
-        drop(guard);
-        self.returned.notify_one();
         result
     }
 
@@ -74,6 +71,26 @@ impl<C: Send + 'static> Pool<C> {
                 });
             }
             guard = self.returned.wait(guard).expect("pool lock");
+        }
+    }
+}
+
+/// A connection out of the pool. Dropped while still lent (its work failed
+/// with a database error, or panicked), it is closed and its place freed, so
+/// that a panic never shrinks the pool for good.
+struct Lent<'p, C: Send + 'static> {
+    pool: &'p Pool<C>,
+    conn: Option<C>,
+}
+
+impl<C: Send + 'static> Drop for Lent<'_, C> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn);
+            let mut guard = self.pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            guard.1 -= 1;
+            drop(guard);
+            self.pool.returned.notify_one();
         }
     }
 }
@@ -150,5 +167,22 @@ mod tests {
         used.sort_unstable();
         assert_eq!(used, vec![0, 1, 3]);
         assert_eq!(made.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn work_that_panics_frees_its_place_in_the_pool() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let made = AtomicUsize::new(0);
+            let pool = Pool::new(1, move || Ok(made.fetch_add(1, Ordering::SeqCst)));
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.with(|_| -> Result<(), StoreError> { panic!("work broke") })
+            }));
+            assert!(panicked.is_err());
+            // The only place is free again: a new connection, not a wait forever.
+            done.send(pool.with(|conn| Ok(*conn)).expect("work")).unwrap();
+        });
+        let conn = finished.recv_timeout(std::time::Duration::from_secs(30)).expect("the pool still lends");
+        assert_eq!(conn, 1);
     }
 }
