@@ -24,16 +24,14 @@ impl<C: Send + 'static> Pool<C> {
         let mut lent = Lent { pool: self, conn: Some(self.checkout()?) };
         let result = work(lent.conn.as_mut().expect("a lent connection"));
         if !matches!(result, Err(StoreError::Database(_))) {
-            let conn = lent.conn.take().expect("a lent connection");
-            self.idle.lock().expect("pool lock").0.push(conn);
-            self.returned.notify_one();
+            lent.give_back();
         }
         result
     }
 
     /// Run `tidy` on each idle connection for which `due` holds, outside the
-    /// pool's lock (a caller meanwhile waits for a connection or makes a new
-    /// one); a connection whose tidying failed is dropped.
+    /// pool's lock (a caller meanwhile waits for a connection); a connection
+    /// whose tidying failed or panicked is dropped and its place freed.
     pub fn tidy_idle(&self, due: impl Fn(&C) -> bool, tidy: impl Fn(&mut C) -> Result<(), StoreError>) {
         let taken: Vec<C> = {
             let mut guard = self.idle.lock().expect("pool lock");
@@ -41,19 +39,11 @@ impl<C: Send + 'static> Pool<C> {
             guard.0 = kept;
             taken
         };
-        if taken.is_empty() {
-            return;
-        }
-        for mut conn in taken {
-            let tidied = tidy(&mut conn);
-            let mut guard = self.idle.lock().expect("pool lock");
-            if tidied.is_ok() {
-                guard.0.push(conn);
-            } else {
-                guard.1 -= 1;
+        for conn in taken {
+            let mut lent = Lent { pool: self, conn: Some(conn) };
+            if tidy(lent.conn.as_mut().expect("a lent connection")).is_ok() {
+                lent.give_back();
             }
-            drop(guard);
-            self.returned.notify_one();
         }
     }
 
@@ -68,6 +58,8 @@ impl<C: Send + 'static> Pool<C> {
                 drop(guard);
                 return (self.connect)().inspect_err(|_| {
                     self.idle.lock().expect("pool lock").1 -= 1;
+                    // The place is free again for a caller waiting for one.
+                    self.returned.notify_one();
                 });
             }
             guard = self.returned.wait(guard).expect("pool lock");
@@ -75,12 +67,22 @@ impl<C: Send + 'static> Pool<C> {
     }
 }
 
-/// A connection out of the pool. Dropped while still lent (its work failed
-/// with a database error, or panicked), it is closed and its place freed, so
-/// that a panic never shrinks the pool for good.
+/// A connection out of the pool. Dropped while still lent (its work or its
+/// tidying failed, or panicked), it is closed and its place freed, so that a
+/// panic never shrinks the pool for good.
 struct Lent<'p, C: Send + 'static> {
     pool: &'p Pool<C>,
     conn: Option<C>,
+}
+
+impl<C: Send + 'static> Lent<'_, C> {
+    /// Put the connection back among the idle ones.
+    fn give_back(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.idle.lock().expect("pool lock").0.push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
 }
 
 impl<C: Send + 'static> Drop for Lent<'_, C> {
@@ -117,6 +119,16 @@ mod tests {
 
     #[test]
     fn idle_connections_due_are_tidied_and_one_that_fails_makes_room_for_a_new_one() {
+        // A lost place would make a caller wait forever: fail instead of hanging.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            tidy_and_lend_again();
+            done.send(()).unwrap();
+        });
+        finished.recv_timeout(std::time::Duration::from_secs(30)).expect("every caller got a connection");
+    }
+
+    fn tidy_and_lend_again() {
         let made = AtomicUsize::new(0);
         let made = std::sync::Arc::new(made);
         let counter = made.clone();

@@ -370,7 +370,9 @@ impl PgEngine {
 
 /// How long a transaction opened ahead (`PgConn::commit`) may wait unused
 /// before `close_idle_transactions` commits it; under load the next group
-/// takes it within milliseconds.
+/// takes it within milliseconds. Its `now()` is when it opened, so the
+/// statements of grouped transactions stamp rows with `statement_timestamp()`:
+/// a request sent after another's answer never gets an earlier time.
 const OPENED_AHEAD_FOR: Duration = Duration::from_millis(100);
 
 /// Commit the transactions that connections of `pool` opened ahead and that
@@ -866,7 +868,7 @@ impl IngestTx for PgTx<'_, '_> {
             paths.sort_unstable();
             paths.dedup();
             self.execute(
-                "INSERT INTO unclassified_fields (path, first_seen) SELECT p, now() FROM unnest($1::text[]) AS u(p) \
+                "INSERT INTO unclassified_fields (path, first_seen) SELECT p, statement_timestamp() FROM unnest($1::text[]) AS u(p) \
                  ON CONFLICT DO NOTHING",
                 &[&paths],
             )?;
@@ -983,7 +985,7 @@ impl DayColumns {
 /// a generic plan probe the key index (`GENERIC_PLANS`).
 const UPDATE_CUSTOMERS: &str =
     "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, \
-     updated_at = now(), sealed = CASE WHEN u.changed THEN u.s ELSE c.sealed END \
+     updated_at = statement_timestamp(), sealed = CASE WHEN u.changed THEN u.s ELSE c.sealed END \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bytea[]) AS u(id, p, t, changed, s) \
      WHERE c.customer_id = u.id AND c.customer_id = ANY($1)";
 
@@ -2755,14 +2757,58 @@ mod tests {
                 assert!(started.elapsed() < Duration::from_secs(10), "still {state} after {:?}", started.elapsed());
                 std::thread::sleep(Duration::from_millis(20));
             }
-            // Its connection still serves.
-            pool.with(|conn| {
-                let (client, _) = conn.open_transaction()?;
-                client.batch_execute("SELECT 1")?;
-                Ok(conn.commit(false)?)
-            })
-            .expect("another transaction");
+            // The same connection still serves.
+            let again: i32 = pool
+                .with(|conn| {
+                    let (client, _) = conn.open_transaction()?;
+                    let pid = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+                    conn.commit(false)?;
+                    Ok(pid)
+                })
+                .expect("another transaction");
+            assert_eq!(again, pid);
             drop(pool);
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    /// Runs only when tests have a PostgreSQL server (`RELAIS_TEST_DATABASE_URL`).
+    #[test]
+    fn a_grouped_transaction_that_fails_leaves_nothing_and_its_connection_serves_on() {
+        let Some(url) = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else { return };
+        std::thread::spawn(move || {
+            let scratch = super::super::scratch::Scratch::new(Some(&url), "failed_group").expect("scratch");
+            let super::super::Location::Postgres(scoped) = &scratch.location else {
+                unreachable!("a PostgreSQL scratch")
+            };
+            let classes = relais_domain::privacy::Classification::default();
+            let engine = PgEngine::open(scoped, IngestSettings::default(), &scratch.master, classes).expect("engine");
+            let write = |path: &'static str, outcome: Result<(), StoreError>| {
+                engine.in_transaction(None, Plans::Generic, |tx| {
+                    tx.execute("INSERT INTO unclassified_fields (path, first_seen) VALUES ($1, now())", &[&path])?;
+                    outcome.clone()
+                })
+            };
+            // Refused after a write, then a lost race (retried, lost each time).
+            let (refused, at_commit) = write("refused", Err(StoreError::NotFound));
+            assert!(matches!(refused, Err(StoreError::NotFound)) && !at_commit, "{refused:?}");
+            let (raced, at_commit) = write("raced", Err(StoreError::Race));
+            assert!(matches!(raced, Err(StoreError::Race)) && !at_commit, "{raced:?}");
+            // The connections were kept: had one stayed inside its transaction,
+            // this commit would take the refused writes with it.
+            let (kept, _) = write("kept", Ok(()));
+            kept.expect("a transaction that commits");
+            let paths: Vec<String> = engine
+                .pool
+                .with(|conn| Ok(conn.query("SELECT path FROM unclassified_fields ORDER BY path", &[])?))
+                .expect("paths")
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            assert_eq!(paths, vec!["kept".to_string()]);
+            drop(engine);
+            drop(scratch);
         })
         .join()
         .expect("test thread");

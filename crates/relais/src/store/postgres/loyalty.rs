@@ -477,7 +477,7 @@ impl LedgerTx for PgTx<'_, '_> {
             trip.add(
                 "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
                  message_id, order_id, basis_minor, day, reason, expires_on, actor, programme_key, store, created_at) \
-                 SELECT *, now() FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], \
+                 SELECT *, statement_timestamp() FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], \
                  $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::date[], $14::text[], \
                  $15::date[], $16::text[], $17::text[], $18::text[])",
                 &[
@@ -519,7 +519,7 @@ impl LedgerTx for PgTx<'_, '_> {
         if let Some((customer, scope, key, hash, status, body)) = &answer {
             trip.add(
                 "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, \
-                 created_at) VALUES ($1, $2, $3, $4, $5, $6, now())",
+                 created_at) VALUES ($1, $2, $3, $4, $5, $6, statement_timestamp())",
                 &[customer, scope, key, hash, status, body],
             );
         }
@@ -529,7 +529,7 @@ impl LedgerTx for PgTx<'_, '_> {
         for c in &write.tier_changes {
             self.execute(
                 "INSERT INTO loyalty_tier_changes (customer_id, change_id, member_id, kind, from_tier, to_tier, \
-                 effective_on, measured, day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+                 effective_on, measured, day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, statement_timestamp())",
                 &[
                     &c.customer.to_string(),
                     &relais_domain::LedgerTxId::new().to_string(),
@@ -575,19 +575,19 @@ impl LedgerTx for PgTx<'_, '_> {
         }
         for (customer, id, status) in &write.redemption_updates {
             self.execute(
-                "UPDATE loyalty_redemptions SET status = $3, updated_at = now() WHERE customer_id = $1 AND redemption_id = $2",
+                "UPDATE loyalty_redemptions SET status = $3, updated_at = statement_timestamp() WHERE customer_id = $1 AND redemption_id = $2",
                 &[&customer.to_string(), id, &status.as_str()],
             )?;
         }
         if let Some(u) = &write.coupon_use {
             self.execute(
-                "UPDATE loyalty_coupon_codes SET customer_id = $2, member_id = $3, order_id = $4, used_at = now() \
+                "UPDATE loyalty_coupon_codes SET customer_id = $2, member_id = $3, order_id = $4, used_at = statement_timestamp() \
                  WHERE code_hash = $1",
                 &[&u.code_hash, &u.customer.to_string(), &u.member.to_string(), &u.order_id],
             )?;
             self.execute(
                 "INSERT INTO loyalty_coupon_uses (customer_id, code_hash, member_id, programme_key, campaign_id, order_id, \
-                 day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
+                 day, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, statement_timestamp())",
                 &[
                     &u.customer.to_string(),
                     &u.code_hash,
@@ -661,7 +661,7 @@ impl LedgerTx for PgTx<'_, '_> {
                 let payload = seal::seal_payload(Some((*customer, &key)), payload);
                 self.execute(
                     "INSERT INTO outbox (outbox_id, kind, customer_id, payload, status, next_attempt_at, created_at) \
-                     VALUES ($1, 'email', $2, $3::text::jsonb, 'pending', now(), now())",
+                     VALUES ($1, 'email', $2, $3::text::jsonb, 'pending', statement_timestamp(), statement_timestamp())",
                     &[&relais_domain::OutboxId::new().to_string(), &customer.to_string(), &payload],
                 )?;
             }
@@ -830,7 +830,7 @@ impl LedgerTx for PgTx<'_, '_> {
         let value = StoredValue::of(&privacy.classes, card, customer, &key);
         let inserted = self.execute(
             "INSERT INTO identifiers (identifier, kind, customer_id, created_at, value, sealed) \
-             VALUES ($1, $2, $3, now(), $4, $5) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, statement_timestamp(), $4, $5) ON CONFLICT DO NOTHING",
             &[&token.to_string(), &token.kind().as_str(), &customer.to_string(), &value.clear(), &value.sealed()],
         )?;
         Ok((inserted == 1).then(|| token.to_string()))

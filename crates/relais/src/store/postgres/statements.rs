@@ -75,8 +75,9 @@ impl PgConn {
     ///
     /// A transaction opened ahead holds no snapshot, no transaction id and
     /// no lock (`BEGIN` takes none of them under read committed), so it
-    /// costs the server nothing while it waits; its `now()` is the time it
-    /// was opened, which `commit_if_idle` keeps recent.
+    /// costs the server nothing while it waits. Its `now()` is the time it
+    /// was opened, possibly before a request it will serve was sent, so the
+    /// statements it runs stamp rows with `statement_timestamp()` instead.
     pub(super) fn commit(&mut self, reopen: bool) -> Result<(), postgres::Error> {
         self.client.batch_execute(if reopen { "COMMIT; BEGIN" } else { "COMMIT" })?;
         self.opened_ahead = reopen.then(Instant::now);
