@@ -461,6 +461,8 @@ pub trait LedgerTx {
     fn order_history(&mut self, member: &MemberRow, order_id: &str) -> Result<OrderHistory, StoreError>;
     /// Lots with points left.
     fn open_lots(&mut self, member: &MemberRow) -> Result<Vec<Lot>, StoreError>;
+    /// The member's lots of these ids, spent or not.
+    fn lots_by_id(&mut self, member: &MemberRow, ids: &[String]) -> Result<Vec<Lot>, StoreError>;
     /// Lots with points left, in the order debits take them (`allocate`'s),
     /// at least until they hold `points`; all of them when they hold fewer.
     /// A frequent shopper holds hundreds of open lots, of which a debit takes
@@ -1919,8 +1921,14 @@ pub fn settle_redemption(
     let mut write = LedgerWrite::default();
     if !confirm {
         let row = tx.member(redemption.member)?.ok_or(StoreError::NotFound)?;
+        let owner = live_membership(tx, &row)?;
+        if owner.status == MemberStatus::Closed {
+            return Err(StoreError::Conflict(format!(
+                "redemption {id} belongs to a membership closed by an erasure; there is nobody to give its points back to"
+            )));
+        }
         let reason = ReasonKind::Cancellation { reward: redemption.reward.clone() };
-        write = give_back(tx, &redemption, row, reason, actor, day)?;
+        write = give_back(tx, &redemption, &row, owner, reason, actor, day)?;
     }
     redemption.status = wanted;
     write.redemption_updates.push((redemption.customer, redemption.id.clone(), wanted));
@@ -1928,19 +1936,42 @@ pub fn settle_redemption(
     Ok(redemption)
 }
 
-/// The write that gives a reserved redemption's points back to the member
-/// (into the lots they came from, with their expiry) and its stock back to
-/// the catalogue; the caller marks the redemption cancelled.
+/// The membership `row`'s points now live on: `row` itself, or the one it
+/// joined when two memberships of one person became one (through every later
+/// join), locked.
+fn live_membership(tx: &mut dyn LedgerTx, row: &MemberRow) -> Result<MemberRow, StoreError> {
+    let mut live = row.clone();
+    for _ in 0..MAX_JOINS {
+        let (MemberStatus::Merged, Some(next)) = (live.status, live.merged_into) else { return Ok(live) };
+        live = tx.member(next)?.ok_or_else(|| {
+            StoreError::Database(format!("membership {} joined {next}, which is missing", live.member))
+        })?;
+    }
+    Err(StoreError::Database(format!("membership {} joined a chain of more than {MAX_JOINS} memberships", row.member)))
+}
+
+/// Joins followed from a membership to the one it lives on, at most.
+const MAX_JOINS: usize = 64;
+
+/// The write that gives a reserved redemption's points back and its stock
+/// back to the catalogue; the caller marks the redemption cancelled.
+/// `reserved_by` is the membership that reserved, `owner` the one it lives on now
+/// (`live_membership`). The points go back into the lots they came from,
+/// with their expiry; when the membership has since joined another, whose
+/// lots took over its open ones, they go to that one instead, as new lots
+/// keeping those expiry dates.
 fn give_back(
     tx: &mut dyn LedgerTx,
     redemption: &RedemptionRow,
-    mut row: MemberRow,
+    reserved_by: &MemberRow,
+    mut owner: MemberRow,
     reason: ReasonKind,
     actor: &str,
     day: NaiveDate,
 ) -> Result<LedgerWrite, StoreError> {
     let mut write = LedgerWrite::default();
     {
+        let row = &mut owner;
         let points = redemption.points;
         let mut t = transaction("cancellation", day, &redemption.programme);
         t.actor = Some(actor.to_string());
@@ -1963,10 +1994,31 @@ fn give_back(
                 expires_on: None,
             },
         ];
+        if row.member == redemption.member {
+            write.lot_restores = redemption.allocation.iter().map(|(lot, p)| (row.customer, lot.clone(), *p)).collect();
+        } else {
+            let ids: Vec<String> = redemption.allocation.iter().map(|(lot, _)| lot.clone()).collect();
+            let taken_from = tx.lots_by_id(reserved_by, &ids)?;
+            for (n, (lot, points)) in redemption.allocation.iter().enumerate() {
+                let expires_on = taken_from.iter().find(|l| &l.id == lot).map(|l| l.expires_on).ok_or_else(|| {
+                    StoreError::Database(format!(
+                        "redemption {} took points from lot {lot}, which is missing",
+                        redemption.id
+                    ))
+                })?;
+                write.new_lots.push(NewLot {
+                    customer: row.customer,
+                    member: row.member,
+                    lot_id: format!("{}-{n}", t.id),
+                    points: *points,
+                    remaining: *points,
+                    expires_on,
+                });
+            }
+        }
         write.transactions.push(t);
-        write.lot_restores = redemption.allocation.iter().map(|(lot, p)| (row.customer, lot.clone(), *p)).collect();
         row.balance += points;
-        write.member_updates.push(row);
+        write.member_updates.push(owner);
         if tx.reward(&redemption.programme, &redemption.reward)?.is_some_and(|(_, left)| left.is_some()) {
             write.stock_changes.push((redemption.programme.clone(), redemption.reward.clone(), 1));
         }
@@ -2021,8 +2073,9 @@ pub fn release_redemption(
         return Ok(None);
     }
     let Some(row) = tx.member(redemption.member)? else { return Ok(None) };
-    if row.status != MemberStatus::Active {
-        // Its membership joined another or was closed: staff settle it by hand.
+    let owner = live_membership(tx, &row)?;
+    if owner.status != MemberStatus::Active {
+        // Closed by an erasure: nobody to give the points back to.
         return Ok(None);
     }
     let reward = tx.reward(&redemption.programme, &redemption.reward)?.map(|(reward, _)| reward);
@@ -2031,7 +2084,7 @@ pub fn release_redemption(
         return Ok(None);
     }
     let reason = ReasonKind::Released { reward: redemption.reward.clone(), hold_days };
-    let mut write = give_back(tx, &redemption, row, reason, RELEASE_ACTOR, day)?;
+    let mut write = give_back(tx, &redemption, &row, owner, reason, RELEASE_ACTOR, day)?;
     redemption.status = RedemptionStatus::Cancelled;
     write.redemption_updates.push((redemption.customer, redemption.id.clone(), RedemptionStatus::Cancelled));
     tx.write_ledger(&write)?;

@@ -319,6 +319,18 @@ impl LedgerTx for PgTx<'_, '_> {
         open_lots(self, member)
     }
 
+    fn lots_by_id(&mut self, member: &MemberRow, ids: &[String]) -> Result<Vec<Lot>, StoreError> {
+        Ok(self
+            .query(
+                "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE customer_id = $1 AND member_id = $2 \
+                 AND lot_id = ANY($3)",
+                &[&member.customer.to_string(), &member.member.to_string(), &ids],
+            )?
+            .iter()
+            .map(|r| lot_at(r, 0))
+            .collect())
+    }
+
     fn tier_value(
         &mut self,
         member: &MemberRow,

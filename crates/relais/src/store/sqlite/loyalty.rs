@@ -185,6 +185,21 @@ impl LedgerTx for SqliteTx<'_, '_> {
         Ok(lots)
     }
 
+    fn lots_by_id(&mut self, member: &MemberRow, ids: &[String]) -> Result<Vec<Lot>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT lot_id, remaining, expires_on FROM loyalty_lots WHERE customer_id = ?1 AND lot_id = ?3 \
+             AND member_id = ?2",
+        )?;
+        let (customer, id) = (member.customer.to_string(), member.member.to_string());
+        let mut lots = Vec::new();
+        for lot in ids {
+            if let Some(found) = stmt.query_row(params![customer, id, lot], |r| Ok(lot_row(r))).optional()? {
+                lots.push(found?);
+            }
+        }
+        Ok(lots)
+    }
+
     fn lots_to_cover(&mut self, member: &MemberRow, points: Points) -> Result<Vec<Lot>, StoreError> {
         // `allocate`'s order: lots with an expiry day first, soonest first, then
         // those without, each by id; `loyalty_lots_by_member` holds both ranges
