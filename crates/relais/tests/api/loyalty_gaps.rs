@@ -438,4 +438,19 @@ async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_th
     let (status, moved) = app.get(&format!("/api/v1/loyalty/members/{joined}")).await;
     assert_eq!((status, &moved["merged_into"]), (StatusCode::PERMANENT_REDIRECT, &json!(kept)), "{moved}");
     assert_ledger_holds(&app).await;
+
+    // An erasure takes the account's reservations with it.
+    let last = reserve(&app, &kept, "bon", "l-r3").await;
+    let (status, erased) =
+        admin_post(&app, "/api/v1/privacy/erasures", json!({"identifier": "user_id:lia"}), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{erased}");
+    let (status, gone) = admin_post(
+        &app,
+        &format!("/api/v1/loyalty/redemptions/{}/cancel", last["id"].as_str().unwrap()),
+        json!({}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
+    assert_ledger_holds(&app).await;
 }
