@@ -552,6 +552,8 @@ pub trait LedgerTx {
     /// Reward reservations (`reserved`) made at or before `before`:
     /// redemption id, programme, reward, when it was made; oldest first.
     fn reservations_before(&mut self, before: DateTime<Utc>) -> Result<Vec<Reservation>, StoreError>;
+    /// The rewards (programme, reward) these profiles hold reserved, once per reservation.
+    fn reserved_rewards(&mut self, customers: &[CustomerId]) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// What enrolling found or made.
@@ -1698,6 +1700,8 @@ pub fn expire_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) ->
 /// ledger's sum stays zero once the person is gone.
 pub fn close_for_erasure(tx: &mut dyn LedgerTx, family: &[CustomerId], day: NaiveDate) -> Result<usize, StoreError> {
     let rows = tx.family_members(family)?;
+    let holders: BTreeSet<CustomerId> = rows.iter().map(|(_, row)| row.customer).collect();
+    let holders: Vec<CustomerId> = holders.into_iter().collect();
     let mut book = Book::default();
     let mut closed = 0;
     for (_, row) in rows {
@@ -1729,7 +1733,14 @@ pub fn close_for_erasure(tx: &mut dyn LedgerTx, family: &[CustomerId], day: Naiv
         book.changed.insert(member);
         closed += 1;
     }
-    if closed > 0 {
+    // The erasure deletes the reservations: the units they held go back to
+    // the rewards' stock, as a cancellation would give them back.
+    for (programme, reward) in tx.reserved_rewards(&holders)? {
+        if tx.reward(&programme, &reward)?.is_some_and(|(_, left)| left.is_some()) {
+            book.write.stock_changes.push((programme, reward, 1));
+        }
+    }
+    if closed > 0 || !book.write.stock_changes.is_empty() {
         tx.write_ledger(&book.finish())?;
     }
     Ok(closed)

@@ -379,7 +379,8 @@ async fn a_forgotten_reservation_is_released_once_after_its_hold_with_points_and
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_the_joined_account() {
+async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_the_joined_account_and_an_erasure_its_stock_back(
+) {
     let app = TestApp::spawn().await;
     admin_post(&app, "/api/v1/loyalty/programmes", json!(PROGRAMME), &[]).await;
     for reward in [
@@ -439,11 +440,14 @@ async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_th
     assert_eq!((status, &moved["merged_into"]), (StatusCode::PERMANENT_REDIRECT, &json!(kept)), "{moved}");
     assert_ledger_holds(&app).await;
 
-    // An erasure takes the account's reservations with it.
+    // An erasure takes the account's reservations with it, and gives their
+    // units back to the stock.
     let last = reserve(&app, &kept, "bon", "l-r3").await;
+    assert_eq!(stock_left(&app, "bon").await, 1);
     let (status, erased) =
         admin_post(&app, "/api/v1/privacy/erasures", json!({"identifier": "user_id:lia"}), &[]).await;
     assert_eq!(status, StatusCode::OK, "{erased}");
+    assert_eq!(stock_left(&app, "bon").await, 2, "stock back");
     let (status, gone) = admin_post(
         &app,
         &format!("/api/v1/loyalty/redemptions/{}/cancel", last["id"].as_str().unwrap()),

@@ -904,6 +904,19 @@ impl LedgerTx for PgTx<'_, '_> {
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
+
+    fn reserved_rewards(&mut self, customers: &[CustomerId]) -> Result<Vec<(String, String)>, StoreError> {
+        let ids: Vec<String> = customers.iter().map(ToString::to_string).collect();
+        Ok(self
+            .query(
+                "SELECT programme_key, reward_id FROM loyalty_redemptions WHERE customer_id = ANY($1) \
+                 AND status = 'reserved' ORDER BY programme_key, reward_id",
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
 }
 
 #[derive(Default)]

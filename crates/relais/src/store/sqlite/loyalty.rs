@@ -773,6 +773,19 @@ impl LedgerTx for SqliteTx<'_, '_> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+
+    fn reserved_rewards(&mut self, customers: &[CustomerId]) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT programme_key, reward_id FROM loyalty_redemptions WHERE customer_id = ?1 AND status = 'reserved'",
+        )?;
+        let mut rewards = Vec::new();
+        for customer in customers {
+            let rows = stmt.query_map([customer.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rewards.extend(rows.collect::<Result<Vec<(String, String)>, _>>()?);
+        }
+        rewards.sort();
+        Ok(rewards)
+    }
 }
 
 /// One membership by id.
