@@ -552,7 +552,8 @@ pub trait LedgerTx {
     /// Reward reservations (`reserved`) made at or before `before`:
     /// redemption id, programme, reward, when it was made; oldest first.
     fn reservations_before(&mut self, before: DateTime<Utc>) -> Result<Vec<Reservation>, StoreError>;
-    /// The rewards (programme, reward) these profiles hold reserved, once per reservation.
+    /// The rewards (programme, reward) these profiles hold reserved, once per
+    /// reservation; the reservations locked where several writers exist.
     fn reserved_rewards(&mut self, customers: &[CustomerId]) -> Result<Vec<(String, String)>, StoreError>;
 }
 
@@ -1698,10 +1699,18 @@ pub fn expire_member(tx: &mut dyn LedgerTx, member: MemberId, day: NaiveDate) ->
 
 /// Close the memberships of erased profiles with a final entry each, so the
 /// ledger's sum stays zero once the person is gone.
-pub fn close_for_erasure(tx: &mut dyn LedgerTx, family: &[CustomerId], day: NaiveDate) -> Result<usize, StoreError> {
+pub fn close_for_erasure(
+    tx: &mut dyn LedgerTx,
+    family: &[CustomerId],
+    cluster: &[CustomerId],
+    day: NaiveDate,
+) -> Result<usize, StoreError> {
+    // The erasure deletes the person's reservations: the units they hold go
+    // back to the rewards' stock, as a cancellation would give them back.
+    // Read (and locked) before the memberships, in the order a cancellation
+    // takes its locks (the redemption, then the member).
+    let reserved = tx.reserved_rewards(cluster)?;
     let rows = tx.family_members(family)?;
-    let holders: BTreeSet<CustomerId> = rows.iter().map(|(_, row)| row.customer).collect();
-    let holders: Vec<CustomerId> = holders.into_iter().collect();
     let mut book = Book::default();
     let mut closed = 0;
     for (_, row) in rows {
@@ -1733,9 +1742,7 @@ pub fn close_for_erasure(tx: &mut dyn LedgerTx, family: &[CustomerId], day: Naiv
         book.changed.insert(member);
         closed += 1;
     }
-    // The erasure deletes the reservations: the units they held go back to
-    // the rewards' stock, as a cancellation would give them back.
-    for (programme, reward) in tx.reserved_rewards(&holders)? {
+    for (programme, reward) in reserved {
         if tx.reward(&programme, &reward)?.is_some_and(|(_, left)| left.is_some()) {
             book.write.stock_changes.push((programme, reward, 1));
         }
@@ -1933,9 +1940,12 @@ pub fn settle_redemption(
     if !confirm {
         let row = tx.member(redemption.member)?.ok_or(StoreError::NotFound)?;
         let owner = live_membership(tx, &row)?;
-        if owner.status == MemberStatus::Closed {
+        if owner.status != MemberStatus::Active {
             return Err(StoreError::Conflict(format!(
-                "redemption {id} belongs to a membership closed by an erasure; there is nobody to give its points back to"
+                "redemption {id} belongs to a membership that is no longer active (membership {}, {}); \
+                 there is nobody to give its points back to",
+                owner.member,
+                owner.status.as_str()
             )));
         }
         let reason = ReasonKind::Cancellation { reward: redemption.reward.clone() };
@@ -1955,10 +1965,10 @@ fn live_membership(tx: &mut dyn LedgerTx, row: &MemberRow) -> Result<MemberRow, 
     for _ in 0..MAX_JOINS {
         let (MemberStatus::Merged, Some(next)) = (live.status, live.merged_into) else { return Ok(live) };
         live = tx.member(next)?.ok_or_else(|| {
-            StoreError::Database(format!("membership {} joined {next}, which is missing", live.member))
+            StoreError::Conflict(format!("membership {} joined {next}, which is missing", live.member))
         })?;
     }
-    Err(StoreError::Database(format!("membership {} joined a chain of more than {MAX_JOINS} memberships", row.member)))
+    Err(StoreError::Conflict(format!("membership {} joined a chain of more than {MAX_JOINS} memberships", row.member)))
 }
 
 /// Joins followed from a membership to the one it lives on, at most.
@@ -2012,7 +2022,7 @@ fn give_back(
             let taken_from = tx.lots_by_id(reserved_by, &ids)?;
             for (n, (lot, points)) in redemption.allocation.iter().enumerate() {
                 let expires_on = taken_from.iter().find(|l| &l.id == lot).map(|l| l.expires_on).ok_or_else(|| {
-                    StoreError::Database(format!(
+                    StoreError::Conflict(format!(
                         "redemption {} took points from lot {lot}, which is missing",
                         redemption.id
                     ))
@@ -2084,18 +2094,31 @@ pub fn release_redemption(
         return Ok(None);
     }
     let Some(row) = tx.member(redemption.member)? else { return Ok(None) };
-    let owner = live_membership(tx, &row)?;
-    if owner.status != MemberStatus::Active {
+    let owner = match live_membership(tx, &row) {
+        Ok(owner) if owner.status == MemberStatus::Active => owner,
         // Closed by an erasure: nobody to give the points back to.
-        return Ok(None);
-    }
+        Ok(_) => return Ok(None),
+        Err(StoreError::Conflict(why)) => {
+            // Data that does not hold together (a missing membership) is for
+            // staff; the job goes on with the other reservations.
+            tracing::warn!(redemption = %id, "reservation not released: {why}");
+            return Ok(None);
+        }
+        Err(other) => return Err(other),
+    };
     let reward = tx.reward(&redemption.programme, &redemption.reward)?.map(|(reward, _)| reward);
     let hold_days = reward.as_ref().map_or(relais_domain::loyalty::rewards::DEFAULT_HOLD_DAYS, |r| r.hold_days());
     if now < redemption.created_at + chrono::Duration::days(i64::from(hold_days)) {
         return Ok(None);
     }
     let reason = ReasonKind::Released { reward: redemption.reward.clone(), hold_days };
-    let mut write = give_back(tx, &redemption, &row, owner, reason, RELEASE_ACTOR, day)?;
+    let mut write = match give_back(tx, &redemption, &row, owner, reason, RELEASE_ACTOR, day) {
+        Err(StoreError::Conflict(why)) => {
+            tracing::warn!(redemption = %id, "reservation not released: {why}");
+            return Ok(None);
+        }
+        other => other?,
+    };
     redemption.status = RedemptionStatus::Cancelled;
     write.redemption_updates.push((redemption.customer, redemption.id.clone(), RedemptionStatus::Cancelled));
     tx.write_ledger(&write)?;

@@ -1611,7 +1611,13 @@ impl Engine for PgEngine {
             // Decision 10: the person's loyalty accounts close with a final entry,
             // and their entries stay, de-identified, so the ledger sums to zero.
             let today = self.settings.day_of(Utc::now());
-            super::loyalty::close_for_erasure(&mut PgTx::new(&mut tx, statements, None), &[parse_id(&root)?], today)?;
+            let people: Vec<CustomerId> = cluster.iter().map(|c| parse_id(c)).collect::<Result<_, _>>()?;
+            super::loyalty::close_for_erasure(
+                &mut PgTx::new(&mut tx, statements, None),
+                &[parse_id(&root)?],
+                &people,
+                today,
+            )?;
             tx.execute(
                 "UPDATE loyalty_entries SET customer_id = $2, event_id = NULL, message_id = NULL, order_id = NULL, \
                  actor = NULL, reason = (reason::jsonb - 'order_id' - 'reason' - 'actor')::text WHERE customer_id = ANY($1)",

@@ -1381,7 +1381,8 @@ fn erase_in_transaction(
     // Decision 10: the person's loyalty accounts close with a final entry, and
     // their entries stay, de-identified, so the ledger still sums to zero.
     let mut ledger = SqliteTx::plain(&tx);
-    super::loyalty::close_for_erasure(&mut ledger, &[parse_id(&root)?], today)?;
+    let people: Vec<CustomerId> = cluster.iter().map(|c| parse_id(c)).collect::<Result<_, _>>()?;
+    super::loyalty::close_for_erasure(&mut ledger, &[parse_id(&root)?], &people, today)?;
     // The ledger and its lots are in time order: they are found through the
     // person's memberships, whose customer their rows carry.
     let members = format!("SELECT member_id FROM loyalty_members WHERE customer_id IN ({ids})");

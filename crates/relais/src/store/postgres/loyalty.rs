@@ -910,7 +910,7 @@ impl LedgerTx for PgTx<'_, '_> {
         Ok(self
             .query(
                 "SELECT programme_key, reward_id FROM loyalty_redemptions WHERE customer_id = ANY($1) \
-                 AND status = 'reserved' ORDER BY programme_key, reward_id",
+                 AND status = 'reserved' ORDER BY redemption_id FOR UPDATE",
                 &[&ids],
             )?
             .iter()
