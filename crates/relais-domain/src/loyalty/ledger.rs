@@ -132,6 +132,10 @@ pub enum ReasonKind {
     Cancellation {
         /// The reward.
         reward: String,
+        /// The membership that reserved it, when it has since joined the one
+        /// credited (an unmerge gives these points back to it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reserved_by: Option<String>,
     },
     /// A reservation nobody confirmed within its hold: released by the
     /// scheduled job, its points given back.
@@ -140,6 +144,9 @@ pub enum ReasonKind {
         reward: String,
         /// The hold it outlived, in days.
         hold_days: u32,
+        /// As for a cancellation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reserved_by: Option<String>,
     },
     /// The bonus of a coupon.
     Coupon {
@@ -331,14 +338,14 @@ impl Reason {
                     format!("redeemed: {reason}, on {date}")
                 }
             }
-            ReasonKind::Cancellation { reward } => {
+            ReasonKind::Cancellation { reward, .. } => {
                 if fr {
                     format!("annulation de la récompense « {reward} », points rendus le {date}")
                 } else {
                     format!("redemption of \"{reward}\" cancelled, points given back on {date}")
                 }
             }
-            ReasonKind::Released { reward, hold_days } => {
+            ReasonKind::Released { reward, hold_days, .. } => {
                 if fr {
                     format!(
                         "réservation de la récompense « {reward} » non confirmée sous {hold_days} jour{}, points rendus le {date}",
@@ -487,8 +494,10 @@ mod tests {
 
     #[test]
     fn a_released_reservation_says_why_the_points_came_back() {
-        let released =
-            Reason { kind: ReasonKind::Released { reward: "bon-10".into(), hold_days: 7 }, day: day("2026-03-08") };
+        let released = Reason {
+            kind: ReasonKind::Released { reward: "bon-10".into(), hold_days: 7, reserved_by: None },
+            day: day("2026-03-08"),
+        };
         assert_eq!(
             released.render(1000, "points", Lang::Fr),
             "+1000 points: réservation de la récompense « bon-10 » non confirmée sous 7 jours, points rendus le 8 mars 2026"

@@ -524,6 +524,9 @@ pub trait LedgerTx {
     fn merged_members(&mut self, roots: &[CustomerId]) -> Result<Vec<MemberRow>, StoreError>;
     /// Points a membership moved out when it joined another (merge postings).
     fn merge_transfer(&mut self, member: &MemberRow) -> Result<Points, StoreError>;
+    /// Points given back to a membership for reservations `reserved_by` made
+    /// before it joined it (cancellations and releases).
+    fn given_back_for(&mut self, member: &MemberRow, reserved_by: MemberId) -> Result<Points, StoreError>;
     /// Points a membership's entries got from these events.
     fn event_points(&mut self, member: &MemberRow, events: &[String]) -> Result<Points, StoreError>;
     /// A number derived from `seed` with a secret key: a draw's roll, which
@@ -1948,7 +1951,8 @@ pub fn settle_redemption(
                 owner.status.as_str()
             )));
         }
-        let reason = ReasonKind::Cancellation { reward: redemption.reward.clone() };
+        let reserved_by = (owner.member != row.member).then(|| row.member.to_string());
+        let reason = ReasonKind::Cancellation { reward: redemption.reward.clone(), reserved_by };
         write = give_back(tx, &redemption, &row, owner, reason, actor, day)?;
     }
     redemption.status = wanted;
@@ -2111,7 +2115,8 @@ pub fn release_redemption(
     if now < redemption.created_at + chrono::Duration::days(i64::from(hold_days)) {
         return Ok(None);
     }
-    let reason = ReasonKind::Released { reward: redemption.reward.clone(), hold_days };
+    let reserved_by = (owner.member != row.member).then(|| row.member.to_string());
+    let reason = ReasonKind::Released { reward: redemption.reward.clone(), hold_days, reserved_by };
     let mut write = match give_back(tx, &redemption, &row, owner, reason, RELEASE_ACTOR, day) {
         Err(StoreError::Conflict(why)) => {
             tracing::warn!(redemption = %id, "reservation not released: {why}");
@@ -2400,9 +2405,9 @@ pub fn roll_of(keyring: &crate::privacy::Keyring, seed: &str) -> u64 {
 
 /// Undo the loyalty side of a merge, inside the unmerge's transaction: a
 /// membership of the restored profile that had joined the survivor's becomes
-/// active again and gets back what it brought (its balance at the merge) and
+/// active again and gets back what it brought (its balance at the merge),
 /// what its own events earned since (`moved_events`, the events going back to
-/// it). Refused, with the reason, when the survivor's balance no longer
+/// it) and the points of its reservations cancelled or released since. Refused, with the reason, when the survivor's balance no longer
 /// covers that (the points were spent).
 pub fn unmerge_members(
     tx: &mut dyn LedgerTx,
@@ -2415,7 +2420,9 @@ pub fn unmerge_members(
     for mut gone in tx.merged_members(&[restored])? {
         let Some(into) = gone.merged_into else { continue };
         let Some(kept) = tx.member(into)? else { continue };
-        let back = tx.merge_transfer(&gone)? + tx.event_points(&kept, moved_events)?.max(0);
+        let back = tx.merge_transfer(&gone)?
+            + tx.event_points(&kept, moved_events)?.max(0)
+            + tx.given_back_for(&kept, gone.member)?;
         book.members.insert(kept.member, kept.clone());
         let available: Points = book.lots(tx, kept.member)?.iter().map(|l| l.remaining).sum();
         if back > available {

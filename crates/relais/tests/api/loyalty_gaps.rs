@@ -460,3 +460,46 @@ async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_th
     assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
     assert_ledger_holds(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undoing_a_merge_gives_back_the_points_of_a_reservation_cancelled_since() {
+    let app = TestApp::spawn().await;
+    admin_post(&app, "/api/v1/loyalty/programmes", json!(PROGRAMME), &[]).await;
+    let reward = json!({"id": "bon", "name": "Bon de 1 €", "cost": 100, "stock": 5});
+    assert_eq!(admin_post(&app, "/api/v1/loyalty/programmes/club/rewards", reward, &[]).await.0, StatusCode::OK);
+    app.batch(json!([{"type": "identify", "userId": "noe"}, {"type": "identify", "anonymousId": "borne-noe"}])).await;
+    let kept = enrol(&app, "user_id:noe").await;
+    let joined = enrol(&app, "anonymous_id:borne-noe").await;
+    app.batch(json!([order("noe", "n-1", 20.0)])).await; // 20 + 50 welcome
+    let mut at_the_till = order("noe", "n-2", 100.0); // 100 + 50 welcome
+    at_the_till.as_object_mut().unwrap().remove("userId");
+    at_the_till["anonymousId"] = json!("borne-noe");
+    app.batch(json!([at_the_till])).await;
+    let bon = reserve(&app, &joined, "bon", "n-r1").await;
+    app.batch(json!([{"type": "identify", "userId": "noe", "anonymousId": "borne-noe", "messageId": "n-link"}])).await;
+    let balance = |member: String| {
+        let app = &app;
+        async move { app.get(&format!("/api/v1/loyalty/members/{member}/statement")).await.1["balance"].clone() }
+    };
+    assert_eq!(balance(kept.clone()).await, 70 + 50);
+    let (status, _) = admin_post(
+        &app,
+        &format!("/api/v1/loyalty/redemptions/{}/cancel", bon["id"].as_str().unwrap()),
+        json!({}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(balance(kept.clone()).await, 70 + 50 + 100);
+
+    // The merge was wrong: each side takes back what was its own, the
+    // cancelled reservation's points included.
+    let customer = app.customer_by("user_id:noe").await["id"].as_str().unwrap().to_string();
+    let (_, merges) = app.get(&format!("/api/v1/customers/{customer}/merges")).await;
+    let merge = merges["merges"][0]["merge_id"].as_str().unwrap().to_string();
+    let (status, undone) = admin_post(&app, &format!("/api/v1/merges/{merge}/undo"), json!({}), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{undone}");
+    assert_eq!(balance(joined).await, 50 + 100);
+    assert_eq!(balance(kept).await, 70);
+    assert_ledger_holds(&app).await;
+}

@@ -760,6 +760,16 @@ impl LedgerTx for PgTx<'_, '_> {
             .get(0))
     }
 
+    fn given_back_for(&mut self, member: &MemberRow, reserved_by: MemberId) -> Result<Points, StoreError> {
+        Ok(self
+            .query_one(
+                "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
+                 AND account = 'member' AND kind = 'cancellation' AND reason::jsonb ->> 'reserved_by' = $3",
+                &[&member.customer.to_string(), &member.member.to_string(), &reserved_by.to_string()],
+            )?
+            .get(0))
+    }
+
     fn event_points(&mut self, member: &MemberRow, events: &[String]) -> Result<Points, StoreError> {
         Ok(self
             .query_one(

@@ -613,6 +613,19 @@ impl LedgerTx for SqliteTx<'_, '_> {
             .query_row(params![member.customer.to_string(), member.member.to_string()], |r| r.get(0))?)
     }
 
+    fn given_back_for(&mut self, member: &MemberRow, reserved_by: MemberId) -> Result<Points, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT COALESCE(SUM(points), 0) FROM loyalty_entries WHERE member_id = ?2 AND account = 'member' \
+                 AND kind = 'cancellation' AND json_extract(reason, '$.reserved_by') = ?3 AND customer_id = ?1",
+            )?
+            .query_row(
+                params![member.customer.to_string(), member.member.to_string(), reserved_by.to_string()],
+                |r| r.get(0),
+            )?)
+    }
+
     fn event_points(&mut self, member: &MemberRow, events: &[String]) -> Result<Points, StoreError> {
         let mut stmt = self.tx.prepare_cached(
             "SELECT COALESCE(SUM(points), 0) FROM loyalty_entries WHERE member_id = ?2 AND account = 'member' \
