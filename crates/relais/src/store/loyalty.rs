@@ -908,6 +908,25 @@ enum Take {
     UpTo(Points),
 }
 
+/// New lots of a member, each holding its points in full, named after
+/// `posting` and their place (`{posting}-{n}`): moved between memberships,
+/// given back or restored, points keep the expiry of the lots they came from.
+fn lots_of_posting(
+    posting: LedgerTxId,
+    customer: CustomerId,
+    member: MemberId,
+    parts: impl IntoIterator<Item = (Points, Option<NaiveDate>)>,
+) -> impl Iterator<Item = NewLot> {
+    parts.into_iter().enumerate().map(move |(n, (points, expires_on))| NewLot {
+        customer,
+        member,
+        lot_id: format!("{posting}-{n}"),
+        points,
+        remaining: points,
+        expires_on,
+    })
+}
+
 fn transaction(kind: &'static str, day: NaiveDate, programme: &str) -> Posting {
     Posting {
         id: LedgerTxId::new(),
@@ -1335,22 +1354,14 @@ fn join_members(
             expires_on: None,
         },
     ];
-    for (n, lot) in lots.iter().enumerate() {
-        book.write.lot_updates.push((from.customer, lot.id.clone(), 0));
-        let lot_id = format!("{}-{n}", t.id);
-        book.write.new_lots.push(NewLot {
-            customer: into.customer,
-            member: keep,
-            lot_id: lot_id.clone(),
-            points: lot.remaining,
-            remaining: lot.remaining,
-            expires_on: lot.expires_on,
-        });
+    book.write.lot_updates.extend(lots.iter().map(|lot| (from.customer, lot.id.clone(), 0)));
+    for new in lots_of_posting(t.id, into.customer, keep, lots.iter().map(|l| (l.remaining, l.expires_on))) {
         book.lots.get_mut(&keep).expect("loaded").push(Lot {
-            id: lot_id,
-            remaining: lot.remaining,
-            expires_on: lot.expires_on,
+            id: new.lot_id.clone(),
+            remaining: new.remaining,
+            expires_on: new.expires_on,
         });
+        book.write.new_lots.push(new);
     }
     if let Some(l) = book.lots.get_mut(&other) {
         l.iter_mut().for_each(|lot| lot.remaining = 0);
@@ -1951,8 +1962,8 @@ pub fn settle_redemption(
                 owner.status.as_str()
             )));
         }
-        let reserved_by = (owner.member != row.member).then(|| row.member.to_string());
-        let reason = ReasonKind::Cancellation { reward: redemption.reward.clone(), reserved_by };
+        let reward = redemption.reward.clone();
+        let reason = |reserved_by| ReasonKind::Cancellation { reward, reserved_by };
         write = give_back(tx, &redemption, &row, owner, reason, actor, day)?;
     }
     redemption.status = wanted;
@@ -1981,7 +1992,8 @@ const MAX_JOINS: usize = 64;
 /// The write that gives a reserved redemption's points back and its stock
 /// back to the catalogue; the caller marks the redemption cancelled.
 /// `reserved_by` is the membership that reserved, `owner` the one it lives on now
-/// (`live_membership`). The points go back into the lots they came from,
+/// (`live_membership`); `reason` makes the entry's reason from the membership
+/// that reserved, named when it is not `owner`. The points go back into the lots they came from,
 /// with their expiry; when the membership has since joined another, whose
 /// lots took over its open ones, they go to that one instead, as new lots
 /// keeping those expiry dates.
@@ -1990,7 +2002,7 @@ fn give_back(
     redemption: &RedemptionRow,
     reserved_by: &MemberRow,
     mut owner: MemberRow,
-    reason: ReasonKind,
+    reason: impl FnOnce(Option<String>) -> ReasonKind,
     actor: &str,
     day: NaiveDate,
 ) -> Result<LedgerWrite, StoreError> {
@@ -2000,7 +2012,10 @@ fn give_back(
         let points = redemption.points;
         let mut t = transaction("cancellation", day, &redemption.programme);
         t.actor = Some(actor.to_string());
-        let reason = Reason { kind: reason, day };
+        // Named when the points go to another membership, so that undoing the
+        // merge gives them back to the one that reserved (`given_back_for`).
+        let joined = (row.member != reserved_by.member).then(|| reserved_by.member.to_string());
+        let reason = Reason { kind: reason(joined), day };
         t.legs = vec![
             Leg {
                 customer: row.customer,
@@ -2019,27 +2034,22 @@ fn give_back(
                 expires_on: None,
             },
         ];
-        if row.member == redemption.member {
+        if row.member == reserved_by.member {
             write.lot_restores = redemption.allocation.iter().map(|(lot, p)| (row.customer, lot.clone(), *p)).collect();
         } else {
             let ids: Vec<String> = redemption.allocation.iter().map(|(lot, _)| lot.clone()).collect();
             let taken_from = tx.lots_by_id(reserved_by, &ids)?;
-            for (n, (lot, points)) in redemption.allocation.iter().enumerate() {
+            let mut parts = Vec::with_capacity(redemption.allocation.len());
+            for (lot, points) in &redemption.allocation {
                 let expires_on = taken_from.iter().find(|l| &l.id == lot).map(|l| l.expires_on).ok_or_else(|| {
                     StoreError::Conflict(format!(
                         "redemption {} took points from lot {lot}, which is missing",
                         redemption.id
                     ))
                 })?;
-                write.new_lots.push(NewLot {
-                    customer: row.customer,
-                    member: row.member,
-                    lot_id: format!("{}-{n}", t.id),
-                    points: *points,
-                    remaining: *points,
-                    expires_on,
-                });
+                parts.push((*points, expires_on));
             }
+            write.new_lots.extend(lots_of_posting(t.id, row.customer, row.member, parts));
         }
         write.transactions.push(t);
         row.balance += points;
@@ -2115,8 +2125,8 @@ pub fn release_redemption(
     if now < redemption.created_at + chrono::Duration::days(i64::from(hold_days)) {
         return Ok(None);
     }
-    let reserved_by = (owner.member != row.member).then(|| row.member.to_string());
-    let reason = ReasonKind::Released { reward: redemption.reward.clone(), hold_days, reserved_by };
+    let reward = redemption.reward.clone();
+    let reason = |reserved_by| ReasonKind::Released { reward, hold_days, reserved_by };
     let mut write = match give_back(tx, &redemption, &row, owner, reason, RELEASE_ACTOR, day) {
         Err(StoreError::Conflict(why)) => {
             tracing::warn!(redemption = %id, "reservation not released: {why}");
@@ -2470,19 +2480,11 @@ pub fn unmerge_members(
         ];
         let credit_id = t.id;
         book.write.transactions.push(t);
-        for (n, (lot, points)) in allocation.iter().enumerate() {
-            book.write.new_lots.push(NewLot {
-                customer: gone.customer,
-                member: gone.member,
-                // Named after this transaction, which is new: a lot named after
-                // the one it came from could collide with a lot given back from
-                // that one by an earlier unmerge.
-                lot_id: format!("{credit_id}-{n}"),
-                points: *points,
-                remaining: *points,
-                expires_on: expiries.get(lot).copied().flatten(),
-            });
-        }
+        // Named after this transaction, which is new: a lot named after the
+        // one it came from could collide with a lot given back from that one
+        // by an earlier unmerge.
+        let parts = allocation.iter().map(|(lot, points)| (*points, expiries.get(lot).copied().flatten()));
+        book.write.new_lots.extend(lots_of_posting(credit_id, gone.customer, gone.member, parts));
         book.members.get_mut(&gone.member).expect("inserted").balance += back;
         book.changed.insert(gone.member);
         restored_count += 1;

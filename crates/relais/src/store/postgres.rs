@@ -2736,7 +2736,7 @@ mod tests {
     /// Runs only when tests have a PostgreSQL server (`RELAIS_TEST_DATABASE_URL`).
     #[test]
     fn a_transaction_opened_ahead_is_closed_once_it_waits_unused() {
-        let Some(url) = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else { return };
+        let Some(url) = crate::store::scratch::test_database_url() else { return };
         // A plain thread: the blocking client runs a runtime of its own.
         std::thread::spawn(move || {
             let pool_url = url.clone();
@@ -2782,7 +2782,7 @@ mod tests {
     /// Runs only when tests have a PostgreSQL server (`RELAIS_TEST_DATABASE_URL`).
     #[test]
     fn a_grouped_transaction_that_fails_leaves_nothing_and_its_connection_serves_on() {
-        let Some(url) = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else { return };
+        let Some(url) = crate::store::scratch::test_database_url() else { return };
         std::thread::spawn(move || {
             let scratch = super::super::scratch::Scratch::new(Some(&url), "failed_group").expect("scratch");
             let super::super::Location::Postgres(scoped) = &scratch.location else {

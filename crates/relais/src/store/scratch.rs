@@ -104,7 +104,11 @@ impl Scratch {
     /// Like `new`, using `RELAIS_TEST_DATABASE_URL` when it is set (tests run on
     /// PostgreSQL then, and on SQLite otherwise).
     pub fn for_tests(label: &str) -> Result<Scratch, StoreError> {
-        let url = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty());
-        Scratch::new(url.as_deref(), label)
+        Scratch::new(test_database_url().as_deref(), label)
     }
+}
+
+/// The PostgreSQL server tests run against (`RELAIS_TEST_DATABASE_URL`), if any.
+pub fn test_database_url() -> Option<String> {
+    std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())
 }

@@ -378,54 +378,69 @@ async fn a_forgotten_reservation_is_released_once_after_its_hold_with_points_and
     assert_ledger_holds(&app).await;
 }
 
+/// Two memberships of one person, known apart so far: `kept` (enrolled first,
+/// under `user_id:{name}`, 20 € spent) and `joined` (under the kiosk's
+/// `anonymous_id:borne-{name}`, `till_total` € spent); both got the welcome bonus.
+async fn two_memberships_of_one_person(app: &TestApp, name: &str, till_total: f64) -> (String, String) {
+    let device = format!("borne-{name}");
+    app.batch(json!([{"type": "identify", "userId": name}, {"type": "identify", "anonymousId": device}])).await;
+    // The older membership is the one the other joins.
+    let kept = enrol(app, &format!("user_id:{name}")).await;
+    let joined = enrol(app, &format!("anonymous_id:{device}")).await;
+    app.batch(json!([order(name, &format!("{name}-1"), 20.0)])).await;
+    let mut at_the_till = order(name, &format!("{name}-2"), till_total);
+    at_the_till.as_object_mut().unwrap().remove("userId");
+    at_the_till["anonymousId"] = json!(device);
+    app.batch(json!([at_the_till])).await;
+    (kept, joined)
+}
+
+/// One message ties the person's two profiles together: their memberships become one.
+async fn tie_together(app: &TestApp, name: &str) {
+    let link = json!({"type": "identify", "userId": name, "anonymousId": format!("borne-{name}"),
+                      "messageId": format!("{name}-link")});
+    app.batch(json!([link])).await;
+}
+
+async fn put_reward(app: &TestApp, reward: Value) {
+    assert_eq!(admin_post(app, "/api/v1/loyalty/programmes/club/rewards", reward, &[]).await.0, StatusCode::OK);
+}
+
+async fn cancel(app: &TestApp, redemption: &Value) -> (StatusCode, Value) {
+    let path = format!("/api/v1/loyalty/redemptions/{}/cancel", redemption["id"].as_str().unwrap());
+    admin_post(app, &path, json!({}), &[]).await
+}
+
+async fn statement_of(app: &TestApp, member: &str) -> Value {
+    app.get(&format!("/api/v1/loyalty/members/{member}/statement")).await.1
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_the_joined_account() {
     let app = TestApp::spawn().await;
     admin_post(&app, "/api/v1/loyalty/programmes", json!(PROGRAMME), &[]).await;
-    for reward in [
-        json!({"id": "bon", "name": "Bon de 1 €", "cost": 100, "stock": 2}),
-        json!({"id": "vite", "name": "Café", "cost": 50, "hold_days": 2}),
-        json!({"id": "garde", "name": "Gourde", "cost": 50, "stock": 1}),
-    ] {
-        assert_eq!(admin_post(&app, "/api/v1/loyalty/programmes/club/rewards", reward, &[]).await.0, StatusCode::OK);
-    }
-    app.batch(json!([{"type": "identify", "userId": "lia"}, {"type": "identify", "anonymousId": "borne-lia"}])).await;
-    // The older membership is the one the other joins.
-    let kept = enrol(&app, "user_id:lia").await;
-    let joined = enrol(&app, "anonymous_id:borne-lia").await;
-    app.batch(json!([order("lia", "l-1", 20.0)])).await; // 20 + 50 welcome
-    let mut at_the_till = order("lia", "l-2", 150.0); // 150 + 50 welcome
-    at_the_till.as_object_mut().unwrap().remove("userId");
-    at_the_till["anonymousId"] = json!("borne-lia");
-    app.batch(json!([at_the_till])).await;
-    let statement = |member: String| {
-        let app = &app;
-        async move { app.get(&format!("/api/v1/loyalty/members/{member}/statement")).await.1 }
-    };
-    let expiring = statement(joined.clone()).await["expiring"].clone();
+    put_reward(&app, json!({"id": "bon", "name": "Bon de 1 €", "cost": 100, "stock": 2})).await;
+    put_reward(&app, json!({"id": "vite", "name": "Café", "cost": 50, "hold_days": 2})).await;
+    put_reward(&app, json!({"id": "garde", "name": "Gourde", "cost": 50, "stock": 1})).await;
+    // kept: 20 + 50 welcome; joined: 150 + 50 welcome.
+    let (kept, joined) = two_memberships_of_one_person(&app, "lia", 150.0).await;
+    let expiring = statement_of(&app, &joined).await["expiring"].clone();
     assert_eq!(expiring.as_array().map(Vec::len), Some(1), "{expiring}");
     let expires_on = expiring[0]["on"].clone();
     let bon = reserve(&app, &joined, "bon", "l-r1").await;
     reserve(&app, &joined, "vite", "l-r2").await;
     reserve(&app, &joined, "garde", "l-r3").await;
-    assert_eq!(statement(joined.clone()).await["balance"], 0);
+    assert_eq!(statement_of(&app, &joined).await["balance"], 0);
     assert_eq!((stock_left(&app, "bon").await, stock_left(&app, "garde").await), (json!(1), json!(0)));
 
-    // One message ties both profiles together: the two memberships become one.
-    app.batch(json!([{"type": "identify", "userId": "lia", "anonymousId": "borne-lia", "messageId": "l-link"}])).await;
-    assert_eq!(statement(kept.clone()).await["balance"], 70);
+    tie_together(&app, "lia").await;
+    assert_eq!(statement_of(&app, &kept).await["balance"], 70);
 
     // Cancelled by staff: the points go to the account the membership joined,
     // keeping the expiry of the lots they were taken from.
-    let (status, cancelled) = admin_post(
-        &app,
-        &format!("/api/v1/loyalty/redemptions/{}/cancel", bon["id"].as_str().unwrap()),
-        json!({}),
-        &[],
-    )
-    .await;
+    let (status, cancelled) = cancel(&app, &bon).await;
     assert_eq!((status, cancelled["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{cancelled}");
-    let after = statement(kept.clone()).await;
+    let after = statement_of(&app, &kept).await;
     assert_eq!(after["balance"], 170, "{after}");
     assert!(after["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "cancellation"), "{after}");
     assert_eq!(after["expiring"], json!([{"on": expires_on, "points": 170}]), "{after}");
@@ -439,7 +454,7 @@ async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_th
         .await
         .unwrap();
     assert_eq!(released, (1, 50));
-    assert_eq!(statement(kept.clone()).await["balance"], 220);
+    assert_eq!(statement_of(&app, &kept).await["balance"], 220);
     assert_ledger_holds(&app).await;
 
     // An erasure takes the person's reservations with it, the joined
@@ -450,13 +465,7 @@ async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_th
         admin_post(&app, "/api/v1/privacy/erasures", json!({"identifier": "user_id:lia"}), &[]).await;
     assert_eq!(status, StatusCode::OK, "{erased}");
     assert_eq!((stock_left(&app, "bon").await, stock_left(&app, "garde").await), (json!(2), json!(1)));
-    let (status, gone) = admin_post(
-        &app,
-        &format!("/api/v1/loyalty/redemptions/{}/cancel", last["id"].as_str().unwrap()),
-        json!({}),
-        &[],
-    )
-    .await;
+    let (status, gone) = cancel(&app, &last).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
     assert_ledger_holds(&app).await;
 }
@@ -465,31 +474,17 @@ async fn a_reservation_made_before_two_memberships_joined_gives_its_points_to_th
 async fn undoing_a_merge_gives_back_the_points_of_a_reservation_cancelled_since() {
     let app = TestApp::spawn().await;
     admin_post(&app, "/api/v1/loyalty/programmes", json!(PROGRAMME), &[]).await;
-    let reward = json!({"id": "bon", "name": "Bon de 1 €", "cost": 100, "stock": 5});
-    assert_eq!(admin_post(&app, "/api/v1/loyalty/programmes/club/rewards", reward, &[]).await.0, StatusCode::OK);
-    app.batch(json!([{"type": "identify", "userId": "noe"}, {"type": "identify", "anonymousId": "borne-noe"}])).await;
-    let kept = enrol(&app, "user_id:noe").await;
-    let joined = enrol(&app, "anonymous_id:borne-noe").await;
-    app.batch(json!([order("noe", "n-1", 20.0)])).await; // 20 + 50 welcome
-    let mut at_the_till = order("noe", "n-2", 100.0); // 100 + 50 welcome
-    at_the_till.as_object_mut().unwrap().remove("userId");
-    at_the_till["anonymousId"] = json!("borne-noe");
-    app.batch(json!([at_the_till])).await;
+    put_reward(&app, json!({"id": "bon", "name": "Bon de 1 €", "cost": 100, "stock": 5})).await;
+    // kept: 20 + 50 welcome; joined: 100 + 50 welcome.
+    let (kept, joined) = two_memberships_of_one_person(&app, "noe", 100.0).await;
     let bon = reserve(&app, &joined, "bon", "n-r1").await;
-    app.batch(json!([{"type": "identify", "userId": "noe", "anonymousId": "borne-noe", "messageId": "n-link"}])).await;
+    tie_together(&app, "noe").await;
     let balance = |member: String| {
         let app = &app;
-        async move { app.get(&format!("/api/v1/loyalty/members/{member}/statement")).await.1["balance"].clone() }
+        async move { statement_of(app, &member).await["balance"].clone() }
     };
     assert_eq!(balance(kept.clone()).await, 70 + 50);
-    let (status, _) = admin_post(
-        &app,
-        &format!("/api/v1/loyalty/redemptions/{}/cancel", bon["id"].as_str().unwrap()),
-        json!({}),
-        &[],
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cancel(&app, &bon).await.0, StatusCode::OK);
     assert_eq!(balance(kept.clone()).await, 70 + 50 + 100);
 
     // The merge was wrong: each side takes back what was its own, the

@@ -267,7 +267,7 @@ mod tests {
     /// Runs only when tests have a PostgreSQL server (`RELAIS_TEST_DATABASE_URL`).
     #[test]
     fn statements_outlive_a_rolled_back_transaction_and_failures_keep_their_error() {
-        let Some(url) = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else { return };
+        let Some(url) = crate::store::scratch::test_database_url() else { return };
         // A plain thread: the blocking client runs a runtime of its own.
         std::thread::spawn(move || {
             let mut conn = PgConn::new(Client::connect(&url, postgres::NoTls).expect("connect"));
@@ -298,7 +298,7 @@ mod tests {
     /// Runs only when tests have a PostgreSQL server (`RELAIS_TEST_DATABASE_URL`).
     #[test]
     fn a_commit_opens_the_next_transaction_ahead_unless_it_fails() {
-        let Some(url) = std::env::var("RELAIS_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else { return };
+        let Some(url) = crate::store::scratch::test_database_url() else { return };
         std::thread::spawn(move || {
             let mut conn = PgConn::new(Client::connect(&url, postgres::NoTls).expect("connect"));
             let mut other = Client::connect(&url, postgres::NoTls).expect("connect");
