@@ -8,6 +8,7 @@
 //! is a reference table. See ARCHITECTURE.md for the steps that touch two customers.
 
 mod loyalty;
+mod rows;
 mod segments;
 mod statements;
 mod web;
@@ -25,7 +26,8 @@ use relais_domain::{
 };
 use serde_json::{Map, Value};
 
-use self::statements::{Cached, OneTrip, PgConn, Sql, Statements};
+use self::rows::BatchRows;
+use self::statements::{Cached, PgConn, Sql, Statements};
 use super::combine::Combiner;
 use super::ingest::{
     batch_items, family_traits, ingest_batch, BatchItem, Changes, CustomerState, Customers, EventFacts, Exclusives,
@@ -307,7 +309,8 @@ impl PgEngine {
         let result = Self::retrying_on(pool, |conn| {
             committing.set(false);
             let (client, statements) = conn.open_transaction()?;
-            match work(&mut PgTx::open(client, statements, privacy)) {
+            let mut tx = PgTx::open(client, statements, privacy);
+            match work(&mut tx).and_then(|done| tx.finish().map(|()| done)) {
                 Ok(done) => {
                     committing.set(true);
                     conn.commit(reopen)?;
@@ -494,6 +497,15 @@ struct PgTx<'c, 't> {
     privacy: Option<&'c Privacy>,
     /// Rows a group of manual operations read at once (`prefetch_operations`).
     prefetched: loyalty::Prefetched,
+    /// Whether `write` may hold a batch's rows back (`held_rows`): only where
+    /// the transaction ends with `finish`.
+    hold_back_rows: bool,
+    /// A batch's rows not sent yet: the ledger's write takes them into its
+    /// statement; any other statement sends them first, as does `finish`.
+    held_rows: Option<rows::BatchRows<'static>>,
+    /// Rows sent ahead of another statement found a message claimed by
+    /// another writer: the transaction lost a race and must not commit.
+    lost_race: bool,
 }
 
 impl<'c, 't> PgTx<'c, 't> {
@@ -502,12 +514,48 @@ impl<'c, 't> PgTx<'c, 't> {
         statements: &'c mut Statements,
         privacy: Option<&'c Privacy>,
     ) -> Self {
-        PgTx { tx: TxClient::Transaction(tx), statements, privacy, prefetched: loyalty::Prefetched::default() }
+        PgTx {
+            tx: TxClient::Transaction(tx),
+            statements,
+            privacy,
+            prefetched: loyalty::Prefetched::default(),
+            hold_back_rows: false,
+            held_rows: None,
+            lost_race: false,
+        }
     }
 
-    /// A transaction already open on `client` (`PgConn::open_transaction`).
+    /// A transaction already open on `client` (`PgConn::open_transaction`),
+    /// whose batches' rows may be held back until `finish`.
     fn open(client: &'c mut Client, statements: &'c mut Statements, privacy: Option<&'c Privacy>) -> Self {
-        PgTx { tx: TxClient::Open(client), statements, privacy, prefetched: loyalty::Prefetched::default() }
+        PgTx {
+            tx: TxClient::Open(client),
+            statements,
+            privacy,
+            prefetched: loyalty::Prefetched::default(),
+            hold_back_rows: true,
+            held_rows: None,
+            lost_race: false,
+        }
+    }
+
+    /// Send the rows held back, if any (before any other statement, which
+    /// may read them).
+    fn send_held_rows(&mut self) -> Result<(), postgres::Error> {
+        if let Some(rows) = self.held_rows.take() {
+            let written = rows.send(self)?;
+            self.lost_race |= !rows.claims_complete(written);
+        }
+        Ok(())
+    }
+
+    /// Before the commit: the rows held back are sent, and a race lost on the way is reported.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        self.send_held_rows()?;
+        if self.lost_race {
+            return Err(StoreError::Race);
+        }
+        Ok(())
     }
 }
 
@@ -533,19 +581,31 @@ macro_rules! on_client {
 
 impl Sql for PgTx<'_, '_> {
     fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+        self.send_held_rows()?;
         on_client!(self, query(sql, params))
     }
 
     fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error> {
+        self.send_held_rows()?;
         on_client!(self, query_one(sql, params))
     }
 
     fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, postgres::Error> {
+        self.send_held_rows()?;
         on_client!(self, query_opt(sql, params))
     }
 
     fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error> {
+        self.send_held_rows()?;
         on_client!(self, execute(sql, params))
+    }
+}
+
+impl PgTx<'_, '_> {
+    /// `query` for a statement that reads none of the rows held back (see
+    /// `BatchRows`), so they can wait for the ledger's write.
+    fn query_leaving_rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+        on_client!(self, query(sql, params))
     }
 }
 
@@ -764,41 +824,15 @@ impl IngestTx for PgTx<'_, '_> {
                 return Err(StoreError::Race);
             }
         }
-        let claims = ClaimColumns::of(changes);
-        let events = EventColumns::of(changes);
-        let days = DayColumns::of(changes);
-        let customers = CustomerColumns::of(changes);
-        if changes.merges.is_empty() {
-            // The rows of the batch's messages, their day totals and profiles
-            // (different tables) go as one statement; the message claims last,
-            // so the statement's count is theirs.
-            let mut trip = OneTrip::default();
-            let params = [events.params(), days.params(), customers.params(), claims.params()];
-            for (sql, params) in
-                [INSERT_EVENTS, ADD_DAY_TOTALS, UPDATE_CUSTOMERS, CLAIM_MESSAGES].into_iter().zip(&params)
-            {
-                if let Some(params) = params {
-                    trip.add(sql, params);
-                }
-            }
-            if let Some(sql) = trip.sql() {
-                let written = self.execute(&sql, &trip.params)?;
-                if claims.claimed() > 0 && written as usize != claims.claimed() {
-                    return Err(StoreError::Race);
-                }
-            }
-        } else {
+        let rows = BatchRows::of(changes);
+        // Held back, the rows go with the ledger's if the batch earns, else
+        // with the transaction's next statement or before its commit.
+        let hold_back = self.hold_back_rows && changes.merges.is_empty();
+        if !changes.merges.is_empty() {
             // Merges move day totals and identifiers: statement by statement.
-            if let Some(params) = claims.params() {
-                if self.execute(CLAIM_MESSAGES, &params)? as usize != claims.claimed() {
-                    return Err(StoreError::Race);
-                }
-            }
-            for (sql, params) in [(INSERT_EVENTS, events.params()), (ADD_DAY_TOTALS, days.params())] {
-                if let Some(params) = params {
-                    self.execute(sql, &params)?;
-                }
-            }
+            rows.write_before_merges(self)?;
+        } else if !hold_back {
+            rows.write(self)?;
         }
         for merge in &changes.merges {
             let survivor = merge.survivor.to_string();
@@ -904,216 +938,12 @@ impl IngestTx for PgTx<'_, '_> {
             }
         }
         if !changes.merges.is_empty() {
-            if let Some(params) = customers.params() {
-                self.execute(UPDATE_CUSTOMERS, &params)?;
-            }
+            rows.write_profiles(self)?;
+        }
+        if hold_back {
+            self.held_rows = Some(rows.into_owned());
         }
         Ok(())
-    }
-}
-
-/// A statement's parameters.
-type Params<'p> = Vec<&'p (dyn ToSql + Sync)>;
-
-const CLAIM_MESSAGES: &str = "INSERT INTO message_ids (source, message_id, customer_id, event_id, received_at) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) ON CONFLICT DO NOTHING";
-
-/// The batch's message claims, sorted (concurrent batches insert in one order).
-struct ClaimColumns<'a> {
-    sources: Vec<&'a str>,
-    message_ids: Vec<&'a str>,
-    customers: Vec<String>,
-    events: Vec<String>,
-    ats: Vec<DateTime<Utc>>,
-}
-
-impl<'a> ClaimColumns<'a> {
-    fn of(changes: &Changes<'a>) -> Self {
-        let mut sorted: Vec<_> = changes.message_claims.iter().collect();
-        sorted.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
-        ClaimColumns {
-            sources: sorted.iter().map(|c| c.0).collect(),
-            message_ids: sorted.iter().map(|c| c.1).collect(),
-            customers: sorted.iter().map(|c| c.2.to_string()).collect(),
-            events: sorted.iter().map(|c| c.3.to_string()).collect(),
-            ats: sorted.iter().map(|c| c.4).collect(),
-        }
-    }
-
-    /// How many rows `CLAIM_MESSAGES` inserts when no other batch claimed any.
-    fn claimed(&self) -> usize {
-        self.sources.len()
-    }
-
-    fn params(&self) -> Option<Params<'_>> {
-        let params: Params<'_> = vec![&self.sources, &self.message_ids, &self.customers, &self.events, &self.ats];
-        (!self.sources.is_empty()).then_some(params)
-    }
-}
-
-const ADD_DAY_TOTALS: &str = "INSERT INTO customer_days (customer_id, day, orders, revenue_minor) \
-     SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[]) \
-     ON CONFLICT (customer_id, day) DO UPDATE SET orders = customer_days.orders + excluded.orders, \
-     revenue_minor = customer_days.revenue_minor + excluded.revenue_minor";
-
-/// Day totals to add.
-struct DayColumns {
-    customers: Vec<String>,
-    days: Vec<NaiveDate>,
-    orders: Vec<i64>,
-    revenue: Vec<i64>,
-}
-
-impl DayColumns {
-    fn of(changes: &Changes<'_>) -> Self {
-        let deltas = &changes.day_deltas;
-        DayColumns {
-            customers: deltas.iter().map(|d| d.0.to_string()).collect(),
-            days: deltas.iter().map(|d| d.1).collect(),
-            orders: deltas.iter().map(|d| d.2).collect(),
-            revenue: deltas.iter().map(|d| d.3).collect(),
-        }
-    }
-
-    fn params(&self) -> Option<Params<'_>> {
-        let params: Params<'_> = vec![&self.customers, &self.days, &self.orders, &self.revenue];
-        (!self.customers.is_empty()).then_some(params)
-    }
-}
-
-/// An unchanged profile is sent as NULL and kept as stored. The `= ANY` lets
-/// a generic plan probe the key index (`GENERIC_PLANS`).
-const UPDATE_CUSTOMERS: &str =
-    "UPDATE customers c SET profile = COALESCE(u.p::jsonb, c.profile), traits = u.t::jsonb, \
-     updated_at = statement_timestamp(), sealed = CASE WHEN u.changed THEN u.s ELSE c.sealed END \
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bytea[]) AS u(id, p, t, changed, s) \
-     WHERE c.customer_id = u.id AND c.customer_id = ANY($1)";
-
-/// Profiles and traits of the customers the batch touched.
-struct CustomerColumns<'a> {
-    ids: Vec<String>,
-    profiles: Vec<Option<&'a str>>,
-    traits: Vec<String>,
-    changed: Vec<bool>,
-    sealed: Vec<Option<&'a [u8]>>,
-}
-
-impl<'a> CustomerColumns<'a> {
-    fn of(changes: &'a Changes<'_>) -> Self {
-        let stored: Vec<Option<&seal::StoredProfile>> =
-            changes.customers.iter().map(|(id, _)| changes.profiles.get(id)).collect();
-        CustomerColumns {
-            ids: changes.customers.iter().map(|(id, _)| id.to_string()).collect(),
-            profiles: stored.iter().map(|p| p.map(|(clear, _)| clear.as_str())).collect(),
-            traits: changes
-                .customers
-                .iter()
-                .map(|(_, s)| serde_json::to_string(&s.traits).unwrap_or_default())
-                .collect(),
-            changed: stored.iter().map(Option::is_some).collect(),
-            sealed: stored.iter().map(|p| p.and_then(|(_, s)| s.as_deref())).collect(),
-        }
-    }
-
-    fn params(&self) -> Option<Params<'_>> {
-        let params: Params<'_> = vec![&self.ids, &self.profiles, &self.traits, &self.changed, &self.sealed];
-        (!self.ids.is_empty()).then_some(params)
-    }
-}
-
-const INSERT_EVENTS: &str = "INSERT INTO events (customer_id, event_id, source, message_id, type, name, channel, ts, \
-     received_at, sent_at, original_timestamp, user_id, anonymous_id, store, order_id, amount_minor, currency, \
-     properties, context, traits, extra, identifiers, sealed) \
-     SELECT c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p::jsonb, cx::jsonb, t::jsonb, x::jsonb, i::jsonb, se \
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-     $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[], \
-     $14::text[], $15::text[], $16::int8[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], \
-     $22::text[], $23::bytea[]) AS u(c, e, s, m, k, n, ch, ts, r, sa, o, u, a, st, oi, am, cu, p, cx, t, x, i, se)";
-
-/// The batch's events, column by column.
-struct EventColumns<'a> {
-    customer: Vec<String>,
-    event_id: Vec<String>,
-    source: Vec<&'a str>,
-    message_id: Vec<&'a str>,
-    kind: Vec<&'a str>,
-    name: Vec<Option<&'a str>>,
-    channel: Vec<&'a str>,
-    ts: Vec<DateTime<Utc>>,
-    received: Vec<DateTime<Utc>>,
-    sent: Vec<Option<DateTime<Utc>>>,
-    original: Vec<Option<DateTime<Utc>>>,
-    user_id: Vec<Option<&'a str>>,
-    anonymous_id: Vec<Option<&'a str>>,
-    store: Vec<Option<&'a str>>,
-    order_id: Vec<Option<&'a str>>,
-    amount: Vec<Option<i64>>,
-    currency: Vec<Option<&'a str>>,
-    properties: Vec<&'a str>,
-    context: Vec<&'a str>,
-    traits: Vec<&'a str>,
-    extra: Vec<&'a str>,
-    identifiers: Vec<&'a str>,
-    sealed: Vec<Option<&'a [u8]>>,
-}
-
-impl<'a> EventColumns<'a> {
-    fn of(changes: &'a Changes<'a>) -> Self {
-        let events = &changes.events;
-        EventColumns {
-            customer: events.iter().map(|e| e.customer_id.to_string()).collect(),
-            event_id: events.iter().map(|e| e.event_id.to_string()).collect(),
-            source: events.iter().map(|e| e.source).collect(),
-            message_id: events.iter().map(|e| e.message.message_id.as_str()).collect(),
-            kind: events.iter().map(|e| e.message.kind.as_str()).collect(),
-            name: events.iter().map(|e| e.message.name.as_deref()).collect(),
-            channel: events.iter().map(|e| e.message.channel.as_str()).collect(),
-            ts: events.iter().map(|e| e.message.timestamp).collect(),
-            received: events.iter().map(|e| e.message.received_at).collect(),
-            sent: events.iter().map(|e| e.message.sent_at).collect(),
-            original: events.iter().map(|e| e.message.original_timestamp).collect(),
-            user_id: events.iter().map(|e| e.encoded.user_id.as_deref()).collect(),
-            anonymous_id: events.iter().map(|e| e.encoded.anonymous_id.as_deref()).collect(),
-            store: events.iter().map(|e| e.message.store.as_deref()).collect(),
-            order_id: events.iter().map(|e| e.message.order.as_ref().and_then(|o| o.order_id.as_deref())).collect(),
-            amount: events.iter().map(|e| e.message.order.as_ref().map(|o| o.amount_minor)).collect(),
-            currency: events.iter().map(|e| e.message.order.as_ref().map(|o| o.currency.as_str())).collect(),
-            properties: events.iter().map(|e| e.encoded.properties.as_str()).collect(),
-            context: events.iter().map(|e| e.encoded.context.as_str()).collect(),
-            traits: events.iter().map(|e| e.encoded.traits.as_str()).collect(),
-            extra: events.iter().map(|e| e.encoded.extra.as_str()).collect(),
-            identifiers: events.iter().map(|e| e.encoded.tokens_json.as_str()).collect(),
-            sealed: events.iter().map(|e| e.sealed.as_deref()).collect(),
-        }
-    }
-
-    fn params(&self) -> Option<Params<'_>> {
-        let params: Params<'_> = vec![
-            &self.customer,
-            &self.event_id,
-            &self.source,
-            &self.message_id,
-            &self.kind,
-            &self.name,
-            &self.channel,
-            &self.ts,
-            &self.received,
-            &self.sent,
-            &self.original,
-            &self.user_id,
-            &self.anonymous_id,
-            &self.store,
-            &self.order_id,
-            &self.amount,
-            &self.currency,
-            &self.properties,
-            &self.context,
-            &self.traits,
-            &self.extra,
-            &self.identifiers,
-            &self.sealed,
-        ];
-        (!self.customer.is_empty()).then_some(params)
     }
 }
 

@@ -413,6 +413,55 @@ async fn concurrent_debits_never_overdraw_even_across_server_processes() {
     assert_ledger_holds(&app).await;
 }
 
+/// The same orders sent to two server processes at once are each stored and
+/// earned once: for a member, whose events go in the ledger's statement on
+/// PostgreSQL, as for a customer with no membership, whose events go alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_sent_to_two_servers_at_once_are_stored_and_earn_once() {
+    let app = TestApp::spawn().await;
+    apply(&app, PROGRAMME).await;
+    app.batch(json!([{"type": "identify", "userId": "yann"}, {"type": "identify", "userId": "zoe"}])).await;
+    let id = enrol(&app, "user_id:yann").await["id"].as_str().unwrap().to_string();
+    let location = place(&app.scratch);
+    let (mut other, other_address) = tokio::task::spawn_blocking(move || start_binary(&location)).await.unwrap();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        for user in ["yann", "zoe"] {
+            let message = order(user, &format!("{user}-{n}"), &format!("{user}{n}"), 10.0, "paris", json!([]));
+            for server in [&app.address, &other_address] {
+                let request = client
+                    .post(format!("{server}/v1/batch"))
+                    .basic_auth(&app.ingest, Some(""))
+                    .json(&json!({ "batch": [message] }));
+                tasks.push(tokio::spawn(async move {
+                    let response = request.send().await.unwrap();
+                    (response.status(), response.json::<Value>().await.unwrap())
+                }));
+            }
+        }
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        *statuses.entry(body["results"][0]["status"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    other.kill().unwrap();
+    assert_eq!(statuses, [("duplicate".to_string(), 40), ("stored".to_string(), 40)].into());
+    for user in ["yann", "zoe"] {
+        let customer = app.customer_by(&format!("user_id:{user}")).await;
+        let orders = app.all_events(customer["id"].as_str().unwrap()).await;
+        let orders: Vec<&Value> = orders.iter().filter(|e| e["name"] == "Order Completed").collect();
+        assert_eq!(orders.len(), 20, "{user}: {orders:?}");
+    }
+    // Twenty orders of 10 € earn 10 points each, once, and the first one the welcome bonus.
+    let statement = statement(&app, &id).await;
+    assert_eq!(statement["balance"], 250, "{statement}");
+    assert_eq!(statement["entries"].as_array().unwrap().len(), 21, "{statement}");
+    assert_ledger_holds(&app).await;
+}
+
 /// Debits on many members at once each get their own answer: the balance
 /// each member's own debits leave, a retried key's first answer, and a debit
 /// on an unknown member fails alone.

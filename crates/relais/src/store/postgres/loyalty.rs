@@ -243,7 +243,9 @@ impl LedgerTx for PgTx<'_, '_> {
         // The locking part runs as in `family_members` (not at all without a
         // programme); the outer join keeps one row, with the revision, when no
         // membership matches.
-        let rows = self.query(
+        // Nothing it reads is in the rows a batch holds back (those never
+        // change `merged_into`), so they can wait for the ledger's write.
+        let rows = self.query_leaving_rows(
             &format!(
                 "{FAMILY_OF_ROOTS}, locked AS ({}) \
                  SELECT locked.*, (SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes) \
@@ -281,18 +283,19 @@ impl LedgerTx for PgTx<'_, '_> {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Points, StoreError> {
-        Ok(self
-            .query_one(
-                "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
-                 AND rule = $3 AND day BETWEEN $4 AND $5 AND leg = 0",
-                &[&member.customer.to_string(), &member.member.to_string(), &rule, &from, &to],
-            )?
-            .get(0))
+        // Ledger entries only: the batch's rows held back can wait.
+        let rows = self.query_leaving_rows(
+            "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
+             AND rule = $3 AND day BETWEEN $4 AND $5 AND leg = 0",
+            &[&member.customer.to_string(), &member.member.to_string(), &rule, &from, &to],
+        )?;
+        Ok(rows.first().map_or(0, |r| r.get(0)))
     }
 
     fn rules_paid(&mut self, member: &MemberRow, kind: &str) -> Result<Vec<String>, StoreError> {
+        // Ledger entries only: the batch's rows held back can wait.
         Ok(self
-            .query(
+            .query_leaving_rows(
                 "SELECT DISTINCT rule FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 AND kind = $3 \
                  AND leg = 0 AND rule IS NOT NULL",
                 &[&member.customer.to_string(), &member.member.to_string(), &kind],
@@ -408,6 +411,8 @@ impl LedgerTx for PgTx<'_, '_> {
 
     fn write_ledger(&mut self, write: &LedgerWrite) -> Result<(), StoreError> {
         self.prefetched.forget_written(write);
+        // The batch's rows held back go in the same statement as the ledger's.
+        let held_rows = self.held_rows.take();
         for m in &write.new_members {
             self.execute(
                 "INSERT INTO loyalty_members (customer_id, member_id, programme_key, card_token, balance, status, \
@@ -535,8 +540,14 @@ impl LedgerTx for PgTx<'_, '_> {
                 &[customer, scope, key, hash, status, body],
             );
         }
+        if let Some(rows) = &held_rows {
+            rows.add_to(&mut trip);
+        }
         if let Some(sql) = trip.sql() {
-            self.execute(&sql, &trip.params)?;
+            let written = self.execute(&sql, &trip.params)?;
+            if let Some(rows) = &held_rows {
+                rows.check_claims(written)?;
+            }
         }
         for c in &write.tier_changes {
             self.execute(
