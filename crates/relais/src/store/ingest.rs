@@ -311,6 +311,19 @@ pub trait IngestTx {
     ) -> Result<(Owners, Exclusives), StoreError> {
         Ok((self.identifier_owners(identifiers)?, self.exclusive_identifiers(customers)?))
     }
+    /// `owners_and_exclusives`; where the engine can, it also locks the
+    /// loyalty memberships of `families` (some of `customers`, locked) in the
+    /// same round trip and keeps them for the batch's earning
+    /// (`LedgerTx::family_and_revision`).
+    fn owners_exclusives_and_families(
+        &mut self,
+        identifiers: &[Identifier],
+        customers: &[CustomerId],
+        families: &[CustomerId],
+    ) -> Result<(Owners, Exclusives), StoreError> {
+        let _ = families;
+        self.owners_and_exclusives(identifiers, customers)
+    }
     /// `exclusive_identifiers` and `load_customers` of the same customers, where
     /// no other writer can interleave (a cache then answers both at once).
     fn exclusives_and_customers(&mut self, customers: &[CustomerId]) -> Result<(Exclusives, Customers), StoreError> {
@@ -449,7 +462,11 @@ pub fn ingest_batch<'a>(
                 Some(customers) => customers,
                 None => tx.load_customers(&owner_ids)?,
             };
-            let (owners_now, exclusives) = tx.owners_and_exclusives(&all_identifiers, &owner_ids)?;
+            check_not_merged_away(&customers, &owner_ids)?;
+            // The owners of what may earn have their memberships locked now
+            // too: the earning would lock them next, in a round trip of its own.
+            let earners = earning_owners(batch, &alias_tokens, &existing, &owners);
+            let (owners_now, exclusives) = tx.owners_exclusives_and_families(&all_identifiers, &owner_ids, &earners)?;
             if owners_now != first_read {
                 return Err(StoreError::Race);
             }
@@ -457,10 +474,7 @@ pub fn ingest_batch<'a>(
         }
         None => tx.exclusives_and_customers(&owner_ids)?,
     };
-    if customers.values().any(|c| c.merged_into.is_some()) || customers.len() != owner_ids.len() {
-        // An identifier pointed at a profile that a concurrent writer merged away.
-        return Err(StoreError::Race);
-    }
+    check_not_merged_away(&customers, &owner_ids)?;
     let mut changes = Changes { shared_limit: settings.shared_identifier_limit, ..Changes::default() };
     let mut keys = super::seal::data_keys(&privacy.keyring, &owner_ids, |missing| tx.data_keys(missing))?;
     for id in &owner_ids {
@@ -637,6 +651,41 @@ pub fn ingest_batch<'a>(
     drop(events);
     tx.keep(changes);
     Ok(outcomes)
+}
+
+/// A lost race when an identifier pointed at a profile that a concurrent
+/// writer merged away (or that is gone): `customers` are the profiles loaded
+/// for `owners`.
+fn check_not_merged_away(customers: &Customers, owners: &[CustomerId]) -> Result<(), StoreError> {
+    if customers.values().any(|c| c.merged_into.is_some()) || customers.len() != owners.len() {
+        return Err(StoreError::Race);
+    }
+    Ok(())
+}
+
+/// The known owners of the identifiers of the batch's messages that may earn
+/// and are not duplicates: the profiles whose memberships its earning locks,
+/// unless the batch creates or merges profiles.
+fn earning_owners(
+    batch: &[BatchItem<'_>],
+    alias_tokens: &[Vec<Identifier>],
+    existing: &KnownMessages,
+    owners: &HashMap<Identifier, CustomerId>,
+) -> Vec<CustomerId> {
+    let mut earners: Vec<CustomerId> = batch
+        .iter()
+        .zip(alias_tokens)
+        .filter(|((source, message, _), _)| {
+            super::loyalty::may_earn(message)
+                && !(message.message_id_given
+                    && existing.contains_key(&(source.to_string(), message.message_id.clone())))
+        })
+        .flat_map(|((_, _, encoded), aliases)| encoded.tokens.iter().chain(aliases))
+        .filter_map(|token| owners.get(token).copied())
+        .collect();
+    earners.sort();
+    earners.dedup();
+    earners
 }
 
 /// Merge `merged` into `survivor` in the batch's view: identifiers follow, traits

@@ -944,6 +944,11 @@ fn transaction(kind: &'static str, day: NaiveDate, programme: &str) -> Posting {
     }
 }
 
+/// Whether a message may earn points (or enrol its sender): a named track event.
+pub fn may_earn(message: &TrackingMessage) -> bool {
+    message.kind == MessageType::Track && message.name.is_some()
+}
+
 /// Earn on a batch's stored events and join the memberships of the profiles
 /// it merged, inside the ingest transaction. `merges` are (survivor, merged)
 /// in the order they happened; `customers` are the batch's profiles as
@@ -955,8 +960,7 @@ pub fn earn_batch(
     customers: &[(CustomerId, super::ingest::CustomerState)],
     settings: &IngestSettings,
 ) -> Result<(), StoreError> {
-    let relevant: Vec<&EarnEvent<'_>> =
-        events.iter().filter(|(_, _, m)| m.kind == MessageType::Track && m.name.is_some()).collect();
+    let relevant: Vec<&EarnEvent<'_>> = events.iter().filter(|(_, _, m)| may_earn(m)).collect();
     if relevant.is_empty() && merges.is_empty() {
         return Ok(());
     }
@@ -975,8 +979,9 @@ pub fn earn_batch(
     roots.extend(merges.iter().map(|(survivor, _)| find(*survivor)));
     let roots: Vec<CustomerId> = roots.into_iter().collect();
     // The memberships are locked with the programmes' revision read: one
-    // round trip for both (without a programme, and programmes are never
-    // deleted, there is no membership to lock).
+    // round trip for both, or none when the batch locked them already
+    // (without a programme, and programmes are never deleted, there is no
+    // membership to lock).
     let (rows, revision) = tx.family_and_revision(&roots)?;
     let programmes = settings.programmes.get(revision, || tx.load_programmes())?;
     if programmes.by_key.is_empty() {

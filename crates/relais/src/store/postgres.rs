@@ -310,7 +310,12 @@ impl PgEngine {
             committing.set(false);
             let (client, statements) = conn.open_transaction()?;
             let mut tx = PgTx::open(client, statements, privacy);
-            match work(&mut tx).and_then(|done| tx.finish().map(|()| done)) {
+            let outcome = match work(&mut tx).and_then(|done| tx.finish().map(|()| done)) {
+                // Whatever failed after it, the transaction lost a race: retried.
+                Err(_) if tx.lost_race => Err(StoreError::Race),
+                outcome => outcome,
+            };
+            match outcome {
                 Ok(done) => {
                     committing.set(true);
                     conn.commit(reopen)?;
@@ -495,7 +500,8 @@ struct PgTx<'c, 't> {
     statements: &'c mut Statements,
     /// Keys, for steps that seal values (a loyalty card's identifier).
     privacy: Option<&'c Privacy>,
-    /// Rows a group of manual operations read at once (`prefetch_operations`).
+    /// Rows read ahead: by a group of manual operations (`prefetch_operations`),
+    /// or an ingest batch's memberships (`owners_exclusives_and_families`).
     prefetched: loyalty::Prefetched,
     /// Whether `write` may hold a batch's rows back (`held_rows`): only where
     /// the transaction ends with `finish`.
@@ -636,7 +642,7 @@ impl PgTx<'_, '_> {
         // key index under a generic plan too; pairs nobody asked for are
         // dropped below. The profiles are those of the owners this statement
         // reads; the batch re-reads the owners once they are locked
-        // (`owners_and_exclusives`), as it would after `load_customers`.
+        // (`owners_exclusives_and_families`), as it would after `load_customers`.
         let rows = self.query(
             "WITH owned AS (SELECT identifier, customer_id, shared FROM identifiers WHERE identifier = ANY($3)), \
              locked AS (SELECT customer_id, profile, traits, merged_into, sealed FROM customers \
@@ -737,19 +743,32 @@ impl IngestTx for PgTx<'_, '_> {
         identifiers: &[Identifier],
         customers: &[CustomerId],
     ) -> Result<(Owners, Exclusives), StoreError> {
+        self.owners_exclusives_and_families(identifiers, customers, &[])
+    }
+
+    fn owners_exclusives_and_families(
+        &mut self,
+        identifiers: &[Identifier],
+        customers: &[CustomerId],
+        families: &[CustomerId],
+    ) -> Result<(Owners, Exclusives), StoreError> {
         if identifiers.is_empty() && customers.is_empty() {
             return Ok((Default::default(), Default::default()));
         }
         let by_text: HashMap<String, &Identifier> = identifiers.iter().map(|i| (i.to_string(), i)).collect();
         let texts: Vec<&String> = by_text.keys().collect();
         let ids: Vec<String> = customers.iter().map(ToString::to_string).collect();
-        // Two reads in one round trip: part 0 the owners, part 1 the exclusives.
-        let rows = self.query(
-            "SELECT 0, identifier, customer_id, shared FROM identifiers WHERE identifier = ANY($1) \
+        // Two reads in one round trip: part 0 the owners, part 1 the exclusives
+        // (and the memberships, locked, when asked).
+        let reads = "SELECT 0, identifier, customer_id, shared FROM identifiers WHERE identifier = ANY($1) \
              UNION ALL SELECT 1, identifier, customer_id, false FROM identifiers \
-             WHERE customer_id = ANY($2) AND kind IN ('user_id', 'customer_number')",
-            &[&texts, &ids],
-        )?;
+             WHERE customer_id = ANY($2) AND kind IN ('user_id', 'customer_number')";
+        let rows = if families.is_empty() {
+            self.query(reads, &[&texts, &ids])?
+        } else {
+            let roots: Vec<String> = families.iter().map(ToString::to_string).collect();
+            self.reads_and_families(reads, &[&texts, &ids, &roots], families)?
+        };
         let (mut owners, mut exclusives): (Owners, Exclusives) = Default::default();
         for row in rows {
             let customer = parse_id(row.get::<_, &str>(2))?;
@@ -789,6 +808,8 @@ impl IngestTx for PgTx<'_, '_> {
     }
 
     fn write(&mut self, changes: &Changes<'_>) -> Result<(), StoreError> {
+        // Rows of an earlier batch of this transaction go first.
+        self.send_held_rows()?;
         if !changes.new_customers.is_empty() {
             let ids: Vec<String> = changes.new_customers.iter().map(|(id, _)| id.to_string()).collect();
             let ats: Vec<DateTime<Utc>> = changes.new_customers.iter().map(|(_, at)| *at).collect();
@@ -823,6 +844,10 @@ impl IngestTx for PgTx<'_, '_> {
             if inserted as usize != identifiers.len() {
                 return Err(StoreError::Race);
             }
+        }
+        if !changes.merges.is_empty() {
+            // The memberships locked ahead are not those of the merged families.
+            self.prefetched.families = None;
         }
         let rows = BatchRows::of(changes);
         // Held back, the rows go with the ledger's if the batch earns, else

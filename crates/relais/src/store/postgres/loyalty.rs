@@ -50,23 +50,72 @@ fn unique<K: Ord>(keys: impl Iterator<Item = K>) -> bool {
 
 /// A row of `lock_family_members`: the root, then the membership.
 fn family_row(r: &postgres::Row) -> Result<(CustomerId, MemberRow), StoreError> {
-    Ok((parse_id(r.get::<_, &str>(11))?, to_member(r)?))
+    family_row_at(r, 0)
+}
+
+/// `family_row` from column `first` on.
+fn family_row_at(r: &postgres::Row, first: usize) -> Result<(CustomerId, MemberRow), StoreError> {
+    Ok((parse_id(r.get::<_, &str>(first + 11))?, to_member_at(r, first)?))
 }
 
 fn to_member(r: &postgres::Row) -> Result<MemberRow, StoreError> {
+    to_member_at(r, 0)
+}
+
+/// `MEMBER_COLUMNS` from column `first` on.
+fn to_member_at(r: &postgres::Row, first: usize) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
-        customer: parse_id(r.get::<_, &str>(0))?,
-        member: parse_id(r.get::<_, &str>(1))?,
-        programme: r.get(2),
-        card_token: r.get(3),
-        balance: r.get(4),
-        status: MemberStatus::parse(r.get::<_, &str>(5))?,
-        merged_into: r.get::<_, Option<&str>>(6).map(parse_id).transpose()?,
-        enrolled_at: r.get(7),
-        tier: r.get(8),
-        tier_since: r.get(9),
-        downgrade_on: r.get(10),
+        customer: parse_id(r.get::<_, &str>(first))?,
+        member: parse_id(r.get::<_, &str>(first + 1))?,
+        programme: r.get(first + 2),
+        card_token: r.get(first + 3),
+        balance: r.get(first + 4),
+        status: MemberStatus::parse(r.get::<_, &str>(first + 5))?,
+        merged_into: r.get::<_, Option<&str>>(first + 6).map(parse_id).transpose()?,
+        enrolled_at: r.get(first + 7),
+        tier: r.get(first + 8),
+        tier_since: r.get(first + 9),
+        downgrade_on: r.get(first + 10),
     })
+}
+
+/// The statement of `family_and_revision`: the memberships, locked, as
+/// `lock_family_members` columns after the columns `lead`, then the
+/// programmes' revision; one row even when no membership matches (the outer
+/// join). Its roots are `$roots`.
+fn family_and_revision_sql(lead: &str, roots: usize) -> String {
+    format!(
+        "{}, locked AS ({}) \
+         SELECT {lead}locked.*, (SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes) \
+         FROM (SELECT 1) AS one LEFT JOIN locked ON true",
+        FAMILY_OF_ROOTS.replace("$1", &format!("${roots}")),
+        lock_family_members(" AND EXISTS (SELECT 1 FROM loyalty_programmes)")
+    )
+}
+
+/// The rows of `family_and_revision_sql`: the memberships found and the revision.
+fn families_of_rows<'r>(
+    rows: impl IntoIterator<Item = &'r postgres::Row>,
+    first: usize,
+) -> Result<(Vec<(CustomerId, MemberRow)>, i64), StoreError> {
+    let mut revision = 0;
+    let mut members = Vec::new();
+    for row in rows {
+        revision = row.get::<_, i64>(first + 12);
+        if row.get::<_, Option<&str>>(first + 1).is_some() {
+            members.push(family_row_at(row, first)?);
+        }
+    }
+    members.sort_by_key(|(_, m)| m.member);
+    Ok((members, revision))
+}
+
+/// The memberships of a batch's profiles, locked when their owners were read
+/// again (`PgTx::owners_exclusives_and_families`), for `family_and_revision`.
+pub(super) struct PrefetchedFamilies {
+    roots: std::collections::BTreeSet<CustomerId>,
+    members: Vec<(CustomerId, MemberRow)>,
+    revision: i64,
 }
 
 /// Programmes stored as JSON definitions.
@@ -100,11 +149,14 @@ pub(super) fn save_programme(client: &mut impl GenericClient, programme: &Progra
 /// answer and, for a debit, the open lots. Each row serves the first read of
 /// its membership only and is dropped as soon as a ledger write touches its
 /// customer, so no read ever sees a state from before this transaction's own
-/// writes.
+/// writes. For an ingest batch, the memberships its earning will lock
+/// (`families`), dropped by any ledger write and by the batch's merges.
 #[derive(Default)]
 pub(super) struct Prefetched {
     members: HashMap<MemberId, MemberRow>,
     answers: HashMap<MemberId, PrefetchedAnswer>,
+    /// Taken by the first `family_and_revision` whose roots it covers.
+    pub(super) families: Option<PrefetchedFamilies>,
 }
 
 /// The stored answer and open lots read ahead for one request.
@@ -120,6 +172,7 @@ struct PrefetchedAnswer {
 impl Prefetched {
     /// Forget what `write` may have changed.
     fn forget_written(&mut self, write: &LedgerWrite) {
+        self.families = None;
         if self.members.is_empty() && self.answers.is_empty() {
             return;
         }
@@ -135,6 +188,35 @@ impl Prefetched {
 }
 
 impl PgTx<'_, '_> {
+    /// The statement `reads` (rows of four columns, the first an `int`,
+    /// with parameters `$1` and `$2`) with the memberships of `roots` (`$3`)
+    /// locked as `family_and_revision` would, in one round trip; the
+    /// memberships are kept for it (`Prefetched::families`). The rows of
+    /// `reads` come back; the memberships' rows are not among them.
+    pub(super) fn reads_and_families(
+        &mut self,
+        reads: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+        roots: &[CustomerId],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        // The memberships' rows come first, marked -1 in the first column and
+        // with NULLs for the other three columns of the reads, which are padded
+        // with NULLs for the memberships' columns (11, the root, the revision).
+        const READ_COLUMNS: usize = 4;
+        let padding = ", NULL".repeat(13);
+        let sql = format!(
+            "{} UNION ALL SELECT r.*{padding} FROM ({reads}) AS r",
+            family_and_revision_sql("-1, NULL, NULL, NULL, ", 3)
+        );
+        let rows = self.query(&sql, params)?;
+        let (families, reads): (Vec<postgres::Row>, Vec<postgres::Row>) =
+            rows.into_iter().partition(|r| r.get::<_, Option<i32>>(0) == Some(-1));
+        let (members, revision) = families_of_rows(&families, READ_COLUMNS)?;
+        self.prefetched.families =
+            Some(PrefetchedFamilies { roots: roots.iter().copied().collect(), members, revision });
+        Ok(reads)
+    }
+
     /// Read ahead what `requests` (operated next, in order, in this
     /// transaction) will read first: see `Prefetched`.
     pub(super) fn prefetch_operations(&mut self, requests: &[ManualOperation]) -> Result<(), StoreError> {
@@ -215,7 +297,7 @@ impl PgTx<'_, '_> {
                 }
             }
         }
-        self.prefetched = Prefetched { members, answers };
+        self.prefetched = Prefetched { members, answers, families: None };
         Ok(())
     }
 }
@@ -239,28 +321,18 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn family_and_revision(&mut self, roots: &[CustomerId]) -> Result<(Vec<(CustomerId, MemberRow)>, i64), StoreError> {
+        if let Some(families) = self.prefetched.families.take_if(|f| roots.iter().all(|r| f.roots.contains(r))) {
+            let asked: std::collections::BTreeSet<&CustomerId> = roots.iter().collect();
+            let members = families.members.into_iter().filter(|(root, _)| asked.contains(root)).collect();
+            return Ok((members, families.revision));
+        }
         let ids: Vec<String> = roots.iter().map(ToString::to_string).collect();
         // The locking part runs as in `family_members` (not at all without a
-        // programme); the outer join keeps one row, with the revision, when no
-        // membership matches.
-        // Nothing it reads is in the rows a batch holds back (those never
-        // change `merged_into`), so they can wait for the ledger's write.
-        let rows = self.query_leaving_rows(
-            &format!(
-                "{FAMILY_OF_ROOTS}, locked AS ({}) \
-                 SELECT locked.*, (SELECT COALESCE(MAX(revision), 0)::bigint FROM loyalty_programmes) \
-                 FROM (SELECT 1) AS one LEFT JOIN locked ON true ORDER BY locked.member_id",
-                lock_family_members(" AND EXISTS (SELECT 1 FROM loyalty_programmes)")
-            ),
-            &[&ids],
-        )?;
-        let revision = rows.first().map(|r| r.get::<_, i64>(12)).unwrap_or_default();
-        let members = rows
-            .iter()
-            .filter(|r| r.get::<_, Option<&str>>(1).is_some())
-            .map(family_row)
-            .collect::<Result<_, StoreError>>()?;
-        Ok((members, revision))
+        // programme). Nothing it reads is in the rows a batch holds back
+        // (those never change `merged_into`), so they can wait for the
+        // ledger's write.
+        let rows = self.query_leaving_rows(&family_and_revision_sql("", 1), &[&ids])?;
+        families_of_rows(&rows, 0)
     }
 
     fn member(&mut self, id: MemberId) -> Result<Option<MemberRow>, StoreError> {
