@@ -401,6 +401,24 @@ pub struct RedemptionRow {
 }
 
 impl LedgerWrite {
+    /// Whether it writes nothing but the usual rows of a step: postings, new
+    /// lots, updates of lots and memberships, and an idempotency answer.
+    pub fn only_usual_rows(&self) -> bool {
+        self.new_members.is_empty()
+            && self.tier_changes.is_empty()
+            && self.lot_restores.is_empty()
+            && self.stock_changes.is_empty()
+            && self.new_redemptions.is_empty()
+            && self.redemption_updates.is_empty()
+            && self.coupon_use.is_none()
+            && self.draws.is_empty()
+            && self.budget_spent.is_empty()
+            && self.progress.is_empty()
+            && self.badges.is_empty()
+            && self.computed_events.is_empty()
+            && self.emails.is_empty()
+    }
+
     fn is_empty(&self) -> bool {
         self.transactions.is_empty()
             && self.new_members.is_empty()

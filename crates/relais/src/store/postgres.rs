@@ -271,6 +271,8 @@ impl PgEngine {
         let answers = answer_group(group, |group| {
             self.in_transaction(None, Plans::Generic, |tx| {
                 tx.prefetch_operations(group)?;
+                // Operations on different members send their rows together.
+                tx.hold_back_ledger = true;
                 group
                     .iter()
                     .map(|request| match super::loyalty::operate(tx, request) {
@@ -512,6 +514,12 @@ struct PgTx<'c, 't> {
     /// Rows sent ahead of another statement found a message claimed by
     /// another writer: the transaction lost a race and must not commit.
     lost_race: bool,
+    /// Whether `write_ledger` may hold the usual rows of its steps back
+    /// (`held_ledger`): set by a group of manual operations, whose steps
+    /// touch different customers until one reads (see `LedgerRows`).
+    hold_back_ledger: bool,
+    /// The usual rows of ledger steps not sent yet, sent as `held_rows` are.
+    held_ledger: Option<loyalty::LedgerRows>,
 }
 
 impl<'c, 't> PgTx<'c, 't> {
@@ -528,6 +536,8 @@ impl<'c, 't> PgTx<'c, 't> {
             hold_back_rows: false,
             held_rows: None,
             lost_race: false,
+            hold_back_ledger: false,
+            held_ledger: None,
         }
     }
 
@@ -542,12 +552,17 @@ impl<'c, 't> PgTx<'c, 't> {
             hold_back_rows: true,
             held_rows: None,
             lost_race: false,
+            hold_back_ledger: false,
+            held_ledger: None,
         }
     }
 
     /// Send the rows held back, if any (before any other statement, which
     /// may read them).
     fn send_held_rows(&mut self) -> Result<(), postgres::Error> {
+        if let Some(ledger) = self.held_ledger.take() {
+            ledger.send(self)?;
+        }
         if let Some(rows) = self.held_rows.take() {
             let written = rows.send(self)?;
             self.lost_race |= !rows.claims_complete(written);

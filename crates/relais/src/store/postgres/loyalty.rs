@@ -176,15 +176,22 @@ impl Prefetched {
         if self.members.is_empty() && self.answers.is_empty() {
             return;
         }
-        let mut touched: std::collections::HashSet<CustomerId> = std::collections::HashSet::new();
-        touched.extend(write.transactions.iter().flat_map(|t| t.legs.iter().map(|l| l.customer)));
-        touched.extend(write.member_updates.iter().chain(&write.new_members).map(|m| m.customer));
-        touched.extend(write.new_lots.iter().map(|l| l.customer));
-        touched.extend(write.lot_updates.iter().chain(&write.lot_restores).map(|(c, _, _)| *c));
-        touched.extend(write.answer.iter().map(|(c, _, _, _)| *c));
+        let touched = touched_customers(write);
         self.members.retain(|_, m| !touched.contains(&m.customer));
         self.answers.retain(|_, a| !touched.contains(&a.customer));
     }
+}
+
+/// The customers whose rows `write` inserts or updates (as `LedgerRows` and
+/// the reads it may make stale count them).
+fn touched_customers(write: &LedgerWrite) -> std::collections::BTreeSet<CustomerId> {
+    let mut touched = std::collections::BTreeSet::new();
+    touched.extend(write.transactions.iter().flat_map(|t| t.legs.iter().map(|l| l.customer)));
+    touched.extend(write.member_updates.iter().chain(&write.new_members).map(|m| m.customer));
+    touched.extend(write.new_lots.iter().map(|l| l.customer));
+    touched.extend(write.lot_updates.iter().chain(&write.lot_restores).map(|(c, _, _)| *c));
+    touched.extend(write.answer.iter().map(|(c, _, _, _)| *c));
+    touched
 }
 
 impl PgTx<'_, '_> {
@@ -505,113 +512,23 @@ impl LedgerTx for PgTx<'_, '_> {
                 ],
             )?;
         }
-        // The rows every step writes (entries, lots, memberships, the answer
-        // kept for an idempotency key) go in one statement, one round trip:
-        // its parts touch different rows (`finish` folded this step's updates
-        // of its new lots into their inserts, and left at most one update per
-        // lot and per membership), so seeing the snapshot from before the
-        // statement changes nothing. `UPDATE … FROM unnest` applies one
-        // arbitrary row per key, hence the unique keys.
-        debug_assert!(unique(write.lot_updates.iter().map(|(c, l, _)| (c, l))), "one update per lot");
-        debug_assert!(unique(write.member_updates.iter().map(|m| m.member)), "one update per membership");
-        let mut entries = EntryColumns::default();
-        for t in &write.transactions {
-            for (leg, l) in t.legs.iter().enumerate() {
-                entries.customer.push(l.customer.to_string());
-                entries.tx.push(t.id.to_string());
-                entries.leg.push(leg as i32);
-                entries.member.push(l.member.to_string());
-                entries.account.push(l.account.as_str().to_string());
-                entries.points.push(l.points);
-                entries.kind.push(t.kind.to_string());
-                entries.rule.push(t.rule.clone());
-                entries.event.push(t.event_id.map(|e| e.to_string()));
-                entries.message.push(t.message_id.clone());
-                entries.order.push(t.order_id.clone());
-                entries.basis.push(t.basis_minor);
-                entries.day.push(t.day);
-                entries.reason.push(serde_json::to_string(&l.reason).map_err(|e| StoreError::Database(e.to_string()))?);
-                entries.expires.push(l.expires_on);
-                entries.actor.push(t.actor.clone());
-                entries.programme.push(t.programme.clone());
-                entries.store.push(t.store.clone());
+        if self.hold_back_ledger && held_rows.is_none() && write.only_usual_rows() {
+            // Sent with the next statement, or before the commit, with the
+            // usual rows of the other steps held back meanwhile, as long as
+            // they touch different customers.
+            let touched = touched_customers(write);
+            if self.held_ledger.as_ref().is_some_and(|held| !held.customers.is_disjoint(&touched)) {
+                self.send_held_rows()?;
             }
+            let held = self.held_ledger.get_or_insert_with(LedgerRows::default);
+            held.add(write)?;
+            held.customers.extend(touched);
+            return Ok(());
         }
-        let lots = &write.new_lots;
-        let lot_customers: Vec<String> = lots.iter().map(|l| l.customer.to_string()).collect();
-        let lot_ids: Vec<&str> = lots.iter().map(|l| l.lot_id.as_str()).collect();
-        let lot_members: Vec<String> = lots.iter().map(|l| l.member.to_string()).collect();
-        let lot_points: Vec<i64> = lots.iter().map(|l| l.points).collect();
-        let lot_remaining: Vec<i64> = lots.iter().map(|l| l.remaining).collect();
-        let lot_expires: Vec<Option<NaiveDate>> = lots.iter().map(|l| l.expires_on).collect();
-        let updated_customers: Vec<String> = write.lot_updates.iter().map(|(c, _, _)| c.to_string()).collect();
-        let updated_ids: Vec<&str> = write.lot_updates.iter().map(|(_, l, _)| l.as_str()).collect();
-        let updated_remaining: Vec<i64> = write.lot_updates.iter().map(|(_, _, r)| *r).collect();
-        let rows = &write.member_updates;
-        let member_customers: Vec<String> = rows.iter().map(|m| m.customer.to_string()).collect();
-        let members: Vec<String> = rows.iter().map(|m| m.member.to_string()).collect();
-        let balances: Vec<i64> = rows.iter().map(|m| m.balance).collect();
-        let statuses: Vec<&str> = rows.iter().map(|m| m.status.as_str()).collect();
-        let merged_into: Vec<Option<String>> = rows.iter().map(|m| m.merged_into.map(|id| id.to_string())).collect();
-        let tiers: Vec<Option<&str>> = rows.iter().map(|m| m.tier.as_deref()).collect();
-        let tier_since: Vec<Option<DateTime<Utc>>> = rows.iter().map(|m| m.tier_since).collect();
-        let downgrade_on: Vec<Option<NaiveDate>> = rows.iter().map(|m| m.downgrade_on).collect();
-        let answer = write.answer.as_ref().map(|(customer, scope, key, answer)| {
-            (customer.to_string(), scope, key, &answer.request_hash, i32::from(answer.status), &answer.body)
-        });
-
+        let mut ledger = LedgerRows::default();
+        ledger.add(write)?;
         let mut trip = OneTrip::default();
-        if !write.transactions.is_empty() {
-            let c = &entries;
-            trip.add(
-                "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
-                 message_id, order_id, basis_minor, day, reason, expires_on, actor, programme_key, store, created_at) \
-                 SELECT *, statement_timestamp() FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], \
-                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::date[], $14::text[], \
-                 $15::date[], $16::text[], $17::text[], $18::text[])",
-                &[
-                    &c.customer, &c.tx, &c.leg, &c.member, &c.account, &c.points, &c.kind, &c.rule, &c.event,
-                    &c.message, &c.order, &c.basis, &c.day, &c.reason, &c.expires, &c.actor, &c.programme, &c.store,
-                ],
-            );
-        }
-        if !lots.is_empty() {
-            trip.add(
-                "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::date[])",
-                &[&lot_customers, &lot_ids, &lot_members, &lot_points, &lot_remaining, &lot_expires],
-            );
-        }
-        // Each join on `unnest` repeats its keys as `= ANY`, so a generic
-        // plan (`GENERIC_PLANS`) probes the key index.
-        if !write.lot_updates.is_empty() {
-            trip.add(
-                "UPDATE loyalty_lots l SET remaining = u.remaining \
-                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(customer_id, lot_id, remaining) \
-                 WHERE l.customer_id = u.customer_id AND l.lot_id = u.lot_id \
-                 AND l.customer_id = ANY($1) AND l.lot_id = ANY($2)",
-                &[&updated_customers, &updated_ids, &updated_remaining],
-            );
-        }
-        if !rows.is_empty() {
-            trip.add(
-                "UPDATE loyalty_members m SET balance = u.balance, status = u.status, merged_into = u.merged_into, \
-                 tier = u.tier, tier_since = u.tier_since, downgrade_on = u.downgrade_on \
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
-                 $7::timestamptz[], $8::date[]) \
-                 AS u(customer_id, member_id, balance, status, merged_into, tier, tier_since, downgrade_on) \
-                 WHERE m.customer_id = u.customer_id AND m.member_id = u.member_id \
-                 AND m.customer_id = ANY($1) AND m.member_id = ANY($2)",
-                &[&member_customers, &members, &balances, &statuses, &merged_into, &tiers, &tier_since, &downgrade_on],
-            );
-        }
-        if let Some((customer, scope, key, hash, status, body)) = &answer {
-            trip.add(
-                "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, \
-                 created_at) VALUES ($1, $2, $3, $4, $5, $6, statement_timestamp())",
-                &[customer, scope, key, hash, status, body],
-            );
-        }
+        ledger.add_to(&mut trip);
         if let Some(rows) = &held_rows {
             rows.add_to(&mut trip);
         }
@@ -1009,6 +926,196 @@ impl LedgerTx for PgTx<'_, '_> {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect())
+    }
+}
+
+/// The usual rows of ledger steps (entries, new lots, lot and membership
+/// updates, answers kept for idempotency keys), column by column, for one
+/// statement of `unnest` parts (`add_to`). Its parts touch different rows:
+/// `finish` folded each step's updates of its new lots into their inserts and
+/// left at most one update per lot and per membership, and steps gathered
+/// here touch different customers (`write_ledger`), so seeing the snapshot
+/// from before the statement changes nothing. `UPDATE … FROM unnest` applies
+/// one arbitrary row per key, hence the unique keys.
+#[derive(Default)]
+pub(super) struct LedgerRows {
+    /// The customers of the steps held back in it (`PgTx::held_ledger`).
+    customers: std::collections::BTreeSet<CustomerId>,
+    entries: EntryColumns,
+    lot_customers: Vec<String>,
+    lot_ids: Vec<String>,
+    lot_members: Vec<String>,
+    lot_points: Vec<i64>,
+    lot_remaining: Vec<i64>,
+    lot_expires: Vec<Option<NaiveDate>>,
+    updated_customers: Vec<String>,
+    updated_ids: Vec<String>,
+    updated_remaining: Vec<i64>,
+    member_customers: Vec<String>,
+    members: Vec<String>,
+    balances: Vec<i64>,
+    statuses: Vec<&'static str>,
+    merged_into: Vec<Option<String>>,
+    tiers: Vec<Option<String>>,
+    tier_since: Vec<Option<DateTime<Utc>>>,
+    downgrade_on: Vec<Option<NaiveDate>>,
+    answer_customers: Vec<String>,
+    answer_scopes: Vec<String>,
+    answer_keys: Vec<String>,
+    answer_hashes: Vec<String>,
+    answer_statuses: Vec<i32>,
+    answer_bodies: Vec<String>,
+}
+
+impl LedgerRows {
+    /// Add the usual rows of `write`.
+    fn add(&mut self, write: &LedgerWrite) -> Result<(), StoreError> {
+        debug_assert!(unique(write.lot_updates.iter().map(|(c, l, _)| (c, l))), "one update per lot");
+        debug_assert!(unique(write.member_updates.iter().map(|m| m.member)), "one update per membership");
+        let entries = &mut self.entries;
+        for t in &write.transactions {
+            for (leg, l) in t.legs.iter().enumerate() {
+                entries.customer.push(l.customer.to_string());
+                entries.tx.push(t.id.to_string());
+                entries.leg.push(leg as i32);
+                entries.member.push(l.member.to_string());
+                entries.account.push(l.account.as_str().to_string());
+                entries.points.push(l.points);
+                entries.kind.push(t.kind.to_string());
+                entries.rule.push(t.rule.clone());
+                entries.event.push(t.event_id.map(|e| e.to_string()));
+                entries.message.push(t.message_id.clone());
+                entries.order.push(t.order_id.clone());
+                entries.basis.push(t.basis_minor);
+                entries.day.push(t.day);
+                entries.reason.push(serde_json::to_string(&l.reason).map_err(|e| StoreError::Database(e.to_string()))?);
+                entries.expires.push(l.expires_on);
+                entries.actor.push(t.actor.clone());
+                entries.programme.push(t.programme.clone());
+                entries.store.push(t.store.clone());
+            }
+        }
+        for l in &write.new_lots {
+            self.lot_customers.push(l.customer.to_string());
+            self.lot_ids.push(l.lot_id.clone());
+            self.lot_members.push(l.member.to_string());
+            self.lot_points.push(l.points);
+            self.lot_remaining.push(l.remaining);
+            self.lot_expires.push(l.expires_on);
+        }
+        for (customer, lot, remaining) in &write.lot_updates {
+            self.updated_customers.push(customer.to_string());
+            self.updated_ids.push(lot.clone());
+            self.updated_remaining.push(*remaining);
+        }
+        for m in &write.member_updates {
+            self.member_customers.push(m.customer.to_string());
+            self.members.push(m.member.to_string());
+            self.balances.push(m.balance);
+            self.statuses.push(m.status.as_str());
+            self.merged_into.push(m.merged_into.map(|id| id.to_string()));
+            self.tiers.push(m.tier.clone());
+            self.tier_since.push(m.tier_since);
+            self.downgrade_on.push(m.downgrade_on);
+        }
+        if let Some((customer, scope, key, answer)) = &write.answer {
+            self.answer_customers.push(customer.to_string());
+            self.answer_scopes.push(scope.clone());
+            self.answer_keys.push(key.clone());
+            self.answer_hashes.push(answer.request_hash.clone());
+            self.answer_statuses.push(i32::from(answer.status));
+            self.answer_bodies.push(answer.body.clone());
+        }
+        Ok(())
+    }
+
+    /// Add a part to `trip` for each kind of row there is.
+    fn add_to<'p>(&'p self, trip: &mut OneTrip<'p>) {
+        let c = &self.entries;
+        if !c.customer.is_empty() {
+            trip.add(
+                "INSERT INTO loyalty_entries (customer_id, tx_id, leg, member_id, account, points, kind, rule, event_id, \
+                 message_id, order_id, basis_minor, day, reason, expires_on, actor, programme_key, store, created_at) \
+                 SELECT *, statement_timestamp() FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], \
+                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::date[], $14::text[], \
+                 $15::date[], $16::text[], $17::text[], $18::text[])",
+                &[
+                    &c.customer, &c.tx, &c.leg, &c.member, &c.account, &c.points, &c.kind, &c.rule, &c.event,
+                    &c.message, &c.order, &c.basis, &c.day, &c.reason, &c.expires, &c.actor, &c.programme, &c.store,
+                ],
+            );
+        }
+        if !self.lot_ids.is_empty() {
+            trip.add(
+                "INSERT INTO loyalty_lots (customer_id, lot_id, member_id, points, remaining, expires_on) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::date[])",
+                &[
+                    &self.lot_customers,
+                    &self.lot_ids,
+                    &self.lot_members,
+                    &self.lot_points,
+                    &self.lot_remaining,
+                    &self.lot_expires,
+                ],
+            );
+        }
+        // Each join on `unnest` repeats its keys as `= ANY`, so a generic
+        // plan (`GENERIC_PLANS`) probes the key index.
+        if !self.updated_ids.is_empty() {
+            trip.add(
+                "UPDATE loyalty_lots l SET remaining = u.remaining \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(customer_id, lot_id, remaining) \
+                 WHERE l.customer_id = u.customer_id AND l.lot_id = u.lot_id \
+                 AND l.customer_id = ANY($1) AND l.lot_id = ANY($2)",
+                &[&self.updated_customers, &self.updated_ids, &self.updated_remaining],
+            );
+        }
+        if !self.members.is_empty() {
+            trip.add(
+                "UPDATE loyalty_members m SET balance = u.balance, status = u.status, merged_into = u.merged_into, \
+                 tier = u.tier, tier_since = u.tier_since, downgrade_on = u.downgrade_on \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+                 $7::timestamptz[], $8::date[]) \
+                 AS u(customer_id, member_id, balance, status, merged_into, tier, tier_since, downgrade_on) \
+                 WHERE m.customer_id = u.customer_id AND m.member_id = u.member_id \
+                 AND m.customer_id = ANY($1) AND m.member_id = ANY($2)",
+                &[
+                    &self.member_customers,
+                    &self.members,
+                    &self.balances,
+                    &self.statuses,
+                    &self.merged_into,
+                    &self.tiers,
+                    &self.tier_since,
+                    &self.downgrade_on,
+                ],
+            );
+        }
+        if !self.answer_keys.is_empty() {
+            trip.add(
+                "INSERT INTO loyalty_idempotency (customer_id, scope, idem_key, request_hash, status, response, \
+                 created_at) SELECT *, statement_timestamp() \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[])",
+                &[
+                    &self.answer_customers,
+                    &self.answer_scopes,
+                    &self.answer_keys,
+                    &self.answer_hashes,
+                    &self.answer_statuses,
+                    &self.answer_bodies,
+                ],
+            );
+        }
+    }
+
+    /// Write every row in one statement.
+    pub(super) fn send(&self, sql: &mut impl Sql) -> Result<(), postgres::Error> {
+        let mut trip = OneTrip::default();
+        self.add_to(&mut trip);
+        if let Some(text) = trip.sql() {
+            sql.execute(&text, &trip.params)?;
+        }
+        Ok(())
     }
 }
 
