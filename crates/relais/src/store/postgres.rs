@@ -515,10 +515,11 @@ struct PgTx<'c, 't> {
     /// another writer: the transaction lost a race and must not commit.
     lost_race: bool,
     /// Whether `write_ledger` may hold the usual rows of its steps back
-    /// (`held_ledger`): set by a group of manual operations, whose steps
-    /// touch different customers until one reads (see `LedgerRows`).
+    /// (`held_ledger`): set by a group of manual operations (a step on a
+    /// customer already held sends them first, see `LedgerRows`).
     hold_back_ledger: bool,
-    /// The usual rows of ledger steps not sent yet, sent as `held_rows` are.
+    /// The usual rows of ledger steps not sent yet: sent before any other
+    /// statement (`query_leaving_rows` included) and before the commit.
     held_ledger: Option<loyalty::LedgerRows>,
 }
 
@@ -560,10 +561,12 @@ impl<'c, 't> PgTx<'c, 't> {
     /// Send the rows held back, if any (before any other statement, which
     /// may read them).
     fn send_held_rows(&mut self) -> Result<(), postgres::Error> {
-        if let Some(ledger) = self.held_ledger.take() {
+        // Both taken first: sending one goes through `Sql`, which calls this again.
+        let (ledger, rows) = (self.held_ledger.take(), self.held_rows.take());
+        if let Some(ledger) = ledger {
             ledger.send(self)?;
         }
-        if let Some(rows) = self.held_rows.take() {
+        if let Some(rows) = rows {
             let written = rows.send(self)?;
             self.lost_race |= !rows.claims_complete(written);
         }
@@ -623,9 +626,16 @@ impl Sql for PgTx<'_, '_> {
 }
 
 impl PgTx<'_, '_> {
-    /// `query` for a statement that reads none of the rows held back (see
-    /// `BatchRows`), so they can wait for the ledger's write.
+    /// `query` for a statement that reads none of a batch's rows held back
+    /// (see `BatchRows`), so they can wait for the ledger's write. Ledger rows
+    /// held back (`held_ledger`) are sent first: such a statement may read them.
     fn query_leaving_rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+        if self.held_ledger.is_some() {
+            let rows = self.held_rows.take();
+            let sent = self.send_held_rows();
+            self.held_rows = rows;
+            sent?;
+        }
         on_client!(self, query(sql, params))
     }
 }

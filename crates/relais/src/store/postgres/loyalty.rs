@@ -362,7 +362,8 @@ impl LedgerTx for PgTx<'_, '_> {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Points, StoreError> {
-        // Ledger entries only: the batch's rows held back can wait.
+        // Ledger entries only: a batch's rows held back can wait (ledger rows held
+        // back are sent first).
         let rows = self.query_leaving_rows(
             "SELECT COALESCE(SUM(points), 0)::bigint FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 \
              AND rule = $3 AND day BETWEEN $4 AND $5 AND leg = 0",
@@ -372,7 +373,8 @@ impl LedgerTx for PgTx<'_, '_> {
     }
 
     fn rules_paid(&mut self, member: &MemberRow, kind: &str) -> Result<Vec<String>, StoreError> {
-        // Ledger entries only: the batch's rows held back can wait.
+        // Ledger entries only: a batch's rows held back can wait (ledger rows held
+        // back are sent first).
         Ok(self
             .query_leaving_rows(
                 "SELECT DISTINCT rule FROM loyalty_entries WHERE customer_id = $1 AND member_id = $2 AND kind = $3 \
